@@ -1,0 +1,27 @@
+# Two entry points that work on a fresh machine (they set everything up first):
+#   make demo   — install, then run the demo on built-in data (report in anomalens-demo/index.html)
+#   make test   — install, then run the test suite (the command .ci/run calls)
+PYTHON ?= python3
+VENV ?= .venv
+BIN = $(VENV)/bin
+
+.PHONY: setup demo test benchmark
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev,mnist]'
+	touch $@
+
+demo: setup
+	$(BIN)/anomalens demo --output anomalens-demo --overwrite
+
+# pytest exits 5 when no test was collected; that is not a failure of the suite.
+test: setup
+	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+# Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline-friendly).
+benchmark: setup
+	@test -d /usr/share/datasets/fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || echo "Fashion-MNIST unavailable: its rows will be skipped"
+	$(BIN)/python benchmarks/run.py

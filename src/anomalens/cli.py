@@ -1,0 +1,171 @@
+"""Command line: anomalens fit | test | predict | calibrate | demo | list.
+
+Bad input ends with one line ``anomalens: error: <what, where>`` and exit status 2; nothing
+half-written is left behind (see ``anomalens.workflow``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from anomalens import __version__
+from anomalens.errors import AnomalensError
+
+
+def _parse_param(text: str) -> tuple[str, Any]:
+    """``key=value`` with value read as JSON when it parses (numbers, lists, null), else as a string."""
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got '{text}'")
+    key, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    return key.strip().replace("-", "_"), value
+
+
+def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
+    params = dict(args.param or [])
+    for key in ("backbone", "weights", "image_size", "batch_size", "seed", "device"):
+        value = getattr(args, key, None)
+        if value is not None:
+            params[key] = value
+    return params
+
+
+def _print_metrics(metrics: dict[str, Any]) -> None:
+    keys = ["image_auroc", "pixel_auroc", "aupro", "threshold", "tpr", "tnr", "balanced_accuracy", "images_per_second"]
+    parts = [f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}" for k in keys if k in metrics]
+    print("  ".join(parts))
+
+
+def cmd_fit(args: argparse.Namespace) -> None:
+    from anomalens.workflow import fit_run
+
+    detector = fit_run(args.model, args.data, args.output, _fit_params(args), overwrite=args.overwrite, progress=not args.quiet)
+    print(f"fitted {detector.name} on {args.data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.threshold_source_})")
+
+
+def cmd_test(args: argparse.Namespace) -> None:
+    from anomalens.workflow import test_run
+
+    metrics = test_run(args.run, args.data, out_dir=args.output, device=args.device, progress=not args.quiet, report=not args.no_report)
+    _print_metrics(metrics)
+    out = Path(args.output or args.run)
+    print(f"wrote {out / 'metrics.json'}" + ("" if args.no_report else f" and {out / 'report.html'}"))
+
+
+def cmd_predict(args: argparse.Namespace) -> None:
+    from anomalens.workflow import predict_images
+
+    rows = predict_images(args.run, args.images, args.output, device=args.device, overwrite=args.overwrite,
+                          heatmaps=not args.no_heatmaps, progress=not args.quiet)
+    flagged = sum(r["anomalous"] for r in rows)
+    print(f"{len(rows)} images scored, {flagged} anomalous → {Path(args.output) / 'predictions.csv'}")
+
+
+def cmd_calibrate(args: argparse.Namespace) -> None:
+    from anomalens.workflow import calibrate_run
+
+    info = calibrate_run(args.run, args.data, device=args.device, progress=not args.quiet)
+    print(f"threshold {info['threshold']:.4g} ({info['note']})")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from anomalens.demo import run_demo
+
+    run_demo(args.output, model=args.model, sources=args.sources, overwrite=args.overwrite, progress=not args.quiet)
+
+
+def cmd_list(args: argparse.Namespace) -> None:
+    from anomalens.detector import detector_class, list_detectors
+
+    for name in list_detectors():
+        cls = detector_class(name)
+        print(f"{name:14s} {'maps' if cls.localizes else 'image-level':11s} {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anomalens", description="Visual anomaly detection from normal images.")
+    parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to run (default: auto = CUDA if available)")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("fit", help="train a detector on the normal images of DATA (train/good)")
+    p.add_argument("model", help="detector name (see 'anomalens list')")
+    p.add_argument("data", help="MVTec-AD-layout category folder, or a folder of normal images")
+    p.add_argument("-o", "--output", required=True, help="run folder to create")
+    p.add_argument("--backbone", help="feature backbone (default efficientnet_lite0; any timm name with internet)")
+    p.add_argument("--weights", help="local backbone weights file (.pth / .safetensors), or 'random'")
+    p.add_argument("--image-size", type=int, dest="image_size", help="input size in pixels (default 256)")
+    p.add_argument("--batch-size", type=int, dest="batch_size")
+    p.add_argument("--seed", type=int)
+    p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="KEY=VALUE",
+                   help="any detector hyper-parameter, e.g. -p n_features=100 (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    common(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("test", help="evaluate a run on the test split of DATA; writes metrics.json and report.html")
+    p.add_argument("run")
+    p.add_argument("data")
+    p.add_argument("-o", "--output", help="where to write the report (default: the run folder)")
+    p.add_argument("--no-report", action="store_true", help="metrics.json only, no plots")
+    common(p)
+    p.set_defaults(func=cmd_test)
+
+    p = sub.add_parser("predict", help="score new images; writes predictions.csv/.jsonl, heatmaps and masks")
+    p.add_argument("run")
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("-o", "--output", required=True)
+    p.add_argument("--no-heatmaps", action="store_true")
+    p.add_argument("--overwrite", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("calibrate", help="set the run's threshold on labelled data (test split of DATA)")
+    p.add_argument("run")
+    p.add_argument("data")
+    common(p)
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("demo", help="build synthetic categories from real photos, fit, test and write reports")
+    p.add_argument("-o", "--output", default="anomalens-demo")
+    p.add_argument("--model", default="padim")
+    p.add_argument("--sources", nargs="+", default=None, help="synthetic categories (default: brick coffee)")
+    p.add_argument("--overwrite", action="store_true")
+    common(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("list", help="list the available detectors")
+    p.set_defaults(func=cmd_list)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args.func(args)
+    except (AnomalensError, ValueError, FileNotFoundError) as exc:
+        # Known bad-input errors: one clear line, no traceback (ANOMALENS_DEBUG=1 shows it).
+        if os.environ.get("ANOMALENS_DEBUG"):
+            raise
+        print(f"anomalens: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("anomalens: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

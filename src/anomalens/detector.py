@@ -1,0 +1,407 @@
+"""The one contract every detector follows, its typed result, the registry and the threshold rule.
+
+A detector is used like a scikit-learn estimator:
+
+    det = create_detector("padim", backbone="efficientnet_lite0")
+    det.fit(train_records)                     # normal images only
+    result = det.predict(test_records)         # DetectionResult: scores, labels, maps, masks
+    det.save("runs/x"); det = load_detector("runs/x")
+
+Rules shared by all detectors:
+- the constructor only stores hyper-parameters; fitted state lives in attributes ending in ``_``;
+- higher score = more anomalous; an image is anomalous when ``score > threshold_``;
+- detectors that localise return anomaly maps at the resolution of their input tensors
+  (``image_size``), and a pixel is anomalous when ``map > pixel_threshold_``;
+- by default ``fit`` holds out a fraction of the normal images and sets both thresholds to a high
+  quantile of their scores, so a threshold exists without any defective sample (see ``thresholds``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from anomalens import __version__
+from anomalens.errors import ConfigError, ModelFileError
+
+FORMAT_VERSION = 1
+CONFIG_FILE = "detector.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class DetectionResult:
+    """Per-image outputs of a detector, for N images.
+
+    scores: (N,) float, higher = more anomalous.
+    labels: (N,) int, 1 where ``score > threshold``.
+    maps:   (N, H, W) float32 anomaly maps at the input resolution, or None (image-level detector).
+    masks:  (N, H, W) bool predicted defect masks (``map > pixel_threshold``), or None.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    maps: np.ndarray | None = None
+    masks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+# ----------------------------------------------------------------------------------------- registry
+_REGISTRY: dict[str, type["Detector"]] = {}
+
+
+def register_detector(cls: type["Detector"]) -> type["Detector"]:
+    """Class decorator: make a detector available to ``create_detector(cls.name)``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} needs a registry name")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _import_models() -> None:
+    # Importing the package runs each model file's @register_detector.
+    import anomalens.models  # noqa: F401
+
+
+def list_detectors() -> list[str]:
+    """Names accepted by ``create_detector`` and ``anomalens fit``."""
+    _import_models()
+    return sorted(_REGISTRY)
+
+
+def detector_class(name: str) -> type["Detector"]:
+    _import_models()
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown detector '{name}'; available: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_detector(name: str, **params: Any) -> "Detector":
+    """Build a detector by registry name with the given hyper-parameters (unknown ones are refused)."""
+    return detector_class(name)(**params)
+
+
+# ------------------------------------------------------------------------------------- thresholds
+def quantile_threshold(normal_scores: np.ndarray, quantile: float) -> float:
+    """Threshold from normal scores alone: their ``quantile`` (e.g. 0.99 → ~1% false alarms expected).
+
+    Taken as the midpoint between the quantile and the next larger score would be overly clever; a plain
+    quantile with the 'higher' rule keeps ``score > threshold`` false for at least that share of normals.
+    """
+    scores = np.asarray(normal_scores, dtype=np.float64)
+    if scores.size == 0:
+        raise ValueError("no normal scores to set a threshold from")
+    return float(np.quantile(scores, quantile, method="higher"))
+
+
+def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
+    """F1-optimal threshold on labelled data, or None when it has no anomalous (or no normal) image.
+
+    Returning None rather than a degenerate value is what keeps a calibration set without anomalies
+    from producing a threshold that flags everything.
+    """
+    from anomalens.metrics import f1_max
+
+    labels = np.asarray(labels)
+    if labels.min() == labels.max():
+        return None
+    return float(f1_max(labels, scores)[1])
+
+
+# --------------------------------------------------------------------------------------- contract
+def resolve_device(device: str) -> torch.device:
+    """'auto' → CUDA when available, else CPU. Explicit 'cuda' without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("device 'cuda' was requested but no CUDA GPU is available; use --device cpu")
+    if device not in ("cpu",) and not device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{device}'; use auto, cpu or cuda")
+    return torch.device(device)
+
+
+class Detector(ABC):
+    """Base class of every anomaly detector. Subclasses implement ``_fit`` and ``_score``.
+
+    Class attributes:
+        name: registry name.
+        localizes: whether ``_score`` returns anomaly maps.
+        defaults: the hyper-parameters and their defaults (the constructor accepts exactly these).
+    """
+
+    name: ClassVar[str] = ""
+    localizes: ClassVar[bool] = True
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    # Hyper-parameters every detector has, on top of its own ``defaults``.
+    common_defaults: ClassVar[dict[str, Any]] = {
+        "image_size": 256,
+        "batch_size": 16,
+        "device": "auto",
+        "seed": 0,
+        "threshold_quantile": 0.99,  # quantile of held-out normal scores used as threshold
+        "holdout_fraction": 0.1,  # share of training normals held out to set thresholds
+    }
+
+    def __init__(self, **params: Any) -> None:
+        allowed = {**self.common_defaults, **self.defaults}
+        unknown = sorted(set(params) - set(allowed))
+        if unknown:
+            raise ConfigError(
+                f"{self.name}: unknown parameter(s) {', '.join(unknown)}; "
+                f"accepted: {', '.join(sorted(allowed))}"
+            )
+        # Tuples become lists so that parameters read back from JSON compare equal.
+        self.params: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in {**allowed, **params}.items()}
+        self.threshold_: float | None = None
+        self.pixel_threshold_: float | None = None
+        self.threshold_source_: str | None = None
+        self.map_reference_: float | None = None  # typical anomaly-map value on normal images
+        self.history_: dict[str, list[float]] = {}
+
+    def __getattr__(self, key: str) -> Any:
+        # Hyper-parameters read as attributes (det.image_size); only called when normal lookup fails.
+        params = self.__dict__.get("params")
+        if params is not None and key in params:
+            return params[key]
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {key!r}")
+
+    def __repr__(self) -> str:
+        changed = {k: v for k, v in self.params.items() if v != {**self.common_defaults, **self.defaults}.get(k)}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
+
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.params["device"])
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of the tensors the detector sees; ``image_size`` may be one int or a pair."""
+        size = self.params["image_size"]
+        return (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
+
+    @property
+    def is_fitted(self) -> bool:
+        return self.threshold_ is not None
+
+    # -- what subclasses implement ------------------------------------------------------------
+    @abstractmethod
+    def _fit(self, records: Sequence, progress: bool) -> None:
+        """Learn what normal looks like from ``records`` (normal images)."""
+
+    @abstractmethod
+    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Return (scores (N,), maps (N, H, W) float32 or None)."""
+
+    @abstractmethod
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors to persist (safetensors)."""
+
+    @abstractmethod
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore fitted tensors saved by ``_state_tensors``."""
+
+    # -- the public contract ------------------------------------------------------------------
+    def fit(self, records: Sequence, progress: bool = True) -> "Detector":
+        """Fit on normal images and set thresholds from held-out normals. Returns self."""
+        records = list(records)
+        if not records:
+            raise ValueError(f"{self.name}: no training images")
+        fit_records, holdout = self._split_holdout(records)
+        torch.manual_seed(self.params["seed"])
+        self._fit(fit_records, progress)
+        scores, maps = self._score(holdout, progress)
+        self._set_quantile_thresholds(scores, maps)
+        return self
+
+    def _split_holdout(self, records: list) -> tuple[list, list]:
+        """Hold out a seeded random share of normals for the threshold (at least 1, if possible)."""
+        fraction = float(self.params["holdout_fraction"])
+        if fraction <= 0 or len(records) < 2:
+            # Nothing to hold out: thresholds come from the training images themselves (optimistic).
+            return records, records
+        n_hold = max(1, int(round(len(records) * fraction)))
+        order = np.random.default_rng(self.params["seed"]).permutation(len(records))
+        hold = sorted(order[:n_hold].tolist())
+        keep = sorted(order[n_hold:].tolist())
+        return [records[i] for i in keep], [records[i] for i in hold]
+
+    def _set_quantile_thresholds(self, scores: np.ndarray, maps: np.ndarray | None) -> None:
+        q = float(self.params["threshold_quantile"])
+        self.threshold_ = quantile_threshold(scores, q)
+        if maps is not None:
+            self.pixel_threshold_ = quantile_threshold(maps.reshape(len(maps), -1).max(axis=1), q)
+            self.map_reference_ = float(np.median(maps))
+        self.threshold_source_ = f"quantile {q} of {len(scores)} held-out normal images"
+
+    def score(self, records: Sequence, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw anomaly scores (N,) and maps (N, H, W) or None, without thresholding."""
+        self._check_fitted()
+        records = list(records)
+        if not records:
+            return np.zeros(0, np.float32), None
+        return self._score(records, progress)
+
+    def predict(self, records: Sequence, progress: bool = True) -> DetectionResult:
+        """Scores, labels (score > threshold_), maps and predicted masks for each image."""
+        scores, maps = self.score(records, progress)
+        masks = None
+        if maps is not None and self.pixel_threshold_ is not None:
+            masks = maps > self.pixel_threshold_
+        return DetectionResult(scores=scores, labels=(scores > self.threshold_).astype(np.int64), maps=maps, masks=masks)
+
+    def calibrate(self, records: Sequence, progress: bool = True) -> dict[str, Any]:
+        """Set the image threshold F1-optimally on labelled data (normal + anomalous).
+
+        Without anomalous images the F1 rule is undefined; the threshold is then re-estimated as the
+        normal-score quantile instead of flagging everything, and the returned note says so.
+        """
+        records = list(records)
+        labels = np.array([r.label for r in records])
+        scores, maps = self.score(records, progress)
+        threshold = f1_threshold(labels, scores) if len(labels) else None
+        if threshold is None:
+            normal = scores[labels == 0]
+            if len(normal) == 0:
+                raise ValueError("calibration data has no normal image; cannot set a threshold")
+            self._set_quantile_thresholds(normal, None if maps is None else maps[labels == 0])
+            note = (
+                "calibration data has no anomalous image: threshold set to the "
+                f"{self.params['threshold_quantile']} quantile of its {len(normal)} normal scores"
+            )
+        else:
+            self.threshold_ = threshold
+            self.threshold_source_ = f"F1-optimal on {len(labels)} labelled images ({int(labels.sum())} anomalous)"
+            if maps is not None:
+                # Keep the pixel threshold on the same footing: the F1-optimal image threshold applied
+                # to the maps' maxima is exact for detectors whose score is the max of the map.
+                self.pixel_threshold_ = threshold if self.score_is_map_max else self.pixel_threshold_
+            note = self.threshold_source_
+        return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "note": note}
+
+    #: True for detectors whose image score is the maximum of their anomaly map.
+    score_is_map_max: ClassVar[bool] = False
+
+    def _check_fitted(self) -> None:
+        if not self.is_fitted:
+            raise RuntimeError(f"{self.name}: call fit() before scoring")
+
+    # -- persistence --------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        return {
+            "format_version": FORMAT_VERSION,
+            "library": "anomalens",
+            "library_version": __version__,
+            "detector": self.name,
+            "params": self.params,
+            "threshold": self.threshold_,
+            "pixel_threshold": self.pixel_threshold_,
+            "threshold_source": self.threshold_source_,
+            "map_reference": self.map_reference_,
+            "history": self.history_,
+            "preprocessing": self.preprocessing(),
+        }
+
+    def preprocessing(self) -> dict[str, Any]:
+        """How images are turned into tensors (saved for users re-implementing the pipeline)."""
+        return {"resize": self.params["image_size"], "scale": "[0, 1]", "interpolation": "bilinear, antialiased"}
+
+    def save(self, directory: str | Path) -> Path:
+        """Write ``detector.json`` + ``weights.safetensors`` into ``directory`` (no pickle)."""
+        from safetensors.torch import save_file
+
+        self._check_fitted()
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
+        tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
+        save_file(tensors, str(tmp_weights))
+        tmp_config = directory / (CONFIG_FILE + ".tmp")
+        tmp_config.write_text(json.dumps(self.config(), indent=2, default=_json_default))
+        os.replace(tmp_weights, directory / WEIGHTS_FILE)
+        os.replace(tmp_config, directory / CONFIG_FILE)
+        return directory
+
+    def update_saved_thresholds(self, directory: str | Path) -> None:
+        """Rewrite only ``detector.json`` (after calibrate), atomically."""
+        path = Path(directory) / CONFIG_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(self.config(), indent=2, default=_json_default))
+        os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (tuple, Path)):
+        return list(value) if isinstance(value, tuple) else str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def load_detector(directory: str | Path, device: str | None = None) -> Detector:
+    """Load a detector saved by ``Detector.save``. Reads JSON and safetensors only: no code runs."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    weights_path = directory / WEIGHTS_FILE
+    if not config_path.is_file():
+        raise ModelFileError(f"{config_path}: not found; is '{directory}' a run folder written by 'anomalens fit'?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("library") != "anomalens":
+        raise ModelFileError(f"{config_path}: not an anomalens detector file")
+    if config.get("format_version") != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{config_path}: file format version {config.get('format_version')} is not supported by "
+            f"anomalens {__version__} (expects {FORMAT_VERSION}); refit the model with this version"
+        )
+    params = dict(config.get("params", {}))
+    if device is not None:
+        params["device"] = device
+    cls = detector_class(config.get("detector", "?"))
+    try:
+        detector = cls(**params)
+    except ConfigError as exc:
+        raise ModelFileError(f"{config_path}: incompatible parameters ({exc})") from None
+    try:
+        tensors = load_file(str(weights_path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{weights_path}: not found") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights_path}: corrupt or unreadable weights ({exc})") from None
+    try:
+        detector._load_state_tensors(tensors)
+    except (KeyError, RuntimeError, ValueError) as exc:
+        raise ModelFileError(f"{weights_path}: weights do not match the '{cls.name}' detector ({exc})") from None
+    detector.threshold_ = config.get("threshold")
+    detector.pixel_threshold_ = config.get("pixel_threshold")
+    detector.threshold_source_ = config.get("threshold_source")
+    detector.history_ = config.get("history", {})
+    detector.map_reference_ = config.get("map_reference")
+    if detector.threshold_ is None:
+        raise ModelFileError(f"{config_path}: has no threshold; the detector was saved before it was fitted")
+    return detector
+
+
+def iterate_progress(iterable: Iterable, progress: bool, desc: str, total: int | None = None) -> Iterable:
+    """Wrap in a tqdm progress bar when asked (shared by every long loop)."""
+    if not progress:
+        return iterable
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
+
+

@@ -1,0 +1,1 @@
+"""Math shared by several detectors, written once."""

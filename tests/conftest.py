@@ -1,0 +1,58 @@
+"""Shared fixtures: tiny in-memory data and tiny settings for every registered detector."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+# Tests never reach a model hub: timm/huggingface fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+from anomalens.data import ImageRecord  # noqa: E402
+
+IMAGE_SIZE = 64
+
+# The smallest settings under which each detector still does its real work. A new detector must add
+# an entry here: test_contract checks that every registered name has one.
+TINY_PARAMS: dict[str, dict] = {
+    "padim": {"image_size": IMAGE_SIZE, "batch_size": 8, "device": "cpu"},
+}
+
+
+def _texture(rng: np.random.Generator, size: int) -> np.ndarray:
+    """A smooth random stripe texture: normal images differ but share their statistics."""
+    y, x = np.mgrid[0:size, 0:size] / size
+    phase = rng.uniform(0, 2 * np.pi)
+    base = 0.5 + 0.25 * np.sin(2 * np.pi * 4 * (x + 0.1 * y) + phase)
+    noise = rng.normal(0, 0.03, (size, size))
+    gray = np.clip(base + noise, 0, 1)
+    return (np.stack([gray, gray * 0.9, gray * 0.8], -1) * 255).astype(np.uint8)
+
+
+def make_records(n_normal: int, n_anomalous: int, seed: int = 0, size: int = IMAGE_SIZE) -> list[ImageRecord]:
+    """Normal stripe textures, and the same with a dark square defect (mask included)."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for i in range(n_normal):
+        records.append(ImageRecord(_texture(rng, size), 0, np.zeros((size, size), bool), f"normal/{i}", "good"))
+    for i in range(n_anomalous):
+        image = _texture(rng, size)
+        mask = np.zeros((size, size), bool)
+        top, left = rng.integers(8, size - 24, 2)
+        mask[top : top + 14, left : left + 14] = True
+        image[mask] = [20, 160, 30]
+        records.append(ImageRecord(image, 1, mask, f"defect/{i}", "square"))
+    return records
+
+
+@pytest.fixture(scope="session")
+def train_records() -> list[ImageRecord]:
+    return make_records(20, 0, seed=1)
+
+
+@pytest.fixture(scope="session")
+def test_records() -> list[ImageRecord]:
+    return make_records(6, 6, seed=2)

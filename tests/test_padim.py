@@ -1,0 +1,59 @@
+"""What is specific to PaDiM: its Gaussian statistics and distances match a direct computation."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from anomalens import create_detector
+from tests.conftest import TINY_PARAMS
+
+
+def _embeddings(detector, records):
+    from anomalens.data import iterate_batches
+
+    with torch.inference_mode():
+        return torch.cat([detector._embed(b["image"]) for b in iterate_batches(records, detector.image_size, 8)]).double().numpy()
+
+
+def test_gaussians_and_distances_match_numpy(train_records, test_records):
+    detector = create_detector("padim", **TINY_PARAMS["padim"], holdout_fraction=0).fit(train_records, progress=False)
+    train = _embeddings(detector, train_records)  # (N, P, d)
+    test = _embeddings(detector, test_records[:3])
+    d = train.shape[-1]
+    for position in (0, 37, train.shape[1] - 1):
+        x = train[:, position]
+        mean = x.mean(0)
+        cov = np.cov(x, rowvar=False) + 0.01 * np.eye(d)  # eq. 1 of the paper, unbiased estimate
+        np.testing.assert_allclose(detector.mean_[position].numpy(), mean, rtol=1e-4, atol=1e-4)
+        diff = test[:, position] - mean
+        expected = np.sqrt(np.einsum("bi,ij,bj->b", diff, np.linalg.inv(cov), diff))
+        got = detector.mahalanobis(torch.from_numpy(test).float())[:, position].numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-3)
+
+
+def test_random_channel_subset_is_fixed_by_the_seed():
+    a = create_detector("padim", n_features=50, seed=3)._choose_channels(176)
+    b = create_detector("padim", n_features=50, seed=3)._choose_channels(176)
+    c = create_detector("padim", n_features=50, seed=4)._choose_channels(176)
+    assert len(a) == 50 and len(set(a.tolist())) == 50 and a.max() < 176
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_paper_channel_counts_for_paper_backbones():
+    assert len(create_detector("padim", backbone="resnet18")._choose_channels(448)) == 100
+    assert len(create_detector("padim", backbone="wide_resnet50_2")._choose_channels(1792)) == 550
+
+
+def test_image_score_is_the_map_maximum(train_records, test_records):
+    detector = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    scores, maps = detector.score(test_records, progress=False)
+    np.testing.assert_allclose(scores, maps.reshape(len(maps), -1).max(1), rtol=1e-6)
+
+
+def test_defect_region_is_where_the_map_peaks(train_records, test_records):
+    detector = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    anomalous = [r for r in test_records if r.label == 1]
+    _, maps = detector.score(anomalous, progress=False)
+    for record, amap in zip(anomalous, maps):
+        assert amap[record.mask].mean() > 2 * amap[~record.mask].mean()
