@@ -81,22 +81,23 @@ class PaDiM(Detector):
         count, shift, total, outer = 0, None, None, None
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim fit" if progress else None):
-                emb = self._embed(batch["image"]).double()  # (B, P, d)
+                emb = self._embed(batch["image"])  # (B, P, d)
                 if shift is None:
                     # Accumulate around a reference mean: Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ cancels far less.
+                    # Per-batch products in float32 (fast), running sums in float64 (exact enough).
                     shift = emb.mean(0)
-                    total = torch.zeros_like(shift)
+                    total = torch.zeros(shift.shape, dtype=torch.float64, device=shift.device)
                     outer = torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float64, device=shift.device)
-                centred = emb - shift
-                total += centred.sum(0)
-                outer += torch.einsum("bpc,bpd->pcd", centred, centred)
+                centred = (emb - shift).transpose(0, 1)  # (P, B, d)
+                total += centred.sum(1).double()
+                outer += torch.bmm(centred.transpose(1, 2), centred).double()
                 count += emb.shape[0]
         if count < 2:
             raise ValueError("padim: needs at least 2 training images to estimate covariances")
         mean_c = total / count
         cov = (outer - count * torch.einsum("pc,pd->pcd", mean_c, mean_c)) / (count - 1)
         cov += self.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        self.mean_ = (mean_c + shift).float()
+        self.mean_ = (mean_c + shift.double()).float()
         # Store the Cholesky factor of the precision matrix: ‖W(x-μ)‖² = (x-μ)ᵀ Σ⁻¹ (x-μ), computed as one
         # batched matmul at test time; float64 for the factorisation, float32 is enough for scoring.
         chol = torch.linalg.cholesky(cov)

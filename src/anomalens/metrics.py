@@ -1,0 +1,317 @@
+"""Evaluation metrics for anomaly detection.
+
+Conventions used throughout:
+
+* higher score = more anomalous; an image (or pixel) is *predicted anomalous*
+  when ``score > threshold`` (strictly greater);
+* image labels are 0 (normal) / 1 (anomalous); the anomalous class is the
+  positive class for every metric;
+* anomaly maps are float arrays ``(N, H, W)``; ground-truth masks are bool
+  arrays ``(N, H, W)`` (any non-zero value counts as defect), all False for
+  normal images.
+
+Metrics that are undefined for the given data (e.g. AUROC when only one class
+is present) return ``float("nan")`` instead of raising, so that evaluating a
+calibration set without defects still works.  Note that ``json.dumps`` writes
+NaN as the non-standard token ``NaN``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+from scipy import ndimage
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+__all__ = [
+    "image_auroc",
+    "image_aupr",
+    "f1_max",
+    "pixel_auroc",
+    "aupro",
+    "threshold_metrics",
+    "evaluate",
+]
+
+NAN = float("nan")
+
+
+# --------------------------------------------------------------------------- helpers
+def _image_inputs(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate and flatten image-level labels / scores."""
+    y = np.asarray(labels).reshape(-1)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length: {y.size} vs {s.size}")
+    if y.size == 0:
+        raise ValueError("labels and scores are empty")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 (normal) or 1 (anomalous)")
+    if not np.isfinite(s).all():
+        raise ValueError("scores contain NaN or infinite values")
+    return y.astype(np.int64), s
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(y.any()) and not bool(y.all())
+
+
+def _pixel_inputs(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Validate masks / maps; returns (bool masks, float maps), both (N, H, W).
+
+    Float maps keep their dtype (float32 stays float32) so that large test
+    sets (hundreds of 256x256 maps) are not silently doubled in memory.
+    """
+    m = np.asarray(maps)
+    if not np.issubdtype(m.dtype, np.floating) or m.dtype == np.float16:
+        m = m.astype(np.float32)
+    g = np.asarray(masks)
+    if g.dtype != bool:
+        g = g != 0
+    if m.ndim == 2 and g.ndim == 2:  # a single image
+        m, g = m[None], g[None]
+    if m.ndim != 3 or m.shape != g.shape:
+        raise ValueError(f"masks {g.shape} and maps {m.shape} must both have shape (N, H, W)")
+    if not np.isfinite(m).all():
+        raise ValueError("anomaly maps contain NaN or infinite values")
+    return g, m
+
+
+def _trapezoid_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
+    """Trapezoidal area under y(x) for x in [x[0], x_max].
+
+    ``x`` must be non-decreasing (repeated x values = vertical steps).  The
+    point at exactly ``x_max`` is linearly interpolated between its two
+    neighbours, as the MVTec AD evaluation script does.
+    """
+    # side="right": keep every point with x == x_max (the highest y there).
+    # x[0] <= x_max is guaranteed by the callers (curves start at FPR 0).
+    i = int(np.searchsorted(x, x_max, side="right"))
+    xs, ys = x[:i], y[:i]
+    if i < x.size and xs[-1] < x_max:
+        frac = (x_max - x[i - 1]) / (x[i] - x[i - 1])  # x[i] > x_max > x[i-1]
+        xs = np.append(xs, x_max)
+        ys = np.append(ys, y[i - 1] + frac * (y[i] - y[i - 1]))
+    return float(np.trapezoid(ys, xs))
+
+
+# --------------------------------------------------------------------------- image level
+def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Area under the ROC curve of image scores; NaN if only one class is present."""
+    y, s = _image_inputs(labels, scores)
+    if not _both_classes(y):
+        return NAN
+    return float(roc_auc_score(y, s))
+
+
+def image_aupr(labels: ArrayLike, scores: ArrayLike) -> float:
+    """Average precision (area under the precision-recall curve), anomalous = positive.
+
+    NaN if only one class is present (with no anomalies precision is
+    undefined; with only anomalies AP is trivially 1 and meaningless).
+    """
+    y, s = _image_inputs(labels, scores)
+    if not _both_classes(y):
+        return NAN
+    return float(average_precision_score(y, s))
+
+
+def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
+    """Best F1 over all thresholds, and a threshold achieving it.
+
+    The returned threshold follows the library rule ``score > threshold``:
+    it lies midway between the lowest score predicted anomalous and the next
+    lower score (or just below the minimum score when everything is flagged),
+    so ``threshold_metrics(labels, scores, thr)["f1"]`` equals the returned F1.
+    On ties in F1 the highest such threshold is returned (fewest alarms).
+    Returns ``(nan, nan)`` when there is no anomalous image.
+    """
+    y, s = _image_inputs(labels, scores)
+    if not y.any():
+        return NAN, NAN
+    precision, recall, thresholds = precision_recall_curve(y, s)
+    # precision/recall have one extra trailing entry (recall 0) without a threshold.
+    p, r = precision[:-1], recall[:-1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        f1 = np.where(p + r > 0, 2 * p * r / (p + r), 0.0)
+    # thresholds are ascending; take the last maximum = highest threshold.
+    best = int(np.flatnonzero(f1 == f1.max())[-1])
+    t = float(thresholds[best])  # sklearn: predicted anomalous = score >= t
+    lower = s[s < t]
+    if lower.size:
+        below = float(lower.max())
+        thr = (t + below) / 2.0
+        if not below <= thr < t:  # adjacent floats: midpoint rounds onto t
+            thr = below
+    else:
+        thr = float(np.nextafter(t, -np.inf))
+    return float(f1[best]), float(thr)
+
+
+def threshold_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float | int]:
+    """Confusion counts and rates at a fixed threshold (anomalous = ``score > threshold``).
+
+    Keys: ``tp, fp, tn, fn`` (ints), ``tpr`` (recall on anomalous images),
+    ``tnr`` (fraction of normal images passed), ``balanced_accuracy`` =
+    (tpr + tnr) / 2, ``precision``, ``f1``, ``threshold``.  A rate whose
+    denominator is zero (class absent, nothing flagged) is NaN;
+    ``balanced_accuracy`` is NaN when either class is absent.
+    """
+    y, s = _image_inputs(labels, scores)
+    pred = s > threshold
+    pos = y == 1
+    tp = int(np.count_nonzero(pred & pos))
+    fp = int(np.count_nonzero(pred & ~pos))
+    tn = int(np.count_nonzero(~pred & ~pos))
+    fn = int(np.count_nonzero(~pred & pos))
+
+    def ratio(num: int, den: int) -> float:
+        return num / den if den else NAN
+
+    tpr = ratio(tp, tp + fn)
+    tnr = ratio(tn, tn + fp)
+    return {
+        "tp": tp,
+        "fp": fp,
+        "tn": tn,
+        "fn": fn,
+        "tpr": tpr,
+        "tnr": tnr,
+        "balanced_accuracy": (tpr + tnr) / 2,  # NaN propagates if a class is absent
+        "precision": ratio(tp, tp + fp),
+        # 2tp / (2tp + fp + fn): 0 (not NaN) when anomalies exist but none are found.
+        "f1": ratio(2 * tp, 2 * tp + fp + fn),
+        "threshold": float(threshold),
+    }
+
+
+# --------------------------------------------------------------------------- pixel level
+def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
+    """AUROC over all pixels of all images; NaN without positive or negative pixels.
+
+    Computed exactly as the Mann-Whitney statistic P(s_defect > s_normal)
+    + 0.5 P(tie): the normal pixels are sorted once and each defect pixel is
+    located by binary search.  This is equal to ``sklearn.metrics.roc_auc_score``
+    but several times faster and lighter for ~10^7 pixels (sklearn takes
+    ~6 s and builds several float64 copies for 200 x 256 x 256).
+    """
+    g, m = _pixel_inputs(masks, maps)
+    pos = m[g]
+    neg = m[~g]
+    if pos.size == 0 or neg.size == 0:
+        return NAN
+    neg.sort()
+    below = np.searchsorted(neg, pos, side="left")
+    below_or_tied = np.searchsorted(neg, pos, side="right")
+    # sum(below + ties/2) = (sum(below) + sum(below_or_tied)) / 2; int64 sums are exact.
+    wins2 = int(below.sum(dtype=np.int64)) + int(below_or_tied.sum(dtype=np.int64))
+    return wins2 / (2.0 * pos.size * neg.size)
+
+
+def _label_regions(g: np.ndarray, connectivity: int) -> tuple[np.ndarray, int]:
+    """Connected components of every mask, never connected across images."""
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    structure = np.zeros((3, 3, 3), dtype=bool)
+    structure[1] = ndimage.generate_binary_structure(2, 1 if connectivity == 4 else 2)
+    labels, n = ndimage.label(g, structure=structure)
+    return labels, int(n)
+
+
+def aupro(
+    masks: ArrayLike,
+    maps: ArrayLike,
+    fpr_limit: float = 0.3,
+    connectivity: Literal[4, 8] = 8,
+) -> float:
+    """Normalised area under the per-region-overlap (PRO) curve up to ``fpr_limit``.
+
+    As in the MVTec AD paper (Bergmann et al., IJCV 2021) and its official
+    evaluation script: the regions are the connected components of the
+    ground-truth masks (8-connectivity by default, like the official script's
+    ``np.ones((3, 3))`` structure; pass ``connectivity=4`` otherwise).  For a
+    threshold t, PRO(t) = mean over all regions of the fraction of the
+    region's pixels with score > t, and FPR(t) = fraction of all normal
+    pixels (mask False, over all images) with score > t.  PRO is integrated
+    over FPR in [0, fpr_limit] with the trapezoidal rule, the point at exactly
+    ``fpr_limit`` being linearly interpolated, and divided by ``fpr_limit``
+    (1.0 = perfect, about ``fpr_limit / 2`` for a random map).
+
+    Computed *exactly* at every distinct score value (no threshold grid), by
+    sorting.  Speed: only pixels scoring at or above the normal-pixel quantile
+    where FPR crosses ``fpr_limit`` can contribute, so those are found with a
+    linear-time partition and only they are sorted.
+
+    Returns NaN when the masks contain no defect region or no normal pixel.
+    """
+    if not 0 < fpr_limit <= 1:
+        raise ValueError(f"fpr_limit must be in (0, 1], got {fpr_limit}")
+    g, m = _pixel_inputs(masks, maps)
+    regions, n_regions = _label_regions(g, connectivity)
+    neg = m[~g]
+    n_neg = neg.size
+    if n_regions == 0 or n_neg == 0:
+        return NAN
+
+    # Score v of the (k+1)-th highest normal pixel, k = floor(limit * n_neg) + 1
+    # (one spare against float round-off in limit * n_neg): at thresholds below
+    # v, FPR > limit, so pixels scoring < v cannot change the area; the first
+    # curve point past the limit, needed for the interpolation, is still kept.
+    k = min(int(math.floor(fpr_limit * n_neg)) + 1, n_neg - 1)
+    v = np.partition(neg, n_neg - 1 - k)[n_neg - 1 - k]
+    del neg
+    keep = m >= v
+    s = m[keep]
+    is_neg = ~g[keep]
+    sizes = np.bincount(regions.ravel())
+    # Each defect pixel adds 1 / (|region| * n_regions) to PRO once it is above threshold.
+    inv = np.zeros(sizes.shape, dtype=np.float64)
+    inv[1:] = 1.0 / (sizes[1:] * float(n_regions))
+    pro_step = inv[regions[keep]]
+    del keep
+
+    order = np.argsort(s)[::-1]  # descending score
+    s = s[order]
+    fp_cum = np.cumsum(is_neg[order], dtype=np.int64)
+    pro_cum = np.cumsum(pro_step[order])
+    # One curve point per distinct score: the last index of each tie group.
+    last = np.append(s[1:] != s[:-1], True)
+    fpr = np.concatenate(([0.0], fp_cum[last] / n_neg))
+    pro = np.concatenate(([0.0], np.minimum(pro_cum[last], 1.0)))  # clip float round-off
+    return _trapezoid_up_to(fpr, pro, fpr_limit) / fpr_limit
+
+
+# --------------------------------------------------------------------------- all together
+def evaluate(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    threshold: float,
+    masks: ArrayLike | None = None,
+    maps: ArrayLike | None = None,
+) -> dict[str, float | int]:
+    """All metrics in one flat dict of plain Python floats / ints.
+
+    Keys: ``image_auroc``, ``image_aupr``, ``image_f1_max``,
+    ``image_f1_max_threshold``, the :func:`threshold_metrics` keys, and, when
+    both ``masks`` and ``maps`` are given and the masks contain defect pixels,
+    ``pixel_auroc`` and ``aupro`` (FPR limit 0.3).  Undefined values are NaN.
+    """
+    out: dict[str, float | int] = {
+        "image_auroc": image_auroc(labels, scores),
+        "image_aupr": image_aupr(labels, scores),
+    }
+    best_f1, best_thr = f1_max(labels, scores)
+    out["image_f1_max"] = best_f1
+    out["image_f1_max_threshold"] = best_thr
+    out.update(threshold_metrics(labels, scores, threshold))
+    if masks is not None and maps is not None:
+        g, m = _pixel_inputs(masks, maps)
+        if g.shape[0] != np.asarray(scores).reshape(-1).size:
+            raise ValueError(f"{g.shape[0]} masks/maps but {np.asarray(scores).size} image scores")
+        if g.any():
+            out["pixel_auroc"] = pixel_auroc(g, m)
+            out["aupro"] = aupro(g, m)
+    return {k: (v if isinstance(v, int) else float(v)) for k, v in out.items()}

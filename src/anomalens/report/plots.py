@@ -1,0 +1,250 @@
+"""Report plots: ROC curve, score histogram, loss curves and per-image case figures.
+
+Figures are built as :class:`matplotlib.figure.Figure` objects, never through
+``pyplot``: nothing is registered in pyplot's global figure list (so nothing
+leaks over hundreds of case figures) and the user's backend is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import Normalize
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+from numpy.typing import ArrayLike
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from anomalens.report.overlay import _as_float_rgb, draw_mask_contours, overlay_heatmap
+
+__all__ = [
+    "save_figure",
+    "plot_roc",
+    "plot_score_histogram",
+    "plot_loss_curves",
+    "plot_case",
+    "NORMAL_COLOR",
+    "ANOMALOUS_COLOR",
+]
+
+DPI = 100
+NORMAL_COLOR = "tab:blue"
+ANOMALOUS_COLOR = "tab:red"
+PRED_CONTOUR_RGB = (255, 255, 255)  # white stands out on the jet colour map
+GT_CONTOUR_RGB = (0, 255, 0)  # bright green on the plain input image
+
+
+def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
+    """Save ``fig`` atomically (temporary file + rename) and release its artists.
+
+    The format follows the file suffix (PNG when there is none).  A crash
+    while rendering never leaves a half-written file under ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fmt = path.suffix[1:].lower() or "png"
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        fig.savefig(tmp, format=fmt, dpi=DPI)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+        fig.clear()  # drop references to the image data right away
+    return path
+
+
+def _labels_scores(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape or y.size == 0:
+        raise ValueError(f"need as many labels as scores (>0), got {y.size} and {s.size}")
+    return y, s
+
+
+def plot_roc(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    path: str | os.PathLike[str],
+    title: str = "ROC curve (image level)",
+    threshold: float | None = None,
+) -> Path:
+    """ROC curve of image scores with the AUROC in the legend and the chance diagonal.
+
+    If ``threshold`` is given, the operating point ``score > threshold`` is
+    marked.  Raises ``ValueError`` unless both classes are present.
+    """
+    y, s = _labels_scores(labels, scores)
+    if y.min() == y.max():
+        raise ValueError("a ROC curve needs both normal (0) and anomalous (1) images")
+    fpr, tpr, _ = roc_curve(y, s)
+    auc = roc_auc_score(y, s)
+
+    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(fpr, tpr, color=ANOMALOUS_COLOR, lw=2, label=f"detector (AUROC = {auc:.3f})")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUROC = 0.5)")
+    if threshold is not None:
+        pred = s > threshold
+        op_tpr = pred[y == 1].mean()
+        op_fpr = pred[y == 0].mean()
+        ax.plot(
+            op_fpr, op_tpr, "o", color="black", ms=7,
+            label=f"threshold {threshold:.4g}: TPR {op_tpr:.2f}, FPR {op_fpr:.2f}",
+        )
+    ax.set_xlim(-0.01, 1.01)
+    ax.set_ylim(-0.01, 1.01)
+    ax.set_aspect("equal")
+    ax.set_xlabel("false positive rate (normal images flagged)")
+    ax.set_ylabel("true positive rate (anomalous images flagged)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_score_histogram(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    threshold: float,
+    path: str | os.PathLike[str],
+    title: str = "Image anomaly scores",
+    score_name: str = "anomaly score",
+) -> Path:
+    """Overlapping histograms of normal vs anomalous image scores, with the threshold.
+
+    Both classes share the same bins so their bars line up.  The threshold is
+    a dashed vertical line labelled with its value; the legend gives the
+    TPR / TNR it yields.  Works with a single class (e.g. a calibration set
+    without defects): only that histogram and its rate are shown.
+    """
+    y, s = _labels_scores(labels, scores)
+    n_bins = int(np.clip(np.ceil(2 * np.sqrt(s.size)), 10, 60))
+    edges = np.histogram_bin_edges(s, bins=n_bins)
+
+    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for cls, name, color in ((0, "normal", NORMAL_COLOR), (1, "anomalous", ANOMALOUS_COLOR)):
+        sel = s[y == cls]
+        if sel.size:
+            ax.hist(sel, bins=edges, color=color, alpha=0.5, edgecolor=color, lw=0.8,
+                    label=f"{name} images (n={sel.size})")
+
+    pred = s > threshold
+    rates = []
+    if (y == 1).any():
+        rates.append(f"TPR {pred[y == 1].mean():.1%} of anomalous flagged")
+    if (y == 0).any():
+        rates.append(f"TNR {(~pred[y == 0]).mean():.1%} of normal passed")
+    ax.axvline(threshold, color="black", ls="--", lw=1.5,
+               label=f"threshold = {threshold:.4g}\n" + "\n".join(rates))
+    # Keep the threshold visible even when it lies outside the score range.
+    lo, hi = min(edges[0], threshold), max(edges[-1], threshold)
+    pad = 0.03 * (hi - lo if hi > lo else 1.0)
+    ax.set_xlim(lo - pad, hi + pad)
+    ax.text(threshold, 1.0, f" {threshold:.4g} ", transform=ax.get_xaxis_transform(),
+            ha="center", va="bottom", fontsize=9, clip_on=False)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel(f"{score_name}  (flagged anomalous when > threshold)")
+    ax.set_ylabel("number of images")
+    ax.set_title(title, pad=16)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(loc="best", fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_loss_curves(
+    curves: Mapping[str, Sequence[float]],
+    path: str | os.PathLike[str],
+    title: str = "Loss curves",
+) -> Path:
+    """Loss vs epoch (1-based), one line per entry of ``curves`` (e.g. train / validation).
+
+    The y axis turns logarithmic when positive losses span more than two decades.
+    """
+    series = {k: np.asarray(v, dtype=np.float64) for k, v in curves.items() if len(v)}
+    if not series:
+        raise ValueError("no loss values to plot")
+    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, values in series.items():
+        epochs = np.arange(1, values.size + 1)
+        ax.plot(epochs, values, marker="o" if values.size <= 30 else None, ms=4, lw=1.8, label=name)
+    all_values = np.concatenate(list(series.values()))
+    finite = all_values[np.isfinite(all_values)]
+    log = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 100
+    if log:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss (log scale)" if log else "loss")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=9)
+    return save_figure(fig, path)
+
+
+def plot_case(
+    image: np.ndarray,
+    path: str | os.PathLike[str],
+    *,
+    title: str,
+    amap: np.ndarray | None = None,
+    vmin: float | None = None,
+    vmax: float | None = None,
+    pred_mask: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    title_color: str = "black",
+    cmap: str = "jet",
+) -> Path:
+    """One row of panels for one test image.
+
+    input | heatmap overlay (fixed range [vmin, vmax], with the predicted-mask
+    outline in white when ``pred_mask`` is given) | ground truth (green
+    outline of ``mask`` over the input).  The overlay panel is left out when
+    ``amap`` is None, the ground-truth panel when ``mask`` is None.
+    """
+    rgb = np.round(_as_float_rgb(image) * 255.0).astype(np.uint8)
+    # Outlines about 2 screen pixels wide whatever the image resolution
+    # (a panel is ~250 px wide at 100 dpi).
+    line = max(2, int(round(2 * max(rgb.shape[:2]) / 250)))
+    panels: list[tuple[str, np.ndarray]] = [("input", rgb)]
+    if amap is not None:
+        if vmin is None or vmax is None:
+            raise ValueError("vmin and vmax are needed with an anomaly map")
+        over = overlay_heatmap(image, amap, vmin, vmax, cmap=cmap)
+        caption = "anomaly map"
+        if pred_mask is not None:
+            over = draw_mask_contours(over, pred_mask, PRED_CONTOUR_RGB, width=line)
+            caption += "\nwhite: predicted defect" if pred_mask.any() else "\nno predicted defect"
+        panels.append((caption, over))
+    if mask is not None:
+        gt_caption = "ground truth\ngreen: defect" if mask.any() else "ground truth\nno defect"
+        panels.append((gt_caption, draw_mask_contours(rgb, mask, GT_CONTOUR_RGB, width=line)))
+
+    # Fixed geometry in inches instead of constrained layout: the panels are
+    # all alike and the layout solver was most of the rendering time.
+    panel, gap, cbar_room = 2.5, 0.5, 0.75
+    top_room, bottom_room = 0.85, 0.1
+    content = len(panels) * (panel + gap) + (cbar_room if amap is not None else 0.0)
+    width = max(content, 6.0)  # room for the two-line title even with one panel
+    height = panel + top_room + bottom_room
+    fig = Figure(figsize=(width, height))
+    x = (width - content + gap) / 2
+    for k, (caption, pic) in enumerate(panels):
+        ax = fig.add_axes((x / width, bottom_room / height, panel / width, panel / height))
+        ax.imshow(pic)
+        ax.set_title(caption, fontsize=9)
+        ax.set_axis_off()
+        x += panel + gap
+        if k == 1 and amap is not None:
+            cax = fig.add_axes(((x - gap + 0.08) / width, bottom_room / height, 0.12 / width, panel / height))
+            cb = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap), cax=cax)
+            cb.ax.tick_params(labelsize=7)
+            cb.set_label("anomaly score (same scale for all images)", fontsize=7)
+            x += cbar_room
+    fig.suptitle(title, fontsize=9, color=title_color, y=1 - 0.06 / height, va="top")
+    return save_figure(fig, path)
