@@ -1,0 +1,160 @@
+"""The command line end to end on a tiny synthetic category, and its answers to bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anomalens.cli import main
+from anomalens.data import make_synthetic_category
+
+FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return make_synthetic_category(root, source="brick", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(category, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "brick"
+    assert main(["fit", "padim", str(category), "-o", str(run), *FIT]) == 0
+    return run
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomalens: error:") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def test_fit_writes_a_loadable_run(run):
+    config = json.loads((run / "detector.json").read_text())
+    assert config["detector"] == "padim" and config["params"]["image_size"] == 64
+    assert (run / "weights.safetensors").stat().st_size > 0
+    assert json.loads((run / "run.json").read_text())["n_train_images"] == 12
+    assert not [p for p in run.parent.iterdir() if ".partial" in p.name]
+
+
+def test_test_writes_metrics_and_report(run, category, capsys):
+    assert main(["test", str(run), str(category), "-q"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    for key in ("image_auroc", "pixel_auroc", "aupro", "threshold", "tpr", "tnr"):
+        assert key in metrics
+    assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_images"] == 8
+    assert metrics["pixel_auroc"] > 0.8  # PaDiM localises the synthetic defects even at 64 px
+    for name in ("report.html", "scores.csv", "roc.png", "score_histogram.png"):
+        assert (run / name).is_file()
+    assert "image_auroc=" in capsys.readouterr().out
+
+
+def test_test_without_ground_truth_is_image_level(run, category, tmp_path):
+    copy = tmp_path / "nogt"
+    shutil.copytree(category, copy)
+    shutil.rmtree(copy / "ground_truth")
+    assert main(["test", str(run), str(copy), "-o", str(tmp_path / "out"), "-q", "--no-report"]) == 0
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert "image_auroc" in metrics and "pixel_auroc" not in metrics and "aupro" not in metrics
+
+
+def test_predict_writes_scores_heatmaps_and_masks(run, category, tmp_path):
+    out = tmp_path / "pred"
+    images = category / "test" / "hole"
+    assert main(["predict", str(run), str(images), "-o", str(out), "-q"]) == 0
+    rows = list(csv.DictReader(open(out / "predictions.csv")))
+    assert len(rows) == len(list(images.iterdir()))
+    jsonl = [json.loads(line) for line in open(out / "predictions.jsonl")]
+    assert [r["score"] for r in jsonl] == pytest.approx([float(r["score"]) for r in rows])
+    heatmap = Image.open(out / rows[0]["heatmap"])
+    assert heatmap.size == Image.open(rows[0]["image"]).size and heatmap.mode == "RGB"
+    assert (out / rows[0]["mask"]).is_file()
+
+
+def test_predict_accepts_single_files_and_refuses_to_overwrite(run, category, tmp_path, capsys):
+    image = next((category / "test" / "good").iterdir())
+    out = tmp_path / "single"
+    assert main(["predict", str(run), str(image), "-o", str(out), "-q", "--no-heatmaps"]) == 0
+    assert main(["predict", str(run), str(image), "-o", str(out), "-q"]) == 2
+    _one_line_error(capsys, "already exists")
+
+
+def test_calibrate_with_and_without_defects(run, category, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["calibrate", str(copy), str(category), "-q"]) == 0
+    assert "F1-optimal" in json.loads((copy / "detector.json").read_text())["threshold_source"]
+    # A calibration set with normal images only: no threshold that flags everything.
+    normals = tmp_path / "normals"
+    shutil.copytree(category / "train" / "good", normals)
+    assert main(["calibrate", str(copy), str(normals), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "no anomalous image" in out
+    threshold = json.loads((copy / "detector.json").read_text())["threshold"]
+    from anomalens import load_detector
+    from anomalens.data import load_dataset
+
+    scores = load_detector(copy).score(load_dataset(normals).train, progress=False)[0]
+    assert (scores > threshold).mean() <= 0.1
+
+
+# ------------------------------------------------------------------------------------ bad input
+def _assert_no_run(parent: Path) -> None:
+    assert not any(parent.iterdir()), list(parent.iterdir())
+
+
+def test_missing_folder(tmp_path, capsys):
+    assert main(["fit", "padim", str(tmp_path / "nowhere"), "-o", str(tmp_path / "runs" / "r"), *FIT]) == 2
+    _one_line_error(capsys, "nowhere")
+    assert not (tmp_path / "runs" / "r").exists()
+
+
+def test_empty_train_good(tmp_path, capsys):
+    (tmp_path / "cat" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "cat" / "test" / "good").mkdir(parents=True)
+    (tmp_path / "runs").mkdir()
+    assert main(["fit", "padim", str(tmp_path / "cat"), "-o", str(tmp_path / "runs" / "r"), *FIT]) == 2
+    _one_line_error(capsys, "train")
+    _assert_no_run(tmp_path / "runs")
+
+
+def test_corrupt_png_in_training_images(category, tmp_path, capsys):
+    copy = tmp_path / "cat"
+    shutil.copytree(category, copy)
+    bad = copy / "train" / "good" / "005.png"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    (tmp_path / "runs").mkdir()
+    assert main(["fit", "padim", str(copy), "-o", str(tmp_path / "runs" / "r"), *FIT]) == 2
+    _one_line_error(capsys, "005.png")
+    _assert_no_run(tmp_path / "runs")
+
+
+def test_mask_of_the_wrong_size(run, category, tmp_path, capsys):
+    copy = tmp_path / "cat"
+    shutil.copytree(category, copy)
+    mask = next((copy / "ground_truth" / "hole").iterdir())
+    Image.fromarray(np.zeros((10, 12), np.uint8)).save(mask)
+    out = tmp_path / "out"
+    assert main(["test", str(run), str(copy), "-o", str(out), "-q"]) == 2
+    _one_line_error(capsys, mask.name)
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_wrong_model_name(category, tmp_path, capsys):
+    assert main(["fit", "padimm", str(category), "-o", str(tmp_path / "r"), *FIT]) == 2
+    _one_line_error(capsys, "unknown detector 'padimm'", "available:")
+    assert not (tmp_path / "r").exists()
+
+
+def test_not_a_run_folder(category, tmp_path, capsys):
+    assert main(["test", str(tmp_path), str(category), "-q"]) == 2
+    _one_line_error(capsys, "detector.json")
