@@ -158,3 +158,16 @@ def test_wrong_model_name(category, tmp_path, capsys):
 def test_not_a_run_folder(category, tmp_path, capsys):
     assert main(["test", str(tmp_path), str(category), "-q"]) == 2
     _one_line_error(capsys, "detector.json")
+
+
+def test_calibrate_area_rule_then_test(run, category, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["calibrate", str(copy), str(category), "--method", "area", "-q"]) == 0
+    assert "min_area" in capsys.readouterr().out
+    saved = json.loads((copy / "calibration.json").read_text())
+    assert saved["method"] == "area" and saved["min_area"] >= 1
+    assert main(["test", str(copy), str(category), "-q", "--no-report"]) == 0
+    metrics = json.loads((copy / "metrics.json").read_text())
+    assert metrics["min_area"] == saved["min_area"]
+    assert metrics["tp"] + metrics["fn"] == 4 and metrics["tn"] + metrics["fp"] == 4

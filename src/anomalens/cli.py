@@ -72,8 +72,9 @@ def cmd_predict(args: argparse.Namespace) -> None:
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from anomalens.workflow import calibrate_run
 
-    info = calibrate_run(args.run, args.data, device=args.device, progress=not args.quiet)
-    print(f"threshold {info['threshold']:.4g} ({info['note']})")
+    info = calibrate_run(args.run, args.data, method=args.method, clear_border=args.clear_border, device=args.device, progress=not args.quiet)
+    rule = f"min_area {info['min_area']} px, pixel threshold {info['pixel_threshold']:.4g}" if args.method == "area" else f"threshold {info['threshold']:.4g}"
+    print(f"{rule} ({info['note']})")
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -134,6 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="set the run's threshold on labelled data (test split of DATA)")
     p.add_argument("run")
     p.add_argument("data")
+    p.add_argument("--method", choices=["f1", "area"], default="f1",
+                   help="f1: F1-optimal image threshold; area: the seed's minimum defect area + pixel threshold")
+    p.add_argument("--clear-border", action="store_true", help="area method: ignore regions touching the image border")
     common(p)
     p.set_defaults(func=cmd_calibrate)
 

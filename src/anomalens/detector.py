@@ -30,6 +30,8 @@ import torch
 
 from anomalens import __version__
 from anomalens.errors import ConfigError, ModelFileError
+from anomalens.progress import iterate_progress  # noqa: F401  (re-exported for model files)
+from anomalens.thresholds import area_threshold_search, f1_threshold, largest_defect_areas, quantile_threshold
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "detector.json"
@@ -90,33 +92,6 @@ def create_detector(name: str, **params: Any) -> "Detector":
     return detector_class(name)(**params)
 
 
-# ------------------------------------------------------------------------------------- thresholds
-def quantile_threshold(normal_scores: np.ndarray, quantile: float) -> float:
-    """Threshold from normal scores alone: their ``quantile`` (e.g. 0.99 → ~1% false alarms expected).
-
-    Taken as the midpoint between the quantile and the next larger score would be overly clever; a plain
-    quantile with the 'higher' rule keeps ``score > threshold`` false for at least that share of normals.
-    """
-    scores = np.asarray(normal_scores, dtype=np.float64)
-    if scores.size == 0:
-        raise ValueError("no normal scores to set a threshold from")
-    return float(np.quantile(scores, quantile, method="higher"))
-
-
-def f1_threshold(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """F1-optimal threshold on labelled data, or None when it has no anomalous (or no normal) image.
-
-    Returning None rather than a degenerate value is what keeps a calibration set without anomalies
-    from producing a threshold that flags everything.
-    """
-    from anomalens.metrics import f1_max
-
-    labels = np.asarray(labels)
-    if labels.min() == labels.max():
-        return None
-    return float(f1_max(labels, scores)[1])
-
-
 # --------------------------------------------------------------------------------------- contract
 def resolve_device(device: str) -> torch.device:
     """'auto' → CUDA when available, else CPU. Explicit 'cuda' without a GPU is an error."""
@@ -166,6 +141,8 @@ class Detector(ABC):
         self.pixel_threshold_: float | None = None
         self.threshold_source_: str | None = None
         self.map_reference_: float | None = None  # typical anomaly-map value on normal images
+        self.min_area_: int | None = None  # set by calibrate(method="area"): the seed's region rule
+        self.area_clear_border_: bool = False
         self.history_: dict[str, list[float]] = {}
 
     def __getattr__(self, key: str) -> Any:
@@ -252,23 +229,57 @@ class Detector(ABC):
         return self._score(records, progress)
 
     def predict(self, records: Sequence, progress: bool = True) -> DetectionResult:
-        """Scores, labels (score > threshold_), maps and predicted masks for each image."""
+        """Scores, labels, maps and predicted masks (``map > pixel_threshold_``) for each image.
+
+        Labels follow ``score > threshold_``, or, after ``calibrate(method="area")``, the seed's rule:
+        a region of the predicted mask (not touching the border) with at least ``min_area_`` pixels.
+        """
         scores, maps = self.score(records, progress)
         masks = None
         if maps is not None and self.pixel_threshold_ is not None:
             masks = maps > self.pixel_threshold_
-        return DetectionResult(scores=scores, labels=(scores > self.threshold_).astype(np.int64), maps=maps, masks=masks)
+        if self.min_area_ is not None and maps is not None:
+            labels = largest_defect_areas(maps, self.pixel_threshold_, self.area_clear_border_) >= self.min_area_
+        else:
+            labels = scores > self.threshold_
+        return DetectionResult(scores=scores, labels=labels.astype(np.int64), maps=maps, masks=masks)
 
-    def calibrate(self, records: Sequence, progress: bool = True) -> dict[str, Any]:
-        """Set the image threshold F1-optimally on labelled data (normal + anomalous).
+    def calibrate(
+        self,
+        records: Sequence,
+        method: str = "f1",
+        normal_records: Sequence = (),
+        clear_border: bool = False,
+        progress: bool = True,
+    ) -> dict[str, Any]:
+        """Re-set the decision rule on labelled ``records``.
 
-        Without anomalous images the F1 rule is undefined; the threshold is then re-estimated as the
-        normal-score quantile instead of flagging everything, and the returned note says so.
+        method="f1": the F1-optimal image threshold. Without anomalous images the F1 rule is undefined;
+            the threshold is then re-estimated as the normal-score quantile instead of flagging
+            everything, and the returned note says so.
+        method="area" (localising detectors): the seed's finetune — a pixel threshold and a minimum
+            defect area (see ``thresholds.area_threshold_search``); ``normal_records`` are the
+            validation normals of its first step (defaults to the normal images among ``records``);
+            ``clear_border`` ignores regions touching the border, as the 2021 reference code did.
         """
         records = list(records)
-        labels = np.array([r.label for r in records])
+        labels = np.array([r.label for r in records], dtype=np.int64)
         scores, maps = self.score(records, progress)
-        threshold = f1_threshold(labels, scores) if len(labels) else None
+        if method == "area":
+            if maps is None:
+                raise ConfigError(f"{self.name} gives no anomaly maps: use calibrate method 'f1'")
+            normal_maps = self.score(list(normal_records), progress)[1] if len(normal_records) else maps[labels == 0]
+            if normal_maps is None or len(normal_maps) == 0:
+                raise ValueError("the area calibration needs normal images")
+            found = area_threshold_search(normal_maps, maps, labels, clear_border=clear_border, progress=progress)
+            self.min_area_, self.pixel_threshold_ = found["min_area"], found["threshold"]
+            self.area_clear_border_ = clear_border
+            self.threshold_source_ = f"area rule: region ≥ {self.min_area_} px above {self.pixel_threshold_:.4g}; {found['note']}"
+            return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "min_area": self.min_area_, "note": found["note"]}
+        if method != "f1":
+            raise ConfigError(f"unknown calibration method '{method}'; use f1 or area")
+        self.min_area_ = None
+        threshold = f1_threshold(labels, scores)
         if threshold is None:
             normal = scores[labels == 0]
             if len(normal) == 0:
@@ -281,10 +292,9 @@ class Detector(ABC):
         else:
             self.threshold_ = threshold
             self.threshold_source_ = f"F1-optimal on {len(labels)} labelled images ({int(labels.sum())} anomalous)"
-            if maps is not None:
-                # Keep the pixel threshold on the same footing: the F1-optimal image threshold applied
-                # to the maps' maxima is exact for detectors whose score is the max of the map.
-                self.pixel_threshold_ = threshold if self.score_is_map_max else self.pixel_threshold_
+            if maps is not None and self.score_is_map_max:
+                # For max-of-map detectors the image threshold is exactly a pixel threshold too.
+                self.pixel_threshold_ = threshold
             note = self.threshold_source_
         return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "note": note}
 
@@ -307,6 +317,8 @@ class Detector(ABC):
             "pixel_threshold": self.pixel_threshold_,
             "threshold_source": self.threshold_source_,
             "map_reference": self.map_reference_,
+            "min_area": self.min_area_,
+            "area_clear_border": self.area_clear_border_,
             "history": self.history_,
             "preprocessing": self.preprocessing(),
         }
@@ -391,17 +403,8 @@ def load_detector(directory: str | Path, device: str | None = None) -> Detector:
     detector.threshold_source_ = config.get("threshold_source")
     detector.history_ = config.get("history", {})
     detector.map_reference_ = config.get("map_reference")
+    detector.min_area_ = config.get("min_area")
+    detector.area_clear_border_ = bool(config.get("area_clear_border", False))
     if detector.threshold_ is None:
         raise ModelFileError(f"{config_path}: has no threshold; the detector was saved before it was fitted")
     return detector
-
-
-def iterate_progress(iterable: Iterable, progress: bool, desc: str, total: int | None = None) -> Iterable:
-    """Wrap in a tqdm progress bar when asked (shared by every long loop)."""
-    if not progress:
-        return iterable
-    from tqdm.auto import tqdm
-
-    return tqdm(iterable, desc=desc, total=total, leave=False, dynamic_ncols=True)
-
-

@@ -154,14 +154,23 @@ def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
 def threshold_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float | int]:
     """Confusion counts and rates at a fixed threshold (anomalous = ``score > threshold``).
 
-    Keys: ``tp, fp, tn, fn`` (ints), ``tpr`` (recall on anomalous images),
-    ``tnr`` (fraction of normal images passed), ``balanced_accuracy`` =
-    (tpr + tnr) / 2, ``precision``, ``f1``, ``threshold``.  A rate whose
-    denominator is zero (class absent, nothing flagged) is NaN;
-    ``balanced_accuracy`` is NaN when either class is absent.
+    Keys: those of :func:`confusion_metrics` plus ``threshold``.
     """
     y, s = _image_inputs(labels, scores)
-    pred = s > threshold
+    return {**confusion_metrics(y, s > threshold), "threshold": float(threshold)}
+
+
+def confusion_metrics(labels: ArrayLike, predicted: ArrayLike) -> dict[str, float | int]:
+    """Confusion counts and rates of predicted labels (1 = flagged anomalous).
+
+    Keys: ``tp, fp, tn, fn`` (ints), ``tpr`` (recall on anomalous images),
+    ``tnr`` (fraction of normal images passed), ``balanced_accuracy`` =
+    (tpr + tnr) / 2, ``precision``, ``f1``.  A rate whose denominator is zero
+    (class absent, nothing flagged) is NaN; ``balanced_accuracy`` is NaN when
+    either class is absent.
+    """
+    y, p = _image_inputs(labels, predicted)
+    pred = p > 0
     pos = y == 1
     tp = int(np.count_nonzero(pred & pos))
     fp = int(np.count_nonzero(pred & ~pos))
@@ -184,7 +193,6 @@ def threshold_metrics(labels: ArrayLike, scores: ArrayLike, threshold: float) ->
         "precision": ratio(tp, tp + fp),
         # 2tp / (2tp + fp + fn): 0 (not NaN) when anomalies exist but none are found.
         "f1": ratio(2 * tp, 2 * tp + fp + fn),
-        "threshold": float(threshold),
     }
 
 
@@ -291,8 +299,12 @@ def evaluate(
     threshold: float,
     masks: ArrayLike | None = None,
     maps: ArrayLike | None = None,
+    predicted: ArrayLike | None = None,
 ) -> dict[str, float | int]:
     """All metrics in one flat dict of plain Python floats / ints.
+
+    ``predicted``: the detector's own labels when its decision is not ``score > threshold`` (the
+    minimum-area rule); the confusion counts and rates are then those of these labels.
 
     Keys: ``image_auroc``, ``image_aupr``, ``image_f1_max``,
     ``image_f1_max_threshold``, the :func:`threshold_metrics` keys, and, when
@@ -307,6 +319,8 @@ def evaluate(
     out["image_f1_max"] = best_f1
     out["image_f1_max_threshold"] = best_thr
     out.update(threshold_metrics(labels, scores, threshold))
+    if predicted is not None:
+        out.update(confusion_metrics(labels, predicted))
     if masks is not None and maps is not None:
         g, m = _pixel_inputs(masks, maps)
         if g.shape[0] != np.asarray(scores).reshape(-1).size:

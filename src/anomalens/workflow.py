@@ -147,13 +147,14 @@ def test_run(
     result = detector.predict(records, progress=progress)
     seconds = time.perf_counter() - start
     pixel_maps = result.maps if masks is not None else None
-    metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=pixel_maps)
+    metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=pixel_maps, predicted=result.labels)
     metrics.update({
         "detector": detector.name,
         "n_images": len(records),
         "n_anomalous": int(labels.sum()),
         "threshold_source": detector.threshold_source_,
         "pixel_threshold": detector.pixel_threshold_,
+        "min_area": detector.min_area_,
         "test_seconds": round(seconds, 3),
         "images_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
     })
@@ -187,16 +188,28 @@ def test_run(
 
 
 # ----------------------------------------------------------------------------------- calibrate
-def calibrate_run(run_dir: str | Path, data: str | Path | AnomalyDataset, device: str | None = None, progress: bool = True) -> dict[str, Any]:
-    """Re-set the run's threshold on labelled data (F1-optimal; normal-quantile if no defects)."""
+def calibrate_run(
+    run_dir: str | Path,
+    data: str | Path | AnomalyDataset,
+    method: str = "f1",
+    clear_border: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Re-set the run's decision rule on labelled data (the test split of ``data``, else its normals).
+
+    method "f1": F1-optimal threshold (normal-score quantile when there are no defects);
+    method "area": the seed's minimum-area + threshold search, with the held-out share of ``data``'s
+    training normals as validation normals.
+    """
     run_dir = Path(run_dir)
     detector = load_detector(run_dir, device=device)
     dataset = _as_dataset(data)
     records = dataset.test or dataset.train
-    info = detector.calibrate(records, progress=progress)
+    normals = detector._split_holdout(dataset.train)[1] if dataset.train and dataset.test else ()
+    info = detector.calibrate(records, method=method, normal_records=normals, clear_border=clear_border, progress=progress)
     detector.update_saved_thresholds(run_dir)
-    info["n_images"] = len(records)
-    info["n_anomalous"] = int(sum(r.label for r in records))
+    info.update({"method": method, "n_images": len(records), "n_anomalous": int(sum(r.label for r in records))})
     _write_json(run_dir / "calibration.json", info)
     return info
 
