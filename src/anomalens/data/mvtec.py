@@ -1,0 +1,121 @@
+"""Reader for one category of the MVTec AD layout (also used by VisA/MPDD/BTAD conversions).
+
+Layout, exactly as MVTec AD ships it (anything else beside these is ignored)::
+
+    <root>/train/good/*.png                      normal training images
+    <root>/test/good/*.png                       normal test images
+    <root>/test/<defect_type>/*.png              anomalous test images
+    <root>/ground_truth/<defect_type>/<stem>_mask.png   optional pixel masks
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from anomalens.data.io import IMAGE_SUFFIXES, image_size, list_images
+from anomalens.data.records import AnomalyDataset, ImageRecord
+from anomalens.errors import DataError
+
+__all__ = ["is_mvtec_category", "load_mvtec_category", "check_mask_size", "find_mask"]
+
+GOOD = "good"
+
+
+def is_mvtec_category(root: str | Path) -> bool:
+    """True when ``root`` looks like an MVTec AD category (it has a ``train/good`` folder)."""
+    return (Path(root) / "train" / GOOD).is_dir()
+
+
+def check_mask_size(image: Path, mask: Path) -> None:
+    """Raise DataError naming both files when their (H, W) differ (headers only, no decoding)."""
+    img_hw, mask_hw = image_size(image), image_size(mask)
+    if img_hw != mask_hw:
+        raise DataError(
+            f"{mask}: mask size {mask_hw[1]}x{mask_hw[0]} (WxH) does not match image "
+            f"{image} size {img_hw[1]}x{img_hw[0]}"
+        )
+
+
+def find_mask(folder: Path, stem: str, patterns: tuple[str, ...]) -> Path | None:
+    """First existing ``folder/<pattern % stem><suffix>`` for any image suffix, or None.
+
+    ``.png`` is tried first because it is what datasets ship; other suffixes (any case) are
+    accepted so a user's ``.bmp``/``.PNG`` masks are not reported as missing.
+    """
+    if not folder.is_dir():
+        return None
+    suffixes = [".png"] + sorted(IMAGE_SUFFIXES - {".png"})
+    for pattern in patterns:
+        base = pattern.format(stem=stem)
+        for suffix in suffixes:
+            candidate = folder / f"{base}{suffix}"
+            if candidate.is_file():
+                return candidate
+        # Case-insensitive suffix match (e.g. 000_mask.PNG) without listing every time
+        # for the common case above.
+        for candidate in folder.glob(f"{base}.*"):
+            if candidate.suffix.lower() in IMAGE_SUFFIXES and candidate.is_file():
+                return candidate
+    return None
+
+
+def _records(root: Path, folder: Path, label: int, defect_type: str) -> list[ImageRecord]:
+    """Records for every image in ``folder``; names are paths relative to ``root`` (with /)."""
+    return [
+        ImageRecord(
+            source=path,
+            label=label,
+            name=path.relative_to(root).as_posix(),
+            defect_type=defect_type,
+        )
+        for path in list_images(folder)
+    ]
+
+
+def load_mvtec_category(root: str | Path) -> AnomalyDataset:
+    """Load one MVTec-AD-layout category folder into an :class:`AnomalyDataset`.
+
+    * ``train/good`` must exist and hold images.
+    * ``test/`` is optional (missing -> empty test set, for fit-only use).
+    * ``ground_truth/`` is optional; when present every anomalous test image needs its
+      ``<stem>_mask.png`` of the same size as the image, otherwise DataError.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected an MVTec AD category folder, found a file")
+    train_dir = root / "train" / GOOD
+    if not train_dir.is_dir():
+        raise DataError(f"{train_dir}: folder missing; an MVTec AD category needs train/good/ with normal images")
+    train = _records(root, train_dir, 0, GOOD)
+    if not train:
+        raise DataError(f"{train_dir}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+
+    test: list[ImageRecord] = []
+    test_dir = root / "test"
+    gt_dir = root / "ground_truth"
+    has_gt = gt_dir.is_dir()
+    if test_dir.is_dir():
+        # Sorted so record order (and thus reports) is stable across file systems.
+        defect_dirs = sorted(
+            (d for d in test_dir.iterdir() if d.is_dir() and not d.name.startswith(".")),
+            key=lambda d: d.name,
+        )
+        for defect_dir in defect_dirs:
+            defect = defect_dir.name
+            label = 0 if defect == GOOD else 1
+            for rec in _records(root, defect_dir, label, defect):
+                if label == 1 and has_gt:
+                    image = rec.source
+                    assert isinstance(image, Path)
+                    mask = find_mask(gt_dir / defect, image.stem, ("{stem}_mask",))
+                    if mask is None:
+                        expected = gt_dir / defect / f"{image.stem}_mask.png"
+                        raise DataError(f"{expected}: mask missing for anomalous test image {image}")
+                    check_mask_size(image, mask)
+                    rec = replace(rec, mask=mask)
+                test.append(rec)
+    name = root.resolve().name or str(root)
+    return AnomalyDataset(name=name, train=train, test=test)

