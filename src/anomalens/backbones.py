@@ -165,3 +165,48 @@ class FeatureExtractor(nn.Module):
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
         return self.model((images - self.mean) / self.std)
+
+
+class PooledFeatureExtractor(nn.Module):
+    """Globally average-pooled features at every level of a pretrained backbone, frozen.
+
+    Levels (Rippel et al. 2020 use "all levels" of EfficientNet-B4):
+    - EfficientNet family (incl. ``efficientnet_lite*``): the stem output, the output of each of the
+      7 stages and the head conv (after its BN + activation, before pooling) — 9 levels;
+    - any other timm model with ``forward_intermediates`` (e.g. ResNets): its ``feature_info`` levels —
+      for ResNets the stem (after conv1/bn1/act, before the max-pool) and layer1..layer4, 5 levels.
+
+    Input: float images in [0, 1], (B, 3, H, W). Output: list of (B, C_l) tensors, one per level.
+    """
+
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None):
+        super().__init__()
+        import inspect
+
+        self.backbone = backbone
+        model = create_backbone_model(backbone, weights)
+        if not hasattr(model, "forward_intermediates"):
+            raise ConfigError(f"backbone '{backbone}' does not expose its intermediate features (timm forward_intermediates)")
+        # EfficientNets can also return every stage (not just feature_info's) plus the head conv.
+        self.all_stages = "extra_blocks" in inspect.signature(model.forward_intermediates).parameters and hasattr(model, "conv_head")
+        self.model = model.eval().requires_grad_(False)
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "PooledFeatureExtractor":
+        return super().train(False)  # always frozen, pretrained batch-norm statistics
+
+    def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The unpooled (B, C_l, h_l, w_l) maps of every level."""
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        x = (images - self.mean) / self.std
+        if self.all_stages:
+            head, stages = self.model.forward_intermediates(x, extra_blocks=True)
+            return [*stages, head]
+        return list(self.model.forward_intermediates(x, intermediates_only=True))
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return [fmap.mean(dim=(2, 3)) for fmap in self.feature_maps(images)]

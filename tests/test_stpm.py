@@ -1,0 +1,110 @@
+"""What is specific to STPM: the loss and map of eq. 1-5, training that learns, exact resumption."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens import create_detector
+from anomalens.models import stpm as stpm_module
+from anomalens.models.stpm import stpm_loss, stpm_map
+from tests.conftest import TINY_PARAMS, make_records
+
+SMALL = {"image_size": 32, "batch_size": 4, "device": "cpu"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP's waiting threads
+    # slowed these tests ~50x (3 s → 3 min); restore the setting for the other test files.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def fitted(train_records):
+    return create_detector("stpm", **TINY_PARAMS["stpm"]).fit(train_records, progress=False)
+
+
+def test_loss_and_map_are_zero_when_the_student_is_the_teacher():
+    detector = create_detector("stpm", **SMALL)
+    detector._build()
+    detector.student_.load_state_dict(detector.teacher_.model.state_dict())
+    detector.student_.eval()
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        teacher, student = detector._features(images)
+        assert stpm_loss(teacher, student).item() == 0.0
+        assert detector.anomaly_maps(images).abs().max().item() == 0.0
+
+
+def test_loss_and_map_match_the_formulas():
+    g = torch.Generator().manual_seed(0)
+    t = [torch.randn(2, 5, 4, 4, generator=g), torch.randn(2, 7, 2, 2, generator=g)]
+    s = [torch.randn(2, 5, 4, 4, generator=g), torch.randn(2, 7, 2, 2, generator=g)]
+    expected = 0.0
+    cos = []
+    for tl, sl in zip(t, s):
+        tn, sn = tl / tl.norm(dim=1, keepdim=True), sl / sl.norm(dim=1, keepdim=True)
+        h, w = tl.shape[-2:]
+        expected = expected + ((tn - sn) ** 2).sum(dim=(1, 2, 3)) / (2 * h * w)  # eq. 1, per image
+        cos.append(torch.nn.functional.cosine_similarity(tl, sl, dim=1))
+    assert stpm_loss(t, s).item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    amap = stpm_map(t, s, (4, 4))
+    up = torch.nn.functional.interpolate((1 - cos[1]).unsqueeze(1), size=(4, 4), mode="bilinear", align_corners=False)[:, 0]
+    torch.testing.assert_close(amap, (1 - cos[0]) * up, rtol=1e-4, atol=1e-6)  # product over layers
+
+
+def test_training_lowers_the_loss_and_keeps_the_best_epoch(fitted):
+    history = fitted.history_
+    assert set(history) == {"loss", "val_loss"}  # curves only; best_epoch is an attribute
+    assert len(history["loss"]) == TINY_PARAMS["stpm"]["epochs"]
+    assert history["loss"][-1] < 0.7 * history["loss"][0]
+    assert history["val_loss"][-1] < history["val_loss"][0]
+    assert fitted.best_epoch_ == int(np.argmin(history["val_loss"]))
+
+
+def test_map_peaks_on_the_pasted_defect(fitted, test_records):
+    anomalous = [r for r in test_records if r.label == 1]
+    scores, maps = fitted.score(anomalous, progress=False)
+    np.testing.assert_allclose(scores, maps.reshape(len(maps), -1).max(1), rtol=1e-6)
+    for record, amap in zip(anomalous, maps):
+        assert amap[record.mask].mean() > 2 * amap[~record.mask].mean()
+
+
+def test_resuming_from_a_checkpoint_gives_the_same_student(tmp_path):
+    records = make_records(10, 0, seed=3, size=32)
+    straight = create_detector("stpm", **SMALL, epochs=3).fit(records, progress=False)
+    path = tmp_path / "stpm.ckpt"
+    create_detector("stpm", **SMALL, epochs=2, checkpoint=str(path)).fit(records, progress=False)
+    assert path.is_file()
+    resumed = create_detector("stpm", **SMALL, epochs=3, checkpoint=str(path)).fit(records, progress=False)
+    assert resumed.history_.keys() == straight.history_.keys()
+    for key, values in straight.history_.items():
+        assert resumed.history_[key] == pytest.approx(values, rel=1e-5)
+    for (name, a), b in zip(straight.student_.state_dict().items(), resumed.student_.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
+
+
+def test_validation_split_is_seeded_and_disjoint():
+    records = make_records(20, 0, seed=4, size=16)
+    a = create_detector("stpm", seed=1)._split_validation(records)
+    b = create_detector("stpm", seed=1)._split_validation(records)
+    c = create_detector("stpm", seed=2)._split_validation(records)
+    names = [[r.name for r in part] for part in a]
+    assert len(names[1]) == 2 and not set(names[0]) & set(names[1]) and len(names[0]) == 18
+    assert names == [[r.name for r in part] for part in b]
+    assert names[1] != [r.name for r in c[1]]
+
+
+def test_streamed_images_equal_preloaded(monkeypatch):
+    records = make_records(5, 0, seed=5, size=24)
+    preloaded = stpm_module._Images(records, 16, False, "")
+    monkeypatch.setattr(stpm_module, "PRELOAD_BYTES", 0)
+    streamed = stpm_module._Images(records, 16, False, "")
+    assert preloaded.tensor is not None and streamed.tensor is None
+    index = np.array([3, 0, 4])
+    torch.testing.assert_close(streamed.take(index), preloaded.take(index))
