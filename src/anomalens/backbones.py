@@ -133,7 +133,31 @@ def create_backbone_model(backbone: str, weights: str | None = None, **timm_kwar
     return model
 
 
-class FeatureExtractor(nn.Module):
+class _FrozenBackbone(nn.Module):
+    """A pretrained timm model, always in eval mode, with its own input normalisation.
+
+    Input images are floats in [0, 1]; grayscale (1-channel) input is replicated to 3 channels.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.eval().requires_grad_(False)
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "_FrozenBackbone":
+        # Always frozen: batch-norm statistics must stay the pretrained ones.
+        return super().train(False)
+
+    def normalise(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[1] == 1:
+            images = images.expand(-1, 3, -1, -1)
+        return (images - self.mean) / self.std
+
+
+class FeatureExtractor(_FrozenBackbone):
     """Multi-layer features of a pretrained backbone, frozen, with its own input normalisation.
 
     ``layers`` are timm ``out_indices``; for ResNets and EfficientNets index i has stride 2**(i+1),
@@ -142,32 +166,22 @@ class FeatureExtractor(nn.Module):
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, layers: Sequence[int] = (1, 2, 3), weights: str | None = None):
-        super().__init__()
-        self.backbone = backbone
-        self.layers = tuple(int(i) for i in layers)
+        layers = tuple(int(i) for i in layers)
         try:
-            model = create_backbone_model(backbone, weights, features_only=True, out_indices=self.layers)
+            model = create_backbone_model(backbone, weights, features_only=True, out_indices=layers)
         except IndexError:
-            raise ConfigError(f"backbone '{backbone}' has no feature layers {self.layers}") from None
-        self.model = model.eval().requires_grad_(False)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+            raise ConfigError(f"backbone '{backbone}' has no feature layers {layers}") from None
+        super().__init__(model)
+        self.backbone = backbone
+        self.layers = layers
         self.channels: list[int] = list(model.feature_info.channels())
         self.strides: list[int] = list(model.feature_info.reduction())
 
-    def train(self, mode: bool = True) -> "FeatureExtractor":
-        # Always frozen: batch-norm statistics must stay the pretrained ones.
-        return super().train(False)
-
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        return self.model((images - self.mean) / self.std)
+        return self.model(self.normalise(images))
 
 
-class PooledFeatureExtractor(nn.Module):
+class PooledFeatureExtractor(_FrozenBackbone):
     """Globally average-pooled features at every level of a pretrained backbone, frozen.
 
     Levels (Rippel et al. 2020 use "all levels" of EfficientNet-B4):
@@ -180,29 +194,19 @@ class PooledFeatureExtractor(nn.Module):
     """
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, weights: str | None = None):
-        super().__init__()
         import inspect
 
-        self.backbone = backbone
         model = create_backbone_model(backbone, weights)
         if not hasattr(model, "forward_intermediates"):
             raise ConfigError(f"backbone '{backbone}' does not expose its intermediate features (timm forward_intermediates)")
+        super().__init__(model)
+        self.backbone = backbone
         # EfficientNets can also return every stage (not just feature_info's) plus the head conv.
         self.all_stages = "extra_blocks" in inspect.signature(model.forward_intermediates).parameters and hasattr(model, "conv_head")
-        self.model = model.eval().requires_grad_(False)
-        cfg = getattr(model, "pretrained_cfg", {}) or {}
-        mean, std = cfg.get("mean", (0.485, 0.456, 0.406)), cfg.get("std", (0.229, 0.224, 0.225))
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
-
-    def train(self, mode: bool = True) -> "PooledFeatureExtractor":
-        return super().train(False)  # always frozen, pretrained batch-norm statistics
 
     def feature_maps(self, images: torch.Tensor) -> list[torch.Tensor]:
         """The unpooled (B, C_l, h_l, w_l) maps of every level."""
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        x = (images - self.mean) / self.std
+        x = self.normalise(images)
         if self.all_stages:
             head, stages = self.model.forward_intermediates(x, extra_blocks=True)
             return [*stages, head]

@@ -26,6 +26,7 @@ from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
+from anomalens.models.components.gaussian import inverse_sqrt
 from anomalens.models.components.maps import upsample_and_blur
 
 # The paper's channel counts for its backbones (d of the concatenated layers 1-3).
@@ -98,11 +99,9 @@ class PaDiM(Detector):
         cov = (outer - count * torch.einsum("pc,pd->pcd", mean_c, mean_c)) / (count - 1)
         cov += self.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
         self.mean_ = (mean_c + shift.double()).float()
-        # Store the Cholesky factor of the precision matrix: ‖W(x-μ)‖² = (x-μ)ᵀ Σ⁻¹ (x-μ), computed as one
-        # batched matmul at test time; float64 for the factorisation, float32 is enough for scoring.
-        chol = torch.linalg.cholesky(cov)
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
-        self.whitener_ = torch.linalg.solve_triangular(chol, eye, upper=False).float()
+        # Store a whitener W with WᵀW = Σ⁻¹: ‖W(x-μ)‖² is then one batched matmul at test time;
+        # float64 for the factorisation, float32 is enough for scoring.
+        self.whitener_ = inverse_sqrt(cov).float()
 
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""

@@ -120,12 +120,10 @@ class STPM(Detector):
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         images = images.to(self.device)
-        if images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
         with torch.no_grad():
             teacher = self.teacher_(images)
         # The student sees the teacher's input normalisation, so both match the same pixels.
-        student = self.student_((images - self.teacher_.mean) / self.teacher_.std)
+        student = self.student_(self.teacher_.normalise(images))
         return teacher, student
 
     # -- fit ------------------------------------------------------------------------------------

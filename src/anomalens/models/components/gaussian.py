@@ -7,8 +7,8 @@
 - ``mahalanobis``: √((x − μ)ᵀ Σ⁻¹ (x − μ)) = ‖W(x − μ)‖, a sum of squares, so it never goes negative
   and keeps its precision in float32 even when Σ is badly conditioned (unlike xᵀ(Σ⁻¹x)).
 
-Used by Mahalanobis AD (``models/mahalanobis.py``). PaDiM (``models/padim.py``) computes the same
-whitener per patch position with its own code; it could call ``inverse_sqrt`` on its (P, d, d) batch.
+Used by Mahalanobis AD (``models/mahalanobis.py``, one Gaussian per level) and PaDiM
+(``models/padim.py``, one per patch position: ``inverse_sqrt`` on a (P, d, d) batch).
 """
 
 from __future__ import annotations
