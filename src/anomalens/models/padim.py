@@ -11,7 +11,8 @@ Localization", ICPR 2020.
 
 Memory: the fitted state is P·d·(d + 1) floats for P = (H/4)·(W/4) positions — for 256 px and
 d = 100 that is 4096·100·101·4 B ≈ 165 MB; fitting streams the images and keeps only running sums
-(float64, ≈ 330 MB for the same setting), independent of the number of training images.
+(float64, ≈ 330 MB for the same setting) plus one batch of features, independent of the number of
+training images.
 """
 
 from __future__ import annotations
@@ -90,18 +91,23 @@ class PaDiM(Detector):
                     total = torch.zeros(shift.shape, dtype=torch.float64, device=shift.device)
                     outer = torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float64, device=shift.device)
                 centred = (emb - shift).transpose(0, 1)  # (P, B, d)
-                total += centred.sum(1).double()
-                outer += torch.bmm(centred.transpose(1, 2), centred).double()
+                total += centred.sum(1)
+                # In-place add with dtype promotion: no float64 copy of the (P, d, d) product.
+                outer += torch.bmm(centred.transpose(1, 2), centred)
                 count += emb.shape[0]
-        if count < 2:
-            raise ValueError("padim: needs at least 2 training images to estimate covariances")
-        mean_c = total / count
-        cov = (outer - count * torch.einsum("pc,pd->pcd", mean_c, mean_c)) / (count - 1)
-        cov += self.epsilon * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
-        self.mean_ = (mean_c + shift.double()).float()
-        # Store a whitener W with WᵀW = Σ⁻¹: ‖W(x-μ)‖² is then one batched matmul at test time;
-        # float64 for the factorisation, float32 is enough for scoring.
-        self.whitener_ = inverse_sqrt(cov).float()
+            if count < 2:
+                raise ValueError("padim: needs at least 2 training images to estimate covariances")
+            mean_c = total / count
+            # Σ = (Σ(x-s)(x-s)ᵀ - n(μ-s)(μ-s)ᵀ) / (n-1) + εI, formed in place in the accumulator.
+            cov = outer.baddbmm_(mean_c.unsqueeze(2), mean_c.unsqueeze(1), alpha=-count).div_(count - 1)
+            cov.diagonal(dim1=-2, dim2=-1).add_(self.epsilon)
+            self.mean_ = (mean_c + shift.double()).float()
+            # Store a whitener W with WᵀW = Σ⁻¹: ‖W(x-μ)‖² is then one batched matmul at test time.
+            # Factorised in float64 (stored as float32, enough for scoring) in chunks of positions, so the
+            # float64 temporaries stay small next to the accumulator.
+            self.whitener_ = torch.empty(cov.shape, dtype=torch.float32, device=cov.device)
+            for start in range(0, len(cov), 256):
+                self.whitener_[start : start + 256] = inverse_sqrt(cov[start : start + 256])
 
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
