@@ -1,3 +1,12 @@
 """One file per detector. Importing this package registers them all (see anomalens.detector)."""
 
 from anomalens.models import padim  # noqa: F401
+from anomalens.models import patchcore  # noqa: F401
+from anomalens.models import spade  # noqa: F401
+from anomalens.models import mahalanobis  # noqa: F401
+from anomalens.models import stpm  # noqa: F401
+from anomalens.models import anogan  # noqa: F401
+from anomalens.models import efficientgan  # noqa: F401
+from anomalens.models import ganomaly  # noqa: F401
+from anomalens.models import mlp_ae  # noqa: F401
+from anomalens.models import cae  # noqa: F401

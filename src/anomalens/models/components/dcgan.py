@@ -1,0 +1,193 @@
+"""Building blocks shared by the GAN detectors (AnoGAN, EfficientGAN, GANomaly), written once.
+
+- ``DCGANEncoder`` / ``DCGANDecoder``: the DCGAN pyramid of Radford et al. (2016) as GANomaly's
+  reference code builds it (samet-akcay/ganomaly ``lib/networks.py``): 4×4 stride-2 convolutions that
+  halve the side down to 4×4 (the first without BatchNorm), LeakyReLU 0.2, then a 4×4 valid
+  convolution to ``latent_dim`` outputs; the decoder mirrors it with transposed convolutions, BatchNorm,
+  ReLU and a Tanh output. Used as GANomaly's E1 / decoder / E2 / discriminator and as AnoGAN's
+  generator / discriminator.
+- ``gan_init``: weights N(0, 0.02) for (transposed) convolutions, BatchNorm weights N(1, 0.02) (DCGAN,
+  GANomaly) or N(0, 0.02) (the seed's EfficientGAN code), all biases 0.
+- Image helpers: images are preloaded as tensors in [-1, 1] (the references' Normalize(0.5, 0.5), the
+  range of the Tanh outputs); ``residual_map`` gives |x − x̂| back in the [0, 1] scale of the input
+  images, averaged over channels.
+- ``epoch_batches``: seeded shuffling per (seed, epoch), so that a resumed run replays the same order;
+  a trailing batch of one image is dropped (BatchNorm needs two, as the seed's loop notes).
+- ``split_validation``, ``module_tensors`` / ``load_module_tensors``: the validation hold-out and the
+  safetensors state of several networks.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomalens.data import iterate_batches
+from anomalens.errors import ConfigError
+
+INIT_STD = 0.02
+
+
+def square_side(name: str, input_size: tuple[int, int]) -> int:
+    """The side of a square input, or ConfigError."""
+    h, w = input_size
+    if h != w:
+        raise ConfigError(f"{name}: needs square images, got image_size {h}x{w}")
+    return h
+
+
+def check_dcgan_size(name: str, input_size: tuple[int, int]) -> int:
+    """DCGAN pyramids halve the side down to 4×4: the side must be a power of two, at least 32."""
+    side = square_side(name, input_size)
+    if side < 32 or side & (side - 1):
+        raise ConfigError(
+            f"{name}: image_size must be a power of two >= 32 (32, 64, 128, 256, ...) for the DCGAN "
+            f"encoder/decoder, got {side}"
+        )
+    return side
+
+
+def check_channels(name: str, channels: object) -> int:
+    if channels not in (1, 3):
+        raise ConfigError(f"{name}: channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
+    return int(channels)
+
+
+def check_positive(name: str, **values: object) -> None:
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ConfigError(f"{name}: {key} must be an integer >= 1, got {value!r}")
+
+
+# ------------------------------------------------------------------------------------------ networks
+class DCGANEncoder(nn.Module):
+    """(B, C, S, S) images → (B, out_dim) through ``features`` (B, K, 4, 4) and a final 4×4 conv.
+
+    ``features`` is everything but the last layer: GANomaly's discriminator features and AnoGAN's f.
+    """
+
+    def __init__(self, image_size: int, out_dim: int, channels: int, n_features: int, extra_layers: int = 0):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Conv2d(channels, n_features, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True)]
+        size, width = image_size // 2, n_features
+        for _ in range(extra_layers):
+            layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.LeakyReLU(0.2, inplace=True)]
+        while size > 4:
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2), nn.LeakyReLU(0.2, inplace=True)]
+            width, size = width * 2, size // 2
+        self.features = nn.Sequential(*layers)
+        self.final = nn.Conv2d(width, out_dim, 4, 1, 0, bias=False)
+        self.feature_channels = width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.final(self.features(x)).flatten(1)
+
+    def forward_with_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.features(x)
+        return self.final(feats).flatten(1), feats
+
+
+class DCGANDecoder(nn.Module):
+    """(B, latent_dim) → (B, C, S, S) in [-1, 1]: 4×4 transposed conv to 4×4, doublings, Tanh."""
+
+    def __init__(self, image_size: int, latent_dim: int, channels: int, n_features: int, extra_layers: int = 0):
+        super().__init__()
+        width, size = n_features // 2, 4
+        while size != image_size:
+            width, size = width * 2, size * 2
+        layers: list[nn.Module] = [nn.ConvTranspose2d(latent_dim, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        size = 4
+        while size < image_size // 2:
+            layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2), nn.ReLU(True)]
+            width, size = width // 2, size * 2
+        for _ in range(extra_layers):
+            layers += [nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
+        layers += [nn.ConvTranspose2d(width, channels, 4, 2, 1, bias=False), nn.Tanh()]
+        self.main = nn.Sequential(*layers)
+        self.latent_dim = latent_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.main(z.view(len(z), self.latent_dim, 1, 1))
+
+
+def gan_init(module: nn.Module, bn_weight_mean: float = 1.0) -> nn.Module:
+    """N(0, 0.02) (transposed) conv weights, N(bn_weight_mean, 0.02) BatchNorm weights, zero biases.
+
+    Linear layers keep PyTorch's default weights with zero biases, as the seed's ``weights_init`` does.
+    """
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, INIT_STD)
+        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            nn.init.normal_(m.weight, bn_weight_mean, INIT_STD)
+        elif not isinstance(m, nn.Linear):
+            continue
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+    return module
+
+
+# ------------------------------------------------------------------------------------------ images
+def load_images(records: Sequence, image_size, channels: int, progress: bool, desc: str) -> torch.Tensor:
+    """All records as one (N, C, H, W) float32 tensor in [-1, 1] (GAN training sets fit in memory)."""
+    batches = iterate_batches(records, image_size, 256, channels=channels, desc=desc if progress else None)
+    return torch.cat([b["image"] for b in batches]) * 2 - 1
+
+
+def scored_batches(records: Sequence, image_size, batch_size: int, channels: int, progress: bool, desc: str) -> Iterator[torch.Tensor]:
+    """Batches of the records in order, as tensors in [-1, 1]."""
+    for batch in iterate_batches(records, image_size, batch_size, channels=channels, desc=desc if progress else None):
+        yield batch["image"] * 2 - 1
+
+
+def preprocessing_info(info: dict, channels: int) -> dict:
+    """The base preprocessing plus what the GAN networks see (for ``Detector.preprocessing``)."""
+    info["channels"] = "grayscale (ITU-R 601-2 luma)" if int(channels) == 1 else "RGB"
+    info["network_input"] = "[-1, 1] (2x - 1)"
+    return info
+
+
+def residual_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) images in [-1, 1] → (B, H, W) |x − x̂| in the [0, 1] image scale, channel mean."""
+    return ((x - x_hat).abs() / 2).mean(1)
+
+
+def epoch_batches(data: torch.Tensor, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
+    """Seeded shuffled batches of ``data`` for one epoch; a last batch of one image is dropped."""
+    order = torch.as_tensor(np.random.default_rng((seed, 0, epoch)).permutation(len(data)))
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        if len(index) >= 2:
+            yield {"x": data[index]}
+
+
+def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
+    """A seeded share of the fit images held out for the validation loss (none when fraction <= 0)."""
+    if fraction <= 0 or len(records) < 4:
+        return records, []
+    n_val = min(len(records) - 2, max(2, int(round(len(records) * fraction))))
+    # Its own stream, so that it is not the threshold hold-out's permutation again.
+    order = np.random.default_rng((seed, 1)).permutation(len(records))
+    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
+
+
+def check_images(name: str, data: torch.Tensor) -> None:
+    if len(data) < 2:
+        raise ValueError(f"{name}: needs at least 2 training images (BatchNorm), got {len(data)}")
+
+
+# ------------------------------------------------------------------------------------------ state
+def module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """{"<name>.<param>": tensor} for every network (BatchNorm running statistics included)."""
+    return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def load_module_tensors(modules: dict[str, nn.Module], tensors: dict[str, torch.Tensor], device: torch.device) -> None:
+    """Restore what ``module_tensors`` saved (strict: missing or unexpected keys raise)."""
+    for name, m in modules.items():
+        prefix = name + "."
+        m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        m.to(device).eval()

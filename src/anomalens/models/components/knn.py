@@ -1,0 +1,95 @@
+"""Exact k-nearest-neighbour search (L2) in bounded memory, shared by PatchCore and SPADE.
+
+The distance matrix between Q queries and M gallery vectors is never materialised: queries are taken
+``query_chunk`` at a time and, for each such chunk, the gallery ``bank_chunk`` rows at a time, keeping a
+running top-k. Squared distances come from one GEMM per block,
+‖x − m‖² = ‖x‖² − 2 x·m + ‖m‖², with ‖x‖² added only after the minimum (it does not change the order).
+
+Memory bound (beyond the inputs and the (Q, k) outputs), with D the feature dimension:
+    4·query_chunk·bank_chunk bytes for one distance block
+  + 4·bank_chunk·D bytes for a gathered gallery chunk (only when ``rows`` selects a subset)
+  + O(query_chunk·k) for the running top-k
+— with the defaults (1024 × 4096) 16 MiB plus the gathered chunk, whatever Q and M are.
+
+Precision: the GEMM form loses absolute accuracy ≈ 1e-7·‖x‖² in float32, which is why the gallery mean
+is subtracted from both sides first (``center=True``): distances are unchanged, norms become small.
+"""
+
+from __future__ import annotations
+
+import torch
+
+DEFAULT_QUERY_CHUNK = 1024
+DEFAULT_BANK_CHUNK = 4096
+
+
+def _gallery_rows(bank: torch.Tensor, rows: torch.Tensor | None, start: int, stop: int) -> torch.Tensor:
+    return bank[start:stop] if rows is None else bank.index_select(0, rows[start:stop])
+
+
+def nearest_neighbors(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    k: int = 1,
+    *,
+    rows: torch.Tensor | None = None,
+    query_chunk: int = DEFAULT_QUERY_CHUNK,
+    bank_chunk: int = DEFAULT_BANK_CHUNK,
+    center: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest gallery vectors of each query, exactly.
+
+    queries: (Q, D); bank: (M, D) on the same device. ``rows`` (optional, int64) restricts the gallery to
+    ``bank[rows]`` without copying it whole (SPADE's per-image galleries); returned indices then refer
+    to positions in ``rows``. Returns (distances (Q, k) float32 Euclidean, ascending; indices (Q, k)
+    int64). Ties between chunks keep the earlier gallery row.
+    """
+    size = bank.shape[0] if rows is None else rows.shape[0]
+    if size == 0:
+        raise ValueError("nearest_neighbors: empty gallery")
+    if not 1 <= k <= size:
+        raise ValueError(f"nearest_neighbors: k must be in 1..{size}, got {k}")
+    if queries.shape[-1] != bank.shape[-1]:
+        raise ValueError(f"nearest_neighbors: dimension mismatch {queries.shape[-1]} vs {bank.shape[-1]}")
+    queries, bank = queries.float(), bank.float()
+    device = queries.device
+
+    # Centre on the gallery mean and precompute gallery norms, both streamed chunk by chunk.
+    shift = torch.zeros(bank.shape[-1], device=device)
+    if center:
+        for b0 in range(0, size, bank_chunk):
+            shift += _gallery_rows(bank, rows, b0, b0 + bank_chunk).sum(0, dtype=torch.float64).float()
+        shift /= size
+    bank_sq = torch.empty(size, device=device)
+    for b0 in range(0, size, bank_chunk):
+        chunk = _gallery_rows(bank, rows, b0, b0 + bank_chunk) - shift
+        bank_sq[b0 : b0 + chunk.shape[0]] = chunk.pow(2).sum(1)
+
+    n_queries = queries.shape[0]
+    out_dist = torch.empty((n_queries, k), device=device)
+    out_index = torch.empty((n_queries, k), dtype=torch.long, device=device)
+    for q0 in range(0, n_queries, query_chunk):
+        x = queries[q0 : q0 + query_chunk] - shift
+        best_d = torch.full((x.shape[0], k), float("inf"), device=device)
+        best_i = torch.zeros((x.shape[0], k), dtype=torch.long, device=device)
+        for b0 in range(0, size, bank_chunk):
+            chunk = _gallery_rows(bank, rows, b0, b0 + bank_chunk) - shift
+            # ‖m‖² − 2 x·m in one fused GEMM; ‖x‖² is constant per row and added at the end.
+            block = torch.addmm(bank_sq[b0 : b0 + chunk.shape[0]], x, chunk.T, alpha=-2.0)
+            if k == 1:
+                d, i = block.min(1, keepdim=True)
+                better = d < best_d
+                best_d = torch.where(better, d, best_d)
+                best_i = torch.where(better, i + b0, best_i)
+            else:
+                d, i = block.topk(min(k, block.shape[1]), dim=1, largest=False, sorted=False)
+                merged_d = torch.cat([best_d, d], 1)
+                merged_i = torch.cat([best_i, i + b0], 1)
+                best_d, pick = merged_d.topk(k, dim=1, largest=False, sorted=False)
+                best_i = merged_i.gather(1, pick)
+        if k > 1:
+            best_d, order = best_d.sort(1)
+            best_i = best_i.gather(1, order)
+        out_dist[q0 : q0 + x.shape[0]] = (best_d + x.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
+        out_index[q0 : q0 + x.shape[0]] = best_i
+    return out_dist, out_index

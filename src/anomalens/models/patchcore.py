@@ -1,0 +1,182 @@
+"""PatchCore — Roth et al., "Towards Total Recall in Industrial Anomaly Detection", CVPR 2022.
+
+1. Locally aware patch features (Sec. 3.1, eq. 1-3): feature maps of backbone layers 2 and 3 (timm
+   out_indices (2, 3): strides 8 and 16 for ResNets and EfficientNet-Lite), each averaged over a p × p
+   neighbourhood (p = 3, stride 1, zero padding as in the reference code), the deeper map bilinearly
+   resized onto the layer-2 grid and concatenated: one vector per layer-2 position.
+   Dimension: the reference code pools every layer to ``pretrain_embed_dimension`` (1024) along the
+   channels and the concatenation to ``target_embed_dimension`` (1024), which for WRN50 (512 + 1024
+   channels) gives 512 channels of layer 2 and pairwise means of layer 3 (512). We compute exactly that,
+   but only ever *reduce*: a layer keeps min(C, pretrain_embed_dimension) channels, and only if their
+   sum exceeds the target does each layer get pooled to target // n_layers. The reference would
+   instead up-sample small layers by repeating channels, which merely re-weights the layers; so
+   efficientnet_lite0 (40 + 112 = 152) and resnet18 (128 + 256) keep all their channels unchanged.
+2. Memory bank (Sec. 3.2, Alg. 1): greedy k-center coreset of all training patches, ``coreset_fraction``
+   of them (10%, the paper's main setting), selected on a seeded 128-d Gaussian random projection from a
+   seeded random first point; see ``components/coreset.py`` (exact and fast; a documented partitioned
+   approximation above ``coreset_partition_size`` patches).
+3. Scoring (Sec. 3.3): s_patch = min_{m ∈ M} ‖m_test − m‖₂ (exact L2 nearest neighbour, eq. 6), map =
+   patch scores on the layer-2 grid, bilinearly upsampled, Gaussian blur σ = 4. Image score (eq. 7):
+       s = (1 − exp‖m_test,* − m*‖ / Σ_{m ∈ N_b(m*)} exp‖m_test,* − m‖) · s*,
+   with m_test,* the test patch of largest s_patch, m* its nearest memory-bank patch, s* their distance
+   and N_b(m*) the b = ``num_neighbors`` (9) nearest memory-bank patches of m* — which include m* itself
+   (distance 0), as in anomalib; otherwise the ratio could exceed 1 and the weight turn negative. The
+   ratio is evaluated as exp(d₀ − logsumexp(d)), so large distances cannot overflow. anomalib computes
+   the same formula (its weight is 1 − softmax(d)[0]); the authors' own code skips the re-weighting
+   (image score = s*), which is what ``num_neighbors=1`` gives here.
+
+Memory: the fitted state is the bank, ⌈f·N·P⌉·D·4 bytes (N training images, P patches per image, D
+dimensions: 1 000 images of 256 px with efficientnet_lite0 → 102 400 × 152 × 4 B ≈ 62 MB). Fitting holds
+all N·P patch vectors (N·P·D·4 B, ≈ 620 MB for that example) plus their 128-d projection (N·P·128·4 B)
+during the coreset selection. Scoring is bounded independently of the number of test images: per batch
+of B images the B·P·D embedding, the kNN block of 4·1024·4096 B = 16 MiB (see ``components/knn.py``)
+and the B maps; only the returned (N, H, W) float32 maps grow with N.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from anomalens.data import iterate_batches
+from anomalens.detector import Detector, register_detector
+from anomalens.errors import ConfigError
+from anomalens.models.components.coreset import greedy_coreset
+from anomalens.models.components.knn import nearest_neighbors
+from anomalens.models.components.maps import upsample_and_blur
+
+
+def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: torch.Tensor, num_neighbors: int) -> torch.Tensor:
+    """Image scores by eq. 7 for B images: ``test_patches`` (B, D) are the m_test,*, ``nearest`` (B,) the
+    indices of their nearest bank patches m*. ``num_neighbors`` ≤ 1 returns s* unweighted."""
+    m_star = bank[nearest]
+    s_star = (test_patches - m_star).norm(dim=1)
+    b = min(int(num_neighbors), bank.shape[0])
+    if b <= 1:
+        return s_star
+    _, support = nearest_neighbors(m_star, bank, b)
+    # The nearest bank patch of m* is m* itself or an exact duplicate; naming m* makes d[:, 0] = s*.
+    support[:, 0] = nearest
+    d = (test_patches.unsqueeze(1) - bank[support]).norm(dim=2)  # (B, b)
+    weight = 1.0 - torch.exp(d[:, 0] - torch.logsumexp(d, dim=1))
+    return weight * s_star
+
+
+@register_detector
+class PatchCore(Detector):
+    name = "patchcore"
+    score_is_map_max = False  # eq. 7 re-weights s*, and the map is blurred
+    defaults = {
+        "backbone": DEFAULT_BACKBONE,
+        "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
+        "layers": (2, 3),
+        "patch_size": 3,  # p: neighbourhood of the local average (eq. 2)
+        "pretrain_embed_dimension": 1024,  # per-layer channel cap (reference code)
+        "target_embed_dimension": 1024,  # cap of the concatenation (reference code)
+        "coreset_fraction": 0.1,
+        "projection_dim": 128,  # random projection used only to select the coreset
+        "coreset_partition_size": 131072,  # exact greedy up to this many patches; None = always exact
+        "num_neighbors": 9,  # b of eq. 7; 1 = no re-weighting
+        "blur_sigma": 4.0,
+    }
+
+    # -- features -----------------------------------------------------------------------------
+    def _build_extractor(self) -> FeatureExtractor:
+        if int(self.patch_size) < 1 or int(self.patch_size) % 2 == 0:
+            raise ConfigError(f"patchcore: patch_size must be an odd positive integer, got {self.patch_size}")
+        if not 0 < float(self.coreset_fraction) <= 1:
+            raise ConfigError(f"patchcore: coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
+        return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device)
+
+    def layer_dims(self, channels: Sequence[int]) -> list[int]:
+        """Channels kept per layer: only reductions, matching the reference pooling (module docstring)."""
+        dims = [min(int(c), int(self.pretrain_embed_dimension)) for c in channels]
+        if sum(dims) > int(self.target_embed_dimension):
+            share = int(self.target_embed_dimension) // len(dims)
+            dims = [min(d, share) for d in dims]
+        return dims
+
+    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) → (B, P, D) locally aware patch features on the first layer's grid."""
+        features = self.extractor_(images.to(self.device))
+        grid = features[0].shape[-2:]
+        p = int(self.patch_size)
+        parts = []
+        for fmap, dim in zip(features, self.layer_dims([f.shape[1] for f in features])):
+            fmap = F.avg_pool2d(fmap, p, stride=1, padding=p // 2) if p > 1 else fmap
+            if dim < fmap.shape[1]:
+                # Average groups of adjacent channels (adaptive pooling along C), before resizing: cheaper.
+                b, c, h, w = fmap.shape
+                flat = fmap.permute(0, 2, 3, 1).reshape(-1, 1, c)
+                fmap = F.adaptive_avg_pool1d(flat, dim).reshape(b, h, w, dim).permute(0, 3, 1, 2)
+            if fmap.shape[-2:] != grid:
+                fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
+            parts.append(fmap)
+        self.grid_size_ = tuple(int(g) for g in grid)
+        return torch.cat(parts, dim=1).flatten(2).transpose(1, 2)
+
+    # -- fit / score ----------------------------------------------------------------------------
+    def _fit(self, records: Sequence, progress: bool) -> None:
+        self.extractor_ = self._build_extractor()
+        features, offset = None, 0
+        with torch.inference_mode():
+            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore features" if progress else None):
+                emb = self._embed(batch["image"])
+                if features is None:  # preallocated: no second copy from concatenating a list
+                    features = torch.empty((len(records) * emb.shape[1], emb.shape[2]), device=emb.device)
+                flat = emb.reshape(-1, emb.shape[2])
+                features[offset : offset + flat.shape[0]] = flat
+                offset += flat.shape[0]
+        total = features.shape[0]
+        # ⌈f·n⌉, robust to f·n landing a hair above an integer in floating point.
+        n_select = min(total, max(1, math.ceil(round(float(self.coreset_fraction) * total, 6))))
+        if n_select == total:
+            self.memory_bank_ = features
+            return
+        index = greedy_coreset(
+            features,
+            n_select,
+            seed=int(self.seed),
+            projection_dim=int(self.projection_dim),
+            partition_size=self.coreset_partition_size,
+            progress=progress,
+        )
+        self.memory_bank_ = features[index.to(features.device)].contiguous()
+
+    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        height, width = self.input_size
+        scores = np.empty(len(records), np.float64)
+        maps = np.empty((len(records), height, width), np.float32)  # filled in place: one copy only
+        offset = 0
+        bank = self.memory_bank_
+        with torch.inference_mode():
+            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore score" if progress else None):
+                emb = self._embed(batch["image"])
+                n, patches, dim = emb.shape
+                dist, nearest = nearest_neighbors(emb.reshape(-1, dim), bank, 1)
+                dist, nearest = dist.view(n, patches), nearest.view(n, patches)
+                worst = dist.argmax(1)
+                rows = torch.arange(n, device=emb.device)
+                scores[offset : offset + n] = reweighted_score(emb[rows, worst], nearest[rows, worst], bank, self.num_neighbors).cpu().numpy()
+                amap = upsample_and_blur(dist.view(n, *self.grid_size_), self.input_size, self.blur_sigma)
+                maps[offset : offset + n] = amap.cpu().numpy()
+                offset += n
+        return scores, maps
+
+    # -- persistence ------------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        return {"memory_bank": self.memory_bank_, "grid_size": torch.tensor(self.grid_size_)}
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.extractor_ = self._build_extractor()
+        bank = tensors["memory_bank"].float().to(self.device)
+        expected = sum(self.layer_dims(self.extractor_.channels))
+        if bank.ndim != 2 or bank.shape[1] != expected:
+            raise ValueError(f"memory bank of shape {tuple(bank.shape)}, expected (M, {expected}) for this backbone")
+        self.memory_bank_ = bank
+        self.grid_size_ = tuple(int(g) for g in tensors["grid_size"].tolist())

@@ -1,0 +1,133 @@
+"""SPADE — Cohen & Hoshen, "Sub-Image Anomaly Detection with Deep Pyramid Correspondences", 2020.
+
+1. Image level (Sec. 3.1): the global feature f_y = average-pooled deepest feature map (ResNets: the
+   layer-4 output, i.e. the pooled vector before the classifier; EfficientNet-Lite: the last stage before
+   the head; both timm out_index 4). Score d(y) = (1/K) Σ_{f ∈ N_K(f_y)} ‖f − f_y‖₂, the mean distance to
+   the K = ``top_k`` nearest training images (paper: K = 50; min(K, N_train) is used).
+2. Pixel level (Sec. 3.2-3.3): for each layer of the pyramid (layers 1-3, timm out_indices 1, 2, 3) the
+   gallery G = all feature vectors of those K nearest training images at that layer; the score of test
+   position p is d(y, p) = (1/κ) Σ_{f ∈ N_κ(F(y, p))} ‖f − F(y, p)‖₂ with κ = 1 (the nearest gallery
+   vector, exact, chunked: ``components/knn.py``). Each layer's score grid is upsampled (bilinear) to the
+   input size, the layers are averaged, then Gaussian blur σ = 4.
+   The image score is not the map maximum (``score_is_map_max = False``): the pixel threshold is the
+   base class's quantile of held-out normal map maxima.
+
+Memory: the fitted model keeps every training image's feature maps and global vector,
+    N_train · (Σ_l C_l · h_l · w_l + C_global) · 4 bytes,
+for 256 px with efficientnet_lite0 (24·64² + 40·32² + 112·16² + 320 floats) ≈ 0.67 MB per training image,
+0.67 GB for 1 000; with wide_resnet50_2 ≈ 7.4 MB per image. Scoring is bounded per test image: the kNN
+block (16 MiB) plus one gathered gallery chunk of 4096·C_l floats; only the returned maps grow with N.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from anomalens.data import iterate_batches
+from anomalens.detector import Detector, register_detector
+from anomalens.errors import ConfigError
+from anomalens.models.components.knn import nearest_neighbors
+from anomalens.models.components.maps import upsample_and_blur
+
+
+@register_detector
+class SPADE(Detector):
+    name = "spade"
+    score_is_map_max = False
+    defaults = {
+        "backbone": DEFAULT_BACKBONE,
+        "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
+        "layers": (1, 2, 3),  # pixel-level pyramid
+        "global_layer": 4,  # average-pooled for the image-level kNN
+        "top_k": 50,  # K nearest training images
+        "blur_sigma": 4.0,
+    }
+
+    def _indices(self) -> tuple[list[int], list[int], int]:
+        """(extractor out_indices, position of each pyramid layer, position of the global layer)."""
+        layers = [int(i) for i in self.layers]
+        if not layers or int(self.top_k) < 1:
+            raise ConfigError("spade: needs at least one pyramid layer and top_k >= 1")
+        indices = sorted(set(layers) | {int(self.global_layer)})
+        return indices, [indices.index(i) for i in layers], indices.index(int(self.global_layer))
+
+    def _build_extractor(self) -> FeatureExtractor:
+        return FeatureExtractor(self.backbone, self._indices()[0], self.weights).to(self.device)
+
+    def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(B, 3, H, W) → global vectors (B, C_g) and per-layer (B, h·w, C_l) channels-last maps."""
+        _, pyramid, glob = self._indices()
+        features = self.extractor_(images.to(self.device))
+        global_vec = features[glob].mean(dim=(2, 3))
+        maps = [features[i] for i in pyramid]
+        self.grid_sizes_ = [tuple(int(s) for s in m.shape[-2:]) for m in maps]
+        return global_vec, [m.flatten(2).transpose(1, 2).contiguous() for m in maps]
+
+    def _fit(self, records: Sequence, progress: bool) -> None:
+        self.extractor_ = self._build_extractor()
+        n, offset = len(records), 0
+        with torch.inference_mode():
+            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="spade fit" if progress else None):
+                global_vec, maps = self._features(batch["image"])
+                if offset == 0:  # preallocated: no second copy from concatenating a list
+                    self.global_features_ = global_vec.new_empty((n, global_vec.shape[1]))
+                    self.galleries_ = [m.new_empty((n,) + m.shape[1:]) for m in maps]
+                b = global_vec.shape[0]
+                self.global_features_[offset : offset + b] = global_vec
+                for gallery, m in zip(self.galleries_, maps):
+                    gallery[offset : offset + b] = m
+                offset += b
+
+    def _pixel_scores(self, maps: list[torch.Tensor], neighbours: torch.Tensor) -> torch.Tensor:
+        """One test image: per-layer maps (h·w, C_l), K training indices → (H, W) unblurred layer mean."""
+        total = None
+        for query, gallery, grid in zip(maps, self.galleries_, self.grid_sizes_):
+            positions = gallery.shape[1]
+            # Rows of the flattened gallery that belong to the K neighbours: gathered chunk by chunk.
+            rows = (neighbours[:, None] * positions + torch.arange(positions, device=neighbours.device)).reshape(-1)
+            dist, _ = nearest_neighbors(query, gallery.reshape(-1, gallery.shape[2]), 1, rows=rows)
+            up = F.interpolate(dist.view(1, 1, *grid), size=self.input_size, mode="bilinear", align_corners=False)[0, 0]
+            total = up if total is None else total + up
+        return total / len(maps)
+
+    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        height, width = self.input_size
+        scores = np.empty(len(records), np.float64)
+        out_maps = np.empty((len(records), height, width), np.float32)
+        k = min(int(self.top_k), self.global_features_.shape[0])
+        offset = 0
+        with torch.inference_mode():
+            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="spade score" if progress else None):
+                global_vec, maps = self._features(batch["image"])
+                dist, neighbours = nearest_neighbors(global_vec, self.global_features_, k)
+                b = global_vec.shape[0]
+                scores[offset : offset + b] = dist.mean(1).cpu().numpy()
+                pixel = torch.stack([self._pixel_scores([m[i] for m in maps], neighbours[i]) for i in range(b)])
+                # Blur is linear: blurring the layer mean equals averaging blurred layers, at a third of the cost.
+                out_maps[offset : offset + b] = upsample_and_blur(pixel, self.input_size, self.blur_sigma).cpu().numpy()
+                offset += b
+        return scores, out_maps
+
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = {"global_features": self.global_features_, "grid_sizes": torch.tensor(self.grid_sizes_)}
+        tensors.update({f"gallery_{i}": g for i, g in enumerate(self.galleries_)})
+        return tensors
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.extractor_ = self._build_extractor()
+        indices, pyramid, glob = self._indices()
+        channels = self.extractor_.channels
+        self.global_features_ = tensors["global_features"].float().to(self.device)
+        self.galleries_ = [tensors[f"gallery_{i}"].float().to(self.device) for i in range(len(pyramid))]
+        self.grid_sizes_ = [tuple(int(s) for s in row) for row in tensors["grid_sizes"].tolist()]
+        n = self.global_features_.shape[0]
+        if self.global_features_.shape[1] != channels[glob]:
+            raise ValueError(f"global features have {self.global_features_.shape[1]} channels, backbone gives {channels[glob]}")
+        for gallery, pos, grid in zip(self.galleries_, pyramid, self.grid_sizes_):
+            if gallery.shape != (n, grid[0] * grid[1], channels[pos]):
+                raise ValueError(f"gallery of shape {tuple(gallery.shape)} does not match grid {grid} × {channels[pos]} channels")

@@ -1,0 +1,105 @@
+"""What is specific to PatchCore: embedding dimensions, memory-bank size, eq. 7, patch scores, maps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from anomalens import create_detector
+from anomalens.models.patchcore import reweighted_score
+from tests.conftest import IMAGE_SIZE, TINY_PARAMS
+
+
+@pytest.fixture(scope="module")
+def fitted(train_records):
+    return create_detector("patchcore", **TINY_PARAMS["patchcore"]).fit(train_records, progress=False)
+
+
+def test_eq7_reweighting_on_a_hand_made_case():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])
+    test = torch.tensor([[0.4, 0.0]])  # m* = bank[0], s* = 0.4
+    # N_3(m*) = bank[0, 1, 2]; distances from the test patch: 0.4, 0.6, √(0.4² + 1).
+    d = np.array([0.4, 0.6, math.sqrt(0.16 + 1.0)])
+    expected = (1 - np.exp(d[0]) / np.exp(d).sum()) * 0.4
+    got = reweighted_score(test, torch.tensor([0]), bank, num_neighbors=3)
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert reweighted_score(test, torch.tensor([0]), bank, num_neighbors=1).item() == pytest.approx(0.4)
+    # b larger than the bank: all of it is the neighbourhood.
+    d_all = np.array([0.4, 0.6, math.sqrt(1.16), math.hypot(4.6, 5.0)])
+    all_weight = 1 - np.exp(d_all[0]) / np.exp(d_all).sum()
+    assert reweighted_score(test, torch.tensor([0]), bank, num_neighbors=9).item() == pytest.approx(all_weight * 0.4, rel=1e-6)
+
+
+def test_eq7_is_stable_for_large_distances():
+    bank = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0]]) * 1000
+    score = reweighted_score(torch.tensor([[400.0, 0.0]]), torch.tensor([0]), bank, num_neighbors=3)
+    # exp(400) overflows float32; evaluated as a softmax the weight is 1 − e^(400−600) − ... ≈ 1.
+    assert torch.isfinite(score).all() and score.item() == pytest.approx(400.0, rel=1e-5)
+
+
+def test_layer_dims_only_reduce():
+    det = create_detector("patchcore")
+    assert det.layer_dims([40, 112]) == [40, 112]  # efficientnet_lite0: kept as is
+    assert det.layer_dims([512, 1024]) == [512, 512]  # WRN50: what the reference pooling yields
+    assert create_detector("patchcore", target_embed_dimension=256).layer_dims([128, 256]) == [128, 128]
+    assert create_detector("patchcore", pretrain_embed_dimension=64).layer_dims([40, 112]) == [40, 64]
+
+
+def test_embedding_is_on_the_layer2_grid(fitted, test_records):
+    from anomalens.data import iterate_batches
+
+    batch = next(iter(iterate_batches(test_records[:2], IMAGE_SIZE, 2)))
+    with torch.inference_mode():
+        emb = fitted._embed(batch["image"])
+    grid = IMAGE_SIZE // 8
+    assert emb.shape == (2, grid * grid, 40 + 112) and fitted.grid_size_ == (grid, grid)
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.013])
+def test_memory_bank_size_is_the_ceiling_of_the_fraction(train_records, fraction):
+    det = create_detector("patchcore", **TINY_PARAMS["patchcore"], holdout_fraction=0, coreset_fraction=fraction)
+    det.fit(train_records[:6], progress=False)
+    patches = 6 * (IMAGE_SIZE // 8) ** 2
+    assert det.memory_bank_.shape == (math.ceil(fraction * patches), 152)
+
+
+def test_full_bank_scores_training_images_zero_and_patch_scores_are_nearest_distances(train_records, test_records):
+    det = create_detector("patchcore", **TINY_PARAMS["patchcore"], holdout_fraction=0, coreset_fraction=1.0, blur_sigma=0)
+    det.fit(train_records[:5], progress=False)
+    scores, _ = det.score(train_records[:2], progress=False)
+    np.testing.assert_allclose(scores, 0, atol=1e-2)
+    # Patch scores (the unblurred map on the grid) equal brute-force nearest distances.
+    from anomalens.data import iterate_batches
+
+    batch = next(iter(iterate_batches(test_records[-1:], IMAGE_SIZE, 1)))
+    with torch.inference_mode():
+        emb = det._embed(batch["image"])[0]
+    expected = torch.cdist(emb.double(), det.memory_bank_.double()).min(1).values.float()
+    _, maps = det.score(test_records[-1:], progress=False)  # blur_sigma=0: the upsampled grid only
+    upsampled = torch.nn.functional.interpolate(expected.view(1, 1, *det.grid_size_), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
+    np.testing.assert_allclose(maps[0], upsampled[0, 0].numpy(), rtol=1e-4, atol=1e-4)
+
+
+def test_defect_region_is_where_the_map_peaks(fitted, test_records):
+    anomalous = [r for r in test_records if r.label == 1]
+    _, maps = fitted.score(anomalous, progress=False)
+    for record, amap in zip(anomalous, maps):
+        # Nearest-neighbour distances have a floor on normal texture: compare with its upper tail.
+        assert record.mask.flat[amap.argmax()]
+        assert amap[record.mask].mean() > np.quantile(amap[~record.mask], 0.99)
+
+
+def test_saved_bank_must_match_the_backbone(fitted, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from anomalens import ModelFileError, load_detector
+
+    fitted.save(tmp_path / "run")
+    tensors = load_file(str(tmp_path / "run" / "weights.safetensors"))
+    tensors["memory_bank"] = tensors["memory_bank"][:, :100].contiguous()
+    save_file(tensors, str(tmp_path / "run" / "weights.safetensors"))
+    with pytest.raises(ModelFileError, match="memory bank"):
+        load_detector(tmp_path / "run")
