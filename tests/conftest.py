@@ -11,7 +11,13 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
+import torch  # noqa: E402
+
 from anomalens.data import ImageRecord  # noqa: E402
+
+# One torch thread: the tiny tensors of the tests gain nothing from more, and OpenMP threads that
+# spin-wait slow the suite down many times over when the machine is shared with other jobs.
+torch.set_num_threads(1)
 
 IMAGE_SIZE = 64
 

@@ -89,17 +89,6 @@ def test_resuming_from_a_checkpoint_gives_the_same_student(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_validation_split_is_seeded_and_disjoint():
-    records = make_records(20, 0, seed=4, size=16)
-    a = create_detector("stpm", seed=1)._split_validation(records)
-    b = create_detector("stpm", seed=1)._split_validation(records)
-    c = create_detector("stpm", seed=2)._split_validation(records)
-    names = [[r.name for r in part] for part in a]
-    assert len(names[1]) == 2 and not set(names[0]) & set(names[1]) and len(names[0]) == 18
-    assert names == [[r.name for r in part] for part in b]
-    assert names[1] != [r.name for r in c[1]]
-
-
 def test_streamed_images_equal_preloaded(monkeypatch):
     records = make_records(5, 0, seed=5, size=24)
     preloaded = stpm_module._Images(records, 16, False, "")

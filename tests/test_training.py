@@ -66,3 +66,18 @@ def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
     history = train(resumed_setup, epochs=6, seed=0, checkpoint=ckpt, progress=False)
     assert len(history["loss"]) == 6
     assert torch.allclose(resumed.weight, straight.weight, atol=1e-6)
+
+
+def test_record_splits_are_seeded_disjoint_and_independent_per_stream():
+    from anomalens.data import split_records
+    from tests.conftest import make_records
+
+    records = make_records(20, 0, seed=4, size=16)
+    kept, held = split_records(records, 0.1, seed=1, stream=1)
+    names = [r.name for r in held]
+    assert len(held) == 2 and len(kept) == 18 and not set(names) & {r.name for r in kept}
+    assert names == [r.name for r in split_records(records, 0.1, seed=1, stream=1)[1]]
+    assert names != [r.name for r in split_records(records, 0.1, seed=2, stream=1)[1]]
+    # The threshold hold-out (stream 0) and a validation split (stream 1) are different draws.
+    assert names != [r.name for r in split_records(records, 0.1, seed=1, stream=0)[1]]
+    assert split_records(records[:1], 0.5, seed=0) == (records[:1], [])

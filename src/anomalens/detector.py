@@ -202,15 +202,11 @@ class Detector(ABC):
 
     def _split_holdout(self, records: list) -> tuple[list, list]:
         """Hold out a seeded random share of normals for the threshold (at least 1, if possible)."""
-        fraction = float(self.params["holdout_fraction"])
-        if fraction <= 0 or len(records) < 2:
-            # Nothing to hold out: thresholds come from the training images themselves (optimistic).
-            return records, records
-        n_hold = max(1, int(round(len(records) * fraction)))
-        order = np.random.default_rng(self.params["seed"]).permutation(len(records))
-        hold = sorted(order[:n_hold].tolist())
-        keep = sorted(order[n_hold:].tolist())
-        return [records[i] for i in keep], [records[i] for i in hold]
+        from anomalens.data import split_records
+
+        kept, held = split_records(records, float(self.params["holdout_fraction"]), self.params["seed"])
+        # Nothing held out: thresholds come from the training images themselves (optimistic).
+        return (kept, held) if held else (records, records)
 
     def _set_quantile_thresholds(self, scores: np.ndarray, maps: np.ndarray | None) -> None:
         q = float(self.params["threshold_quantile"])

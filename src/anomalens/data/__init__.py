@@ -21,7 +21,7 @@ from anomalens.data.oneclass import (
     load_mnist,
     read_idx,
 )
-from anomalens.data.records import AnomalyDataset, ImageRecord
+from anomalens.data.records import AnomalyDataset, ImageRecord, split_records
 from anomalens.data.synthetic import (
     DEFECT_TYPES,
     SYNTHETIC_SOURCES,
@@ -64,6 +64,7 @@ __all__ = [
     "make_synthetic_category",
     "make_synthetic_dataset",
     "read_idx",
+    "split_records",
 ]
 
 _LAZY = {"TensorImageDataset", "iterate_batches"}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -64,3 +65,19 @@ class AnomalyDataset:
             f"AnomalyDataset(name={self.name!r}, train={len(self.train)}, "
             f"test={len(self.test)} ({n_bad} anomalous), has_masks={self.has_masks})"
         )
+
+
+def split_records(records: Sequence[ImageRecord], fraction: float, seed: int, stream: int = 0) -> tuple[list, list]:
+    """Seeded random split into (kept, held out): ``fraction`` of the records held out (at least one,
+    never all); nothing held out when ``fraction`` <= 0 or fewer than two records.
+
+    ``stream`` gives independent splits from one seed (0: the threshold hold-out of ``Detector.fit``,
+    1: a model's validation set), so the two do not pick the same images.
+    """
+    records = list(records)
+    if fraction <= 0 or len(records) < 2:
+        return records, []
+    n_held = min(len(records) - 1, max(1, int(round(len(records) * fraction))))
+    order = np.random.default_rng(int(seed) if stream == 0 else (int(seed), stream)).permutation(len(records))
+    return [records[i] for i in sorted(order[n_held:])], [records[i] for i in sorted(order[:n_held])]
+

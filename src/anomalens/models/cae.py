@@ -86,7 +86,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.data import iterate_batches
+from anomalens.data import iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.ssim import RESIDUALS, check_loss, reconstruction_loss, residual_map
@@ -457,16 +457,6 @@ class SkipCAENet(_Network):
 
 
 # --------------------------------------------------------------------------------------- detector
-def _split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random ``fraction`` of the records (at least 1, never all) for the validation loss."""
-    if fraction <= 0 or len(records) < 2:
-        return records, []
-    n_val = min(len(records) - 1, max(1, int(round(len(records) * fraction))))
-    # Its own stream, distinct from the threshold hold-out's permutation.
-    order = np.random.default_rng((int(seed), 1)).permutation(len(records))
-    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
-
-
 def _load_images(records: Sequence, image_size, channels: int, progress: bool, desc: str) -> torch.Tensor:
     """All images as one float32 (N, C, H, W) tensor in [0, 1] (decoded once, kept for every epoch)."""
     batches = iterate_batches(records, image_size, 64, channels=channels, desc=desc if progress else None)
@@ -572,7 +562,7 @@ class ConvAutoencoder(Detector):
     def _fit(self, records: Sequence, progress: bool) -> None:
         self.net_ = self._build()
         seed, batch_size = int(self.seed), int(self.batch_size)
-        fit_records, val_records = _split_validation(list(records), float(self.validation_fraction), seed)
+        fit_records, val_records = split_records(records, float(self.validation_fraction), seed, stream=1)
         images = _load_images(fit_records, self.image_size, self.channels, progress, f"{self.name} load")
         val_images = (
             _load_images(val_records, self.image_size, self.channels, progress, f"{self.name} load val")

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from anomalens.data import iterate_batches
+from anomalens.data import iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.training import TrainingSetup, train
@@ -65,15 +65,6 @@ def build_mlp_autoencoder(architecture: str, n_inputs: int, latent_dim: int) -> 
             dec += [nn.Linear(a, b), nn.ReLU()]
         encoder, decoder = nn.Sequential(*enc), nn.Sequential(*dec)
     return nn.Sequential(encoder, decoder)
-
-
-def _split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded random ``fraction`` of the records (at least 1, never all) for the validation loss."""
-    if fraction <= 0 or len(records) < 2:
-        return records, []
-    n_val = min(len(records) - 1, max(1, int(round(len(records) * fraction))))
-    order = np.random.default_rng((int(seed), 1)).permutation(len(records))
-    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
 
 
 @register_detector
@@ -137,7 +128,7 @@ class MLPAutoencoder(Detector):
     def _fit(self, records: Sequence, progress: bool) -> None:
         self.net_ = self._build()
         seed, batch_size = int(self.seed), int(self.setting("batch_size"))
-        fit_records, val_records = _split_validation(list(records), float(self.validation_fraction), seed)
+        fit_records, val_records = split_records(records, float(self.validation_fraction), seed, stream=1)
         data = self._to_net(self._load(fit_records, progress, "mlp_ae load"))
         val = self._to_net(self._load(val_records, progress, "mlp_ae load val")) if val_records else None
         lr, wd = float(self.setting("lr")), float(self.weight_decay)

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_backbone_model
-from anomalens.data import TensorImageDataset, iterate_batches
+from anomalens.data import TensorImageDataset, iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.maps import upsample_and_blur
@@ -127,18 +127,9 @@ class STPM(Detector):
         return teacher, student
 
     # -- fit ------------------------------------------------------------------------------------
-    def _split_validation(self, records: list) -> tuple[list, list]:
-        fraction = float(self.validation_fraction)
-        if fraction <= 0 or len(records) < 2:
-            return records, []
-        n_val = min(len(records) - 1, max(1, int(round(len(records) * fraction))))
-        # Its own stream, so that the split is not the threshold hold-out's permutation again.
-        order = np.random.default_rng((int(self.seed), 1)).permutation(len(records))
-        return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
-
     def _fit(self, records: Sequence, progress: bool) -> None:
         self._build()
-        fit_records, val_records = self._split_validation(list(records))
+        fit_records, val_records = split_records(records, float(self.validation_fraction), int(self.seed), stream=1)
         images = _Images(fit_records, self.image_size, progress, "stpm load")
         val_images = _Images(val_records, self.image_size, progress, "stpm load val") if val_records else None
         batch_size, seed = int(self.batch_size), int(self.seed)
