@@ -41,6 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from anomalens.data import split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.dcgan import (
@@ -58,7 +59,6 @@ from anomalens.models.components.dcgan import (
     preprocessing_info,
     residual_map,
     scored_batches,
-    split_validation,
 )
 from anomalens.models.components.training import TrainingSetup, train
 
@@ -134,7 +134,7 @@ class GANomaly(Detector):
     def _fit(self, records: Sequence, progress: bool) -> None:
         self._build()
         seed, batch_size, device = int(self.seed), int(self.batch_size), self.device
-        fit_records, val_records = split_validation(list(records), float(self.validation_fraction), seed)
+        fit_records, val_records = split_records(records, float(self.validation_fraction), seed, stream=1)
         data = load_images(fit_records, self.image_size, self.channels, progress, "ganomaly load")
         check_images(self.name, data)
         val = load_images(val_records, self.image_size, self.channels, progress, "ganomaly load val") if val_records else None

@@ -36,6 +36,8 @@ PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
 
 @register_detector
 class PaDiM(Detector):
+    """Per-position Gaussians of pretrained features; Mahalanobis distance map (Defard et al. 2020)."""
+
     name = "padim"
     score_is_map_max = True
     defaults = {

@@ -13,8 +13,7 @@
   images, averaged over channels.
 - ``epoch_batches``: seeded shuffling per (seed, epoch), so that a resumed run replays the same order;
   a trailing batch of one image is dropped (BatchNorm needs two, as the seed's loop notes).
-- ``split_validation``, ``module_tensors`` / ``load_module_tensors``: the validation hold-out and the
-  safetensors state of several networks.
+- ``module_tensors`` / ``load_module_tensors``: the safetensors state of several networks.
 """
 
 from __future__ import annotations
@@ -162,16 +161,6 @@ def epoch_batches(data: torch.Tensor, batch_size: int, seed: int, epoch: int) ->
         index = order[start : start + batch_size]
         if len(index) >= 2:
             yield {"x": data[index]}
-
-
-def split_validation(records: list, fraction: float, seed: int) -> tuple[list, list]:
-    """A seeded share of the fit images held out for the validation loss (none when fraction <= 0)."""
-    if fraction <= 0 or len(records) < 4:
-        return records, []
-    n_val = min(len(records) - 2, max(2, int(round(len(records) * fraction))))
-    # Its own stream, so that it is not the threshold hold-out's permutation again.
-    order = np.random.default_rng((seed, 1)).permutation(len(records))
-    return [records[i] for i in sorted(order[n_val:])], [records[i] for i in sorted(order[:n_val])]
 
 
 def check_images(name: str, data: torch.Tensor) -> None:
