@@ -153,7 +153,8 @@ class Detector(ABC):
         raise AttributeError(f"{type(self).__name__!s} has no attribute {key!r}")
 
     def __repr__(self) -> str:
-        changed = {k: v for k, v in self.params.items() if v != {**self.common_defaults, **self.defaults}.get(k)}
+        defaults = {k: list(v) if isinstance(v, tuple) else v for k, v in {**self.common_defaults, **self.defaults}.items()}
+        changed = {k: v for k, v in self.params.items() if v != defaults.get(k)}
         return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in changed.items())})"
 
     @property
