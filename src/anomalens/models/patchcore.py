@@ -162,7 +162,8 @@ class PatchCore(Detector):
                 dist, nearest = dist.view(n, patches), nearest.view(n, patches)
                 worst = dist.argmax(1)
                 rows = torch.arange(n, device=emb.device)
-                scores[offset : offset + n] = reweighted_score(emb[rows, worst], nearest[rows, worst], bank, self.num_neighbors).cpu().numpy()
+                image_scores = reweighted_score(emb[rows, worst], nearest[rows, worst], bank, self.num_neighbors)
+                scores[offset : offset + n] = image_scores.cpu().numpy()
                 amap = upsample_and_blur(dist.view(n, *self.grid_size_), self.input_size, self.blur_sigma)
                 maps[offset : offset + n] = amap.cpu().numpy()
                 offset += n

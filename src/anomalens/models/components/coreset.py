@@ -24,11 +24,15 @@ spatially coherent cells (recursive Voronoi cells of random pivots, at most ``pa
 each); the exact greedy runs inside every cell, and the cells' selection streams are merged by their
 distance at selection, largest first. That is exactly the greedy k-center for a metric in which points
 of different cells are infinitely far apart; cost ∝ N·partition_size·fraction instead of N²·fraction.
+Measured on 1.02M real patches (1 000 synthetic 256-px images, efficientnet_lite0, 10%): exact 267 s of
+CPU, partition_size=131072 47 s; coverage radius (max distance of 50k probe patches to the coreset, in
+feature space) 19.12 vs 19.21 (+0.4%), mean distance +2.6%. On 250k patches: radius +1.3% (131072),
++3.9% (65536), +7.1% (32768).
 
 Memory (N points, projected dimension d, k selected, T = ``active``, B = ``block``): the projection N·d·4
 bytes, per-point bound and bookkeeping N·12 bytes, the selected centres k·d·4 bytes, the active set T·d·4
 bytes and one B × B float32 distance block. The partitioned variant holds all cells at once, the same
-total.
+total (plus the unsplit projection once more while the cells are built).
 """
 
 from __future__ import annotations
