@@ -48,13 +48,11 @@ from anomalens.models.components.dcgan import (
     epoch_batches,
     gan_init,
     load_images,
-    load_module_tensors,
-    module_tensors,
     preprocessing_info,
     residual_map,
     scored_batches,
 )
-from anomalens.models.components.training import TrainingSetup, train
+from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
 
 
 @register_detector

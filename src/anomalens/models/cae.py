@@ -90,7 +90,7 @@ from anomalens.data import iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.ssim import RESIDUALS, check_loss, reconstruction_loss, residual_map
-from anomalens.models.components.training import TrainingSetup, train
+from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
 
 KERAS_BN_EPS = 1e-3
 BN_MOMENTUM = 0.1  # PyTorch's default; see the module docstring
@@ -657,15 +657,13 @@ class ConvAutoencoder(Detector):
 
     # -- persistence ----------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        tensors = module_tensors({"net": self.net_})
         tensors["best_epoch"] = torch.tensor(self.best_epoch_)
         return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.net_ = self._build()
-        state = {k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")}
-        self.net_.load_state_dict(state, strict=True)
-        self.net_.eval()
+        load_module_tensors({"net": self.net_}, tensors, self.device)
         self.best_epoch_ = int(tensors["best_epoch"])
 
 

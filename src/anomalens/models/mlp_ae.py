@@ -36,7 +36,7 @@ from torch import nn
 from anomalens.data import iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
-from anomalens.models.components.training import TrainingSetup, train
+from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
 
 # Per-architecture defaults that the seed's two programs differ in; ``None`` parameters take these.
 ARCHITECTURES = {
@@ -234,13 +234,11 @@ class MLPAutoencoder(Detector):
 
     # -- persistence ----------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"net.{k}": v for k, v in self.net_.state_dict().items()}
+        tensors = module_tensors({"net": self.net_})
         tensors["kept_epoch"] = torch.tensor(self.kept_epoch_)
         return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.net_ = self._build()
-        state = {k[len("net."):]: v for k, v in tensors.items() if k.startswith("net.")}
-        self.net_.load_state_dict(state, strict=True)
-        self.net_.eval()
+        load_module_tensors({"net": self.net_}, tensors, self.device)
         self.kept_epoch_ = int(tensors["kept_epoch"])

@@ -40,7 +40,7 @@ from anomalens.data import TensorImageDataset, iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.maps import upsample_and_blur
-from anomalens.models.components.training import TrainingSetup, train
+from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
 
 PRELOAD_BYTES = 2 * 1024**3
 
@@ -189,13 +189,11 @@ class STPM(Detector):
 
     # -- persistence ----------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = {f"student.{k}": v for k, v in self.student_.state_dict().items()}
+        tensors = module_tensors({"student": self.student_})
         tensors["best_epoch"] = torch.tensor(self.best_epoch_)
         return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self._build()
-        state = {k[len("student."):]: v for k, v in tensors.items() if k.startswith("student.")}
-        self.student_.load_state_dict(state, strict=True)
-        self.student_.eval()
+        load_module_tensors({"student": self.student_}, tensors, self.device)
         self.best_epoch_ = int(tensors["best_epoch"])

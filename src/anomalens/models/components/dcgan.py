@@ -169,14 +169,3 @@ def check_images(name: str, data: torch.Tensor) -> None:
 
 
 # ------------------------------------------------------------------------------------------ state
-def module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-    """{"<name>.<param>": tensor} for every network (BatchNorm running statistics included)."""
-    return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
-
-
-def load_module_tensors(modules: dict[str, nn.Module], tensors: dict[str, torch.Tensor], device: torch.device) -> None:
-    """Restore what ``module_tensors`` saved (strict: missing or unexpected keys raise)."""
-    for name, m in modules.items():
-        prefix = name + "."
-        m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
-        m.to(device).eval()
