@@ -272,7 +272,8 @@ class Detector(ABC):
             self.min_area_, self.pixel_threshold_ = found["min_area"], found["threshold"]
             self.area_clear_border_ = clear_border
             self.threshold_source_ = f"area rule: region ≥ {self.min_area_} px above {self.pixel_threshold_:.4g}; {found['note']}"
-            return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "min_area": self.min_area_, "note": found["note"]}
+            return {"threshold": self.threshold_, "pixel_threshold": self.pixel_threshold_, "min_area": self.min_area_,
+                    "balanced_accuracy": found["score"], "note": found["note"]}
         if method != "f1":
             raise ConfigError(f"unknown calibration method '{method}'; use f1 or area")
         self.min_area_ = None

@@ -50,7 +50,7 @@ class MahalanobisAD(Detector):
     }
 
     def _build_extractor(self) -> PooledFeatureExtractor:
-        return PooledFeatureExtractor(self.backbone, self.weights).to(self.device)
+        return PooledFeatureExtractor(self.backbone, self.weights).to(self.device).optimize()
 
     def _select(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.levels is None:

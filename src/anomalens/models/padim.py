@@ -50,8 +50,7 @@ class PaDiM(Detector):
     }
 
     def _build_extractor(self) -> FeatureExtractor:
-        extractor = FeatureExtractor(self.backbone, self.layers, self.weights)
-        return extractor.to(self.device)
+        return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
 
     def _choose_channels(self, total: int) -> torch.Tensor:
         d = self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))

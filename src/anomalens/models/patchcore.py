@@ -91,7 +91,7 @@ class PatchCore(Detector):
             raise ConfigError(f"patchcore: patch_size must be an odd positive integer, got {self.patch_size}")
         if not 0 < float(self.coreset_fraction) <= 1:
             raise ConfigError(f"patchcore: coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
-        return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device)
+        return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
 
     def layer_dims(self, channels: Sequence[int]) -> list[int]:
         """Channels kept per layer: only reductions, matching the reference pooling (module docstring)."""

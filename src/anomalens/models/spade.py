@@ -57,7 +57,7 @@ class SPADE(Detector):
         return indices, [indices.index(i) for i in layers], indices.index(int(self.global_layer))
 
     def _build_extractor(self) -> FeatureExtractor:
-        return FeatureExtractor(self.backbone, self._indices()[0], self.weights).to(self.device)
+        return FeatureExtractor(self.backbone, self._indices()[0], self.weights).to(self.device).optimize()
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 3, H, W) → global vectors (B, C_g) and per-layer (B, h·w, C_l) channels-last maps."""

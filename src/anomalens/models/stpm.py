@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_backbone_model
+from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_backbone_model, drop_unused_blocks
 from anomalens.data import TensorImageDataset, iterate_batches, split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
@@ -112,11 +112,11 @@ class STPM(Detector):
     def _build(self) -> None:
         if int(self.epochs) < 1:
             raise ConfigError(f"stpm: epochs must be >= 1, got {self.epochs}")
-        self.teacher_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device)
+        self.teacher_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
         # The student: same architecture and layers, random init (trained from scratch, Sec. 3.1).
-        self.student_ = create_backbone_model(
+        self.student_ = drop_unused_blocks(create_backbone_model(
             self.backbone, weights="random", features_only=True, out_indices=tuple(int(i) for i in self.layers)
-        ).to(self.device)
+        )).to(self.device)
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         images = images.to(self.device)
