@@ -11,8 +11,8 @@ Localization", ICPR 2020.
 
 Memory: the fitted state is P·d·(d + 1) floats for P = (H/4)·(W/4) positions — for 256 px and
 d = 100 that is 4096·100·101·4 B ≈ 165 MB; fitting streams the images and keeps only running sums
-(float64, ≈ 330 MB for the same setting) plus one batch of features, independent of the number of
-training images.
+(float32, ≈ 165 MB for the same setting, turned into the fitted state in place) plus one batch of
+features, independent of the number of training images.
 """
 
 from __future__ import annotations
@@ -87,28 +87,31 @@ class PaDiM(Detector):
                 emb = self._embed(batch["image"])  # (B, P, d)
                 if shift is None:
                     # Accumulate around a reference mean: Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ cancels far less.
-                    # Per-batch products in float32 (fast), running sums in float64 (exact enough).
+                    # The running sum of products is float32 (the centring keeps its terms small, so float32
+                    # sums of a few thousand images lose < 1e-6 relative); the sum of vectors is float64.
                     shift = emb.mean(0)
                     total = torch.zeros(shift.shape, dtype=torch.float64, device=shift.device)
-                    outer = torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float64, device=shift.device)
+                    outer = torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float32, device=shift.device)
                 centred = (emb - shift).transpose(0, 1)  # (P, B, d)
                 total += centred.sum(1)
-                # In-place add with dtype promotion: no float64 copy of the (P, d, d) product.
-                outer += torch.bmm(centred.transpose(1, 2), centred)
+                # In chunks of positions, so the product is never a second full-size (P, d, d) tensor.
+                for start in range(0, len(centred), 512):
+                    part = centred[start : start + 512]
+                    outer[start : start + 512].baddbmm_(part.transpose(1, 2), part)
                 count += emb.shape[0]
             if count < 2:
                 raise ValueError("padim: needs at least 2 training images to estimate covariances")
             mean_c = total / count
-            # Σ = (Σ(x-s)(x-s)ᵀ - n(μ-s)(μ-s)ᵀ) / (n-1) + εI, formed in place in the accumulator.
-            cov = outer.baddbmm_(mean_c.unsqueeze(2), mean_c.unsqueeze(1), alpha=-count).div_(count - 1)
-            cov.diagonal(dim1=-2, dim2=-1).add_(self.epsilon)
             self.mean_ = (mean_c + shift.double()).float()
-            # Store a whitener W with WᵀW = Σ⁻¹: ‖W(x-μ)‖² is then one batched matmul at test time.
-            # Factorised in float64 (stored as float32, enough for scoring) in chunks of positions, so the
-            # float64 temporaries stay small next to the accumulator.
-            self.whitener_ = torch.empty(cov.shape, dtype=torch.float32, device=cov.device)
-            for start in range(0, len(cov), 256):
-                self.whitener_[start : start + 256] = inverse_sqrt(cov[start : start + 256])
+            # Σ = (Σ(x-s)(x-s)ᵀ - n(μ-s)(μ-s)ᵀ) / (n-1) + εI per chunk of positions, in float64; its whitener
+            # W (WᵀW = Σ⁻¹, so ‖W(x-μ)‖² is one batched matmul at test time) overwrites the chunk of the
+            # accumulator it came from: the fitted state never needs a second (P, d, d) buffer.
+            eye = torch.eye(outer.shape[-1], dtype=torch.float64, device=outer.device)
+            for start in range(0, len(outer), 256):
+                m = mean_c[start : start + 256]
+                cov = (outer[start : start + 256].double() - count * m.unsqueeze(2) * m.unsqueeze(1)) / (count - 1)
+                outer[start : start + 256] = inverse_sqrt(cov + self.epsilon * eye)
+            self.whitener_ = outer
 
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
