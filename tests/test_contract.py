@@ -81,3 +81,14 @@ def test_save_load_round_trip(fitted, test_records, tmp_path):
     np.testing.assert_allclose(after.scores, before.scores, rtol=1e-5)
     if fitted.localizes:
         np.testing.assert_allclose(after.maps, before.maps, rtol=1e-4, atol=1e-5)
+
+
+def test_predict_in_chunks_matches_predict(train_records, test_records):
+    detector = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    whole = detector.predict(test_records, progress=False)
+    parts = list(detector.predict_in_chunks(test_records, chunk_size=3))
+    assert [start for start, _ in parts] == list(range(0, len(test_records), 3))
+    np.testing.assert_allclose(np.concatenate([r.scores for _, r in parts]), whole.scores, rtol=1e-5)
+    np.testing.assert_array_equal(np.concatenate([r.labels for _, r in parts]), whole.labels)
+    with pytest.raises(ValueError, match="chunk_size"):
+        next(detector.predict_in_chunks(test_records, chunk_size=0))

@@ -57,3 +57,20 @@ def test_defect_region_is_where_the_map_peaks(train_records, test_records):
     _, maps = detector.score(anomalous, progress=False)
     for record, amap in zip(anomalous, maps):
         assert amap[record.mask].mean() > 2 * amap[~record.mask].mean()
+
+
+def test_holdout_is_scored_without_itself_and_the_final_model_uses_every_image(train_records):
+    params = {**TINY_PARAMS["padim"], "holdout_fraction": 0.25}
+    detector = create_detector("padim", **params)
+    kept, held = detector._split_holdout(list(train_records))
+    held_scores, held_maps = detector._fit_and_score_holdout(kept, held, progress=False)
+    # The final Gaussians are those of all images ...
+    everything = create_detector("padim", **{**params, "holdout_fraction": 0}).fit(train_records, progress=False)
+    torch.testing.assert_close(detector.mean_, everything.mean_, rtol=1e-4, atol=1e-4)
+    scale = float(everything.whitener_.abs().max())  # float32 sums in another order: compare at its scale
+    torch.testing.assert_close(detector.whitener_, everything.whitener_, rtol=1e-3, atol=1e-3 * scale)
+    # ... and the held-out images were scored by the Gaussians of the other images only.
+    without = create_detector("padim", **{**params, "holdout_fraction": 0}).fit(kept, progress=False)
+    expected_scores, expected_maps = without._score(held, progress=False)
+    np.testing.assert_allclose(held_scores, expected_scores, rtol=1e-3)
+    np.testing.assert_allclose(held_maps, expected_maps, rtol=1e-3, atol=1e-3 * float(expected_maps.max()))

@@ -23,7 +23,7 @@ import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterable, Sequence
+from typing import Any, ClassVar, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -196,10 +196,19 @@ class Detector(ABC):
             raise ValueError(f"{self.name}: no training images")
         fit_records, holdout = self._split_holdout(records)
         torch.manual_seed(self.params["seed"])
-        self._fit(fit_records, progress)
-        scores, maps = self._score(holdout, progress)
+        scores, maps = self._fit_and_score_holdout(fit_records, holdout, progress)
         self._set_quantile_thresholds(scores, maps)
         return self
+
+    def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit on ``fit_records``; return the scores and maps of ``holdout`` from a model that never saw them.
+
+        Detectors whose fit is a sum over images override this to fit the final model on every image
+        (the held-out ones too) while still scoring the held-out images without them (PaDiM).
+        ``holdout is fit_records`` when nothing is held out.
+        """
+        self._fit(fit_records, progress)
+        return self._score(holdout, progress)
 
     def _split_holdout(self, records: list) -> tuple[list, list]:
         """Hold out a seeded random share of normals for the threshold (at least 1, if possible)."""
@@ -240,6 +249,20 @@ class Detector(ABC):
         else:
             labels = scores > self.threshold_
         return DetectionResult(scores=scores, labels=labels.astype(np.int64), maps=maps, masks=masks)
+
+    def predict_in_chunks(
+        self, records: Sequence, chunk_size: int = 64, progress: bool = False
+    ) -> Iterator[tuple[int, DetectionResult]]:
+        """``predict`` over ``records`` in chunks: yields (offset of the chunk, its DetectionResult).
+
+        For scoring many images with bounded memory: only one chunk's maps exist at a time (with
+        ``predict`` on N images the N full-resolution maps are returned together, 0.26 MB per image
+        at 256 px). ``anomalens predict`` works this way.
+        """
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+        for start in range(0, len(records), chunk_size):
+            yield start, self.predict(records[start : start + chunk_size], progress=progress)
 
     def calibrate(
         self,

@@ -262,10 +262,8 @@ def predict_images(
             (stage / "masks").mkdir()
         low = detector.map_reference_ if detector.map_reference_ is not None else 0.0
         high = 2 * (detector.pixel_threshold_ or 1.0) - low
-        for start in range(0, len(records), chunk_size):
-            chunk = records[start : start + chunk_size]
-            result = detector.predict(chunk, progress=progress)
-            for i, record in enumerate(chunk):
+        for start, result in detector.predict_in_chunks(records, chunk_size, progress=progress):
+            for i, record in enumerate(records[start : start + chunk_size]):
                 row = {
                     "image": str(record.source),
                     "score": float(result.scores[i]),

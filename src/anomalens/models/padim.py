@@ -12,7 +12,11 @@ Localization", ICPR 2020.
 Memory: the fitted state is P·d·(d + 1) floats for P = (H/4)·(W/4) positions — for 256 px and
 d = 100 that is 4096·100·101·4 B ≈ 165 MB; fitting streams the images and keeps only running sums
 (float32, ≈ 165 MB for the same setting, turned into the fitted state in place) plus one batch of
-features, independent of the number of training images.
+features, independent of the number of training images — and the embeddings of the held-out images
+(1.6 MB each at 256 px, d = 100).
+Threshold hold-out: with n training images per position and d ≈ n, every image counts for the
+covariances, so the final Gaussians use all images (the held-out ones too); the held-out images are
+scored with Gaussians from the sums *minus their own terms*, i.e. by a model that never saw them.
 """
 
 from __future__ import annotations
@@ -78,40 +82,89 @@ class PaDiM(Detector):
         self.grid_size_ = tuple(grid)
         return embedding.flatten(2).transpose(1, 2)  # (B, P, d)
 
-    def _fit(self, records: Sequence, progress: bool) -> None:
-        self.extractor_ = self._build_extractor()
-        self.channel_index_ = self._choose_channels(sum(self.extractor_.channels))
-        count, shift, total, outer = 0, None, None, None
+    def _accumulate(self, records: Sequence, progress: bool, sums: dict | None = None) -> dict:
+        """Running sums over ``records``: count, Σ(x-s) (float64) and Σ(x-s)(x-s)ᵀ (float32) per position.
+
+        Sums are taken around a reference mean s (the first batch's): Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ
+        then cancels far less, and the float32 sum of products of a few thousand images loses < 1e-6
+        relative. Memory: P·d² floats, whatever the number of images.
+        """
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim fit" if progress else None):
                 emb = self._embed(batch["image"])  # (B, P, d)
-                if shift is None:
-                    # Accumulate around a reference mean: Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ cancels far less.
-                    # The running sum of products is float32 (the centring keeps its terms small, so float32
-                    # sums of a few thousand images lose < 1e-6 relative); the sum of vectors is float64.
+                if sums is None:
                     shift = emb.mean(0)
-                    total = torch.zeros(shift.shape, dtype=torch.float64, device=shift.device)
-                    outer = torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float32, device=shift.device)
-                centred = (emb - shift).transpose(0, 1)  # (P, B, d)
-                total += centred.sum(1)
+                    sums = {"count": 0, "shift": shift,
+                            "total": torch.zeros(shift.shape, dtype=torch.float64, device=shift.device),
+                            "outer": torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float32, device=shift.device)}
+                centred = (emb - sums["shift"]).transpose(0, 1)  # (P, B, d)
+                sums["total"] += centred.sum(1)
                 # In chunks of positions, so the product is never a second full-size (P, d, d) tensor.
                 for start in range(0, len(centred), 512):
                     part = centred[start : start + 512]
-                    outer[start : start + 512].baddbmm_(part.transpose(1, 2), part)
-                count += emb.shape[0]
-            if count < 2:
-                raise ValueError("padim: needs at least 2 training images to estimate covariances")
-            mean_c = total / count
-            self.mean_ = (mean_c + shift.double()).float()
-            # Σ = (Σ(x-s)(x-s)ᵀ - n(μ-s)(μ-s)ᵀ) / (n-1) + εI per chunk of positions, in float64; its whitener
-            # W (WᵀW = Σ⁻¹, so ‖W(x-μ)‖² is one batched matmul at test time) overwrites the chunk of the
-            # accumulator it came from: the fitted state never needs a second (P, d, d) buffer.
-            eye = torch.eye(outer.shape[-1], dtype=torch.float64, device=outer.device)
-            for start in range(0, len(outer), 256):
-                m = mean_c[start : start + 256]
-                cov = (outer[start : start + 256].double() - count * m.unsqueeze(2) * m.unsqueeze(1)) / (count - 1)
-                outer[start : start + 256] = inverse_sqrt(cov + self.epsilon * eye)
-            self.whitener_ = outer
+                    sums["outer"][start : start + 512].baddbmm_(part.transpose(1, 2), part)
+                sums["count"] += emb.shape[0]
+        return sums
+
+    def _whitener(self, outer: torch.Tensor, total: torch.Tensor, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean about s, whitener W with WᵀW = Σ⁻¹) of a chunk of positions, in float64 (eq. 1)."""
+        if count < 2:
+            raise ValueError("padim: needs at least 2 training images to estimate covariances")
+        mean = total / count
+        cov = (outer.double() - count * mean.unsqueeze(2) * mean.unsqueeze(1)) / (count - 1)
+        cov.diagonal(dim1=-2, dim2=-1).add_(self.epsilon)
+        return mean, inverse_sqrt(cov)
+
+    @torch.inference_mode()
+    def _finish(self, sums: dict, holdout: torch.Tensor | None = None) -> torch.Tensor | None:
+        """Turn the sums into the fitted state, in place of the accumulator (no second (P, d, d) buffer).
+
+        ``holdout``: (n, P, d) embeddings of held-out images that are *included* in the sums. Their
+        Mahalanobis distances are returned, computed with the Gaussians of the other images only
+        (sums minus their own terms): the final model uses every image, the threshold still comes from
+        images its estimate did not see.
+        """
+        outer, total, count, shift = sums["outer"], sums["total"], sums["count"], sums["shift"]
+        self.mean_ = (total / count + shift.double()).float()
+        held = None if holdout is None else (holdout - shift).transpose(0, 1)  # (P, n, d)
+        distances = None if held is None else torch.empty(held.shape[:2], device=outer.device)  # (P, n)
+        for start in range(0, len(outer), 256):
+            chunk = slice(start, start + 256)
+            if held is not None:
+                h = held[chunk]
+                leave_out_outer = outer[chunk].double() - torch.bmm(h.transpose(1, 2), h).double()
+                mean, whitener = self._whitener(leave_out_outer, total[chunk] - h.double().sum(1), count - h.shape[1])
+                diff = (h.double() - mean.unsqueeze(1)).transpose(1, 2)  # (p, d, n)
+                distances[chunk] = torch.bmm(whitener, diff).pow(2).sum(1).sqrt().float()
+            outer[chunk] = self._whitener(outer[chunk], total[chunk], count)[1]
+        self.whitener_ = outer
+        return None if distances is None else distances.transpose(0, 1)  # (n, P)
+
+    def _prepare(self) -> None:
+        self.extractor_ = self._build_extractor()
+        self.channel_index_ = self._choose_channels(sum(self.extractor_.channels))
+
+    def _fit(self, records: Sequence, progress: bool) -> None:
+        self._prepare()
+        self._finish(self._accumulate(records, progress))
+
+    def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        if holdout is fit_records:
+            return super()._fit_and_score_holdout(fit_records, holdout, progress)
+        self._prepare()
+        sums = self._accumulate(fit_records, progress)
+        with torch.inference_mode():
+            held = torch.cat([self._embed(b["image"]) for b in iterate_batches(holdout, self.image_size, self.batch_size)])
+            centred = (held - sums["shift"]).transpose(0, 1)
+            sums["total"] += centred.sum(1)
+            sums["outer"].baddbmm_(centred.transpose(1, 2), centred)
+            sums["count"] += len(held)
+            return self._scores_and_maps(self._finish(sums, held))
+
+    def _scores_and_maps(self, dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """(B, P) distances → (B,) image scores (the maxima of the maps) and (B, H, W) maps (eq. 2 + blur)."""
+        amap = upsample_and_blur(dist.reshape(-1, *self.grid_size_), self.input_size, self.blur_sigma)
+        return amap.flatten(1).max(1).values.cpu().numpy(), amap.cpu().numpy()
 
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
@@ -123,12 +176,10 @@ class PaDiM(Detector):
         scores, maps = [], []
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim score" if progress else None):
-                dist = self.mahalanobis(self._embed(batch["image"]))
-                grid = dist.reshape(-1, *self.grid_size_)
-                amap = upsample_and_blur(grid, self.input_size, self.blur_sigma)
-                maps.append(amap.cpu())
-                scores.append(amap.flatten(1).max(1).values.cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+                score, amap = self._scores_and_maps(self.mahalanobis(self._embed(batch["image"])))
+                scores.append(score)
+                maps.append(amap)
+        return np.concatenate(scores), np.concatenate(maps)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         return {
