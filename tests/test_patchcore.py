@@ -103,3 +103,16 @@ def test_saved_bank_must_match_the_backbone(fitted, tmp_path):
     save_file(tensors, str(tmp_path / "run" / "weights.safetensors"))
     with pytest.raises(ModelFileError, match="memory bank"):
         load_detector(tmp_path / "run")
+
+
+def test_holdout_is_scored_without_its_own_patches_and_the_bank_uses_every_image(train_records):
+    params = {**TINY_PARAMS["patchcore"], "holdout_fraction": 0.25}
+    detector = create_detector("patchcore", **params)
+    kept, held = detector._split_holdout(list(train_records))
+    scores, _ = detector._fit_and_score_holdout(kept, held, progress=False)
+    everything = create_detector("patchcore", **{**params, "holdout_fraction": 0}).fit(kept + held, progress=False)
+    torch.testing.assert_close(detector.memory_bank_, everything.memory_bank_)
+    origin = detector.bank_origin_
+    assert (origin >= len(kept)).any() and (origin < len(kept)).any()
+    everything.memory_bank_ = everything.memory_bank_[origin < len(kept)]
+    np.testing.assert_allclose(scores, everything._score(held, progress=False)[0], rtol=1e-5)

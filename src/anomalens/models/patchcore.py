@@ -30,7 +30,11 @@ dimensions: 1 000 images of 256 px with efficientnet_lite0 → 102 400 × 152 ×
 all N·P patch vectors (N·P·D·4 B, ≈ 620 MB for that example) plus their 128-d projection (N·P·128·4 B)
 during the coreset selection. Scoring is bounded independently of the number of test images: per batch
 of B images the B·P·D embedding, the kNN block of 4·1024·4096 B = 16 MiB (see ``components/knn.py``)
-and the B maps; only the returned (N, H, W) float32 maps grow with N.
+and the B maps; only the returned (N, H, W) float32 maps grow with N (``predict_in_chunks`` avoids that).
+
+Threshold hold-out: the bank is built from every training image (held-out ones included: more data,
+better coverage); the held-out images are scored against the bank entries that came from the other
+images, so the threshold is still set by images the bank does not contain.
 """
 
 from __future__ import annotations
@@ -133,10 +137,12 @@ class PatchCore(Detector):
                 features[offset : offset + flat.shape[0]] = flat
                 offset += flat.shape[0]
         total = features.shape[0]
+        patches_per_image = total // len(records)
         # ⌈f·n⌉, robust to f·n landing a hair above an integer in floating point.
         n_select = min(total, max(1, math.ceil(round(float(self.coreset_fraction) * total, 6))))
         if n_select == total:
             self.memory_bank_ = features
+            self.bank_origin_ = torch.arange(total) // patches_per_image
             return
         index = greedy_coreset(
             features,
@@ -147,6 +153,21 @@ class PatchCore(Detector):
             progress=progress,
         )
         self.memory_bank_ = features[index.to(features.device)].contiguous()
+        self.bank_origin_ = index.cpu() // patches_per_image  # training image of each bank entry (not saved)
+
+    def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The memory bank is built from every training image; the held-out images are scored against
+        the bank without the entries that came from them, i.e. against the other images' patches."""
+        if holdout is fit_records:
+            return super()._fit_and_score_holdout(fit_records, holdout, progress)
+        self._fit(list(fit_records) + list(holdout), progress)
+        full = self.memory_bank_
+        others = (self.bank_origin_ < len(fit_records)).to(full.device)
+        self.memory_bank_ = full[others] if bool(others.any()) else full
+        try:
+            return self._score(holdout, progress)
+        finally:
+            self.memory_bank_ = full
 
     def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.input_size
