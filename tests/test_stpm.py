@@ -101,3 +101,21 @@ def test_streamed_images_equal_preloaded(monkeypatch):
     assert preloaded.tensor is not None and streamed.tensor is None
     index = np.array([3, 0, 4])
     torch.testing.assert_close(streamed.take(index), preloaded.take(index))
+
+
+def test_threshold_holdout_doubles_as_the_validation_set(train_records, monkeypatch):
+    seen = {}
+    original = stpm_module.STPM._fit
+
+    def spy(self, records, progress, val_records=None):
+        seen["fit"], seen["val"] = len(records), None if val_records is None else len(val_records)
+        return original(self, records, progress, val_records)
+
+    monkeypatch.setattr(stpm_module.STPM, "_fit", spy)
+    params = {**TINY_PARAMS["stpm"], "holdout_fraction": 0.25, "epochs": 1}
+    detector = create_detector("stpm", **params).fit(train_records, progress=False)
+    kept, held = detector._split_holdout(list(train_records))
+    assert seen == {"fit": len(kept), "val": len(held)}  # no second split: the student sees every other image
+    assert len(detector.history_["val_loss"]) == 1
+    create_detector("stpm", **{**params, "validation_fraction": 0}).fit(train_records, progress=False)
+    assert seen == {"fit": len(kept), "val": None}

@@ -102,7 +102,8 @@ class STPM(Detector):
         "lr": 0.4,
         "momentum": 0.9,
         "weight_decay": 1e-4,
-        "validation_fraction": 0.1,  # share of the fit images whose loss selects the best epoch
+        "validation_fraction": 0.1,  # >0: validation loss selects the best epoch (on the threshold hold-out
+        # when there is one, else on this share of the fit images); 0: keep the last epoch
         "patience": None,  # epochs without validation improvement before stopping; None = never
         "checkpoint": None,  # file to save training state to after each epoch and resume from
         "blur_sigma": 0.0,  # Gaussian blur of the map in pixels; the paper uses none
@@ -127,9 +128,20 @@ class STPM(Detector):
         return teacher, student
 
     # -- fit ------------------------------------------------------------------------------------
-    def _fit(self, records: Sequence, progress: bool) -> None:
+    def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The threshold hold-out doubles as the validation set (when ``validation_fraction`` > 0): the
+        student trains on every other image instead of losing a second 10 % to a separate split."""
+        if holdout is fit_records or float(self.validation_fraction) <= 0:
+            return super()._fit_and_score_holdout(fit_records, holdout, progress)
+        self._fit(fit_records, progress, val_records=holdout)
+        return self._score(holdout, progress)
+
+    def _fit(self, records: Sequence, progress: bool, val_records: Sequence | None = None) -> None:
         self._build()
-        fit_records, val_records = split_records(records, float(self.validation_fraction), int(self.seed), stream=1)
+        if val_records is None:
+            fit_records, val_records = split_records(records, float(self.validation_fraction), int(self.seed), stream=1)
+        else:
+            fit_records = list(records)
         images = _Images(fit_records, self.image_size, progress, "stpm load")
         val_images = _Images(val_records, self.image_size, progress, "stpm load val") if val_records else None
         batch_size, seed = int(self.batch_size), int(self.seed)
