@@ -56,7 +56,7 @@ def test_loss_and_map_match_the_formulas():
         h, w = tl.shape[-2:]
         expected = expected + ((tn - sn) ** 2).sum(dim=(1, 2, 3)) / (2 * h * w)  # eq. 1, per image
         cos.append(torch.nn.functional.cosine_similarity(tl, sl, dim=1))
-    assert stpm_loss(t, s).item() == pytest.approx(expected.mean().item(), rel=1e-5)
+    assert stpm_loss(t, s).item() == pytest.approx(expected.sum().item(), rel=1e-5)  # summed over the batch
     amap = stpm_map(t, s, (4, 4))
     up = torch.nn.functional.interpolate((1 - cos[1]).unsqueeze(1), size=(4, 4), mode="bilinear", align_corners=False)[:, 0]
     torch.testing.assert_close(amap, (1 - cos[0]) * up, rtol=1e-4, atol=1e-6)  # product over layers

@@ -7,7 +7,8 @@ BMVC 2021.
    and 16), on the teacher's input normalisation.
 2. Loss (eq. 1-3): with F̂ the channel-wise L2-normalised features at position (i, j) of layer l,
        ℓ_l = 1 / (2 h_l w_l) · Σ_ij ‖F̂_t(i, j) − F̂_s(i, j)‖²,     L = Σ_l ℓ_l,
-   averaged over the images of a batch (``stpm_loss``). SGD, lr 0.4, momentum 0.9, weight decay 1e-4,
+   summed over the images of a batch as the reference code does (``stpm_loss``; curves show it per image).
+   SGD, lr 0.4, momentum 0.9, weight decay 1e-4,
    batch 32, 100 epochs (Sec. 4.1).
 3. Test (eq. 4-5): per layer and position, 1 − cos(F_t, F_s) (= ½‖F̂_t − F̂_s‖², computed that way so it
    is never negative), upsampled bilinearly to the input size and *multiplied* across layers — as in the
@@ -23,8 +24,8 @@ Training images are decoded once and kept in memory as float32 when they take at
 (2 GiB: ≈ 2,700 images at 256 px); larger sets are decoded batch by batch each epoch.
 
 Deviations: the default backbone is the bundled, offline ``efficientnet_lite0`` (the paper: ResNet-18,
-usable here with ``backbone="resnet18"`` and its weights from timm or a local file). The authors' code
-drops the ½ of eq. 1 (a loss twice as large for the same lr); eq. 1 is implemented as printed.
+usable here with ``backbone="resnet18"`` and its weights from timm or a local file). Eq. 1 is
+implemented as printed (with its ½, as anomalib has it), summed over the batch.
 """
 
 from __future__ import annotations
@@ -54,8 +55,12 @@ def _position_errors(teacher: list[torch.Tensor], student: list[torch.Tensor]) -
 
 
 def stpm_loss(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> torch.Tensor:
-    """Eq. 1-3: Σ_l 1/(2 h_l w_l) Σ_ij ‖F̂_t − F̂_s‖², averaged over the batch (a scalar)."""
-    return sum(err.mean(dim=(1, 2)) for err in _position_errors(teacher, student)).mean()
+    """Eq. 1-3: Σ_l 1/(2 h_l w_l) Σ_ij ‖F̂_t − F̂_s‖², *summed* over the images of the batch (a scalar).
+
+    The sum is the reference implementations' reduction (``MSELoss(reduction="sum")``, anomalib's too):
+    the paper's lr 0.4 goes with it. A batch mean would make every step 32× smaller at batch 32.
+    """
+    return sum(err.mean(dim=(1, 2)) for err in _position_errors(teacher, student)).sum()
 
 
 def stpm_map(teacher: list[torch.Tensor], student: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
@@ -160,13 +165,13 @@ class STPM(Detector):
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            return {"loss": loss.item()}
+            return {"loss": loss.item() / len(batch["image"])}  # per image, comparable with val_loss
 
         def validate() -> float:
             total = 0.0
             for start in range(0, len(val_images), batch_size):
                 chunk = val_images.take(np.arange(start, min(start + batch_size, len(val_images))))
-                total += stpm_loss(*self._features(chunk)).item() * len(chunk)
+                total += stpm_loss(*self._features(chunk)).item()
             return total / len(val_images)
 
         setup = TrainingSetup(
