@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> None:
     results.setdefault("machines", [])
     if not args.report_only:
         start, load_start = time.time(), machine()["load_average_1min_at_end"]
-        done = 0
+        done, entry = 0, len(results["machines"])
         for category in args.categories:
             for model in args.models:
                 for loss in args.losses:
@@ -188,16 +188,15 @@ def main(argv: list[str] | None = None) -> None:
                     r = results["runs"][key]
                     print(f"[seed_cae] {key}: TPR {r['tpr']:.2f} TNR {r['tnr']:.2f} score {r['score']:.3f} "
                           f"AUROC {r['image_auroc']:.3f} ({r['fit_seconds']:.0f} s fit)", flush=True)
-                    path.write_text(json.dumps(results, indent=2) + "\n")
                     done += 1
-        if done:
-            m = machine()
-            results["machines"].append(
-                f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} on cpu, {args.threads} thread(s); "
-                f"{done} run(s) in {(time.time() - start) / 60:.1f} min on {m['date']}; 1-min load average "
-                f"{load_start} at start, {m['load_average_1min_at_end']} at end (other jobs shared the 2 cores when "
-                "above ~1: fit seconds are then upper bounds)")
-            path.write_text(json.dumps(results, indent=2) + "\n")
+                    # The machine line of this invocation, rewritten after every run (a run may be cut short).
+                    m = machine()
+                    line = (f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} on cpu, {args.threads} "
+                            f"thread(s); {done} run(s) in {(time.time() - start) / 60:.1f} min on {m['date']}; 1-min load "
+                            f"average {load_start} at start, {m['load_average_1min_at_end']} after the last run (other "
+                            "jobs shared the 2 cores when above ~1: fit seconds are then upper bounds)")
+                    results["machines"][entry:] = [line]
+                    path.write_text(json.dumps(results, indent=2) + "\n")
     write_report(results, RESULTS)
     print(f"[seed_cae] wrote {RESULTS / 'results.md'}")
 
