@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -45,24 +44,12 @@ SEED = 0
 
 # ----------------------------------------------------------------------------------------- helpers
 def _machine(threads: int) -> dict:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import torch
+    sys.path.insert(0, str(HERE))
+    from run import machine  # the main benchmark's description of the machine
 
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": [round(v, 1) for v in os.getloadavg()],
-    }
+    m = machine()
+    return {"cpu": m["cpu"], "cores": m["cores"], "torch_threads": threads, "torch": m["torch"], "python": m["python"],
+            "load_average_at_start": [round(v, 1) for v in os.getloadavg()]}
 
 
 def _save_json(name: str, payload: dict) -> None:

@@ -82,16 +82,24 @@ class PaDiM(Detector):
         self.grid_size_ = tuple(grid)
         return embedding.flatten(2).transpose(1, 2)  # (B, P, d)
 
-    def _accumulate(self, records: Sequence, progress: bool, sums: dict | None = None) -> dict:
-        """Running sums over ``records``: count, Σ(x-s) (float64) and Σ(x-s)(x-s)ᵀ (float32) per position.
+    def _accumulate(self, records: Sequence, progress: bool, sums: dict | None = None,
+                    keep: torch.Tensor | None = None) -> dict:
+        """Add ``records`` to the running sums: count, Σ(x-s) (float64) and Σ(x-s)(x-s)ᵀ (float32) per position.
+
+        ``keep``: an (n, P, d) tensor to copy the n records' embeddings into (the held-out images, whose
+        own terms ``_finish`` subtracts again).
 
         Sums are taken around a reference mean s (the first batch's): Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ
         then cancels far less, and the float32 sum of products of a few thousand images loses < 1e-6
         relative. Memory: P·d² floats, whatever the number of images.
         """
+        offset = 0
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim fit" if progress else None):
                 emb = self._embed(batch["image"])  # (B, P, d)
+                if keep is not None:
+                    keep[offset : offset + len(emb)] = emb
+                    offset += len(emb)
                 if sums is None:
                     shift = emb.mean(0)
                     sums = {"count": 0, "shift": shift,
@@ -153,12 +161,9 @@ class PaDiM(Detector):
             return super()._fit_and_score_holdout(fit_records, holdout, progress)
         self._prepare()
         sums = self._accumulate(fit_records, progress)
+        held = torch.empty((len(holdout), *sums["shift"].shape), device=sums["shift"].device)
+        sums = self._accumulate(holdout, progress, sums, keep=held)
         with torch.inference_mode():
-            held = torch.cat([self._embed(b["image"]) for b in iterate_batches(holdout, self.image_size, self.batch_size)])
-            centred = (held - sums["shift"]).transpose(0, 1)
-            sums["total"] += centred.sum(1)
-            sums["outer"].baddbmm_(centred.transpose(1, 2), centred)
-            sums["count"] += len(held)
             return self._scores_and_maps(self._finish(sums, held))
 
     def _scores_and_maps(self, dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
