@@ -17,6 +17,7 @@ Writes benchmarks/results/results.json and results.md (with the machine it ran o
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import os
 import platform
@@ -45,13 +46,30 @@ BUDGET_PARAMS: dict[str, dict] = {
 }
 
 
-def params_for(model: str, dataset: str) -> dict:
+def params_for(model: str, dataset: str, overrides: dict | None = None) -> dict:
     params = dict(BUDGET_PARAMS.get(model, {}))
     if dataset.startswith("fmnist-") and model in FEATURE_MODELS:
         params["image_size"] = FMNIST_IMAGE_SIZE
     if dataset.startswith("fmnist-") and model in CAE_MODELS:
         params["image_size"] = 32
+    params.update((overrides or {}).get(model, {}))
     return params
+
+
+def parse_overrides(items: list[str]) -> dict[str, dict]:
+    """``["stpm.epochs=100"]`` -> ``{"stpm": {"epochs": 100}}`` (values parsed as Python literals)."""
+    overrides: dict[str, dict] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        model, dot, name = key.partition(".")
+        if not sep or not dot or not model or not name:
+            raise SystemExit(f"--param {item!r}: expected MODEL.KEY=VALUE, e.g. stpm.epochs=100")
+        try:
+            parsed = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            parsed = value
+        overrides.setdefault(model, {})[name] = parsed
+    return overrides
 
 
 def _dataset(name: str):
@@ -65,7 +83,7 @@ def _dataset(name: str):
     return load_mvtec_category(folder)
 
 
-def run_one(model: str, dataset_name: str) -> dict:
+def run_one(model: str, dataset_name: str, overrides: dict | None = None) -> dict:
     """Fit and test one detector on one dataset in this process; return the measurements."""
     import torch
 
@@ -74,7 +92,7 @@ def run_one(model: str, dataset_name: str) -> dict:
     from anomalens.workflow import _masks_at, peak_rss_mb
 
     data = _dataset(dataset_name)
-    params = params_for(model, dataset_name)
+    params = params_for(model, dataset_name, overrides)
     detector = create_detector(model, **params)
     start = time.perf_counter()
     detector.fit(data.train, progress=False)
@@ -103,6 +121,8 @@ def run_one(model: str, dataset_name: str) -> dict:
         "peak_rss_mb_fit": round(fit_rss, 1),
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "torch_threads": torch.get_num_threads(),
+        "date": time.strftime("%Y-%m-%d"),
+        "load_average_1min": round(os.getloadavg()[0], 2),
     }
 
 
@@ -144,8 +164,9 @@ def write_markdown(results: list[dict], info: dict, path: Path) -> None:
         "# anomalens benchmark results",
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; Python {info['python']}, "
-        f"torch {info['torch']} on {info['device']}; run {info['date']}; 1-minute load average at the end "
-        f"{info['load_average_1min_at_end']} (above ~2 means other jobs shared the 2 cores: speeds are then lower bounds).",
+        f"torch {info['torch']} on {info['device']}. Rows come from several runs: each row gives its date, its "
+        "torch threads and the 1-minute load average when it finished (above ~2 means other jobs shared the "
+        "2 cores: its speeds are then lower bounds; rows measured before this column existed show –).",
         "",
         "Synthetic categories: 120 train / 70 test images (30 normal, 40 defective), 256 px. "
         "Fashion-MNIST one-class: 1 000 train images of the normal class, 100 test images per class, 64 px. "
@@ -154,16 +175,20 @@ def write_markdown(results: list[dict], info: dict, path: Path) -> None:
         + "; ".join(f"{m}: {p}" for m, p in sorted(BUDGET_PARAMS.items()))
         + f"; Fashion-MNIST at {FMNIST_IMAGE_SIZE} px for the pretrained-feature models, 32 px for the CAEs.",
         "",
-        "| model | dataset | image AUROC | pixel AUROC | AUPRO | TPR | TNR | fit s | test img/s | peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | dataset | image AUROC | pixel AUROC | AUPRO | TPR | TNR | fit s | test img/s | peak RSS MB | run (threads, load) | other settings |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} | | | | | | | |")
+            lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} | | | | | | | | | |")
             continue
+        default = params_for(r["model"], r["dataset"])
+        changed = {k: v for k, v in r.get("params", {}).items() if default.get(k) != v}
+        run = f"{r['date']} ({r.get('torch_threads')}, {r.get('load_average_1min')})" if "date" in r else "–"
         lines.append(
             f"| {r['model']} | {r['dataset']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | "
-            f"{_fmt(r['tpr'], 2)} | {_fmt(r['tnr'], 2)} | {_fmt(r['fit_seconds'], 1)} | {_fmt(r['test_images_per_second'], 1)} | {_fmt(r['peak_rss_mb'], 0)} |"
+            f"{_fmt(r['tpr'], 2)} | {_fmt(r['tnr'], 2)} | {_fmt(r['fit_seconds'], 1)} | {_fmt(r['test_images_per_second'], 1)} | "
+            f"{_fmt(r['peak_rss_mb'], 0)} | {run} | {', '.join(f'{k}={v}' for k, v in changed.items()) or ''} |"
         )
     by_model: dict[str, list[float]] = {}
     for r in results:
@@ -181,9 +206,13 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=SYNTHETIC + FMNIST)
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--param", action="append", default=[], metavar="MODEL.KEY=VALUE",
+                        help="override a detector setting, e.g. --param stpm.epochs=100 (repeatable; "
+                             "use another --output to keep the main table's budget settings)")
     args = parser.parse_args()
+    overrides = parse_overrides(args.param)
     if args.one:
-        print(json.dumps(run_one(*args.one)))
+        print(json.dumps(run_one(*args.one, overrides)))
         return
 
     from anomalens import list_detectors
@@ -203,7 +232,7 @@ def main() -> None:
     results = []
     for model in models:
         for name in datasets:
-            proc = subprocess.run([sys.executable, __file__, "--one", model, name], capture_output=True, text=True)
+            proc = subprocess.run([sys.executable, __file__, "--one", model, name, *[f"--param={p}" for p in args.param]], capture_output=True, text=True)
             if proc.returncode != 0:
                 error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
                 results.append({"model": model, "dataset": name, "error": error})
