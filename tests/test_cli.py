@@ -171,3 +171,18 @@ def test_calibrate_area_rule_then_test(run, category, tmp_path, capsys):
     metrics = json.loads((copy / "metrics.json").read_text())
     assert metrics["min_area"] == saved["min_area"]
     assert metrics["tp"] + metrics["fn"] == 4 and metrics["tn"] + metrics["fp"] == 4
+
+
+def test_fit_and_test_on_a_one_class_protocol_spec(tmp_path, monkeypatch, capsys):
+    """DATA may name a one-class protocol; fit and test read the same deterministic split."""
+    from test_data_oneclass import _fake_mnist  # tests/ is on sys.path (pytest prepend import mode)
+
+    _fake_mnist(tmp_path / "env" / "fashion-mnist")
+    monkeypatch.setenv("ANOMALENS_DATA", str(tmp_path / "env"))
+    spec = "fashion-mnist:normal=1,2,3:abnormal=0"
+    run = tmp_path / "run"
+    assert main(["fit", "mlp_ae", spec, "-o", str(run), "-p", "epochs=1", "-q"]) == 0
+    assert main(["test", str(run), spec, "--no-report", "-q"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["n_images"] == 16 and metrics["n_anomalous"] == 4  # 4 test images per class
+    assert 0.0 <= metrics["image_auroc"] <= 1.0

@@ -229,3 +229,55 @@ def test_cifar10_missing(tmp_path: Path) -> None:
     (tmp_path / "data_batch_1").write_bytes(b"pickle")
     with pytest.raises(DataError, match="pickle"):
         load_cifar10(tmp_path)
+
+
+# --------------------------------------------------------------- DATA specs (command line)
+
+
+def test_spec_loads_the_same_split_as_the_loader(no_data_dirs: Path) -> None:
+    from anomalens.data import load_dataset
+
+    _fake_mnist(no_data_dirs / "env" / "fashion-mnist")
+    by_spec = load_dataset("fashion-mnist:normal=Sneaker,9:abnormal=sandal:max_test=2:seed=3")
+    direct = load_fashion_mnist(normal_classes=[7, 9], abnormal_classes=[5], max_test_per_class=2, seed=3)
+    assert by_spec.name == direct.name == "fashion-mnist-normal7+9"
+    assert [r.name for r in by_spec.test] == [r.name for r in direct.test]
+    assert [r.name for r in by_spec.train] == [r.name for r in direct.train]
+
+
+def test_spec_abnormal_alone_makes_every_other_class_normal(no_data_dirs: Path) -> None:
+    from anomalens.data import load_dataset
+
+    _fake_mnist(no_data_dirs / "env" / "fashion-mnist")
+    ds = load_dataset("fashion-mnist:abnormal=0:max_train=1")
+    assert len(ds.train) == 9  # one image of each of the nine normal classes
+    assert {r.defect_type for r in ds.test if r.label} == {FASHION_MNIST_CLASSES[0]}
+    assert sum(r.label == 0 for r in ds.test) == 9 * 4
+
+
+@pytest.mark.parametrize(
+    "spec, problem",
+    [
+        ("fashion-mnist:normal=12", "fashion-mnist:normal=12: normal: unknown class 12"),
+        ("fashion-mnist:colour=red", "cannot read 'colour=red'"),
+        ("fashion-mnist:max_train=many", "max_train='many' is not an integer"),
+        ("fashion-mnist:seed=1:seed=2", "seed is given twice"),
+        ("fashion-mnist:normal", "cannot read 'normal'"),
+        ("cifar10:download=1", "cannot be downloaded"),
+    ],
+)
+def test_bad_spec_names_the_problem(no_data_dirs: Path, spec: str, problem: str) -> None:
+    from anomalens.data import load_dataset
+
+    _fake_mnist(no_data_dirs / "env" / "fashion-mnist")
+    with pytest.raises(DataError, match=problem.replace("(", r"\(")):
+        load_dataset(spec)
+
+
+def test_an_existing_folder_wins_over_a_spec_name(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from anomalens.data import load_dataset
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist").mkdir()
+    with pytest.raises(DataError, match="no images and not an MVTec AD category"):
+        load_dataset("mnist")

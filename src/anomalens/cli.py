@@ -102,7 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("fit", help="train a detector on the normal images of DATA (train/good)")
     p.add_argument("model", help="detector name (see 'anomalens list')")
-    p.add_argument("data", help="MVTec-AD-layout category folder, or a folder of normal images")
+    p.add_argument("data", help="MVTec-AD-layout category folder, a folder of normal images, or a one-class "
+                               "protocol such as mnist:normal=7,8:abnormal=2 or fashion-mnist:abnormal=0")
     p.add_argument("-o", "--output", required=True, help="run folder to create")
     p.add_argument("--backbone", help="feature backbone (default efficientnet_lite0; any timm name with internet)")
     p.add_argument("--weights", help="local backbone weights file (.pth / .safetensors), or 'random'")
@@ -117,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("test", help="evaluate a run on the test split of DATA; writes metrics.json and report.html")
     p.add_argument("run")
-    p.add_argument("data")
+    p.add_argument("data", help="as for fit (its test split is used)")
     p.add_argument("-o", "--output", help="where to write the report (default: the run folder)")
     p.add_argument("--no-report", action="store_true", help="metrics.json only, no plots")
     common(p)

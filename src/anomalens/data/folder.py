@@ -16,7 +16,8 @@ __all__ = ["load_folder_dataset", "load_dataset", "LAYOUT_HELP"]
 #: Printed when a DATA argument matches no supported layout.
 LAYOUT_HELP = (
     "expected an MVTec AD category folder (train/good/*.png, optional test/<defect>/*.png "
-    "and ground_truth/<defect>/<stem>_mask.png) or a folder that directly contains normal images"
+    "and ground_truth/<defect>/<stem>_mask.png), a folder that directly contains normal images, or a "
+    "one-class protocol such as mnist:normal=7,8:abnormal=2"
 )
 
 # Folder names too generic to name a dataset; the dataset takes its parent's name instead.
@@ -113,12 +114,23 @@ def load_folder_dataset(
 
 
 def load_dataset(path: str | Path, name: str | None = None, **kw: object) -> AnomalyDataset:
-    """Load a DATA argument: an MVTec-layout category, or a plain folder of normal images.
+    """Load a DATA argument: an MVTec-layout category, a plain folder of normal images, or a one-class
+    protocol by name (``mnist:normal=7,8:abnormal=2``; see :func:`anomalens.data.oneclass.load_builtin`).
+    An existing folder of the same name wins over a protocol name.
 
     Extra keyword arguments (``abnormal_dirs``, ``test_normal_dir``, ``mask_dir``) are passed
     to :func:`load_folder_dataset` for plain folders; they do not apply to MVTec layouts.
     ``name`` overrides the dataset name in both cases.
     """
+    from anomalens.data.oneclass import is_builtin_spec, load_builtin  # here, not at the top: oneclass imports records
+
+    if not Path(path).exists() and is_builtin_spec(str(path)):
+        if kw:
+            raise DataError(f"{path}: options {', '.join(sorted(kw))} only apply to plain image folders")
+        dataset = load_builtin(str(path))
+        if name:
+            dataset.name = name
+        return dataset
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: does not exist; {LAYOUT_HELP}")

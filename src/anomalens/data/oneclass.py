@@ -34,7 +34,10 @@ __all__ = [
     "FASHION_MNIST_CLASSES",
     "MNIST_CLASSES",
     "MNIST_SUBSET_NOTE",
+    "SPEC_HELP",
     "SYSTEM_DATA_DIR",
+    "is_builtin_spec",
+    "load_builtin",
     "load_cifar10",
     "load_fashion_mnist",
     "load_mnist",
@@ -523,3 +526,75 @@ def load_cifar10(
         max_test_per_class,
         seed,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# DATA specs: the one-class protocols by name, for the command line
+
+
+_SPEC_LOADERS = {"mnist": (load_mnist, MNIST_CLASSES), "fashion-mnist": (load_fashion_mnist, FASHION_MNIST_CLASSES),
+                 "cifar10": (load_cifar10, CIFAR10_CLASSES)}
+_SPEC_KEYS = {"normal", "abnormal", "max_train", "max_test", "seed", "download"}
+SPEC_HELP = (
+    "a one-class protocol is written NAME[:KEY=VALUE...] with NAME one of mnist, fashion-mnist, cifar10 and "
+    "keys normal=, abnormal= (class ids or names, comma-separated; abnormal alone = every other class is normal), "
+    "max_train=, max_test= (images per class), seed=, download=1 — e.g. mnist:normal=7,8:abnormal=2 or "
+    "fashion-mnist:abnormal=0:max_train=500"
+)
+
+
+def is_builtin_spec(text: str) -> bool:
+    """True when ``text`` names a one-class protocol (``mnist``, ``fashion-mnist:normal=0``, ...)."""
+    return str(text).split(":", 1)[0].lower() in _SPEC_LOADERS
+
+
+def _spec_int(spec: str, key: str, value: str) -> int:
+    try:
+        return int(value)
+    except ValueError:
+        raise DataError(f"{spec}: {key}={value!r} is not an integer; {SPEC_HELP}") from None
+
+
+def load_builtin(spec: str) -> AnomalyDataset:
+    """Load a one-class protocol from a DATA spec such as ``mnist:normal=7,8:abnormal=2``.
+
+    The same spec always gives the same split (the subsampling is seeded), so ``anomalens fit`` and
+    ``anomalens test`` can be given the same text. Without ``normal=`` the loader's default normal class
+    is used; with only ``abnormal=``, every other class is normal (GANomaly's abnormal-class protocol).
+    """
+    name, *parts = str(spec).split(":")
+    if name.lower() not in _SPEC_LOADERS:
+        raise DataError(f"{spec}: unknown dataset {name!r}; {SPEC_HELP}")
+    loader, class_names = _SPEC_LOADERS[name.lower()]
+    options: dict[str, str] = {}
+    for part in parts:
+        key, sep, value = part.partition("=")
+        key = key.strip().lower().replace("-", "_")
+        if not sep or key not in _SPEC_KEYS or not value.strip():
+            raise DataError(f"{spec}: cannot read {part!r}; {SPEC_HELP}")
+        if key in options:
+            raise DataError(f"{spec}: {key} is given twice")
+        options[key] = value.strip()
+
+    def classes(key: str) -> list[int]:
+        given = [int(c) if c.strip().isdigit() else c.strip() for c in options[key].split(",") if c.strip()]
+        return _class_indices(given, class_names, f"{spec}: {key}")
+
+    kwargs: dict = {}
+    if "abnormal" in options:
+        kwargs["abnormal_classes"] = classes("abnormal")
+        if "normal" not in options:
+            kwargs["normal_classes"] = [c for c in range(len(class_names)) if c not in kwargs["abnormal_classes"]]
+    if "normal" in options:
+        kwargs["normal_classes"] = classes("normal")
+    if "max_train" in options:
+        kwargs["max_train_per_class"] = _spec_int(spec, "max_train", options["max_train"])
+    if "max_test" in options:
+        kwargs["max_test_per_class"] = _spec_int(spec, "max_test", options["max_test"])
+    if "seed" in options:
+        kwargs["seed"] = _spec_int(spec, "seed", options["seed"])
+    if "download" in options:
+        if loader is load_cifar10:
+            raise DataError(f"{spec}: cifar10 cannot be downloaded by anomalens; {_CIFAR_HOW_TO}")
+        kwargs["download"] = options["download"].lower() in ("1", "true", "yes")
+    return loader(**kwargs)
