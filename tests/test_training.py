@@ -41,16 +41,17 @@ def _setup(seed: int = 0, val_noise: bool = False) -> tuple[TrainingSetup, nn.Mo
 
 def test_loss_decreases():
     setup, _ = _setup()
-    history = train(setup, epochs=8, seed=0, progress=False)
+    history = train(setup, epochs=8, seed=0, progress=False).history
     assert history["loss"][-1] < 0.2 * history["loss"][0]
     assert len(history["val_loss"]) == 8
 
 
 def test_best_epoch_is_restored_and_patience_stops():
     setup, model = _setup(val_noise=True)
-    history = train(setup, epochs=20, seed=0, patience=2, progress=False)
-    assert history["best_epoch"] == [2.0]
-    assert len(history["val_loss"]) == 5  # epochs 4 and 5 did not improve → stop
+    result = train(setup, epochs=20, seed=0, patience=2, progress=False)
+    assert result.best_epoch == result.kept_epoch == 2
+    assert set(result.history) == {"loss", "val_loss"}  # curves only
+    assert len(result.history["val_loss"]) == 5  # epochs 4 and 5 did not improve → stop
     setup_ref, model_ref = _setup(val_noise=False)
     train(setup_ref, epochs=3, seed=0, progress=False)
     assert torch.allclose(model.weight, model_ref.weight)
@@ -63,7 +64,7 @@ def test_resume_from_checkpoint_gives_the_same_model(tmp_path):
     first, _ = _setup()
     train(first, epochs=3, seed=0, checkpoint=ckpt, progress=False)  # "interrupted" after 3 epochs
     resumed_setup, resumed = _setup(seed=123)  # different init: everything must come from the file
-    history = train(resumed_setup, epochs=6, seed=0, checkpoint=ckpt, progress=False)
+    history = train(resumed_setup, epochs=6, seed=0, checkpoint=ckpt, progress=False).history
     assert len(history["loss"]) == 6
     assert torch.allclose(resumed.weight, straight.weight, atol=1e-6)
 

@@ -614,12 +614,8 @@ class ConvAutoencoder(Detector):
             validate=validate if val_images is not None else None,
             schedulers={"plateau": scheduler},
         )
-        history = train(
-            setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc=self.name
-        )
-        best = history.pop("best_epoch", None)
-        self.best_epoch_ = int(best[0]) if best else len(history.get("loss", [])) - 1
-        self.history_ = history
+        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc=self.name)
+        self.best_epoch_, self.history_ = result.kept_epoch, result.history
 
     # -- score ----------------------------------------------------------------------------------
     def _batches(self, records: Sequence, progress: bool, what: str):

@@ -253,10 +253,8 @@ class EfficientGAN(Detector):
             batches=lambda epoch: epoch_batches(data, batch_size, seed, epoch),
             validate=validate if val is not None else None,
         )
-        history = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="efficientgan")
-        best = history.pop("best_epoch", None)
-        self.kept_epoch_ = int(best[0]) if best else len(history.get("g", [])) - 1
-        self.history_ = history
+        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="efficientgan")
+        self.kept_epoch_, self.history_ = result.kept_epoch, result.history
 
     # -- score ----------------------------------------------------------------------------------
     def anomaly_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -188,9 +188,8 @@ class GANomaly(Detector):
             batches=lambda epoch: epoch_batches(data, batch_size, seed, epoch),
             validate=validate if val is not None else None,
         )
-        history = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="ganomaly")
-        best = history.pop("best_epoch", None)
-        self.kept_epoch_ = int(best[0]) if best else len(history.get("g", [])) - 1
+        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="ganomaly")
+        history, self.kept_epoch_ = result.history, result.kept_epoch
         n_batches = sum(1 for _ in epoch_batches(data, batch_size, seed, 0))
         self.d_reinits_ = int(round(sum(history.pop("d_reinit", [])) * n_batches))
         self.history_ = history

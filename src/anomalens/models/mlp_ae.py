@@ -26,7 +26,6 @@ and ``patience`` stops training after that many epochs without improvement (None
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -138,7 +137,6 @@ class MLPAutoencoder(Detector):
             optimizer = torch.optim.SGD(self.net_.parameters(), lr=lr, weight_decay=wd)
         mse = nn.MSELoss()
         device = self.device
-        last_state: dict = {}
 
         def batches(epoch: int):
             order = torch.as_tensor(np.random.default_rng((seed, 0, epoch)).permutation(len(data)))
@@ -154,9 +152,6 @@ class MLPAutoencoder(Detector):
             return {"loss": loss.item()}
 
         def validate() -> float:
-            if not self.restore_best:
-                # The loop restores the best epoch; keep the latest weights to put back afterwards.
-                last_state["net"] = {k: v.detach().clone() for k, v in self.net_.state_dict().items()}
             total = 0.0
             for start in range(0, len(val), 1024):
                 x = val[start : start + 1024].to(device)
@@ -171,26 +166,9 @@ class MLPAutoencoder(Detector):
             validate=validate if val is not None else None,
         )
         epochs = int(self.setting("epochs"))
-        history = train(setup, epochs, seed, self.patience, self.checkpoint, progress, desc="mlp_ae")
-        best = history.pop("best_epoch", None)
-        trained = len(history.get("loss", []))
-        if best is not None and self.restore_best:
-            self.kept_epoch_ = int(best[0])
-        else:
-            if best is not None:
-                self._put_back_last(last_state)
-            self.kept_epoch_ = trained - 1
-        self.history_ = history
-
-    def _put_back_last(self, last_state: dict) -> None:
-        """Reload the last epoch's weights that the training loop replaced by the best epoch's."""
-        if "net" in last_state:
-            self.net_.load_state_dict(last_state["net"])
-        elif self.checkpoint and Path(self.checkpoint).is_file():
-            # Resumed after the last epoch: no epoch ran here, the checkpoint holds the last state.
-            saved = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
-            self.net_.load_state_dict(saved["state"]["modules"]["net"])
-        self.net_.eval()
+        result = train(setup, epochs, seed, self.patience, self.checkpoint, progress, desc="mlp_ae",
+                       restore_best=bool(self.restore_best))
+        self.kept_epoch_, self.history_ = result.kept_epoch, result.history
 
     # -- score ----------------------------------------------------------------------------------
     def _reconstruct(self, images: torch.Tensor) -> torch.Tensor:

@@ -181,11 +181,8 @@ class STPM(Detector):
             batches=batches,
             validate=validate if val_images is not None else None,
         )
-        history = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="stpm")
-        # The best epoch is a fact about training, not a curve: keep it out of the plotted history.
-        best = history.pop("best_epoch", None)
-        self.best_epoch_ = int(best[0]) if best else len(history.get("loss", [])) - 1
-        self.history_ = history
+        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="stpm")
+        self.best_epoch_, self.history_ = result.kept_epoch, result.history
 
     # -- score ----------------------------------------------------------------------------------
     def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:

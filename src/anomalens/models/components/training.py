@@ -47,6 +47,21 @@ class TrainingSetup:
     schedulers: dict[str, object] = field(default_factory=dict)
 
 
+@dataclass
+class TrainingResult:
+    """What ``train`` returns.
+
+    history: per-epoch curves {loss name: values, 'val_loss': ...} (what the report plots).
+    best_epoch: the epoch (0-based) with the lowest validation loss, or None without validation.
+    kept_epoch: the epoch whose weights the modules hold now: ``best_epoch`` when it was restored,
+        else the last epoch trained (-1 if none ran).
+    """
+
+    history: dict[str, list[float]]
+    best_epoch: int | None
+    kept_epoch: int
+
+
 def _state(setup: TrainingSetup) -> dict:
     return {
         "modules": {k: m.state_dict() for k, m in setup.modules.items()},
@@ -72,10 +87,13 @@ def train(
     checkpoint: str | Path | None = None,
     progress: bool = True,
     desc: str = "train",
-) -> dict[str, list[float]]:
-    """Run the loop; returns the history {loss name: per-epoch values, 'val_loss': ..., 'best_epoch': [i]}.
+    restore_best: bool = True,
+) -> TrainingResult:
+    """Run the loop and return the history and which epoch the modules hold.
 
-    With ``checkpoint`` set and the file present, training resumes after its last completed epoch.
+    With validation, the best validation epoch's weights are put back at the end unless
+    ``restore_best`` is False (then the last epoch's stay). With ``checkpoint`` set and the file
+    present, training resumes after its last completed epoch.
     """
     torch.manual_seed(seed)
     history: dict[str, list[float]] = {}
@@ -126,13 +144,15 @@ def train(
                 "state": _state(setup), "history": history, "epoch": epoch, "best_loss": best_loss,
                 "best_epoch": best_epoch, "stale": stale, "best_state": best_state, "rng": torch.get_rng_state(),
             })
-    if best_state is not None:
+    last_epoch = len(next(iter(history.values()), [])) - 1
+    kept_epoch = last_epoch
+    if best_state is not None and restore_best:
         for k, m in setup.modules.items():
             m.load_state_dict(best_state[k])
-        history["best_epoch"] = [float(best_epoch)]
+        kept_epoch = best_epoch
     for module in setup.modules.values():
         module.eval()
-    return history
+    return TrainingResult(history, best_epoch if best_state is not None else None, kept_epoch)
 
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
