@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from anomalens import ConfigError, create_detector
 from anomalens.models import cae
@@ -249,3 +250,23 @@ def test_l2_regularisers_become_adam_weight_decay():
     assert {f for _, f in net.regularized} == {1e-6}
     assert {f for _, f in cae.ResnetCAENet(1, 32, 32).regularized} == {1e-4}
     assert cae.MvtecCAENet(1, 32, 32).regularized == []
+
+
+def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
+    """`anomalens test` on an autoencoder: the case figures are input / reconstruction / residual."""
+    from anomalens.data import AnomalyDataset
+    from anomalens.workflow import _reconstruction_loader, fit_run, test_run
+
+    train, test = small_data
+    records = test + make_records(0, 2, seed=3)  # 64 px defects, resized to 32 like any input
+    data = AnomalyDataset(name="small", train=train, test=records)
+    det = fit_run("mvtec_cae", data, tmp_path / "run", {"image_size": 32, "epochs": 1, "batch_size": 4, "device": "cpu"},
+                  progress=False)
+    load = _reconstruction_loader(det, records)
+    np.testing.assert_allclose(load(5), det.reconstruct(records)[1][5, 0], atol=1e-6)  # (H, W) for 1 channel
+    test_run(tmp_path / "run", data, progress=False)
+    cases = list((tmp_path / "run" / "cases").glob("*.png"))
+    assert cases
+    with Image.open(cases[0]) as im:  # input | reconstruction | residual + colour bar | ground truth
+        assert im.size[0] >= 4 * 300  # 4 panels of 2.5 in + gaps at ~100 dpi (3 without the reconstruction)
+    assert _reconstruction_loader(create_detector("padim"), records) is None

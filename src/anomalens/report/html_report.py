@@ -125,6 +125,7 @@ def write_test_report(
     title: str = "anomalens test report",
     loss_curves: Mapping[str, Sequence[float]] | None = None,
     n_cases: int = 6,
+    load_reconstruction: Callable[[int], np.ndarray] | None = None,
 ) -> Path:
     """Write a self-contained test report into ``out_dir`` and return the path of report.html.
 
@@ -139,7 +140,10 @@ def write_test_report(
     highest scores (not already shown).  ``load_image(i)`` must return image
     ``i`` as float (H, W, 3) in [0, 1] at the resolution of ``maps``; it is
     only called for the images shown.  All heatmaps share one colour range
-    (see :func:`anomalens.report.overlay.heatmap_range`).
+    (see :func:`anomalens.report.overlay.heatmap_range`).  For autoencoders,
+    ``load_reconstruction(i)`` returns the model's output for image ``i``
+    ((H, W) or (H, W, 1|3) in [0, 1]); the case figures are then the
+    input / reconstruction / residual triplets.
 
     Re-running into the same ``out_dir`` replaces the previous report: its
     report.html is removed first, then its roc.png, loss_curves.png and
@@ -207,7 +211,7 @@ def write_test_report(
     for i in dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)):
         case_files[i] = _render_case(
             i, cases_dir, names, defect_types, y, s, threshold, flagged,
-            load_image, amaps, gts, pixel_threshold, vrange,
+            load_image, amaps, gts, pixel_threshold, vrange, load_reconstruction,
         )
 
     groups = [
@@ -250,6 +254,7 @@ def _render_case(
     y: np.ndarray, s: np.ndarray, threshold: float, flagged: np.ndarray,
     load_image: Callable[[int], np.ndarray], amaps: np.ndarray | None, gts: np.ndarray | None,
     pixel_threshold: float | None, vrange: tuple[float, float] | None,
+    load_reconstruction: Callable[[int], np.ndarray] | None = None,
 ) -> str:
     """Render the case figure of image ``i``; returns its path relative to the report."""
     image = np.asarray(load_image(i))
@@ -275,6 +280,7 @@ def _render_case(
         vmin=vrange[0] if vrange else None, vmax=vrange[1] if vrange else None,
         pred_mask=pred, mask=gts[i] if gts is not None else None,
         title_color="#b00020" if wrong else "black",
+        reconstruction=load_reconstruction(i) if load_reconstruction is not None else None,
     )
     return rel_path
 

@@ -199,6 +199,7 @@ def plot_case(
     mask: np.ndarray | None = None,
     title_color: str = "black",
     cmap: str = "jet",
+    reconstruction: np.ndarray | None = None,
 ) -> Path:
     """One row of panels for one test image.
 
@@ -206,17 +207,33 @@ def plot_case(
     outline in white when ``pred_mask`` is given) | ground truth (green
     outline of ``mask`` over the input).  The overlay panel is left out when
     ``amap`` is None, the ground-truth panel when ``mask`` is None.
+
+    With ``reconstruction`` (an autoencoder's output, (H, W) or (H, W, 1|3) in
+    [0, 1]) the row is the input / reconstruction / residual triplet: the map
+    panel then shows the residual itself (same colour range) instead of an
+    overlay, so what the model failed to reconstruct is seen unmixed.
     """
     rgb = np.round(_as_float_rgb(image) * 255.0).astype(np.uint8)
     # Outlines about 2 screen pixels wide whatever the image resolution
     # (a panel is ~250 px wide at 100 dpi).
     line = max(2, int(round(2 * max(rgb.shape[:2]) / 250)))
     panels: list[tuple[str, np.ndarray]] = [("input", rgb)]
+    if reconstruction is not None:
+        recon = np.round(_as_float_rgb(reconstruction) * 255.0).astype(np.uint8)
+        if recon.shape != rgb.shape:
+            raise ValueError(f"reconstruction of shape {recon.shape[:2]} does not match the image {rgb.shape[:2]}")
+        panels.append(("reconstruction", recon))
+    map_panel = len(panels)
     if amap is not None:
         if vmin is None or vmax is None:
             raise ValueError("vmin and vmax are needed with an anomaly map")
-        over = overlay_heatmap(image, amap, vmin, vmax, cmap=cmap)
-        caption = "anomaly map"
+        if reconstruction is not None:
+            # alpha 1: the colour-mapped residual alone.
+            over = overlay_heatmap(image, amap, vmin, vmax, cmap=cmap, alpha=1.0)
+            caption = "residual (anomaly map)"
+        else:
+            over = overlay_heatmap(image, amap, vmin, vmax, cmap=cmap)
+            caption = "anomaly map"
         if pred_mask is not None:
             over = draw_mask_contours(over, pred_mask, PRED_CONTOUR_RGB, width=line)
             caption += "\nwhite: predicted defect" if pred_mask.any() else "\nno predicted defect"
@@ -240,7 +257,7 @@ def plot_case(
         ax.set_title(caption, fontsize=9)
         ax.set_axis_off()
         x += panel + gap
-        if k == 1 and amap is not None:
+        if k == map_panel and amap is not None:
             cax = fig.add_axes(((x - gap + 0.08) / width, bottom_room / height, 0.12 / width, panel / height))
             cb = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap), cax=cax)
             cb.ax.tick_params(labelsize=7)
