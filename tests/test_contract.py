@@ -92,3 +92,22 @@ def test_predict_in_chunks_matches_predict(train_records, test_records):
     np.testing.assert_array_equal(np.concatenate([r.labels for _, r in parts]), whole.labels)
     with pytest.raises(ValueError, match="chunk_size"):
         next(detector.predict_in_chunks(test_records, chunk_size=0))
+
+
+
+RECONSTRUCTING = {"mlp_ae", "mvtec_cae", "baseline_cae", "inception_cae", "resnet_cae", "skip_cae", "anogan",
+                  "efficientgan", "ganomaly"}
+
+
+def test_generative_detectors_reconstruct(fitted, test_records):
+    """reconstruct() (the report's input / reconstruction / residual triplets) for every generative detector."""
+    if fitted.name not in RECONSTRUCTING:
+        assert not hasattr(fitted, "reconstruct")
+        return
+    inputs, outputs = fitted.reconstruct(test_records[:3])
+    assert inputs.shape == outputs.shape and inputs.shape[0] == 3 and inputs.shape[-2:] == fitted.input_size
+    assert inputs.min() >= 0 and inputs.max() <= 1 and outputs.min() >= 0 and outputs.max() <= 1
+    assert not np.allclose(inputs, outputs, atol=1e-3)  # a real reconstruction, not the input passed through
+    if fitted.name in ("anogan", "efficientgan", "ganomaly"):  # their map is |x - x̂|, channel mean
+        maps = fitted.predict(test_records[:3], progress=False).maps
+        np.testing.assert_allclose(np.abs(inputs - outputs).mean(1), maps, atol=1e-5)

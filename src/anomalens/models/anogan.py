@@ -29,6 +29,7 @@ slow part of AnoGAN that EfficientGAN's encoder removes. ``fit`` also scores the
 
 from __future__ import annotations
 
+import contextlib
 from typing import Sequence
 
 import numpy as np
@@ -39,16 +40,17 @@ from torch import nn
 from anomalens.detector import Detector, iterate_progress, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.dcgan import (
-    DCGANDecoder,
-    DCGANEncoder,
     check_channels,
     check_dcgan_size,
     check_images,
     check_positive,
+    DCGANDecoder,
+    DCGANEncoder,
     epoch_batches,
     gan_init,
     load_images,
     preprocessing_info,
+    reconstructions,
     residual_map,
     scored_batches,
 )
@@ -176,13 +178,22 @@ class AnoGAN(Detector):
             loss, fake = self.mapping_loss(x, z)
         return loss, fake, z.detach()
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    @contextlib.contextmanager
+    def _frozen(self):
+        """Networks in eval mode without parameter gradients while z is searched."""
         modules = self._modules().values()
         for m in modules:
             m.eval()
             m.requires_grad_(False)
-        scores, maps = [], []
         try:
+            yield
+        finally:
+            for m in modules:
+                m.requires_grad_(True)
+
+    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = [], []
+        with self._frozen():
             batches = scored_batches(records, self.image_size, int(self.batch_size), self.channels, False, "")
             n_batches = -(-len(records) // int(self.batch_size))
             for x in iterate_progress(batches, progress, "anogan latent search", total=n_batches):
@@ -190,10 +201,12 @@ class AnoGAN(Detector):
                 score, fake, _ = self.search(x)
                 scores.append(score.cpu())
                 maps.append(residual_map(x, fake).float().cpu())
-        finally:
-            for m in modules:
-                m.requires_grad_(True)
         return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, G(z*)) after the latent search, as float32 (N, C, H, W) arrays in [0, 1]."""
+        with self._frozen():
+            return reconstructions(self, records, lambda x: self.search(x)[1], progress, "anogan reconstruct")
 
     def preprocessing(self) -> dict:
         return preprocessing_info(super().preprocessing(), self.channels)

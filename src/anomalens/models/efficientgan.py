@@ -60,6 +60,7 @@ from anomalens.models.components.dcgan import (
     gan_init,
     load_images,
     preprocessing_info,
+    reconstructions,
     residual_map,
     scored_batches,
     square_side,
@@ -279,6 +280,13 @@ class EfficientGAN(Detector):
                 scores.append(score.cpu())
                 maps.append(residual_map(x, x_hat).float().cpu())
         return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, G(E(x))) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures."""
+        for m in self._modules().values():
+            m.eval()
+        return reconstructions(self, records, lambda x: self.generator_(self.encoder_(x)), progress,
+                               "efficientgan reconstruct")
 
     def preprocessing(self) -> dict:
         return preprocessing_info(super().preprocessing(), self.channels)

@@ -45,16 +45,17 @@ from anomalens.data import split_records
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.dcgan import (
-    DCGANDecoder,
-    DCGANEncoder,
     check_channels,
     check_dcgan_size,
     check_images,
     check_positive,
+    DCGANDecoder,
+    DCGANEncoder,
     epoch_batches,
     gan_init,
     load_images,
     preprocessing_info,
+    reconstructions,
     residual_map,
     scored_batches,
 )
@@ -209,6 +210,11 @@ class GANomaly(Detector):
                     scores.append(amap.flatten(1).mean(1).cpu())
                 maps.append(amap.cpu())
         return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, G(x)) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures."""
+        self.generator_.eval()
+        return reconstructions(self, records, lambda x: self.generator_(x)[0], progress, "ganomaly reconstruct")
 
     def preprocessing(self) -> dict:
         return preprocessing_info(super().preprocessing(), self.channels)

@@ -142,6 +142,23 @@ def scored_batches(records: Sequence, image_size, batch_size: int, channels: int
         yield batch["image"] * 2 - 1
 
 
+def reconstructions(
+    detector, records: Sequence, generate, progress: bool, desc: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, generate(inputs)) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures.
+
+    ``generate`` maps a batch in [-1, 1] to the generator's reconstruction in [-1, 1].
+    """
+    detector._check_fitted()
+    inputs, outputs = [], []
+    with torch.inference_mode():
+        for x in scored_batches(records, detector.image_size, int(detector.batch_size), detector.channels, progress, desc):
+            x = x.to(detector.device)
+            inputs.append(((x + 1) / 2).float().cpu())
+            outputs.append(((generate(x).clamp(-1, 1) + 1) / 2).float().cpu())
+    return torch.cat(inputs).numpy(), torch.cat(outputs).numpy()
+
+
 def preprocessing_info(info: dict, channels: int) -> dict:
     """The base preprocessing plus what the GAN networks see (for ``Detector.preprocessing``)."""
     info["channels"] = "grayscale (ITU-R 601-2 luma)" if int(channels) == 1 else "RGB"
