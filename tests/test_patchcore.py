@@ -116,3 +116,58 @@ def test_holdout_is_scored_without_its_own_patches_and_the_bank_uses_every_image
     assert (origin >= len(kept)).any() and (origin < len(kept)).any()
     everything.memory_bank_ = everything.memory_bank_[origin < len(kept)]
     np.testing.assert_allclose(scores, everything._score(held, progress=False)[0], rtol=1e-5)
+
+
+# ------------------------------------------------------------------ optional approximate search
+
+
+def test_hnsw_search_matches_exact_search_and_survives_save_load(fitted, train_records, test_records, tmp_path):
+    pytest.importorskip("faiss")
+    from anomalens import load_detector
+
+    approx = create_detector("patchcore", **TINY_PARAMS["patchcore"], search="hnsw").fit(train_records, progress=False)
+    torch.testing.assert_close(approx.memory_bank_, fitted.memory_bank_)  # same bank; only the search differs
+    assert approx.threshold_ == pytest.approx(fitted.threshold_)  # held-out images are searched exactly
+    exact = fitted.predict(test_records, progress=False)
+    found = approx.predict(test_records, progress=False)
+    # A bank of a few hundred entries: the graph finds the true nearest neighbour of (almost) every patch.
+    np.testing.assert_allclose(found.scores, exact.scores, rtol=1e-4)
+    assert np.abs(found.maps - exact.maps).max() <= 1e-3 * exact.maps.max()
+    approx.save(tmp_path / "run")
+    loaded = load_detector(tmp_path / "run")
+    assert loaded.ann_index_ is not None and loaded.ann_index_.size == approx.memory_bank_.shape[0]
+    np.testing.assert_array_equal(loaded.predict(test_records, progress=False).scores, found.scores)
+
+
+def test_hnsw_index_checks_what_it_loads(fitted):
+    pytest.importorskip("faiss")
+    from anomalens.models.components.ann import HNSWIndex
+
+    bank = fitted.memory_bank_
+    saved = HNSWIndex.build(bank).to_tensor()
+    with pytest.raises(ValueError, match="holds"):
+        HNSWIndex.from_tensor(saved, bank[:-1])
+    with pytest.raises(ValueError, match="unreadable"):
+        HNSWIndex.from_tensor(saved[: len(saved) // 2], bank)
+    dist, index = HNSWIndex.build(bank).search(bank[:5])
+    torch.testing.assert_close(dist[:, 0], torch.zeros(5), atol=1e-3, rtol=0)  # each entry finds itself
+    assert index[:, 0].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_hnsw_without_faiss_says_how_to_install_it(monkeypatch, train_records):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_faiss(name, *args, **kwargs):
+        if name == "faiss":
+            raise ImportError("No module named 'faiss'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_faiss)
+    from anomalens import ConfigError
+
+    with pytest.raises(ConfigError, match=r"anomalens\[faiss\]"):
+        create_detector("patchcore", **TINY_PARAMS["patchcore"], search="hnsw").fit(train_records[:4], progress=False)
+    with pytest.raises(ConfigError, match="search must be"):
+        create_detector("patchcore", search="annoy").fit(train_records[:4], progress=False)

@@ -417,6 +417,8 @@ def load_detector(directory: str | Path, device: str | None = None) -> Detector:
         raise ModelFileError(f"{weights_path}: corrupt or unreadable weights ({exc})") from None
     try:
         detector._load_state_tensors(tensors)
+    except ConfigError as exc:  # e.g. an optional dependency this model needs is not installed
+        raise ModelFileError(f"{directory}: cannot load this '{cls.name}' model: {exc}") from None
     except (KeyError, RuntimeError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: weights do not match the '{cls.name}' detector ({exc})") from None
     detector.threshold_ = config.get("threshold")

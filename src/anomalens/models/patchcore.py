@@ -15,7 +15,9 @@
    of them (10%, the paper's main setting), selected on a seeded 128-d Gaussian random projection from a
    seeded random first point; see ``components/coreset.py`` (exact and fast; a documented partitioned
    approximation above ``coreset_partition_size`` patches).
-3. Scoring (Sec. 3.3): s_patch = min_{m ∈ M} ‖m_test − m‖₂ (exact L2 nearest neighbour, eq. 6), map =
+3. Scoring (Sec. 3.3): s_patch = min_{m ∈ M} ‖m_test − m‖₂ (exact L2 nearest neighbour, eq. 6; with
+   ``search="hnsw"`` an approximate HNSW graph from faiss, worth it only for banks of ~100 000 entries
+   and more: see ``components/ann.py``; held-out threshold images are always scored exactly), map =
    patch scores on the layer-2 grid, bilinearly upsampled, Gaussian blur σ = 4. Image score (eq. 7):
        s = (1 − exp‖m_test,* − m*‖ / Σ_{m ∈ N_b(m*)} exp‖m_test,* − m‖) · s*,
    with m_test,* the test patch of largest s_patch, m* its nearest memory-bank patch, s* their distance
@@ -75,6 +77,7 @@ def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: to
 class PatchCore(Detector):
     name = "patchcore"
     score_is_map_max = False  # eq. 7 re-weights s*, and the map is blurred
+    ann_index_ = None  # HNSW graph over the bank when search == "hnsw"
     defaults = {
         "backbone": DEFAULT_BACKBONE,
         "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
@@ -86,6 +89,7 @@ class PatchCore(Detector):
         "projection_dim": 128,  # random projection used only to select the coreset
         "coreset_partition_size": 131072,  # exact greedy up to this many patches; None = always exact
         "num_neighbors": 9,  # b of eq. 7; 1 = no re-weighting
+        "search": "exact",  # patch nearest neighbours: "exact" or "hnsw" (approximate, needs faiss)
         "blur_sigma": 4.0,
     }
 
@@ -95,6 +99,8 @@ class PatchCore(Detector):
             raise ConfigError(f"patchcore: patch_size must be an odd positive integer, got {self.patch_size}")
         if not 0 < float(self.coreset_fraction) <= 1:
             raise ConfigError(f"patchcore: coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
+        if self.search not in ("exact", "hnsw"):
+            raise ConfigError(f"patchcore: search must be 'exact' or 'hnsw', got {self.search!r}")
         return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
 
     def layer_dims(self, channels: Sequence[int]) -> list[int]:
@@ -140,9 +146,11 @@ class PatchCore(Detector):
         patches_per_image = total // len(records)
         # ⌈f·n⌉, robust to f·n landing a hair above an integer in floating point.
         n_select = min(total, max(1, math.ceil(round(float(self.coreset_fraction) * total, 6))))
+        self.ann_index_ = None
         if n_select == total:
             self.memory_bank_ = features
             self.bank_origin_ = torch.arange(total) // patches_per_image
+            self._build_index()
             return
         index = greedy_coreset(
             features,
@@ -154,6 +162,13 @@ class PatchCore(Detector):
         )
         self.memory_bank_ = features[index.to(features.device)].contiguous()
         self.bank_origin_ = index.cpu() // patches_per_image  # training image of each bank entry (not saved)
+        self._build_index()
+
+    def _build_index(self) -> None:
+        if self.search == "hnsw":
+            from anomalens.models.components.ann import HNSWIndex
+
+            self.ann_index_ = HNSWIndex.build(self.memory_bank_)
 
     def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """The memory bank is built from every training image; the held-out images are scored against
@@ -161,13 +176,14 @@ class PatchCore(Detector):
         if holdout is fit_records:
             return super()._fit_and_score_holdout(fit_records, holdout, progress)
         self._fit(list(fit_records) + list(holdout), progress)
-        full = self.memory_bank_
+        full, index = self.memory_bank_, self.ann_index_
         others = (self.bank_origin_ < len(fit_records)).to(full.device)
         self.memory_bank_ = full[others] if bool(others.any()) else full
+        self.ann_index_ = None  # the graph indexes the full bank: the few held-out images are searched exactly
         try:
             return self._score(holdout, progress)
         finally:
-            self.memory_bank_ = full
+            self.memory_bank_, self.ann_index_ = full, index
 
     def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         height, width = self.input_size
@@ -179,7 +195,10 @@ class PatchCore(Detector):
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore score" if progress else None):
                 emb = self._embed(batch["image"])
                 n, patches, dim = emb.shape
-                dist, nearest = nearest_neighbors(emb.reshape(-1, dim), bank, 1)
+                if self.ann_index_ is not None:
+                    dist, nearest = self.ann_index_.search(emb.reshape(-1, dim))
+                else:
+                    dist, nearest = nearest_neighbors(emb.reshape(-1, dim), bank, 1)
                 dist, nearest = dist.view(n, patches), nearest.view(n, patches)
                 worst = dist.argmax(1)
                 rows = torch.arange(n, device=emb.device)
@@ -192,7 +211,10 @@ class PatchCore(Detector):
 
     # -- persistence ------------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:
-        return {"memory_bank": self.memory_bank_, "grid_size": torch.tensor(self.grid_size_)}
+        tensors = {"memory_bank": self.memory_bank_, "grid_size": torch.tensor(self.grid_size_)}
+        if self.ann_index_ is not None:
+            tensors["hnsw_index"] = self.ann_index_.to_tensor()
+        return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.extractor_ = self._build_extractor()
@@ -202,3 +224,10 @@ class PatchCore(Detector):
             raise ValueError(f"memory bank of shape {tuple(bank.shape)}, expected (M, {expected}) for this backbone")
         self.memory_bank_ = bank
         self.grid_size_ = tuple(int(g) for g in tensors["grid_size"].tolist())
+        self.ann_index_ = None
+        if self.search == "hnsw":
+            from anomalens.models.components.ann import HNSWIndex
+
+            if "hnsw_index" not in tensors:
+                raise ValueError("search='hnsw' but the file holds no HNSW index")
+            self.ann_index_ = HNSWIndex.from_tensor(tensors["hnsw_index"], bank)
