@@ -145,7 +145,7 @@ class AnoGAN(Detector):
             step=step,
             batches=lambda epoch: epoch_batches(data, batch_size, seed, epoch),
         )
-        self.history_ = train(setup, int(self.epochs), seed, None, self.checkpoint, progress, desc="anogan")
+        self.history_ = train(setup, int(self.epochs), seed, None, self.checkpoint, progress, desc="anogan").history
         self.z_start_ = torch.randn(nz, generator=torch.Generator().manual_seed(seed))
 
     # -- score ----------------------------------------------------------------------------------
