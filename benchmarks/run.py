@@ -155,6 +155,17 @@ def machine() -> dict:
     }
 
 
+def _changed(r: dict) -> dict:
+    """The row's settings that differ from this script's defaults for its (model, dataset)."""
+    default = params_for(r["model"], r["dataset"])
+    return {k: v for k, v in r.get("params", {}).items() if default.get(k) != v}
+
+
+def _key(r: dict) -> tuple:
+    """Rows are one per (model, dataset, non-default settings): a rerun replaces only its own row."""
+    return r["model"], r["dataset"], json.dumps(_changed(r), sort_keys=True, default=str)
+
+
 def _fmt(value, digits=3):
     return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
 
@@ -182,8 +193,7 @@ def write_markdown(results: list[dict], info: dict, path: Path) -> None:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} | | | | | | | | | |")
             continue
-        default = params_for(r["model"], r["dataset"])
-        changed = {k: v for k, v in r.get("params", {}).items() if default.get(k) != v}
+        changed = _changed(r)
         run = f"{r['date']} ({r.get('torch_threads')}, {r.get('load_average_1min')})" if "date" in r else "–"
         lines.append(
             f"| {r['model']} | {r['dataset']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | "
@@ -206,6 +216,7 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=SYNTHETIC + FMNIST)
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     parser.add_argument("--param", action="append", default=[], metavar="MODEL.KEY=VALUE",
                         help="override a detector setting, e.g. --param stpm.epochs=100 (repeatable; "
                              "use another --output to keep the main table's budget settings)")
@@ -213,6 +224,11 @@ def main() -> None:
     overrides = parse_overrides(args.param)
     if args.one:
         print(json.dumps(run_one(*args.one, overrides)))
+        return
+    if args.report_only:
+        saved = json.loads((Path(args.output) / "results.json").read_text())
+        write_markdown(saved["results"], saved["machine"], Path(args.output) / "results.md")
+        print(f"wrote {Path(args.output) / 'results.md'}")
         return
 
     from anomalens import list_detectors
@@ -244,10 +260,12 @@ def main() -> None:
     # Merge with earlier results so a partial rerun (--models / --datasets) updates only its rows.
     previous = out / "results.json"
     if previous.exists():
-        fresh = {(r["model"], r["dataset"]) for r in results}
-        kept = [r for r in json.loads(previous.read_text())["results"] if (r["model"], r["dataset"]) not in fresh]
+        fresh = {_key(r) for r in results if "error" not in r}
+        pairs = {(r["model"], r["dataset"]) for r in results}
+        kept = [r for r in json.loads(previous.read_text())["results"]
+                if ((r["model"], r["dataset"]) not in pairs if "error" in r else _key(r) not in fresh)]
         results = kept + results
-    results.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999))
+    results.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999, json.dumps(r.get("params", {}), sort_keys=True, default=str)))
     info = machine()
     (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
     write_markdown(results, info, out / "results.md")
