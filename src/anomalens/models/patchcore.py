@@ -52,6 +52,7 @@ from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
 from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
+from anomalens.models.components.ann import HNSWIndex  # faiss itself is imported only when used
 from anomalens.models.components.coreset import greedy_coreset
 from anomalens.models.components.knn import nearest_neighbors
 from anomalens.models.components.maps import upsample_and_blur
@@ -146,29 +147,21 @@ class PatchCore(Detector):
         patches_per_image = total // len(records)
         # ⌈f·n⌉, robust to f·n landing a hair above an integer in floating point.
         n_select = min(total, max(1, math.ceil(round(float(self.coreset_fraction) * total, 6))))
-        self.ann_index_ = None
         if n_select == total:
             self.memory_bank_ = features
             self.bank_origin_ = torch.arange(total) // patches_per_image
-            self._build_index()
-            return
-        index = greedy_coreset(
-            features,
-            n_select,
-            seed=int(self.seed),
-            projection_dim=int(self.projection_dim),
-            partition_size=self.coreset_partition_size,
-            progress=progress,
-        )
-        self.memory_bank_ = features[index.to(features.device)].contiguous()
-        self.bank_origin_ = index.cpu() // patches_per_image  # training image of each bank entry (not saved)
-        self._build_index()
-
-    def _build_index(self) -> None:
-        if self.search == "hnsw":
-            from anomalens.models.components.ann import HNSWIndex
-
-            self.ann_index_ = HNSWIndex.build(self.memory_bank_)
+        else:
+            index = greedy_coreset(
+                features,
+                n_select,
+                seed=int(self.seed),
+                projection_dim=int(self.projection_dim),
+                partition_size=self.coreset_partition_size,
+                progress=progress,
+            )
+            self.memory_bank_ = features[index.to(features.device)].contiguous()
+            self.bank_origin_ = index.cpu() // patches_per_image  # training image of each bank entry (not saved)
+        self.ann_index_ = HNSWIndex.build(self.memory_bank_) if self.search == "hnsw" else None
 
     def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """The memory bank is built from every training image; the held-out images are scored against
@@ -226,8 +219,6 @@ class PatchCore(Detector):
         self.grid_size_ = tuple(int(g) for g in tensors["grid_size"].tolist())
         self.ann_index_ = None
         if self.search == "hnsw":
-            from anomalens.models.components.ann import HNSWIndex
-
             if "hnsw_index" not in tensors:
                 raise ValueError("search='hnsw' but the file holds no HNSW index")
             self.ann_index_ = HNSWIndex.from_tensor(tensors["hnsw_index"], bank)
