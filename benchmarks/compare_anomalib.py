@@ -4,6 +4,13 @@
     .venv/bin/python benchmarks/compare_anomalib.py --jobs padim:brick patchcore@0.01:coffee
     .venv/bin/python benchmarks/compare_anomalib.py --scaling       # fit/test scaling of PaDiM and PatchCore
     .venv/bin/python benchmarks/compare_anomalib.py --report-only
+    python3 benchmarks/compare_anomalib.py --device cuda --python python3 --jobs ...   # on a GPU machine
+
+On a GPU (``--device cuda``) both libraries run on the card (anomalens ``device=cuda``, anomalib
+``Engine(accelerator="gpu")``) in the interpreter that ``--python`` names (one environment that holds
+both; see benchmarks/gpu_check.sh), and the results go to results/compare_anomalib_gpu/; every timed
+span ends with ``torch.cuda.synchronize()``, and the peak GPU memory (``max_memory_allocated``) is
+reported beside the peak RSS.
 
 anomalib is *not* a dependency of anomalens: the first run creates its own virtual environment in
 benchmarks/_work/anomalib-venv with pinned versions (ANOMALIB_VERSION, and the same torch /
@@ -115,6 +122,22 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def _sync(device: str) -> None:
+    """Wait for the GPU's queued work, so that a timer read after it covers that work."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def _gpu_peak_mb(device: str) -> float | None:
+    if device != "cuda":
+        return None
+    import torch
+
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
 def _percentiles(seconds: list[float]) -> dict:
     ms = np.array(seconds) * 1000
     return {"latency_ms_p50": round(float(np.percentile(ms, 50)), 1), "latency_ms_p95": round(float(np.percentile(ms, 95)), 1)}
@@ -128,7 +151,7 @@ def _parse_job(job: str) -> tuple[str, float | None, str]:
 
 
 # ---------------------------------------------------------------------------- anomalens worker
-def worker_anomalens(job: str, threads: int) -> dict:
+def worker_anomalens(job: str, threads: int, device: str = "cpu") -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -142,7 +165,8 @@ def worker_anomalens(job: str, threads: int) -> dict:
     model, option, dataset = _parse_job(job)
     train, test, labels, masks = _records(WORK / "data" / dataset)
     size = _size(dataset)
-    params = {"image_size": size, "backbone": "efficientnet_lite0", "layers": tuple(LAYERS[model]), "batch_size": BATCH}
+    params = {"image_size": size, "backbone": "efficientnet_lite0", "layers": tuple(LAYERS[model]), "batch_size": BATCH,
+              "device": device}
     if model == "padim":
         params["n_features"] = 100
     if model == "patchcore":
@@ -154,10 +178,12 @@ def worker_anomalens(job: str, threads: int) -> dict:
     run_dir = WORK / "compare" / "anomalens" / job.replace(":", "_").replace("@", "-")
     start = time.perf_counter()
     detector = fit_run(model, AnomalyDataset(dataset, train_records), run_dir, params, overwrite=True, progress=False)
+    _sync(device)
     fit_s = time.perf_counter() - start
     fit_rss = _peak_rss_mb()
     start = time.perf_counter()
     result = detector.predict(test_records, progress=False)
+    _sync(device)
     test_s = time.perf_counter() - start
     out = _aurocs(labels, result.scores, result.maps, _masks(masks, size))
     del result
@@ -165,14 +191,15 @@ def worker_anomalens(job: str, threads: int) -> dict:
     for record in test_records[:20]:
         start = time.perf_counter()
         detector.predict([record], progress=False)
+        _sync(device)
         latencies.append(time.perf_counter() - start)
     return {**out, "fit_seconds": round(fit_s, 2), "test_images_per_second": round(len(test) / test_s, 2),
             "peak_rss_mb_fit": round(fit_rss, 1), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_after_imports_mb": round(floor, 1),
-            **_percentiles(latencies),
+            "peak_gpu_mb": _gpu_peak_mb(device), **_percentiles(latencies),
             "n_train": len(train), "n_test": len(test)}
 
 
-def worker_backbone(dataset: str, threads: int) -> dict:
+def worker_backbone(dataset: str, threads: int, device: str = "cpu") -> dict:
     """Speed of light: the bare timm feature extractor's forward on preloaded tensors (no data
     loading, no detector math), at the benchmark's batch and image size; and anomalens' optimised
     extractor (BatchNorm folded, channels-last, unused blocks dropped) on the same tensors."""
@@ -182,18 +209,21 @@ def worker_backbone(dataset: str, threads: int) -> dict:
     from anomalens.backbones import FeatureExtractor, create_backbone_model
 
     size = _size(dataset)
-    x = torch.rand(BATCH, 3, size, size)
+    x = torch.rand(BATCH, 3, size, size, device=device)
     out = {}
     for name, layers in (("padim_layers", LAYERS["padim"]), ("patchcore_layers", LAYERS["patchcore"])):
-        plain = create_backbone_model("efficientnet_lite0", features_only=True, out_indices=tuple(layers)).eval()
-        fast = FeatureExtractor("efficientnet_lite0", layers).optimize()
+        plain = create_backbone_model("efficientnet_lite0", features_only=True, out_indices=tuple(layers)).eval().to(device)
+        fast = FeatureExtractor("efficientnet_lite0", layers).optimize().to(device)
         timings: dict[str, list[float]] = {"timm": [], "anomalens": []}
         with torch.inference_mode():
-            plain(x), fast(x)
-            for _ in range(3):  # interleaved, best of 3
+            for _ in range(3 if device == "cuda" else 1):  # warm-up (cuDNN picks its kernels on the first calls)
+                plain(x), fast(x)
+            for _ in range(10 if device == "cuda" else 3):  # interleaved, best of n
                 for key, fn in (("timm", lambda: plain(x)), ("anomalens", lambda: fast(x))):
+                    _sync(device)
                     start = time.perf_counter()
                     fn()
+                    _sync(device)
                     timings[key].append(time.perf_counter() - start)
         out[name] = {k: round(BATCH / min(v), 2) for k, v in timings.items()}
     return out
@@ -221,7 +251,7 @@ def _patch_timm_for_offline_weights() -> None:
     torch.manual_seed(0)
 
 
-def worker_anomalib(job: str, threads: int) -> dict:
+def worker_anomalib(job: str, threads: int, device: str = "cpu") -> dict:
     import logging
     import warnings
 
@@ -266,40 +296,53 @@ def worker_anomalib(job: str, threads: int) -> dict:
         dm = Folder(name=dataset, root=folder, normal_dir="train/good", normal_test_dir="test/good",
                     abnormal_dir=[d for d in sorted((folder / "test").iterdir()) if d.name != "good"], **loader)
     root = WORK / "compare" / "anomalib" / job.replace(":", "_").replace("@", "-")
-    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=root, max_epochs=epochs, limit_val_batches=0,
+    engine = Engine(accelerator="gpu" if device == "cuda" else "cpu", devices=1, logger=False, default_root_dir=root, max_epochs=epochs, limit_val_batches=0,
                     enable_progress_bar=False)
     start = time.perf_counter()
     engine.fit(model=model, datamodule=dm)
+    _sync(device)
     fit_s = time.perf_counter() - start
     fit_rss = _peak_rss_mb()
     start = time.perf_counter()
     batches = engine.predict(model=model, dataloaders=dm.test_dataloader())
+    _sync(device)
     test_s = time.perf_counter() - start
     by_path: dict[str, tuple[float, np.ndarray | None]] = {}
     for batch in batches:
         maps = batch.anomaly_map
         for i, path in enumerate(batch.image_path):
-            amap = None if maps is None else maps[i].reshape(size, size).float().numpy()
+            amap = None if maps is None else maps[i].reshape(size, size).float().cpu().numpy()
             by_path[str(Path(path).resolve())] = (float(batch.pred_score[i]), amap)
     scores = [by_path[str(p.resolve())][0] for p in test]
     maps = np.stack([by_path[str(p.resolve())][1] for p in test]) if batches[0].anomaly_map is not None else None
     out = _aurocs(labels, scores, maps, _masks(masks, size))
     del batches, by_path, maps
-    torch_model = model.model.eval()
+    torch_model = model.model.eval().to(device)
     latencies = []
     with torch.inference_mode():
         for path in test[:20]:
             start = time.perf_counter()
-            image = decode_image(str(path), mode=ImageReadMode.RGB).float().div(255)[None]
+            image = decode_image(str(path), mode=ImageReadMode.RGB).float().div(255)[None].to(device)
             torch_model(pre.transform(image))
+            _sync(device)
             latencies.append(time.perf_counter() - start)
     return {**out, "fit_seconds": round(fit_s, 2), "test_images_per_second": round(len(test) / test_s, 2),
             "peak_rss_mb_fit": round(fit_rss, 1), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_after_imports_mb": round(floor, 1),
-            **_percentiles(latencies),
+            "peak_gpu_mb": _gpu_peak_mb(device), **_percentiles(latencies),
             "n_train": len(train), "n_test": len(test)}
 
 
 # ---------------------------------------------------------------------------- orchestration
+def _results_dir(device: str) -> Path:
+    return RESULTS if device == "cpu" else RESULTS.with_name(RESULTS.name + "_gpu")
+
+
+def _anomalib_version(python: Path) -> str:
+    proc = subprocess.run([str(python), "-c", "import importlib.metadata as m; print(m.version('anomalib'))"],
+                          capture_output=True, text=True)
+    return proc.stdout.strip() or "?"
+
+
 def ensure_anomalib_venv() -> Path:
     python = ANOMALIB_VENV / "bin" / "python"
     marker = ANOMALIB_VENV / f".anomalib-{ANOMALIB_VERSION}"
@@ -355,11 +398,14 @@ def prepare_data(datasets: set[str]) -> None:
             _dataset(name)
 
 
-def run_worker(library: str, target: str, threads: int, python: Path) -> dict:
-    exe = str(python) if library == "anomalib" else sys.executable
+def run_worker(library: str, target: str, threads: int, python: Path, device: str = "cpu", own_python: str | None = None) -> dict:
+    """One measurement in a fresh process: anomalib in its venv (``python``), the rest in this
+    interpreter — or every worker in ``own_python`` when one environment holds both (the GPU run)."""
+    exe = own_python or (str(python) if library == "anomalib" else sys.executable)
     flag = {"anomalib": "--worker-anomalib", "anomalens": "--worker-anomalens", "backbone": "--worker-backbone"}[library]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([exe, __file__, flag, target, "--threads", str(threads)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([exe, __file__, flag, target, "--threads", str(threads), "--device", device],
+                          capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-15:]
         raise RuntimeError(f"{library} {target} failed:\n" + "\n".join(tail))
@@ -377,39 +423,46 @@ def _median_run(runs: list[dict]) -> dict:
     """Accuracy from the first run (deterministic); times and memory: medians over the repeats."""
     out = dict(runs[0])
     for key in ("fit_seconds", "test_images_per_second", "peak_rss_mb", "peak_rss_mb_fit", "rss_after_imports_mb",
-                "latency_ms_p50", "latency_ms_p95"):
-        out[key] = round(float(np.median([r[key] for r in runs])), 2)
+                "latency_ms_p50", "latency_ms_p95", "peak_gpu_mb"):
+        if runs[0].get(key) is not None:
+            out[key] = round(float(np.median([r[key] for r in runs])), 2)
     out["repeats"] = len(runs)
     return out
 
 
-def compare(jobs: list[str], repeats: int, threads: int) -> None:
-    python = ensure_anomalib_venv()
+def compare(jobs: list[str], repeats: int, threads: int, device: str = "cpu", own_python: str | None = None) -> None:
+    python = Path(own_python) if own_python else ensure_anomalib_venv()
     export_weights()
     prepare_data({_parse_job(j)[2] for j in jobs})
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "results.json"
+    results_dir = _results_dir(device)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    path = results_dir / "results.json"
     results = json.loads(path.read_text()) if path.exists() else {"jobs": {}, "backbone": {}, "machines": []}
     load_start = os.getloadavg()[0]
     start_all = time.time()
     for dataset in sorted({_parse_job(j)[2] for j in jobs}, key=lambda d: _size(d)):
         key = f"{_size(dataset)}px"
         if key not in results["backbone"]:
-            results["backbone"][key] = run_worker("backbone", dataset, threads, python)
+            results["backbone"][key] = run_worker("backbone", dataset, threads, python, device, own_python)
             print(f"[compare] backbone {key}: {results['backbone'][key]}", flush=True)
     for job in jobs:
         runs: dict[str, list[dict]] = {"anomalens": [], "anomalib": []}
         for _ in range(repeats):
             for library in ("anomalens", "anomalib"):  # interleaved
-                runs[library].append(run_worker(library, job, threads, python))
+                runs[library].append(run_worker(library, job, threads, python, device, own_python))
                 r = runs[library][-1]
                 print(f"[compare] {job} {library}: image {r['image_auroc']:.3f} pixel {r['pixel_auroc']} fit "
                       f"{r['fit_seconds']} s, {r['test_images_per_second']} img/s, {r['peak_rss_mb']} MB", flush=True)
         results["jobs"][job] = {lib: _median_run(v) for lib, v in runs.items()}
         path.write_text(json.dumps(results, indent=2) + "\n")
     m = machine()
+    on = "cpu"
+    if device == "cuda":
+        import torch
+
+        on = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}); anomalib {_anomalib_version(python)}"
     results["machines"].append(
-        f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} on cpu, {threads} thread(s) per job; "
+        f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} on {on}, {threads} thread(s) per job; "
         f"{len(jobs)} job(s) × {repeats} repeat(s) in {(time.time() - start_all) / 60:.1f} min on {m['date']}; "
         f"1-min load average {load_start:.2f} at start, {m['load_average_1min_at_end']} at end")
     path.write_text(json.dumps(results, indent=2) + "\n")
@@ -477,15 +530,20 @@ def _f(value, digits=3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def write_report() -> None:
-    lines = ["# anomalens vs anomalib — same data, backbone, weights and settings", "",
+def write_report(device: str = "cpu") -> None:
+    gpu = device != "cpu"
+    results_dir = _results_dir(device)
+    title = "anomalens vs anomalib on a GPU" if gpu else "anomalens vs anomalib"
+    lines = [f"# {title} — same data, backbone, weights and settings", "",
              "Generated by `benchmarks/compare_anomalib.py` (do not edit by hand); how each number is obtained is in "
              "that script's docstring.", ""]
-    path = RESULTS / "results.json"
+    path = results_dir / "results.json"
     if path.exists():
         results = json.loads(path.read_text())
+        where = ("one environment for both (the GPU machine's torch; versions in the machine line)" if gpu
+                 else f"anomalib {ANOMALIB_VERSION} in its own venv")
         lines += ["## Machine", "", *[f"- {m}" for m in results["machines"]], "",
-                  f"anomalib {ANOMALIB_VERSION} in its own venv; anomalens from this repository. Backbone "
+                  f"{where}; anomalens from this repository. Backbone "
                   f"`{ARCH}` (bundled ImageNet weights) for both; batch {BATCH}.", "",
                   "## Accuracy, speed, memory", "",
                   "Ratios are anomalens / anomalib: fit+test time (lower is better), peak RSS (lower is better), "
@@ -493,11 +551,12 @@ def write_report() -> None:
                   "detector's test throughput as a share of the bare timm feature extractor's forward throughput "
                   "(same batch and size, preloaded tensors) — the speed-of-light reference below.", "",
                   "‘above imports’ is the peak RSS minus the RSS right after importing torch, timm and the library "
-                  "(the same CUDA build of torch 2.14.1 for both, ~0.5–0.9 GB before any work): the memory the "
-                  "detector itself needs.", "",
+                  "(the same CUDA build of torch for both, ~0.5–0.9 GB before any work): the memory the "
+                  "detector itself needs." + (" ‘GPU MB’ is torch's peak allocated GPU memory." if gpu else ""), "",
                   "| job | library | image AUROC | pixel AUROC | fit s | test img/s | bb % | latency p50 / p95 ms "
-                  "| peak RSS MB | above imports MB | fit+test time ratio | RSS ratio | above-imports ratio |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| peak RSS MB | above imports MB | fit+test time ratio | RSS ratio | above-imports ratio |"
+                  + (" GPU MB |" if gpu else ""),
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
         for job, pair in results["jobs"].items():
             model, _, dataset = _parse_job(job)
             bb = results["backbone"].get(f"{_size(dataset)}px", {}).get(
@@ -516,7 +575,7 @@ def write_report() -> None:
                 lines.append(f"| {job} | {lib} | {_f(r['image_auroc'])} | {_f(r['pixel_auroc'])} | {r['fit_seconds']:.1f} "
                              f"| {r['test_images_per_second']:.1f} | {share} | {r['latency_ms_p50']:.0f} / "
                              f"{r['latency_ms_p95']:.0f} | {r['peak_rss_mb']:.0f} | {above[lib]:.0f} | {ratio} | {rss} "
-                             f"| {above_ratio} |")
+                             f"| {above_ratio} |" + (f" {_f(r.get('peak_gpu_mb'), 0)} |" if gpu else ""))
         lines += ["", "## Speed of light: the bare backbone", "",
                   "Forward throughput (images/s) of timm's `features_only` model on preloaded tensors — what "
                   "both libraries call — and of anomalens' optimised extractor (BatchNorm folded into the convs, "
@@ -529,7 +588,7 @@ def write_report() -> None:
                              f"| {v['anomalens']:.1f} |")
         lines.append("")
     spath = RESULTS / "scaling.json"
-    if spath.exists():
+    if spath.exists() and not gpu:
         s = json.loads(spath.read_text())
         lines += ["## Scaling (anomalens)", "", f"Machine: {s.get('_machine', '')}. Synthetic brick, 256 px.", "",
                   "| model | training images | fit s | peak RSS MB (fit) |", "|---|---|---|---|"]
@@ -547,7 +606,7 @@ def write_report() -> None:
                     lines.append(f"| {m} | {n} | {r['test_seconds']:.1f} | {r['peak_rss_mb_fit']:.0f} | {r['peak_rss_mb']:.0f} |")
         lines += ["", "![scaling](scaling.png)", ""]
         _plot_scaling(s)
-    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    (results_dir / "results.md").write_text("\n".join(lines) + "\n")
 
 
 def _plot_scaling(s: dict) -> None:
@@ -574,6 +633,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--scaling", action="store_true")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    parser.add_argument("--python", help="run every worker, anomalib's too, in this interpreter (GPU machine)")
     parser.add_argument("--worker-anomalens", help=argparse.SUPPRESS)
     parser.add_argument("--worker-anomalib", help=argparse.SUPPRESS)
     parser.add_argument("--worker-backbone", help=argparse.SUPPRESS)
@@ -582,14 +643,15 @@ def main() -> None:
     for flag, fn in (("worker_anomalens", worker_anomalens), ("worker_anomalib", worker_anomalib),
                      ("worker_backbone", worker_backbone), ("worker_scaling", worker_scaling)):
         if getattr(args, flag):
-            print(json.dumps(fn(getattr(args, flag), args.threads)))
+            extra = {} if flag == "worker_scaling" else {"device": args.device}
+            print(json.dumps(fn(getattr(args, flag), args.threads, **extra)))
             return
     if args.scaling:
         scaling(args.threads)
     elif not args.report_only:
-        compare(args.jobs, args.repeats, args.threads)
-    write_report()
-    print(f"[compare] wrote {RESULTS / 'results.md'}")
+        compare(args.jobs, args.repeats, args.threads, args.device, args.python)
+    write_report(args.device)
+    print(f"[compare] wrote {_results_dir(args.device) / 'results.md'}")
 
 
 if __name__ == "__main__":

