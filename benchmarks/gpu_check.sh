@@ -9,11 +9,11 @@
 #   .gpu-site/  FrEIA (anomalib imports it; published as a source archive only), copied from a venv
 # The machine's own torch / torchvision / timm / lightning are used for both libraries.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR [PART...]     # PART: tests compare detectors (default: all)
+#   bash benchmarks/gpu_check.sh OUT_DIR [PART...]   # PART: compare profile tests detectors (default: all, in that order)
 set -uo pipefail
-out=${1:?usage: gpu_check.sh OUT_DIR [tests|compare|detectors ...]}
+out=${1:?usage: gpu_check.sh OUT_DIR [compare|profile|tests|detectors ...]}
 shift
-parts=${*:-tests compare detectors}
+parts=${*:-compare profile tests detectors}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD/.gpu-site:$PWD/src:$PWD PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore HF_HUB_OFFLINE=1
@@ -23,14 +23,16 @@ python3 -c "import torch, timm, anomalib; print('torch', torch.__version__, 'tim
 for part in $parts; do
   case $part in
     tests)  # every detector fits and scores on the GPU and agrees with the CPU
-      timeout 180 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$out/test_cuda.log" | tail -25 ;;
+      timeout 120 python3 -m pytest tests/test_cuda.py -q -p no:cacheprovider 2>&1 | tee "$out/test_cuda.log" | tail -25 ;;
+    profile)  # where the time of fit / predict goes on the card
+      timeout 100 python3 benchmarks/gpu_profile.py padim patchcore > "$out/profile.txt" 2>&1; grep -E "^(---|fit|predict|load)" "$out/profile.txt" ;;
     compare)  # same jobs as the CPU comparison's brick rows
-      timeout 240 python3 benchmarks/compare_anomalib.py --device cuda --python python3 --threads 8 \
-        --jobs padim:brick patchcore@0.01:brick patchcore@0.1:brick stpm@10:brick 2>&1 | tee "$out/compare.log" | tail -12
-      mkdir -p "$out/compare" && cp benchmarks/results/compare_anomalib_gpu/results.{json,md} "$out/compare/" 2>/dev/null ;;
+      timeout 200 python3 benchmarks/compare_anomalib.py --device cuda --python python3 --threads 8 \
+        --jobs padim:brick patchcore@0.01:brick stpm@10:brick 2>&1 | tee "$out/compare.log" | tail -12
+      mkdir -p "$out/compare" && cp benchmarks/results/compare_anomalib_gpu/results.json "$out/compare/" ;;
     detectors)  # every detector's row of the main table, on the card (brick)
       timeout 300 python3 benchmarks/run.py --device cuda --datasets brick --output benchmarks/results/gpu 2>&1 \
         | tee "$out/detectors.log" | cut -c1-200 | tail -16
-      mkdir -p "$out/gpu" && cp benchmarks/results/gpu/results.{json,md} "$out/gpu/" 2>/dev/null ;;
+      mkdir -p "$out/gpu" && cp benchmarks/results/gpu/results.json "$out/gpu/" ;;
   esac
 done

@@ -216,8 +216,8 @@ class _FrozenBackbone(nn.Module):
     """A pretrained timm model, always in eval mode, with its own input normalisation.
 
     Input images are floats in [0, 1]; grayscale (1-channel) input is replicated to 3 channels.
-    ``optimize()`` prepares it for fast CPU inference (BatchNorm folded into the convs, channels-last
-    memory layout); the features stay the same within float32 rounding.
+    ``optimize()`` prepares it for fast inference (BatchNorm folded into the convs; on CPU also the
+    channels-last memory layout); the features stay the same within float32 rounding.
     """
 
     def __init__(self, model: nn.Module):
@@ -240,16 +240,19 @@ class _FrozenBackbone(nn.Module):
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
 
     def optimize(self, image_size: tuple[int, int] = (64, 64)) -> "_FrozenBackbone":
-        """Fold BatchNorm into the convs and switch to channels-last (faster CPU convolutions).
+        """Fold BatchNorm into the convs; on CPU also switch to channels-last.
 
         Only for inference (the backbone is frozen anyway). Safe for any timm model: the fold is
-        checked numerically and skipped where it would change the features.
+        checked numerically and skipped where it would change the features. Channels-last speeds up
+        CPU convolutions (oneDNN) but halved an EfficientNet's float32 throughput on an H100
+        (benchmarks/results/compare_anomalib_gpu), so GPUs keep the default layout.
         """
         device = self.mean.device
         example = torch.rand(2, 3, *image_size, device=device)
         self.model, self.folded_batchnorms = fold_batchnorm(self.model, (example - self.mean) / self.std)
-        self.model = self.model.to(memory_format=torch.channels_last)
-        self.channels_last = True
+        if device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+            self.channels_last = True
         return self
 
 
@@ -273,13 +276,14 @@ class FeatureExtractor(_FrozenBackbone):
         self.channels: list[int] = list(model.feature_info.channels())
         self.strides: list[int] = list(model.feature_info.reduction())
 
-    # Images per backbone call. The activations of the early high-resolution blocks dominate memory
-    # (an EfficientNet-Lite0 at 256 px needs ~13 MB per image in its widest block); CPU convolutions are
-    # no faster on bigger batches, so large batches are cut into chunks of this size.
+    # Images per backbone call on CPU. The activations of the early high-resolution blocks dominate
+    # memory (an EfficientNet-Lite0 at 256 px needs ~13 MB per image in its widest block); CPU
+    # convolutions are no faster on bigger batches, so large batches are cut into chunks of this size.
+    # A GPU needs big batches to be busy: there the whole batch goes in one call.
     micro_batch = 8
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if images.shape[0] <= self.micro_batch:
+        if images.shape[0] <= self.micro_batch or images.device.type != "cpu":
             return self.model(self.normalise(images))
         chunks = [self.model(self.normalise(part)) for part in images.split(self.micro_batch)]
         return [torch.cat(level) for level in zip(*chunks)]
