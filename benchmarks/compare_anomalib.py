@@ -579,7 +579,8 @@ def write_report(device: str = "cpu") -> None:
         lines += ["", "## Speed of light: the bare backbone", "",
                   "Forward throughput (images/s) of timm's `features_only` model on preloaded tensors — what "
                   "both libraries call — and of anomalens' optimised extractor (BatchNorm folded into the convs, "
-                  "channels-last, blocks past the deepest used layer dropped; same features within 1e-4, see "
+                  + ("" if gpu else "channels-last, ")
+                  + "blocks past the deepest used layer dropped; same features within 1e-4, see "
                   "tests/test_fast_inference.py).", "",
                   "| input | layers | timm | anomalens extractor |", "|---|---|---|---|"]
         for size, entry in results["backbone"].items():

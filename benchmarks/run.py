@@ -179,6 +179,7 @@ def write_markdown(results: list[dict], info: dict, path: Path) -> None:
         "torch threads and the 1-minute load average when it finished (above the torch threads means other jobs "
         "shared the cores: its speeds are then lower bounds; rows measured before this column existed show –).",
         "",
+        *([info["note"], ""] if info.get("note") else []),
         "Synthetic categories: 120 train / 70 test images (30 normal, 40 defective), 256 px. "
         "Fashion-MNIST one-class: 1 000 train images of the normal class, 100 test images per class, 64 px. "
         "Backbone: efficientnet_lite0 (bundled ImageNet weights). Peak RSS is the whole process (Python + torch included). "
