@@ -263,7 +263,10 @@ def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
     det = fit_run("mvtec_cae", data, tmp_path / "run", {"image_size": 32, "epochs": 1, "batch_size": 4, "device": "cpu"},
                   progress=False)
     load = _reconstruction_loader(det, records)
-    np.testing.assert_allclose(load(5), det.reconstruct(records)[1][5, 0], atol=1e-6)  # (H, W) for 1 channel
+    full = det.reconstruct(records)[1]
+    picked = load([5, 0])  # one batched call, in the order asked; (H, W) for 1 channel
+    np.testing.assert_allclose(picked[0], full[5, 0], atol=1e-6)
+    np.testing.assert_allclose(picked[1], full[0, 0], atol=1e-6)
     test_run(tmp_path / "run", data, progress=False)
     cases = list((tmp_path / "run" / "cases").glob("*.png"))
     assert cases

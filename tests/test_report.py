@@ -245,24 +245,28 @@ def test_failure_leaves_no_report(tmp_path: Path, data: Synthetic) -> None:
 
 def test_report_with_reconstructions_shows_triplets(tmp_path: Path, data: Synthetic) -> None:
     """Autoencoders: each case figure gets a reconstruction panel (input / reconstruction / residual)."""
-    asked: list[int] = []
+    calls: list[list[int]] = []
 
-    def load_reconstruction(i: int) -> np.ndarray:
-        asked.append(i)
-        return data.images[i].mean(axis=2)  # grayscale (H, W), as a 1-channel autoencoder gives
+    def load_reconstructions(indices: list[int]) -> list[np.ndarray]:
+        calls.append(list(indices))
+        return [data.images[i].mean(axis=2) for i in indices]  # grayscale (H, W), as a 1-channel autoencoder gives
 
     kw = dict(names=data.names, defect_types=data.defect_types, labels=data.labels, scores=data.scores,
               threshold=data.threshold, metrics=evaluate(data.labels, data.scores, data.threshold),
               load_image=lambda i: data.images[i], maps=data.maps, masks=data.masks, pixel_threshold=0.5, n_cases=1)
     write_test_report(tmp_path / "plain", **kw)
-    write_test_report(tmp_path / "triplet", **kw, load_reconstruction=load_reconstruction)
+    write_test_report(tmp_path / "triplet", **kw, load_reconstructions=load_reconstructions)
     plain = sorted((tmp_path / "plain" / "cases").glob("*.png"))
     triplet = sorted((tmp_path / "triplet" / "cases").glob("*.png"))
-    assert [p.name for p in plain] == [p.name for p in triplet] and sorted(asked) == sorted(
-        int(p.name.split("_")[0]) for p in triplet)  # only the images shown are reconstructed
+    # Only the images shown are reconstructed, all in one call (a model batches its work).
+    assert len(calls) == 1
+    assert [p.name for p in plain] == [p.name for p in triplet] and sorted(calls[0]) == sorted(
+        int(p.name.split("_")[0]) for p in triplet)
     for a, b in zip(plain, triplet):
         with Image.open(a) as pa, Image.open(b) as pb:
             assert pb.size[0] - pa.size[0] >= 250  # one more 2.5-inch panel at ~100 dpi
             assert pb.size[1] == pa.size[1]
     with pytest.raises(ValueError, match="reconstruction of shape"):
-        write_test_report(tmp_path / "bad", **kw, load_reconstruction=lambda i: np.zeros((8, 8)))
+        write_test_report(tmp_path / "bad", **kw, load_reconstructions=lambda idx: [np.zeros((8, 8))] * len(idx))
+    with pytest.raises(ValueError, match="returned 0 images"):
+        write_test_report(tmp_path / "short", **kw, load_reconstructions=lambda idx: [])

@@ -119,18 +119,18 @@ def _image_loader(records: Sequence[ImageRecord], size: tuple[int, int]):
 
 
 def _reconstruction_loader(detector, records: Sequence[ImageRecord]):
-    """For autoencoders (a ``reconstruct`` method): image i → its reconstruction as (H, W[, C]) in [0, 1].
+    """For autoencoders (a ``reconstruct`` method): indices → their reconstructions as (H, W[, C]) in [0, 1].
 
-    Only the images the report shows are reconstructed, one at a time.
+    Only the images the report shows are reconstructed, in one batched call (AnoGAN's latent search
+    runs once for all of them).
     """
     if not callable(getattr(detector, "reconstruct", None)):
         return None
 
-    def load(i: int) -> np.ndarray:
-        out = np.asarray(detector.reconstruct([records[i]])[1][0], dtype=np.float32)
-        if out.ndim == 3:  # (C, H, W) → (H, W, C), or (H, W) for one channel
-            out = out[0] if out.shape[0] == 1 else np.moveaxis(out, 0, -1)
-        return out
+    def load(indices: list[int]) -> list[np.ndarray]:
+        outputs = np.asarray(detector.reconstruct([records[i] for i in indices])[1], dtype=np.float32)
+        # (N, C, H, W) → (H, W, C) each, or (H, W) for one channel
+        return [out[0] if out.shape[0] == 1 else np.moveaxis(out, 0, -1) for out in outputs]
 
     return load
 
@@ -195,7 +195,7 @@ def test_run(
                 pixel_threshold=detector.pixel_threshold_,
                 title=f"anomalens · {detector.name} · {dataset.name}",
                 loss_curves=detector.history_ or None,
-                load_reconstruction=_reconstruction_loader(detector, records),
+                load_reconstructions=_reconstruction_loader(detector, records),
             )
         _write_json(stage / "metrics.json", metrics)
     except BaseException:

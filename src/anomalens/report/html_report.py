@@ -125,7 +125,7 @@ def write_test_report(
     title: str = "anomalens test report",
     loss_curves: Mapping[str, Sequence[float]] | None = None,
     n_cases: int = 6,
-    load_reconstruction: Callable[[int], np.ndarray] | None = None,
+    load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None = None,
 ) -> Path:
     """Write a self-contained test report into ``out_dir`` and return the path of report.html.
 
@@ -141,9 +141,10 @@ def write_test_report(
     ``i`` as float (H, W, 3) in [0, 1] at the resolution of ``maps``; it is
     only called for the images shown.  All heatmaps share one colour range
     (see :func:`anomalens.report.overlay.heatmap_range`).  For autoencoders,
-    ``load_reconstruction(i)`` returns the model's output for image ``i``
-    ((H, W) or (H, W, 1|3) in [0, 1]); the case figures are then the
-    input / reconstruction / residual triplets.
+    ``load_reconstructions(indices)`` returns the model's outputs for the
+    shown images, in that order ((H, W) or (H, W, 1|3) in [0, 1]), from one
+    call, so a model batches its work (AnoGAN's latent search); the case
+    figures are then the input / reconstruction / residual triplets.
 
     Re-running into the same ``out_dir`` replaces the previous report: its
     report.html is removed first, then its roc.png, loss_curves.png and
@@ -207,11 +208,17 @@ def write_test_report(
     high_anom = [i for i in anom[np.argsort(-s[anom], kind="stable")] if i not in shown][:k]
 
     # Each image is rendered once, even if it would appear in two groups.
+    shown_cases = list(dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)))
+    reconstructions: Sequence[np.ndarray | None] = [None] * len(shown_cases)
+    if load_reconstructions is not None and shown_cases:
+        reconstructions = list(load_reconstructions(shown_cases))
+        if len(reconstructions) != len(shown_cases):
+            raise ValueError(f"load_reconstructions returned {len(reconstructions)} images for {len(shown_cases)} indices")
     case_files: dict[int, str] = {}
-    for i in dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)):
+    for i, reconstruction in zip(shown_cases, reconstructions):
         case_files[i] = _render_case(
             i, cases_dir, names, defect_types, y, s, threshold, flagged,
-            load_image, amaps, gts, pixel_threshold, vrange, load_reconstruction,
+            load_image, amaps, gts, pixel_threshold, vrange, reconstruction,
         )
 
     groups = [
@@ -254,7 +261,7 @@ def _render_case(
     y: np.ndarray, s: np.ndarray, threshold: float, flagged: np.ndarray,
     load_image: Callable[[int], np.ndarray], amaps: np.ndarray | None, gts: np.ndarray | None,
     pixel_threshold: float | None, vrange: tuple[float, float] | None,
-    load_reconstruction: Callable[[int], np.ndarray] | None = None,
+    reconstruction: np.ndarray | None = None,
 ) -> str:
     """Render the case figure of image ``i``; returns its path relative to the report."""
     image = np.asarray(load_image(i))
@@ -280,7 +287,7 @@ def _render_case(
         vmin=vrange[0] if vrange else None, vmax=vrange[1] if vrange else None,
         pred_mask=pred, mask=gts[i] if gts is not None else None,
         title_color="#b00020" if wrong else "black",
-        reconstruction=load_reconstruction(i) if load_reconstruction is not None else None,
+        reconstruction=reconstruction,
     )
     return rel_path
 
