@@ -85,3 +85,17 @@ def test_detector_results_do_not_change_with_the_speedups(name, train_records, t
     np.testing.assert_allclose(fast.scores, plain.scores, rtol=1e-3, atol=1e-4)
     if plain.maps is not None:
         np.testing.assert_allclose(fast.maps, plain.maps, rtol=1e-3, atol=1e-3 * float(np.abs(plain.maps).max()))
+
+
+@pytest.mark.parametrize("sigma", [1.0, 4.0])
+def test_separable_blur_equals_torchvision(sigma):
+    """The maps' Gaussian blur (two 1-D passes) is torchvision's k×k blur, borders included."""
+    from torchvision.transforms.v2.functional import gaussian_blur as reference
+
+    from anomalens.models.components.maps import blur_kernel_size, gaussian_blur
+
+    maps = torch.rand(3, 1, 48, 40) * 10
+    maps[0, 0, :5, :5] = 100.0  # a corner peak: the reflected border matters
+    k = blur_kernel_size(sigma)
+    expected = reference(maps, kernel_size=[k, k], sigma=[sigma, sigma])
+    torch.testing.assert_close(gaussian_blur(maps, sigma), expected, rtol=1e-5, atol=1e-4)
