@@ -99,3 +99,13 @@ def test_separable_blur_equals_torchvision(sigma):
     k = blur_kernel_size(sigma)
     expected = reference(maps, kernel_size=[k, k], sigma=[sigma, sigma])
     torch.testing.assert_close(gaussian_blur(maps, sigma), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_keep_freed_memory_applies_where_glibc_is():
+    import platform
+
+    import anomalens
+
+    expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
+    assert anomalens.keep_freed_memory() is expected
+    assert anomalens.keep_freed_memory() is expected  # idempotent

@@ -19,6 +19,7 @@ from anomalens.detector import (  # noqa: E402
     load_detector,
     register_detector,
 )
+from anomalens.allocator import keep_freed_memory  # noqa: E402
 from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError  # noqa: E402
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "predict_images",
     "calibrate_run",
     "evaluate",
+    "keep_freed_memory",
 ]
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from anomalens import __version__
+from anomalens.allocator import keep_freed_memory
 from anomalens.errors import AnomalensError
 
 
@@ -158,6 +159,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if os.environ.get("ANOMALENS_KEEP_FREED_MEMORY", "1") != "0":
+        keep_freed_memory()  # big activations reused instead of page-faulted in per batch (allocator.py)
     try:
         args.func(args)
     except (AnomalensError, ValueError, FileNotFoundError) as exc:
