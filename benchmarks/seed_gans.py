@@ -351,10 +351,12 @@ def write_markdown() -> None:
         lines += ["## Machine", "",
                   f"- CPU: {meta.get('cpu')} — {meta.get('cores')} cores, shared with other jobs; no GPU; "
                   f"torch {meta.get('torch')}, python {meta.get('python')}.",
-                  *[f"- Run of protocols {r.get('protocols')}: {r.get('wall_minutes')} min, {r.get('torch_threads')} torch "
-                    f"thread(s), load average {r.get('load_average_at_start')} at start, {r.get('load_average_at_end')} at end."
+                  *[f"- Run of protocols {r.get('protocols')}: " + (r["note"] if "note" in r else
+                    f"{r.get('wall_minutes')} min, {r.get('torch_threads')} torch thread(s), load average "
+                    f"{r.get('load_average_at_start')} at start, {r.get('load_average_at_end')} at end.")
                     for r in runs],
-                  f"- Total: {sum(r.get('wall_minutes', 0) for r in runs):.1f} min.",
+                  f"- Total: {sum(r.get('wall_minutes', 0) for r in runs):.1f} min"
+                  + (" (without the unrecorded run)." if any("note" in r for r in runs) else "."),
                   "- Timings on a loaded shared machine are indicative only; ratios measured in the same run are the "
                   "meaningful part.", ""]
     if p1:
