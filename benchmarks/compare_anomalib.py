@@ -412,11 +412,11 @@ def run_worker(library: str, target: str, threads: int, python: Path, device: st
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def machine() -> dict:
+def machine(device: str = "cpu") -> dict:
     sys.path.insert(0, str(HERE))
     from run import machine as run_machine
 
-    return run_machine()
+    return run_machine(device)
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -455,12 +455,8 @@ def compare(jobs: list[str], repeats: int, threads: int, device: str = "cpu", ow
                       f"{r['fit_seconds']} s, {r['test_images_per_second']} img/s, {r['peak_rss_mb']} MB", flush=True)
         results["jobs"][job] = {lib: _median_run(v) for lib, v in runs.items()}
         path.write_text(json.dumps(results, indent=2) + "\n")
-    m = machine()
-    on = "cpu"
-    if device == "cuda":
-        import torch
-
-        on = f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda}); anomalib {_anomalib_version(python)}"
+    m = machine(device)
+    on = m["device"] if device == "cpu" else f"{m['device']}; anomalib {_anomalib_version(python)}"
     results["machines"].append(
         f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} on {on}, {threads} thread(s) per job; "
         f"{len(jobs)} job(s) × {repeats} repeat(s) in {(time.time() - start_all) / 60:.1f} min on {m['date']}; "
