@@ -9,27 +9,25 @@
     det = anomalens.load_detector("runs/hazelnut")
 """
 
-__version__ = "0.1.0"
-
-from anomalens.detector import (  # noqa: E402
-    DetectionResult,
-    Detector,
-    create_detector,
-    list_detectors,
-    load_detector,
-    register_detector,
-)
-from anomalens.allocator import keep_freed_memory  # noqa: E402
-from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError  # noqa: E402
+from anomalens.version import __version__
+from anomalens.allocator import keep_freed_memory
+from anomalens.decision import DecisionRule
+from anomalens.detector import DetectionResult, Detector
+from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError, NotFittedError
+from anomalens.registry import register_detector
 
 __all__ = [
+    "__version__",
     "AnomalensError",
     "ConfigError",
     "DataError",
+    "DecisionRule",
     "DetectionResult",
     "Detector",
     "ModelFileError",
+    "NotFittedError",
     "create_detector",
+    "describe_detector",
     "list_detectors",
     "load_detector",
     "register_detector",
@@ -42,19 +40,20 @@ __all__ = [
     "keep_freed_memory",
 ]
 
+_LAZY = {
+    # The detector catalog imports every model (timm, ...): loaded on first use so `import anomalens` stays light.
+    "anomalens.catalog": ("create_detector", "describe_detector", "detector_class", "list_detectors", "load_detector"),
+    "anomalens.data": ("load_dataset", "load_mvtec_category", "load_folder_dataset", "make_synthetic_category",
+                       "ImageRecord", "AnomalyDataset"),
+    "anomalens.workflow": ("fit_run", "test_run", "predict_images", "calibrate_run"),
+    "anomalens.metrics": ("evaluate",),
+}
+
 
 def __getattr__(name: str):
-    # Data, workflow and metrics are imported on first use so `import anomalens` stays light.
-    if name in ("load_dataset", "load_mvtec_category", "load_folder_dataset", "make_synthetic_category", "ImageRecord", "AnomalyDataset"):
-        import anomalens.data as data
+    import importlib
 
-        return getattr(data, name)
-    if name in ("fit_run", "test_run", "predict_images", "calibrate_run"):
-        import anomalens.workflow as workflow
-
-        return getattr(workflow, name)
-    if name == "evaluate":
-        from anomalens.metrics import evaluate
-
-        return evaluate
+    for module, names in _LAZY.items():
+        if name in names:
+            return getattr(importlib.import_module(module), name)
     raise AttributeError(f"module 'anomalens' has no attribute {name!r}")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from anomalens import __version__
+from anomalens.version import __version__
 from anomalens.allocator import keep_freed_memory
 from anomalens.errors import AnomalensError
 
@@ -49,7 +49,7 @@ def cmd_fit(args: argparse.Namespace) -> None:
     from anomalens.workflow import fit_run
 
     detector = fit_run(args.model, args.data, args.output, _fit_params(args), overwrite=args.overwrite, progress=not args.quiet)
-    print(f"fitted {detector.name} on {args.data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.threshold_source_})")
+    print(f"fitted {detector.name} on {args.data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.decision_.description})")
 
 
 def cmd_test(args: argparse.Namespace) -> None:
@@ -85,11 +85,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def cmd_list(args: argparse.Namespace) -> None:
-    from anomalens.detector import detector_class, list_detectors
+    from anomalens.catalog import describe_detector, list_detectors
 
+    if args.model:
+        cmd_params(args)
+        return
     for name in list_detectors():
-        cls = detector_class(name)
-        print(f"{name:14s} {'maps' if cls.localizes else 'image-level':11s} {cls.__doc__.strip().splitlines()[0] if cls.__doc__ else ''}")
+        info = describe_detector(name)
+        print(f"{name:14s} {'maps' if info['localizes'] else 'image-level':11s} {info['summary']}")
+
+
+def cmd_params(args: argparse.Namespace) -> None:
+    """The hyper-parameter table of one detector, from its declaration (what ``-p KEY=VALUE`` accepts)."""
+    from anomalens.catalog import describe_detector
+
+    info = describe_detector(args.model)
+    print(f"{info['name']}: {info['summary']}")
+    rows = [("parameter", "default", "accepts", "meaning"), *info["params"]]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    for row in rows:
+        print("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,8 +166,13 @@ def build_parser() -> argparse.ArgumentParser:
     common(p)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("list", help="list the available detectors")
+    p = sub.add_parser("list", help="list the available detectors (with MODEL: its hyper-parameters)")
+    p.add_argument("model", nargs="?", help="a detector name: print its hyper-parameters, defaults and meanings")
     p.set_defaults(func=cmd_list)
+
+    p = sub.add_parser("params", help="a detector's hyper-parameters: defaults, accepted values, meanings")
+    p.add_argument("model", help="detector name (see 'anomalens list')")
+    p.set_defaults(func=cmd_params)
     return parser
 
 

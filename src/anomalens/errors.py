@@ -15,3 +15,7 @@ class ModelFileError(AnomalensError):
 
 class ConfigError(AnomalensError, ValueError):
     """An unknown detector name, backbone or an invalid hyper-parameter."""
+
+
+class NotFittedError(AnomalensError, RuntimeError):
+    """A detector used (scored, saved, calibrated) before ``fit``."""

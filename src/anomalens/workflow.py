@@ -19,7 +19,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 
 from anomalens.data import AnomalyDataset, ImageRecord, TensorImageDataset, list_images, load_dataset, load_image
-from anomalens.detector import Detector, create_detector, load_detector
+from anomalens.catalog import create_detector, load_detector
+from anomalens.detector import Detector
 from anomalens.errors import AnomalensError, DataError
 from anomalens.metrics import evaluate
 
@@ -101,13 +102,13 @@ def fit_run(
             "fit_seconds": round(seconds, 3),
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "threshold": detector.threshold_,
-            "threshold_source": detector.threshold_source_,
+            "threshold_source": detector.decision_.description,
         })
     return detector
 
 
 # ------------------------------------------------------------------------------------- helpers
-def _masks_at(records: Sequence[ImageRecord], size: tuple[int, int]) -> np.ndarray:
+def ground_truth_masks(records: Sequence[ImageRecord], size: tuple[int, int]) -> np.ndarray:
     """Ground-truth masks resized (nearest) to the detector's input size; all False for normals."""
     dataset = TensorImageDataset(records, size)
     return np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(records))])
@@ -119,12 +120,12 @@ def _image_loader(records: Sequence[ImageRecord], size: tuple[int, int]):
 
 
 def _reconstruction_loader(detector, records: Sequence[ImageRecord]):
-    """For autoencoders (a ``reconstruct`` method): indices → their reconstructions as (H, W[, C]) in [0, 1].
+    """For detectors that reconstruct (autoencoders, GANs): indices → their reconstructions as (H, W[, C]) in [0, 1].
 
     Only the images the report shows are reconstructed, in one batched call (AnoGAN's latent search
     runs once for all of them).
     """
-    if not callable(getattr(detector, "reconstruct", None)):
+    if not detector.reconstructs:
         return None
 
     def load(indices: list[int]) -> list[np.ndarray]:
@@ -159,7 +160,7 @@ def test_run(
         raise DataError(f"{data}: has no test images (expected test/good and test/<defect> folders)")
     labels = np.array([r.label for r in records], dtype=np.int64)
     size = detector.input_size
-    masks = _masks_at(records, size) if dataset.has_masks else None
+    masks = ground_truth_masks(records, size) if dataset.has_masks else None
     start = time.perf_counter()
     result = detector.predict(records, progress=progress)
     seconds = time.perf_counter() - start
@@ -169,9 +170,9 @@ def test_run(
         "detector": detector.name,
         "n_images": len(records),
         "n_anomalous": int(labels.sum()),
-        "threshold_source": detector.threshold_source_,
+        "threshold_source": detector.decision_.description,
         "pixel_threshold": detector.pixel_threshold_,
-        "min_area": detector.min_area_,
+        "min_area": detector.decision_.min_area,
         "test_seconds": round(seconds, 3),
         "images_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
     })
@@ -224,9 +225,9 @@ def calibrate_run(
     detector = load_detector(run_dir, device=device)
     dataset = _as_dataset(data)
     records = dataset.test or dataset.train
-    normals = detector._split_holdout(dataset.train)[1] if dataset.train and dataset.test else ()
+    normals = detector.holdout_split(dataset.train)[1] if dataset.train and dataset.test else ()
     info = detector.calibrate(records, method=method, normal_records=normals, clear_border=clear_border, progress=progress)
-    detector.update_saved_thresholds(run_dir)
+    detector.save_decision(run_dir)
     info.update({"method": method, "n_images": len(records), "n_anomalous": int(sum(r.label for r in records))})
     _write_json(run_dir / "calibration.json", info)
     return info
@@ -278,7 +279,8 @@ def predict_images(
         if heatmaps and detector.localizes:
             (stage / "heatmaps").mkdir()
             (stage / "masks").mkdir()
-        low = detector.map_reference_ if detector.map_reference_ is not None else 0.0
+        reference = detector.decision_.map_reference
+        low = reference if reference is not None else 0.0
         high = 2 * (detector.pixel_threshold_ or 1.0) - low
         for start, result in detector.predict_in_chunks(records, chunk_size, progress=progress):
             for i, record in enumerate(records[start : start + chunk_size]):

@@ -29,10 +29,12 @@ import torch.nn.functional as F
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
-from anomalens.detector import Detector, register_detector
+from anomalens.detector import Detector
+from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.gaussian import inverse_sqrt
 from anomalens.models.components.maps import upsample_and_blur
+from anomalens.params import Float, Int, Ints, Text
 
 # The paper's channel counts for its backbones (d of the concatenated layers 1-3).
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
@@ -44,23 +46,28 @@ class PaDiM(Detector):
 
     name = "padim"
     score_is_map_max = True
-    defaults = {
-        "backbone": DEFAULT_BACKBONE,
-        "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
-        "layers": (1, 2, 3),
-        "n_features": None,  # None = the paper's d for its backbones, else min(100, all channels)
-        "epsilon": 0.01,  # Σ + εI regulariser (eq. 1)
-        "blur_sigma": 4.0,
+    hyperparameters = {
+        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
+        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        "layers": Ints((1, 2, 3), "backbone levels whose features are concatenated", low=0),
+        "n_features": Int(None, "d, random channels kept: null = the paper's d for its backbones, else min(100, all)",
+                          low=1, optional=True),
+        "epsilon": Float(0.01, "ε of the Σ + εI regulariser (eq. 1)", low=0.0, low_open=True),
+        "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
     }
 
     def _build_extractor(self) -> FeatureExtractor:
         return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
 
     def _choose_channels(self, total: int) -> torch.Tensor:
+        # The backbone's channel count is known once it is built: checked when fit starts, before any image.
         d = self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))
-        if not 0 < d <= total:
-            raise ConfigError(f"padim: n_features must be in 1..{total} for backbone '{self.backbone}', got {d}")
-        generator = torch.Generator().manual_seed(int(self.seed))
+        if d > total:
+            raise ConfigError(
+                f"padim: parameter n_features must be in 1..{total} for backbone '{self.backbone}' "
+                f"with layers {list(self.layers)}, got {d}"
+            )
+        generator = torch.Generator().manual_seed(self.seed)
         return torch.randperm(total, generator=generator)[:d].sort().values
 
     def _embed(self, images: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ from skimage.segmentation import find_boundaries
 __all__ = ["overlay_heatmap", "draw_mask_contours", "heatmap_range"]
 
 
-def _as_float_rgb(image: ArrayLike) -> np.ndarray:
+def as_float_rgb(image: ArrayLike) -> np.ndarray:
     """(H, W) or (H, W, 1|3) image -> float (H, W, 3) in [0, 1]; uint8 is rescaled."""
     img = np.asarray(image)
     if img.dtype == np.uint8:
@@ -48,7 +48,7 @@ def overlay_heatmap(
         raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = _as_float_rgb(image)
+    rgb = as_float_rgb(image)
     heat = np.asarray(amap, dtype=np.float64)
     if heat.shape != rgb.shape[:2]:
         raise ValueError(f"anomaly map {heat.shape} does not match image {rgb.shape[:2]}")

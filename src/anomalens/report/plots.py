@@ -19,7 +19,7 @@ from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 from sklearn.metrics import roc_auc_score, roc_curve
 
-from anomalens.report.overlay import _as_float_rgb, draw_mask_contours, overlay_heatmap
+from anomalens.report.overlay import as_float_rgb, draw_mask_contours, overlay_heatmap
 
 __all__ = [
     "save_figure",
@@ -213,13 +213,13 @@ def plot_case(
     panel then shows the residual itself (same colour range) instead of an
     overlay, so what the model failed to reconstruct is seen unmixed.
     """
-    rgb = np.round(_as_float_rgb(image) * 255.0).astype(np.uint8)
+    rgb = np.round(as_float_rgb(image) * 255.0).astype(np.uint8)
     # Outlines about 2 screen pixels wide whatever the image resolution
     # (a panel is ~250 px wide at 100 dpi).
     line = max(2, int(round(2 * max(rgb.shape[:2]) / 250)))
     panels: list[tuple[str, np.ndarray]] = [("input", rgb)]
     if reconstruction is not None:
-        recon = np.round(_as_float_rgb(reconstruction) * 255.0).astype(np.uint8)
+        recon = np.round(as_float_rgb(reconstruction) * 255.0).astype(np.uint8)
         if recon.shape != rgb.shape:
             raise ValueError(f"reconstruction of shape {recon.shape[:2]} does not match the image {rgb.shape[:2]}")
         panels.append(("reconstruction", recon))

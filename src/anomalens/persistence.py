@@ -1,0 +1,123 @@
+"""A fitted detector on disk: ``detector.json`` (parameters, decision rule, history) and
+``weights.safetensors`` (tensors). No pickle anywhere: reading a run never executes code from it.
+
+Both files are written to temporary names and renamed into place, the JSON last, so a run folder is
+either complete or has no ``detector.json`` at all. This module knows no detector class: turning the
+files into a detector is ``anomalens.catalog.load_detector``.
+
+Format versions: 2 stores the decision rule as one object (``"decision"``); version 1 (anomalens ≤ 0.1.0
+before the decision rule existed) stored its fields as loose keys and is still read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from anomalens.errors import ModelFileError
+from anomalens.version import __version__
+
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+CONFIG_FILE = "detector.json"
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
+    os.replace(tmp, path)
+
+
+def write_run_files(directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
+    """Write the weights, then the JSON (with ``format_version``), each atomically. Returns ``directory``."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(tensors, str(tmp_weights))
+    os.replace(tmp_weights, directory / WEIGHTS_FILE)
+    _write_json_atomically(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config})
+    return directory
+
+
+def write_decision(directory: str | Path, decision: dict[str, Any]) -> None:
+    """Replace the decision rule in ``directory``'s JSON, atomically, leaving the rest as it was."""
+    config = read_config(directory)
+    config.update(format_version=FORMAT_VERSION, decision=decision)
+    for key in _V1_DECISION_KEYS:
+        config.pop(key, None)
+    _write_json_atomically(Path(directory) / CONFIG_FILE, config)
+
+
+def read_config(directory: str | Path) -> dict[str, Any]:
+    """The JSON of a run folder, checked to be an anomalens detector file of a readable version."""
+    directory = Path(directory)
+    config_path = directory / CONFIG_FILE
+    if not config_path.is_file():
+        raise ModelFileError(f"{config_path}: not found; is '{directory}' a run folder written by 'anomalens fit'?")
+    try:
+        config = json.loads(config_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{config_path}: not valid JSON ({exc})") from None
+    if not isinstance(config, dict) or config.get("library") != "anomalens":
+        raise ModelFileError(f"{config_path}: not an anomalens detector file")
+    if config.get("format_version") not in READABLE_VERSIONS:
+        raise ModelFileError(
+            f"{config_path}: file format version {config.get('format_version')} is not supported by "
+            f"anomalens {__version__} (reads {', '.join(map(str, READABLE_VERSIONS))}); refit the model with this version"
+        )
+    if config["format_version"] == 1:
+        config = _upgrade_v1(config)
+    return config
+
+
+def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    weights_path = Path(directory) / WEIGHTS_FILE
+    try:
+        return load_file(str(weights_path))
+    except FileNotFoundError:
+        raise ModelFileError(f"{weights_path}: not found") from None
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelFileError(f"{weights_path}: corrupt or unreadable weights ({exc})") from None
+
+
+_V1_DECISION_KEYS = ("threshold", "pixel_threshold", "threshold_source", "map_reference", "min_area", "area_clear_border")
+
+
+def _upgrade_v1(config: dict[str, Any]) -> dict[str, Any]:
+    """Version 1's loose decision keys → one ``decision`` object (same numbers)."""
+    config = dict(config)
+    old = {key: config.pop(key, None) for key in _V1_DECISION_KEYS}
+    if old["threshold"] is None:
+        return config  # no decision: read_config's caller reports the run as not fitted
+    source_text = old["threshold_source"] or ""
+    source = "area" if old["min_area"] is not None else ("f1" if source_text.startswith("F1") else "quantile")
+    config["decision"] = {
+        "image_threshold": old["threshold"],
+        "source": source,
+        "description": source_text,
+        "pixel_threshold": old["pixel_threshold"],
+        "min_area": old["min_area"],
+        "clear_border": bool(old["area_clear_border"]),
+        "map_reference": old["map_reference"],
+        "evidence": {},
+    }
+    return config

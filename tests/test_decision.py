@@ -1,0 +1,121 @@
+"""The decision rule: one object that fit creates, calibrate replaces, predict applies, save / load keep."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from anomalens import DecisionRule, ModelFileError, create_detector, load_detector
+from anomalens.thresholds import largest_defect_areas
+from tests.conftest import TINY_PARAMS
+
+
+@pytest.fixture(scope="module")
+def padim(train_records):
+    return create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+
+
+def test_fit_creates_a_quantile_rule_from_held_out_normals(padim):
+    rule = padim.decision_
+    assert rule.source == "quantile" and rule.min_area is None
+    assert rule.evidence == {"quantile": 0.99, "n_normal": 2}  # 10 % of 20 training images
+    assert "held-out" in rule.description
+    assert padim.threshold_ == rule.image_threshold and padim.pixel_threshold_ == rule.pixel_threshold
+
+
+def test_predict_applies_the_rule(padim, test_records):
+    result = padim.predict(test_records, progress=False)
+    np.testing.assert_array_equal(result.labels, padim.decision_.labels(result.scores, result.maps))
+    np.testing.assert_array_equal(result.masks, result.maps > padim.decision_.pixel_threshold)
+
+
+def test_area_calibration_replaces_the_rule_and_predict_follows_it(train_records, test_records):
+    det = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    before = det.decision_
+    info = det.calibrate(test_records, method="area", progress=False)
+    rule = det.decision_
+    assert rule is not before and rule.source == "area" and rule.min_area == info["min_area"]
+    assert rule.evidence["n_labelled"] == len(test_records)
+    result = det.predict(test_records, progress=False)
+    expected = largest_defect_areas(result.maps, rule.pixel_threshold) >= rule.min_area
+    np.testing.assert_array_equal(result.labels, expected.astype(int))
+
+
+def test_calibrate_then_refit_forgets_the_area_rule(train_records, test_records):
+    """Regression: a new fit() used to keep min_area_ while the source said 'quantile'."""
+    det = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    fresh = det.decision_
+    det.calibrate(test_records, method="area", progress=False)
+    det.fit(train_records, progress=False)
+    assert det.decision_.min_area is None and det.decision_.source == "quantile"
+    assert det.decision_ == fresh
+    result = det.predict(test_records, progress=False)
+    np.testing.assert_array_equal(result.labels, (result.scores > fresh.image_threshold).astype(int))
+
+
+def test_f1_calibration_after_area_drops_the_area_rule(train_records, test_records):
+    det = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    det.calibrate(test_records, method="area", progress=False)
+    det.calibrate(test_records, method="f1", progress=False)
+    assert det.decision_.source == "f1" and det.decision_.min_area is None
+    # PaDiM's score is the maximum of its map: the F1 threshold is a pixel threshold too.
+    assert det.decision_.pixel_threshold == det.decision_.image_threshold
+
+
+def test_the_rule_round_trips_through_save_and_load(train_records, test_records, tmp_path):
+    det = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    det.calibrate(test_records, method="area", clear_border=True, progress=False)
+    det.save(tmp_path / "run")
+    assert load_detector(tmp_path / "run").decision_ == det.decision_
+    saved = json.loads((tmp_path / "run" / "detector.json").read_text())
+    assert saved["format_version"] == 2 and saved["decision"]["source"] == "area"
+
+
+def test_save_decision_rewrites_only_the_rule(padim, train_records, test_records, tmp_path):
+    det = create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
+    det.save(tmp_path / "run")
+    weights = (tmp_path / "run" / "weights.safetensors").read_bytes()
+    det.calibrate(test_records, method="f1", progress=False)
+    det.save_decision(tmp_path / "run")
+    assert load_detector(tmp_path / "run").decision_ == det.decision_
+    assert (tmp_path / "run" / "weights.safetensors").read_bytes() == weights
+
+
+def test_a_version_1_run_still_loads(padim, tmp_path):
+    """Runs saved before the decision rule existed kept its fields as loose keys."""
+    padim.save(tmp_path / "run")
+    path = tmp_path / "run" / "detector.json"
+    config = json.loads(path.read_text())
+    rule = config.pop("decision")
+    config.update(format_version=1, threshold=rule["image_threshold"], pixel_threshold=rule["pixel_threshold"],
+                  threshold_source=rule["description"], map_reference=rule["map_reference"], min_area=None,
+                  area_clear_border=False)
+    path.write_text(json.dumps(config))
+    loaded = load_detector(tmp_path / "run")
+    assert loaded.decision_.image_threshold == padim.threshold_ and loaded.decision_.source == "quantile"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"image_threshold": float("nan")}, "finite"),
+    ({"image_threshold": "high"}, "must be a number"),
+    ({"source": "guess"}, "source must be one of"),
+    ({"min_area": 0}, "minimum-area"),
+    ({"colour": "red"}, "unknown field"),
+])
+def test_a_tampered_rule_is_refused_with_one_line(padim, tmp_path, change, message):
+    padim.save(tmp_path / "run")
+    path = tmp_path / "run" / "detector.json"
+    config = json.loads(path.read_text())
+    config["decision"].update(change)
+    path.write_text(json.dumps(config).replace("NaN", "NaN"))
+    with pytest.raises(ModelFileError, match=message):
+        load_detector(tmp_path / "run")
+
+
+def test_the_rule_is_immutable():
+    rule = DecisionRule(image_threshold=1.0, source="quantile", description="x")
+    with pytest.raises(AttributeError):
+        rule.image_threshold = 2.0  # type: ignore[misc]
+    assert rule.with_changes(image_threshold=2.0).image_threshold == 2.0 and rule.image_threshold == 1.0
