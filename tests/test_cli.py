@@ -92,14 +92,14 @@ def test_calibrate_with_and_without_defects(run, category, tmp_path, capsys):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     assert main(["calibrate", str(copy), str(category), "-q"]) == 0
-    assert "F1-optimal" in json.loads((copy / "detector.json").read_text())["threshold_source"]
+    assert "F1-optimal" in json.loads((copy / "detector.json").read_text())["decision"]["description"]
     # A calibration set with normal images only: no threshold that flags everything.
     normals = tmp_path / "normals"
     shutil.copytree(category / "train" / "good", normals)
     assert main(["calibrate", str(copy), str(normals), "-q"]) == 0
     out = capsys.readouterr().out
     assert "no anomalous image" in out
-    threshold = json.loads((copy / "detector.json").read_text())["threshold"]
+    threshold = json.loads((copy / "detector.json").read_text())["decision"]["image_threshold"]
     from anomalens import load_detector
     from anomalens.data import load_dataset
 
@@ -153,6 +153,32 @@ def test_wrong_model_name(category, tmp_path, capsys):
     assert main(["fit", "padimm", str(category), "-o", str(tmp_path / "r"), *FIT]) == 2
     _one_line_error(capsys, "unknown detector 'padimm'", "available:")
     assert not (tmp_path / "r").exists()
+
+
+def test_an_out_of_range_parameter_is_one_line_before_any_work(category, tmp_path, capsys):
+    assert main(["fit", "padim", str(category), "-o", str(tmp_path / "r"), *FIT, "-p", "epsilon=-1"]) == 2
+    _one_line_error(capsys, "padim: parameter epsilon must be a number > 0, got -1")
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("command", [["params", "stpm"], ["list", "stpm"]])
+def test_params_prints_the_declared_table(command, capsys):
+    from anomalens.catalog import detector_class
+
+    assert main(command) == 0
+    out = capsys.readouterr().out
+    for key, param in detector_class("stpm").declared_params().items():
+        line = next(line for line in out.splitlines() if line.split()[:1] == [key])
+        assert param.help in line and param.accepts() in line
+
+
+def test_list_names_every_detector_with_a_summary(capsys):
+    from anomalens.catalog import list_detectors
+
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split()[0] for line in lines] == list_detectors()
+    assert all(len(line.split()) > 2 for line in lines), "a detector without a one-line description"
 
 
 def test_not_a_run_folder(category, tmp_path, capsys):

@@ -77,23 +77,24 @@ def test_detector_area_rule_round_trip(train_records, test_records, tmp_path):
 
     held_out_normals = make_records(8, 0, seed=11)  # as in the workflow: normals the fit did not see
     info = det.calibrate(test_records, method="area", normal_records=held_out_normals, progress=False)
-    assert det.min_area_ == info["min_area"] and det.pixel_threshold_ == info["pixel_threshold"]
+    assert det.decision_.min_area == info["min_area"] and det.pixel_threshold_ == info["pixel_threshold"]
     result = det.predict(test_records, progress=False)
-    expected = largest_defect_areas(result.maps, det.pixel_threshold_) >= det.min_area_
+    expected = largest_defect_areas(result.maps, det.pixel_threshold_) >= det.decision_.min_area
     np.testing.assert_array_equal(result.labels, expected.astype(int))
     labels = np.array([r.label for r in test_records])
     assert ((result.labels == 1) & (labels == 1)).sum() >= 4  # the square defects are large regions
     det.save(tmp_path / "run")
     loaded = load_detector(tmp_path / "run")
-    assert loaded.min_area_ == det.min_area_
+    assert loaded.decision_.min_area == det.decision_.min_area
     np.testing.assert_array_equal(loaded.predict(test_records, progress=False).labels, result.labels)
     det.calibrate(test_records, method="f1", progress=False)
-    assert det.min_area_ is None
+    assert det.decision_.min_area is None
 
 
 def test_area_rule_needs_maps():
-    det = create_detector("padim")
-    det.threshold_ = 1.0
-    det.score = lambda records, progress=True: (np.zeros(2), None)  # an image-level detector's output
+    from anomalens import DecisionRule
+
+    det = create_detector("mahalanobis")  # an image-level detector
+    det.decision_ = DecisionRule(image_threshold=1.0, source="quantile", description="set by the test")
     with pytest.raises(Exception, match="no anomaly maps"):
         det.calibrate([], method="area")
