@@ -63,9 +63,9 @@ def main() -> None:
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1] == "1", args.threads)))
         return
-    from run import _dataset, machine
+    from run import benchmark_dataset, machine
 
-    _dataset("brick")  # build the data outside the timed subprocesses
+    benchmark_dataset("brick")  # build the data outside the timed subprocesses
     load_start = os.getloadavg()[0]
     rows = {}
     for job in args.models:

@@ -371,7 +371,7 @@ def prepare_data(datasets: set[str]) -> None:
     """Synthetic categories as benchmarks/run.py builds them; Fashion-MNIST one-class subsamples as
     MVTec-layout folders of PNGs (no masks), so both libraries read the very same files."""
     sys.path.insert(0, str(HERE))
-    from run import _dataset
+    from run import benchmark_dataset
 
     for name in sorted(datasets):
         folder = WORK / "data" / name
@@ -395,7 +395,7 @@ def prepare_data(datasets: set[str]) -> None:
                     Image.fromarray(np.asarray(pixels, dtype=np.uint8).squeeze()).save(sub / f"{i:05d}.png")
             stage.rename(folder)
         else:
-            _dataset(name)
+            benchmark_dataset(name)
 
 
 def run_worker(library: str, target: str, threads: int, python: Path, device: str = "cpu", own_python: str | None = None) -> dict:

@@ -35,12 +35,12 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from compare_anomalib import LAYERS
-    from run import _dataset
+    from run import benchmark_dataset
 
     from anomalens import create_detector
     from anomalens.data import iterate_batches
 
-    data = _dataset("brick")
+    data = benchmark_dataset("brick")
     timed("load only (test set)", lambda: sum(len(b["label"]) for b in iterate_batches(data.test, (256, 256), 32)))
     for name in args.models:
         print(f"--- {name}", flush=True)

@@ -54,7 +54,7 @@ def measure(n_train: int) -> dict:
     from anomalens.metrics import evaluate
     from anomalens.models.components.ann import HNSWIndex
     from anomalens.models.components.knn import nearest_neighbors
-    from anomalens.workflow import _masks_at
+    from anomalens.workflow import ground_truth_masks
 
     data = _data(n_train)
     detector = create_detector("patchcore", device="cpu")
@@ -62,7 +62,7 @@ def measure(n_train: int) -> dict:
     detector.fit(data.train, progress=False)
     fit_s = time.perf_counter() - start
     labels = [r.label for r in data.test]
-    masks = _masks_at(data.test, detector.input_size)
+    masks = ground_truth_masks(data.test, detector.input_size)
     row = {"n_train": n_train, "n_test": len(data.test), "bank_entries": int(detector.memory_bank_.shape[0]),
            "fit_seconds_exact": round(fit_s, 1), "torch_threads": torch.get_num_threads()}
     exact, ms_exact = _timed_predict(detector, data.test)
@@ -77,7 +77,7 @@ def measure(n_train: int) -> dict:
     found = total = 0
     with torch.inference_mode():  # recall@1 over every test patch
         for batch in iterate_batches(data.test, detector.image_size, 32):
-            emb = detector._embed(batch["image"]).reshape(-1, detector.memory_bank_.shape[1])
+            emb = detector.embed(batch["image"]).reshape(-1, detector.memory_bank_.shape[1])
             true = nearest_neighbors(emb, detector.memory_bank_, 1)[1][:, 0]
             found += int((detector.ann_index_.search(emb)[1][:, 0] == true).sum())
             total += len(true)

@@ -72,7 +72,7 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     return overrides
 
 
-def _dataset(name: str):
+def benchmark_dataset(name: str):
     from anomalens.data import load_fashion_mnist, load_mvtec_category, make_synthetic_category
 
     if name.startswith("fmnist-"):
@@ -89,9 +89,9 @@ def run_one(model: str, dataset_name: str, overrides: dict | None = None) -> dic
 
     from anomalens import create_detector
     from anomalens.metrics import evaluate
-    from anomalens.workflow import _masks_at, peak_rss_mb
+    from anomalens.workflow import ground_truth_masks, peak_rss_mb
 
-    data = _dataset(dataset_name)
+    data = benchmark_dataset(dataset_name)
     params = params_for(model, dataset_name, overrides)
     detector = create_detector(model, **params)
     start = time.perf_counter()
@@ -102,7 +102,7 @@ def run_one(model: str, dataset_name: str, overrides: dict | None = None) -> dic
     result = detector.predict(data.test, progress=False)
     test_seconds = time.perf_counter() - start
     labels = [r.label for r in data.test]
-    masks = _masks_at(data.test, detector.input_size) if data.has_masks and result.maps is not None else None
+    masks = ground_truth_masks(data.test, detector.input_size) if data.has_masks and result.maps is not None else None
     metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=result.maps if masks is not None else None)
     return {
         "model": model,
@@ -245,13 +245,13 @@ def main() -> None:
     datasets = list(args.datasets)
     if any(d.startswith("fmnist-") for d in datasets):
         try:
-            _dataset("fmnist-0")
+            benchmark_dataset("fmnist-0")
         except DataError as exc:
             print(f"skipping Fashion-MNIST: {exc}")
             datasets = [d for d in datasets if not d.startswith("fmnist-")]
     for name in datasets:  # build synthetic data once, outside the timed subprocesses
         if not name.startswith("fmnist-"):
-            _dataset(name)
+            benchmark_dataset(name)
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     previous = out / "results.json"

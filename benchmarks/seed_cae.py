@@ -35,7 +35,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from run import WORK, _dataset, machine  # noqa: E402  (shared with the main benchmark)
+from run import WORK, benchmark_dataset, machine  # noqa: E402  (shared with the main benchmark)
 
 RESULTS = HERE / "results" / "seed_cae"
 ARCHITECTURES = ["mvtec_cae", "baseline_cae", "inception_cae", "resnet_cae", "skip_cae"]
@@ -70,7 +70,7 @@ def run_combo(category: str, model: str, loss: str, args) -> dict:
     from anomalens.workflow import calibrate_run, fit_run, test_run
 
     torch.set_num_threads(args.threads)
-    data = _dataset(category)
+    data = benchmark_dataset(category)
     calibration, test = _split_test(data.test, CALIBRATION_FRACTION, SEED)
     size = MSSIM_SIZE if loss == "mssim" else args.image_size
     params = {"image_size": size, "channels": LOSSES[loss], "loss": loss, "epochs": args.epochs, "seed": SEED}
@@ -86,7 +86,7 @@ def run_combo(category: str, model: str, loss: str, args) -> dict:
     return {
         "category": category, "model": model, "loss": loss, "image_size": size, "channels": LOSSES[loss],
         "epochs_run": len(history.get("val_loss", [])),
-        "best_epoch": detector.best_epoch_ + 1,
+        "best_epoch": detector.kept_epoch_ + 1,
         "fit_seconds": round(fit_seconds, 1), "n_train": len(data.train),
         "n_calibration": len(calibration), "n_test": len(test),
         "min_area": calib.get("min_area"), "pixel_threshold": calib.get("pixel_threshold"),

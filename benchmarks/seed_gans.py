@@ -123,7 +123,7 @@ def protocol1(args) -> dict:
         "fit_seconds": round(fit_s, 1),
         "score_seconds": round(score_s, 2),
         "metrics": _metrics(labels, scores, det.threshold_),
-        "threshold_source": det.threshold_source_,
+        "threshold_source": det.decision_.description,
         "mean_score_normal": round(float(scores[labels == 0].mean()), 1),
         "mean_score_anomalous": round(float(scores[labels == 1].mean()), 1),
         "history": det.history_,

@@ -79,5 +79,10 @@ def test_levels_parameter_selects_and_checks(train_records):
     params = {**TINY_PARAMS["mahalanobis"], "holdout_fraction": 0}
     detector = create_detector("mahalanobis", **params, levels=[0, 8]).fit(train_records[:6], progress=False)
     assert [len(m) for m in detector.means_] == [32, 1280]
-    with pytest.raises(ConfigError, match="levels"):
+    # The number of levels is the backbone's: an index past it is refused when fit starts ...
+    with pytest.raises(ConfigError, match=r"parameter levels must be indices in 0\.\.8 .*got \[9\]"):
         create_detector("mahalanobis", **params, levels=[9]).fit(train_records[:6], progress=False)
+    # ... what is wrong whatever the backbone, at construction.
+    for levels in ([], [0.5], "all"):
+        with pytest.raises(ConfigError, match="mahalanobis: parameter levels must be a list of integers or null"):
+            create_detector("mahalanobis", levels=levels)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
-from anomalens import create_detector
+from anomalens import ConfigError, create_detector
 from tests.conftest import TINY_PARAMS
 
 
@@ -13,7 +14,7 @@ def _embeddings(detector, records):
     from anomalens.data import iterate_batches
 
     with torch.inference_mode():
-        return torch.cat([detector._embed(b["image"]) for b in iterate_batches(records, detector.image_size, 8)]).double().numpy()
+        return torch.cat([detector.embed(b["image"]) for b in iterate_batches(records, detector.image_size, 8)]).double().numpy()
 
 
 def test_gaussians_and_distances_match_numpy(train_records, test_records):
@@ -62,7 +63,7 @@ def test_defect_region_is_where_the_map_peaks(train_records, test_records):
 def test_holdout_is_scored_without_itself_and_the_final_model_uses_every_image(train_records):
     params = {**TINY_PARAMS["padim"], "holdout_fraction": 0.25}
     detector = create_detector("padim", **params)
-    kept, held = detector._split_holdout(list(train_records))
+    kept, held = detector.holdout_split(list(train_records))
     held_scores, held_maps = detector._fit_and_score_holdout(kept, held, progress=False)
     # The final Gaussians are those of all images ...
     everything = create_detector("padim", **{**params, "holdout_fraction": 0}).fit(train_records, progress=False)
@@ -74,3 +75,23 @@ def test_holdout_is_scored_without_itself_and_the_final_model_uses_every_image(t
     expected_scores, expected_maps = without._score(held, progress=False)
     np.testing.assert_allclose(held_scores, expected_scores, rtol=1e-3)
     np.testing.assert_allclose(held_maps, expected_maps, rtol=1e-3, atol=1e-3 * float(expected_maps.max()))
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"n_features": 0}, "n_features"),
+    ({"epsilon": 0.0}, "epsilon"),
+    ({"blur_sigma": -1.0}, "blur_sigma"),
+    ({"layers": []}, "layers"),
+])
+def test_out_of_range_parameters_fail_at_construction(params, name):
+    with pytest.raises(ConfigError, match=f"padim: parameter {name} must be"):
+        create_detector("padim", **params)
+
+
+def test_more_features_than_the_backbone_has_fails_when_fit_starts(monkeypatch, train_records):
+    # The channel count is the backbone's (24 + 40 + 112 for efficientnet_lite0, layers 1-3): it is known
+    # once the backbone is built, so the check comes when fit starts, before any image is read.
+    detector = create_detector("padim", **TINY_PARAMS["padim"], n_features=177)
+    monkeypatch.setattr("anomalens.models.padim.iterate_batches", lambda *a, **k: pytest.fail("images were read"))
+    with pytest.raises(ConfigError, match=r"padim: parameter n_features must be in 1\.\.176 .*got 177"):
+        detector.fit(train_records, progress=False)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from anomalens import create_detector
+from anomalens import ConfigError, create_detector
 from anomalens.models.patchcore import reweighted_score
 from tests.conftest import IMAGE_SIZE, TINY_PARAMS
 
@@ -53,7 +53,7 @@ def test_embedding_is_on_the_layer2_grid(fitted, test_records):
 
     batch = next(iter(iterate_batches(test_records[:2], IMAGE_SIZE, 2)))
     with torch.inference_mode():
-        emb = fitted._embed(batch["image"])
+        emb = fitted.embed(batch["image"])
     grid = IMAGE_SIZE // 8
     assert emb.shape == (2, grid * grid, 40 + 112) and fitted.grid_size_ == (grid, grid)
 
@@ -76,7 +76,7 @@ def test_full_bank_scores_training_images_zero_and_patch_scores_are_nearest_dist
 
     batch = next(iter(iterate_batches(test_records[-1:], IMAGE_SIZE, 1)))
     with torch.inference_mode():
-        emb = det._embed(batch["image"])[0]
+        emb = det.embed(batch["image"])[0]
     expected = torch.cdist(emb.double(), det.memory_bank_.double()).min(1).values.float()
     _, maps = det.score(test_records[-1:], progress=False)  # blur_sigma=0: the upsampled grid only
     upsampled = torch.nn.functional.interpolate(expected.view(1, 1, *det.grid_size_), size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear")
@@ -108,7 +108,7 @@ def test_saved_bank_must_match_the_backbone(fitted, tmp_path):
 def test_holdout_is_scored_without_its_own_patches_and_the_bank_uses_every_image(train_records):
     params = {**TINY_PARAMS["patchcore"], "holdout_fraction": 0.25}
     detector = create_detector("patchcore", **params)
-    kept, held = detector._split_holdout(list(train_records))
+    kept, held = detector.holdout_split(list(train_records))
     scores, _ = detector._fit_and_score_holdout(kept, held, progress=False)
     everything = create_detector("patchcore", **{**params, "holdout_fraction": 0}).fit(kept + held, progress=False)
     torch.testing.assert_close(detector.memory_bank_, everything.memory_bank_)
@@ -165,9 +165,31 @@ def test_hnsw_without_faiss_says_how_to_install_it(monkeypatch, train_records):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_faiss)
-    from anomalens import ConfigError
-
     with pytest.raises(ConfigError, match=r"anomalens\[faiss\]"):
         create_detector("patchcore", **TINY_PARAMS["patchcore"], search="hnsw").fit(train_records[:4], progress=False)
-    with pytest.raises(ConfigError, match="search must be"):
-        create_detector("patchcore", search="annoy").fit(train_records[:4], progress=False)
+
+
+# ------------------------------------------------------------------ parameters
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"coreset_fraction": 0}, r"coreset_fraction must be a number in \(0, 1\], got 0"),
+    ({"coreset_fraction": 1.5}, r"coreset_fraction must be a number in \(0, 1\], got 1.5"),
+    ({"search": "annoy"}, r"search must be one of 'exact', 'hnsw', got 'annoy'"),
+    ({"patch_size": 4}, "patch_size must be an odd integer >= 1, got 4"),
+    ({"patch_size": 0}, "patch_size must be an integer >= 1"),
+    ({"num_neighbors": 0}, "num_neighbors must be an integer >= 1"),
+    ({"projection_dim": -1}, "projection_dim must be an integer >= 0"),
+    ({"target_embed_dimension": 1}, r"target_embed_dimension must be >= the number of layers \(2\), got 1"),
+    ({"layers": [2.5]}, "layers must be a list of integers"),
+])
+def test_out_of_range_parameters_fail_at_construction(params, message):
+    with pytest.raises(ConfigError, match="patchcore: parameter " + message):
+        create_detector("patchcore", **params)
+
+
+def test_parameters_arrive_typed():
+    det = create_detector("patchcore", coreset_fraction=1, patch_size=5.0, layers=[1, 2], coreset_partition_size=None)
+    assert det.coreset_fraction == 1.0 and isinstance(det.coreset_fraction, float)
+    assert det.patch_size == 5 and isinstance(det.patch_size, int)
+    assert det.layers == (1, 2) and det.coreset_partition_size is None

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from anomalens import create_detector
-from anomalens.detector import quantile_threshold
+from anomalens import ConfigError, create_detector
+from anomalens.thresholds import quantile_threshold
 from anomalens.models.components.knn import nearest_neighbors
 from tests.conftest import IMAGE_SIZE, TINY_PARAMS
 
@@ -69,7 +69,7 @@ def test_top_k_above_the_training_set_uses_all_images(train_records, test_record
 def test_pixel_threshold_comes_from_held_out_normal_maps(fitted, train_records):
     # The image score is a global kNN distance, not the map maximum: the pixel threshold is separate.
     assert type(fitted).score_is_map_max is False
-    _, holdout = fitted._split_holdout(list(train_records))
+    _, holdout = fitted.holdout_split(list(train_records))
     scores, maps = fitted.score(holdout, progress=False)
     assert fitted.pixel_threshold_ == pytest.approx(quantile_threshold(maps.reshape(len(maps), -1).max(1), 0.99))
     assert fitted.threshold_ == pytest.approx(quantile_threshold(scores, 0.99))
@@ -81,3 +81,14 @@ def test_memory_kept_matches_the_stated_formula(fitted_all, train_records):
     per_image = sum(c * (IMAGE_SIZE // s) ** 2 for c, s in zip(channels[:3], (4, 8, 16))) + channels[3]
     stored = sum(t.numel() for k, t in fitted_all._state_tensors().items() if k != "grid_sizes")
     assert stored == len(train_records) * per_image
+
+
+@pytest.mark.parametrize("params, name", [
+    ({"top_k": 0}, "top_k"),
+    ({"layers": []}, "layers"),
+    ({"global_layer": -1}, "global_layer"),
+    ({"blur_sigma": -0.5}, "blur_sigma"),
+])
+def test_out_of_range_parameters_fail_at_construction(params, name):
+    with pytest.raises(ConfigError, match=f"spade: parameter {name} must be"):
+        create_detector("spade", **params)

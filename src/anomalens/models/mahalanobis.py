@@ -32,9 +32,11 @@ import torch
 
 from anomalens.backbones import DEFAULT_BACKBONE, PooledFeatureExtractor
 from anomalens.data import iterate_batches
-from anomalens.detector import Detector, register_detector
+from anomalens.detector import Detector
+from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.gaussian import inverse_sqrt, ledoit_wolf, mahalanobis
+from anomalens.params import Ints, Text
 
 
 @register_detector
@@ -43,10 +45,11 @@ class MahalanobisAD(Detector):
 
     name = "mahalanobis"
     localizes = False
-    defaults = {
-        "backbone": DEFAULT_BACKBONE,
-        "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
-        "levels": None,  # None = all levels of the backbone (paper); else indices into them
+    hyperparameters = {
+        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
+        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        "levels": Ints(None, "pooled levels used, as indices into the backbone's levels (negative from the end); "
+                       "null = all of them (paper)", optional=True),
     }
 
     def _build_extractor(self) -> PooledFeatureExtractor:
@@ -55,10 +58,13 @@ class MahalanobisAD(Detector):
     def _select(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.levels is None:
             return pooled
-        bad = [i for i in self.levels if not -len(pooled) <= int(i) < len(pooled)]
-        if bad or not self.levels:
-            raise ConfigError(f"mahalanobis: levels must be indices in 0..{len(pooled) - 1} for backbone '{self.backbone}', got {self.levels}")
-        return [pooled[int(i)] for i in self.levels]
+        # The number of levels is the backbone's (9 for EfficientNets, 5 for ResNets): known once it runs.
+        if any(not -len(pooled) <= i < len(pooled) for i in self.levels):
+            raise ConfigError(
+                f"mahalanobis: parameter levels must be indices in 0..{len(pooled) - 1} (or -{len(pooled)}..-1) "
+                f"for backbone '{self.backbone}', got {list(self.levels)}"
+            )
+        return [pooled[i] for i in self.levels]
 
     def _pooled(self, records: Sequence, progress: bool, desc: str):
         """Yield, per batch, the selected levels' pooled features [(B, C_l)] in float64 on the device."""

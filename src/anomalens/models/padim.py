@@ -70,7 +70,7 @@ class PaDiM(Detector):
         generator = torch.Generator().manual_seed(self.seed)
         return torch.randperm(total, generator=generator)[:d].sort().values
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, P, d) embeddings on the layer-1 grid, only the selected channels."""
         features = self.extractor_(images.to(self.device))
         grid = features[0].shape[-2:]
@@ -103,7 +103,7 @@ class PaDiM(Detector):
         offset = 0
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim fit" if progress else None):
-                emb = self._embed(batch["image"])  # (B, P, d)
+                emb = self.embed(batch["image"])  # (B, P, d)
                 if keep is not None:
                     keep[offset : offset + len(emb)] = emb
                     offset += len(emb)
@@ -188,7 +188,7 @@ class PaDiM(Detector):
         scores, maps = [], []
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim score" if progress else None):
-                score, amap = self._scores_and_maps(self.mahalanobis(self._embed(batch["image"])))
+                score, amap = self._scores_and_maps(self.mahalanobis(self.embed(batch["image"])))
                 scores.append(score)
                 maps.append(amap)
         return np.concatenate(scores), np.concatenate(maps)

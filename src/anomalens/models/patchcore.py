@@ -50,12 +50,14 @@ import torch.nn.functional as F
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
-from anomalens.detector import Detector, register_detector
+from anomalens.detector import Detector
+from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.ann import HNSWIndex  # faiss itself is imported only when used
 from anomalens.models.components.coreset import greedy_coreset
 from anomalens.models.components.knn import nearest_neighbors
 from anomalens.models.components.maps import upsample_and_blur
+from anomalens.params import Choice, Float, Int, Ints, Text
 
 
 def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: torch.Tensor, num_neighbors: int) -> torch.Tensor:
@@ -63,7 +65,7 @@ def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: to
     indices of their nearest bank patches m*. ``num_neighbors`` ≤ 1 returns s* unweighted."""
     m_star = bank[nearest]
     s_star = (test_patches - m_star).norm(dim=1)
-    b = min(int(num_neighbors), bank.shape[0])
+    b = min(num_neighbors, bank.shape[0])
     if b <= 1:
         return s_star
     _, support = nearest_neighbors(m_star, bank, b)
@@ -76,47 +78,54 @@ def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: to
 
 @register_detector
 class PatchCore(Detector):
+    """Coreset memory bank of locally aware patch features; nearest-neighbour distance map (Roth et al. 2022)."""
+
     name = "patchcore"
     score_is_map_max = False  # eq. 7 re-weights s*, and the map is blurred
     ann_index_ = None  # HNSW graph over the bank when search == "hnsw"
-    defaults = {
-        "backbone": DEFAULT_BACKBONE,
-        "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
-        "layers": (2, 3),
-        "patch_size": 3,  # p: neighbourhood of the local average (eq. 2)
-        "pretrain_embed_dimension": 1024,  # per-layer channel cap (reference code)
-        "target_embed_dimension": 1024,  # cap of the concatenation (reference code)
-        "coreset_fraction": 0.1,
-        "projection_dim": 128,  # random projection used only to select the coreset
-        "coreset_partition_size": 131072,  # exact greedy up to this many patches; None = always exact
-        "num_neighbors": 9,  # b of eq. 7; 1 = no re-weighting
-        "search": "exact",  # patch nearest neighbours: "exact" or "hnsw" (approximate, needs faiss)
-        "blur_sigma": 4.0,
+    hyperparameters = {
+        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
+        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        "layers": Ints((2, 3), "backbone levels (timm out_indices) of the patch features; the first sets the grid", low=0),
+        "patch_size": Int(3, "p: odd side of the neighbourhood each feature is averaged over (eq. 2)", low=1),
+        "pretrain_embed_dimension": Int(1024, "channels kept per layer at most (reference code)", low=1),
+        "target_embed_dimension": Int(1024, "channels of the concatenation at most (reference code)", low=1),
+        "coreset_fraction": Float(0.1, "share of all training patches kept in the memory bank (1: every patch)",
+                                  low=0.0, high=1.0, low_open=True),
+        "projection_dim": Int(128, "random projection used only to select the coreset (0: none)", low=0),
+        "coreset_partition_size": Int(131072, "exact greedy coreset up to this many patches, partitioned above "
+                                      "(null or 0: always exact)", low=0, optional=True),
+        "num_neighbors": Int(9, "b of eq. 7, bank neighbours of m* in the re-weighting (1: none, score = s*)", low=1),
+        "search": Choice("exact", ("exact", "hnsw"), "patch nearest neighbours: exact, or hnsw (approximate, needs faiss)"),
+        "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
     }
+
+    def _check_params(self) -> None:
+        if self.patch_size % 2 == 0:
+            raise ConfigError(f"patchcore: parameter patch_size must be an odd integer >= 1, got {self.patch_size}")
+        if self.target_embed_dimension < len(self.layers):
+            raise ConfigError(
+                f"patchcore: parameter target_embed_dimension must be >= the number of layers ({len(self.layers)}),"
+                f" got {self.target_embed_dimension}"
+            )
 
     # -- features -----------------------------------------------------------------------------
     def _build_extractor(self) -> FeatureExtractor:
-        if int(self.patch_size) < 1 or int(self.patch_size) % 2 == 0:
-            raise ConfigError(f"patchcore: patch_size must be an odd positive integer, got {self.patch_size}")
-        if not 0 < float(self.coreset_fraction) <= 1:
-            raise ConfigError(f"patchcore: coreset_fraction must be in (0, 1], got {self.coreset_fraction}")
-        if self.search not in ("exact", "hnsw"):
-            raise ConfigError(f"patchcore: search must be 'exact' or 'hnsw', got {self.search!r}")
         return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
 
     def layer_dims(self, channels: Sequence[int]) -> list[int]:
         """Channels kept per layer: only reductions, matching the reference pooling (module docstring)."""
-        dims = [min(int(c), int(self.pretrain_embed_dimension)) for c in channels]
-        if sum(dims) > int(self.target_embed_dimension):
-            share = int(self.target_embed_dimension) // len(dims)
+        dims = [min(int(c), self.pretrain_embed_dimension) for c in channels]
+        if sum(dims) > self.target_embed_dimension:
+            share = self.target_embed_dimension // len(dims)
             dims = [min(d, share) for d in dims]
         return dims
 
-    def _embed(self, images: torch.Tensor) -> torch.Tensor:
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, P, D) locally aware patch features on the first layer's grid."""
         features = self.extractor_(images.to(self.device))
         grid = features[0].shape[-2:]
-        p = int(self.patch_size)
+        p = self.patch_size
         parts = []
         for fmap, dim in zip(features, self.layer_dims([f.shape[1] for f in features])):
             fmap = F.avg_pool2d(fmap, p, stride=1, padding=p // 2) if p > 1 else fmap
@@ -137,7 +146,7 @@ class PatchCore(Detector):
         features, offset = None, 0
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore features" if progress else None):
-                emb = self._embed(batch["image"])
+                emb = self.embed(batch["image"])
                 if features is None:  # preallocated: no second copy from concatenating a list
                     features = torch.empty((len(records) * emb.shape[1], emb.shape[2]), device=emb.device)
                 flat = emb.reshape(-1, emb.shape[2])
@@ -146,7 +155,7 @@ class PatchCore(Detector):
         total = features.shape[0]
         patches_per_image = total // len(records)
         # ⌈f·n⌉, robust to f·n landing a hair above an integer in floating point.
-        n_select = min(total, max(1, math.ceil(round(float(self.coreset_fraction) * total, 6))))
+        n_select = min(total, max(1, math.ceil(round(self.coreset_fraction * total, 6))))
         if n_select == total:
             self.memory_bank_ = features
             self.bank_origin_ = torch.arange(total) // patches_per_image
@@ -154,8 +163,8 @@ class PatchCore(Detector):
             index = greedy_coreset(
                 features,
                 n_select,
-                seed=int(self.seed),
-                projection_dim=int(self.projection_dim),
+                seed=self.seed,
+                projection_dim=self.projection_dim,
                 partition_size=self.coreset_partition_size,
                 progress=progress,
             )
@@ -186,7 +195,7 @@ class PatchCore(Detector):
         bank = self.memory_bank_
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore score" if progress else None):
-                emb = self._embed(batch["image"])
+                emb = self.embed(batch["image"])
                 n, patches, dim = emb.shape
                 if self.ann_index_ is not None:
                     dist, nearest = self.ann_index_.search(emb.reshape(-1, dim))

@@ -29,32 +29,32 @@ import torch.nn.functional as F
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
-from anomalens.detector import Detector, register_detector
-from anomalens.errors import ConfigError
+from anomalens.detector import Detector
+from anomalens.registry import register_detector
 from anomalens.models.components.knn import nearest_neighbors
 from anomalens.models.components.maps import upsample_and_blur
+from anomalens.params import Float, Int, Ints, Text
 
 
 @register_detector
 class SPADE(Detector):
+    """kNN of pooled pretrained features for images, of feature pyramids for pixels (Cohen & Hoshen 2020)."""
+
     name = "spade"
     score_is_map_max = False
-    defaults = {
-        "backbone": DEFAULT_BACKBONE,
-        "weights": None,  # None = bundled/timm pretrained; a file path; or "random"
-        "layers": (1, 2, 3),  # pixel-level pyramid
-        "global_layer": 4,  # average-pooled for the image-level kNN
-        "top_k": 50,  # K nearest training images
-        "blur_sigma": 4.0,
+    hyperparameters = {
+        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
+        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        "layers": Ints((1, 2, 3), "backbone levels (timm out_indices) of the pixel-level pyramid", low=0),
+        "global_layer": Int(4, "backbone level average-pooled for the image-level kNN", low=0),
+        "top_k": Int(50, "K nearest training images (paper: 50; at most the number of training images is used)", low=1),
+        "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
     }
 
     def _indices(self) -> tuple[list[int], list[int], int]:
         """(extractor out_indices, position of each pyramid layer, position of the global layer)."""
-        layers = [int(i) for i in self.layers]
-        if not layers or int(self.top_k) < 1:
-            raise ConfigError("spade: needs at least one pyramid layer and top_k >= 1")
-        indices = sorted(set(layers) | {int(self.global_layer)})
-        return indices, [indices.index(i) for i in layers], indices.index(int(self.global_layer))
+        indices = sorted(set(self.layers) | {self.global_layer})
+        return indices, [indices.index(i) for i in self.layers], indices.index(self.global_layer)
 
     def _build_extractor(self) -> FeatureExtractor:
         return FeatureExtractor(self.backbone, self._indices()[0], self.weights).to(self.device).optimize()
@@ -99,7 +99,7 @@ class SPADE(Detector):
         height, width = self.input_size
         scores = np.empty(len(records), np.float64)
         out_maps = np.empty((len(records), height, width), np.float32)
-        k = min(int(self.top_k), self.global_features_.shape[0])
+        k = min(self.top_k, self.global_features_.shape[0])
         offset = 0
         with torch.inference_mode():
             for batch in iterate_batches(records, self.image_size, self.batch_size, desc="spade score" if progress else None):

@@ -212,7 +212,7 @@ def greedy_coreset(
     when ``partition_size`` is None/0 or N ≤ ``partition_size``; otherwise the partitioned approximation
     described in the module docstring.
     """
-    from anomalens.detector import iterate_progress
+    from anomalens.progress import iterate_progress
 
     n = features.shape[0]
     if not 1 <= n_select <= n:
