@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from anomalens import ConfigError, create_detector, load_detector
-from anomalens.models.components.dcgan import load_images
+from anomalens.models.components.trained import TrainingImages
 from tests.conftest import make_records
 
 TINY = {
@@ -26,11 +26,16 @@ def fitted(records):
     return create_detector("anogan", **TINY).fit(records, progress=False)
 
 
+def _network_images(records, size: int) -> torch.Tensor:
+    """Grayscale images as the networks see them: (N, 1, size, size) in [-1, 1]."""
+    return TrainingImages(records, size, 1).take(np.arange(len(records))) * 2 - 1
+
+
 def test_paper_defaults():
     det = create_detector("anogan")
     assert det.search_steps == 500 and det.feature_weight == 0.1 and det.image_size == 64
-    assert det.search_lr == [0.01, 0.001, 0.0005] and det.search_milestones == [200, 300]
-    assert det.lr == 2e-4 and det.betas == [0.5, 0.999]
+    assert det.search_lr == (0.01, 0.001, 0.0005) and det.search_milestones == (200, 300)
+    assert det.lr == 2e-4 and det.betas == (0.5, 0.999)
 
 
 @pytest.mark.parametrize(
@@ -44,7 +49,7 @@ def test_bad_parameters_are_refused_when_created(bad):
 
 
 def test_score_is_the_mapping_loss_at_the_found_z(fitted, records):
-    x = load_images(records[:4], 32, 1, False, "")
+    x = _network_images(records[:4], 32)
     scores, fake, z = fitted.search(x)
     with torch.no_grad():
         fake_again = fitted.generator_(z)
@@ -72,7 +77,7 @@ def test_networks_stay_frozen_and_trainable_afterwards(fitted, records):
         fitted.score(records[:3], progress=False)
     after = fitted._state_tensors()
     assert all(torch.equal(before[k], after[k]) for k in before)
-    assert all(p.requires_grad for m in fitted._modules().values() for p in m.parameters())
+    assert all(p.requires_grad for m in fitted._networks().values() for p in m.parameters())
 
 
 def test_history_and_rgb_save_load(fitted, tmp_path):

@@ -62,7 +62,9 @@ def _invalid_values(param: Param) -> list:
         if param.kind == "int":
             values.append(1.5)
     elif param.kind in ("ints", "floats"):
-        values += ["1,2", []]
+        values.append("1,2")
+        if param.min_length >= 1:
+            values.append([])
         if param.low is not None:
             values.append([param.low - 1])
     elif param.kind == "choice":

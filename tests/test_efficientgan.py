@@ -8,7 +8,8 @@ import torch
 from torch import nn
 
 from anomalens import ConfigError, create_detector, load_detector
-from anomalens.models.components.dcgan import gan_init, load_images
+from anomalens.models.components.dcgan import gan_init
+from anomalens.models.components.trained import TrainingImages
 from anomalens.models.efficientgan import Discriminator, Encoder, Generator, stage_plan
 from tests.conftest import make_records
 
@@ -23,6 +24,11 @@ def records():
 @pytest.fixture(scope="module")
 def fitted(records):
     return create_detector("efficientgan", **TINY).fit(records, progress=False)
+
+
+def _network_images(records, size: int) -> torch.Tensor:
+    """Grayscale images as the networks see them: (N, 1, size, size) in [-1, 1]."""
+    return TrainingImages(records, size, 1).take(np.arange(len(records))) * 2 - 1
 
 
 def _shapes(module: nn.Module) -> list[tuple]:
@@ -81,7 +87,7 @@ def test_seed_init():
 
 def test_score_is_the_seed_formula(fitted, records):
     scores, maps = fitted.score(records[:5], progress=False)
-    x = load_images(records[:5], 28, 1, False, "")
+    x = _network_images(records[:5], 28)
     with torch.no_grad():
         z = fitted.encoder_(x)
         x_hat = fitted.generator_(z)
@@ -104,10 +110,10 @@ def test_history_and_last_epoch(fitted):
 def test_training_changes_every_network(records):
     det = create_detector("efficientgan", **TINY)
     torch.manual_seed(0)  # fit() seeds the same way before building, so this is the initial state
-    det._build()
-    initial = {name: [p.detach().clone() for p in m.parameters()] for name, m in det._modules().items()}
+    det._build_networks()
+    initial = {name: [p.detach().clone() for p in m.parameters()] for name, m in det._networks().items()}
     det.fit(records, progress=False)
-    for name, m in det._modules().items():
+    for name, m in det._networks().items():
         assert any(not torch.equal(a, b) for a, b in zip(initial[name], m.parameters())), name
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from anomalens import ConfigError, create_detector, load_detector
-from anomalens.models.components.dcgan import DCGANDecoder, DCGANEncoder, gan_init, load_images
+from anomalens.models.components.dcgan import DCGANDecoder, DCGANEncoder, gan_init
+from anomalens.models.components.trained import TrainingImages
 from anomalens.models.ganomaly import GANomalyGenerator
 from tests.conftest import make_records
 
@@ -22,6 +23,11 @@ def records():
 @pytest.fixture(scope="module")
 def fitted(records):
     return create_detector("ganomaly", **TINY).fit(records, progress=False)
+
+
+def _network_images(records, size: int) -> torch.Tensor:
+    """Grayscale images as the networks see them: (N, 1, size, size) in [-1, 1]."""
+    return TrainingImages(records, size, 1).take(np.arange(len(records))) * 2 - 1
 
 
 def _convs(module):
@@ -66,7 +72,7 @@ def test_bad_parameters_are_refused_when_created(bad):
 
 def test_score_is_the_latent_error_and_map_the_residual(fitted, records):
     scores, maps = fitted.score(records[:5], progress=False)
-    x = load_images(records[:5], 32, 1, False, "")
+    x = _network_images(records[:5], 32)
     with torch.no_grad():
         x_hat, z, z_hat = fitted.generator_(x)
     np.testing.assert_allclose(scores, (z - z_hat).pow(2).mean(1).numpy(), rtol=1e-5)

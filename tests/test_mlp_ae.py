@@ -73,7 +73,8 @@ def test_scores_and_maps_follow_the_seed(architecture, bars):
     scores, maps = det.score(test, progress=False)
     assert maps.shape == (12, 28, 28) and maps.dtype == np.float32
     inputs, recons = det.reconstruct(test)
-    assert inputs.shape == recons.shape == (12, 28, 28)
+    assert inputs.shape == recons.shape == (12, 1, 28, 28)
+    inputs, recons = inputs[:, 0], recons[:, 0]
     assert recons.min() >= 0 and recons.max() <= 1  # both in the [0, 1] scale (A: Tanh output mapped back)
     if architecture == "A":  # Σ |x − x̂|, the difference image of the seed
         np.testing.assert_allclose(maps, np.abs(inputs - recons), atol=1e-6)

@@ -9,7 +9,7 @@ import torch
 from anomalens.backbones import FeatureExtractor
 
 from anomalens import create_detector
-from anomalens.models import stpm as stpm_module
+from anomalens.models.components.trained import TrainedDetector
 from anomalens.models.stpm import stpm_loss, stpm_map
 from tests.conftest import TINY_PARAMS, make_records
 
@@ -33,7 +33,7 @@ def fitted(train_records):
 
 def test_loss_and_map_are_zero_when_the_student_is_the_teacher():
     detector = create_detector("stpm", **SMALL)
-    detector._build()
+    detector._build_networks()
     # The detector's teacher has BatchNorm folded for speed; compare with the plain pretrained network.
     detector.teacher_ = FeatureExtractor(detector.backbone, detector.layers, detector.weights)
     detector.student_.load_state_dict(detector.teacher_.model.state_dict())
@@ -64,11 +64,11 @@ def test_loss_and_map_match_the_formulas():
 
 def test_training_lowers_the_loss_and_keeps_the_best_epoch(fitted):
     history = fitted.history_
-    assert set(history) == {"loss", "val_loss"}  # curves only; best_epoch is an attribute
+    assert set(history) == {"loss", "val_loss"}  # curves only; the kept epoch is an attribute
     assert len(history["loss"]) == TINY_PARAMS["stpm"]["epochs"]
     assert history["loss"][-1] < 0.7 * history["loss"][0]
     assert history["val_loss"][-1] < history["val_loss"][0]
-    assert fitted.best_epoch_ == int(np.argmin(history["val_loss"]))
+    assert fitted.kept_epoch_ == int(np.argmin(history["val_loss"]))
 
 
 def test_map_peaks_on_the_pasted_defect(fitted, test_records):
@@ -93,29 +93,19 @@ def test_resuming_from_a_checkpoint_gives_the_same_student(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_streamed_images_equal_preloaded(monkeypatch):
-    records = make_records(5, 0, seed=5, size=24)
-    preloaded = stpm_module._Images(records, 16, False, "")
-    monkeypatch.setattr(stpm_module, "PRELOAD_BYTES", 0)
-    streamed = stpm_module._Images(records, 16, False, "")
-    assert preloaded.tensor is not None and streamed.tensor is None
-    index = np.array([3, 0, 4])
-    torch.testing.assert_close(streamed.take(index), preloaded.take(index))
-
-
 def test_threshold_holdout_doubles_as_the_validation_set(train_records, monkeypatch):
     seen = {}
-    original = stpm_module.STPM._fit
+    original = TrainedDetector._train
 
-    def spy(self, records, progress, val_records=None):
-        seen["fit"], seen["val"] = len(records), None if val_records is None else len(val_records)
-        return original(self, records, progress, val_records)
+    def spy(self, fit_records, val_records, progress):
+        seen["fit"], seen["val"] = len(fit_records), len(val_records)
+        return original(self, fit_records, val_records, progress)
 
-    monkeypatch.setattr(stpm_module.STPM, "_fit", spy)
+    monkeypatch.setattr(TrainedDetector, "_train", spy)
     params = {**TINY_PARAMS["stpm"], "holdout_fraction": 0.25, "epochs": 1}
     detector = create_detector("stpm", **params).fit(train_records, progress=False)
-    kept, held = detector._split_holdout(list(train_records))
+    kept, held = detector.holdout_split(list(train_records))
     assert seen == {"fit": len(kept), "val": len(held)}  # no second split: the student sees every other image
     assert len(detector.history_["val_loss"]) == 1
     create_detector("stpm", **{**params, "validation_fraction": 0}).fit(train_records, progress=False)
-    assert seen == {"fit": len(kept), "val": None}
+    assert seen == {"fit": len(kept), "val": 0}

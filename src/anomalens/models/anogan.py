@@ -18,10 +18,12 @@ Generative Adversarial Networks to Guide Marker Discovery", IPMI 2017.
 3. Score: L at the final z (sums over pixels in the [-1, 1] network scale and over features). Map:
    |x − G(z)| in the [0, 1] image scale, averaged over channels.
 
-Model selection: the weights of the last epoch are kept (a validation criterion would need the costly
-search on held-out images every epoch; the GAN losses themselves do not measure quality). No anomalous
-image is ever used. ``checkpoint`` = a file saves the training state after every epoch and resumes from
-it. ``history_`` holds the per-epoch mean D and G losses.
+Model selection: the weights of the last epoch are kept (``kept_epoch_``; a validation criterion would
+need the costly search on held-out images every epoch; the GAN losses themselves do not measure
+quality). No anomalous image is ever used. ``checkpoint`` = a file saves the training state after every
+epoch and resumes from it. ``history_`` holds the per-epoch mean D and G losses. Batches are shuffled
+per (seed, epoch); a trailing batch of one image joins the previous one (BatchNorm needs two images;
+earlier versions dropped that image instead).
 
 Cost: scoring runs ``search_steps`` forward and backward passes of G and D per batch — by design the
 slow part of AnoGAN that EfficientGAN's encoder removes. ``fit`` also scores the threshold hold-out.
@@ -30,128 +32,93 @@ slow part of AnoGAN that EfficientGAN's encoder removes. ``fit`` also scores the
 from __future__ import annotations
 
 import contextlib
-from typing import Sequence
+from typing import Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.detector import Detector, iterate_progress, register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.dcgan import (
-    check_channels,
-    check_dcgan_size,
-    check_images,
-    check_positive,
     DCGANDecoder,
     DCGANEncoder,
-    epoch_batches,
+    GANDetector,
+    check_dcgan_size,
     gan_init,
-    load_images,
-    preprocessing_info,
-    reconstructions,
     residual_map,
-    scored_batches,
 )
-from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
+from anomalens.params import Float, Floats, Int, Param, Size
+from anomalens.registry import register_detector
 
 
 @register_detector
-class AnoGAN(Detector):
+class AnoGAN(GANDetector):
     """DCGAN of normal images; a test image's score is how badly the best latent search reproduces it."""
 
     name = "anogan"
-    localizes = True
-    score_is_map_max = False
-    defaults = {
-        "image_size": 64,  # the paper's 64×64 patches
-        "channels": 1,  # 1 = grayscale (the paper's OCT patches), 3 = RGB
-        "batch_size": 64,
-        "epochs": 25,
-        "latent_dim": 100,
-        "n_features": 64,  # DCGAN's ngf = ndf
-        "lr": 2e-4,
-        "betas": (0.5, 0.999),
-        "feature_weight": 0.1,  # λ
-        "search_steps": 500,
-        "search_lr": (0.01, 0.001, 0.0005),
-        "search_milestones": (200, 300),  # steps at which search_lr moves to its next value
-        "checkpoint": None,
+    hyperparameters = {
+        "image_size": Size(64, "square side, a power of two >= 32 (the paper's 64×64 patches)"),
+        "epochs": Int(25, "training epochs (the DCGAN reference's niter)", low=1),
+        "latent_dim": Int(100, "size of z", low=1),
+        "n_features": Int(64, "DCGAN's ngf = ndf", low=1),
+        "lr": Float(2e-4, "Adam learning rate of G and D", low=0.0, low_open=True),
+        "feature_weight": Float(0.1, "λ of the mapping loss", low=0.0, high=1.0),
+        "search_steps": Int(500, "Adam steps of the latent search", low=1),
+        "search_lr": Floats((0.01, 0.001, 0.0005), "search learning rates, one more than search_milestones",
+                            low=0.0, low_open=True),
+        "search_milestones": Param((200, 300), "search steps at which search_lr moves to its next value", "ints",
+                                   low=1, min_length=0),
     }
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        self._check()  # refuse unusable sizes and settings when the detector is created
-
-    def _check(self) -> int:
-        side = check_dcgan_size(self.name, self.input_size)
-        check_channels(self.name, self.channels)
-        check_positive(self.name, epochs=self.epochs, latent_dim=self.latent_dim, n_features=self.n_features,
-                       batch_size=self.batch_size, search_steps=self.search_steps)
-        lrs, milestones = list(self.search_lr), list(self.search_milestones)
-        if len(lrs) != len(milestones) + 1 or any(float(v) <= 0 for v in lrs):
+    def _check_params(self) -> None:
+        check_dcgan_size(self.name, self.input_size)
+        lrs, milestones = self.search_lr, self.search_milestones
+        if len(lrs) != len(milestones) + 1:
             raise ConfigError(
                 f"{self.name}: search_lr needs one positive rate more than search_milestones "
-                f"({len(milestones)} milestones), got {lrs}"
+                f"({len(milestones)} milestones), got {list(lrs)}"
             )
-        if milestones != sorted(milestones) or any(int(m) < 1 for m in milestones):
-            raise ConfigError(f"{self.name}: search_milestones must be increasing steps >= 1, got {milestones}")
-        if not 0.0 <= float(self.feature_weight) <= 1.0:
-            raise ConfigError(f"{self.name}: feature_weight (λ) must be in [0, 1], got {self.feature_weight}")
-        return side
+        if list(milestones) != sorted(milestones):
+            raise ConfigError(f"{self.name}: search_milestones must be increasing steps >= 1, got {list(milestones)}")
 
-    def _build(self) -> None:
-        side = self._check()
-        nz, c, nf = int(self.latent_dim), int(self.channels), int(self.n_features)
+    def _build_networks(self) -> None:
+        side, nz, c, nf = self.input_size[0], self.latent_dim, self.channels, self.n_features
         self.generator_ = gan_init(DCGANDecoder(side, nz, c, nf)).to(self.device)
         self.discriminator_ = gan_init(DCGANEncoder(side, 1, c, nf)).to(self.device)
+        # z₁, where every latent search starts: one draw of its own generator, so that training leaves it alone.
+        self.z_start_ = torch.randn(nz, generator=torch.Generator().manual_seed(self.seed))
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def _networks(self) -> dict[str, nn.Module]:
         return {"generator": self.generator_, "discriminator": self.discriminator_}
 
-    # -- fit ------------------------------------------------------------------------------------
-    def _fit(self, records: Sequence, progress: bool) -> None:
-        self._build()
-        seed, batch_size, device = int(self.seed), int(self.batch_size), self.device
-        data = load_images(list(records), self.image_size, self.channels, progress, "anogan load")
-        check_images(self.name, data)
+    # -- training: the DCGAN game ---------------------------------------------------------------
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         G, D = self.generator_, self.discriminator_
-        betas = tuple(float(b) for b in self.betas)
-        opt_g = torch.optim.Adam(G.parameters(), lr=float(self.lr), betas=betas)
-        opt_d = torch.optim.Adam(D.parameters(), lr=float(self.lr), betas=betas)
-        nz = int(self.latent_dim)
+        return {"generator": torch.optim.Adam(G.parameters(), lr=self.lr, betas=self.betas),
+                "discriminator": torch.optim.Adam(D.parameters(), lr=self.lr, betas=self.betas)}
 
-        def step(batch: dict) -> dict[str, float]:
-            x = batch["x"].to(device)
-            z = torch.randn(len(x), nz, device=device)
-            fake = G(z)
-            logit_real, logit_fake = D(x), D(fake.detach())
-            d_loss = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real)) + \
-                F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            logit_fake = D(fake)
-            g_loss = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            return {"d": d_loss.item(), "g": g_loss.item()}
+    def _train_step(self, x: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        G, D = self.generator_, self.discriminator_
+        opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
+        z = torch.randn(len(x), self.latent_dim, device=x.device)
+        fake = G(z)
+        logit_real, logit_fake = D(x), D(fake.detach())
+        d_loss = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real)) + \
+            F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        logit_fake = D(fake)
+        g_loss = F.binary_cross_entropy_with_logits(logit_fake, torch.ones_like(logit_fake))
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        return {"d": d_loss.item(), "g": g_loss.item()}
 
-        setup = TrainingSetup(
-            modules=self._modules(),
-            optimizers={"generator": opt_g, "discriminator": opt_d},
-            step=step,
-            batches=lambda epoch: epoch_batches(data, batch_size, seed, epoch),
-        )
-        self.history_ = train(setup, int(self.epochs), seed, None, self.checkpoint, progress, desc="anogan").history
-        self.z_start_ = torch.randn(nz, generator=torch.Generator().manual_seed(seed))
-
-    # -- score ----------------------------------------------------------------------------------
+    # -- score: the latent search (Sec. 2.2) -----------------------------------------------------
     def mapping_loss(self, x: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-image L(z) (B,) and G(z), for images x in [-1, 1]."""
-        lam = float(self.feature_weight)
+        lam = self.feature_weight
         fake = self.generator_(z)
         residual = (x - fake).abs().flatten(1).sum(1)
         feature = (self.discriminator_.features(x) - self.discriminator_.features(fake)).abs().flatten(1).sum(1)
@@ -159,14 +126,13 @@ class AnoGAN(Detector):
 
     def search(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Batched latent search for images x in [-1, 1] → (scores (B,), G(z*), z*). Networks frozen."""
-        lrs = [float(v) for v in self.search_lr]
-        milestones = [int(m) for m in self.search_milestones]
+        lrs, milestones = self.search_lr, self.search_milestones
         # Gradients are needed w.r.t. z even when the caller is in inference mode.
         with torch.inference_mode(False), torch.enable_grad():
             x = x.clone()
             z = self.z_start_.to(x.device).expand(len(x), -1).clone().requires_grad_(True)
             optimizer = torch.optim.Adam([z], lr=lrs[0])
-            for t in range(int(self.search_steps)):
+            for t in range(self.search_steps):
                 lr = lrs[sum(t >= m for m in milestones)]
                 for group in optimizer.param_groups:
                     group["lr"] = lr
@@ -179,9 +145,9 @@ class AnoGAN(Detector):
         return loss, fake, z.detach()
 
     @contextlib.contextmanager
-    def _frozen(self):
-        """Networks in eval mode without parameter gradients while z is searched."""
-        modules = self._modules().values()
+    def _inference(self) -> Iterator[None]:
+        """Networks without parameter gradients while z is searched (not inference mode: z needs them)."""
+        modules = self._networks().values()
         for m in modules:
             m.eval()
             m.requires_grad_(False)
@@ -191,33 +157,18 @@ class AnoGAN(Detector):
             for m in modules:
                 m.requires_grad_(True)
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = [], []
-        with self._frozen():
-            batches = scored_batches(records, self.image_size, int(self.batch_size), self.channels, False, "")
-            n_batches = -(-len(records) // int(self.batch_size))
-            for x in iterate_progress(batches, progress, "anogan latent search", total=n_batches):
-                x = x.to(self.device)
-                score, fake, _ = self.search(x)
-                scores.append(score.cpu())
-                maps.append(residual_map(x, fake).float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._to_network(images)
+        score, fake, _ = self.search(x)
+        return score, residual_map(x, fake)
 
-    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, G(z*)) after the latent search, as float32 (N, C, H, W) arrays in [0, 1]."""
-        with self._frozen():
-            return reconstructions(self, records, lambda x: self.search(x)[1], progress, "anogan reconstruct")
-
-    def preprocessing(self) -> dict:
-        return preprocessing_info(super().preprocessing(), self.channels)
+    def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
+        """G(z*) after the latent search."""
+        return self.search(x)[1]
 
     # -- persistence ----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = module_tensors(self._modules())
-        tensors["z_start"] = self.z_start_
-        return tensors
+    def _extra_tensors(self) -> dict[str, torch.Tensor]:
+        return {"z_start": self.z_start_}
 
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._build()
-        load_module_tensors(self._modules(), tensors, self.device)
+    def _load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.z_start_ = tensors["z_start"].float()

@@ -69,7 +69,8 @@ Deviations from the reference, and why:
 - integer-pixel shifts (torchvision's RandomAffine) where Keras shifts by fractional pixels.
 
 Cost: training images are decoded once and kept in memory as float32 (400 grayscale 256-px images
-≈ 105 MB). These networks learn slowly from scratch — the seed's hazelnut run needed ~1,600 batches
+≈ 105 MB; sets over 2 GiB are decoded batch by batch, see ``components.trained``, which also owns the
+seeded batching: a trailing batch of one image joins the previous one, for BatchNorm). These networks learn slowly from scratch — the seed's hazelnut run needed ~1,600 batches
 (37 epochs) — so CPU training at 256 px takes hours; at 64 px, mvtec_cae needed ~300 batches of 8 to
 fit 16 images (measured on 2 cores). Forward cost per grayscale 256-px image (torch's FLOP counter) and
 parameters: mvtec 1.5 GMAC / 0.75 M, baseline 0.6 / 0.71 M, inception 9.6 / 11.5 M, resnet 6.8 / 15.0 M,
@@ -78,19 +79,19 @@ skip 0.16 / 3.0 M.
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import ClassVar, Sequence
+from typing import ClassVar
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.data import iterate_batches, split_records
-from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
-from anomalens.models.components.ssim import RESIDUALS, check_loss, reconstruction_loss, residual_map
-from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
+from anomalens.models.components.ssim import LOSSES, RESIDUALS, check_loss, reconstruction_loss, residual_map
+from anomalens.models.components.trained import TrainedDetector
+from anomalens.params import Bool, Choice, Float, Floats, Int, Size
+from anomalens.registry import register_detector
 
 KERAS_BN_EPS = 1e-3
 BN_MOMENTUM = 0.1  # PyTorch's default; see the module docstring
@@ -457,86 +458,70 @@ class SkipCAENet(_Network):
 
 
 # --------------------------------------------------------------------------------------- detector
-def _load_images(records: Sequence, image_size, channels: int, progress: bool, desc: str) -> torch.Tensor:
-    """All images as one float32 (N, C, H, W) tensor in [0, 1] (decoded once, kept for every epoch)."""
-    batches = iterate_batches(records, image_size, 64, channels=channels, desc=desc if progress else None)
-    return torch.cat([b["image"] for b in batches])
-
-
-def _batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
-    """Consecutive (start, stop) slices; a last batch of one image joins the previous one (BatchNorm)."""
-    starts = list(range(0, n, batch_size))
-    if len(starts) > 1 and n - starts[-1] == 1:
-        starts.pop()
-    return [(s, starts[i + 1] if i + 1 < len(starts) else n) for i, s in enumerate(starts)]
-
-
 def _interior(maps: torch.Tensor, margin: int) -> torch.Tensor:
     """(B, H, W) maps without a ``margin``-pixel band along the border."""
     return maps[:, margin : maps.shape[1] - margin, margin : maps.shape[2] - margin] if margin else maps
 
 
-class ConvAutoencoder(Detector):
+class ConvAutoencoder(TrainedDetector):
     """Shared detector of the five CAEs; subclasses set ``name`` and ``network``."""
 
     network: ClassVar[type[_Network]]
     localizes = True
+    reconstructs = True
     score_is_map_max = False  # the score leaves out a border band of the map (``score_margin``)
-    defaults = {
-        "image_size": 256,
-        "batch_size": 8,
-        "channels": 1,  # 1 = grayscale (the seed's run), 3 = RGB
-        "loss": "ssim",  # "ssim" | "mssim" | "l2"
-        "residual": None,  # residual map: None = from the loss (ssim/mssim → "ssim", l2 → "l2"), or set it
-        "epochs": 1024,  # upper bound; early stopping ends training
-        "lr": 1e-3,
-        "patience": 12,  # early stopping on the validation loss
-        "lr_patience": 6,  # reduce-on-plateau patience
-        "lr_factor": 0.5,  # ktrain's reduce_factor 2
-        "validation_fraction": 0.1,
-        "augment": True,
-        "rotation": 5.0,  # degrees, ±
-        "shift": 0.05,  # fraction of width / height, ±
-        "brightness": (0.95, 1.05),  # multiplicative range
-        "checkpoint": None,  # file to save training state to after each epoch and resume from
-        "image_score": "max",  # image score from the residual map: "max" or "mean" (over the interior)
-        "score_margin": 5,  # border pixels left out of the image score (the SSIM window's half-width)
+    hyperparameters = {
+        "image_size": Size(256, "input size in pixels: one side, or [height, width] (see the supported sizes)"),
+        "batch_size": Int(8, "images per training (and scoring) batch", low=1),
+        "channels": Choice(1, (1, 3), "1 = grayscale (the seed's run), 3 = RGB"),
+        "loss": Choice("ssim", LOSSES, "training loss: 1 − SSIM, 1 − MS-SSIM or L2"),
+        "residual": Choice(None, RESIDUALS, "residual map; null = from the loss (ssim/mssim → ssim, l2 → l2)",
+                           optional=True),
+        "epochs": Int(1024, "upper bound on the epochs; early stopping ends training", low=1),
+        "lr": Float(1e-3, "Adam learning rate (Keras' default)", low=0.0, low_open=True),
+        "patience": Int(12, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        "lr_patience": Int(6, "reduce-on-plateau patience, in epochs", low=0),
+        "lr_factor": Float(0.5, "reduce-on-plateau factor (ktrain's reduce_factor 2)", low=0.0, high=1.0, low_open=True),
+        "validation_fraction": Float(0.1, "share of the fit images held out for the validation loss", low=0.0, high=0.9),
+        "augment": Bool(True, "random rotation, shift and brightness of training images"),
+        "rotation": Float(5.0, "augmentation: rotation range in degrees, ±", low=0.0),
+        "shift": Float(0.05, "augmentation: shift range as a fraction of width / height, ±", low=0.0, high=0.5),
+        "brightness": Floats((0.95, 1.05), "augmentation: multiplicative brightness range [low, high]", low=0.0, length=2),
+        "image_score": Choice("max", ("max", "mean"), "image score from the residual map's interior"),
+        "score_margin": Int(5, "border pixels left out of the image score (the SSIM window's half-width)", low=0),
     }
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
+    def _check_params(self) -> None:
         height, width = self.input_size
-        if self.channels not in (1, 3):
-            raise ConfigError(f"{self.name}: channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}")
         check_loss(self.loss, height, width)
-        if self.residual is not None and self.residual not in RESIDUALS:
-            raise ConfigError(f"{self.name}: unknown residual '{self.residual}'; use one of {', '.join(RESIDUALS)}")
         problem = self.network.size_problem(height, width)
         if problem:
             raise ConfigError(f"{self.name}: image size {height}x{width} is not supported: {problem}")
-        if int(self.epochs) < 1:
-            raise ConfigError(f"{self.name}: epochs must be >= 1, got {self.epochs}")
-        if self.image_score not in ("max", "mean"):
-            raise ConfigError(f"{self.name}: image_score must be 'max' or 'mean', got {self.image_score!r}")
-        margin = int(self.score_margin)
-        if margin < 0 or 2 * margin >= min(height, width):
-            raise ConfigError(f"{self.name}: score_margin must be in 0..{(min(height, width) - 1) // 2}, got {margin}")
+        if 2 * self.score_margin >= min(height, width):
+            raise ConfigError(
+                f"{self.name}: score_margin must be in 0..{(min(height, width) - 1) // 2}, got {self.score_margin}"
+            )
 
     @property
     def residual_method(self) -> str:
         return self.residual or ("l2" if self.loss == "l2" else "ssim")
 
-    def _build(self) -> _Network:
-        return self.network(int(self.channels), *self.input_size).to(self.device)
+    def _build_networks(self) -> None:
+        self.net_ = self.network(self.channels, *self.input_size).to(self.device)
 
-    def _augmentation(self):
+    def _networks(self) -> dict[str, nn.Module]:
+        return {"net": self.net_}
+
+    # -- training -------------------------------------------------------------------------------
+    @functools.cached_property
+    def augmentation(self):
         """Per-image random transform (torchvision v2) of a (C, H, W) tensor, or None."""
         from torchvision.transforms import InterpolationMode, v2
 
         if not self.augment:
             return None
         h, w = self.input_size
-        angle, shift = math.radians(float(self.rotation)), float(self.shift)
+        angle, shift = math.radians(self.rotation), self.shift
         steps = []
         if angle or shift:
             # Edge-replicating pad wide enough that every output pixel samples inside it, affine, crop back:
@@ -547,120 +532,53 @@ class ConvAutoencoder(Detector):
             steps += [
                 v2.Pad([pad_w, pad_h], padding_mode="edge"),
                 v2.RandomAffine(
-                    degrees=float(self.rotation),
+                    degrees=self.rotation,
                     translate=(shift * w / (w + 2 * pad_w), shift * h / (h + 2 * pad_h)),
                     interpolation=InterpolationMode.BILINEAR,
                 ),
                 v2.CenterCrop([h, w]),
             ]
-        low, high = (float(b) for b in self.brightness)
+        low, high = self.brightness
         if (low, high) != (1.0, 1.0):
             steps.append(v2.ColorJitter(brightness=(low, high)))
         return v2.Compose(steps) if steps else None
 
-    # -- fit ------------------------------------------------------------------------------------
-    def _fit(self, records: Sequence, progress: bool) -> None:
-        self.net_ = self._build()
-        seed, batch_size = int(self.seed), int(self.batch_size)
-        fit_records, val_records = split_records(records, float(self.validation_fraction), seed, stream=1)
-        images = _load_images(fit_records, self.image_size, self.channels, progress, f"{self.name} load")
-        val_images = (
-            _load_images(val_records, self.image_size, self.channels, progress, f"{self.name} load val")
-            if val_records
-            else None
-        )
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        augment = self.augmentation
+        return images if augment is None else torch.stack([augment(image) for image in images])
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         regularized = {id(p): factor for p, factor in self.net_.regularized}
         groups = [{"params": [p for p in self.net_.parameters() if id(p) not in regularized], "weight_decay": 0.0}]
         for factor in sorted(set(regularized.values())):
             # Keras' L2 regulariser adds factor·Σw² to the loss: gradient 2·factor·w = Adam's weight_decay.
             params = [p for p, f in self.net_.regularized if f == factor]
             groups.append({"params": params, "weight_decay": 2 * factor})
-        optimizer = torch.optim.Adam(groups, lr=float(self.lr), eps=1e-7)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimizer, mode="min", factor=float(self.lr_factor), patience=int(self.lr_patience)
-        )
-        augment = self._augmentation()
-        device = self.device
+        return {"adam": torch.optim.Adam(groups, lr=self.lr, eps=1e-7)}
 
-        def batches(epoch: int):
-            # Seeded by (seed, epoch) alone, so that a resumed run replays the same order.
-            order = torch.as_tensor(np.random.default_rng((seed, 0, epoch)).permutation(len(images)))
-            for start, stop in _batch_bounds(len(images), batch_size):
-                yield {"image": images[order[start:stop]]}
+    def _schedulers(self, optimizers: dict) -> dict:
+        return {"plateau": torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizers["adam"], mode="min", factor=self.lr_factor, patience=self.lr_patience
+        )}
 
-        def step(batch: dict) -> dict[str, float]:
-            x = batch["image"]
-            if augment is not None:
-                x = torch.stack([augment(image) for image in x])
-            x = x.to(device)
-            loss = reconstruction_loss(x, self.net_(x), self.loss)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return {"loss": loss.item()}
+    def _train_step(self, x: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        loss = reconstruction_loss(x, self.net_(x), self.loss)
+        optimizers["adam"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["adam"].step()
+        return {"loss": loss.item()}
 
-        def validate() -> float:
-            total = 0.0
-            for start, stop in _batch_bounds(len(val_images), batch_size):
-                x = val_images[start:stop].to(device)
-                total += reconstruction_loss(x, self.net_(x), self.loss).item() * len(x)
-            return total / len(val_images)
-
-        setup = TrainingSetup(
-            modules={"net": self.net_},
-            optimizers={"adam": optimizer},
-            step=step,
-            batches=batches,
-            validate=validate if val_images is not None else None,
-            schedulers={"plateau": scheduler},
-        )
-        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc=self.name)
-        self.best_epoch_, self.history_ = result.kept_epoch, result.history
+    def _validation_loss(self, x: torch.Tensor) -> float:
+        return reconstruction_loss(x, self.net_(x), self.loss).item() * len(x)
 
     # -- score ----------------------------------------------------------------------------------
-    def _batches(self, records: Sequence, progress: bool, what: str):
-        desc = f"{self.name} {what}" if progress else None
-        return iterate_batches(records, self.image_size, int(self.batch_size), channels=int(self.channels), desc=desc)
+    def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net_(x)
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        self.net_.eval()
-        scores, maps = [], []
-        with torch.inference_mode():
-            for batch in self._batches(records, progress, "score"):
-                x = batch["image"].to(self.device)
-                amap = residual_map(x, self.net_(x), self.residual_method).float()
-                maps.append(amap.cpu())
-                interior = _interior(amap, int(self.score_margin)).flatten(1)
-                scores.append((interior.amax(1) if self.image_score == "max" else interior.mean(1)).cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
-
-    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, reconstructions) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures."""
-        self._check_fitted()
-        self.net_.eval()
-        inputs, outputs = [], []
-        with torch.inference_mode():
-            for batch in self._batches(list(records), progress, "reconstruct"):
-                x = batch["image"].to(self.device)
-                inputs.append(x.cpu())
-                outputs.append(self.net_(x).float().cpu())
-        return torch.cat(inputs).numpy(), torch.cat(outputs).numpy()
-
-    def preprocessing(self) -> dict:
-        info = super().preprocessing()
-        info["channels"] = "grayscale (ITU-R 601-2 luma)" if int(self.channels) == 1 else "RGB"
-        return info
-
-    # -- persistence ----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = module_tensors({"net": self.net_})
-        tensors["best_epoch"] = torch.tensor(self.best_epoch_)
-        return tensors
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.net_ = self._build()
-        load_module_tensors({"net": self.net_}, tensors, self.device)
-        self.best_epoch_ = int(tensors["best_epoch"])
+    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = residual_map(images, self.net_(images), self.residual_method).float()
+        interior = _interior(amap, self.score_margin).flatten(1)
+        return (interior.amax(1) if self.image_score == "max" else interior.mean(1)), amap
 
 
 @register_detector

@@ -36,36 +36,22 @@ eval mode, so an image's score does not depend on the other images of its batch.
 Model selection: the seed keeps the last epoch, and so does this detector by default. With
 ``validation_fraction`` > 0 a seeded share of the fit images is held out, the mean Σ|x − G(E(x))| on it is
 recorded each epoch (``history_["val_loss"]``) and the epoch where it is lowest is kept (no anomalous
-image is used). ``checkpoint`` = a file saves the training state after every epoch and resumes from it.
-``history_`` has the per-epoch means of the D, G and E losses.
+image is used); ``kept_epoch_`` says which epoch the networks hold. ``checkpoint`` = a file saves the
+training state after every epoch and resumes from it. ``history_`` has the per-epoch means of the D, G
+and E losses. Batches are shuffled per (seed, epoch); a trailing batch of one image joins the previous
+one (BatchNorm needs two images; earlier versions dropped that image instead).
 """
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.data import split_records
-from anomalens.detector import Detector, register_detector
 from anomalens.errors import ConfigError
-from anomalens.models.components.dcgan import (
-    check_channels,
-    check_images,
-    check_positive,
-    epoch_batches,
-    gan_init,
-    load_images,
-    preprocessing_info,
-    reconstructions,
-    residual_map,
-    scored_batches,
-    square_side,
-)
-from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
+from anomalens.models.components.dcgan import GANDetector, gan_init, residual_map, square_side
+from anomalens.params import Float, Int, Size
+from anomalens.registry import register_detector
 
 LEAK = 0.1
 
@@ -145,117 +131,82 @@ class Encoder(nn.Module):
         return self.last(self.convs(x).flatten(1))
 
 
+def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
+    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
 @register_detector
-class EfficientGAN(Detector):
+class EfficientGAN(GANDetector):
     """BiGAN with an encoder: the latent code of a test image is E(x), no search as in AnoGAN."""
 
     name = "efficientgan"
-    localizes = True
-    score_is_map_max = False
-    defaults = {
-        "image_size": 28,  # the seed's MNIST
-        "channels": 1,  # 1 = grayscale (the seed), 3 = RGB
-        "batch_size": 64,
-        "epochs": 1500,  # the seed's run, on a folder of a few hundred 7/8 digits
-        "latent_dim": 50,  # z_dim
-        "n_features": 64,  # base conv width (the seed's 64); widths scale with it, FC widths do not
-        "lr_ge": 1e-4,  # generator and encoder
-        "lr_d": 2.5e-5,  # discriminator (1e-4 / 4)
-        "betas": (0.5, 0.999),
-        "feature_weight": 0.1,  # λ of the score
-        "validation_fraction": 0.0,  # > 0: hold out this share and keep the best validation epoch
-        "patience": None,
-        "checkpoint": None,
+    hyperparameters = {
+        "image_size": Size(28, "square side s0·2^n, n >= 2, s0 in 3..7 (the seed's MNIST: 28)"),
+        "epochs": Int(1500, "training epochs (the seed's run, on a folder of a few hundred 7/8 digits)", low=1),
+        "latent_dim": Int(50, "z_dim", low=1),
+        "n_features": Int(64, "base conv width (the seed's 64); conv widths scale with it, FC widths do not", low=1),
+        "lr_ge": Float(1e-4, "Adam learning rate of the generator and the encoder", low=0.0, low_open=True),
+        "lr_d": Float(2.5e-5, "Adam learning rate of the discriminator (1e-4 / 4)", low=0.0, low_open=True),
+        "feature_weight": Float(0.1, "λ of the score", low=0.0, high=1.0),
+        "validation_fraction": Float(0.0, "> 0: hold out this share of the fit images and keep the best "
+                                     "validation epoch; 0: keep the last epoch (the seed)", low=0.0, high=0.9),
+        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
     }
 
-    def __init__(self, **params) -> None:
-        super().__init__(**params)
-        self._check()  # refuse unusable sizes and settings when the detector is created
+    def _check_params(self) -> None:
+        stage_plan(square_side(self.name, self.input_size))
 
-    def _check(self) -> int:
-        side = square_side(self.name, self.input_size)
-        stage_plan(side)
-        check_channels(self.name, self.channels)
-        check_positive(self.name, epochs=self.epochs, latent_dim=self.latent_dim, n_features=self.n_features,
-                       batch_size=self.batch_size)
-        if not 0.0 <= float(self.feature_weight) <= 1.0:
-            raise ConfigError(f"{self.name}: feature_weight (λ) must be in [0, 1], got {self.feature_weight}")
-        return side
-
-    def _build(self) -> None:
-        side = self._check()
-        args = (side, int(self.latent_dim), int(self.channels), int(self.n_features))
+    def _build_networks(self) -> None:
+        args = (self.input_size[0], self.latent_dim, self.channels, self.n_features)
         # The seed initialises G, E, D in this order; BatchNorm weights N(0, 0.02) as its weights_init.
         self.generator_ = gan_init(Generator(*args), bn_weight_mean=0.0).to(self.device)
         self.encoder_ = gan_init(Encoder(*args), bn_weight_mean=0.0).to(self.device)
         self.discriminator_ = gan_init(Discriminator(*args), bn_weight_mean=0.0).to(self.device)
 
-    def _modules(self) -> dict[str, nn.Module]:
+    def _networks(self) -> dict[str, nn.Module]:
         return {"generator": self.generator_, "encoder": self.encoder_, "discriminator": self.discriminator_}
 
-    # -- fit ------------------------------------------------------------------------------------
-    def _fit(self, records: Sequence, progress: bool) -> None:
-        self._build()
-        seed, batch_size, device = int(self.seed), int(self.batch_size), self.device
-        fit_records, val_records = split_records(records, float(self.validation_fraction), seed, stream=1)
-        data = load_images(fit_records, self.image_size, self.channels, progress, "efficientgan load")
-        check_images(self.name, data)
-        val = load_images(val_records, self.image_size, self.channels, progress, "efficientgan load val") if val_records else None
+    # -- training (the seed's train_model) -------------------------------------------------------
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {
+            "generator": torch.optim.Adam(self.generator_.parameters(), lr=self.lr_ge, betas=self.betas),
+            "encoder": torch.optim.Adam(self.encoder_.parameters(), lr=self.lr_ge, betas=self.betas),
+            "discriminator": torch.optim.Adam(self.discriminator_.parameters(), lr=self.lr_d, betas=self.betas),
+        }
+
+    def _train_step(self, x: torch.Tensor, optimizers: dict) -> dict[str, float]:
         G, E, D = self.generator_, self.encoder_, self.discriminator_
-        betas = tuple(float(b) for b in self.betas)
-        opt_g = torch.optim.Adam(G.parameters(), lr=float(self.lr_ge), betas=betas)
-        opt_e = torch.optim.Adam(E.parameters(), lr=float(self.lr_ge), betas=betas)
-        opt_d = torch.optim.Adam(D.parameters(), lr=float(self.lr_d), betas=betas)
-        latent_dim = int(self.latent_dim)
+        opt_g, opt_e, opt_d = optimizers["generator"], optimizers["encoder"], optimizers["discriminator"]
+        n = len(x)
+        # 1. D: (x, E(x)) real, (G(z), z) fake.
+        with torch.no_grad():
+            z_real = E(x)
+            z = torch.randn(n, self.latent_dim, device=x.device)
+            fake = G(z)
+        d_real, _ = D(x, z_real)
+        d_fake, _ = D(fake, z)
+        d_loss = _bce(d_real, 1.0) + _bce(d_fake, 0.0)
+        opt_d.zero_grad(set_to_none=True)
+        d_loss.backward()
+        opt_d.step()
+        # 2. G: make (G(z), z) look real, with a fresh z.
+        z = torch.randn(n, self.latent_dim, device=x.device)
+        d_fake, _ = D(G(z), z)
+        g_loss = _bce(d_fake, 1.0)
+        opt_g.zero_grad(set_to_none=True)
+        g_loss.backward()
+        opt_g.step()
+        # 3. E: make (x, E(x)) look fake.
+        d_real, _ = D(x, E(x))
+        e_loss = _bce(d_real, 0.0)
+        opt_e.zero_grad(set_to_none=True)
+        e_loss.backward()
+        opt_e.step()
+        return {"d": d_loss.item(), "g": g_loss.item(), "e": e_loss.item()}
 
-        def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-            return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
-
-        def step(batch: dict) -> dict[str, float]:
-            x = batch["x"].to(device)
-            n = len(x)
-            # 1. D: (x, E(x)) real, (G(z), z) fake.
-            with torch.no_grad():
-                z_real = E(x)
-                z = torch.randn(n, latent_dim, device=device)
-                fake = G(z)
-            d_real, _ = D(x, z_real)
-            d_fake, _ = D(fake, z)
-            d_loss = bce(d_real, 1.0) + bce(d_fake, 0.0)
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-            # 2. G: make (G(z), z) look real, with a fresh z.
-            z = torch.randn(n, latent_dim, device=device)
-            d_fake, _ = D(G(z), z)
-            g_loss = bce(d_fake, 1.0)
-            opt_g.zero_grad(set_to_none=True)
-            g_loss.backward()
-            opt_g.step()
-            # 3. E: make (x, E(x)) look fake.
-            d_real, _ = D(x, E(x))
-            e_loss = bce(d_real, 0.0)
-            opt_e.zero_grad(set_to_none=True)
-            e_loss.backward()
-            opt_e.step()
-            return {"d": d_loss.item(), "g": g_loss.item(), "e": e_loss.item()}
-
-        def validate() -> float:
-            total = 0.0
-            for start in range(0, len(val), 256):
-                x = val[start : start + 256].to(device)
-                total += (x - G(E(x))).abs().flatten(1).sum(1).sum().item()
-            return total / len(val)
-
-        setup = TrainingSetup(
-            modules=self._modules(),
-            optimizers={"generator": opt_g, "encoder": opt_e, "discriminator": opt_d},
-            step=step,
-            batches=lambda epoch: epoch_batches(data, batch_size, seed, epoch),
-            validate=validate if val is not None else None,
-        )
-        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="efficientgan")
-        self.kept_epoch_, self.history_ = result.kept_epoch, result.history
+    def _validation_loss(self, x: torch.Tensor) -> float:
+        """Σ|x − G(E(x))| over the batch's pixels and images."""
+        return (x - self.generator_(self.encoder_(x))).abs().flatten(1).sum(1).sum().item()
 
     # -- score ----------------------------------------------------------------------------------
     def anomaly_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -264,40 +215,15 @@ class EfficientGAN(Detector):
         x_hat = self.generator_(z)
         _, f_real = self.discriminator_(x, z)
         _, f_fake = self.discriminator_(x_hat, z)
-        lam = float(self.feature_weight)
+        lam = self.feature_weight
         residual = (x - x_hat).abs().flatten(1).sum(1)
         feature = (f_real - f_fake).abs().sum(1)
         return (1 - lam) * residual + lam * feature, x_hat
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        for m in self._modules().values():
-            m.eval()
-        scores, maps = [], []
-        with torch.inference_mode():
-            for x in scored_batches(records, self.image_size, int(self.batch_size), self.channels, progress, "efficientgan score"):
-                x = x.to(self.device)
-                score, x_hat = self.anomaly_score(x)
-                scores.append(score.cpu())
-                maps.append(residual_map(x, x_hat).float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._to_network(images)
+        score, x_hat = self.anomaly_score(x)
+        return score, residual_map(x, x_hat)
 
-    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """(inputs, G(E(x))) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures."""
-        for m in self._modules().values():
-            m.eval()
-        return reconstructions(self, records, lambda x: self.generator_(self.encoder_(x)), progress,
-                               "efficientgan reconstruct")
-
-    def preprocessing(self) -> dict:
-        return preprocessing_info(super().preprocessing(), self.channels)
-
-    # -- persistence ----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = module_tensors(self._modules())
-        tensors["kept_epoch"] = torch.tensor(self.kept_epoch_)
-        return tensors
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._build()
-        load_module_tensors(self._modules(), tensors, self.device)
-        self.kept_epoch_ = int(tensors["kept_epoch"])
+    def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
+        return self.generator_(self.encoder_(x))

@@ -19,9 +19,11 @@ Training protocol: a seeded ``validation_fraction`` of the fit images is held ou
 loss of eq. 3 on it is the validation loss, and the student of the best epoch is kept (the authors hold out
 20 % and select on the mean anomaly map of those images, which is the same idea). ``patience`` = None
 trains all ``epochs`` as the paper does; set it to stop after that many epochs without improvement.
-``checkpoint`` = a file path saves the training state after each epoch and resumes from it.
-Training images are decoded once and kept in memory as float32 when they take at most ``PRELOAD_BYTES``
-(2 GiB: ≈ 2,700 images at 256 px); larger sets are decoded batch by batch each epoch.
+``checkpoint`` = a file path saves the training state after each epoch and resumes from it. The epoch
+whose student is kept is ``kept_epoch_``. Training images are decoded once and kept in memory as float32
+when they take at most 2 GiB (≈ 2,700 images at 256 px); larger sets are decoded batch by batch each
+epoch (``components.trained``, which also owns the seeded batching: a trailing batch of one image joins
+the previous one).
 
 Weight decay: the paper's 1e-4 is the default (anomalib uses 1e-3). It matters a lot on a short budget:
 measured at 10 epochs on the synthetic categories (120 images, 256 px, efficientnet_lite0), 1e-3 gives
@@ -36,20 +38,15 @@ implemented as printed (with its ½, as anomalib has it), summed over the batch.
 
 from __future__ import annotations
 
-from typing import Sequence
-
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_backbone_model, drop_unused_blocks
-from anomalens.data import TensorImageDataset, iterate_batches, split_records
-from anomalens.detector import Detector, register_detector
-from anomalens.errors import ConfigError
 from anomalens.models.components.maps import upsample_and_blur
-from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
-
-PRELOAD_BYTES = 2 * 1024**3
+from anomalens.models.components.trained import TrainedDetector
+from anomalens.params import Float, Int, Ints, Text
+from anomalens.registry import register_detector
 
 
 def _position_errors(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -78,57 +75,39 @@ def stpm_map(teacher: list[torch.Tensor], student: list[torch.Tensor], size: tup
     return amap
 
 
-class _Images:
-    """Training images by index: one preloaded tensor when small enough, else decoded per batch."""
-
-    def __init__(self, records: Sequence, image_size, progress: bool, desc: str):
-        self.dataset = TensorImageDataset(records, image_size)
-        h, w = self.dataset.image_size
-        self.tensor = None
-        if len(records) * 3 * h * w * 4 <= PRELOAD_BYTES:
-            batches = iterate_batches(records, image_size, 64, desc=desc if progress else None)
-            self.tensor = torch.cat([b["image"] for b in batches])
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def take(self, index: np.ndarray) -> torch.Tensor:
-        if self.tensor is not None:
-            return self.tensor[torch.as_tensor(index, dtype=torch.long)]
-        return torch.stack([self.dataset[int(i)]["image"] for i in index])
-
-
 @register_detector
-class STPM(Detector):
+class STPM(TrainedDetector):
     """Student trained to match a pretrained teacher's feature pyramid; anomalies where they disagree."""
 
     name = "stpm"
     score_is_map_max = True
-    defaults = {
-        "backbone": DEFAULT_BACKBONE,
-        "weights": None,  # teacher weights: None = bundled/timm pretrained; a file path
-        "layers": (1, 2, 3),
-        "epochs": 100,
-        "batch_size": 32,
-        "lr": 0.4,
-        "momentum": 0.9,
-        "weight_decay": 1e-4,
-        "validation_fraction": 0.1,  # >0: validation loss selects the best epoch (on the threshold hold-out
-        # when there is one, else on this share of the fit images); 0: keep the last epoch
-        "patience": None,  # epochs without validation improvement before stopping; None = never
-        "checkpoint": None,  # file to save training state to after each epoch and resume from
-        "blur_sigma": 0.0,  # Gaussian blur of the map in pixels; the paper uses none
+    holdout_validates = True  # the threshold hold-out is the validation set (see the module docstring)
+    hyperparameters = {
+        "backbone": Text(DEFAULT_BACKBONE, "teacher and student architecture: a bundled or timm backbone name"),
+        "weights": Text(None, "teacher weights: null = bundled/timm pretrained, or a file path", optional=True),
+        "layers": Ints((1, 2, 3), "backbone levels whose features are matched", low=0),
+        "epochs": Int(100, "training epochs (Sec. 4.1)", low=1),
+        "batch_size": Int(32, "images per training (and scoring) batch", low=1),
+        "lr": Float(0.4, "SGD learning rate", low=0.0, low_open=True),
+        "momentum": Float(0.9, "SGD momentum", low=0.0),
+        "weight_decay": Float(1e-4, "SGD weight decay (the paper's; anomalib uses 1e-3)", low=0.0),
+        "validation_fraction": Float(
+            0.1, "> 0: the validation loss selects the best epoch, on the threshold hold-out when there is one, "
+            "else on this share of the fit images; 0: keep the last epoch", low=0.0, high=0.9),
+        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        "blur_sigma": Float(0.0, "Gaussian blur of the map in pixels; the paper uses none", low=0.0),
     }
 
-    # -- modules --------------------------------------------------------------------------------
-    def _build(self) -> None:
-        if int(self.epochs) < 1:
-            raise ConfigError(f"stpm: epochs must be >= 1, got {self.epochs}")
+    # -- networks -------------------------------------------------------------------------------
+    def _build_networks(self) -> None:
         self.teacher_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
         # The student: same architecture and layers, random init (trained from scratch, Sec. 3.1).
         self.student_ = drop_unused_blocks(create_backbone_model(
-            self.backbone, weights="random", features_only=True, out_indices=tuple(int(i) for i in self.layers)
+            self.backbone, weights="random", features_only=True, out_indices=self.layers
         )).to(self.device)
+
+    def _networks(self) -> dict[str, nn.Module]:
+        return {"student": self.student_}  # the teacher stays as pretrained
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         images = images.to(self.device)
@@ -138,82 +117,29 @@ class STPM(Detector):
         student = self.student_(self.teacher_.normalise(images))
         return teacher, student
 
-    # -- fit ------------------------------------------------------------------------------------
-    def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The threshold hold-out doubles as the validation set (when ``validation_fraction`` > 0): the
-        student trains on every other image instead of losing a second 10 % to a separate split."""
-        if holdout is fit_records or float(self.validation_fraction) <= 0:
-            return super()._fit_and_score_holdout(fit_records, holdout, progress)
-        self._fit(fit_records, progress, val_records=holdout)
-        return self._score(holdout, progress)
-
-    def _fit(self, records: Sequence, progress: bool, val_records: Sequence | None = None) -> None:
-        self._build()
-        if val_records is None:
-            fit_records, val_records = split_records(records, float(self.validation_fraction), int(self.seed), stream=1)
-        else:
-            fit_records = list(records)
-        images = _Images(fit_records, self.image_size, progress, "stpm load")
-        val_images = _Images(val_records, self.image_size, progress, "stpm load val") if val_records else None
-        batch_size, seed = int(self.batch_size), int(self.seed)
-        optimizer = torch.optim.SGD(
+    # -- training (Sec. 3.1, eq. 3) -------------------------------------------------------------
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        return {"sgd": torch.optim.SGD(
             self.student_.parameters(), lr=self.lr, momentum=self.momentum, weight_decay=self.weight_decay
-        )
+        )}
 
-        def batches(epoch: int):
-            # Seeded by (seed, epoch) alone, so a resumed run replays exactly the same order.
-            order = np.random.default_rng((seed, 0, epoch)).permutation(len(images))
-            for start in range(0, len(order), batch_size):
-                yield {"image": images.take(order[start : start + batch_size])}
+    def _train_step(self, x: torch.Tensor, optimizers: dict) -> dict[str, float]:
+        loss = stpm_loss(*self._features(x))
+        optimizers["sgd"].zero_grad(set_to_none=True)
+        loss.backward()
+        optimizers["sgd"].step()
+        return {"loss": loss.item() / len(x)}  # per image, comparable with val_loss
 
-        def step(batch: dict) -> dict[str, float]:
-            loss = stpm_loss(*self._features(batch["image"]))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            return {"loss": loss.item() / len(batch["image"])}  # per image, comparable with val_loss
+    def _validation_loss(self, x: torch.Tensor) -> float:
+        return stpm_loss(*self._features(x)).item()
 
-        def validate() -> float:
-            total = 0.0
-            for start in range(0, len(val_images), batch_size):
-                chunk = val_images.take(np.arange(start, min(start + batch_size, len(val_images))))
-                total += stpm_loss(*self._features(chunk)).item()
-            return total / len(val_images)
-
-        setup = TrainingSetup(
-            modules={"student": self.student_},
-            optimizers={"sgd": optimizer},
-            step=step,
-            batches=batches,
-            validate=validate if val_images is not None else None,
-        )
-        result = train(setup, int(self.epochs), seed, self.patience, self.checkpoint, progress, desc="stpm")
-        self.best_epoch_, self.history_ = result.kept_epoch, result.history
-
-    # -- score ----------------------------------------------------------------------------------
+    # -- score (eq. 4-5) ------------------------------------------------------------------------
     def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] → (B, H, W) maps at the input size (eval mode, no grad)."""
         teacher, student = self._features(images)
         amap = stpm_map(teacher, student, tuple(images.shape[-2:]))
-        return upsample_and_blur(amap, tuple(images.shape[-2:]), float(self.blur_sigma)) if self.blur_sigma else amap
+        return upsample_and_blur(amap, tuple(images.shape[-2:]), self.blur_sigma) if self.blur_sigma else amap
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        self.student_.eval()
-        scores, maps = [], []
-        with torch.inference_mode():
-            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="stpm score" if progress else None):
-                amap = self.anomaly_maps(batch["image"])
-                maps.append(amap.float().cpu())
-                scores.append(amap.flatten(1).max(1).values.cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
-
-    # -- persistence ----------------------------------------------------------------------------
-    def _state_tensors(self) -> dict[str, torch.Tensor]:
-        tensors = module_tensors({"student": self.student_})
-        tensors["best_epoch"] = torch.tensor(self.best_epoch_)
-        return tensors
-
-    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self._build()
-        load_module_tensors({"student": self.student_}, tensors, self.device)
-        self.best_epoch_ = int(tensors["best_epoch"])
+    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = self.anomaly_maps(images)
+        return amap.flatten(1).max(1).values, amap

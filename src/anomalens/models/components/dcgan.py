@@ -8,24 +8,24 @@
   generator / discriminator.
 - ``gan_init``: weights N(0, 0.02) for (transposed) convolutions, BatchNorm weights N(1, 0.02) (DCGAN,
   GANomaly) or N(0, 0.02) (the seed's EfficientGAN code), all biases 0.
-- Image helpers: images are preloaded as tensors in [-1, 1] (the references' Normalize(0.5, 0.5), the
-  range of the Tanh outputs); ``residual_map`` gives |x − x̂| back in the [0, 1] scale of the input
-  images, averaged over channels.
-- ``epoch_batches``: seeded shuffling per (seed, epoch), so that a resumed run replays the same order;
-  a trailing batch of one image is dropped (BatchNorm needs two, as the seed's loop notes).
-- ``module_tensors`` / ``load_module_tensors``: the safetensors state of several networks.
+- ``residual_map``: |x − x̂| of images in the networks' [-1, 1] scale (the references' Normalize(0.5, 0.5),
+  the range of the Tanh outputs), given back in the [0, 1] scale of the input images, channel mean.
+- ``square_side`` / ``check_dcgan_size``: the input sizes the networks accept.
+- ``GANDetector``: what the three detectors share on top of the trained-detector base — images in
+  [-1, 1], at least two training images (BatchNorm), ``reconstruct``, and the channels, batch size and
+  Adam betas of DCGAN's settings.
+
+Loading, scaling to [-1, 1], batching and saving are the trained-detector base's (``components.trained``).
 """
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
-
-import numpy as np
 import torch
 from torch import nn
 
-from anomalens.data import iterate_batches
 from anomalens.errors import ConfigError
+from anomalens.models.components.trained import TrainedDetector
+from anomalens.params import Choice, Floats, Int
 
 INIT_STD = 0.02
 
@@ -47,18 +47,6 @@ def check_dcgan_size(name: str, input_size: tuple[int, int]) -> int:
             f"encoder/decoder, got {side}"
         )
     return side
-
-
-def check_channels(name: str, channels: object) -> int:
-    if channels not in (1, 3):
-        raise ConfigError(f"{name}: channels must be 1 (grayscale) or 3 (RGB), got {channels!r}")
-    return int(channels)
-
-
-def check_positive(name: str, **values: object) -> None:
-    for key, value in values.items():
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-            raise ConfigError(f"{name}: {key} must be an integer >= 1, got {value!r}")
 
 
 # ------------------------------------------------------------------------------------------ networks
@@ -129,60 +117,23 @@ def gan_init(module: nn.Module, bn_weight_mean: float = 1.0) -> nn.Module:
     return module
 
 
+# ------------------------------------------------------------------------------------------ detectors
+class GANDetector(TrainedDetector):
+    """Base of the GAN detectors: networks see images in [-1, 1]; maps are ``residual_map``s."""
+
+    localizes = True
+    reconstructs = True
+    score_is_map_max = False
+    network_range = "[-1, 1]"
+    min_training_images = 2  # BatchNorm
+    hyperparameters = {
+        "channels": Choice(1, (1, 3), "1 = grayscale (the seeds' runs), 3 = RGB"),
+        "batch_size": Int(64, "images per training (and scoring) batch (DCGAN's 64)", low=1),
+        "betas": Floats((0.5, 0.999), "Adam betas (DCGAN's)", low=0.0, high=1.0, length=2),
+    }
+
+
 # ------------------------------------------------------------------------------------------ images
-def load_images(records: Sequence, image_size, channels: int, progress: bool, desc: str) -> torch.Tensor:
-    """All records as one (N, C, H, W) float32 tensor in [-1, 1] (GAN training sets fit in memory)."""
-    batches = iterate_batches(records, image_size, 256, channels=channels, desc=desc if progress else None)
-    return torch.cat([b["image"] for b in batches]) * 2 - 1
-
-
-def scored_batches(records: Sequence, image_size, batch_size: int, channels: int, progress: bool, desc: str) -> Iterator[torch.Tensor]:
-    """Batches of the records in order, as tensors in [-1, 1]."""
-    for batch in iterate_batches(records, image_size, batch_size, channels=channels, desc=desc if progress else None):
-        yield batch["image"] * 2 - 1
-
-
-def reconstructions(
-    detector, records: Sequence, generate, progress: bool, desc: str
-) -> tuple[np.ndarray, np.ndarray]:
-    """(inputs, generate(inputs)) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures.
-
-    ``generate`` maps a batch in [-1, 1] to the generator's reconstruction in [-1, 1].
-    """
-    detector._check_fitted()
-    inputs, outputs = [], []
-    with torch.inference_mode():
-        for x in scored_batches(records, detector.image_size, int(detector.batch_size), detector.channels, progress, desc):
-            x = x.to(detector.device)
-            inputs.append(((x + 1) / 2).float().cpu())
-            outputs.append(((generate(x).clamp(-1, 1) + 1) / 2).float().cpu())
-    return torch.cat(inputs).numpy(), torch.cat(outputs).numpy()
-
-
-def preprocessing_info(info: dict, channels: int) -> dict:
-    """The base preprocessing plus what the GAN networks see (for ``Detector.preprocessing``)."""
-    info["channels"] = "grayscale (ITU-R 601-2 luma)" if int(channels) == 1 else "RGB"
-    info["network_input"] = "[-1, 1] (2x - 1)"
-    return info
-
-
 def residual_map(x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) images in [-1, 1] → (B, H, W) |x − x̂| in the [0, 1] image scale, channel mean."""
     return ((x - x_hat).abs() / 2).mean(1)
-
-
-def epoch_batches(data: torch.Tensor, batch_size: int, seed: int, epoch: int) -> Iterator[dict]:
-    """Seeded shuffled batches of ``data`` for one epoch; a last batch of one image is dropped."""
-    order = torch.as_tensor(np.random.default_rng((seed, 0, epoch)).permutation(len(data)))
-    for start in range(0, len(order), batch_size):
-        index = order[start : start + batch_size]
-        if len(index) >= 2:
-            yield {"x": data[index]}
-
-
-def check_images(name: str, data: torch.Tensor) -> None:
-    if len(data) < 2:
-        raise ValueError(f"{name}: needs at least 2 training images (BatchNorm), got {len(data)}")
-
-
-# ------------------------------------------------------------------------------------------ state

@@ -20,7 +20,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
-from anomalens.detector import iterate_progress
+from anomalens.progress import iterate_progress
 from anomalens.errors import ModelFileError
 
 Step = Callable[[dict], Mapping[str, float]]

@@ -1,0 +1,288 @@
+"""The base of every detector that trains networks: STPM, the MLP and convolutional autoencoders, the GANs.
+
+``TrainedDetector`` owns everything the trained detectors share around the loop of ``training.train``,
+so that a model file keeps only its networks, its optimisation step (the losses) and its score:
+
+- validation split: a seeded ``validation_fraction`` of the fit images (``split_records(..., stream=1)``,
+  a draw independent of the threshold hold-out) whose loss, after every epoch, chooses the kept epoch,
+  drives early stopping (``patience``) and reduce-on-plateau schedules. With ``holdout_validates`` the
+  threshold hold-out doubles as the validation set instead (STPM: no second share of images is lost).
+  Detectors without a ``validation_fraction`` parameter train without validation (AnoGAN).
+- preloading (``TrainingImages``): the training images are decoded once into one float32 tensor when it
+  takes at most ``PRELOAD_BYTES`` (2 GiB: ≈ 2,700 RGB images at 256 px), else decoded batch by batch
+  every epoch; both give the same tensors.
+- batching: the order of epoch e is ``np.random.default_rng((seed, 0, e)).permutation(n)`` — the seed
+  and the epoch alone, so that a resumed run replays it — cut into batches of ``batch_size``; a trailing
+  batch of one image joins the previous one (``batch_slices``): every image is used and BatchNorm never
+  sees a batch of one. Validation images go through the same slices, in order.
+  (Before this base the GANs dropped that one image and STPM / MLP-AE trained on it as a batch of its
+  own; their training differs from earlier versions only when the number of training images is one more
+  than a multiple of ``batch_size``. The CAEs already merged it.)
+- input scaling: images come in [0, 1]; ``network_range = "[-1, 1]"`` gives the networks 2x − 1 (the
+  GANs' Normalize(0.5, 0.5), the range of a Tanh output) and maps their output back for ``reconstruct``;
+  ``_augment`` changes training images before that (CAE).
+- bookkeeping: ``history_`` (per-epoch curves of ``train``) and ``kept_epoch_``, the 0-based epoch whose
+  weights the networks hold (the best validation epoch when it was restored, else the last one).
+- saved tensors: every network (``module_tensors``), ``kept_epoch`` and a model's extras; runs saved
+  before this base that call it ``best_epoch`` (STPM, the CAEs) still load.
+- ``reconstruct()`` for the detectors that set ``reconstructs = True``.
+
+What a subclass writes:
+    _build_networks()          create its networks (``fit`` has seeded torch) as attributes
+    _networks()                {name: module}: what trains, is checkpointed, saved and restored
+    _optimizers()              {name: optimiser}; ``_schedulers(optimizers)`` optionally
+    _train_step(x, optimizers) one optimisation step on a training batch → {loss name: float}
+    _validation_loss(x)        the validation loss of a batch, summed over its images (if it validates)
+    _score_batch(images)       (scores (B,), maps (B, H, W)) of a batch of images in [0, 1]
+    _reconstruct_batch(x)      the networks' rebuild of x, in the network's scale (if it reconstructs)
+where ``x`` is a batch as the networks see it (scaled, on the device).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, ClassVar, ContextManager, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from anomalens.data import TensorImageDataset, iterate_batches, split_records
+from anomalens.detector import Detector
+from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
+from anomalens.params import Int, Text
+
+PRELOAD_BYTES = 2 * 1024**3
+
+
+def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """Consecutive (start, stop) slices of ``batch_size``; a trailing slice of one item joins the previous
+    one (when ``n mod batch_size == 1``; with ``batch_size`` 1 every slice has one item, as asked)."""
+    starts = list(range(0, n, batch_size))
+    if batch_size > 1 and len(starts) > 1 and n - starts[-1] == 1:
+        starts.pop()
+    return [(start, starts[i + 1] if i + 1 < len(starts) else n) for i, start in enumerate(starts)]
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
+    """The shuffled order of ``n`` training images in ``epoch``: fixed by (seed, epoch) alone."""
+    return np.random.default_rng((seed, 0, epoch)).permutation(n)
+
+
+class TrainingImages:
+    """Images by index, in [0, 1]: one preloaded float32 tensor when it fits ``PRELOAD_BYTES``, else
+    decoded on each ``take``."""
+
+    def __init__(self, records: Sequence, image_size, channels: int, progress: bool = False, desc: str = ""):
+        self.dataset = TensorImageDataset(records, image_size, channels)
+        h, w = self.dataset.image_size
+        self.tensor: torch.Tensor | None = None
+        if len(self.dataset) and len(self.dataset) * channels * h * w * 4 <= PRELOAD_BYTES:
+            batches = iterate_batches(self.dataset.records, image_size, 64, channels=channels, desc=desc if progress else None)
+            self.tensor = torch.cat([b["image"] for b in batches])
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def take(self, index: np.ndarray) -> torch.Tensor:
+        """(len(index), C, H, W) float32 images in [0, 1]."""
+        if self.tensor is not None:
+            return self.tensor[torch.as_tensor(index, dtype=torch.long)]
+        return torch.stack([self.dataset[int(i)]["image"] for i in index])
+
+
+class TrainedDetector(Detector):
+    """A detector whose networks are trained on the normal images (see the module docstring).
+
+    Class attributes:
+        network_range: "[0, 1]" or "[-1, 1]", the scale the networks see images in.
+        holdout_validates: the threshold hold-out doubles as the validation set (when
+            ``validation_fraction`` > 0 and something is held out).
+        min_training_images: fewer training images than this raise ValueError (2 where BatchNorm needs
+            two images in every batch).
+    Optional hyper-parameters read here when a subclass declares them: ``validation_fraction`` (0 when
+    absent: no validation), ``patience`` (None), ``restore_best`` (True: keep the best validation epoch).
+    """
+
+    network_range: ClassVar[str] = "[0, 1]"
+    holdout_validates: ClassVar[bool] = False
+    min_training_images: ClassVar[int] = 1
+    hyperparameters = {
+        "epochs": Int(100, "training epochs (an upper bound when patience stops training early)", low=1),
+        "checkpoint": Text(None, "file to save the training state to after every epoch and resume from", optional=True),
+    }
+
+    # -- what subclasses implement ----------------------------------------------------------------
+    def _build_networks(self) -> None:
+        raise NotImplementedError
+
+    def _networks(self) -> dict[str, nn.Module]:
+        raise NotImplementedError
+
+    def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
+        raise NotImplementedError
+
+    def _schedulers(self, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, Any]:
+        """Learning-rate schedulers (a ReduceLROnPlateau is stepped with the validation loss)."""
+        return {}
+
+    def _train_step(self, x: torch.Tensor, optimizers: dict[str, torch.optim.Optimizer]) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _validation_loss(self, x: torch.Tensor) -> float:
+        """The validation loss of a batch, summed over its images (networks in eval mode, no grad)."""
+        raise NotImplementedError(f"{self.name} defines no validation loss")
+
+    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Training images (B, C, H, W) in [0, 1], on the CPU, before scaling: none by default."""
+        return images
+
+    def _training_finished(self, steps_per_epoch: int) -> None:
+        """Called after training, with ``history_`` and ``kept_epoch_`` set."""
+
+    def _extra_tensors(self) -> dict[str, torch.Tensor]:
+        """Fitted tensors besides the networks and the kept epoch, to save."""
+        return {}
+
+    def _load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore what ``_extra_tensors`` saved."""
+
+    # -- settings ---------------------------------------------------------------------------------
+    def setting(self, key: str) -> Any:
+        """A hyper-parameter as training and scoring use it (a subclass may resolve defaults of None)."""
+        return self.params[key]
+
+    @property
+    def image_channels(self) -> int:
+        """Channels the images are decoded to: the ``channels`` parameter where declared, else RGB."""
+        return self.params.get("channels", 3)
+
+    def _to_network(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] → the network's input scale."""
+        return images * 2 - 1 if self.network_range == "[-1, 1]" else images
+
+    def _from_network(self, values: torch.Tensor) -> torch.Tensor:
+        """Network outputs → the [0, 1] image scale (not clamped)."""
+        return (values + 1) / 2 if self.network_range == "[-1, 1]" else values
+
+    # -- fit --------------------------------------------------------------------------------------
+    def validation_split(self, records: Sequence) -> tuple[list, list]:
+        """(trained on, validation): the seeded ``validation_fraction`` of ``records`` (stream 1)."""
+        return split_records(list(records), self.params.get("validation_fraction", 0.0), self.params["seed"], stream=1)
+
+    def _fit(self, records: Sequence, progress: bool) -> None:
+        self._train(*self.validation_split(records), progress)
+
+    def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.holdout_validates and holdout is not fit_records and self.params.get("validation_fraction", 0.0) > 0:
+            self._train(fit_records, holdout, progress)
+            return self._score(holdout, progress)
+        return super()._fit_and_score_holdout(fit_records, holdout, progress)
+
+    def _train(self, fit_records: Sequence, val_records: Sequence, progress: bool) -> None:
+        """Build the networks and train them on ``fit_records``, validating on ``val_records`` (if any)."""
+        self._build_networks()
+        channels = self.image_channels
+        images = TrainingImages(fit_records, self.image_size, channels, progress, f"{self.name} load")
+        if len(images) < self.min_training_images:
+            raise ValueError(f"{self.name}: needs at least {self.min_training_images} training images, got {len(images)}")
+        val_images = TrainingImages(val_records, self.image_size, channels, progress, f"{self.name} load val") if val_records else None
+        optimizers = self._optimizers()
+        setup = TrainingSetup(
+            modules=self._networks(),
+            optimizers=optimizers,
+            step=lambda batch: self._train_step(self._network_batch(self._augment(batch["x"])), optimizers),
+            batches=lambda epoch: self._epoch_batches(images, epoch),
+            validate=None if val_images is None else lambda: self._mean_validation_loss(val_images),
+            schedulers=self._schedulers(optimizers),
+        )
+        result = train(
+            setup, self.setting("epochs"), self.params["seed"], self.params.get("patience"), self.params["checkpoint"],
+            progress, desc=self.name, restore_best=self.params.get("restore_best", True),
+        )
+        self.history_, self.kept_epoch_ = result.history, result.kept_epoch
+        self._training_finished(len(batch_slices(len(images), self.setting("batch_size"))))
+
+    def _epoch_batches(self, images: TrainingImages, epoch: int) -> Iterator[dict]:
+        order = epoch_order(len(images), self.params["seed"], epoch)
+        for start, stop in batch_slices(len(images), self.setting("batch_size")):
+            yield {"x": images.take(order[start:stop])}
+
+    def _network_batch(self, images: torch.Tensor) -> torch.Tensor:
+        return self._to_network(images.to(self.device))
+
+    def _mean_validation_loss(self, images: TrainingImages) -> float:
+        total = 0.0
+        for start, stop in batch_slices(len(images), self.setting("batch_size")):
+            total += self._validation_loss(self._network_batch(images.take(np.arange(start, stop))))
+        return total / len(images)
+
+    # -- score and reconstruct ----------------------------------------------------------------------
+    def _inference(self) -> ContextManager:
+        """The context networks are evaluated in (AnoGAN's latent search needs gradients)."""
+        return torch.inference_mode()
+
+    @contextlib.contextmanager
+    def _evaluating(self) -> Iterator[None]:
+        for module in self._networks().values():
+            module.eval()
+        with self._inference():
+            yield
+
+    def _image_batches(self, records: Sequence, progress: bool, what: str) -> Iterator[torch.Tensor]:
+        """Batches of ``records`` in order, as (B, C, H, W) images in [0, 1] on the device."""
+        desc = f"{self.name} {what}" if progress else None
+        for batch in iterate_batches(records, self.image_size, self.setting("batch_size"), channels=self.image_channels, desc=desc):
+            yield batch["image"].to(self.device)
+
+    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        scores, maps = [], []
+        with self._evaluating():
+            for images in self._image_batches(records, progress, "score"):
+                score, amap = self._score_batch(images)
+                scores.append(score.cpu())
+                maps.append(amap.float().cpu())
+        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
+
+    def _rebuild(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] → the networks' reconstructions in the [0, 1] scale (not clamped)."""
+        return self._from_network(self._reconstruct_batch(self._to_network(images)))
+
+    def reconstruct(self, records: Sequence, progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(inputs, reconstructions) as float32 (N, C, H, W) arrays in [0, 1], for inspection figures."""
+        if not self.reconstructs:
+            return super().reconstruct(records, progress)
+        self._check_fitted()
+        inputs, outputs = [], []
+        with self._evaluating():
+            for images in self._image_batches(list(records), progress, "reconstruct"):
+                inputs.append(images.float().cpu())
+                outputs.append(self._rebuild(images).clamp(0, 1).float().cpu())
+        return torch.cat(inputs).numpy(), torch.cat(outputs).numpy()
+
+    def preprocessing(self) -> dict:
+        info = super().preprocessing()
+        info["channels"] = "grayscale (ITU-R 601-2 luma)" if self.image_channels == 1 else "RGB"
+        info["network_input"] = "[-1, 1] (2x - 1)" if self.network_range == "[-1, 1]" else "[0, 1]"
+        return info
+
+    # -- persistence --------------------------------------------------------------------------------
+    def _state_tensors(self) -> dict[str, torch.Tensor]:
+        tensors = module_tensors(self._networks())
+        if self.kept_epoch_ is not None:
+            tensors["kept_epoch"] = torch.tensor(self.kept_epoch_)
+        return {**tensors, **self._extra_tensors()}
+
+    def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        self._build_networks()
+        load_module_tensors(self._networks(), tensors, self.device)
+        # "best_epoch": the name STPM and the CAEs saved it under; AnoGAN runs saved before had neither.
+        epoch = tensors.get("kept_epoch", tensors.get("best_epoch"))
+        self.kept_epoch_ = None if epoch is None else int(epoch)
+        self._load_extra_tensors(tensors)
