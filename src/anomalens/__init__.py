@@ -13,7 +13,7 @@ from anomalens.version import __version__
 from anomalens.allocator import keep_freed_memory
 from anomalens.decision import DecisionRule
 from anomalens.detector import DetectionResult, Detector
-from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError, NotFittedError
+from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError, NotFittedError, NumericalError
 from anomalens.registry import register_detector
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "Detector",
     "ModelFileError",
     "NotFittedError",
+    "NumericalError",
     "create_detector",
     "describe_detector",
     "list_detectors",

@@ -69,7 +69,7 @@ def load_detector(directory: str | Path, device: str | None = None) -> Detector:
     except ValueError as exc:
         raise ModelFileError(f"{config_path}: invalid decision rule ({exc})") from None
     history = config.get("history") or {}
-    tensors = read_weights(directory)
+    tensors = read_weights(directory, config)
     try:
         detector.load_fitted_state(tensors, decision, history)
     except ConfigError as exc:  # e.g. an optional dependency this model needs is not installed

@@ -37,7 +37,7 @@ import torch
 from anomalens.data.records import split_records
 from anomalens.decision import DecisionRule
 from anomalens.devices import check_device_name, resolve_device
-from anomalens.errors import ConfigError, NotFittedError
+from anomalens.errors import ConfigError, NotFittedError, NumericalError
 from anomalens.params import Float, Int, Param, Size, Text, check_params
 from anomalens.persistence import write_decision, write_run_files
 from anomalens.thresholds import area_threshold_search, f1_threshold
@@ -222,7 +222,18 @@ class Detector(ABC):
         records = list(records)
         if not records:
             return np.zeros(0, np.float32), None
-        return self._score(records, progress)
+        scores, maps = self._score(records, progress)
+        broken = ~np.isfinite(scores)
+        if maps is not None:
+            broken |= ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+        if broken.any():
+            first = records[int(np.argmax(broken))]
+            raise NumericalError(
+                f"{self.name}: NaN or infinite anomaly scores or maps for {int(broken.sum())} of {len(records)} "
+                f"images (first: {getattr(first, 'name', first)}); the fitted model is numerically broken — refit "
+                "(check the parameters and the training images)"
+            )
+        return scores, maps
 
     def predict(self, records: Sequence, progress: bool = True) -> DetectionResult:
         """Scores, labels, maps and predicted masks for each image, under the current decision rule."""
@@ -351,7 +362,12 @@ class Detector(ABC):
         write_decision(directory, self._fitted_decision().to_dict())
 
     def load_fitted_state(self, tensors: dict[str, torch.Tensor], decision: DecisionRule, history: dict) -> "Detector":
-        """Restore what ``save`` wrote (used by ``anomalens.catalog.load_detector``). Returns self."""
+        """Restore what ``save`` wrote (used by ``anomalens.catalog.load_detector``). Returns self.
+
+        Torch is seeded as ``fit`` seeds it, so that anything rebuilt rather than saved (a backbone with
+        ``weights="random"``) is drawn exactly as it was when the detector was fitted.
+        """
+        torch.manual_seed(self.params["seed"])
         self._load_state_tensors(tensors)
         self.decision_ = decision
         self.history_ = history

@@ -19,3 +19,7 @@ class ConfigError(AnomalensError, ValueError):
 
 class NotFittedError(AnomalensError, RuntimeError):
     """A detector used (scored, saved, calibrated) before ``fit``."""
+
+
+class NumericalError(AnomalensError, ArithmeticError):
+    """A model that gives NaN or infinite scores: its weights or parameters are broken."""

@@ -2,7 +2,13 @@
 ``weights.safetensors`` (tensors). No pickle anywhere: reading a run never executes code from it.
 
 Both files are written to temporary names and renamed into place, the JSON last, so a run folder is
-either complete or has no ``detector.json`` at all. This module knows no detector class: turning the
+either complete or has no ``detector.json`` at all.
+
+The two files vouch for each other: the JSON holds the SHA-256 of the weights file, and the weights file's
+safetensors metadata holds the detector name and the parameters it was fitted with. Loading refuses a
+weights file that is not the one saved with the JSON, parameters in the JSON that differ from those the
+weights were fitted with (except ``INFERENCE_PARAMS``, which only say how to run: device, batch size),
+and weights with a NaN or infinite value. This module knows no detector class: turning the
 files into a detector is ``anomalens.catalog.load_detector``.
 
 Format versions: 2 stores the decision rule as one object (``"decision"``); version 1 (anomalens ≤ 0.1.0
@@ -11,6 +17,7 @@ before the decision rule existed) stored its fields as loose keys and is still r
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -26,6 +33,8 @@ FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
+# Parameters that change how a fitted model runs, not what it is: may differ between the two files.
+INFERENCE_PARAMS = ("device", "batch_size")
 
 
 def _json_default(value: Any) -> Any:
@@ -49,10 +58,26 @@ def write_run_files(directory: str | Path, config: dict[str, Any], tensors: dict
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
-    save_file(tensors, str(tmp_weights))
+    metadata = {"detector": str(config["detector"]), "params": _params_json(config["params"])}
+    save_file(tensors, str(tmp_weights), metadata=metadata)
+    digest = file_sha256(tmp_weights)
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
-    _write_json_atomically(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config})
+    _write_json_atomically(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config, "weights_sha256": digest})
     return directory
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _params_json(params: dict[str, Any]) -> str:
+    """The fitted-model parameters as canonical JSON (inference-only ones left out)."""
+    kept = {k: v for k, v in params.items() if k not in INFERENCE_PARAMS}
+    return json.dumps(kept, sort_keys=True, default=_json_default)
 
 
 def write_decision(directory: str | Path, decision: dict[str, Any]) -> None:
@@ -86,17 +111,50 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     return config
 
 
-def read_weights(directory: str | Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of a run folder, checked against its ``config`` (see the module docstring)."""
+    from safetensors import SafetensorError, safe_open
 
     weights_path = Path(directory) / WEIGHTS_FILE
+    config_path = Path(directory) / CONFIG_FILE
+    expected = config.get("weights_sha256")
     try:
-        return load_file(str(weights_path))
+        if expected is not None and file_sha256(weights_path) != expected:
+            raise ModelFileError(
+                f"{weights_path}: not the weights saved with {config_path} (SHA-256 differs); the run folder was "
+                "changed after it was written — refit, or restore both files together"
+            )
+        with safe_open(str(weights_path), framework="pt") as fh:
+            metadata = fh.metadata() or {}
+            tensors = {key: fh.get_tensor(key) for key in fh.keys()}
     except FileNotFoundError:
         raise ModelFileError(f"{weights_path}: not found") from None
+    except PermissionError:
+        raise ModelFileError(f"{weights_path}: permission denied (cannot read the weights)") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: corrupt or unreadable weights ({exc})") from None
+    if "params" in metadata:  # files written before the metadata existed carry none
+        _check_same_params(config_path, config, metadata)
+    for key, tensor in tensors.items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise ModelFileError(f"{weights_path}: tensor '{key}' holds NaN or infinite values; the file is damaged — refit")
+    return tensors
+
+
+def _check_same_params(config_path: Path, config: dict[str, Any], metadata: dict[str, str]) -> None:
+    if metadata.get("detector") != config.get("detector"):
+        raise ModelFileError(
+            f"{config_path}: says detector '{config.get('detector')}' but the weights are a '{metadata.get('detector')}' model"
+        )
+    fitted = json.loads(metadata["params"])
+    now = json.loads(_params_json(config.get("params") or {}))
+    changed = sorted(k for k in set(fitted) | set(now) if fitted.get(k) != now.get(k))
+    if changed:
+        first = changed[0]
+        raise ModelFileError(
+            f"{config_path}: parameter(s) {', '.join(changed)} differ from those the weights were fitted with "
+            f"({first}: {now.get(first)!r} here, {fitted.get(first)!r} when fitted); refit to change them"
+        )
 
 
 _V1_DECISION_KEYS = ("threshold", "pixel_threshold", "threshold_source", "map_reference", "min_area", "area_clear_border")
