@@ -93,14 +93,16 @@ def test_defect_region_is_where_the_map_peaks(fitted, test_records):
 
 
 def test_saved_bank_must_match_the_backbone(fitted, tmp_path):
-    from safetensors.torch import load_file, save_file
-
     from anomalens import ModelFileError, load_detector
 
+    from tests.test_tampered_runs import _rewrite_weights
+
     fitted.save(tmp_path / "run")
-    tensors = load_file(str(tmp_path / "run" / "weights.safetensors"))
-    tensors["memory_bank"] = tensors["memory_bank"][:, :100].contiguous()
-    save_file(tensors, str(tmp_path / "run" / "weights.safetensors"))
+
+    def cut(tensors):
+        tensors["memory_bank"] = tensors["memory_bank"][:, :100].contiguous()
+
+    _rewrite_weights(tmp_path / "run", cut)  # a deliberate edit: the hash and the metadata kept in step
     with pytest.raises(ModelFileError, match="memory bank"):
         load_detector(tmp_path / "run")
 

@@ -7,8 +7,10 @@ half-written is left behind (see ``anomalens.workflow``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -41,7 +43,16 @@ def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
     keys = ["image_auroc", "pixel_auroc", "aupro", "threshold", "tpr", "tnr", "balanced_accuracy", "images_per_second"]
-    parts = [f"{k}={metrics[k]:.4g}" if isinstance(metrics.get(k), float) else f"{k}={metrics[k]}" for k in keys if k in metrics]
+    undefined = metrics.get("undefined") or {}
+    parts = []
+    for k in keys:
+        value = metrics.get(k, "absent")
+        if value == "absent":
+            continue
+        if value is None or (isinstance(value, float) and value != value):  # NaN: undefined on this test set
+            parts.append(f"{k}=undefined ({undefined.get(k, 'not computable on this test set')})")
+        else:
+            parts.append(f"{k}={value:.4g}" if isinstance(value, float) else f"{k}={value}")
     print("  ".join(parts))
 
 
@@ -107,6 +118,32 @@ def cmd_params(args: argparse.Namespace) -> None:
         print("  " + "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
 
 
+def cmd_export(args: argparse.Namespace) -> None:
+    from anomalens.export import export_run
+
+    out = export_run(args.run, args.output, format=args.format, overwrite=args.overwrite)
+    files = sorted(p.name for p in out.iterdir())
+    print(f"exported {args.run} as {args.format} → {out} ({', '.join(files)})")
+
+
+def cmd_verify_export(args: argparse.Namespace) -> None:
+    from anomalens.export import ExportMismatchError, verify_export
+
+    r = verify_export(args.export, args.images, run_dir=args.run, runtime=args.runtime, tolerance=args.tolerance)
+    print(f"{r['detector']} on {r['n_images']} images, {r['runtime']} vs torch:")
+    print(f"  scores: max |diff| {r['scores_abs']:.3g}, max relative {r['scores_rel']:.3g}")
+    if r["maps_abs"] or r["maps_rel"]:
+        print(f"  maps:   max |diff| {r['maps_abs']:.3g}, max relative {r['maps_rel']:.3g} (to each map's largest value)")
+    for flip in r["flips"]:
+        print(f"  label flips: {flip['image']}: torch {flip['torch_label']} (score {flip['torch_score']:.6g}), "
+              f"export {flip['export_label']} (score {flip['export_score']:.6g})")
+    if not r["ok"]:
+        raise ExportMismatchError(
+            f"the export disagrees with the torch model: {len(r['flips'])} label(s) flipped, largest relative "
+            f"difference {max(r['scores_rel'], r['maps_rel']):.3g} (tolerance {r['tolerance']:g})")
+    print(f"  OK: within the tolerance {r['tolerance']:g}, no label flipped")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomalens", description="Visual anomaly detection from normal images.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
@@ -170,10 +207,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", nargs="?", help="a detector name: print its hyper-parameters, defaults and meanings")
     p.set_defaults(func=cmd_list)
 
+    p = sub.add_parser("export", help="export a fitted run as one inference graph (ONNX or OpenVINO) + export.json")
+    p.add_argument("run")
+    p.add_argument("--format", default="onnx", help="onnx (opset 17) or openvino (IR, float32)")
+    p.add_argument("-o", "--output", required=True, help="export folder to create")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("verify-export", help="compare an export with the torch model on real images")
+    p.add_argument("export", help="folder written by 'anomalens export'")
+    p.add_argument("images", nargs="+", help="image files and/or folders")
+    p.add_argument("--run", help="the exported run folder (default: the one named in export.json)")
+    p.add_argument("--runtime", choices=["onnxruntime", "openvino"], default=None,
+                   help="default: onnxruntime for ONNX exports, openvino for OpenVINO ones")
+    p.add_argument("--tolerance", type=float, default=1e-4,
+                   help="largest relative difference of scores and maps accepted (default 1e-4)")
+    p.set_defaults(func=cmd_verify_export)
+
     p = sub.add_parser("params", help="a detector's hyper-parameters: defaults, accepted values, meanings")
     p.add_argument("model", help="detector name (see 'anomalens list')")
     p.set_defaults(func=cmd_params)
     return parser
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread so that staging folders are removed on the way out."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(part.strip() for part in str(text).strip().splitlines() if part.strip())
+
+
+def _os_error_message(exc: OSError) -> str:
+    """``<path>: <problem>`` for an OSError (``<path> → <path2>`` for a rename)."""
+    problem = exc.strerror or str(exc) or type(exc).__name__
+    if exc.filename is None:
+        return _one_line(problem)
+    path = os.fsdecode(exc.filename)
+    if exc.filename2 is not None:
+        path += f" → {os.fsdecode(exc.filename2)}"
+    return _one_line(f"{path}: {problem}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -181,17 +258,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if os.environ.get("ANOMALENS_KEEP_FREED_MEMORY", "1") != "0":
         keep_freed_memory()  # big activations reused instead of page-faulted in per batch (allocator.py)
+    previous = None
+    with contextlib.suppress(ValueError):  # only the main thread can take signals
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         args.func(args)
-    except (AnomalensError, ValueError, FileNotFoundError) as exc:
-        # Known bad-input errors: one clear line, no traceback (ANOMALENS_DEBUG=1 shows it).
+    except (AnomalensError, ValueError, OSError) as exc:
+        # Bad input and file-system errors (permission denied, read-only or full disk, a path that is a
+        # file or a broken link): one line naming the path, exit 2, no traceback (ANOMALENS_DEBUG=1 shows it).
         if os.environ.get("ANOMALENS_DEBUG"):
             raise
-        print(f"anomalens: error: {exc}", file=sys.stderr)
+        message = _os_error_message(exc) if isinstance(exc, OSError) and not isinstance(exc, AnomalensError) else _one_line(exc)
+        print(f"anomalens: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("anomalens: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print("anomalens: terminated", file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

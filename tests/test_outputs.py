@@ -1,0 +1,338 @@
+"""The output-folder protocol (anomalens.workflow): no lost file, no deleted input, no leftovers, one-line errors.
+
+Regression tests for issue 15: the output-folder race (3), --overwrite deleting inputs and runs (4),
+file-system errors as tracebacks (6), NaN in metrics.json (13) and leftovers after kill -9 (14).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from anomalens.cli import main
+from anomalens.data import make_synthetic_category
+from anomalens.workflow import MARKER_FILE, _folder_lock, output_kind
+
+FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
+CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    return make_synthetic_category(root, source="brick", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(category, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("runs") / "brick"
+    assert main(["fit", "padim", str(category), "-o", str(run), *FIT]) == 0
+    return run
+
+
+@pytest.fixture
+def images(category, tmp_path) -> Path:
+    """A private copy of a few test images (tests may try to delete it)."""
+    folder = tmp_path / "imgs"
+    shutil.copytree(category / "test" / "hole", folder)
+    return folder
+
+
+def _one_line_error(capsys, *needles: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomalens: error:") and "\n" not in err and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in err, err
+    return err
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return sorted(p.name for p in parent.iterdir() if p.name.startswith("."))
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "anomalens.cli", *args]
+
+
+# ------------------------------------------------------------------------------- 3: the race
+@pytest.mark.parametrize("command", ["fit", "predict"])
+def test_concurrent_commands_into_one_folder_exactly_one_wins(command, run, category, images, tmp_path):
+    out = tmp_path / "out"
+    if command == "fit":
+        args = _cli("fit", "padim", str(category), "-o", str(out), *FIT)
+    else:
+        args = _cli("predict", str(run), str(images), "-o", str(out), "-q")
+    procs = [subprocess.Popen(args, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    try:
+        results = [(p.wait(timeout=240), p.stderr.read()) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    loser = next(err for rc, err in results if rc == 2).strip()
+    assert loser.startswith("anomalens: error:") and "\n" not in loser, loser
+    assert "another anomalens command" in loser or "already exists" in loser, loser
+    assert (out / ("detector.json" if command == "fit" else "predictions.csv")).is_file()
+    assert _leftovers(tmp_path) == [], "staging folder or lock file left behind"
+
+
+def test_a_held_lock_makes_a_second_command_fail_at_once(run, images, tmp_path, capsys):
+    out = tmp_path / "out"
+    with _folder_lock(out):  # as a concurrent command holds it
+        assert main(["predict", str(run), str(images), "-o", str(out), "-q"]) == 2
+    _one_line_error(capsys, "another anomalens command is writing")
+    assert not out.exists()
+
+
+def test_a_user_file_created_in_output_during_a_fit_survives(category, tmp_path, monkeypatch, capsys):
+    import anomalens.workflow as workflow
+
+    out = tmp_path / "run"
+    real = workflow._as_dataset
+
+    def user_writes_meanwhile(data):
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        return real(data)
+
+    monkeypatch.setattr(workflow, "_as_dataset", user_writes_meanwhile)
+    assert main(["fit", "padim", str(category), "-o", str(out), *FIT]) == 2
+    _one_line_error(capsys, "created by something else while this command ran")
+    assert (out / "notes.txt").read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
+    assert _leftovers(tmp_path) == []
+
+
+# ----------------------------------------------------------------- 4: --overwrite and inputs
+def test_output_equal_to_the_input_images_with_overwrite_is_refused(run, images, capsys):
+    before = _snapshot(images)
+    assert main(["predict", str(run), str(images), "-o", str(images), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "is an input of this command")
+    assert _snapshot(images) == before
+
+
+def test_output_equal_to_the_run_with_overwrite_is_refused(run, images, capsys):
+    before = _snapshot(run)
+    assert main(["predict", str(run), str(images), "-o", str(run), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "is an input of this command")
+    assert _snapshot(run) == before
+
+
+def test_output_above_or_inside_an_input_is_refused(category, run, images, tmp_path, capsys):
+    assert main(["predict", str(run), str(images), "-o", str(tmp_path), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "contains an input")
+    assert main(["predict", str(run), str(images), "-o", str(images / "pred"), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "inside an input")
+    data = tmp_path / "cat"
+    shutil.copytree(category, data)
+    before = _snapshot(data)
+    assert main(["fit", "padim", str(data), "-o", str(data), "--overwrite", *FIT]) == 2
+    _one_line_error(capsys, "is an input")
+    assert _snapshot(data) == before
+
+
+def test_overwrite_refuses_a_folder_anomalens_did_not_write(run, images, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["predict", str(run), str(images), "-o", str(mine), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "not a folder anomalens wrote")
+    assert (mine / "thesis.tex").read_text() == "years of work"
+
+
+def test_overwrite_refuses_a_folder_of_another_kind(run, category, tmp_path, capsys):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    assert main(["predict", str(run), str(category / "test" / "good"), "-o", str(copy), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "is an anomalens run folder, not a predictions folder")
+    assert (copy / "weights.safetensors").is_file()
+
+
+def test_overwrite_replaces_an_anomalens_folder_and_keeps_nothing_old(run, images, tmp_path):
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(images), "-o", str(out), "-q"]) == 0
+    assert output_kind(out) == "predictions" and (out / MARKER_FILE).is_file()
+    assert main(["predict", str(run), str(images), "-o", str(out), "--overwrite", "-q", "--no-heatmaps"]) == 0
+    assert not (out / "heatmaps").exists() and (out / "predictions.csv").is_file()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_crash_between_the_renames_leaves_the_old_folder_and_the_next_run_restores_it(run, images, tmp_path, capsys):
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(images), "-o", str(out), "-q", "--no-heatmaps"]) == 0
+    before = _snapshot(out)
+    os.rename(out, tmp_path / ".pred.old-0123abcd")  # killed after "rename aside", before "rename in"
+    stage = tmp_path / ".pred.partial-89abcdef"
+    shutil.copytree(tmp_path / ".pred.old-0123abcd", stage)
+    assert main(["predict", str(run), str(images), "-o", str(out), "-q"]) == 2
+    _one_line_error(capsys, "already exists")
+    assert _snapshot(out) == before and _leftovers(tmp_path) == []
+
+
+def test_a_failed_rename_in_restores_the_old_folder(run, images, tmp_path, monkeypatch, capsys):
+    import anomalens.workflow as workflow
+
+    out = tmp_path / "pred"
+    assert main(["predict", str(run), str(images), "-o", str(out), "-q", "--no-heatmaps"]) == 0
+    before = _snapshot(out)
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if ".partial-" in str(src):
+            raise OSError(errno.EIO, "Input/output error", str(src))
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(workflow.os, "rename", failing_rename)
+    assert main(["predict", str(run), str(images), "-o", str(out), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "Input/output error")
+    assert _snapshot(out) == before and _leftovers(tmp_path) == []
+
+
+# --------------------------------------------------------------------- 6: file-system errors
+def test_output_that_is_an_existing_file(run, images, tmp_path, capsys):
+    target = tmp_path / "file.txt"
+    target.write_text("keep")
+    assert main(["predict", str(run), str(images), "-o", str(target), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "file.txt", "is not a folder")
+    assert target.read_text() == "keep"
+
+
+def test_output_under_a_file(category, tmp_path, capsys):
+    (tmp_path / "file.txt").write_text("keep")
+    assert main(["fit", "padim", str(category), "-o", str(tmp_path / "file.txt" / "run"), *FIT]) == 2
+    _one_line_error(capsys, "file.txt")
+
+
+def test_read_only_parent_directory(category, tmp_path, capsys):
+    if os.geteuid() == 0:  # root ignores permission bits: use a file system that refuses new folders
+        parent = Path("/sys")
+        try:
+            os.mkdir(parent / "anomalens-probe")
+        except OSError:
+            pass
+        else:
+            os.rmdir(parent / "anomalens-probe")
+            pytest.skip("no read-only folder available to root here")
+    else:
+        parent = tmp_path / "ro"
+        parent.mkdir()
+        parent.chmod(0o555)
+    start = time.perf_counter()
+    assert main(["fit", "padim", str(category), "-o", str(parent / "run"), *FIT]) == 2
+    _one_line_error(capsys, str(parent), "cannot")
+    assert time.perf_counter() - start < 5, "the folder must be checked before the fit"
+
+
+@pytest.mark.parametrize("kind", ["dangling", "loop"])
+def test_a_broken_symbolic_link_as_output(kind, run, images, tmp_path, capsys):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "missing" if kind == "dangling" else link)
+    assert main(["predict", str(run), str(images), "-o", str(link), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "link", "symbolic link")
+    assert link.is_symlink() and not (tmp_path / "missing").exists()
+
+
+def test_a_full_disk_while_writing_gives_one_line_and_leaves_nothing(run, images, tmp_path, monkeypatch, capsys):
+    import anomalens.workflow as workflow
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "predictions.csv"))
+
+    monkeypatch.setattr(workflow.csv, "DictWriter", disk_full)
+    assert main(["predict", str(run), str(images), "-o", str(tmp_path / "out"), "-q"]) == 2
+    _one_line_error(capsys, "predictions.csv: No space left on device")
+    assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
+
+
+def test_a_failed_fit_removes_the_parent_folders_it_created(tmp_path, capsys):
+    assert main(["fit", "padim", str(tmp_path / "nowhere"), "-o", str(tmp_path / "a" / "b" / "run"), *FIT]) == 2
+    _one_line_error(capsys, "nowhere")
+    assert not (tmp_path / "a").exists()
+
+
+def test_a_test_report_never_replaces_files_it_did_not_write(run, category, tmp_path, capsys):
+    out = tmp_path / "reports"
+    out.mkdir()
+    (out / "report.html").write_text("my own report")
+    assert main(["test", str(run), str(category), "-o", str(out), "-q"]) == 2
+    _one_line_error(capsys, "report.html", "not written by anomalens")
+    assert (out / "report.html").read_text() == "my own report"
+    assert sorted(os.listdir(out)) == ["report.html"]
+
+
+# ------------------------------------------------------------------------------ 14: leftovers
+def _wait_for_stage(proc: subprocess.Popen, parent: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not any(p.name.startswith(".run.partial-") for p in parent.iterdir()):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the fit never started staging"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_fit_leaves_nothing_that_the_next_run_does_not_clean(sig, category, tmp_path):
+    parent = tmp_path / "runs"
+    parent.mkdir()
+    proc = subprocess.Popen(_cli("fit", "padim", str(category), "-o", str(parent / "run"), "--image-size", "128", "-q"),
+                            env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        _wait_for_stage(proc, parent)
+        proc.send_signal(sig)
+        rc = proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    if sig == signal.SIGTERM:
+        assert rc == 143 and "anomalens: terminated" in proc.stderr.read()
+        assert os.listdir(parent) == [], "SIGTERM: the staging folder is removed on the way out"
+    assert not (parent / "run").exists()
+    assert main(["fit", "padim", str(category), "-o", str(parent / "run"), *FIT]) == 0
+    assert sorted(os.listdir(parent)) == ["run"]
+
+
+def test_calibrate_removes_a_temporary_file_a_full_disk_left(run, category, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    (copy / "detector.json.tmp").write_bytes(b"")
+    (copy / ".anomalens-partial-0123abcd").mkdir()
+    assert main(["calibrate", str(copy), str(category), "-q"]) == 0
+    assert not (copy / "detector.json.tmp").exists() and not (copy / ".anomalens-partial-0123abcd").exists()
+    assert "calibration.json" in json.loads((copy / MARKER_FILE).read_text())["files"]
+
+
+# ---------------------------------------------------------------------- 13: NaN in metrics.json
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"not JSON: {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_metrics_json_with_only_normal_test_images_is_strict_json_with_null(run, category, tmp_path, capsys):
+    normals = tmp_path / "normals"
+    shutil.copytree(category, normals, ignore=shutil.ignore_patterns("ground_truth"))
+    for defect in (normals / "test").iterdir():
+        if defect.name != "good":
+            shutil.rmtree(defect)
+    out = tmp_path / "out"
+    assert main(["test", str(run), str(normals), "-o", str(out), "-q"]) == 0
+    metrics = _strict((out / "metrics.json").read_text())
+    assert metrics["image_auroc"] is None and metrics["n_anomalous"] == 0
+    assert metrics["undefined"]["image_auroc"] == "no anomalous image in the test set"
+    printed = capsys.readouterr().out
+    assert "image_auroc=undefined (no anomalous image in the test set)" in printed and "nan" not in printed
+    assert output_kind(out) == "report" and (out / "report.html").is_file()
