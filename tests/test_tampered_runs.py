@@ -110,3 +110,28 @@ def test_random_backbone_weights_are_the_same_after_loading(name, train_records,
     torch.manual_seed(12345)  # whatever the global generator holds when loading
     after = load_detector(tmp_path / "run").score(test_records, progress=False)[0]
     np.testing.assert_allclose(after, before, rtol=1e-5)
+
+
+def test_weights_get_the_same_permissions_as_the_json(saved_run):
+    """Regression: weights.safetensors was written 0600, so another user could read the run's JSON but
+    got "not found" for its weights."""
+    import os
+    import stat
+
+    weights, config = os.stat(saved_run / WEIGHTS_FILE), os.stat(saved_run / CONFIG_FILE)
+    assert stat.S_IMODE(weights.st_mode) == stat.S_IMODE(config.st_mode)
+
+
+def test_an_unreadable_weights_file_says_permission_denied(run, monkeypatch):
+    import builtins
+
+    real_open = builtins.open
+
+    def refuse(path, *args, **kwargs):  # root reads anything: simulate another user's view
+        if str(path).endswith(WEIGHTS_FILE):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", refuse)
+    with pytest.raises(ModelFileError, match="weights.safetensors: permission denied"):
+        load_detector(run)

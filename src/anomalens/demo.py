@@ -33,7 +33,7 @@ def run_demo(
     sources = list(sources or DEMO_SOURCES)
     output = Path(output)
     results: dict[str, dict[str, Any]] = {}
-    with staged_directory(output, overwrite=overwrite) as stage:
+    with staged_directory(output, overwrite=overwrite, kind="demo") as stage:
         for source in sources:
             print(f"[{source}] generating a synthetic category ({n_train} normal training images)...", flush=True)
             data = make_synthetic_category(stage / "data", source=source, n_train=n_train, n_test_good=n_test_good,

@@ -60,10 +60,19 @@ def write_run_files(directory: str | Path, config: dict[str, Any], tensors: dict
     tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
     metadata = {"detector": str(config["detector"]), "params": _params_json(config["params"])}
     save_file(tensors, str(tmp_weights), metadata=metadata)
+    _readable_like_other_files(tmp_weights)
     digest = file_sha256(tmp_weights)
     os.replace(tmp_weights, directory / WEIGHTS_FILE)
     _write_json_atomically(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config, "weights_sha256": digest})
     return directory
+
+
+def _readable_like_other_files(path: Path) -> None:
+    """safetensors creates its file 0600; give it the mode any new file gets here (0666 less the umask),
+    so that a run another user may read (the JSON beside it) has weights they can read too."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def file_sha256(path: str | Path) -> str:
