@@ -11,8 +11,7 @@
 
 from anomalens.version import __version__
 from anomalens.allocator import keep_freed_memory
-from anomalens.decision import DecisionRule
-from anomalens.detector import DetectionResult, Detector
+from anomalens.decision import DecisionRule, DetectionResult
 from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError, NotFittedError, NumericalError
 from anomalens.registry import register_detector
 
@@ -42,6 +41,9 @@ __all__ = [
 ]
 
 _LAZY = {
+    # The contract imports torch: loaded on first use, so that `import anomalens` and the loader of exported
+    # models (anomalens.exported) run without torch.
+    "anomalens.detector": ("Detector",),
     # The detector catalog imports every model (timm, ...): loaded on first use so `import anomalens` stays light.
     "anomalens.catalog": ("create_detector", "describe_detector", "detector_class", "list_detectors", "load_detector"),
     "anomalens.data": ("load_dataset", "load_mvtec_category", "load_folder_dataset", "make_synthetic_category",

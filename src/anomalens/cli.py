@@ -32,6 +32,16 @@ def _parse_param(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def _workers(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got '{text}'")
+    return value
+
+
 def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
     params = dict(args.param or [])
     for key in ("backbone", "weights", "image_size", "batch_size", "seed", "device"):
@@ -75,10 +85,14 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from anomalens.workflow import predict_images
 
+    heatmaps = "none" if args.no_heatmaps else args.heatmaps
     rows = predict_images(args.run, args.images, args.output, device=args.device, overwrite=args.overwrite,
-                          heatmaps=not args.no_heatmaps, progress=not args.quiet)
+                          heatmaps=heatmaps, progress=not args.quiet, resume=args.resume, skip_bad=args.skip_bad,
+                          workers=args.workers)
     flagged = sum(r["anomalous"] for r in rows)
-    print(f"{len(rows)} images scored, {flagged} anomalous → {Path(args.output) / 'predictions.csv'}")
+    errors = Path(args.output) / "errors.csv"
+    bad = f"; {sum(1 for _ in open(errors)) - 1} unreadable images listed in {errors}" if errors.is_file() else ""
+    print(f"{len(rows)} images scored, {flagged} anomalous → {Path(args.output) / 'predictions.csv'}{bad}")
 
 
 def cmd_calibrate(args: argparse.Namespace) -> None:
@@ -152,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to run (default: auto = CUDA if available)")
         p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("--workers", type=_workers, default=None, metavar="N",
+                       help="image-decoding worker processes (default: from the CPU cores, min(8, cores - 1); "
+                            "0 decodes in the main process)")
 
     p = sub.add_parser("fit", help="train a detector on the normal images of DATA (train/good)")
     p.add_argument("model", help="detector name (see 'anomalens list')")
@@ -181,7 +198,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run")
     p.add_argument("images", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True)
-    p.add_argument("--no-heatmaps", action="store_true")
+    p.add_argument("--heatmaps", choices=["anomalous", "all", "none"], default="anomalous",
+                   help="heatmap overlay + mask for the flagged images (default), every image, or none")
+    p.add_argument("--no-heatmaps", action="store_true", help="same as --heatmaps none")
+    p.add_argument("--resume", action="store_true",
+                   help="continue a predict into OUTPUT that stopped (crash, bad image, Ctrl-C) without redoing its images")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="list unreadable images in OUTPUT/errors.csv and go on (default: stop at the first, keeping "
+                        "the results so far)")
     p.add_argument("--overwrite", action="store_true")
     common(p)
     p.set_defaults(func=cmd_predict)
@@ -262,7 +286,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with contextlib.suppress(ValueError):  # only the main thread can take signals
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        args.func(args)
+        if getattr(args, "workers", None) is not None:
+            from anomalens.data import decoding_workers
+
+            with decoding_workers(args.workers):
+                args.func(args)
+        else:
+            args.func(args)
     except (AnomalensError, ValueError, OSError) as exc:
         # Bad input and file-system errors (permission denied, read-only or full disk, a path that is a
         # file or a broken link): one line naming the path, exit 2, no traceback (ANOMALENS_DEBUG=1 shows it).

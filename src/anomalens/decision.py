@@ -12,6 +12,9 @@ refit by accident.
 - where it came from (``source``: "quantile", "f1" or "area"), in words (``description``) and the
   numbers it rests on (``evidence``: how many images, which quantile, the calibration's accuracy, ...);
 - ``map_reference``: the typical anomaly-map value on normal images (the cold end of heatmap colours).
+
+``DetectionResult``, what applying the rule gives, lives here too: this module imports no torch, so the
+loader of exported models (``anomalens.exported``) returns the very same type as ``Detector.predict``.
 """
 
 from __future__ import annotations
@@ -25,6 +28,25 @@ import numpy as np
 from anomalens.thresholds import largest_defect_areas, quantile_threshold
 
 SOURCES = ("quantile", "f1", "area")
+
+
+@dataclass
+class DetectionResult:
+    """Per-image outputs of a detector, for N images.
+
+    scores: (N,) float, higher = more anomalous.
+    labels: (N,) int, 1 for images the decision rule flags.
+    maps:   (N, H, W) float32 anomaly maps at the input resolution, or None (image-level detector).
+    masks:  (N, H, W) bool predicted defect masks (``map > pixel_threshold``), or None.
+    """
+
+    scores: np.ndarray
+    labels: np.ndarray
+    maps: np.ndarray | None = None
+    masks: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.scores)
 
 
 @dataclass(frozen=True)
@@ -72,6 +94,10 @@ class DecisionRule:
         return DecisionRule(**{**asdict(self), **changes})
 
     # -- applying it --------------------------------------------------------------------------------
+    def apply(self, scores: np.ndarray, maps: np.ndarray | None) -> DetectionResult:
+        """The result of this rule on raw scores (N,) and maps (N, H, W) or None."""
+        return DetectionResult(scores=scores, labels=self.labels(scores, maps), maps=maps, masks=self.masks(maps))
+
     @property
     def uses_area(self) -> bool:
         return self.min_area is not None

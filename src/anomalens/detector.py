@@ -18,7 +18,13 @@ Rules shared by all detectors:
   of their scores, so a threshold exists without any defective sample), ``calibrate`` replaces it,
   ``predict`` applies it;
 - optional abilities are named by class flags: ``localizes`` (anomaly maps), ``reconstructs``
-  (``reconstruct()`` gives the images the model rebuilt), ``score_is_map_max``.
+  (``reconstruct()`` gives the images the model rebuilt), ``score_is_map_max``;
+- one inference graph: ``inference_module()`` is the fitted detector's whole inference as one plain
+  ``nn.Module`` — float32 images (N, C, H, W) in [0, 1] at ``input_size`` in, ``(scores (N,), maps (N, H, W))``
+  out (``(scores,)`` for image-level detectors), normalisation, features, distances, upsampling, blur and
+  the image score inside. ``score`` / ``predict`` run through it, and ``anomalens.export`` writes it to
+  ONNX / OpenVINO, so the exported model is the same computation; ``export_refusal()`` says (one line)
+  why a detector's module cannot be a static graph (a latent search, an approximate index), else None.
 
 This module knows no implementation: the registry is ``anomalens.registry``, the list of all detectors
 and ``load_detector`` are in ``anomalens.catalog``, file handling in ``anomalens.persistence``.
@@ -27,40 +33,21 @@ and ``load_detector`` are in ``anomalens.catalog``, file handling in ``anomalens
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, ContextManager, Iterator, Sequence
 
 import numpy as np
 import torch
 
+from anomalens.data import as_image_inputs, iterate_batches
 from anomalens.data.records import split_records
-from anomalens.decision import DecisionRule
+from anomalens.decision import DecisionRule, DetectionResult  # DetectionResult: re-exported
 from anomalens.devices import check_device_name, resolve_device
 from anomalens.errors import ConfigError, NotFittedError, NumericalError
 from anomalens.params import Float, Int, Param, Size, Text, check_params
 from anomalens.persistence import write_decision, write_run_files
 from anomalens.thresholds import area_threshold_search, f1_threshold
 from anomalens.version import __version__
-
-
-@dataclass
-class DetectionResult:
-    """Per-image outputs of a detector, for N images.
-
-    scores: (N,) float, higher = more anomalous.
-    labels: (N,) int, 1 for images the decision rule flags.
-    maps:   (N, H, W) float32 anomaly maps at the input resolution, or None (image-level detector).
-    masks:  (N, H, W) bool predicted defect masks (``map > pixel_threshold``), or None.
-    """
-
-    scores: np.ndarray
-    labels: np.ndarray
-    maps: np.ndarray | None = None
-    masks: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.scores)
 
 
 class _HyperParameter:
@@ -79,8 +66,8 @@ class _HyperParameter:
 
 
 class Detector(ABC):
-    """Base class of every anomaly detector. Subclasses implement ``_fit``, ``_score`` and the two
-    persistence hooks, and declare their own ``hyperparameters``.
+    """Base class of every anomaly detector. Subclasses implement ``_fit``, ``inference_module`` (which
+    ``_score`` runs over batches) and the two persistence hooks, and declare their own ``hyperparameters``.
 
     Class attributes:
         name: registry name.
@@ -168,8 +155,48 @@ class Detector(ABC):
         """Learn what normal looks like from ``records`` (normal images)."""
 
     @abstractmethod
+    def inference_module(self) -> torch.nn.Module:
+        """The fitted detector's inference as one ``nn.Module`` on ``device`` (see the module docstring).
+
+        Input: float32 images (N, ``image_channels``, H, W) in [0, 1], (H, W) = ``input_size``. Output: the
+        tuple ``(scores (N,), maps (N, H, W))`` when the detector ``localizes``, else ``(scores (N,),)``;
+        float32. The module holds (references to) the fitted tensors, so build it after ``fit`` / load.
+        """
+
+    def export_refusal(self) -> str | None:
+        """Why ``inference_module()`` cannot be exported as a static graph (one line), or None if it can."""
+        return None
+
+    @property
+    def image_channels(self) -> int:
+        """Channels images are decoded to before they enter the inference module (1 grey, 3 RGB)."""
+        return 3
+
+    def _inference(self) -> ContextManager:
+        """The autograd context the inference module runs in (AnoGAN's latent search needs gradients)."""
+        return torch.inference_mode()
+
+    def _image_batches(self, records: Sequence, progress: bool, what: str) -> Iterator[torch.Tensor]:
+        """Batches of ``records`` in order, as (B, C, H, W) images in [0, 1] on the device."""
+        desc = f"{self.name} {what}" if progress else None
+        device = self.device
+        cuda = device.type == "cuda"  # pinned batches, copied while the previous one runs
+        batches = iterate_batches(records, self.image_size, self.params["batch_size"], channels=self.image_channels,
+                                  desc=desc, pin_memory=cuda)
+        for batch in batches:
+            yield batch["image"].to(device, non_blocking=cuda)
+
     def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Return (scores (N,), maps (N, H, W) float32 or None)."""
+        """(scores (N,), maps (N, H, W) float32 or None): ``inference_module()`` over batches of ``records``."""
+        module = self.inference_module().eval()
+        scores, maps = [], []
+        with self._inference():
+            for images in self._image_batches(records, progress, "score"):
+                outputs = module(images)
+                scores.append(outputs[0].detach().float().cpu().numpy())
+                if len(outputs) > 1:
+                    maps.append(outputs[1].detach().float().cpu().numpy())
+        return np.concatenate(scores), (np.concatenate(maps) if maps else None)
 
     @abstractmethod
     def _state_tensors(self) -> dict[str, torch.Tensor]:
@@ -216,30 +243,39 @@ class Detector(ABC):
         kept, held = split_records(list(records), self.params["holdout_fraction"], self.params["seed"])
         return (kept, held) if held else (kept, kept)
 
-    def score(self, records: Sequence, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
-        """Raw anomaly scores (N,) and maps (N, H, W) or None, without thresholding."""
+    def score(self, records: Any, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw anomaly scores (N,) and maps (N, H, W) or None, without thresholding.
+
+        ``records``: ``ImageRecord`` s, file paths (a folder: its images), numpy arrays, PIL images or torch
+        tensors, alone or in a list (``anomalens.data.as_image_inputs``); a float32 (N, C, H, W) tensor at
+        ``input_size`` goes to the model without decoding or resizing.
+        """
         self._check_fitted()
-        records = list(records)
-        if not records:
+        records = as_image_inputs(records, self.input_size, self.image_channels)
+        if not len(records):
             return np.zeros(0, np.float32), None
         scores, maps = self._score(records, progress)
         broken = ~np.isfinite(scores)
         if maps is not None:
             broken |= ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
         if broken.any():
-            first = records[int(np.argmax(broken))]
+            index = int(np.argmax(broken))
+            first = getattr(records[index], "name", "") if isinstance(records, list) else ""
             raise NumericalError(
                 f"{self.name}: NaN or infinite anomaly scores or maps for {int(broken.sum())} of {len(records)} "
-                f"images (first: {getattr(first, 'name', first)}); the fitted model is numerically broken — refit "
+                f"images (first: {first or f'image {index}'}); the fitted model is numerically broken — refit "
                 "(check the parameters and the training images)"
             )
         return scores, maps
 
-    def predict(self, records: Sequence, progress: bool = True) -> DetectionResult:
-        """Scores, labels, maps and predicted masks for each image, under the current decision rule."""
+    def predict(self, records: Any, progress: bool = True) -> DetectionResult:
+        """Scores, labels, maps and predicted masks for each image, under the current decision rule.
+
+        Takes what ``score`` takes (records, paths, arrays, PIL images, tensors); maps are at ``input_size``
+        (``anomalens.report.to_original_size`` brings one back to its image's own size).
+        """
         scores, maps = self.score(records, progress)
-        rule = self._fitted_decision()
-        return DetectionResult(scores=scores, labels=rule.labels(scores, maps), maps=maps, masks=rule.masks(maps))
+        return self._fitted_decision().apply(scores, maps)
 
     def predict_in_chunks(
         self, records: Sequence, chunk_size: int = 64, progress: bool = False
@@ -253,6 +289,7 @@ class Detector(ABC):
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         self._check_fitted()
+        records = as_image_inputs(records, self.input_size, self.image_channels)
         for start in range(0, len(records), chunk_size):
             yield start, self.predict(records[start : start + chunk_size], progress=progress)
 

@@ -52,7 +52,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from anomalens.data import AnomalyDataset, ImageRecord, TensorImageDataset, list_images, load_dataset, load_image
+from anomalens.data import AnomalyDataset, ImageRecord, TensorImageDataset, list_images, load_dataset
 from anomalens.catalog import create_detector, load_detector
 from anomalens.detector import Detector
 from anomalens.errors import AnomalensError, DataError
@@ -67,7 +67,7 @@ _TMP_FILES = frozenset(name + ".tmp" for name in (*_RUN_FILES, "metrics.json"))
 # What each kind of folder holds, for folders written before the marker existed (and their signature).
 _KNOWN_NAMES = {
     "run": _RUN_FILES | TEST_OUTPUTS | _TMP_FILES,
-    "predictions": frozenset({"predictions.csv", "predictions.jsonl", "heatmaps", "masks"}),
+    "predictions": frozenset({"predictions.csv", "predictions.jsonl", "errors.csv", "heatmaps", "masks"}),
     "report": TEST_OUTPUTS,
     "demo": frozenset({"data", "runs", "index.html"}),
     "output": frozenset(),  # a folder of unnamed kind (staged_directory without kind): its marker lists its files
@@ -204,7 +204,7 @@ def _clean_leftovers(final: Path) -> None:
     partial = [parent / n for n in names if n.startswith(prefix + "partial-")]
     old = sorted((parent / n for n in names if n.startswith(prefix + "old-")), key=lambda p: p.stat().st_mtime)
     for path in partial:
-        if _is_stage_leftover(path):
+        if _is_stage_leftover(path) and not _resumable(path):  # a stopped predict's results wait for --resume
             shutil.rmtree(path, ignore_errors=True)
     old = [p for p in old if _is_stage_leftover(p) or output_kind(p)]
     if old and not os.path.lexists(final):
@@ -524,6 +524,29 @@ def ground_truth_masks(records: Sequence[ImageRecord], size: tuple[int, int]) ->
     return np.stack([dataset[i]["mask"][0].numpy() > 0.5 for i in range(len(records))])
 
 
+def _predict_with_masks(detector: Detector, records: Sequence[ImageRecord], with_masks: bool, progress: bool):
+    """``detector.predict(records)`` and the ground-truth masks at its input size, from one decode of each
+    image (in worker processes): (DetectionResult, masks (N, H, W) bool or None). Batches are whole
+    multiples of the detector's batch size, so the model sees exactly the batches ``predict`` would give it."""
+    from anomalens.data import ImageBatch, iterate_batches
+
+    setting = getattr(detector, "setting", None)  # trained detectors resolve a batch size of None
+    batch_size = int((setting("batch_size") if setting else None) or detector.params["batch_size"] or 16)
+    chunk = batch_size * max(1, 64 // batch_size)
+    scores, maps, masks = [], [], []
+    batches = iterate_batches(records, detector.input_size, chunk, channels=detector.image_channels,
+                              desc=f"{detector.name} test" if progress else None)
+    for batch in batches:
+        s, m = detector.score(ImageBatch(batch["image"]), progress=False)
+        scores.append(s)
+        if m is not None:
+            maps.append(m)
+        if with_masks:
+            masks.append(batch["mask"][:, 0].numpy() > 0.5)
+    result = detector.decision_.apply(np.concatenate(scores), np.concatenate(maps) if maps else None)
+    return result, (np.concatenate(masks) if with_masks else None)
+
+
 def _image_loader(records: Sequence[ImageRecord], size: tuple[int, int]):
     dataset = TensorImageDataset(records, size)
     return lambda i: dataset[i]["image"].permute(1, 2, 0).numpy()
@@ -573,10 +596,9 @@ def test_run(
         raise DataError(f"{data}: has no test images (expected test/good and test/<defect> folders)")
     labels = np.array([r.label for r in records], dtype=np.int64)
     size = detector.input_size
-    masks = ground_truth_masks(records, size) if dataset.has_masks else None
     with _staged_update(out_dir, kind="report", inputs=[data], last="metrics.json", replaces=TEST_OUTPUTS) as stage:
         start = time.perf_counter()
-        result = detector.predict(records, progress=progress)
+        result, masks = _predict_with_masks(detector, records, dataset.has_masks, progress)
         seconds = time.perf_counter() - start
         pixel_maps = result.maps if masks is not None else None
         metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=pixel_maps, predicted=result.labels)
@@ -663,6 +685,11 @@ def calibrate_run(
 
 
 # ------------------------------------------------------------------------------------- predict
+HEATMAP_MODES = ("anomalous", "all", "none")
+PREDICTION_FIELDS = ["image", "score", "anomalous", "threshold", "defect_area_fraction", "heatmap", "mask"]
+ERROR_FIELDS = ["image", "error"]
+
+
 def _predict_records(images: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
     paths: list[Path] = []
     for item in [images] if isinstance(images, (str, Path)) else images:
@@ -679,66 +706,382 @@ def _predict_records(images: str | Path | Sequence[str | Path]) -> list[ImageRec
     return [ImageRecord(source=p, label=-1, name=p.name) for p in paths]
 
 
+def _predictor(run_dir: str | Path, device: str | None) -> Any:
+    """The one place ``predict_images`` gets its model. It uses only ``predict(inputs)``, ``decision_``,
+    ``threshold_``, ``pixel_threshold_``, ``localizes``, ``input_size`` and ``image_channels`` of it, so an
+    exported model can stand in for the torch detector."""
+    return load_detector(run_dir, device=device)
+
+
+def _heatmap_mode(heatmaps: str | bool) -> str:
+    if heatmaps is True:  # the API's former boolean: a heatmap for every image
+        return "all"
+    if heatmaps is False:
+        return "none"
+    if heatmaps not in HEATMAP_MODES:
+        raise ValueError(f"heatmaps must be one of {', '.join(HEATMAP_MODES)}, got {heatmaps!r}")
+    return heatmaps
+
+
+def _job_identity(run_dir: str | Path, records: Sequence[ImageRecord], mode: str) -> dict[str, Any]:
+    """What a resumed predict must share with the interrupted one: the same run, images (in order), heatmaps."""
+    import hashlib
+
+    try:
+        run_hash = hashlib.sha256((Path(run_dir) / "detector.json").read_bytes()).hexdigest()
+    except OSError:
+        run_hash = None
+    listing = hashlib.sha256("\n".join(str(r.source) for r in records).encode()).hexdigest()
+    return {"run": run_hash, "n_images": len(records), "images_sha256": listing, "heatmaps": mode}
+
+
+def _read_rows(path: Path, parse) -> list[dict[str, Any]]:
+    """Complete rows of a results file a stopped predict left; a torn last line is cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    rows, good_end = [], 0
+    for line in data.splitlines(keepends=True):
+        if not line.endswith(b"\n"):
+            break
+        row = parse(line.decode("utf-8", "replace"))
+        if row is None:
+            break
+        rows.append(row)
+        good_end += len(line)
+    if good_end != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(good_end)
+    return rows
+
+
+def _parse_json_row(line: str) -> dict[str, Any] | None:
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return None
+    return row if isinstance(row, dict) and "image" in row and "score" in row else None
+
+
+def _parse_error_row(line: str) -> dict[str, Any] | None:
+    fields = next(csv.reader([line]), [])
+    return {"image": fields[0], "error": fields[1]} if len(fields) == 2 and fields != ERROR_FIELDS else None
+
+
+def _rows_in(stage: Path) -> int:
+    try:
+        with open(stage / "predictions.jsonl", "rb") as fh:
+            return sum(1 for line in fh if line.endswith(b"\n"))
+    except OSError:
+        return 0
+
+
+def _resumable(path: Path) -> bool:
+    """A staging folder an interrupted predict kept for ``--resume``: its marker names the job, results exist."""
+    marker = _read_marker(path)
+    return bool(marker and marker.get("resume") and marker.get("kind") == "predictions"
+                and (_rows_in(path) or (path / "errors.csv").is_file()))
+
+
+def _resumable_stages(final: Path) -> list[Path]:
+    """Kept staging folders of ``final``, newest first."""
+    parent, prefix = final.parent, f".{final.name}.partial-"
+    try:
+        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
+    except OSError:
+        return []
+    found = [parent / n for n in names if _resumable(parent / n)]
+    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
+
+
+class _PredictionStage:
+    """The staging folder of one predict: its results files, opened for appending, and what it already holds."""
+
+    def __init__(self, path: Path, resumed: bool) -> None:
+        self.path, self.resumed = path, resumed
+        self.identity: dict[str, Any] | None = None
+        self.rows: list[dict[str, Any]] = []
+        self.errors: list[dict[str, Any]] = []
+        self.n_rows = 0
+        self._files: list[Any] = []
+
+    def begin(self, identity: dict[str, Any]) -> set[str]:
+        """Check (resumed) or record (new) the job; open the results files. Returns the images already done."""
+        if self.resumed:
+            marker = _read_marker(self.path) or {}
+            before = marker.get("resume") or {}
+            for key, what in (("run", "run"), ("images_sha256", "list of images"), ("heatmaps", "--heatmaps setting")):
+                if before.get(key) != identity[key]:
+                    raise AnomalensError(
+                        f"{self.path}: cannot resume: the {what} differs from the interrupted predict's "
+                        f"({before.get('n_images', '?')} images then, {identity['n_images']} now; heatmaps "
+                        f"{before.get('heatmaps')!r} then); rerun without --resume and with --overwrite to start again")
+            self.rows = _read_rows(self.path / "predictions.jsonl", _parse_json_row)
+            self.errors = _read_rows(self.path / "errors.csv", _parse_error_row)
+        self.identity = identity
+        _write_json(self.path / MARKER_FILE, {"anomalens": _version(), "kind": "predictions", "files": [],
+                                              "resume": identity})
+        self.n_rows = len(self.rows)
+        # The CSV is rebuilt from the JSONL (the record of what is done), so the two always agree.
+        self._csv_file = open(self.path / "predictions.csv", "w", newline="")
+        self._files.append(self._csv_file)
+        self._csv = csv.DictWriter(self._csv_file, fieldnames=PREDICTION_FIELDS, extrasaction="ignore")
+        self._csv.writeheader()
+        self._csv.writerows(self.rows)
+        self._jsonl = open(self.path / "predictions.jsonl", "a")
+        self._files.append(self._jsonl)
+        self._errors_file = None
+        if self.errors:
+            self._open_errors(rewrite=True)
+        return {row["image"] for row in self.rows} | {row["image"] for row in self.errors}
+
+    def _open_errors(self, rewrite: bool = False) -> None:
+        self._errors_file = open(self.path / "errors.csv", "w", newline="")
+        self._files.append(self._errors_file)
+        self._errors = csv.DictWriter(self._errors_file, fieldnames=ERROR_FIELDS)
+        self._errors.writeheader()
+        if rewrite:
+            self._errors.writerows(self.errors)
+
+    def append(self, rows: list[dict[str, Any]], errors: list[dict[str, Any]]) -> None:
+        """Append one chunk's results (after its heatmaps are on disk) and flush them."""
+        if errors:
+            if self._errors_file is None:
+                self._open_errors()
+            self._errors.writerows(errors)
+            self._errors_file.flush()
+            self.errors.extend(errors)
+        if rows:
+            self._csv.writerows(rows)
+            self._jsonl.writelines(_dumps(row) + "\n" for row in rows)
+            self._csv_file.flush()
+            self._jsonl.flush()
+            self.rows.extend(rows)
+            self.n_rows += len(rows)
+
+    def close(self) -> None:
+        for fh in self._files:
+            with contextlib.suppress(OSError):
+                fh.close()
+        self._files = []
+
+    @property
+    def keep(self) -> bool:
+        """Whether a failed predict leaves this folder for --resume (it holds results of a known job)."""
+        return self.identity is not None and (self.n_rows > 0 or bool(self.errors))
+
+
+def _version() -> str:
+    from anomalens.version import __version__
+
+    return __version__
+
+
+@contextlib.contextmanager
+def _prediction_stage(final: Path, overwrite: bool, inputs: Sequence[Any], resume: bool) -> Iterator[_PredictionStage]:
+    """``staged_directory`` for predict, plus resumption: a predict that stops after writing results keeps its
+    staging folder (its marker names the job) and ``resume`` adopts it; see the module docstring."""
+    kind = "predictions"
+    final = _check_target(Path(final))
+    _check_not_input(final, inputs)
+    created = _make_parents(final)
+    try:
+        with _folder_lock(final):
+            _clean_leftovers(final)
+            final = _check_target(final)
+            kept = _resumable_stages(final)
+            if kept and not resume:
+                if not overwrite:
+                    raise AnomalensError(
+                        f"{final}: an interrupted predict kept {_rows_in(kept[0])} results in {kept[0].name}; pass "
+                        "--resume to continue it, or --overwrite to discard them and start again")
+                for path in kept:
+                    shutil.rmtree(path, ignore_errors=True)
+                kept = []
+            _refuse_existing(final, kind, overwrite)
+            if kept:
+                stage = _PredictionStage(kept[0], resumed=True)
+            else:
+                path = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+                try:
+                    path.mkdir()
+                except OSError as exc:
+                    raise AnomalensError(f"{final.parent}: cannot write the output folder here: {exc.strerror}") from None
+                _write_marker(path, kind, [])
+                stage = _PredictionStage(path, resumed=False)
+            try:
+                yield stage
+                stage.close()
+                stage.identity = None  # complete: a failure from here on is the protocol's, nothing to resume
+                _write_marker(stage.path, kind, _entries(stage.path))  # the job record goes with it
+                _commit(stage.path, final, kind, overwrite)
+            except BaseException as exc:
+                stage.close()
+                if not stage.keep:
+                    shutil.rmtree(stage.path, ignore_errors=True)
+                    raise
+                note = (f"{stage.n_rows} results so far kept in {stage.path}; the same command with --resume "
+                        "continues from there")
+                if isinstance(exc, AnomalensError):
+                    try:
+                        noted = type(exc)(f"{exc} — {note}")
+                    except TypeError:  # an error class with another signature: keep it, note beside it
+                        noted = None
+                    if noted is not None:
+                        raise noted from None
+                if isinstance(exc, OSError):  # one line: the path, the problem, what was kept
+                    where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+                    raise AnomalensError(f"{where}{exc.strerror or exc} — {note}") from None
+                print(f"anomalens: {note}", file=sys.stderr)
+                raise
+    except BaseException:
+        _remove_empty(created)
+        raise
+
+
+def _write_png(image: np.ndarray, path: Path) -> None:
+    """PNG written under a temporary name and renamed: a file in heatmaps/ is always whole. Fast zlib level:
+    heatmap overlays barely compress, and level 6 costs several times the time of level 1."""
+    from PIL import Image
+
+    tmp = path.with_name(path.name + ".tmp")
+    Image.fromarray(image).save(tmp, format="PNG", compress_level=1)
+    os.replace(tmp, path)
+
+
+def _write_heatmap(stage: Path, stem: str, picture: np.ndarray | None, source: Any, amap: np.ndarray,
+                   low: float, high: float, pixel_threshold: float | None) -> dict[str, Any]:
+    """One image's overlay (and mask) at its own resolution; runs in a writer thread. Returns its row fields."""
+    from anomalens.data.io import read_pixels
+    from anomalens.data.torch_dataset import display_picture
+    from anomalens.report import render_heatmap
+
+    if picture is None:  # a frame too large to send back from the decoding worker is read here
+        picture = display_picture(read_pixels(source))
+    overlay, mask = render_heatmap(picture, amap, low, high, pixel_threshold)
+    fields: dict[str, Any] = {}
+    if mask is not None:
+        _write_png((mask.view(np.uint8) * 255), stage / "masks" / f"{stem}_mask.png")
+        fields["defect_area_fraction"] = float(np.count_nonzero(mask)) / mask.size
+        fields["mask"] = f"masks/{stem}_mask.png"
+    _write_png(overlay, stage / "heatmaps" / f"{stem}.png")
+    fields["heatmap"] = f"heatmaps/{stem}.png"
+    return fields
+
+
+def default_writers() -> int:
+    """Heatmap writer threads: the cores left by the model (at least 1); PNG encoding and the numpy work
+    of the overlays release the GIL."""
+    from anomalens.data.torch_dataset import available_cores
+
+    return max(1, min(8, available_cores() - 1))
+
+
 def predict_images(
     run_dir: str | Path,
     images: str | Path | Sequence[str | Path],
     out_dir: str | Path,
     device: str | None = None,
     overwrite: bool = False,
-    heatmaps: bool = True,
+    heatmaps: str | bool = "anomalous",
     chunk_size: int = 64,
     progress: bool = True,
+    resume: bool = False,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    writers: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Score new images; write predictions.csv / .jsonl and, per image, a heatmap overlay and a mask.
+    """Score new images; stream predictions.csv / .jsonl and heatmap overlays + masks into ``out_dir``.
+
+    Each image is read and decoded once, in ``workers`` processes (None: ``default_workers()``), for both
+    the model input and its heatmap. Results are appended chunk by chunk (``chunk_size`` images) and
+    flushed; heatmaps are written by ``writers`` threads while the model scores the next chunk, and a
+    chunk's rows are appended once its pictures are on disk. ``heatmaps``: "anomalous" (the flagged
+    images, default), "all" or "none" (True / False: all / none).
 
     Heatmaps are at the image's own resolution, on one fixed colour scale for the whole run: from the
     typical value on normal images (blue) to twice the distance up to the pixel threshold (red), so the
     threshold sits mid-scale and colours mean the same thing in every picture.
+
+    An unreadable image stops the command with a DataError naming it, after the results of the images
+    before it are written (``skip_bad``: it is listed in errors.csv and the rest goes on). A predict
+    that stops after writing results keeps its staging folder; ``resume`` continues it without scoring
+    its images again (see the module docstring). Returns every row (those of a resumed run included).
     """
-    from PIL import Image
+    from concurrent.futures import ThreadPoolExecutor
 
-    from anomalens.report import draw_mask_contours, overlay_heatmap
+    from anomalens.data import ImageBatch, iterate_decoded
 
+    mode = _heatmap_mode(heatmaps)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     inputs = [run_dir, *([images] if isinstance(images, (str, Path)) else images)]
-    rows: list[dict[str, Any]] = []
-    with staged_directory(Path(out_dir), overwrite=overwrite, kind="predictions", inputs=inputs) as stage:
-        detector = load_detector(run_dir, device=device)
+    with _prediction_stage(Path(out_dir), overwrite, inputs, resume) as stage:
+        model = _predictor(run_dir, device)
         records = _predict_records(images)
-        for record in records:  # fail before any work on an unreadable file
-            load_image(record.source)
-        if heatmaps and detector.localizes:
-            (stage / "heatmaps").mkdir()
-            (stage / "masks").mkdir()
-        reference = detector.decision_.map_reference
+        done = stage.begin(_job_identity(run_dir, records, mode))
+        todo = [i for i, r in enumerate(records) if str(r.source) not in done]
+        drawing = mode != "none" and model.localizes
+        if drawing:
+            for name in ("heatmaps", "masks"):
+                (stage.path / name).mkdir(exist_ok=True)
+        reference = model.decision_.map_reference
         low = reference if reference is not None else 0.0
-        high = 2 * (detector.pixel_threshold_ or 1.0) - low
-        for start, result in detector.predict_in_chunks(records, chunk_size, progress=progress):
-            for i, record in enumerate(records[start : start + chunk_size]):
-                row = {
-                    "image": str(record.source),
-                    "score": float(result.scores[i]),
-                    "anomalous": bool(result.labels[i]),
-                    "threshold": detector.threshold_,
-                }
-                if heatmaps and result.maps is not None:
-                    image = load_image(record.source)
-                    amap = np.asarray(Image.fromarray(result.maps[i]).resize(image.shape[1::-1], Image.BILINEAR))
-                    overlay = overlay_heatmap(image, amap, low, high)
-                    stem = f"{start + i:05d}_{Path(record.name).stem}"
-                    if result.masks is not None:
-                        mask = amap > detector.pixel_threshold_
-                        overlay = draw_mask_contours(overlay, mask, (255, 255, 255))
-                        Image.fromarray((mask * 255).astype(np.uint8)).save(stage / "masks" / f"{stem}_mask.png")
-                        row["defect_area_fraction"] = float(mask.mean())
-                        row["mask"] = f"masks/{stem}_mask.png"
-                    Image.fromarray(overlay).save(stage / "heatmaps" / f"{stem}.png")
-                    row["heatmap"] = f"heatmaps/{stem}.png"
-                rows.append(row)
-        fields = ["image", "score", "anomalous", "threshold", "defect_area_fraction", "heatmap", "mask"]
-        with open(stage / "predictions.csv", "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows(rows)
-        with open(stage / "predictions.jsonl", "w") as fh:
-            fh.writelines(_dumps(row) + "\n" for row in rows)
-    return rows
+        high = 2 * (model.pixel_threshold_ or 1.0) - low
+        torch_model = isinstance(model, Detector)
+        device_type = model.device.type if torch_model else "cpu"
+        pending: list[tuple[list[dict[str, Any]], list[Any], list[dict[str, Any]]]] = []
+
+        def settle(keep: int) -> None:
+            """Append the rows of finished chunks, in order, until at most ``keep`` chunks are in flight."""
+            while pending and (len(pending) > keep or all(f.done() for f in pending[0][1])):
+                rows, futures, errors = pending.pop(0)
+                for row, future in zip([r for r in rows if "_pending" in r], futures):
+                    row.pop("_pending")
+                    row.update(future.result())
+                stage.append(rows, errors)
+
+        with ThreadPoolExecutor(max_workers=writers or default_writers(), thread_name_prefix="heatmaps") as pool:
+            try:
+                batches = iterate_decoded(
+                    [records[i] for i in todo], model.input_size, chunk_size, channels=model.image_channels,
+                    pictures=drawing, num_workers=workers, pin_memory=device_type == "cuda",
+                    desc="predict" if progress else None)
+                for batch in batches:
+                    bad = [k for k, error in enumerate(batch.errors) if error is not None]
+                    stop = None if skip_bad or not bad else batch.errors[bad[0]]
+                    good = [k for k in range(len(batch.indices)) if batch.errors[k] is None and (stop is None or k < bad[0])]
+                    errors = [{"image": str(records[todo[batch.indices[k]]].source), "error": batch.errors[k]}
+                              for k in bad] if skip_bad else []
+                    rows: list[dict[str, Any]] = []
+                    futures: list[Any] = []
+                    if good:
+                        images_in = batch.images[good] if len(good) < len(batch.indices) else batch.images
+                        if torch_model:
+                            result = model.predict(ImageBatch(images_in), progress=False)
+                        else:  # any object with predict(records): arrays already at its input size
+                            result = model.predict([ImageRecord(source=np.moveaxis(x.numpy(), 0, -1), label=-1)
+                                                    for x in images_in], progress=False)
+                        for j, k in enumerate(good):
+                            index = todo[batch.indices[k]]
+                            record = records[index]
+                            row: dict[str, Any] = {"image": str(record.source), "score": float(result.scores[j]),
+                                                   "anomalous": bool(result.labels[j]), "threshold": model.threshold_}
+                            if drawing and result.maps is not None and (mode == "all" or row["anomalous"]):
+                                row["_pending"] = True
+                                futures.append(pool.submit(
+                                    _write_heatmap, stage.path, f"{index:05d}_{Path(record.name).stem}",
+                                    batch.pictures[k], record.source, result.maps[j], low, high,
+                                    model.pixel_threshold_ if result.masks is not None else None))
+                            rows.append(row)
+                    pending.append((rows, futures, errors))
+                    settle(keep=2)
+                    if stop is not None:
+                        settle(keep=0)
+                        raise DataError(stop)
+                settle(keep=0)
+            finally:
+                for _, futures, _ in pending:
+                    for future in futures:
+                        future.cancel()
+    return stage.rows

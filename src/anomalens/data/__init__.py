@@ -1,7 +1,8 @@
 """Data layer: records, image/mask I/O, dataset loaders, synthetic data and torch batching.
 
-``torch`` is imported only when :class:`TensorImageDataset` / :func:`iterate_batches` are first
-used, so loading or generating data (and the CLI's argument checks) stay fast.
+``torch`` is imported only when :class:`TensorImageDataset` / :func:`iterate_batches` (and the other
+torch-side names: ``ImageBatch``, ``iterate_decoded``, ``decoding_workers``, ``default_workers``) are
+first used, so loading or generating data (and the CLI's argument checks) stay fast.
 """
 
 from __future__ import annotations
@@ -33,8 +34,17 @@ from anomalens.data.synthetic import (
 )
 from anomalens.errors import DataError
 
+from anomalens.data.inputs import as_image_inputs
+
 if TYPE_CHECKING:
-    from anomalens.data.torch_dataset import TensorImageDataset, iterate_batches
+    from anomalens.data.torch_dataset import (
+        ImageBatch,
+        TensorImageDataset,
+        decoding_workers,
+        default_workers,
+        iterate_batches,
+        iterate_decoded,
+    )
 
 __all__ = [
     "AnomalyDataset",
@@ -43,6 +53,7 @@ __all__ = [
     "DataError",
     "FASHION_MNIST_CLASSES",
     "IMAGE_SUFFIXES",
+    "ImageBatch",
     "ImageRecord",
     "LAYOUT_HELP",
     "MNIST_CLASSES",
@@ -51,10 +62,14 @@ __all__ = [
     "SYNTHETIC_SOURCES",
     "TensorImageDataset",
     "add_defect",
+    "as_image_inputs",
+    "decoding_workers",
+    "default_workers",
     "image_size",
     "is_image_file",
     "is_mvtec_category",
     "iterate_batches",
+    "iterate_decoded",
     "list_images",
     "load_builtin",
     "load_cifar10",
@@ -71,7 +86,7 @@ __all__ = [
     "split_records",
 ]
 
-_LAZY = {"TensorImageDataset", "iterate_batches"}
+_LAZY = {"ImageBatch", "TensorImageDataset", "decoding_workers", "default_workers", "iterate_batches", "iterate_decoded"}
 
 
 def __getattr__(name: str) -> Any:

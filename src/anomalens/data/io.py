@@ -36,6 +36,10 @@ __all__ = [
     "list_images",
     "load_image",
     "load_mask",
+    "check_unit_range",
+    "pil_to_float",
+    "read_pixels",
+    "to_float_channels",
 ]
 
 #: Lower-case file suffixes treated as images (matched case-insensitively).
@@ -221,6 +225,43 @@ def load_image(source: ImageSource, channels: int = 3) -> np.ndarray:
     with _open_image(path) as img:
         arr = _pil_to_float(img, path)
     return _to_channels(arr, channels)
+
+
+def pil_to_float(img: Image.Image, name: str | Path = "image") -> np.ndarray:
+    """An opened Pillow image → float32 (H, W, 1|3) in [0, 1], by the rules of this module (alpha composited)."""
+    img.load()
+    return _pil_to_float(img, Path(name))
+
+
+def check_unit_range(arr: np.ndarray, name: str | Path) -> None:
+    """DataError unless the float pixels ``arr`` are finite and in [0, 1]."""
+    _check_unit_range(arr, name)
+
+
+def read_pixels(source: ImageSource) -> np.ndarray:
+    """Decode an image once, as cheaply as possible: the stored 8-bit pixels when the file is plain 8-bit
+    grey (mode L) or RGB — uint8 ``(H, W)`` / ``(H, W, 3)``, no float copy of a large frame — and otherwise
+    exactly what :func:`load_image` works from (float32 ``(H, W, 1|3)`` in [0, 1], alpha composited).
+
+    :func:`to_float_channels` turns either into :func:`load_image`'s result, bit for bit; the uint8 form
+    also serves as the picture a heatmap is drawn on, so a file is read once for both.
+    """
+    if isinstance(source, np.ndarray):
+        return _array_to_float(source)
+    path = Path(source)
+    with _open_image(path) as img:
+        if img.mode in ("L", "RGB"):
+            return np.asarray(img)
+        return _pil_to_float(img, path)
+
+
+def to_float_channels(pixels: np.ndarray, channels: int) -> np.ndarray:
+    """What :func:`read_pixels` returned → float32 ``(H, W, channels)`` in [0, 1], equal to ``load_image``."""
+    if pixels.dtype == np.uint8:
+        pixels = np.asarray(pixels, dtype=np.float32) / 255.0
+        if pixels.ndim == 2:
+            pixels = pixels[..., None]
+    return _to_channels(pixels, channels)
 
 
 def load_mask(source: ImageSource) -> np.ndarray:

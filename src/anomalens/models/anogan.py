@@ -157,10 +157,14 @@ class AnoGAN(GANDetector):
             for m in modules:
                 m.requires_grad_(True)
 
-    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._to_network(images)
-        score, fake, _ = self.search(x)
-        return score, residual_map(x, fake)
+    def inference_module(self) -> nn.Module:
+        """The latent search as a module (it runs an optimiser: Python, with gradients; not exportable)."""
+        return _LatentSearch(self)
+
+    def export_refusal(self) -> str | None:
+        return (f"anogan cannot be exported: its score comes from a per-image latent search ({self.search_steps} "
+                "Adam steps with gradients through the generator and discriminator), which is an optimisation, "
+                "not a fixed inference graph; efficientgan or ganomaly learn an encoder instead and do export")
 
     def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
         """G(z*) after the latent search."""
@@ -172,3 +176,17 @@ class AnoGAN(GANDetector):
 
     def _load_extra_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.z_start_ = tensors["z_start"].float()
+
+
+class _LatentSearch(nn.Module):
+    """Images in [0, 1] → (scores, residual maps) by ``AnoGAN.search`` (networks registered for ``eval()``)."""
+
+    def __init__(self, detector: AnoGAN) -> None:
+        super().__init__()
+        self.generator, self.discriminator = detector.generator_, detector.discriminator_
+        self._detector = [detector]  # a list: not registered as a submodule
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images * 2 - 1  # the networks' [-1, 1]
+        score, fake, _ = self._detector[0].search(x)
+        return score, residual_map(x, fake)

@@ -463,6 +463,19 @@ def _interior(maps: torch.Tensor, margin: int) -> torch.Tensor:
     return maps[:, margin : maps.shape[1] - margin, margin : maps.shape[2] - margin] if margin else maps
 
 
+class ConvAutoencoderGraph(nn.Module):
+    """Images in [0, 1] → (image scores, residual maps): rebuild, residual map, score of its interior."""
+
+    def __init__(self, net: nn.Module, residual: str, image_score: str, margin: int):
+        super().__init__()
+        self.net, self.residual, self.image_score, self.margin = net, residual, image_score, margin
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        amap = residual_map(images, self.net(images), self.residual).float()
+        interior = _interior(amap, self.margin).flatten(1)
+        return (interior.amax(1) if self.image_score == "max" else interior.mean(1)), amap
+
+
 class ConvAutoencoder(TrainedDetector):
     """Shared detector of the five CAEs; subclasses set ``name`` and ``network``."""
 
@@ -575,10 +588,8 @@ class ConvAutoencoder(TrainedDetector):
     def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.net_(x)
 
-    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amap = residual_map(images, self.net_(images), self.residual_method).float()
-        interior = _interior(amap, self.score_margin).flatten(1)
-        return (interior.amax(1) if self.image_score == "max" else interior.mean(1)), amap
+    def inference_module(self) -> ConvAutoencoderGraph:
+        return ConvAutoencoderGraph(self.net_, self.residual_method, self.image_score, self.score_margin)
 
 
 @register_detector

@@ -89,7 +89,7 @@ class Generator(nn.Module):
         self.last = nn.Sequential(nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh())
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        out = self.layer2(self.layer1(z)).view(len(z), *self.grid)
+        out = self.layer2(self.layer1(z)).view(-1, *self.grid)
         return self.last(self.ups(out))
 
 
@@ -133,6 +133,26 @@ class Encoder(nn.Module):
 
 def _bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
+
+
+class EfficientGANGraph(nn.Module):
+    """Images in [0, 1] → (image scores, residual maps): z = E(x), x̂ = G(z), the seed's score."""
+
+    def __init__(self, generator: Generator, encoder: Encoder, discriminator: Discriminator, feature_weight: float):
+        super().__init__()
+        self.generator, self.encoder, self.discriminator = generator, encoder, discriminator
+        self.feature_weight = feature_weight
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images * 2 - 1  # the networks' [-1, 1]
+        z = self.encoder(x)
+        x_hat = self.generator(z)
+        _, f_real = self.discriminator(x, z)
+        _, f_fake = self.discriminator(x_hat, z)
+        lam = self.feature_weight
+        residual = (x - x_hat).abs().flatten(1).sum(1)
+        feature = (f_real - f_fake).abs().sum(1)
+        return (1 - lam) * residual + lam * feature, residual_map(x, x_hat)
 
 
 @register_detector
@@ -209,21 +229,8 @@ class EfficientGAN(GANDetector):
         return (x - self.generator_(self.encoder_(x))).abs().flatten(1).sum(1).sum().item()
 
     # -- score ----------------------------------------------------------------------------------
-    def anomaly_score(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images in [-1, 1] → (scores (B,), reconstructions G(E(x)))."""
-        z = self.encoder_(x)
-        x_hat = self.generator_(z)
-        _, f_real = self.discriminator_(x, z)
-        _, f_fake = self.discriminator_(x_hat, z)
-        lam = self.feature_weight
-        residual = (x - x_hat).abs().flatten(1).sum(1)
-        feature = (f_real - f_fake).abs().sum(1)
-        return (1 - lam) * residual + lam * feature, x_hat
-
-    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._to_network(images)
-        score, x_hat = self.anomaly_score(x)
-        return score, residual_map(x, x_hat)
+    def inference_module(self) -> EfficientGANGraph:
+        return EfficientGANGraph(self.generator_, self.encoder_, self.discriminator_, self.feature_weight)
 
     def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator_(self.encoder_(x))

@@ -69,6 +69,21 @@ class GANomalyGenerator(nn.Module):
         return x_hat, z, self.encoder2(x_hat)
 
 
+class GANomalyGraph(nn.Module):
+    """Images in [0, 1] → (image scores, residual maps): x → z, x̂, ẑ; latent (or reconstruction) score."""
+
+    def __init__(self, generator: GANomalyGenerator, score_type: str):
+        super().__init__()
+        self.generator, self.score_type = generator, score_type
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = images * 2 - 1  # the networks' [-1, 1]
+        x_hat, z, z_hat = self.generator(x)
+        amap = residual_map(x, x_hat).float()
+        score = (z - z_hat).pow(2).mean(1) if self.score_type == "latent" else amap.flatten(1).mean(1)
+        return score, amap
+
+
 @register_detector
 class GANomaly(GANDetector):
     """Encoder–decoder–encoder GAN; anomalies are images whose re-encoded latent ẑ differs from z."""
@@ -148,12 +163,8 @@ class GANomaly(GANDetector):
         self.d_reinits_ = int(round(sum(self.history_.pop("d_reinit", [])) * steps_per_epoch))
 
     # -- score ----------------------------------------------------------------------------------
-    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._to_network(images)
-        x_hat, z, z_hat = self.generator_(x)
-        amap = residual_map(x, x_hat).float()
-        score = (z - z_hat).pow(2).mean(1) if self.score_type == "latent" else amap.flatten(1).mean(1)
-        return score, amap
+    def inference_module(self) -> GANomalyGraph:
+        return GANomalyGraph(self.generator_, self.score_type)
 
     def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.generator_(x)[0]

@@ -14,6 +14,10 @@ Deep Features for Anomaly Detection", ICPR 2020. Image-level only: no anomaly ma
    The distances are *not* squared, as in the authors' code (``dist.sqrt()``); their code averages the
    levels instead of summing, which only rescales the score by 1/L.
 
+Inference graph (``MahalanobisGraph``, what ``predict`` runs and what is exported): images → pooled
+levels → Σ_l distances, computed in float64 like the fit, the score returned as float32. The method is
+image-level, so the graph has one output, the scores — no map is invented.
+
 Deviations: the default backbone is the bundled, offline ``efficientnet_lite0`` rather than EfficientNet-B4
 (any timm name works where its weights can be had, e.g. ``--weights`` for a local file); the default input
 is the library's 256 px rather than B4's native 380 px.
@@ -27,8 +31,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
+from torch import nn
 
 from anomalens.backbones import DEFAULT_BACKBONE, PooledFeatureExtractor
 from anomalens.data import iterate_batches
@@ -37,6 +41,30 @@ from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.gaussian import inverse_sqrt, ledoit_wolf, mahalanobis
 from anomalens.params import Ints, Text
+
+
+class MahalanobisGraph(nn.Module):
+    """Images in [0, 1] → (image scores,): pooled levels, per-level Mahalanobis distance (eq. 2), summed."""
+
+    def __init__(self, extractor: PooledFeatureExtractor, levels: Sequence[int] | None,
+                 means: list[torch.Tensor], whiteners: list[torch.Tensor]):
+        super().__init__()
+        self.extractor = extractor
+        self.levels = None if levels is None else list(levels)
+        for i, (mean, whitener) in enumerate(zip(means, whiteners, strict=True)):
+            self.register_buffer(f"mean_{i}", mean, persistent=False)
+            self.register_buffer(f"whitener_{i}", whitener, persistent=False)
+        self.n_levels = len(means)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor]:
+        pooled = self.extractor(images)
+        if self.levels is not None:
+            pooled = [pooled[i] for i in self.levels]
+        total = None
+        for i, f in enumerate(pooled):
+            distance = mahalanobis(f.double(), getattr(self, f"mean_{i}"), getattr(self, f"whitener_{i}"))
+            total = distance if total is None else total + distance
+        return (total.float(),)
 
 
 @register_detector
@@ -91,18 +119,8 @@ class MahalanobisAD(Detector):
             shrinkages.append(shrinkage)
         self.shrinkage_ = torch.tensor(shrinkages, dtype=torch.float64)
 
-    def level_distances(self, levels: list[torch.Tensor]) -> torch.Tensor:
-        """Pooled features per level [(B, C_l)] → (B, L) Mahalanobis distances (not squared)."""
-        return torch.stack(
-            [mahalanobis(f, m, w) for f, m, w in zip(levels, self.means_, self.whiteners_, strict=True)], dim=1
-        )
-
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, None]:
-        scores = []
-        with torch.inference_mode():
-            for levels in self._pooled(records, progress, "mahalanobis score"):
-                scores.append(self.level_distances(levels).sum(1).cpu())
-        return torch.cat(scores).numpy(), None
+    def inference_module(self) -> MahalanobisGraph:
+        return MahalanobisGraph(self.extractor_, self.levels, self.means_, self.whiteners_)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"shrinkage": self.shrinkage_}

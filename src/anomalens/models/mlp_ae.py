@@ -67,6 +67,26 @@ def build_mlp_autoencoder(architecture: str, n_inputs: int, latent_dim: int) -> 
     return nn.Sequential(encoder, decoder)
 
 
+class MLPAutoencoderGraph(nn.Module):
+    """Grey images in [0, 1] → (image scores, maps): flatten, network scale, rebuild, residual, reduction."""
+
+    def __init__(self, net: nn.Module, architecture: str, input_size: tuple[int, int], image_score: str):
+        super().__init__()
+        self.net, self.architecture, self.input_size, self.image_score = net, architecture, tuple(input_size), image_score
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        flat = images.flatten(1)
+        if self.architecture == "A":  # [-1, 1] in and out (Tanh), mapped back to [0, 1]
+            rebuilt = (self.net(flat * 2 - 1) + 1) / 2
+        else:
+            rebuilt = self.net(flat)
+        diff = (images - rebuilt.view(-1, 1, *self.input_size))[:, 0]
+        amap = diff.abs() if self.architecture == "A" else diff.pow(2)
+        flat_map = amap.flatten(1)
+        score = flat_map.sum(1) if self.image_score == "sum" else flat_map.mean(1) if self.image_score == "mean" else flat_map.amax(1)
+        return score, amap
+
+
 @register_detector
 class MLPAutoencoder(TrainedDetector):
     """Fully-connected autoencoder on flattened grayscale images (the seed's MNIST examples A and B)."""
@@ -115,7 +135,7 @@ class MLPAutoencoder(TrainedDetector):
         return super()._to_network(images.flatten(1))
 
     def _from_network(self, values: torch.Tensor) -> torch.Tensor:
-        return super()._from_network(values).view(len(values), 1, *self.input_size)
+        return super()._from_network(values).view(-1, 1, *self.input_size)
 
     # -- network --------------------------------------------------------------------------------
     def _build_networks(self) -> None:
@@ -145,9 +165,6 @@ class MLPAutoencoder(TrainedDetector):
     def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
         return self.net_(x)
 
-    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def inference_module(self) -> MLPAutoencoderGraph:
         """A: |x − x̂| and its sum (the seed's difference image); B: (x − x̂)² and its mean (per-image MSE)."""
-        diff = (images - self._rebuild(images))[:, 0]
-        amap = diff.abs() if self.architecture == "A" else diff.pow(2)
-        flat = amap.flatten(1)
-        return {"sum": flat.sum, "mean": flat.mean, "max": flat.amax}[self.setting("image_score")](1), amap
+        return MLPAutoencoderGraph(self.net_, self.architecture, self.input_size, self.setting("image_score"))

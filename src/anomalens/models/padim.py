@@ -7,7 +7,8 @@ Localization", ICPR 2020.
 3. Per position (i, j), a Gaussian N(μ_ij, Σ_ij) fitted on the normal images, with Σ_ij + εI, ε = 0.01
    (eq. 1).
 4. Test: Mahalanobis distance of each position's embedding to its Gaussian (eq. 2), bilinear
-   upsampling to the input size, Gaussian blur σ = 4; image score = the maximum of the map.
+   upsampling to the input size, Gaussian blur σ = 4; image score = the maximum of the map. Steps 1, 2
+   and 4 are one module, ``PaDiMGraph`` (``inference_module()``): what ``predict`` runs and what is exported.
 
 Memory: the fitted state is P·d·(d + 1) floats for P = (H/4)·(W/4) positions — for 256 px and
 d = 100 that is 4096·100·101·4 B ≈ 165 MB; fitting streams the images and keeps only running sums
@@ -26,6 +27,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
@@ -38,6 +40,58 @@ from anomalens.params import Float, Int, Ints, Text
 
 # The paper's channel counts for its backbones (d of the concatenated layers 1-3).
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
+
+
+def layer_channel_indices(channel_index: torch.Tensor, channels: Sequence[int]) -> list[torch.Tensor]:
+    """The selected channels (indices into the concatenation of all layers) as per-layer local indices."""
+    local, offset = [], 0
+    for count in channels:
+        local.append(channel_index[(channel_index >= offset) & (channel_index < offset + count)] - offset)
+        offset += count
+    return local
+
+
+def padim_embedding(features: list[torch.Tensor], local_indices: list[torch.Tensor]) -> torch.Tensor:
+    """Layer features → (B, d, h, w): each layer's selected channels, nearest-upsampled onto the first grid.
+
+    Channels are selected before upsampling: the same result as selecting after it, with less work.
+    """
+    grid = features[0].shape[-2:]
+    parts = []
+    for fmap, local in zip(features, local_indices, strict=True):
+        if len(local) == 0:
+            continue
+        fmap = fmap[:, local.to(fmap.device)]
+        if fmap.shape[-2:] != grid:
+            fmap = F.interpolate(fmap, size=grid, mode="nearest")
+        parts.append(fmap)
+    return torch.cat(parts, dim=1)
+
+
+def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:
+    """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
+    centred = (embedding - mean).permute(1, 2, 0)  # (P, d, B)
+    whitened = torch.bmm(whitener, centred)  # (P, d, B)
+    return whitened.pow(2).sum(1).clamp_min(0).sqrt().transpose(0, 1)
+
+
+class PaDiMGraph(nn.Module):
+    """Images in [0, 1] → (image scores, anomaly maps): features, channel subset, eq. 2, upsampling, blur."""
+
+    def __init__(self, extractor: FeatureExtractor, local_indices: list[torch.Tensor], mean: torch.Tensor,
+                 whitener: torch.Tensor, grid: tuple[int, int], input_size: tuple[int, int], blur_sigma: float):
+        super().__init__()
+        self.extractor = extractor
+        self.local_indices = local_indices
+        self.register_buffer("mean", mean, persistent=False)
+        self.register_buffer("whitener", whitener, persistent=False)
+        self.grid, self.input_size, self.blur_sigma = tuple(grid), tuple(input_size), blur_sigma
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = padim_embedding(self.extractor(images), self.local_indices).flatten(2).transpose(1, 2)
+        amap = upsample_and_blur(mahalanobis_map(embedding, self.mean, self.whitener).reshape(-1, *self.grid),
+                                 self.input_size, self.blur_sigma)
+        return amap.flatten(1).amax(1), amap
 
 
 @register_detector
@@ -73,20 +127,8 @@ class PaDiM(Detector):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, P, d) embeddings on the layer-1 grid, only the selected channels."""
         features = self.extractor_(images.to(self.device))
-        grid = features[0].shape[-2:]
-        parts, offset = [], 0
-        for fmap in features:
-            # Select this layer's share of the random channels before upsampling: same result, less work.
-            local = self.channel_index_[(self.channel_index_ >= offset) & (self.channel_index_ < offset + fmap.shape[1])] - offset
-            offset += fmap.shape[1]
-            if len(local) == 0:
-                continue
-            fmap = fmap[:, local.to(fmap.device)]
-            if fmap.shape[-2:] != grid:
-                fmap = F.interpolate(fmap, size=grid, mode="nearest")
-            parts.append(fmap)
-        embedding = torch.cat(parts, dim=1)  # (B, d, h, w)
-        self.grid_size_ = tuple(grid)
+        embedding = padim_embedding(features, layer_channel_indices(self.channel_index_, self.extractor_.channels))
+        self.grid_size_ = tuple(int(g) for g in embedding.shape[-2:])
         return embedding.flatten(2).transpose(1, 2)  # (B, P, d)
 
     def _accumulate(self, records: Sequence, progress: bool, sums: dict | None = None,
@@ -176,22 +218,15 @@ class PaDiM(Detector):
     def _scores_and_maps(self, dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(B, P) distances → (B,) image scores (the maxima of the maps) and (B, H, W) maps (eq. 2 + blur)."""
         amap = upsample_and_blur(dist.reshape(-1, *self.grid_size_), self.input_size, self.blur_sigma)
-        return amap.flatten(1).max(1).values.cpu().numpy(), amap.cpu().numpy()
+        return amap.flatten(1).amax(1).cpu().numpy(), amap.cpu().numpy()
 
     def mahalanobis(self, embedding: torch.Tensor) -> torch.Tensor:
         """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
-        centred = (embedding - self.mean_).permute(1, 2, 0)  # (P, d, B)
-        whitened = torch.bmm(self.whitener_, centred)  # (P, d, B)
-        return whitened.pow(2).sum(1).clamp_min(0).sqrt().transpose(0, 1)
+        return mahalanobis_map(embedding, self.mean_, self.whitener_)
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = [], []
-        with torch.inference_mode():
-            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="padim score" if progress else None):
-                score, amap = self._scores_and_maps(self.mahalanobis(self.embed(batch["image"])))
-                scores.append(score)
-                maps.append(amap)
-        return np.concatenate(scores), np.concatenate(maps)
+    def inference_module(self) -> PaDiMGraph:
+        local = layer_channel_indices(self.channel_index_.cpu(), self.extractor_.channels)
+        return PaDiMGraph(self.extractor_, local, self.mean_, self.whitener_, self.grid_size_, self.input_size, self.blur_sigma)
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         return {

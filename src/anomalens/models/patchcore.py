@@ -23,7 +23,7 @@
    with m_test,* the test patch of largest s_patch, m* its nearest memory-bank patch, s* their distance
    and N_b(m*) the b = ``num_neighbors`` (9) nearest memory-bank patches of m* — which include m* itself
    (distance 0), as in anomalib; otherwise the ratio could exceed 1 and the weight turn negative. The
-   ratio is evaluated as exp(d₀ − logsumexp(d)), so large distances cannot overflow. anomalib computes
+   ratio is evaluated with the largest distance subtracted first, so large distances cannot overflow. anomalib computes
    the same formula (its weight is 1 − softmax(d)[0]); the authors' own code skips the re-weighting
    (image score = s*), which is what ``num_neighbors=1`` gives here.
 
@@ -31,8 +31,8 @@ Memory: the fitted state is the bank, ⌈f·N·P⌉·D·4 bytes (N training imag
 dimensions: 1 000 images of 256 px with efficientnet_lite0 → 102 400 × 152 × 4 B ≈ 62 MB). Fitting holds
 all N·P patch vectors (N·P·D·4 B, ≈ 620 MB for that example) plus their 128-d projection (N·P·128·4 B)
 during the coreset selection. Scoring is bounded independently of the number of test images: per batch
-of B images the B·P·D embedding, the kNN block of 4·1024·4096 B = 16 MiB (see ``components/knn.py``)
-and the B maps; only the returned (N, H, W) float32 maps grow with N (``predict_in_chunks`` avoids that).
+of B images the B·P·D embedding, one distance block of B·P × 1024 floats per bank chunk (4 MiB per
+image at 256 px, P = 1024; ``components/knn.py: ExactNearest``) and the B maps; only the returned (N, H, W) float32 maps grow with N (``predict_in_chunks`` avoids that).
 
 Threshold hold-out: the bank is built from every training image (held-out ones included: more data,
 better coverage); the held-out images are scored against the bank entries that came from the other
@@ -47,6 +47,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
@@ -55,25 +56,90 @@ from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.ann import HNSWIndex  # faiss itself is imported only when used
 from anomalens.models.components.coreset import greedy_coreset
-from anomalens.models.components.knn import nearest_neighbors
+from anomalens.models.components.knn import ExactNearest
 from anomalens.models.components.maps import upsample_and_blur
 from anomalens.params import Choice, Float, Int, Ints, Text
 
 
-def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: torch.Tensor, num_neighbors: int) -> torch.Tensor:
+def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: torch.Tensor, num_neighbors: int,
+                     search: ExactNearest | None = None) -> torch.Tensor:
     """Image scores by eq. 7 for B images: ``test_patches`` (B, D) are the m_test,*, ``nearest`` (B,) the
-    indices of their nearest bank patches m*. ``num_neighbors`` ≤ 1 returns s* unweighted."""
+    indices of their nearest bank patches m*. ``num_neighbors`` ≤ 1 returns s* unweighted. ``search``: an
+    ``ExactNearest`` over ``bank`` (built here when not given)."""
     m_star = bank[nearest]
     s_star = (test_patches - m_star).norm(dim=1)
     b = min(num_neighbors, bank.shape[0])
     if b <= 1:
         return s_star
-    _, support = nearest_neighbors(m_star, bank, b)
+    support = (search if search is not None else ExactNearest(bank)).k_nearest(m_star, b)
     # The nearest bank patch of m* is m* itself or an exact duplicate; naming m* makes d[:, 0] = s*.
-    support[:, 0] = nearest
+    support = torch.cat([nearest.unsqueeze(1), support[:, 1:]], dim=1)
     d = (test_patches.unsqueeze(1) - bank[support]).norm(dim=2)  # (B, b)
-    weight = 1.0 - torch.exp(d[:, 0] - torch.logsumexp(d, dim=1))
+    # exp(d₀) / Σ exp(d) with the largest d subtracted first: no overflow. (Spelt out rather than
+    # torch.logsumexp, whose ONNX ReduceLogSumExp OpenVINO 2026.4 reduces over the batch axis too.)
+    shifted = d - d.amax(dim=1, keepdim=True)
+    weight = 1.0 - torch.exp(shifted[:, 0]) / torch.exp(shifted).sum(dim=1)
     return weight * s_star
+
+
+def patch_embedding(features: list[torch.Tensor], dims: Sequence[int], patch_size: int) -> torch.Tensor:
+    """Layer features → (B, D, h, w) locally aware patch features on the first layer's grid (eq. 1-3)."""
+    grid = features[0].shape[-2:]
+    p = patch_size
+    parts = []
+    for fmap, dim in zip(features, dims, strict=True):
+        fmap = F.avg_pool2d(fmap, p, stride=1, padding=p // 2) if p > 1 else fmap
+        if dim < fmap.shape[1]:
+            # Average groups of adjacent channels (adaptive pooling along C), before resizing: cheaper.
+            b, c, h, w = fmap.shape
+            flat = fmap.permute(0, 2, 3, 1).reshape(-1, 1, c)
+            fmap = F.adaptive_avg_pool1d(flat, dim).reshape(-1, h, w, dim).permute(0, 3, 1, 2)
+        if fmap.shape[-2:] != grid:
+            fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
+        parts.append(fmap)
+    return torch.cat(parts, dim=1)
+
+
+class HNSWSearch(nn.Module):
+    """The approximate HNSW search (faiss) in the place of ``ExactNearest``: runs in Python, not exportable."""
+
+    def __init__(self, index: HNSWIndex) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist, nearest = self.index.search(queries)
+        return dist.reshape(-1), nearest.reshape(-1)
+
+
+# Bank rows per distance block of the graph: B·P × 1024 floats per block (64 MiB for 16 images of 256 px).
+PATCH_BANK_CHUNK = 1024
+
+
+class PatchCoreGraph(nn.Module):
+    """Images in [0, 1] → (image scores, anomaly maps): patch features, nearest bank patch per test patch
+    (eq. 6), the re-weighted image score (eq. 7), upsampled and blurred map."""
+
+    def __init__(self, extractor: FeatureExtractor, dims: Sequence[int], patch_size: int, bank: torch.Tensor,
+                 num_neighbors: int, grid: tuple[int, int], input_size: tuple[int, int], blur_sigma: float,
+                 ann_index: HNSWIndex | None = None):
+        super().__init__()
+        self.extractor = extractor
+        self.dims, self.patch_size, self.num_neighbors = list(dims), patch_size, num_neighbors
+        self.exact = ExactNearest(bank, bank_chunk=PATCH_BANK_CHUNK)
+        self.search = self.exact if ann_index is None else HNSWSearch(ann_index)
+        self.grid, self.input_size, self.blur_sigma = tuple(grid), tuple(input_size), blur_sigma
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        emb = patch_embedding(self.extractor(images), self.dims, self.patch_size).flatten(2).transpose(1, 2)
+        patches, dim = self.grid[0] * self.grid[1], emb.shape[2]
+        dist, nearest = self.search(emb.reshape(-1, dim))
+        dist, nearest = dist.reshape(-1, patches), nearest.reshape(-1, patches)
+        worst = dist.argmax(1, keepdim=True)  # (B, 1): the patch m_test,* of each image
+        test = emb.gather(1, worst.unsqueeze(2).expand(-1, -1, dim)).squeeze(1)
+        scores = reweighted_score(test, nearest.gather(1, worst).squeeze(1), self.exact.bank, self.num_neighbors, self.exact)
+        amap = upsample_and_blur(dist.reshape(-1, *self.grid), self.input_size, self.blur_sigma)
+        return scores, amap
 
 
 @register_detector
@@ -124,21 +190,9 @@ class PatchCore(Detector):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, P, D) locally aware patch features on the first layer's grid."""
         features = self.extractor_(images.to(self.device))
-        grid = features[0].shape[-2:]
-        p = self.patch_size
-        parts = []
-        for fmap, dim in zip(features, self.layer_dims([f.shape[1] for f in features])):
-            fmap = F.avg_pool2d(fmap, p, stride=1, padding=p // 2) if p > 1 else fmap
-            if dim < fmap.shape[1]:
-                # Average groups of adjacent channels (adaptive pooling along C), before resizing: cheaper.
-                b, c, h, w = fmap.shape
-                flat = fmap.permute(0, 2, 3, 1).reshape(-1, 1, c)
-                fmap = F.adaptive_avg_pool1d(flat, dim).reshape(b, h, w, dim).permute(0, 3, 1, 2)
-            if fmap.shape[-2:] != grid:
-                fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
-            parts.append(fmap)
-        self.grid_size_ = tuple(int(g) for g in grid)
-        return torch.cat(parts, dim=1).flatten(2).transpose(1, 2)
+        emb = patch_embedding(features, self.layer_dims([f.shape[1] for f in features]), self.patch_size)
+        self.grid_size_ = tuple(int(g) for g in emb.shape[-2:])
+        return emb.flatten(2).transpose(1, 2)
 
     # -- fit / score ----------------------------------------------------------------------------
     def _fit(self, records: Sequence, progress: bool) -> None:
@@ -187,29 +241,16 @@ class PatchCore(Detector):
         finally:
             self.memory_bank_, self.ann_index_ = full, index
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        height, width = self.input_size
-        scores = np.empty(len(records), np.float64)
-        maps = np.empty((len(records), height, width), np.float32)  # filled in place: one copy only
-        offset = 0
-        bank = self.memory_bank_
-        with torch.inference_mode():
-            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore score" if progress else None):
-                emb = self.embed(batch["image"])
-                n, patches, dim = emb.shape
-                if self.ann_index_ is not None:
-                    dist, nearest = self.ann_index_.search(emb.reshape(-1, dim))
-                else:
-                    dist, nearest = nearest_neighbors(emb.reshape(-1, dim), bank, 1)
-                dist, nearest = dist.view(n, patches), nearest.view(n, patches)
-                worst = dist.argmax(1)
-                rows = torch.arange(n, device=emb.device)
-                image_scores = reweighted_score(emb[rows, worst], nearest[rows, worst], bank, self.num_neighbors)
-                scores[offset : offset + n] = image_scores.cpu().numpy()
-                amap = upsample_and_blur(dist.view(n, *self.grid_size_), self.input_size, self.blur_sigma)
-                maps[offset : offset + n] = amap.cpu().numpy()
-                offset += n
-        return scores, maps
+    def inference_module(self) -> PatchCoreGraph:
+        return PatchCoreGraph(self.extractor_, self.layer_dims(self.extractor_.channels), self.patch_size,
+                              self.memory_bank_, self.num_neighbors, self.grid_size_, self.input_size, self.blur_sigma,
+                              ann_index=self.ann_index_)
+
+    def export_refusal(self) -> str | None:
+        if self.ann_index_ is not None:
+            return ("patchcore with search='hnsw' cannot be exported: the approximate HNSW search (faiss) is not a "
+                    "graph operation; refit with search='exact' (the exact search is exported)")
+        return None
 
     # -- persistence ------------------------------------------------------------------------------
     def _state_tensors(self) -> dict[str, torch.Tensor]:

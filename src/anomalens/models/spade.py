@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
 from anomalens.data import iterate_batches
@@ -83,35 +83,13 @@ class SPADE(Detector):
                     gallery[offset : offset + b] = m
                 offset += b
 
-    def _pixel_scores(self, maps: list[torch.Tensor], neighbours: torch.Tensor) -> torch.Tensor:
-        """One test image: per-layer maps (h·w, C_l), K training indices → (H, W) unblurred layer mean."""
-        total = None
-        for query, gallery, grid in zip(maps, self.galleries_, self.grid_sizes_):
-            positions = gallery.shape[1]
-            # Rows of the flattened gallery that belong to the K neighbours: gathered chunk by chunk.
-            rows = (neighbours[:, None] * positions + torch.arange(positions, device=neighbours.device)).reshape(-1)
-            dist, _ = nearest_neighbors(query, gallery.reshape(-1, gallery.shape[2]), 1, rows=rows)
-            up = F.interpolate(dist.view(1, 1, *grid), size=self.input_size, mode="bilinear", align_corners=False)[0, 0]
-            total = up if total is None else total + up
-        return total / len(maps)
+    def inference_module(self) -> nn.Module:
+        return SPADERetrieval(self)
 
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        height, width = self.input_size
-        scores = np.empty(len(records), np.float64)
-        out_maps = np.empty((len(records), height, width), np.float32)
-        k = min(self.top_k, self.global_features_.shape[0])
-        offset = 0
-        with torch.inference_mode():
-            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="spade score" if progress else None):
-                global_vec, maps = self._features(batch["image"])
-                dist, neighbours = nearest_neighbors(global_vec, self.global_features_, k)
-                b = global_vec.shape[0]
-                scores[offset : offset + b] = dist.mean(1).cpu().numpy()
-                pixel = torch.stack([self._pixel_scores([m[i] for m in maps], neighbours[i]) for i in range(b)])
-                # Blur is linear: blurring the layer mean equals averaging blurred layers, at a third of the cost.
-                out_maps[offset : offset + b] = upsample_and_blur(pixel, self.input_size, self.blur_sigma).cpu().numpy()
-                offset += b
-        return scores, out_maps
+    def export_refusal(self) -> str | None:
+        return ("spade cannot be exported: each test image first retrieves its K nearest training images, then "
+                "searches their feature maps — a gallery chosen per image at test time, which this version does not "
+                "express as a static graph; padim or patchcore export")
 
     def _state_tensors(self) -> dict[str, torch.Tensor]:
         tensors = {"global_features": self.global_features_, "grid_sizes": torch.tensor(self.grid_sizes_)}
@@ -131,3 +109,34 @@ class SPADE(Detector):
         for gallery, pos, grid in zip(self.galleries_, pyramid, self.grid_sizes_):
             if gallery.shape != (n, grid[0] * grid[1], channels[pos]):
                 raise ValueError(f"gallery of shape {tuple(gallery.shape)} does not match grid {grid} × {channels[pos]} channels")
+
+
+class SPADERetrieval(nn.Module):
+    """Images in [0, 1] → (image scores, anomaly maps) by test-time retrieval (Python: a per-image gallery)."""
+
+    def __init__(self, detector: SPADE) -> None:
+        super().__init__()
+        self.extractor = detector.extractor_
+        self.galleries, self.global_features = detector.galleries_, detector.global_features_
+        self.grid_sizes, self.input_size, self.blur_sigma = detector.grid_sizes_, detector.input_size, detector.blur_sigma
+        self.top_k = min(detector.top_k, detector.global_features_.shape[0])
+        self._detector = [detector]  # a list: not registered as a submodule
+
+    def _pixel_scores(self, maps: list[torch.Tensor], neighbours: torch.Tensor) -> torch.Tensor:
+        """One test image: per-layer maps (h·w, C_l), K training indices → (H, W) unblurred layer mean."""
+        total = None
+        for query, gallery, grid in zip(maps, self.galleries, self.grid_sizes):
+            positions = gallery.shape[1]
+            # Rows of the flattened gallery that belong to the K neighbours: gathered chunk by chunk.
+            rows = (neighbours[:, None] * positions + torch.arange(positions, device=neighbours.device)).reshape(-1)
+            dist, _ = nearest_neighbors(query, gallery.reshape(-1, gallery.shape[2]), 1, rows=rows)
+            up = F.interpolate(dist.view(1, 1, *grid), size=self.input_size, mode="bilinear", align_corners=False)[0, 0]
+            total = up if total is None else total + up
+        return total / len(maps)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        global_vec, maps = self._detector[0]._features(images)
+        dist, neighbours = nearest_neighbors(global_vec, self.global_features, self.top_k)
+        pixel = torch.stack([self._pixel_scores([m[i] for m in maps], neighbours[i]) for i in range(len(images))])
+        # Blur is linear: blurring the layer mean equals averaging blurred layers, at a third of the cost.
+        return dist.mean(1), upsample_and_blur(pixel, self.input_size, self.blur_sigma)

@@ -13,7 +13,8 @@ BMVC 2021.
 3. Test (eq. 4-5): per layer and position, 1 − cos(F_t, F_s) (= ½‖F̂_t − F̂_s‖², computed that way so it
    is never negative), upsampled bilinearly to the input size and *multiplied* across layers — as in the
    paper, the authors' code and anomalib (none of them sums). No Gaussian blur in the paper or its code
-   (``blur_sigma`` = 0; set it > 0 to smooth). Image score = maximum of the map.
+   (``blur_sigma`` = 0; set it > 0 to smooth). Image score = maximum of the map. Teacher, student and
+   eq. 4-5 are one module, ``STPMGraph`` (``inference_module()``): what ``predict`` runs and what is exported.
 
 Training protocol: a seeded ``validation_fraction`` of the fit images is held out; after each epoch the
 loss of eq. 3 on it is the validation loss, and the student of the best epoch is kept (the authors hold out
@@ -75,6 +76,25 @@ def stpm_map(teacher: list[torch.Tensor], student: list[torch.Tensor], size: tup
     return amap
 
 
+class STPMGraph(nn.Module):
+    """Images in [0, 1] → (image scores, anomaly maps): teacher and student features, eq. 4-5, optional blur,
+    score = the map's maximum."""
+
+    def __init__(self, teacher: FeatureExtractor, student: nn.Module, input_size: tuple[int, int], blur_sigma: float):
+        super().__init__()
+        self.teacher, self.student = teacher, student
+        self.input_size, self.blur_sigma = tuple(input_size), blur_sigma
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        teacher = self.teacher(images)
+        # The student sees the teacher's input normalisation, so both match the same pixels.
+        student = self.student(self.teacher.normalise(images))
+        amap = stpm_map(teacher, student, self.input_size)
+        if self.blur_sigma:
+            amap = upsample_and_blur(amap, self.input_size, self.blur_sigma)
+        return amap.flatten(1).amax(1), amap
+
+
 @register_detector
 class STPM(TrainedDetector):
     """Student trained to match a pretrained teacher's feature pyramid; anomalies where they disagree."""
@@ -134,12 +154,9 @@ class STPM(TrainedDetector):
         return stpm_loss(*self._features(x)).item()
 
     # -- score (eq. 4-5) ------------------------------------------------------------------------
-    def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) images in [0, 1] → (B, H, W) maps at the input size (eval mode, no grad)."""
-        teacher, student = self._features(images)
-        amap = stpm_map(teacher, student, tuple(images.shape[-2:]))
-        return upsample_and_blur(amap, tuple(images.shape[-2:]), self.blur_sigma) if self.blur_sigma else amap
+    def inference_module(self) -> STPMGraph:
+        return STPMGraph(self.teacher_, self.student_, self.input_size, self.blur_sigma)
 
-    def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        amap = self.anomaly_maps(images)
-        return amap.flatten(1).max(1).values, amap
+    def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images in [0, 1] at the input size → (B, H, W) maps (eval mode, no grad)."""
+        return self.inference_module().eval()(images.to(self.device))[1]

@@ -10,7 +10,19 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-__all__ = ["overlay_heatmap", "draw_mask_contours", "heatmap_range"]
+__all__ = ["overlay_heatmap", "draw_mask_contours", "heatmap_range", "to_original_size", "render_heatmap"]
+
+# Pixels blended at a time: the float64 temporaries of a strip stay ~6 MB each, whatever the frame size.
+_STRIP_PIXELS = 262_144
+_LUTS: dict[str, np.ndarray] = {}
+
+
+def _lut(cmap: str) -> np.ndarray:
+    """The colour map's own table (N, 3) float64: ``cmap(x)`` for x in [0, 1] is ``lut[min(int(x * N), N - 1)]``."""
+    if cmap not in _LUTS:
+        colormap = colormaps[cmap]
+        _LUTS[cmap] = np.asarray(colormap(np.arange(colormap.N)), dtype=np.float64)[:, :3]
+    return _LUTS[cmap]
 
 
 def as_float_rgb(image: ArrayLike) -> np.ndarray:
@@ -48,14 +60,25 @@ def overlay_heatmap(
         raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    rgb = as_float_rgb(image)
-    heat = np.asarray(amap, dtype=np.float64)
-    if heat.shape != rgb.shape[:2]:
-        raise ValueError(f"anomaly map {heat.shape} does not match image {rgb.shape[:2]}")
-    norm = np.clip((heat - vmin) / (vmax - vmin), 0.0, 1.0)
-    colored = colormaps[cmap](norm)[..., :3]
-    out = (1.0 - alpha) * rgb + alpha * colored
-    return np.round(out * 255.0).astype(np.uint8)
+    img = np.asarray(image)
+    heat = np.asarray(amap)
+    if heat.shape != img.shape[:2] or img.ndim not in (2, 3):
+        raise ValueError(f"anomaly map {heat.shape} does not match image {img.shape[:2]}")
+    lut = _lut(cmap)
+    n = len(lut)
+    height, width = heat.shape
+    out = np.empty((height, width, 3), np.uint8)
+    # Strip by strip, the same float64 arithmetic as blending whole arrays (colormap lookup = its table),
+    # so a large frame never has full-size float64 copies (a 12000² one would need 3.5 GB for each).
+    step = max(1, _STRIP_PIXELS // max(1, width))
+    for y0 in range(0, height, step):
+        rows = slice(y0, y0 + step)
+        rgb = as_float_rgb(img[rows])
+        norm = np.clip((np.asarray(heat[rows], dtype=np.float64) - vmin) / (vmax - vmin), 0.0, 1.0)
+        colored = lut[np.minimum((norm * n).astype(np.intp), n - 1)]
+        blend = (1.0 - alpha) * rgb + alpha * colored
+        out[rows] = np.round(blend * 255.0).astype(np.uint8)
+    return out
 
 
 def draw_mask_contours(
@@ -76,11 +99,69 @@ def draw_mask_contours(
     m = np.asarray(mask, dtype=bool)
     if out.ndim != 3 or out.shape[2] != 3 or m.shape != out.shape[:2]:
         raise ValueError(f"need rgb (H, W, 3) and mask (H, W), got {out.shape} and {m.shape}")
+    _draw_boundaries(out, m, color, width)
+    return out
+
+
+def _boundary(m: np.ndarray, width: int) -> np.ndarray:
     boundary = find_boundaries(m, mode="inner" if width == 1 else "thick")
     if width > 2 and boundary.any():
         boundary = ndimage.binary_dilation(boundary, iterations=(width - 1) // 2)
-    out[boundary] = np.asarray(color, dtype=np.uint8)
-    return out
+    return boundary
+
+
+def _draw_boundaries(out: np.ndarray, m: np.ndarray, color: Sequence[int], width: int) -> None:
+    """Draw the outline of ``m`` into ``out`` in place, strip by strip (each strip sees ``margin`` rows of its
+    neighbours, so the outline equals the whole-image one) — the temporaries stay small for large frames."""
+    colour = np.asarray(color, dtype=np.uint8)
+    height, cols = m.shape
+    margin = 2 + (width - 1) // 2
+    step = max(4 * margin, _STRIP_PIXELS // max(1, cols))
+    for y0 in range(0, height, step):
+        y1 = min(height, y0 + step)
+        lo, hi = max(0, y0 - margin), min(height, y1 + margin)
+        part = m[lo:hi]
+        if not part.any() or part.all():
+            continue
+        boundary = _boundary(part, width)[y0 - lo : y1 - lo]
+        out[y0:y1][boundary] = colour
+
+
+def to_original_size(amap: ArrayLike, size: tuple[int, int]) -> np.ndarray:
+    """An anomaly map (h, w) at the model's input size → float32 (H, W) at the image's own ``size``
+    (bilinear, as Pillow resizes float images): what ``anomalens predict`` draws and thresholds."""
+    from PIL import Image
+
+    amap = np.asarray(amap, dtype=np.float32)
+    height, width = int(size[0]), int(size[1])
+    if amap.shape == (height, width):
+        return amap
+    return np.asarray(Image.fromarray(amap).resize((width, height), Image.BILINEAR))
+
+
+def render_heatmap(
+    picture: ArrayLike,
+    amap: ArrayLike,
+    vmin: float,
+    vmax: float,
+    pixel_threshold: float | None = None,
+    contour_color: Sequence[int] = (255, 255, 255),
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The heatmap overlay of ``anomalens predict`` at the picture's own resolution: (uint8 (H, W, 3),
+    the predicted mask (H, W) bool, outlined on the overlay, or None without ``pixel_threshold``).
+
+    ``amap`` is at the model's input size; it is brought to the picture's size once (float32), and the
+    colouring and outlining run in strips, so the memory is a few bytes per pixel, not tens.
+    """
+    img = np.asarray(picture)
+    full = to_original_size(amap, img.shape[:2])
+    overlay = overlay_heatmap(img, full, vmin, vmax)
+    if pixel_threshold is None:
+        return overlay, None
+    mask = full > pixel_threshold
+    del full
+    _draw_boundaries(overlay, mask, contour_color, 2)
+    return overlay, mask
 
 
 def heatmap_range(

@@ -97,7 +97,7 @@ class DCGANDecoder(nn.Module):
         self.latent_dim = latent_dim
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.main(z.view(len(z), self.latent_dim, 1, 1))
+        return self.main(z.view(-1, self.latent_dim, 1, 1))
 
 
 def gan_init(module: nn.Module, bn_weight_mean: float = 1.0) -> nn.Module:

@@ -18,6 +18,7 @@ is subtracted from both sides first (``center=True``): distances are unchanged, 
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 DEFAULT_QUERY_CHUNK = 1024
 DEFAULT_BANK_CHUNK = 4096
@@ -100,3 +101,53 @@ def nearest_neighbors(
         out_dist[q0 : q0 + x.shape[0]] = (best_d + x.pow(2).sum(1, keepdim=True)).clamp_min_(0).sqrt_()
         out_index[q0 : q0 + x.shape[0]] = best_i
     return out_dist, out_index
+
+
+class ExactNearest(nn.Module):
+    """Exact L2 nearest neighbours in a fixed gallery as plain tensor operations (a static graph).
+
+    The same arithmetic as ``nearest_neighbors`` with ``center=True``: the gallery is centred on its mean,
+    squared distances come from one GEMM per ``bank_chunk`` gallery rows, ‖m‖² − 2 x·m, with ‖x‖² added
+    after the minimum; chunks are merged keeping the earlier row on ties. The chunks are fixed when the
+    module is built, so an exported graph is unrolled over them and holds Q·bank_chunk floats per step
+    for Q queries (queries are not chunked: their number depends on the batch). ``bank`` is kept as given
+    (one copy; the centred chunks are formed on the fly, M·D subtractions per call).
+    """
+
+    def __init__(self, bank: torch.Tensor, bank_chunk: int = DEFAULT_BANK_CHUNK) -> None:
+        super().__init__()
+        bank = bank.float()
+        shift = torch.zeros(bank.shape[-1], device=bank.device)
+        for b0 in range(0, bank.shape[0], bank_chunk):
+            shift += bank[b0 : b0 + bank_chunk].sum(0, dtype=torch.float64).float()
+        shift /= bank.shape[0]
+        self.register_buffer("bank", bank, persistent=False)
+        self.register_buffer("shift", shift, persistent=False)
+        self.bounds = [(b0, min(b0 + bank_chunk, bank.shape[0])) for b0 in range(0, bank.shape[0], bank_chunk)]
+
+    def squared_blocks(self, queries: torch.Tensor):
+        """Yield (first gallery row, ‖m‖² − 2 x·m block (Q, m)) per gallery chunk, for centred queries."""
+        for b0, b1 in self.bounds:
+            chunk = self.bank[b0:b1] - self.shift
+            yield b0, torch.addmm(chunk.pow(2).sum(1), queries, chunk.T, alpha=-2.0)
+
+    def forward(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(Q, D) → (distances (Q,), indices (Q,) int64) of the nearest gallery row."""
+        x = queries.float() - self.shift
+        best_d = best_i = None
+        for b0, block in self.squared_blocks(x):
+            d, i = block.min(1)
+            if best_d is None:
+                best_d, best_i = d, i
+            else:
+                better = d < best_d
+                best_d = torch.where(better, d, best_d)
+                best_i = torch.where(better, i + b0, best_i)
+        return (best_d + x.pow(2).sum(1)).clamp_min(0).sqrt(), best_i
+
+    def k_nearest(self, queries: torch.Tensor, k: int) -> torch.Tensor:
+        """(Q, D) → (Q, k) indices of the k nearest gallery rows, nearest first (for few queries: the whole
+        (Q, M) block is formed)."""
+        x = queries.float() - self.shift
+        block = torch.cat([b for _, b in self.squared_blocks(x)], dim=1)
+        return block.topk(k, dim=1, largest=False, sorted=True).indices

@@ -33,7 +33,9 @@ What a subclass writes:
     _optimizers()              {name: optimiser}; ``_schedulers(optimizers)`` optionally
     _train_step(x, optimizers) one optimisation step on a training batch → {loss name: float}
     _validation_loss(x)        the validation loss of a batch, summed over its images (if it validates)
-    _score_batch(images)       (scores (B,), maps (B, H, W)) of a batch of images in [0, 1]
+    inference_module()         the fitted networks and the score as one nn.Module: images in [0, 1] →
+                               (scores (B,), maps (B, H, W)) (``Detector.inference_module``); a model
+                               without one may define ``_score_batch(images)`` instead (not exportable)
     _reconstruct_batch(x)      the networks' rebuild of x, in the network's scale (if it reconstructs)
 where ``x`` is a batch as the networks see it (scaled, on the device).
 """
@@ -41,7 +43,7 @@ where ``x`` is a batch as the networks see it (scaled, on the device).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, ContextManager, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -136,6 +138,15 @@ class TrainedDetector(Detector):
     def _score_batch(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
+    def inference_module(self) -> nn.Module:
+        """Default: ``_score_batch`` wrapped as a module (runs in Python, cannot be exported)."""
+        return _ScoreBatchModule(self)
+
+    def export_refusal(self) -> str | None:
+        if type(self).inference_module is TrainedDetector.inference_module:
+            return f"{self.name} defines no inference graph (only a Python scoring function)"
+        return None
+
     def _reconstruct_batch(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
@@ -224,10 +235,6 @@ class TrainedDetector(Detector):
         return total / len(images)
 
     # -- score and reconstruct ----------------------------------------------------------------------
-    def _inference(self) -> ContextManager:
-        """The context networks are evaluated in (AnoGAN's latent search needs gradients)."""
-        return torch.inference_mode()
-
     @contextlib.contextmanager
     def _evaluating(self) -> Iterator[None]:
         for module in self._networks().values():
@@ -240,15 +247,6 @@ class TrainedDetector(Detector):
         desc = f"{self.name} {what}" if progress else None
         for batch in iterate_batches(records, self.image_size, self.setting("batch_size"), channels=self.image_channels, desc=desc):
             yield batch["image"].to(self.device)
-
-    def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        scores, maps = [], []
-        with self._evaluating():
-            for images in self._image_batches(records, progress, "score"):
-                score, amap = self._score_batch(images)
-                scores.append(score.cpu())
-                maps.append(amap.float().cpu())
-        return torch.cat(scores).numpy(), torch.cat(maps).numpy()
 
     def _rebuild(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] → the networks' reconstructions in the [0, 1] scale (not clamped)."""
@@ -286,3 +284,15 @@ class TrainedDetector(Detector):
         epoch = tensors.get("kept_epoch", tensors.get("best_epoch"))
         self.kept_epoch_ = None if epoch is None else int(epoch)
         self._load_extra_tensors(tensors)
+
+
+class _ScoreBatchModule(nn.Module):
+    """A detector's ``_score_batch`` as a module (its networks registered, so ``eval()`` reaches them)."""
+
+    def __init__(self, detector: TrainedDetector) -> None:
+        super().__init__()
+        self.networks = nn.ModuleDict(detector._networks())
+        self._detector = [detector]  # a list: not registered as a submodule
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._detector[0]._score_batch(images)

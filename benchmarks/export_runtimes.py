@@ -1,0 +1,188 @@
+"""torch vs ONNX Runtime vs OpenVINO on this CPU: throughput, single-image latency, file sizes, peak memory.
+
+    .venv/bin/python benchmarks/export_runtimes.py               # writes results/export_runtimes/
+    .venv/bin/python benchmarks/export_runtimes.py --models padim --n-test 8 --threads 2
+
+For padim, patchcore and stpm at 256 px on a synthetic category (``make_synthetic_category``, brick):
+fit (STPM: a few epochs only — speed, not accuracy, is measured here), export to ONNX and OpenVINO IR,
+then, in this process, on the same preprocessed float32 batches:
+- throughput: images per second over ``--n-test`` images in batches of 8 (best of ``--repeats``);
+- latency of one image (batch 1): p50 and p95 over ``--latency-runs`` calls after 3 warm-up calls;
+each runtime with ``--threads`` threads (torch.set_num_threads, ORT intra_op_num_threads, OpenVINO
+INFERENCE_NUM_THREADS). The graph is the same module in all three (``Detector.inference_module``).
+Then one fresh process per runtime runs a whole predict job on the test image *files* (decode, resize,
+graph, decision rule) and reports its peak RSS (VmHWM) and whether torch was imported.
+``--reuse`` keeps the runs and exports of an earlier invocation (same settings) instead of refitting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "export_runtimes"
+WORK = HERE / "_work" / "export_runtimes"
+
+PREDICT_SCRIPT = r"""
+import json, sys, time
+runtime, target, images = sys.argv[1], sys.argv[2], sys.argv[3:]
+t = time.perf_counter()
+if runtime == "torch":
+    import torch
+    torch.set_num_threads({threads})
+    from anomalens.catalog import load_detector
+    from anomalens.data import ImageRecord
+    model = load_detector(target, device="cpu")
+    result = model.predict([ImageRecord(p, 0) for p in images], progress=False)
+else:
+    from anomalens.exported import load_export
+    model = load_export(target, runtime=runtime, threads={threads})
+    result = model.predict(images)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the (large) benchmark process that started us.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mb": hwm / 1024,
+                  "torch_imported": "torch" in sys.modules, "n": len(result)}}))
+"""
+
+
+def machine() -> dict:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    import onnxruntime
+    import openvino
+    import torch
+
+    return {"cpu": cpu, "logical_cpus": os.cpu_count(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+            "python": platform.python_version(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+            "openvino": openvino.__version__, "note": "shared machine: other jobs may run at the same time"}
+
+
+def timed(fn, batches, repeats):
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for batch in batches:
+            fn(batch)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def latency(fn, image, runs):
+    for _ in range(3):
+        fn(image)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn(image)
+        times.append(time.perf_counter() - start)
+    return float(np.percentile(times, 50) * 1000), float(np.percentile(times, 95) * 1000)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=["padim", "patchcore", "stpm"])
+    parser.add_argument("--image-size", type=int, default=256)
+    parser.add_argument("--n-train", type=int, default=40)
+    parser.add_argument("--n-test", type=int, default=24)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--latency-runs", type=int, default=30)
+    parser.add_argument("--stpm-epochs", type=int, default=3)
+    parser.add_argument("--reuse", action="store_true", help="reuse the runs and exports of an earlier invocation")
+    args = parser.parse_args()
+
+    import torch
+
+    from anomalens.catalog import create_detector, load_detector
+    from anomalens.data import load_dataset, make_synthetic_category
+    from anomalens.export import export_run
+    from anomalens.exported import load_export, load_input
+
+    torch.set_num_threads(args.threads)
+    WORK.mkdir(parents=True, exist_ok=True)
+    category = WORK / "data" / "brick"
+    if not (args.reuse and category.is_dir()):
+        category = make_synthetic_category(WORK / "data", source="brick", n_train=args.n_train, n_test_good=args.n_test // 2,
+                                           n_test_defect=args.n_test - args.n_test // 2, image_size=args.image_size, seed=0,
+                                           overwrite=True)
+    data = load_dataset(category)
+    test_files = [str(r.source) for r in data.test]
+    rows = []
+    for name in args.models:
+        params = {"image_size": args.image_size, "device": "cpu", "batch_size": 8}
+        if name == "stpm":
+            params["epochs"] = args.stpm_epochs
+        run = WORK / "runs" / name
+        start = time.perf_counter()
+        exports = {fmt: WORK / "exports" / f"{name}_{fmt}" for fmt in ("onnx", "openvino")}
+        fit_s = None
+        if not (args.reuse and (run / "detector.json").is_file() and all((p / "export.json").is_file() for p in exports.values())):
+            create_detector(name, **params).fit(data.train, progress=False).save(run)
+            fit_s = time.perf_counter() - start
+            exports = {fmt: export_run(run, path, fmt, overwrite=True) for fmt, path in exports.items()}
+        detector = load_detector(run, device="cpu")
+        module = detector.inference_module().eval()
+        images = np.stack([load_input(f, detector.input_size, detector.image_channels) for f in test_files])
+        batches = [images[i : i + 8] for i in range(0, len(images), 8)]
+
+        def torch_run(batch, module=module):
+            with torch.inference_mode():
+                return module(torch.from_numpy(batch))
+
+        runners = {"torch": torch_run,
+                   "onnxruntime": load_export(exports["onnx"], "onnxruntime", threads=args.threads).run,
+                   "openvino": load_export(exports["openvino"], "openvino", threads=args.threads).run}
+        sizes = {fmt: sum(p.stat().st_size for p in folder.iterdir() if p.name != "export.json") / 2**20
+                 for fmt, folder in exports.items()}
+        weights_mb = (run / "weights.safetensors").stat().st_size / 2**20
+        for runtime, fn in runners.items():
+            seconds = timed(fn, batches, args.repeats)
+            p50, p95 = latency(fn, images[:1], args.latency_runs)
+            script = PREDICT_SCRIPT.format(threads=args.threads)
+            target = str(run if runtime == "torch" else exports["onnx" if runtime == "onnxruntime" else "openvino"])
+            done = subprocess.run([sys.executable, "-c", script, runtime, target, *test_files], capture_output=True,
+                                  text=True, check=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+            job = json.loads(done.stdout.strip().splitlines()[-1])
+            row = {"model": name, "runtime": runtime, "images_per_second": len(images) / seconds,
+                   "latency_p50_ms": p50, "latency_p95_ms": p95,
+                   "model_file_mb": weights_mb if runtime == "torch" else sizes["onnx" if runtime == "onnxruntime" else "openvino"],
+                   "predict_process_peak_rss_mb": job["peak_rss_mb"], "predict_process_seconds": job["seconds"],
+                   "torch_imported": job["torch_imported"]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    meta = {"machine": machine(), "settings": vars(args), "category": "synthetic brick (make_synthetic_category)"}
+    (RESULTS / "results.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+    lines = [
+        "# torch vs ONNX Runtime vs OpenVINO (CPU)", "",
+        f"Machine: {meta['machine']['cpu']}, {meta['machine']['logical_cpus']} logical CPUs, {meta['machine']['memory_gb']} GB; "
+        f"torch {meta['machine']['torch']}, onnxruntime {meta['machine']['onnxruntime']}, openvino {meta['machine']['openvino']}; "
+        f"{args.threads} threads per runtime; {meta['machine']['note']}.",
+        f"Data: synthetic brick category, {args.image_size} px, {args.n_train} training images, {len(test_files)} test images; "
+        "throughput in batches of 8 (best of "
+        f"{args.repeats}), latency of one image (p50 / p95 of {args.latency_runs}); model file = weights.safetensors "
+        "for torch, the export's graph files otherwise; peak RSS of a fresh process that loads the model and predicts "
+        "on the test image files (decode, resize, graph, decision rule).", "",
+        "| model | runtime | images/s | latency p50 ms | latency p95 ms | model file MB | predict peak RSS MB | torch imported |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['runtime']} | {r['images_per_second']:.1f} | {r['latency_p50_ms']:.1f} | "
+                     f"{r['latency_p95_ms']:.1f} | {r['model_file_mb']:.1f} | {r['predict_process_peak_rss_mb']:.0f} | "
+                     f"{'yes' if r['torch_imported'] else 'no'} |")
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

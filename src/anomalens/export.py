@@ -1,0 +1,271 @@
+"""Export a fitted run as one inference graph — ONNX or OpenVINO IR — with a JSON that says how to use it.
+
+    anomalens export runs/hazelnut --format onnx -o exports/hazelnut
+    export_run("runs/hazelnut", "exports/hazelnut", format="openvino")
+
+What is exported is the detector's ``inference_module()`` (``anomalens.detector``): the very module that
+``predict`` runs, traced once. It maps float32 images (N, C, H, W) in [0, 1] at the run's input size to
+``scores`` (N,) and, for detectors that localise, ``maps`` (N, H, W); normalisation, feature extraction,
+distances, upsampling, blur and the image score are inside it. The batch size N is dynamic.
+
+The output folder holds:
+- ``model.onnx`` (ONNX, opset ``ONNX_OPSET``; the manifest also sits in its ``metadata_props`` under
+  ``anomalens``), or ``model.xml`` + ``model.bin`` (OpenVINO IR, float32 weights: no FP16 compression);
+- ``export.json``, the manifest: detector name and parameters, the decision rule
+  (``DecisionRule.to_dict()``), input size and channels, the preprocessing the caller must do (decode,
+  colour, resize method), the anomalens version, the SHA-256 of the run's weights and of every file
+  written, the ONNX opset.
+
+Before anything is written in place, the graph is run by its runtime on a batch of a different size than
+the traced one and compared with the torch module (``check_tolerance``): a tracing problem (a batch size
+baked into the graph, an operation the runtime computes differently) fails the export instead of giving
+a silently different model. The folder appears whole (written aside, then renamed) or not at all.
+
+Refused, with one line each (``anomalens.errors``): an unknown format, a missing optional package (the
+message names the pip extra ``anomalens[export]``), an unfitted or tampered run (``load_detector``'s
+checks), a detector whose inference is not a fixed graph (``Detector.export_refusal``: AnoGAN's latent
+search, SPADE's retrieval, PatchCore with the approximate HNSW search).
+
+The tracer is torch's TorchScript-based ONNX exporter (``dynamo=False``): it needs no extra package and
+traces the modules as ``predict`` runs them; torch 2.14 still ships it (marked deprecated).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shutil
+import warnings
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from anomalens.errors import AnomalensError, ConfigError
+from anomalens.exported import EXPORT_FORMAT_VERSION, EXTRA, MANIFEST_FILE, compare_outputs, load_export
+from anomalens.version import __version__
+
+EXPORT_FORMATS = ("onnx", "openvino")
+ONNX_OPSET = 17
+INPUT_NAME = "images"
+# Largest relative difference accepted between the runtime and the torch module (see ``compare_outputs``).
+DEFAULT_TOLERANCE = 1e-3
+TRACE_BATCH = 2  # batch size the graph is traced with; the export check runs another one
+_ONNX_SINGLE_FILE_LIMIT = 1_800_000_000  # bytes: above this the weights go to model.onnx.data (protobuf's 2 GiB)
+
+
+class ExportMismatchError(AnomalensError):
+    """An exported graph whose outputs differ from the torch model's beyond the tolerance."""
+
+
+def require(package: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or ConfigError naming the pip extra that installs it."""
+    try:
+        return importlib.import_module(package)
+    except ImportError:
+        raise ConfigError(f"{purpose} needs the optional package '{package}', which is not installed: {EXTRA}") from None
+
+
+def preprocessing_description(channels: int, input_size: tuple[int, int]) -> dict[str, Any]:
+    """What a caller must do to an image file before the graph: exactly ``anomalens.data``'s loading."""
+    height, width = input_size
+    return {
+        "decode": "pixels as stored (EXIF orientation not applied); 8-bit values / 255, 16-bit / 65535; "
+                  "alpha composited onto black (colour × alpha)",
+        "color": ("grayscale: ITU-R 601-2 luma 0.299 R + 0.587 G + 0.114 B" if channels == 1
+                  else "RGB; grey images replicated to 3 channels"),
+        "resize": {
+            "size": [height, width],
+            "method": "bilinear, antialiased: the triangle filter widened by the scale factor when shrinking "
+                      "(as Pillow's BILINEAR resampling; torch.nn.functional.interpolate(mode='bilinear', "
+                      "antialias=True, align_corners=False)), in float32, then clamped to [0, 1]; "
+                      "images already at the size are not resampled",
+        },
+        "layout": "NCHW float32 in [0, 1]; no mean/std normalisation outside the graph (it is inside)",
+        "reference": "anomalens.exported.load_input (numpy + Pillow, no torch)",
+    }
+
+
+def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", overwrite: bool = False,
+               tolerance: float = DEFAULT_TOLERANCE) -> Path:
+    """Export the fitted run in ``run_dir`` to the folder ``output`` (see the module docstring). Returns it."""
+    if format not in EXPORT_FORMATS:
+        raise ConfigError(f"unknown export format '{format}'; use one of {', '.join(EXPORT_FORMATS)}")
+    onnx = require("onnx", f"exporting to {format}")
+    runtime = require("onnxruntime", "checking the ONNX export") if format == "onnx" else require("openvino", "exporting to openvino")
+    output = Path(output)
+    if output.exists() and not overwrite:
+        raise ConfigError(f"{output}: already exists; choose another output or pass --overwrite")
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"{output}: is a file, not an export folder")
+
+    import torch
+
+    from anomalens.catalog import load_detector
+    from anomalens.persistence import file_sha256, read_config
+
+    detector = load_detector(run_dir, device="cpu")  # ModelFileError for unfitted / tampered runs
+    refusal = detector.export_refusal()
+    if refusal:
+        raise ConfigError(refusal)
+    config = read_config(run_dir)
+    channels, (height, width) = detector.image_channels, detector.input_size
+    module = detector.inference_module().eval()
+    output_names = ["scores", "maps"] if detector.localizes else ["scores"]
+    manifest: dict[str, Any] = {
+        "library": "anomalens",
+        "kind": "export",
+        "export_format_version": EXPORT_FORMAT_VERSION,
+        "anomalens_version": __version__,
+        "format": format,
+        "onnx_opset": ONNX_OPSET,
+        "detector": detector.name,
+        "params": detector.params,
+        "localizes": detector.localizes,
+        "score_is_map_max": detector.score_is_map_max,
+        "decision": detector.decision_.to_dict(),
+        "input": {"name": INPUT_NAME, "shape": ["batch", channels, height, width], "dtype": "float32",
+                  "range": [0.0, 1.0], "channels": channels, "height": height, "width": width},
+        "outputs": [{"name": "scores", "shape": ["batch"], "dtype": "float32"}]
+        + ([{"name": "maps", "shape": ["batch", height, width], "dtype": "float32"}] if detector.localizes else []),
+        "preprocessing": preprocessing_description(channels, (height, width)),
+        "weights_sha256": config.get("weights_sha256"),
+        "source_run": str(Path(run_dir).resolve()),
+        "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, runtime.__name__: runtime.__version__},
+    }
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    stage = output.parent / f".{output.name}.partial-{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+    try:
+        onnx_path = stage / "model.onnx"
+        _trace_to_onnx(module, torch.rand(TRACE_BATCH, channels, height, width), onnx_path, output_names)
+        if format == "onnx":
+            _add_onnx_metadata(onnx, onnx_path, manifest)
+            files = sorted(p.name for p in stage.iterdir())
+        else:
+            ov = runtime
+            ov.save_model(ov.convert_model(str(onnx_path)), str(stage / "model.xml"), compress_to_fp16=False)
+            for leftover in stage.glob("model.onnx*"):
+                leftover.unlink()
+            files = ["model.xml", "model.bin"]
+        manifest["files"] = {name: file_sha256(stage / name) for name in files}
+        (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=_json_default))
+        _check_against_torch(stage, module, tolerance)
+        if output.exists():
+            shutil.rmtree(output)
+        os.replace(stage, output)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return output
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    if isinstance(value, (Path, tuple)):
+        return str(value) if isinstance(value, Path) else list(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _trace_to_onnx(module: Any, example: Any, path: Path, output_names: list[str]) -> None:
+    import torch
+
+    dynamic = {name: {0: "batch"} for name in [INPUT_NAME, *output_names]}
+    with torch.no_grad(), warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation and warns about Python values it records as
+        # constants (shapes of the fixed input size); the export check below catches a wrong constant.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, (example,), str(path), dynamo=False, input_names=[INPUT_NAME],
+                          output_names=output_names, dynamic_axes=dynamic, opset_version=ONNX_OPSET,
+                          do_constant_folding=True)
+
+
+def _add_onnx_metadata(onnx: ModuleType, path: Path, manifest: dict[str, Any]) -> None:
+    """Put the manifest (without the file hashes, which depend on it) into the model's metadata_props."""
+    model = onnx.load(str(path))
+    summary = {k: v for k, v in manifest.items() if k != "files"}
+    for key, value in {"anomalens": json.dumps(summary, default=_json_default),
+                       "anomalens_version": __version__, "detector": manifest["detector"]}.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.producer_name = "anomalens"
+    model.producer_version = __version__
+    large = model.ByteSize() > _ONNX_SINGLE_FILE_LIMIT
+    for stale in path.parent.glob("*"):
+        if stale != path:  # weights the tracer wrote as external data are rewritten below
+            stale.unlink()
+    onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+                    location="model.onnx.data")
+
+
+def _check_against_torch(folder: Path, module: Any, tolerance: float) -> None:
+    """Run the written graph on a batch of another size than the traced one; ExportMismatchError if it differs."""
+    import torch
+
+    exported = load_export(folder)
+    generator = torch.Generator().manual_seed(0)
+    channels, (height, width) = exported.image_channels, exported.input_size
+    images = torch.rand(TRACE_BATCH + 1, channels, height, width, generator=generator)
+    with torch.inference_mode():
+        reference = [t.float().numpy() for t in module(images)]
+    got = exported.run(images.numpy())
+    report = compare_outputs(reference[0], got[0], reference[1] if len(reference) > 1 else None, got[1])
+    if max(report["scores_rel"], report["maps_rel"]) > tolerance:
+        raise ExportMismatchError(
+            f"the {exported.runtime} graph differs from the torch model on a check batch (scores: max relative "
+            f"difference {report['scores_rel']:.3g}, maps: {report['maps_rel']:.3g}; tolerance {tolerance}); "
+            "nothing was written — please report this detector and its parameters"
+        )
+
+
+def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: str | Path | None = None,
+                  runtime: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+    """Run the export and the torch model on real images; return the differences and the flipped labels.
+
+    ``images``: image files and/or folders. ``run_dir``: the run that was exported (default: the one the
+    manifest names); its weights must be those exported (same SHA-256). The result has ``scores_abs``,
+    ``scores_rel``, ``maps_abs``, ``maps_rel`` (see ``compare_outputs``), ``flips`` (one dict per image
+    whose label differs), ``n_images``, ``runtime``, ``tolerance`` and ``ok`` (within the tolerance and
+    no label flipped).
+    """
+    from anomalens.catalog import load_detector
+    from anomalens.data import ImageRecord
+    from anomalens.data.io import is_image_file, list_images
+    from anomalens.errors import DataError, ModelFileError
+    from anomalens.exported import read_manifest
+    from anomalens.persistence import read_config
+
+    manifest = read_manifest(export_dir)
+    run_dir = Path(run_dir or manifest.get("source_run") or "")
+    if read_config(run_dir).get("weights_sha256") != manifest.get("weights_sha256"):
+        raise ModelFileError(f"{run_dir}: not the run this export was made from (its weights' SHA-256 differs from "
+                             f"the one in {Path(export_dir) / MANIFEST_FILE}); pass the exported run")
+    paths: list[Path] = []
+    for item in [images] if isinstance(images, (str, Path)) else list(images):
+        item = Path(item)
+        if item.is_dir():
+            paths += list_images(item)
+        elif is_image_file(item):
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: not an image file or a folder of images")
+    if not paths:
+        raise DataError(f"no images found in {images}")
+    records = [ImageRecord(path, 0, name=str(path)) for path in paths]
+    exported = load_export(export_dir, runtime)
+    detector = load_detector(run_dir)
+    reference = detector.predict(records, progress=False)
+    got = exported.predict(records)
+    report: dict[str, Any] = compare_outputs(reference.scores, got.scores, reference.maps, got.maps)
+    report["flips"] = [
+        {"image": str(paths[i]), "torch_label": int(reference.labels[i]), "export_label": int(got.labels[i]),
+         "torch_score": float(reference.scores[i]), "export_score": float(got.scores[i])}
+        for i in np.flatnonzero(reference.labels != got.labels)
+    ]
+    report.update(n_images=len(paths), runtime=exported.runtime, tolerance=tolerance, detector=exported.name)
+    report["ok"] = max(report["scores_rel"], report["maps_rel"]) <= tolerance and not report["flips"]
+    return report
