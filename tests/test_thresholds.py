@@ -98,3 +98,22 @@ def test_area_rule_needs_maps():
     det.decision_ = DecisionRule(image_threshold=1.0, source="quantile", description="set by the test")
     with pytest.raises(Exception, match="no anomaly maps"):
         det.calibrate([], method="area")
+
+
+def test_area_calibration_never_uses_normals_the_model_was_fitted_on(train_records, test_records, tmp_path):
+    """Regression (issue 15, item 2): `calibrate --method area` on PaDiM flagged every image — the
+    'held-out' normals it validated on were in PaDiM's final fit, so their maps were near zero."""
+    from anomalens.data import AnomalyDataset
+    from anomalens.workflow import calibrate_run, fit_run
+
+    dataset = AnomalyDataset("tiny", train=list(train_records), test=list(test_records))
+    padim = fit_run("padim", dataset, tmp_path / "padim", TINY_PARAMS["padim"], progress=False)
+    assert padim.unseen_normals(dataset.train) == []  # its final model used the hold-out too
+    calibrate_run(tmp_path / "padim", dataset, method="area", progress=False)
+    result = load_detector(tmp_path / "padim").predict(test_records, progress=False)
+    labels = np.array([r.label for r in test_records])
+    assert result.labels[labels == 0].mean() < 0.5  # normals pass
+    assert result.labels[labels == 1].mean() > 0.5  # defects are found
+
+    stpm = create_detector("stpm", **TINY_PARAMS["stpm"])
+    assert [r.name for r in stpm.unseen_normals(train_records)] == [r.name for r in stpm.holdout_split(train_records)[1]]

@@ -243,6 +243,20 @@ class Detector(ABC):
         kept, held = split_records(list(records), self.params["holdout_fraction"], self.params["seed"])
         return (kept, held) if held else (kept, kept)
 
+    #: True when the final model is fitted on the held-out normals too (their threshold scores come from a
+    #: model without them, but the saved model has seen them: PaDiM, PatchCore).
+    final_fit_includes_holdout: ClassVar[bool] = False
+
+    def unseen_normals(self, records: Sequence) -> list:
+        """The training normals the saved model never saw: the hold-out of ``records`` (the training images
+        the detector was fitted on), or [] when there is none or the final fit included it.
+
+        The area calibration needs normal images whose maps look like those of new images; images the model
+        was fitted on have maps near zero and would set the pixel threshold far too low.
+        """
+        kept, held = self.holdout_split(records)
+        return [] if self.final_fit_includes_holdout or held is kept else held
+
     def score(self, records: Any, progress: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw anomaly scores (N,) and maps (N, H, W) or None, without thresholding.
 

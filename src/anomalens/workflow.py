@@ -27,6 +27,19 @@ create and a crash never leaves a half-written folder that looks complete:
    (only those carrying the marker, or holding nothing but anomalens' own file names) are deleted, and
    an old folder renamed aside is restored when its replacement never arrived, else deleted. Parent
    folders a failed command created are removed when it fails.
+7. **A stopped predict keeps its results for --resume.** ``predict`` streams into its staging folder
+   ``.NAME.partial-XXXXXXXX`` (``NAME`` itself still appears only complete, by the one rename of rule 3):
+   rows are appended to ``predictions.jsonl`` / ``.csv`` chunk by chunk, each chunk's rows only once its
+   heatmaps and masks are on disk (PNGs written under a temporary name and renamed), and the marker carries
+   a ``resume`` record of the job (the run's ``detector.json`` hash, the ordered image list's hash, the
+   heatmaps mode). When the command stops after writing results — an unreadable image, a dead decoding
+   worker, a full disk, Ctrl-C, SIGTERM or ``kill -9`` — that folder is kept (the error line says where and
+   how many), and rule 6 does not clean it. ``--resume`` adopts it under the lock: the job must match (else
+   one line, nothing changed), a torn last line is cut, the CSV is rebuilt from the JSONL (the record of
+   what is done), the images already in it (or in ``errors.csv``) are not read again, and the folder is
+   committed by rule 3 when the rest is done. Without ``--resume`` a kept folder makes ``predict`` into
+   ``NAME`` fail with one line (no silent restart over kept results); ``--overwrite`` discards it.
+   A failure after the results are complete (the final rename) follows rule 3 and keeps nothing.
 
 File-system errors (permission denied, read-only or full file system, ``-o`` naming a file or a broken
 symbolic link) surface as ``OSError`` or ``AnomalensError`` naming the path; the CLI prints them as one
@@ -671,7 +684,8 @@ def calibrate_run(
         detector = load_detector(run_dir, device=device)
         dataset = _as_dataset(data)
         records = dataset.test or dataset.train
-        normals = detector.holdout_split(dataset.train)[1] if dataset.train and dataset.test else ()
+        # Only normals the saved model never saw (for PaDiM / PatchCore none: the test split's normals serve).
+        normals = detector.unseen_normals(dataset.train) if dataset.train and dataset.test else ()
         info = detector.calibrate(records, method=method, normal_records=normals, clear_border=clear_border, progress=progress)
         info.update({"method": method, "n_images": len(records), "n_anomalous": int(sum(r.label for r in records))})
         try:

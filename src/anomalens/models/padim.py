@@ -100,6 +100,7 @@ class PaDiM(Detector):
 
     name = "padim"
     score_is_map_max = True
+    final_fit_includes_holdout = True  # the final model uses every image (see _fit_and_score_holdout)
     hyperparameters = {
         "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
         "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),

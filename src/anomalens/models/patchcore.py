@@ -148,6 +148,7 @@ class PatchCore(Detector):
 
     name = "patchcore"
     score_is_map_max = False  # eq. 7 re-weights s*, and the map is blurred
+    final_fit_includes_holdout = True  # the bank holds every image's patches (see _fit_and_score_holdout)
     ann_index_ = None  # HNSW graph over the bank when search == "hnsw"
     hyperparameters = {
         "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
