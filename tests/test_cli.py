@@ -93,9 +93,9 @@ def test_calibrate_with_and_without_defects(run, category, tmp_path, capsys):
     shutil.copytree(run, copy)
     assert main(["calibrate", str(copy), str(category), "-q"]) == 0
     assert "F1-optimal" in json.loads((copy / "detector.json").read_text())["decision"]["description"]
-    # A calibration set with normal images only: no threshold that flags everything.
+    # A calibration set with new normal images only: no threshold that flags everything.
     normals = tmp_path / "normals"
-    shutil.copytree(category / "train" / "good", normals)
+    shutil.copytree(category / "test" / "good", normals)
     assert main(["calibrate", str(copy), str(normals), "-q"]) == 0
     out = capsys.readouterr().out
     assert "no anomalous image" in out
@@ -105,6 +105,20 @@ def test_calibrate_with_and_without_defects(run, category, tmp_path, capsys):
 
     scores = load_detector(copy).score(load_dataset(normals).train, progress=False)[0]
     assert (scores > threshold).mean() <= 0.1
+
+
+def test_calibrate_on_the_training_images_is_refused(run, category, tmp_path, capsys):
+    """Regression (issue 15, item 2): calibrating on the training folder set PaDiM's threshold from images
+    the model had seen (338 → 4.25) and flagged every new normal image, with no warning."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    before = (copy / "detector.json").read_text()
+    for data in (category / "train" / "good", tmp_path / "copied"):  # the folder itself, or a copy of it
+        if data.name == "copied":
+            shutil.copytree(category / "train" / "good", data)
+        assert main(["calibrate", str(copy), str(data), "-q"]) == 2
+        _one_line_error(capsys, "every calibration image is a training image of this run")
+        assert (copy / "detector.json").read_text() == before
 
 
 # ------------------------------------------------------------------------------------ bad input

@@ -51,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import errno
 import json
 import math
@@ -526,8 +527,27 @@ def fit_run(
             "peak_rss_mb": round(peak_rss_mb(), 1),
             "threshold": detector.threshold_,
             "threshold_source": detector.decision_.description,
+            # Which images the saved model has seen (all but an unseen hold-out): calibrate refuses to set a
+            # threshold from them.
+            "seen_images": sorted(image_key(r) for r in _seen_by_final_model(detector, dataset.train)),
         })
     return detector
+
+
+def image_key(record: ImageRecord) -> str:
+    """A short key of an image's content (its file's bytes, or an in-memory array's pixels): the same image
+    copied elsewhere has the same key. '' when it cannot be read (the scoring path reports that)."""
+    source = record.source
+    try:
+        data = Path(source).read_bytes() if isinstance(source, (str, Path)) else np.ascontiguousarray(source).tobytes()
+    except (OSError, TypeError, ValueError):
+        return ""
+    return hashlib.sha1(data).hexdigest()[:16]
+
+
+def _seen_by_final_model(detector: Detector, train: Sequence[ImageRecord]) -> list[ImageRecord]:
+    unseen = {id(r) for r in detector.unseen_normals(train)}
+    return [r for r in train if id(r) not in unseen and image_key(r)]
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -683,7 +703,7 @@ def calibrate_run(
         _clean_inside(run_dir)
         detector = load_detector(run_dir, device=device)
         dataset = _as_dataset(data)
-        records = dataset.test or dataset.train
+        records = dataset.test or _unseen_by_run(run_dir, dataset.train)
         # Only normals the saved model never saw (for PaDiM / PatchCore none: the test split's normals serve).
         normals = detector.unseen_normals(dataset.train) if dataset.train and dataset.test else ()
         info = detector.calibrate(records, method=method, normal_records=normals, clear_border=clear_border, progress=progress)
@@ -696,6 +716,28 @@ def calibrate_run(
         finally:
             _clean_inside(run_dir)  # a temporary file a failed write left (full disk)
     return info
+
+
+def _unseen_by_run(run_dir: Path, normals: list[ImageRecord]) -> list[ImageRecord]:
+    """``normals`` less the images the run's model was fitted on (listed in run.json).
+
+    A threshold set from images the model has seen is far too low — it flagged every new normal image
+    (issue 15: PaDiM's threshold fell from 338 to 4.25) — so those are left out, and when nothing is
+    left the calibration is refused with the reason.
+    """
+    try:
+        seen = set(json.loads((run_dir / RUN_INFO_FILE).read_text()).get("seen_images") or ())
+    except (OSError, ValueError):
+        seen = set()
+    keys = [image_key(r) for r in normals] if seen else []
+    kept = [r for r, key in zip(normals, keys) if not key or key not in seen] if seen else list(normals)
+    if normals and not kept:
+        raise DataError(
+            f"{run_dir}: every calibration image is a training image of this run (the model has seen them, so a "
+            "threshold set from them would flag new normal images); calibrate on labelled test data "
+            "(test/good + test/<defect>) or on new normal images"
+        )
+    return kept
 
 
 # ------------------------------------------------------------------------------------- predict
