@@ -135,3 +135,23 @@ def test_an_unreadable_weights_file_says_permission_denied(run, monkeypatch):
     monkeypatch.setattr(builtins, "open", refuse)
     with pytest.raises(ModelFileError, match="weights.safetensors: permission denied"):
         load_detector(run)
+
+
+def test_too_few_training_images_says_what_the_hold_out_took():
+    """Issue 15 item 12: two images gave "needs at least 2 training images" (one was held out)."""
+    from anomalens import DataError
+    from tests.conftest import make_records
+
+    with pytest.raises(DataError, match=r"padim: needs at least 2 images to fit, got 2 training image\(s\), 1 of them "
+                                        r"held out for the threshold \(more images, or -p holdout_fraction=0\)"):
+        create_detector("padim", **TINY_PARAMS["padim"]).fit(make_records(2, 0), progress=False)
+    create_detector("padim", **TINY_PARAMS["padim"], holdout_fraction=0.0).fit(make_records(2, 0), progress=False)
+
+
+def test_identical_training_images_give_a_warning(caplog):
+    from tests.conftest import make_records
+
+    same = make_records(1, 0)[0]
+    with caplog.at_level("WARNING", logger="anomalens"):
+        create_detector("padim", **TINY_PARAMS["padim"], holdout_fraction=0.5).fit([same] * 6, progress=False)
+    assert "the 3 normal images the threshold comes from all score" in caplog.text

@@ -277,9 +277,24 @@ def _os_error_message(exc: OSError) -> str:
     return _one_line(f"{path}: {problem}")
 
 
+def _log_warnings_as_lines() -> None:
+    """The library's warnings (logger "anomalens") as one line each on stderr: ``anomalens: warning: …``."""
+    import logging
+
+    logger = logging.getLogger("anomalens")
+    if not any(getattr(h, "anomalens_cli", False) for h in logger.handlers):
+        handler = logging.StreamHandler()
+        handler.anomalens_cli = True  # type: ignore[attr-defined]
+        handler.setFormatter(logging.Formatter("anomalens: %(levelname)s: %(message)s"))
+        handler.addFilter(lambda record: setattr(record, "levelname", record.levelname.lower()) or True)
+        logger.addHandler(handler)
+        logger.setLevel(logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _log_warnings_as_lines()
     if os.environ.get("ANOMALENS_KEEP_FREED_MEMORY", "1") != "0":
         keep_freed_memory()  # big activations reused instead of page-faulted in per batch (allocator.py)
     previous = None

@@ -32,6 +32,7 @@ and ``load_detector`` are in ``anomalens.catalog``, file handling in ``anomalens
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, ContextManager, Iterator, Sequence
@@ -43,11 +44,14 @@ from anomalens.data import as_image_inputs, iterate_batches
 from anomalens.data.records import split_records
 from anomalens.decision import DecisionRule, DetectionResult  # DetectionResult: re-exported
 from anomalens.devices import check_device_name, resolve_device
-from anomalens.errors import ConfigError, NotFittedError, NumericalError
+from anomalens.errors import ConfigError, DataError, NotFittedError, NumericalError
 from anomalens.params import Float, Int, Param, Size, Text, check_params
 from anomalens.persistence import write_decision, write_run_files
 from anomalens.thresholds import area_threshold_search, f1_threshold
 from anomalens.version import __version__
+
+
+logger = logging.getLogger("anomalens")
 
 
 class _HyperParameter:
@@ -228,8 +232,21 @@ class Detector(ABC):
         self.decision_ = None
         self.history_ = {}
         fit_records, holdout = self.holdout_split(records)
+        if len(fit_records) < self.min_fit_images:
+            held = 0 if holdout is fit_records else len(holdout)
+            raise DataError(
+                f"{self.name}: needs at least {self.min_fit_images} images to fit, got {len(records)} training "
+                f"image(s)" + (f", {held} of them held out for the threshold (more images, or -p holdout_fraction=0)"
+                               if held else "")
+            )
         torch.manual_seed(self.params["seed"])
         scores, maps = self._fit_and_score_holdout(fit_records, holdout, progress)
+        if len(scores) > 1 and np.ptp(scores) == 0:
+            logger.warning(
+                "%s: the %d normal images the threshold comes from all score %.6g: the training images may be "
+                "identical copies, and the threshold cannot tell new normal images from defects reliably",
+                self.name, len(scores), float(scores[0]),
+            )
         what = "held-out normal images" if holdout is not fit_records else "training images (none held out: optimistic)"
         self.decision_ = DecisionRule.from_normal_scores(scores, maps, self.params["threshold_quantile"], what)
         return self
@@ -243,6 +260,8 @@ class Detector(ABC):
         kept, held = split_records(list(records), self.params["holdout_fraction"], self.params["seed"])
         return (kept, held) if held else (kept, kept)
 
+    #: The fewest images ``_fit`` can work with (after the threshold hold-out).
+    min_fit_images: ClassVar[int] = 1
     #: True when the final model is fitted on the held-out normals too (their threshold scores come from a
     #: model without them, but the saved model has seen them: PaDiM, PatchCore).
     final_fit_includes_holdout: ClassVar[bool] = False

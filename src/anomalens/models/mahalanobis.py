@@ -72,6 +72,7 @@ class MahalanobisAD(Detector):
     """Gaussian of globally pooled pretrained features per level, Mahalanobis distance (image-level only)."""
 
     name = "mahalanobis"
+    min_fit_images = 2  # a covariance needs two samples
     localizes = False
     hyperparameters = {
         "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),

@@ -99,6 +99,7 @@ class PaDiM(Detector):
     """Per-position Gaussians of pretrained features; Mahalanobis distance map (Defard et al. 2020)."""
 
     name = "padim"
+    min_fit_images = 2  # a covariance needs two samples
     score_is_map_max = True
     final_fit_includes_holdout = True  # the final model uses every image (see _fit_and_score_holdout)
     hyperparameters = {
