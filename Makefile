@@ -11,14 +11,17 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,mnist,export]'
+	$(BIN)/pip install --quiet -e '.[dev,mnist,export,serve]'
 	touch $@
 
 demo: setup
 	$(BIN)/anomalens demo --output anomalens-demo --overwrite
 
 # pytest exits 5 when no test was collected; that is not a failure of the suite.
+# The browser test (tests/test_serve_browser.py) drives Debian's chromium; it skips, saying why, where it cannot be installed.
 test: setup
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
+		|| echo "Chromium could not be installed: the browser test will be skipped"
 	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline-friendly).

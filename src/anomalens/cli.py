@@ -158,6 +158,34 @@ def cmd_verify_export(args: argparse.Namespace) -> None:
     print(f"  OK: within the tolerance {r['tolerance']:g}, no label flipped")
 
 
+def cmd_serve(args: argparse.Namespace) -> None:
+    """Serve a run or an export over HTTP (REST API + operator page): ``anomalens.serve``."""
+    import ipaddress
+
+    from anomalens.serve.app import create_app
+    from anomalens.serve.inference import load_served_model
+
+    try:
+        import uvicorn
+    except ImportError:
+        raise AnomalensError("anomalens serve needs FastAPI and uvicorn: pip install 'anomalens[serve]'") from None
+    token = args.token or os.environ.get("ANOMALENS_TOKEN") or None
+    model = load_served_model(args.model, runtime=args.runtime, device=args.device)
+    app = create_app(model, token=token, max_upload_bytes=int(args.max_upload_mb * 1e6), max_batch=args.max_batch,
+                     max_wait_ms=args.max_wait_ms)
+    try:
+        local = ipaddress.ip_address(args.host).is_loopback
+    except ValueError:
+        local = args.host == "localhost"
+    if not local and token is None:
+        print(f"anomalens: warning: serving on {args.host} without a token: anyone who reaches this port can use the "
+              "model (set ANOMALENS_TOKEN or --token)", file=sys.stderr)
+    print(f"anomalens: serving {model.name} ({model.runtime}) from {args.model} on http://{args.host}:{args.port}/ "
+          f"(API reference: /docs){'; a bearer token is required' if token else ''}", file=sys.stderr)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                limit_concurrency=args.max_connections, timeout_graceful_shutdown=5)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anomalens", description="Visual anomaly detection from normal images.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
@@ -251,6 +279,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("params", help="a detector's hyper-parameters: defaults, accepted values, meanings")
     p.add_argument("model", help="detector name (see 'anomalens list')")
     p.set_defaults(func=cmd_params)
+
+    p = sub.add_parser("serve", help="serve a run or an export over HTTP: REST API, operator page at /, docs at /docs")
+    p.add_argument("model", metavar="RUN_OR_EXPORT", help="a run folder (torch) or a folder written by 'anomalens export'")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default=None,
+                   help="default: torch for a run, the export's own runtime for an export")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="torch runtime: where to run")
+    p.add_argument("--token", default=None,
+                   help="require 'Authorization: Bearer TOKEN' (default: $ANOMALENS_TOKEN; prefer the variable, "
+                        "a command line is visible to other users)")
+    p.add_argument("--max-upload-mb", type=float, default=25.0, help="largest request body in MB (413 beyond)")
+    p.add_argument("--max-batch", type=int, default=None,
+                   help="largest batch the model runs (micro-batching; default: the run's batch_size)")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (ms)")
+    p.add_argument("--max-connections", type=int, default=64, help="connections served at once (503 beyond)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

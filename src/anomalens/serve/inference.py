@@ -1,0 +1,303 @@
+"""The model behind the service: uploaded pixels → model input → batched inference → one JSON result.
+
+``ServedModel`` wraps either a torch ``Detector`` (``anomalens.catalog.load_detector``) or an
+``ExportedDetector`` (``anomalens.exported.load_export``; then torch is never imported). Both decode and
+resize an image exactly as ``Detector.predict`` / ``anomalens predict`` do for the same file, so the
+service's scores equal theirs:
+
+- torch: ``anomalens.data.torch_dataset.decode_for_model`` (the dataset's own decode + antialiased resize),
+  and a batch goes through ``Detector.predict`` as an ``ImageBatch``;
+- export: ``anomalens.exported.load_input`` (its numpy twin of that resize), the graph, then the export's
+  ``DecisionRule.apply``.
+
+Per image the result carries the raw score, the **normalised score** ``score / image_threshold`` (1.0 at the
+threshold, above 1 flagged under the score rule; ``null`` when the threshold is not positive, where the ratio
+would mean nothing), the verdict, the thresholds and the rule's description, the **defect regions** — the
+8-connected regions of the predicted mask (``map > pixel_threshold`` at the image's own resolution, the mask
+``anomalens predict`` writes), each with its bounding box and area in the image's pixels, largest first — and
+the time spent in each step. With ``heatmap`` the overlay ``anomalens predict`` draws (one colour scale for
+every image, from the normal maps' typical value to 2·pixel_threshold − that value, the mask outlined) comes
+back as a base64 PNG.
+
+Under the minimum-area rule (``calibrate --method area``) the verdict comes from the largest region at the
+model's resolution, not from the score: ``rule`` says which one decided.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import math
+import platform
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from anomalens.errors import NumericalError
+from anomalens.exported import ExportedDetector, load_input
+from anomalens.version import __version__
+
+#: Regions listed per image (largest first); ``regions_total`` counts them all.
+MAX_REGIONS = 50
+#: Longest side of a returned heatmap: larger frames are drawn downscaled (regions use the full mask).
+HEATMAP_MAX_SIDE = 1024
+
+NORMALIZED_SCORE_NOTE = ("score / image_threshold: 1.0 at the threshold, above 1.0 flagged by the score rule; "
+                         "null when the image threshold is not positive")
+
+
+@dataclass
+class Prepared:
+    """One decoded upload: the model input (C, H, W) float32, the picture a heatmap is drawn on, its size."""
+
+    input: Any
+    picture: np.ndarray
+    height: int
+    width: int
+
+
+@dataclass
+class ItemResult:
+    """What the model gave for one image of a batch."""
+
+    score: float
+    label: int
+    amap: np.ndarray | None
+
+
+def _display_picture(pixels: np.ndarray) -> np.ndarray:
+    """uint8 (H, W) or (H, W, 3) to draw on (as ``anomalens predict`` draws: the file's own 8-bit pixels)."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    out = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    return out[..., 0] if out.shape[-1] == 1 else out
+
+
+def _plain(value: Any) -> Any:
+    """JSON-ready copy: numpy scalars as numbers, tuples as lists, non-finite floats as None."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def _version(package: str) -> str | None:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def defect_regions(mask: np.ndarray, limit: int = MAX_REGIONS) -> tuple[list[dict[str, int]], int]:
+    """(the ``limit`` largest 8-connected regions of ``mask`` as {x, y, width, height, area}, how many in all)."""
+    from scipy import ndimage
+
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    if count == 0:
+        return [], 0
+    areas = np.bincount(labels.ravel())[1:]
+    boxes = ndimage.find_objects(labels)
+    order = np.argsort(-areas, kind="stable")[:limit]
+    regions = []
+    for i in order:
+        rows, cols = boxes[i]
+        regions.append({"x": int(cols.start), "y": int(rows.start), "width": int(cols.stop - cols.start),
+                        "height": int(rows.stop - rows.start), "area": int(areas[i])})
+    return regions, int(count)
+
+
+def _png_base64(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=1)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+class ServedModel:
+    """A fitted detector or an export, with what the service needs of it."""
+
+    def __init__(self, model: Any, source: str | Path | None = None) -> None:
+        if getattr(model, "decision_", None) is None:
+            raise ValueError("the model has no decision rule: serve a fitted detector or an export")
+        self.model = model
+        self.is_export = isinstance(model, ExportedDetector)
+        self.runtime = model.runtime if self.is_export else "torch"
+        self.source = Path(source).name if source is not None else None
+        self.input_size: tuple[int, int] = tuple(model.input_size)  # type: ignore[assignment]
+        self.channels = int(model.image_channels)
+
+    def warm_up(self) -> None:
+        """Import what the first answer needs (the heatmap code, matplotlib's colour map) before it is asked."""
+        from anomalens.report import overlay_heatmap
+
+        overlay_heatmap(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), 0.0, 1.0)
+        if not self.is_export:
+            import anomalens.data.torch_dataset  # noqa: F401
+
+    # -- the decision --------------------------------------------------------------------------------
+    @property
+    def decision(self) -> Any:
+        return self.model.decision_
+
+    @property
+    def name(self) -> str:
+        return str(self.model.name)
+
+    @property
+    def localizes(self) -> bool:
+        return bool(self.model.localizes)
+
+    def heatmap_range(self) -> tuple[float, float]:
+        """The colour scale of ``anomalens predict``: normal maps' typical value → 2·pixel_threshold − it."""
+        rule = self.decision
+        low = rule.map_reference if rule.map_reference is not None else 0.0
+        high = 2 * (rule.pixel_threshold or 1.0) - low
+        if not high > low:  # a pixel threshold at or below the reference: any positive span will do
+            high = low + 1.0
+        return float(low), float(high)
+
+    # -- decode and run --------------------------------------------------------------------------------
+    def prepare(self, pixels: np.ndarray) -> Prepared:
+        """Decoded pixels (``uploads.decode_image``) → the model input, resized as ``predict`` resizes."""
+        height, width = int(pixels.shape[0]), int(pixels.shape[1])
+        if self.is_export:
+            model_input = load_input(pixels, self.input_size, self.channels)
+        else:
+            from anomalens.data.torch_dataset import decode_for_model
+
+            model_input = decode_for_model(pixels, self.input_size, self.channels)[0]
+        return Prepared(model_input, _display_picture(pixels), height, width)
+
+    def run_batch(self, inputs: list[Any]) -> list[ItemResult]:
+        """Model inputs of several requests → one result each (runs in the batcher's thread)."""
+        if self.is_export:
+            scores, maps = self.model.run(np.stack(inputs))
+            broken = ~np.isfinite(scores)
+            if maps is not None:
+                broken |= ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
+            if broken.any():
+                raise NumericalError(f"{self.name} export: NaN or infinite scores or maps; the model is broken")
+            result = self.decision.apply(scores, maps)
+        else:
+            import torch
+
+            from anomalens.data import ImageBatch
+
+            result = self.model.predict(ImageBatch(torch.stack(inputs)), progress=False)
+        maps = result.maps
+        return [ItemResult(float(result.scores[i]), int(result.labels[i]), None if maps is None else maps[i])
+                for i in range(len(result.scores))]
+
+    # -- the answer ------------------------------------------------------------------------------------
+    def result_json(self, name: str, prepared: Prepared, item: ItemResult, heatmap: bool) -> dict[str, Any]:
+        """The JSON of one image (timing filled in by the caller)."""
+        from anomalens.report import render_heatmap, to_original_size
+
+        rule = self.decision
+        threshold = float(rule.image_threshold)
+        out: dict[str, Any] = {
+            "image": name,
+            "score": item.score,
+            "normalized_score": item.score / threshold if threshold > 0 else None,
+            "anomalous": bool(item.label),
+            "label": "defect" if item.label else "ok",
+            "threshold": threshold,
+            "pixel_threshold": rule.pixel_threshold,
+            "rule": "area" if rule.uses_area else "score",
+            "min_area": rule.min_area,
+            "decision": rule.description,
+            "image_size": {"width": prepared.width, "height": prepared.height},
+            "defect_area_fraction": None,
+            "regions": None,
+            "regions_total": None,
+        }
+        if item.amap is not None and rule.pixel_threshold is not None:
+            full = to_original_size(item.amap, (prepared.height, prepared.width))
+            mask = full > rule.pixel_threshold
+            del full
+            out["defect_area_fraction"] = float(np.count_nonzero(mask)) / mask.size
+            out["regions"], out["regions_total"] = defect_regions(mask)
+        if heatmap and item.amap is not None:
+            picture = prepared.picture
+            longest = max(prepared.height, prepared.width)
+            if longest > HEATMAP_MAX_SIDE:
+                from PIL import Image
+
+                scale = HEATMAP_MAX_SIDE / longest
+                size = (max(1, round(prepared.width * scale)), max(1, round(prepared.height * scale)))
+                picture = np.asarray(Image.fromarray(picture).resize(size, Image.BILINEAR))
+            low, high = self.heatmap_range()
+            overlay, _ = render_heatmap(picture, item.amap, low, high, rule.pixel_threshold)
+            out["heatmap_png"] = _png_base64(overlay)
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What GET /model answers: the detector, its parameters, the decision rule, sizes, versions."""
+        low, high = self.heatmap_range()
+        versions = {"anomalens": __version__, "python": platform.python_version(), "numpy": np.__version__}
+        packages = ["pillow", "fastapi", "uvicorn"]
+        packages += [self.runtime] if self.is_export else ["torch", "timm"]
+        for package in packages:
+            versions[package] = _version(package)
+        info: dict[str, Any] = {
+            "detector": self.name,
+            "runtime": self.runtime,
+            "device": "cpu" if self.is_export else str(self.model.device),
+            "source": self.source,
+            "params": _plain(dict(self.model.params)),
+            "decision": _plain(self.decision.to_dict()),
+            "input_size": {"height": self.input_size[0], "width": self.input_size[1]},
+            "channels": self.channels,
+            "localizes": self.localizes,
+            "normalized_score": NORMALIZED_SCORE_NOTE,
+            "heatmap_scale": {"low": low, "high": high},
+            "versions": versions,
+        }
+        if self.is_export:
+            info["export"] = {"format": self.model.manifest.get("format")}
+        return info
+
+
+def load_served_model(path: str | Path, runtime: str | None = None, device: str | None = None) -> ServedModel:
+    """A run folder (torch) or an export folder (onnxruntime / openvino) ready to serve.
+
+    ``runtime``: None picks by the folder (a run: torch; an export: its format's runtime). A run served with
+    an export runtime, or an export with torch, is refused with one line saying what to do.
+    """
+    from anomalens.errors import ConfigError
+    from anomalens.exported import is_export, load_export
+
+    path = Path(path)
+    export = is_export(path)
+    if export:
+        if runtime == "torch":
+            raise ConfigError(f"{path}: is an export; serve it with --runtime onnxruntime or openvino "
+                              "(or serve the run folder it came from with torch)")
+        model = load_export(path, runtime=runtime)
+    else:
+        if runtime not in (None, "torch"):
+            raise ConfigError(f"{path}: is not an export folder; --runtime {runtime} needs one "
+                              f"('anomalens export {path} -o EXPORT' first), or serve the run with torch")
+        from anomalens.catalog import load_detector
+
+        model = load_detector(path, device=device)
+    return ServedModel(model, source=path)
+
+
+def elapsed_ms(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000.0, 3)
+
+
+__all__ = ["ServedModel", "Prepared", "ItemResult", "defect_regions", "load_served_model", "NORMALIZED_SCORE_NOTE"]

@@ -1,0 +1,267 @@
+// anomalens operator page: send images to POST /predict?heatmap=1, show each verdict and keep a list.
+// Plain browser JavaScript, no library, nothing loaded from elsewhere. Text from files and from the server
+// is only ever set with textContent (never parsed as HTML).
+"use strict";
+
+const MAX_HISTORY = 100;   // results kept in the list (older ones are dropped with their pictures)
+const PARALLEL = 4;        // uploads in flight at once (the server batches them)
+
+const $ = (id) => document.getElementById(id);
+const state = { model: null, health: null, history: [], selected: null, queue: [], inFlight: 0,
+                counts: { ok: 0, defect: 0, error: 0 } };
+
+function fmt(x, digits = 4) {
+  if (x === null || x === undefined || Number.isNaN(x)) return "–";
+  const a = Math.abs(x);
+  if (a !== 0 && (a >= 1e5 || a < 1e-3)) return x.toExponential(2);
+  return Number(x.toPrecision(digits)).toString();
+}
+
+function authHeaders() {
+  const token = sessionStorage.getItem("anomalens-token") || "";
+  return token ? { Authorization: "Bearer " + token } : {};
+}
+
+function el(tag, className, text) {
+  const node = document.createElement(tag);
+  if (className) node.className = className;
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+// ------------------------------------------------------------------------------ service status + model
+async function refreshHealth() {
+  try {
+    const response = await fetch("/health", { cache: "no-store" });
+    if (!response.ok) throw new Error(String(response.status));
+    state.health = await response.json();
+    $("status").textContent = "online";
+    $("status").className = "status online";
+    $("token-box").hidden = !state.health.auth_required;
+    if (!state.model) await loadModel();
+  } catch (err) {
+    $("status").textContent = "offline";
+    $("status").className = "status offline";
+  }
+}
+
+async function loadModel() {
+  const response = await fetch("/model", { headers: authHeaders(), cache: "no-store" });
+  if (response.status === 401) {
+    $("model-info").textContent = (state.health ? state.health.detector : "model") + " · enter the access token";
+    return;
+  }
+  if (!response.ok) return;
+  const m = await response.json();
+  state.model = m;
+  const rule = m.decision || {};
+  const size = m.input_size ? `${m.input_size.width}×${m.input_size.height}` : "";
+  $("model-info").textContent =
+    `${m.detector} (${m.runtime}${m.device && m.device !== "cpu" ? ", " + m.device : ""})` +
+    (m.source ? ` · ${m.source}` : "") + ` · threshold ${fmt(rule.image_threshold)}` + (size ? ` · input ${size}` : "");
+  if (m.limits) $("drop-hint").textContent =
+    `PNG, JPEG, BMP, TIFF, WebP · up to ${(m.limits.max_upload_bytes / 1e6).toFixed(0)} MB each`;
+}
+
+// ----------------------------------------------------------------------------------------- uploads
+function addFiles(files) {
+  for (const file of files) {
+    const entry = { name: file.name || "image", url: URL.createObjectURL(file), file, status: "wait", result: null,
+                    error: null };
+    addToHistory(entry);
+    state.queue.push(entry);
+  }
+  pump();
+}
+
+function pump() {
+  while (state.inFlight < PARALLEL && state.queue.length) {
+    const entry = state.queue.shift();
+    state.inFlight += 1;
+    send(entry).finally(() => { state.inFlight -= 1; entry.file = null; pump(); showPending(); });
+  }
+  showPending();
+}
+
+function showPending() {
+  const n = state.inFlight + state.queue.length;
+  $("pending").hidden = n === 0;
+  $("pending").textContent = n ? `${n} in progress…` : "";
+}
+
+async function send(entry) {
+  const url = "/predict?heatmap=1&name=" + encodeURIComponent(entry.name);
+  const headers = Object.assign({ "Content-Type": entry.file.type || "application/octet-stream" }, authHeaders());
+  try {
+    const response = await fetch(url, { method: "POST", body: entry.file, headers });
+    let body = null;
+    try { body = await response.json(); } catch (_) { body = null; }
+    if (!response.ok) {
+      const detail = body && body.detail ? (typeof body.detail === "string" ? body.detail : JSON.stringify(body.detail))
+                                         : `HTTP ${response.status}`;
+      if (response.status === 401) { $("token-box").hidden = false; $("token").focus(); }
+      finish(entry, "error", null, `${response.status}: ${detail}`);
+      return;
+    }
+    finish(entry, body.anomalous ? "defect" : "ok", body, null);
+  } catch (err) {
+    finish(entry, "error", null, "the service did not answer (" + err.message + ")");
+  }
+}
+
+function finish(entry, status, result, error) {
+  entry.status = status;
+  entry.result = result;
+  entry.error = error;
+  entry.time = new Date();
+  state.counts[status] += 1;
+  $("count-ok").textContent = state.counts.ok;
+  $("count-defect").textContent = state.counts.defect;
+  $("count-error").textContent = state.counts.error;
+  renderHistoryItem(entry);
+  select(entry);  // the newest finished result is the one on screen
+}
+
+// ----------------------------------------------------------------------------------------- history
+function addToHistory(entry) {
+  state.history.unshift(entry);
+  const li = el("li");
+  li.dataset.testid = "history-item";
+  li.setAttribute("data-testid", "history-item");
+  li.addEventListener("click", () => select(entry));
+  entry.node = li;
+  $("history").prepend(li);
+  renderHistoryItem(entry);
+  $("history-empty").hidden = true;
+  while (state.history.length > MAX_HISTORY) {
+    const old = state.history.pop();
+    URL.revokeObjectURL(old.url);
+    old.node.remove();
+  }
+}
+
+function label(status) {
+  return { ok: "OK", defect: "DEFECT", error: "ERROR", wait: "…" }[status];
+}
+
+function renderHistoryItem(entry) {
+  const li = entry.node;
+  li.replaceChildren();
+  const img = el("img");
+  img.src = entry.url;
+  img.alt = "";
+  const text = el("div");
+  text.append(el("div", "name", entry.name));
+  let meta = "waiting…";
+  if (entry.result) meta = `score ${fmt(entry.result.score)} · ${entry.time.toLocaleTimeString()}`;
+  if (entry.error) meta = entry.error;
+  text.append(el("div", "meta", meta));
+  const chip = el("span", "chip " + entry.status, label(entry.status));
+  chip.setAttribute("data-testid", "history-verdict");
+  li.append(img, text, chip);
+  li.classList.toggle("selected", state.selected === entry);
+}
+
+// ---------------------------------------------------------------------------------- current result
+function select(entry) {
+  const previous = state.selected;
+  state.selected = entry;
+  if (previous && previous.node) previous.node.classList.remove("selected");
+  if (entry.node) entry.node.classList.add("selected");
+  $("placeholder").hidden = true;
+  $("result").hidden = false;
+
+  const verdict = $("verdict");
+  verdict.textContent = label(entry.status);
+  verdict.className = "verdict " + entry.status;
+  $("result-name").textContent = entry.name;
+  $("original").src = entry.url;
+  for (const box of document.querySelectorAll("#original-frame .box")) box.remove();
+  $("boxes-note").textContent = "";
+  $("error-text").hidden = !entry.error;
+  $("error-text").textContent = entry.error || "";
+
+  const r = entry.result;
+  $("gauge-block").hidden = !r;
+  $("heatmap-figure").hidden = !(r && r.heatmap_png);
+  $("details").replaceChildren();
+  $("result-sub").textContent = "";
+  if (!r) { $("heatmap").removeAttribute("src"); return; }
+
+  $("result-sub").textContent = `${r.image_size.width}×${r.image_size.height} px · ${r.decision}`;
+  const ratio = r.normalized_score;
+  const fill = $("gauge-fill");
+  fill.style.width = (ratio === null ? (r.anomalous ? 75 : 25) : Math.max(0, Math.min(1, ratio / 2)) * 100) + "%";
+  fill.className = "gauge-fill" + (r.anomalous ? " defect" : "");
+  const score = $("score-text");
+  score.replaceChildren();
+  score.append("score ", el("b", "", fmt(r.score)), " / threshold ", el("b", "", fmt(r.threshold)));
+  if (ratio !== null) score.append(` (${fmt(ratio, 3)}× the threshold)`);
+  if (r.rule === "area") score.append(` · verdict by defect area ≥ ${r.min_area} px`);
+
+  if (r.heatmap_png) $("heatmap").src = "data:image/png;base64," + r.heatmap_png;
+  else $("heatmap").removeAttribute("src");
+
+  const regions = r.regions || [];
+  const frame = $("original-frame");
+  for (const g of regions.slice(0, 20)) {
+    const box = el("div", "box");
+    box.style.left = (100 * g.x / r.image_size.width) + "%";
+    box.style.top = (100 * g.y / r.image_size.height) + "%";
+    box.style.width = (100 * g.width / r.image_size.width) + "%";
+    box.style.height = (100 * g.height / r.image_size.height) + "%";
+    frame.append(box);
+  }
+  if (regions.length) $("boxes-note").textContent = " · defect regions boxed";
+
+  const rows = [];
+  if (r.regions !== null) {
+    const total = r.regions_total || 0;
+    rows.push(["Defect regions", total === 0 ? "none" : `${total}` +
+      (regions.length ? ` · largest ${regions[0].area} px at (${regions[0].x}, ${regions[0].y}), ` +
+        `${regions[0].width}×${regions[0].height}` : "")]);
+    rows.push(["Defect area", fmt(100 * r.defect_area_fraction, 3) + " % of the image"]);
+  }
+  rows.push(["Pixel threshold", r.pixel_threshold === null ? "–" : fmt(r.pixel_threshold)]);
+  const t = r.timing_ms || {};
+  rows.push(["Time", `${fmt(t.total, 3)} ms (model ${fmt(t.model_batch, 3)} ms for a batch of ${t.batch_size})`]);
+  for (const [name, value] of rows) $("details").append(el("dt", "", name), el("dd", "", value));
+}
+
+// -------------------------------------------------------------------------------------------- wiring
+function wire() {
+  const drop = $("drop");
+  const input = $("file-input");
+  input.addEventListener("change", () => { addFiles(Array.from(input.files)); input.value = ""; });
+  drop.addEventListener("click", (event) => { if (event.target === drop) input.click(); });
+  drop.addEventListener("keydown", (event) => {
+    if (event.key === "Enter" || event.key === " ") { event.preventDefault(); input.click(); }
+  });
+  for (const name of ["dragenter", "dragover"]) {
+    drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
+  }
+  for (const name of ["dragleave", "drop"]) {
+    drop.addEventListener(name, () => drop.classList.remove("over"));
+  }
+  drop.addEventListener("drop", (event) => {
+    event.preventDefault();
+    const files = Array.from(event.dataTransfer.files).filter((f) => !f.type || f.type.startsWith("image/"));
+    addFiles(files);
+  });
+  // A file dropped anywhere else must not make the browser navigate away from the page.
+  window.addEventListener("dragover", (event) => event.preventDefault());
+  window.addEventListener("drop", (event) => event.preventDefault());
+
+  const token = $("token");
+  token.value = sessionStorage.getItem("anomalens-token") || "";
+  token.addEventListener("change", () => {
+    sessionStorage.setItem("anomalens-token", token.value.trim());
+    state.model = null;
+    loadModel();
+  });
+
+  refreshHealth();
+  setInterval(refreshHealth, 5000);
+}
+
+wire();
