@@ -228,3 +228,39 @@ def test_exact_nearest_graph_search_equals_the_chunked_search():
         assert torch.equal(index, ref_index[:, 0])
     search = ExactNearest(bank, bank_chunk=7)
     assert torch.equal(search.k_nearest(queries, 4), nearest_neighbors(queries, bank, 4)[1])
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "openvino"])
+def test_predict_runs_an_export_with_the_same_results_as_the_run(runtime, runs, image_files, tmp_path, capsys):
+    """`anomalens predict EXPORT IMAGES --runtime R` writes what `predict RUN IMAGES` writes."""
+    import csv
+
+    from anomalens.cli import main
+
+    run = runs("padim")
+    export = tmp_path / "export"
+    assert main(["export", str(run), "--format", "onnx" if runtime == "onnxruntime" else "openvino", "-o", str(export)]) == 0
+    images = [str(p) for p in image_files]
+    assert main(["predict", str(run), *images, "-o", str(tmp_path / "torch"), "--heatmaps", "all", "-q"]) == 0
+    assert main(["predict", str(export), *images, "-o", str(tmp_path / "export_out"), "--runtime", runtime,
+                 "--heatmaps", "all", "-q"]) == 0
+
+    def rows(folder):
+        with open(folder / "predictions.csv") as fh:
+            return list(csv.DictReader(fh))
+
+    torch_rows, export_rows = rows(tmp_path / "torch"), rows(tmp_path / "export_out")
+    assert [r["image"] for r in torch_rows] == [r["image"] for r in export_rows]
+    np.testing.assert_allclose([float(r["score"]) for r in export_rows], [float(r["score"]) for r in torch_rows], rtol=1e-4)
+    assert [r["anomalous"] for r in export_rows] == [r["anomalous"] for r in torch_rows]
+    assert all(r["heatmap"] for r in export_rows)
+
+
+def test_predict_with_a_runtime_that_does_not_fit_the_folder_is_one_line(runs, image_files, tmp_path, capsys):
+    from anomalens.cli import main
+
+    run = runs("padim")
+    assert main(["predict", str(run), str(image_files[0]), "-o", str(tmp_path / "out"), "--runtime", "onnxruntime", "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomalens: error:") and "is not an export folder" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

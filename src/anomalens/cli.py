@@ -88,7 +88,7 @@ def cmd_predict(args: argparse.Namespace) -> None:
     heatmaps = "none" if args.no_heatmaps else args.heatmaps
     rows = predict_images(args.run, args.images, args.output, device=args.device, overwrite=args.overwrite,
                           heatmaps=heatmaps, progress=not args.quiet, resume=args.resume, skip_bad=args.skip_bad,
-                          workers=args.workers)
+                          workers=args.workers, runtime=args.runtime)
     flagged = sum(r["anomalous"] for r in rows)
     errors = Path(args.output) / "errors.csv"
     bad = f"; {sum(1 for _ in open(errors)) - 1} unreadable images listed in {errors}" if errors.is_file() else ""
@@ -223,12 +223,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_test)
 
     p = sub.add_parser("predict", help="score new images; writes predictions.csv/.jsonl, heatmaps and masks")
-    p.add_argument("run")
+    p.add_argument("run", help="a run folder (anomalens fit) or an export folder (anomalens export)")
     p.add_argument("images", nargs="+", help="image files and/or folders")
     p.add_argument("-o", "--output", required=True)
     p.add_argument("--heatmaps", choices=["anomalous", "all", "none"], default="anomalous",
                    help="heatmap overlay + mask for the flagged images (default), every image, or none")
     p.add_argument("--no-heatmaps", action="store_true", help="same as --heatmaps none")
+    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default=None,
+                   help="what runs the model: torch for a run folder (default), onnxruntime / openvino for a "
+                        "folder written by 'anomalens export' (default: its format's runtime)")
     p.add_argument("--resume", action="store_true",
                    help="continue a predict into OUTPUT that stopped (crash, bad image, Ctrl-C) without redoing its images")
     p.add_argument("--skip-bad", action="store_true",

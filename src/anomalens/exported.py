@@ -279,6 +279,27 @@ def load_export(directory: str | Path, runtime: str | None = None, threads: int 
     return ExportedDetector(directory, runtime, threads)
 
 
+def load_model(path: str | Path, runtime: str | None = None, device: str | None = None) -> Any:
+    """A run folder (torch) or an export folder (onnxruntime / openvino), for ``predict`` and ``serve``.
+
+    ``runtime``: None picks by the folder (a run: torch; an export: its format's runtime). A run with an
+    export runtime, or an export with torch, is refused with one line saying what to do. torch is imported
+    only for a run folder.
+    """
+    path = Path(path)
+    if is_export(path):
+        if runtime == "torch":
+            raise ConfigError(f"{path}: is an export; run it with --runtime onnxruntime or openvino "
+                              "(or use the run folder it came from with torch)")
+        return load_export(path, runtime=runtime)
+    if runtime not in (None, "torch"):
+        raise ConfigError(f"{path}: is not an export folder; --runtime {runtime} needs one "
+                          f"('anomalens export {path} -o EXPORT' first), or use the run with torch")
+    from anomalens.catalog import load_detector
+
+    return load_detector(path, device=device)
+
+
 def is_export(path: str | Path) -> bool:
     """True for a folder holding an export manifest (as opposed to a run folder)."""
     return (Path(path) / MANIFEST_FILE).is_file()

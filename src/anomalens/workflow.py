@@ -762,11 +762,13 @@ def _predict_records(images: str | Path | Sequence[str | Path]) -> list[ImageRec
     return [ImageRecord(source=p, label=-1, name=p.name) for p in paths]
 
 
-def _predictor(run_dir: str | Path, device: str | None) -> Any:
+def _predictor(run_dir: str | Path, device: str | None, runtime: str | None = None) -> Any:
     """The one place ``predict_images`` gets its model. It uses only ``predict(inputs)``, ``decision_``,
     ``threshold_``, ``pixel_threshold_``, ``localizes``, ``input_size`` and ``image_channels`` of it, so an
-    exported model can stand in for the torch detector."""
-    return load_detector(run_dir, device=device)
+    exported model (``runtime`` onnxruntime / openvino on an export folder) stands in for the torch detector."""
+    from anomalens.exported import load_model
+
+    return load_model(run_dir, runtime=runtime, device=device)
 
 
 def _heatmap_mode(heatmaps: str | bool) -> str:
@@ -783,10 +785,11 @@ def _job_identity(run_dir: str | Path, records: Sequence[ImageRecord], mode: str
     """What a resumed predict must share with the interrupted one: the same run, images (in order), heatmaps."""
     import hashlib
 
-    try:
-        run_hash = hashlib.sha256((Path(run_dir) / "detector.json").read_bytes()).hexdigest()
-    except OSError:
-        run_hash = None
+    run_hash = None
+    for name in ("detector.json", "export.json"):  # a run folder, or an export folder
+        with contextlib.suppress(OSError):
+            run_hash = hashlib.sha256((Path(run_dir) / name).read_bytes()).hexdigest()
+            break
     listing = hashlib.sha256("\n".join(str(r.source) for r in records).encode()).hexdigest()
     return {"run": run_hash, "n_images": len(records), "images_sha256": listing, "heatmaps": mode}
 
@@ -1046,6 +1049,7 @@ def predict_images(
     skip_bad: bool = False,
     workers: int | None = None,
     writers: int | None = None,
+    runtime: str | None = None,
 ) -> list[dict[str, Any]]:
     """Score new images; stream predictions.csv / .jsonl and heatmap overlays + masks into ``out_dir``.
 
@@ -1063,6 +1067,9 @@ def predict_images(
     before it are written (``skip_bad``: it is listed in errors.csv and the rest goes on). A predict
     that stops after writing results keeps its staging folder; ``resume`` continues it without scoring
     its images again (see the module docstring). Returns every row (those of a resumed run included).
+
+    ``run_dir`` is a run folder (torch) or an export folder (``anomalens export``); ``runtime`` (torch,
+    onnxruntime, openvino; None: by the folder) chooses what runs it.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -1073,7 +1080,7 @@ def predict_images(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     inputs = [run_dir, *([images] if isinstance(images, (str, Path)) else images)]
     with _prediction_stage(Path(out_dir), overwrite, inputs, resume) as stage:
-        model = _predictor(run_dir, device)
+        model = _predictor(run_dir, device, runtime)
         records = _predict_records(images)
         done = stage.begin(_job_identity(run_dir, records, mode))
         todo = [i for i, r in enumerate(records) if str(r.source) not in done]

@@ -276,23 +276,10 @@ def load_served_model(path: str | Path, runtime: str | None = None, device: str 
     ``runtime``: None picks by the folder (a run: torch; an export: its format's runtime). A run served with
     an export runtime, or an export with torch, is refused with one line saying what to do.
     """
-    from anomalens.errors import ConfigError
-    from anomalens.exported import is_export, load_export
+    from anomalens.exported import load_model
 
     path = Path(path)
-    export = is_export(path)
-    if export:
-        if runtime == "torch":
-            raise ConfigError(f"{path}: is an export; serve it with --runtime onnxruntime or openvino "
-                              "(or serve the run folder it came from with torch)")
-        model = load_export(path, runtime=runtime)
-    else:
-        if runtime not in (None, "torch"):
-            raise ConfigError(f"{path}: is not an export folder; --runtime {runtime} needs one "
-                              f"('anomalens export {path} -o EXPORT' first), or serve the run with torch")
-        from anomalens.catalog import load_detector
-
-        model = load_detector(path, device=device)
+    model = load_model(path, runtime=runtime, device=device)
     return ServedModel(model, source=path)
 
 
