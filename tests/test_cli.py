@@ -165,7 +165,7 @@ def test_mask_of_the_wrong_size(run, category, tmp_path, capsys):
 
 def test_wrong_model_name(category, tmp_path, capsys):
     assert main(["fit", "padimm", str(category), "-o", str(tmp_path / "r"), *FIT]) == 2
-    _one_line_error(capsys, "unknown detector 'padimm'", "available:")
+    _one_line_error(capsys, "unknown detector 'padimm'", "did you mean 'padim'?", "available:")
     assert not (tmp_path / "r").exists()
 
 

@@ -48,7 +48,7 @@ def test_a_bad_value_names_the_parameter_and_what_it_accepts(key, value, accepts
 
 
 def test_unknown_names_are_refused_with_the_accepted_list():
-    with pytest.raises(ConfigError, match="unknown parameter\\(s\\) epoch; accepted: brightness, epochs"):
+    with pytest.raises(ConfigError, match="unknown parameter\\(s\\) epoch \\(did you mean epoch → epochs\\?\\); accepted: brightness, epochs"):
         check_params("toy", DECLARED, {"epoch": 3})
 
 

@@ -211,8 +211,12 @@ def check_params(owner: str, declared: dict[str, Param], given: dict[str, Any]) 
     """
     unknown = sorted(set(given) - set(declared))
     if unknown:
+        import difflib
+
+        hints = [f"{u} → {m[0]}" for u in unknown if (m := difflib.get_close_matches(u, sorted(declared), n=1, cutoff=0.6))]
+        hint = f" (did you mean {', '.join(hints)}?)" if hints else ""
         raise ConfigError(
-            f"{owner}: unknown parameter(s) {', '.join(unknown)}; accepted: {', '.join(sorted(declared))}"
+            f"{owner}: unknown parameter(s) {', '.join(unknown)}{hint}; accepted: {', '.join(sorted(declared))}"
         )
     return {name: param.convert(owner, name, given.get(name, param.default)) for name, param in declared.items()}
 

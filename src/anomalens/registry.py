@@ -48,4 +48,8 @@ def registered_class(name: str) -> type:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(f"unknown detector '{name}'; available: {', '.join(sorted(_REGISTRY))}") from None
+        import difflib
+
+        close = difflib.get_close_matches(str(name).lower(), sorted(_REGISTRY), n=1, cutoff=0.6)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(f"unknown detector '{name}'; {hint}available: {', '.join(sorted(_REGISTRY))}") from None
