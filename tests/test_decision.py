@@ -17,12 +17,19 @@ def padim(train_records):
     return create_detector("padim", **TINY_PARAMS["padim"]).fit(train_records, progress=False)
 
 
-def test_fit_creates_a_quantile_rule_from_held_out_normals(padim):
+def test_fit_creates_a_quantile_rule_from_out_of_fold_normal_scores(padim):
     rule = padim.decision_
     assert rule.source == "quantile" and rule.min_area is None
-    assert rule.evidence == {"quantile": 0.99, "n_normal": 2}  # 10 % of 20 training images
-    assert "held-out" in rule.description
+    # Every one of the 20 training images, each scored leave-one-out (PaDiM's default threshold_folds=0).
+    assert rule.evidence == {"false_alarm_rate": 0.01, "n_normal": 20, "folds": 20}
+    assert "leave-one-out" in rule.description and rule.score_reference is not None
     assert padim.threshold_ == rule.image_threshold and padim.pixel_threshold_ == rule.pixel_threshold
+
+
+def test_a_detector_that_does_not_cross_fit_keeps_the_hold_out(train_records):
+    rule = create_detector("mahalanobis", **TINY_PARAMS["mahalanobis"]).fit(train_records, progress=False).decision_
+    assert rule.evidence == {"false_alarm_rate": 0.01, "n_normal": 2, "folds": 1}  # 10 % of 20 training images
+    assert "held-out" in rule.description
 
 
 def test_predict_applies_the_rule(padim, test_records):

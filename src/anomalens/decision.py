@@ -11,7 +11,21 @@ refit by accident.
   border) has at least ``min_area`` pixels;
 - where it came from (``source``: "quantile", "f1" or "area"), in words (``description``) and the
   numbers it rests on (``evidence``: how many images, which quantile, the calibration's accuracy, ...);
-- ``map_reference``: the typical anomaly-map value on normal images (the cold end of heatmap colours).
+- ``map_reference``: the typical anomaly-map value on normal images (the cold end of heatmap colours);
+- ``score_reference``: the median image score of the normal images the fit's threshold came from (their
+  out-of-fold scores), the anchor of the normalised score below.
+
+Normalised score (``DecisionRule.normalized``, ``DetectionResult.normalized_scores``): a number in (0, 1),
+monotone in the raw score, equal to 0.5 exactly at the image threshold t, with the median normal score m
+(``score_reference``) at 0.05:
+
+    normalized(s) = 1 / (1 + exp(−(s − t) / w)),   w = (t − m) / ln 19
+
+so a typical normal image reads 0.05, the threshold 0.5, and a score as far above t as m is below it
+0.95. The rule is the same after ``calibrate``: t moves, m stays the fit's. Degenerate cases: when
+t ≤ m (all normal scores equal, or a calibrated threshold below the median normal) or m is unknown (runs
+saved before it existed), w = 10⁻³·max(|t|, 1): still monotone with 0.5 at t, close to a step. Under the
+minimum-area rule the label follows the region size, not this score.
 
 ``DetectionResult``, what applying the rule gives, lives here too: this module imports no torch, so the
 loader of exported models (``anomalens.exported``) returns the very same type as ``Detector.predict``.
@@ -38,12 +52,15 @@ class DetectionResult:
     labels: (N,) int, 1 for images the decision rule flags.
     maps:   (N, H, W) float32 anomaly maps at the input resolution, or None (image-level detector).
     masks:  (N, H, W) bool predicted defect masks (``map > pixel_threshold``), or None.
+    normalized_scores: (N,) float64 in [0, 1], monotone in ``scores``, 0.5 at the image threshold
+        (``DecisionRule.normalized``; the module docstring has the formula), or None.
     """
 
     scores: np.ndarray
     labels: np.ndarray
     maps: np.ndarray | None = None
     masks: np.ndarray | None = None
+    normalized_scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -59,11 +76,12 @@ class DecisionRule:
     clear_border: bool = False
     map_reference: float | None = None
     evidence: dict[str, Any] = field(default_factory=dict)
+    score_reference: float | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
             raise ValueError(f"decision rule source must be one of {', '.join(SOURCES)}, got {self.source!r}")
-        for name in ("image_threshold", "pixel_threshold", "map_reference"):
+        for name in ("image_threshold", "pixel_threshold", "map_reference", "score_reference"):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"decision rule: {name} must be a finite number, got {value!r}")
@@ -73,9 +91,19 @@ class DecisionRule:
     # -- constructors -------------------------------------------------------------------------------
     @classmethod
     def from_normal_scores(
-        cls, scores: np.ndarray, maps: np.ndarray | None, quantile: float, what: str = "held-out normal images"
+        cls, scores: np.ndarray, maps: np.ndarray | None, false_alarm_rate: float,
+        what: str = "held-out normal images", folds: int = 1,
     ) -> "DecisionRule":
-        """Both thresholds at the ``quantile`` of normal images' scores (and of their maps' maxima)."""
+        """Both thresholds at the (1 − ``false_alarm_rate``) quantile of normal images' scores (and of their
+        maps' maxima): about that share of new normal images is flagged, if these scores are like theirs.
+
+        ``folds``: how many models the scores came from, recorded in ``evidence`` — k for out-of-fold
+        scores (every training image scored by the model fitted without its fold; k = the number of images
+        for leave-one-out), 1 for a single hold-out, 0 for scores of the very images the model was fitted on
+        (optimistic).
+        """
+        quantile = 1.0 - false_alarm_rate
+        scores = np.asarray(scores)
         pixel_threshold = map_reference = None
         if maps is not None:
             pixel_threshold = quantile_threshold(maps.reshape(len(maps), -1).max(axis=1), quantile)
@@ -83,10 +111,11 @@ class DecisionRule:
         return cls(
             image_threshold=quantile_threshold(scores, quantile),
             source="quantile",
-            description=f"quantile {quantile} of {len(scores)} {what}",
+            description=f"false-alarm rate {false_alarm_rate:g}: quantile {quantile:g} of {len(scores)} {what}",
             pixel_threshold=pixel_threshold,
             map_reference=map_reference,
-            evidence={"quantile": quantile, "n_normal": int(len(scores))},
+            evidence={"false_alarm_rate": false_alarm_rate, "n_normal": int(len(scores)), "folds": int(folds)},
+            score_reference=float(np.median(scores)),
         )
 
     def with_changes(self, **changes: Any) -> "DecisionRule":
@@ -96,7 +125,23 @@ class DecisionRule:
     # -- applying it --------------------------------------------------------------------------------
     def apply(self, scores: np.ndarray, maps: np.ndarray | None) -> DetectionResult:
         """The result of this rule on raw scores (N,) and maps (N, H, W) or None."""
-        return DetectionResult(scores=scores, labels=self.labels(scores, maps), maps=maps, masks=self.masks(maps))
+        return DetectionResult(scores=scores, labels=self.labels(scores, maps), maps=maps, masks=self.masks(maps),
+                               normalized_scores=self.normalized(scores))
+
+    @property
+    def normalization_width(self) -> float:
+        """w of the normalised score (module docstring): (t − m) / ln 19, or the degenerate fallback."""
+        t, m = self.image_threshold, self.score_reference
+        if m is not None and t - m > 0 and math.isfinite((t - m) / math.log(19.0)):
+            return (t - m) / math.log(19.0)
+        return 1e-3 * max(abs(t), 1.0)
+
+    def normalized(self, scores: np.ndarray) -> np.ndarray:
+        """(N,) float64 normalised scores: monotone in ``scores``, exactly 0.5 at the image threshold, the
+        median normal score at 0.05 (the module docstring has the formula and the degenerate cases)."""
+        with np.errstate(over="ignore"):  # far beyond the threshold: z = ±inf, tanh = ±1
+            z = (np.asarray(scores, dtype=np.float64) - self.image_threshold) / self.normalization_width
+        return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(−z)), without overflow
 
     @property
     def uses_area(self) -> bool:
@@ -141,6 +186,7 @@ class DecisionRule:
                 clear_border=bool(data.get("clear_border", False)),
                 map_reference=_number(data.get("map_reference"), "map_reference", optional=True),
                 evidence=dict(data.get("evidence") or {}),
+                score_reference=_number(data.get("score_reference"), "score_reference", optional=True),
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc)) from None

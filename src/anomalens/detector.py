@@ -14,9 +14,14 @@ Rules shared by all detectors:
 - detectors that localise (``localizes``) return anomaly maps at the resolution of their input tensors
   (``image_size``);
 - the decision — thresholds, the optional minimum-area rule and where they came from — is one
-  ``DecisionRule`` in ``decision_``: ``fit`` creates it from held-out normal images (a high quantile
-  of their scores, so a threshold exists without any defective sample), ``calibrate`` replaces it,
-  ``predict`` applies it;
+  ``DecisionRule`` in ``decision_``: ``fit`` creates it from normal images scored by a model that did
+  not see them (the (1 − ``false_alarm_rate``) quantile of their scores, so a threshold exists without
+  any defective sample), ``calibrate`` replaces it, ``predict`` applies it;
+- those normal scores: detectors that can (``crossfits``: PaDiM, PatchCore) score *every* training image
+  out of fold — the images are cut into ``threshold_folds`` seeded folds and each fold is scored by the
+  model of the others, obtained from the final model's sums or bank without refitting — while the final
+  model still uses every image; the others score the seeded ``holdout_fraction`` of the images they are
+  not trained on (k trainings for a trained detector would cost k times its fit);
 - optional abilities are named by class flags: ``localizes`` (anomaly maps), ``reconstructs``
   (``reconstruct()`` gives the images the model rebuilt), ``score_is_map_max``;
 - one inference graph: ``inference_module()`` is the fitted detector's whole inference as one plain
@@ -33,6 +38,7 @@ and ``load_detector`` are in ``anomalens.catalog``, file handling in ``anomalens
 from __future__ import annotations
 
 import logging
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar, ContextManager, Iterator, Sequence
@@ -46,7 +52,7 @@ from anomalens.decision import DecisionRule, DetectionResult  # DetectionResult:
 from anomalens.devices import check_device_name, resolve_device
 from anomalens.errors import ConfigError, DataError, NotFittedError, NumericalError
 from anomalens.params import Float, Int, Param, Size, Text, check_params
-from anomalens.persistence import write_decision, write_run_files
+from anomalens.persistence import rename_deprecated_params, write_decision, write_run_files
 from anomalens.thresholds import area_threshold_search, f1_threshold
 from anomalens.version import __version__
 
@@ -91,11 +97,17 @@ class Detector(ABC):
         "batch_size": Int(16, "images per batch when scoring (and training)", low=1),
         "device": Text("auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
         "seed": Int(0, "random seed: same seed, same model", low=0),
-        "threshold_quantile": Float(
-            0.99, "quantile of held-out normal scores used as the default threshold", low=0.0, high=1.0
+        "false_alarm_rate": Float(
+            0.01, "target share of normal images flagged: the threshold is the (1 - rate) quantile of normal scores "
+            "from models that did not see them (replaces threshold_quantile = 1 - rate)", low=0.0, high=1.0
+        ),
+        "threshold_folds": Int(
+            10, "k of the cross-fitted threshold (padim, patchcore): every training image is scored by the model "
+            "fitted without its fold; 0 = leave-one-out, 1 = hold-out only; others use the hold-out", low=0
         ),
         "holdout_fraction": Float(
-            0.1, "share of the training normals held out to set the thresholds (0: none)", low=0.0, high=0.9
+            0.1, "share of the training normals held out to set the thresholds when not cross-fitting (0: none)",
+            low=0.0, high=0.9
         ),
     }
     _all_params: ClassVar[dict[str, Param]] = dict(hyperparameters)
@@ -116,7 +128,15 @@ class Detector(ABC):
         return dict(cls._all_params)
 
     def __init__(self, **params: Any) -> None:
-        self.params: dict[str, Any] = check_params(self.name or type(self).__name__, self._all_params, params)
+        owner = self.name or type(self).__name__
+        if "threshold_quantile" in params:  # deprecated spelling, accepted and translated (never saved)
+            try:
+                params = rename_deprecated_params(params)
+            except ConfigError as exc:
+                raise ConfigError(f"{owner}: {exc}") from None
+            logger.warning("%s: threshold_quantile is deprecated: use false_alarm_rate = 1 - threshold_quantile (%g)",
+                           owner, params["false_alarm_rate"])
+        self.params: dict[str, Any] = check_params(owner, self._all_params, params)
         check_device_name(self.params["device"])
         self._check_params()
         self.decision_: DecisionRule | None = None
@@ -221,8 +241,33 @@ class Detector(ABC):
         return self._score(holdout, progress)
 
     # -- the public contract ------------------------------------------------------------------
+    def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
+                                   progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
+        """Fit the final model on every image of ``parts`` (lists of records, in this order); return the
+        scores (N,) and maps (N, H, W) or None of all N images, each from the model fitted without its fold
+        (``folds``: index arrays into the concatenation of ``parts``). Only for ``crossfits`` detectors."""
+        raise NotImplementedError(f"{self.name} does not cross-fit its threshold")
+
+    def threshold_fold_count(self, n_images: int) -> int:
+        """k, the folds ``fit`` cross-fits the threshold with for ``n_images`` training images; 0 when the
+        threshold comes from the hold-out instead (the detector does not cross-fit, ``threshold_folds`` is 1,
+        or a model without the largest fold would have fewer than ``min_fit_images`` images)."""
+        k = self.params["threshold_folds"]
+        if not self.crossfits or k == 1:
+            return 0
+        k = n_images if k == 0 else min(k, n_images)
+        if k < 2 or n_images - math.ceil(n_images / k) < self.min_fit_images:
+            return 0
+        return k
+
+    def crossfit_folds(self, n_images: int, k: int) -> list[np.ndarray]:
+        """The seeded partition of range(n_images) into k folds (sizes differ by at most one), each sorted."""
+        order = np.random.default_rng((self.params["seed"], 2)).permutation(n_images)
+        return [np.sort(order[j::k]) for j in range(k)]
+
     def fit(self, records: Sequence, progress: bool = True) -> "Detector":
-        """Fit on normal images and set the decision rule from held-out normals. Returns self.
+        """Fit on normal images and set the decision rule from normal scores of models that did not see
+        them (out of fold, or the hold-out: module docstring). Returns self.
 
         Every fit starts from nothing: the previous decision rule (a calibration included) is gone.
         """
@@ -232,6 +277,17 @@ class Detector(ABC):
         self.decision_ = None
         self.history_ = {}
         fit_records, holdout = self.holdout_split(records)
+        k = self.threshold_fold_count(len(records))
+        if k:
+            # The final model sees the images in the hold-out split's order (kept, then held): the model
+            # (and so every score) is the same as when its threshold came from the hold-out.
+            parts = [fit_records] if holdout is fit_records else [fit_records, holdout]
+            torch.manual_seed(self.params["seed"])
+            scores, maps = self._fit_and_score_out_of_fold(parts, self.crossfit_folds(len(records), k), progress)
+            what = ("training images, each scored leave-one-out" if k == len(records) else
+                    f"training images, each scored by the model of the other {k - 1} of {k} folds")
+            self._set_threshold_from_normals(scores, maps, what, k)
+            return self
         if len(fit_records) < self.min_fit_images:
             held = 0 if holdout is fit_records else len(holdout)
             raise DataError(
@@ -241,15 +297,29 @@ class Detector(ABC):
             )
         torch.manual_seed(self.params["seed"])
         scores, maps = self._fit_and_score_holdout(fit_records, holdout, progress)
+        held_out = holdout is not fit_records
+        what = "held-out normal images" if held_out else "training images (none held out: optimistic)"
+        self._set_threshold_from_normals(scores, maps, what, 1 if held_out else 0)
+        return self
+
+    #: Below this many normal scores ``fit`` warns that its threshold is weak.
+    min_threshold_scores: ClassVar[int] = 30
+
+    def _set_threshold_from_normals(self, scores: np.ndarray, maps: np.ndarray | None, what: str, folds: int) -> None:
+        rate = self.params["false_alarm_rate"]
         if len(scores) > 1 and np.ptp(scores) == 0:
             logger.warning(
                 "%s: the %d normal images the threshold comes from all score %.6g: the training images may be "
                 "identical copies, and the threshold cannot tell new normal images from defects reliably",
                 self.name, len(scores), float(scores[0]),
             )
-        what = "held-out normal images" if holdout is not fit_records else "training images (none held out: optimistic)"
-        self.decision_ = DecisionRule.from_normal_scores(scores, maps, self.params["threshold_quantile"], what)
-        return self
+        elif len(scores) < self.min_threshold_scores:
+            logger.warning(
+                "%s: the threshold rests on only %d normal score(s) (%s), fewer than %d: the false-alarm rate of "
+                "new normal images may be far from the %g aimed at — fit on more normal images, or calibrate",
+                self.name, len(scores), what.split(" (")[0], self.min_threshold_scores, rate,
+            )
+        self.decision_ = DecisionRule.from_normal_scores(scores, maps, rate, what, folds=folds)
 
     def holdout_split(self, records: Sequence) -> tuple[list, list]:
         """(fit, held out): the seeded share of normals ``fit`` holds out for the thresholds.
@@ -262,6 +332,9 @@ class Detector(ABC):
 
     #: The fewest images ``_fit`` can work with (after the threshold hold-out).
     min_fit_images: ClassVar[int] = 1
+    #: True when ``_fit_and_score_out_of_fold`` exists: the threshold comes from out-of-fold scores of every
+    #: training image (``threshold_folds``), not from the hold-out.
+    crossfits: ClassVar[bool] = False
     #: True when the final model is fitted on the held-out normals too (their threshold scores come from a
     #: model without them, but the saved model has seen them: PaDiM, PatchCore).
     final_fit_includes_holdout: ClassVar[bool] = False
@@ -358,6 +431,12 @@ class Detector(ABC):
             raise ConfigError(f"{self.name} gives no anomaly maps: use calibrate method 'f1'")
         records = list(records)
         labels = np.array([r.label for r in records], dtype=np.int64)
+        if len(labels) and not labels.any():
+            logger.warning(
+                "%s: the calibration data has no defective image (%d normal): the %s calibration cannot weigh "
+                "missed defects against false alarms — calibrate on labelled images with defects", self.name,
+                len(labels), method,
+            )
         scores, maps = self.score(records, progress)
         if method == "area":
             normal_maps = self.score(list(normal_records), progress)[1] if len(normal_records) else maps[labels == 0]
@@ -380,11 +459,12 @@ class Detector(ABC):
             normal = scores[labels == 0]
             if len(normal) == 0:
                 raise ValueError("calibration data has no normal image; cannot set a threshold")
-            quantile = self.params["threshold_quantile"]
+            rate = self.params["false_alarm_rate"]
             self.decision_ = DecisionRule.from_normal_scores(
-                normal, None if maps is None else maps[labels == 0], quantile, "calibration normal images"
+                normal, None if maps is None else maps[labels == 0], rate, "calibration normal images"
             )
-            note = f"calibration data has no anomalous image: threshold set to the {quantile} quantile of its {len(normal)} normal scores"
+            note = (f"calibration data has no anomalous image: threshold set to the {1 - rate:g} quantile of its "
+                    f"{len(normal)} normal scores (false-alarm rate {rate:g})")
         else:
             description = f"F1-optimal on {len(labels)} labelled images ({int(labels.sum())} anomalous)"
             # For max-of-map detectors the image threshold is exactly a pixel threshold too.

@@ -13,6 +13,12 @@ files into a detector is ``anomalens.catalog.load_detector``.
 
 Format versions: 2 stores the decision rule as one object (``"decision"``); version 1 (anomalens ≤ 0.1.0
 before the decision rule existed) stored its fields as loose keys and is still read.
+
+Renamed parameters: runs saved before the cross-fitted threshold carry ``threshold_quantile`` (q) in their
+parameters, in the JSON and in the weights' metadata alike. ``upgrade_saved_params`` reads both in today's
+names: ``false_alarm_rate`` = 1 − q, and ``threshold_folds`` = 1 (their threshold came from the single
+hold-out), so the loaded detector's ``params`` say how it was fitted and a refit with them reproduces it.
+The comparison of the two files is made after that translation, on both sides.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomalens.errors import ModelFileError
+from anomalens.errors import ConfigError, ModelFileError
 from anomalens.version import __version__
 
 FORMAT_VERSION = 2
@@ -35,6 +41,31 @@ CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
 # Parameters that change how a fitted model runs, not what it is: may differ between the two files.
 INFERENCE_PARAMS = ("device", "batch_size")
+
+
+def rename_deprecated_params(params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` with deprecated names translated: ``threshold_quantile`` q → ``false_alarm_rate`` 1 − q.
+
+    ConfigError when both names are given, or q is not a number in [0, 1].
+    """
+    if "threshold_quantile" not in params:
+        return params
+    params = dict(params)
+    quantile = params.pop("threshold_quantile")
+    if "false_alarm_rate" in params:
+        raise ConfigError("give false_alarm_rate or the deprecated threshold_quantile (= 1 − false_alarm_rate), not both")
+    if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 <= quantile <= 1.0:
+        raise ConfigError(f"parameter threshold_quantile (deprecated: use false_alarm_rate) must be a number in [0, 1], "
+                          f"got {quantile!r}")
+    params["false_alarm_rate"] = round(1.0 - float(quantile), 12)  # 1 − 0.99 is 0.010000000000000009
+    return params
+
+
+def upgrade_saved_params(params: dict[str, Any]) -> dict[str, Any]:
+    """A saved run's parameters in today's names (module docstring: runs fitted before cross-fitting)."""
+    if "threshold_quantile" in params and "threshold_folds" not in params:
+        params = {**params, "threshold_folds": 1}
+    return rename_deprecated_params(params)
 
 
 def _json_default(value: Any) -> Any:
@@ -117,6 +148,11 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         )
     if config["format_version"] == 1:
         config = _upgrade_v1(config)
+    if isinstance(config.get("params"), dict):
+        try:
+            config["params"] = upgrade_saved_params(config["params"])
+        except ConfigError as exc:
+            raise ModelFileError(f"{config_path}: incompatible parameters ({exc})") from None
     return config
 
 
@@ -155,8 +191,12 @@ def _check_same_params(config_path: Path, config: dict[str, Any], metadata: dict
         raise ModelFileError(
             f"{config_path}: says detector '{config.get('detector')}' but the weights are a '{metadata.get('detector')}' model"
         )
-    fitted = json.loads(metadata["params"])
-    now = json.loads(_params_json(config.get("params") or {}))
+    try:
+        fitted = upgrade_saved_params(json.loads(metadata["params"]))
+    except (ConfigError, ValueError, TypeError, AttributeError) as exc:
+        raise ModelFileError(f"{config_path}: the weights' parameter metadata is unreadable ({exc})") from None
+    now = json.loads(_params_json(upgrade_saved_params(config.get("params") or {})))
+    fitted = json.loads(_params_json(fitted))
     changed = sorted(k for k in set(fitted) | set(now) if fitted.get(k) != now.get(k))
     if changed:
         first = changed[0]

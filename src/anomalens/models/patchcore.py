@@ -34,9 +34,16 @@ during the coreset selection. Scoring is bounded independently of the number of 
 of B images the B·P·D embedding, one distance block of B·P × 1024 floats per bank chunk (4 MiB per
 image at 256 px, P = 1024; ``components/knn.py: ExactNearest``) and the B maps; only the returned (N, H, W) float32 maps grow with N (``predict_in_chunks`` avoids that).
 
-Threshold hold-out: the bank is built from every training image (held-out ones included: more data,
-better coverage); the held-out images are scored against the bank entries that came from the other
-images, so the threshold is still set by images the bank does not contain.
+Threshold (cross-fitted, ``Detector.fit``): the bank is built from every training image (more data,
+better coverage); the images are cut into ``threshold_folds`` seeded folds (default 10) and each fold is
+scored, exactly, against the bank entries that came from the other folds' images — a model whose bank
+holds none of its patches, without selecting a new coreset. Cost: scoring the N training images once
+(one feature pass and their nearest-neighbour search, as ``predict`` on them), whatever k; memory: one
+copy of (k − 1)/k of the bank at a time, and the N maps returned to ``fit``. (The coreset was chosen
+with the fold's patches present, so the remaining bank covers the fold's region slightly less well than a
+coreset of the other images alone would: out-of-fold scores lean high, the threshold errs towards fewer
+false alarms; a larger k shrinks that.) ``threshold_folds=1``: the seeded ``holdout_fraction`` scored the
+same way, as before cross-fitting.
 """
 
 from __future__ import annotations
@@ -149,6 +156,7 @@ class PatchCore(Detector):
     name = "patchcore"
     score_is_map_max = False  # eq. 7 re-weights s*, and the map is blurred
     final_fit_includes_holdout = True  # the bank holds every image's patches (see _fit_and_score_holdout)
+    crossfits = True  # the threshold from every training image, out of fold (module docstring)
     ann_index_ = None  # HNSW graph over the bank when search == "hnsw"
     hyperparameters = {
         "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
@@ -241,6 +249,29 @@ class PatchCore(Detector):
             return self._score(holdout, progress)
         finally:
             self.memory_bank_, self.ann_index_ = full, index
+
+    def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
+                                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The bank from every image; each fold scored against the entries of the other folds' images."""
+        records = [r for part in parts for r in part]
+        self._fit(records, progress)
+        full, index, origin = self.memory_bank_, self.ann_index_, self.bank_origin_
+        self.ann_index_ = None  # the graph indexes the full bank: the folds are searched exactly
+        scores, maps = np.empty(len(records), np.float32), None
+        try:
+            for fold in folds:
+                others = ~torch.isin(origin, torch.as_tensor(fold, dtype=origin.dtype))
+                if not bool(others.any()):
+                    raise ValueError(f"patchcore: every memory-bank entry came from one threshold fold ({len(fold)} "
+                                     "images): raise coreset_fraction or threshold_folds")
+                self.memory_bank_ = full[others.to(full.device)]
+                fold_scores, fold_maps = self._score([records[i] for i in fold], progress)
+                if maps is None:
+                    maps = np.empty((len(records), *fold_maps.shape[1:]), np.float32)
+                scores[fold], maps[fold] = fold_scores, fold_maps
+        finally:
+            self.memory_bank_, self.ann_index_ = full, index
+        return scores, maps
 
     def inference_module(self) -> PatchCoreGraph:
         return PatchCoreGraph(self.extractor_, self.layer_dims(self.extractor_.channels), self.patch_size,
