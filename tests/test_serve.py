@@ -96,7 +96,8 @@ def test_scores_equal_detector_predict_raw_multipart_and_batch(client, detector,
     threshold = detector.decision_.image_threshold
     for answer in raw:
         assert answer["threshold"] == pytest.approx(threshold)
-        assert answer["normalized_score"] == pytest.approx(answer["score"] / threshold)
+        assert answer["normalized_score"] == pytest.approx(float(detector.decision_.normalized([answer["score"]])[0]))
+        assert (answer["normalized_score"] > 0.5) == answer["anomalous"]
         assert answer["label"] == ("defect" if answer["anomalous"] else "ok")
         assert answer["decision"] == detector.decision_.description and answer["rule"] == "score"
         assert answer["image_size"] == {"width": 96, "height": 96}
@@ -162,7 +163,7 @@ def test_health_and_model(client, detector):
     assert info["params"]["image_size"] == 64
     assert info["decision"] == json.loads(json.dumps(detector.decision_.to_dict()))
     assert {"anomalens", "python", "numpy", "torch", "fastapi", "uvicorn"} <= set(info["versions"])
-    assert info["limits"]["max_batch"] == detector.params["batch_size"] and "score / image_threshold" in info["normalized_score"]
+    assert info["limits"]["max_batch"] == detector.params["batch_size"] and "0.5 at the image threshold" in info["normalized_score"]
 
 
 def test_pages_are_served_from_memory_and_load_nothing_from_elsewhere(client):

@@ -742,7 +742,8 @@ def _unseen_by_run(run_dir: Path, normals: list[ImageRecord]) -> list[ImageRecor
 
 # ------------------------------------------------------------------------------------- predict
 HEATMAP_MODES = ("anomalous", "all", "none")
-PREDICTION_FIELDS = ["image", "score", "anomalous", "threshold", "defect_area_fraction", "heatmap", "mask"]
+PREDICTION_FIELDS = ["image", "score", "normalized_score", "anomalous", "threshold", "defect_area_fraction", "heatmap",
+                     "mask"]
 ERROR_FIELDS = ["image", "error"]
 
 
@@ -1125,10 +1126,13 @@ def predict_images(
                         else:  # any object with predict(records): arrays already at its input size
                             result = model.predict([ImageRecord(source=np.moveaxis(x.numpy(), 0, -1), label=-1)
                                                     for x in images_in], progress=False)
+                        # 0.5 at the image threshold, the typical normal image at 0.05 (DecisionRule.normalized)
+                        normalized = model.decision_.normalized(result.scores)
                         for j, k in enumerate(good):
                             index = todo[batch.indices[k]]
                             record = records[index]
                             row: dict[str, Any] = {"image": str(record.source), "score": float(result.scores[j]),
+                                                   "normalized_score": float(normalized[j]),
                                                    "anomalous": bool(result.labels[j]), "threshold": model.threshold_}
                             if drawing and result.maps is not None and (mode == "all" or row["anomalous"]):
                                 row["_pending"] = True

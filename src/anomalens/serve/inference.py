@@ -10,9 +10,9 @@ service's scores equal theirs:
 - export: ``anomalens.exported.load_input`` (its numpy twin of that resize), the graph, then the export's
   ``DecisionRule.apply``.
 
-Per image the result carries the raw score, the **normalised score** ``score / image_threshold`` (1.0 at the
-threshold, above 1 flagged under the score rule; ``null`` when the threshold is not positive, where the ratio
-would mean nothing), the verdict, the thresholds and the rule's description, the **defect regions** — the
+Per image the result carries the raw score, the **normalised score** (``DecisionRule.normalized``: monotone in
+the score, 0.5 at the image threshold, the typical normal image at 0.05 — the same value as the
+``normalized_score`` column of ``anomalens predict``), the verdict, the thresholds and the rule's description, the **defect regions** — the
 8-connected regions of the predicted mask (``map > pixel_threshold`` at the image's own resolution, the mask
 ``anomalens predict`` writes), each with its bounding box and area in the image's pixels, largest first — and
 the time spent in each step. With ``heatmap`` the overlay ``anomalens predict`` draws (one colour scale for
@@ -46,8 +46,8 @@ MAX_REGIONS = 50
 #: Longest side of a returned heatmap: larger frames are drawn downscaled (regions use the full mask).
 HEATMAP_MAX_SIDE = 1024
 
-NORMALIZED_SCORE_NOTE = ("score / image_threshold: 1.0 at the threshold, above 1.0 flagged by the score rule; "
-                         "null when the image threshold is not positive")
+NORMALIZED_SCORE_NOTE = ("1 / (1 + exp(-(score - threshold) / w)), w = (threshold - median normal score) / ln 19: "
+                         "0.5 at the image threshold, the typical normal image at 0.05, monotone in the score")
 
 
 @dataclass
@@ -210,7 +210,7 @@ class ServedModel:
         out: dict[str, Any] = {
             "image": name,
             "score": item.score,
-            "normalized_score": item.score / threshold if threshold > 0 else None,
+            "normalized_score": float(rule.normalized([item.score])[0]),
             "anomalous": bool(item.label),
             "label": "defect" if item.label else "ok",
             "threshold": threshold,

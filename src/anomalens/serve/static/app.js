@@ -191,12 +191,13 @@ function select(entry) {
   $("result-sub").textContent = `${r.image_size.width}×${r.image_size.height} px · ${r.decision}`;
   const ratio = r.normalized_score;
   const fill = $("gauge-fill");
-  fill.style.width = (ratio === null ? (r.anomalous ? 75 : 25) : Math.max(0, Math.min(1, ratio / 2)) * 100) + "%";
+  // the normalised score is 0.5 at the threshold: the gauge's middle is the threshold line
+  fill.style.width = (ratio === null ? (r.anomalous ? 75 : 25) : Math.max(0, Math.min(1, ratio)) * 100) + "%";
   fill.className = "gauge-fill" + (r.anomalous ? " defect" : "");
   const score = $("score-text");
   score.replaceChildren();
   score.append("score ", el("b", "", fmt(r.score)), " / threshold ", el("b", "", fmt(r.threshold)));
-  if (ratio !== null) score.append(` (${fmt(ratio, 3)}× the threshold)`);
+  if (ratio !== null) score.append(` · normalised ${fmt(ratio, 3)} (0.5 = threshold)`);
   if (r.rule === "area") score.append(` · verdict by defect area ≥ ${r.min_area} px`);
 
   if (r.heatmap_png) $("heatmap").src = "data:image/png;base64," + r.heatmap_png;
