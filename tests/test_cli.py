@@ -75,6 +75,9 @@ def test_predict_writes_scores_heatmaps_and_masks(run, category, tmp_path):
     assert len(rows) == len(list(images.iterdir()))
     jsonl = [json.loads(line) for line in open(out / "predictions.jsonl")]
     assert [r["score"] for r in jsonl] == pytest.approx([float(r["score"]) for r in rows])
+    # normalised score: 0.5 at the threshold, so above 0.5 exactly where the score rule flags
+    for row in jsonl:
+        assert 0 <= row["normalized_score"] <= 1 and (row["normalized_score"] > 0.5) == row["anomalous"]
     heatmap = Image.open(out / rows[0]["heatmap"])
     assert heatmap.size == Image.open(rows[0]["image"]).size and heatmap.mode == "RGB"
     assert (out / rows[0]["mask"]).is_file()
