@@ -290,3 +290,24 @@ def test_a_large_heatmap_costs_a_few_bytes_per_pixel():
     assert overlay.shape == (height, width, 3) and mask.shape == (height, width) and mask.any()
     assert (overlay[mask] != 120).any()
     assert peak / (height * width) < 16, f"{peak / (height * width):.1f} bytes per pixel"
+
+
+@pytest.mark.parametrize("name", ["padim", "mlp_ae", "mahalanobis"])
+def test_a_decoded_batch_goes_straight_to_any_detector(name, train_records, test_records):
+    """A float32 (N, C, H, W) batch at the input size skips decoding and resizing, for every kind of detector
+    (trained ones batch through their own ``_image_batches``) and gives the records' results."""
+    from anomalens import create_detector
+    from anomalens.data import ImageBatch, as_image_inputs
+    from conftest import TINY_PARAMS
+
+    detector = create_detector(name, **TINY_PARAMS[name]).fit(train_records, progress=False)
+    batch = torch.stack([TensorImageDataset(test_records, detector.input_size, detector.image_channels)[i]["image"]
+                         for i in range(len(test_records))])
+    assert isinstance(as_image_inputs(batch, detector.input_size, detector.image_channels), ImageBatch)
+    expected = detector.predict(test_records, progress=False)
+    result = detector.predict(batch, progress=False)
+    assert np.array_equal(result.scores, expected.scores) and np.array_equal(result.labels, expected.labels)
+    if expected.maps is not None:
+        assert np.array_equal(result.maps, expected.maps)
+    chunks = list(detector.predict_in_chunks(batch, chunk_size=3))
+    assert [offset for offset, _ in chunks] == list(range(0, len(test_records), 3))

@@ -1147,6 +1147,13 @@ def predict_images(
                         settle(keep=0)
                         raise DataError(stop)
                 settle(keep=0)
+            except RuntimeError as exc:  # a dead decoding worker, noticed while the model ran
+                from anomalens.data.torch_dataset import worker_death
+
+                death = worker_death(exc)
+                if death is None:
+                    raise
+                raise death from None
             finally:
                 for _, futures, _ in pending:
                     for future in futures:

@@ -41,6 +41,7 @@ __all__ = [
     "iterate_batches",
     "iterate_decoded",
     "resolve_workers",
+    "worker_death",
 ]
 
 #: Pictures larger than this (pixels) are not sent back from a decoding worker for heatmaps: they would
@@ -262,8 +263,12 @@ def _unwrap_worker_error(exc: DataError) -> DataError:
     return DataError(message if sep else last)
 
 
-def _worker_death(exc: RuntimeError) -> WorkerError | None:
-    """The one-line error for a DataLoader worker that died, or None for any other RuntimeError."""
+def worker_death(exc: BaseException) -> WorkerError | None:
+    """The one-line error for a DataLoader worker that died, or None for any other error. (The DataLoader's
+    SIGCHLD handler raises it wherever the main thread is — often inside the model, not the loader loop —
+    so callers around whole loops convert it too.)"""
+    if not isinstance(exc, RuntimeError):
+        return None
     text = " ".join(str(exc).split())
     if "DataLoader worker" not in text:
         return None
@@ -324,7 +329,7 @@ def iterate_batches(
         except DataError as exc:
             raise _unwrap_worker_error(exc) from None
         except RuntimeError as exc:
-            death = _worker_death(exc)
+            death = worker_death(exc)
             if death is None:
                 raise
             raise death from None
@@ -411,7 +416,7 @@ def iterate_decoded(
                 yield batch
                 bar.update(len(batch.indices))
         except RuntimeError as exc:
-            death = _worker_death(exc)
+            death = worker_death(exc)
             if death is None:
                 raise
             raise death from None

@@ -1,0 +1,410 @@
+"""Throughput of the whole pipeline (issue 19): images/s for loading, the model alone, ``detector.predict``
+and ``anomalens predict`` (heatmaps none / anomalous / all), PaDiM and PatchCore, 256 px and 2048² inputs,
+with the code before the change measured side by side in the same run.
+
+    .venv/bin/python benchmarks/throughput.py                         # CPU, current code + baseline HEAD
+    .venv/bin/python benchmarks/throughput.py --baseline e0a43ca --n 1024 --large 24
+    .venv/bin/python benchmarks/throughput.py --device cuda --no-baseline   # on a GPU machine (gpu_check.sh)
+    .venv/bin/python benchmarks/throughput.py --quick                 # 128 images, a smoke run
+
+Data (under ``benchmarks/_work/throughput``, ignored by git): the synthetic ``brick`` category of
+``benchmarks/run.py`` for fitting; ``images256``: ``--n`` test images at 256 px (the category's test images,
+flipped / rotated / re-noised copies, PNG); ``images2048``: ``--large`` images at 2048² (upscaled, PNG);
+``huge``: one 8000² PNG for the peak memory of a very large frame. Every measurement runs in a fresh
+process; the baseline is a git worktree of ``--baseline`` (default HEAD) imported with PYTHONPATH, as
+``renovation_check.py`` does, with its own fitted runs. ``anomalens predict`` is timed as a whole command
+(process start and imports included), its peak memory from ``wait4``. Results:
+``results/throughput/results.{json,md}`` with the machine and its load average before and after.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORK = HERE / "_work" / "throughput"
+RESULTS = HERE / "results" / "throughput"
+MODELS = {"padim": {"n_features": 100}, "patchcore": {"coreset_fraction": 0.01}}
+
+
+# ---------------------------------------------------------------------------------------------- data
+def prepare(n: int, n_large: int) -> dict[str, Path]:
+    from PIL import Image
+
+    sys.path.insert(0, str(HERE))
+    from run import WORK as RUN_WORK, benchmark_dataset  # the synthetic categories of the benchmark table
+
+    benchmark_dataset("brick")
+    category = RUN_WORK / "data" / "brick"
+    sources = sorted(p for sub in (category / "test").iterdir() for p in sub.iterdir())
+    folders = {"category": category, "images256": WORK / f"images256-{n}", "images2048": WORK / f"images2048-{n_large}",
+               "huge": WORK / "huge"}
+    rng = np.random.default_rng(0)
+    for key, count, size in (("images256", n, 256), ("images2048", n_large, 2048), ("huge", 1, 8000)):
+        folder = folders[key]
+        if folder.is_dir() and len(list(folder.iterdir())) == count:
+            continue
+        shutil.rmtree(folder, ignore_errors=True)
+        stage = folder.with_name(folder.name + ".partial")
+        shutil.rmtree(stage, ignore_errors=True)
+        stage.mkdir(parents=True)
+        for i in range(count):
+            img = np.asarray(Image.open(sources[i % len(sources)]).convert("RGB"))
+            img = np.rot90(img, k=(i // len(sources)) % 4)
+            if (i // (4 * len(sources))) % 2:
+                img = img[:, ::-1]
+            if size != img.shape[0]:
+                img = np.asarray(Image.fromarray(np.ascontiguousarray(img)).resize((size, size), Image.BICUBIC))
+            noise = rng.integers(-3, 4, img.shape, dtype=np.int16)
+            img = np.clip(img.astype(np.int16) + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(img).save(stage / f"{i:05d}.png", compress_level=1 if size > 256 else 6)
+        stage.rename(folder)
+    return folders
+
+
+# ----------------------------------------------------------------------- one measurement, one process
+def worker(spec: dict) -> dict:
+    """Runs under either version of the code (PYTHONPATH); only names both versions have."""
+    import torch
+
+    from anomalens.catalog import load_detector
+    from anomalens.data import ImageRecord, iterate_batches
+
+    device, out = spec["device"], {}
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    detector = load_detector(spec["run"], device=device)
+    records = [ImageRecord(Path(p), -1, None, Path(p).name) for p in sorted(Path(spec.get("images", ".")).iterdir())]
+    size = detector.input_size
+    if spec["what"] == "load":
+        for workers in spec["workers"]:
+            kwargs = {} if workers == "default" else {"num_workers": workers}
+            start = time.perf_counter()
+            n = sum(len(b["label"]) for b in iterate_batches(records, size, 32, **kwargs))
+            out[f"load_workers_{workers}"] = n / (time.perf_counter() - start)
+    elif spec["what"] == "model":
+        images = torch.cat([b["image"] for b in iterate_batches(records, size, 64)]).to(device)
+        module = detector.inference_module().eval()
+        batch = detector.params["batch_size"] or 16
+        with torch.inference_mode():
+            module(images[:batch])  # warm-up
+            sync()
+            start = time.perf_counter()
+            for i in range(0, len(images), batch):
+                module(images[i : i + batch])
+            sync()
+        out["model_only"] = len(images) / (time.perf_counter() - start)
+    elif spec["what"] == "test":  # where the seconds of `anomalens test` go (current code only)
+        import anomalens.report
+        import anomalens.workflow as workflow
+        from anomalens.workflow import test_run
+
+        spent: dict[str, float] = {}
+
+        def timed(name, fn):
+            def wrapper(*a, **k):
+                start = time.perf_counter()
+                try:
+                    return fn(*a, **k)
+                finally:
+                    spent[name] = spent.get(name, 0.0) + time.perf_counter() - start
+            return wrapper
+
+        workflow.load_detector = timed("load the run", workflow.load_detector)
+        workflow._as_dataset = timed("list the data", workflow._as_dataset)
+        workflow._predict_with_masks = timed("decode + score (one pass, masks too)", workflow._predict_with_masks)
+        workflow.evaluate = timed("metrics (AUROC, AUPRO)", workflow.evaluate)
+        anomalens.report.write_test_report = timed("report: figures + HTML", anomalens.report.write_test_report)
+        start = time.perf_counter()
+        test_run(spec["run"], spec["data"], out_dir=spec["out"], device=device, progress=False)
+        out = {"in_process_total": time.perf_counter() - start, **spent}
+    elif spec["what"] == "predict":
+        detector.predict(records[: detector.params["batch_size"] or 16], progress=False)  # warm-up
+        sync()
+        start = time.perf_counter()
+        n = sum(len(r.scores) for _, r in detector.predict_in_chunks(records, 64))
+        sync()
+        out["detector_predict"] = n / (time.perf_counter() - start)
+    return out
+
+
+def _env(src: Path) -> dict:
+    # ``src`` first; what was on the path stays after it (gpu_check.sh puts the GPU machine's wheels there)
+    path = os.pathsep.join([str(src), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
+    return {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1",
+            "ANOMALENS_NO_PROGRESS": "1"}
+
+
+def run_worker(src: Path, spec: dict) -> dict:
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                          env=_env(src), cwd=src.parent)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {spec['what']} failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-12:]))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_cli(src: Path, args: list[str]) -> tuple[float, float]:
+    """(wall seconds, peak RSS MB of the command's largest process) of ``anomalens ARGS``."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "anomalens.cli", *args], env=_env(src), cwd=src.parent,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise RuntimeError(f"anomalens {' '.join(args[:2])} failed: {proc.stderr.read().decode()[-800:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def fit(src: Path, model: str, folders: dict, device: str, tag: str) -> Path:
+    run = WORK / "runs" / tag / model
+    if not (run / "detector.json").is_file():
+        params = [arg for k, v in MODELS[model].items() for arg in ("-p", f"{k}={v}")]
+        run_cli(src, ["fit", model, str(folders["category"]), "-o", str(run), "--device", device, "-q", "--overwrite",
+                      *params])
+    return run
+
+
+def baseline_tree(rev: str) -> Path:
+    tree = Path("/tmp") / f"anomalens-throughput-{rev}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True, capture_output=True)
+    return tree
+
+
+# ------------------------------------------------------------------------------------------ the run
+def machine(device: str) -> dict:
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "python": platform.python_version(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
+    if device.startswith("cuda"):
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def measure(versions: dict[str, Path], folders: dict, device: str, models: list[str]) -> dict:
+    """Every measurement runs for each version back to back (baseline, then current), so that a change in
+    the machine's load hits both sides of a comparison alike."""
+    n256 = len(list(folders["images256"].iterdir()))
+    n2048 = len(list(folders["images2048"].iterdir()))
+    results: dict = {tag: {} for tag in versions}
+    runs = {(tag, model): fit(src, model, folders, device, tag) for model in models for tag, src in versions.items()}
+    print("loading", flush=True)
+    for key, images in (("load_256", folders["images256"]), ("load_2048", folders["images2048"])):
+        for tag, src in versions.items():
+            spec = {"run": str(runs[tag, models[0]]), "images": str(images), "device": device, "what": "load",
+                    "workers": ["default", 0] if tag == "current" else ["default"]}
+            results[tag][key] = run_worker(src, spec)
+    for model in models:
+        print(model, flush=True)
+        for tag, src in versions.items():
+            m = results[tag].setdefault(model, {})
+            if tag == "current":
+                m.update(run_worker(src, {"run": str(runs[tag, model]), "images": str(folders["images256"]), "device": device,
+                                          "what": "model"}))
+        for label, images in (("256", folders["images256"]), ("2048", folders["images2048"])):
+            for tag, src in versions.items():
+                results[tag][model][f"detector_predict_{label}"] = run_worker(
+                    src, {"run": str(runs[tag, model]), "images": str(images), "device": device, "what": "predict"})["detector_predict"]
+        for images, n, label in ((folders["images256"], n256, "256"), (folders["images2048"], n2048, "2048")):
+            for mode in (["none", "anomalous", "all"] if label == "256" else ["anomalous"]):
+                for tag, src in versions.items():
+                    current = tag == "current"
+                    if not current and mode == "anomalous" and label == "256":
+                        continue  # the baseline has no such mode
+                    actual = mode if current else ("all" if label == "2048" else mode)
+                    out = WORK / "out" / tag / f"{model}-{label}-{actual}"
+                    flag = ["--heatmaps", actual] if current else (["--no-heatmaps"] if actual == "none" else [])
+                    seconds, rss = run_cli(src, ["predict", str(runs[tag, model]), str(images), "-o", str(out), "--device",
+                                                 device, "-q", "--overwrite", *flag])
+                    flagged = sum(json.loads(line)["anomalous"] for line in open(out / "predictions.jsonl"))
+                    results[tag][model][f"cli_predict_{label}_{actual}"] = {
+                        "images_per_second": n / seconds, "seconds": seconds, "peak_rss_mb": rss, "flagged": flagged, "n": n}
+                    shutil.rmtree(out, ignore_errors=True)
+    print("8000² frame", flush=True)
+    for tag, src in versions.items():
+        out = WORK / "out" / tag / "huge"
+        seconds, rss = run_cli(src, ["predict", str(runs[tag, models[0]]), str(folders["huge"]), "-o", str(out), "--device",
+                                     device, "-q", "--overwrite", *(["--heatmaps", "all"] if tag == "current" else [])])
+        results[tag]["huge_8000_predict_all"] = {"seconds": seconds, "peak_rss_mb": rss}
+        shutil.rmtree(out, ignore_errors=True)
+    return results
+
+
+def test_breakdown(src: Path, run: Path, category: Path, device: str) -> dict:
+    """`anomalens test` as a command (wall), its imports alone, and the parts of its work, on the brick
+    category's test split; beside it, ``detector.predict`` on the same images (the issue's 2x target)."""
+    out = WORK / "out" / "test-report"
+    shutil.rmtree(out, ignore_errors=True)
+    wall, _ = run_cli(src, ["test", str(run), str(category), "-o", str(out), "--device", device, "-q"])
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import anomalens.cli, anomalens.workflow, anomalens.report"], env=_env(src), check=True)
+    imports = time.perf_counter() - start
+    parts = run_worker(src, {"run": str(run), "data": str(category), "out": str(out), "device": device, "what": "test"})
+    shutil.rmtree(out, ignore_errors=True)
+    n = len([p for sub in (category / "test").iterdir() for p in sub.iterdir()])
+    predict = run_worker(src, {"run": str(run), "images": str(category / "test" / "good"), "device": device, "what": "predict"})
+    return {"n_images": n, "cli_test_wall_seconds": wall, "process_start_and_imports_seconds": imports, **parts,
+            "detector_predict_images_per_second": predict["detector_predict"]}
+
+
+def write_report(results: dict, info: dict, args) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    for tree in Path("/tmp").glob("anomalens-throughput-*"):  # the worktrees made for this run
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
+    (RESULTS / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+    args.models = [m for m in args.models if any(m in results[t] for t in results if t != "test_breakdown")]
+    tags = [t for t in ("baseline", "current") if t in results and t != "test_breakdown"]
+    f = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
+    lines = [f"# Throughput (issue 19) — {info['device']}", "",
+             f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, torch {info['torch']} "
+             f"({info['torch_threads']} threads){', ' + info['gpu'] if 'gpu' in info else ''}; "
+             f"load average {info['load_before']} before, {info['load_after']} after ({info['minutes']} min). "
+             f"Baseline: {info.get('baseline', '–')}; current: {info['commit']}.", "",
+             f"{info['n256']} PNG images at 256 px, {info['n2048']} at 2048² (4.2 MP). images/s, higher is better; "
+             "`anomalens predict` is the whole command (process start, imports, writing outputs).", ""]
+    lines += ["| measurement | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
+
+    def get(tag, *keys):
+        value = results[tag]
+        for k in keys:
+            value = value.get(k) if isinstance(value, dict) else None
+        return value
+
+    rows = [("load only, 256 px (default workers)", ("load_256", "load_workers_default")),
+            ("load only, 256 px (0 workers: in process)", ("load_256", "load_workers_0")),
+            ("load only, 2048² (default workers)", ("load_2048", "load_workers_default")),
+            ("load only, 2048² (0 workers)", ("load_2048", "load_workers_0"))]
+    for model in args.models:
+        rows += [(f"{model}: model only (preloaded tensors), 256 px", (model, "model_only")),
+                 (f"{model}: detector.predict, 256 px", (model, "detector_predict_256")),
+                 (f"{model}: detector.predict, 2048²", (model, "detector_predict_2048"))]
+        for mode in ("none", "anomalous", "all"):
+            rows.append((f"{model}: anomalens predict 256 px, heatmaps {mode}", (model, f"cli_predict_256_{mode}", "images_per_second")))
+        rows.append((f"{model}: anomalens predict 2048², heatmaps anomalous (baseline: all)", None))
+    for label, keys in rows:
+        if keys is None:
+            model = label.split(":")[0]
+            cells = [f(get(t, model, "cli_predict_2048_anomalous" if t == "current" else "cli_predict_2048_all", "images_per_second"))
+                     for t in tags]
+        else:
+            cells = [f(get(t, *keys)) for t in tags]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Peak memory (MB, largest process) and cost per megapixel:", "",
+              "| measurement | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
+    for model in args.models:
+        for tag_key, label in ((("cli_predict_256_none",), "predict 256 px, heatmaps none"),
+                               (("cli_predict_2048_anomalous", "cli_predict_2048_all"), "predict 2048²")):
+            cells = []
+            for t in tags:
+                entry = next((get(t, model, k) for k in tag_key if get(t, model, k)), None)
+                cells.append("–" if not entry else f"{entry['peak_rss_mb']:.0f} MB")
+            lines.append(f"| {model}: {label} | " + " | ".join(cells) + " |")
+        cells = []
+        for t in tags:
+            entry = next((get(t, model, k) for k in ("cli_predict_2048_anomalous", "cli_predict_2048_all") if get(t, model, k)), None)
+            cells.append("–" if not entry else f"{1000 * entry['seconds'] / (entry['n'] * 4.194304):.0f} ms/MP")
+        lines.append(f"| {model}: predict 2048², cost per megapixel (whole command) | " + " | ".join(cells) + " |")
+        cells = [f"{1000 / (get(t, model, 'detector_predict_2048') * 4.194304):.0f} ms/MP" if get(t, model, "detector_predict_2048") else "–"
+                 for t in tags]
+        lines.append(f"| {model}: detector.predict 2048², cost per megapixel | " + " | ".join(cells) + " |")
+    cells = [f"{get(t, 'huge_8000_predict_all', 'peak_rss_mb'):.0f} MB, {get(t, 'huge_8000_predict_all', 'seconds'):.1f} s" for t in tags]
+    lines.append("| one 8000² (64 MP) PNG, predict with its heatmap | " + " | ".join(cells) + " |")
+    lines += ["", "Flagged images (heatmaps anomalous): " + ", ".join(
+        f"{m} {get('current', m, 'cli_predict_256_anomalous', 'flagged')}/{info['n256']}" for m in args.models if 'current' in results)]
+    breakdown = results.get("test_breakdown")
+    if breakdown:
+        predict_s = breakdown["n_images"] / breakdown["detector_predict_images_per_second"]
+        lines += ["", f"`anomalens test` (PaDiM, {breakdown['n_images']} images at 256 px, full report), where the seconds go "
+                  f"(current code; `detector.predict` on the same number of images: {predict_s:.1f} s):", "",
+                  "| part | seconds |", "|---|---|",
+                  f"| the whole command (wall) | {breakdown['cli_test_wall_seconds']:.1f} |",
+                  f"| process start + imports (torch, timm, matplotlib, ...) | {breakdown['process_start_and_imports_seconds']:.1f} |"]
+        skip = {"n_images", "cli_test_wall_seconds", "process_start_and_imports_seconds", "detector_predict_images_per_second",
+                "load_before"}
+        lines += [f"| {k} | {v:.1f} |" for k, v in breakdown.items() if k not in skip]
+    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--models", nargs="+", default=list(MODELS))
+    parser.add_argument("--n", type=int, default=1024, help="256 px images (default 1024)")
+    parser.add_argument("--large", type=int, default=24, help="2048² images (default 24)")
+    parser.add_argument("--baseline", default="HEAD", help="git revision measured beside the current code")
+    parser.add_argument("--current", default=None,
+                        help="measure this git revision (a worktree) as the current code instead of the working tree "
+                             "(a stable snapshot while others edit the tree)")
+    parser.add_argument("--no-baseline", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="128 + 4 images: a smoke run")
+    parser.add_argument("--test-breakdown-only", action="store_true",
+                        help="only the `anomalens test` breakdown, added to the saved results")
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.test_breakdown_only:  # add the `anomalens test` breakdown to the committed results
+        saved = json.loads((RESULTS / "results.json").read_text())
+        folders = prepare(saved["machine"]["n256"], saved["machine"]["n2048"])
+        src = baseline_tree(args.current) / "src" if args.current else ROOT / "src"
+        run = fit(src, "padim", folders, args.device, "current")
+        load = [round(x, 2) for x in os.getloadavg()]
+        saved["results"]["test_breakdown"] = test_breakdown(src, run, folders["category"], args.device)
+        saved["results"]["test_breakdown"]["load_before"] = load
+        write_report(saved["results"], saved["machine"], args)
+        return
+    if args.quick:
+        args.n, args.large = 128, 4
+    folders = prepare(args.n, args.large)
+    versions = {}
+    info = {"device": args.device, "load_before": [round(x, 2) for x in os.getloadavg()], "n256": args.n, "n2048": args.large}
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    info["commit"] = commit + ("+changes" if dirty else "")
+    if not args.no_baseline:
+        rev = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        versions["baseline"] = baseline_tree(rev) / "src"
+        info["baseline"] = rev
+    versions["current"] = ROOT / "src"
+    if args.current:
+        rev = subprocess.run(["git", "rev-parse", "--short", args.current], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+        versions["current"] = baseline_tree(rev) / "src"
+        info["commit"] = rev
+    start = time.time()
+    results = measure(versions, folders, args.device, args.models)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "partial.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+    if "padim" in args.models:
+        print("anomalens test breakdown", flush=True)
+        try:
+            results["test_breakdown"] = test_breakdown(versions["current"], WORK / "runs" / "current" / "padim",
+                                                       folders["category"], args.device)
+        except Exception as exc:  # the throughput numbers are kept whatever happens here
+            print(f"test breakdown failed: {exc}", file=sys.stderr)
+    (RESULTS / "partial.json").unlink(missing_ok=True)
+    info.update(machine(args.device), load_after=[round(x, 2) for x in os.getloadavg()], minutes=round((time.time() - start) / 60, 1))
+    write_report(results, info, args)
+
+
+if __name__ == "__main__":
+    main()
