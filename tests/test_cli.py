@@ -53,6 +53,9 @@ def test_test_writes_metrics_and_report(run, category, capsys):
         assert key in metrics
     assert 0.0 <= metrics["image_auroc"] <= 1.0 and metrics["n_images"] == 8
     assert metrics["pixel_auroc"] > 0.8  # PaDiM localises the synthetic defects even at 64 px
+    with open(run / "scores.csv") as fh:  # normalised score next to the raw one (0.5 = the threshold)
+        rows = list(csv.DictReader(fh))
+    assert rows and all((float(r["normalized_score"]) > 0.5) == (r["predicted"] == "1") for r in rows)
     for name in ("report.html", "scores.csv", "roc.png", "score_histogram.png"):
         assert (run / name).is_file()
     assert "image_auroc=" in capsys.readouterr().out

@@ -655,6 +655,7 @@ def test_run(
                 defect_types=[r.defect_type for r in records],
                 labels=labels,
                 scores=result.scores,
+                normalized_scores=detector.decision_.normalized(result.scores),
                 threshold=detector.threshold_,
                 metrics=metrics,
                 load_image=_image_loader(records, size),

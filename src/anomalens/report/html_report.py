@@ -126,6 +126,7 @@ def write_test_report(
     loss_curves: Mapping[str, Sequence[float]] | None = None,
     n_cases: int = 6,
     load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None = None,
+    normalized_scores: ArrayLike | None = None,
 ) -> Path:
     """Write a self-contained test report into ``out_dir`` and return the path of report.html.
 
@@ -184,7 +185,8 @@ def write_test_report(
     cases_dir.mkdir(exist_ok=True)
 
     flagged = s > threshold
-    _write_scores_csv(out / "scores.csv", names, defect_types, y, s, flagged)
+    normalized = None if normalized_scores is None else np.asarray(normalized_scores, dtype=np.float64).ravel()
+    _write_scores_csv(out / "scores.csv", names, defect_types, y, s, flagged, normalized)
 
     both_classes = bool((y == 1).any() and (y == 0).any())
     if both_classes:
@@ -249,13 +251,16 @@ def write_test_report(
 
 def _write_scores_csv(
     path: Path, names: Sequence[str], defect_types: Sequence[str],
-    y: np.ndarray, s: np.ndarray, flagged: np.ndarray,
+    y: np.ndarray, s: np.ndarray, flagged: np.ndarray, normalized: np.ndarray | None = None,
 ) -> None:
+    """One row per image; ``normalized_score`` (0.5 at the threshold) follows ``score`` when it is given."""
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["name", "defect_type", "label", "score", "predicted", "correct"])
-    for name, dtype_, label, score, pred in zip(names, defect_types, y, s, flagged):
-        w.writerow([name, dtype_, int(label), repr(float(score)), int(pred), int(int(pred) == label)])
+    extra = ["normalized_score"] if normalized is not None else []
+    w.writerow(["name", "defect_type", "label", "score", *extra, "predicted", "correct"])
+    for i, (name, dtype_, label, score, pred) in enumerate(zip(names, defect_types, y, s, flagged)):
+        norm = [repr(float(normalized[i]))] if normalized is not None else []
+        w.writerow([name, dtype_, int(label), repr(float(score)), *norm, int(pred), int(int(pred) == label)])
     _write_text_atomic(path, buf.getvalue())
 
 
