@@ -69,6 +69,7 @@ import numpy as np
 from anomalens.data import AnomalyDataset, ImageRecord, TensorImageDataset, list_images, load_dataset
 from anomalens.catalog import create_detector, load_detector
 from anomalens.detector import Detector
+from anomalens.jsonvalues import plain_json
 from anomalens.errors import AnomalensError, DataError
 from anomalens.metrics import evaluate
 
@@ -92,25 +93,8 @@ _ALL_KNOWN = frozenset().union(*_KNOWN_NAMES.values()) | {MARKER_FILE, MARKER_FI
 
 
 # ------------------------------------------------------------------------------- file handling
-def _jsonable(value: Any) -> Any:
-    """Plain JSON values: numpy scalars as Python numbers, non-finite floats as None (null), paths as text."""
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
-
-
 def _dumps(data: Any, indent: int | None = None) -> str:
-    return json.dumps(_jsonable(data), indent=indent, allow_nan=False)
+    return json.dumps(plain_json(data), indent=indent, allow_nan=False)
 
 
 def _write_json(path: Path, data: Any) -> None:

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import base64
 import io
-import math
 import platform
 import time
 from dataclasses import dataclass
@@ -39,6 +38,7 @@ import numpy as np
 
 from anomalens.errors import NumericalError
 from anomalens.exported import ExportedDetector, load_input
+from anomalens.jsonvalues import plain_json
 from anomalens.version import __version__
 
 #: Regions listed per image (largest first); ``regions_total`` counts them all.
@@ -75,21 +75,6 @@ def _display_picture(pixels: np.ndarray) -> np.ndarray:
         return pixels
     out = (np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
     return out[..., 0] if out.shape[-1] == 1 else out
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy: numpy scalars as numbers, tuples as lists, non-finite floats as None."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return value
-    return str(value)
 
 
 def _version(package: str) -> str | None:
@@ -256,8 +241,8 @@ class ServedModel:
             "runtime": self.runtime,
             "device": "cpu" if self.is_export else str(self.model.device),
             "source": self.source,
-            "params": _plain(dict(self.model.params)),
-            "decision": _plain(self.decision.to_dict()),
+            "params": plain_json(dict(self.model.params)),
+            "decision": plain_json(self.decision.to_dict()),
             "input_size": {"height": self.input_size[0], "width": self.input_size[1]},
             "channels": self.channels,
             "localizes": self.localizes,

@@ -1,0 +1,29 @@
+"""Plain JSON values from what the library holds (numpy scalars and arrays, tuples, paths, NaN).
+
+Strict JSON has no NaN or infinity: they become null, so every file and answer parses with any parser.
+Torch-free, for the service and the export loader too.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+
+def plain_json(value: Any) -> Any:
+    """Numpy scalars as Python numbers, arrays and tuples as lists, non-finite floats as None, the rest as text."""
+    if isinstance(value, dict):
+        return {str(k): plain_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain_json(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain_json(value.tolist())
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
