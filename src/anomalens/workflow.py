@@ -358,30 +358,47 @@ def staged_directory(final: Path, overwrite: bool = False, kind: str | None = No
     kind = kind or "output"
     if kind not in _KNOWN_NAMES:
         raise ValueError(f"unknown output kind {kind!r}")
+    with _locked_target(final, inputs) as final:
+        _refuse_existing(final, kind, overwrite)
+        stage = _new_stage(final, kind)
+        try:
+            yield stage
+            _write_marker(stage, kind, _entries(stage))
+            _commit(stage, final, kind, overwrite)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+
+
+@contextlib.contextmanager
+def _locked_target(final: Path, inputs: Sequence[Any]) -> Iterator[Path]:
+    """The checked ``final`` (never an input), its lock held and the leftovers of interrupted commands
+    cleaned; parent folders created here are removed again when the block fails."""
     final = _check_target(Path(final))
     _check_not_input(final, inputs)
     created = _make_parents(final)
     try:
         with _folder_lock(final):
             _clean_leftovers(final)
-            final = _check_target(final)
-            _refuse_existing(final, kind, overwrite)
-            stage = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-            try:
-                stage.mkdir()
-            except OSError as exc:
-                raise AnomalensError(f"{final.parent}: cannot write the output folder here: {exc.strerror}") from None
-            try:
-                _write_marker(stage, kind, [])
-                yield stage
-                _write_marker(stage, kind, _entries(stage))
-                _commit(stage, final, kind, overwrite)
-            except BaseException:
-                shutil.rmtree(stage, ignore_errors=True)
-                raise
+            yield _check_target(final)
     except BaseException:
         _remove_empty(created)
         raise
+
+
+def _new_stage(final: Path, kind: str) -> Path:
+    """A new hidden staging folder beside ``final``, marked as ours (so a crash leaves something cleanable)."""
+    stage = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        stage.mkdir()
+    except OSError as exc:
+        raise AnomalensError(f"{final.parent}: cannot write the output folder here: {exc.strerror}") from None
+    try:
+        _write_marker(stage, kind, [])
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
 
 
 def _commit(stage: Path, final: Path, kind: str, overwrite: bool) -> None:
@@ -927,61 +944,46 @@ def _prediction_stage(final: Path, overwrite: bool, inputs: Sequence[Any], resum
     """``staged_directory`` for predict, plus resumption: a predict that stops after writing results keeps its
     staging folder (its marker names the job) and ``resume`` adopts it; see the module docstring."""
     kind = "predictions"
-    final = _check_target(Path(final))
-    _check_not_input(final, inputs)
-    created = _make_parents(final)
-    try:
-        with _folder_lock(final):
-            _clean_leftovers(final)
-            final = _check_target(final)
-            kept = _resumable_stages(final)
-            if kept and not resume:
-                if not overwrite:
-                    raise AnomalensError(
-                        f"{final}: an interrupted predict kept {_rows_in(kept[0])} results in {kept[0].name}; pass "
-                        "--resume to continue it, or --overwrite to discard them and start again")
-                for path in kept:
-                    shutil.rmtree(path, ignore_errors=True)
-                kept = []
-            _refuse_existing(final, kind, overwrite)
-            if kept:
-                stage = _PredictionStage(kept[0], resumed=True)
-            else:
-                path = final.parent / f".{final.name}.partial-{uuid.uuid4().hex[:8]}"
-                try:
-                    path.mkdir()
-                except OSError as exc:
-                    raise AnomalensError(f"{final.parent}: cannot write the output folder here: {exc.strerror}") from None
-                _write_marker(path, kind, [])
-                stage = _PredictionStage(path, resumed=False)
-            try:
-                yield stage
-                stage.close()
-                stage.identity = None  # complete: a failure from here on is the protocol's, nothing to resume
-                _write_marker(stage.path, kind, _entries(stage.path))  # the job record goes with it
-                _commit(stage.path, final, kind, overwrite)
-            except BaseException as exc:
-                stage.close()
-                if not stage.keep:
-                    shutil.rmtree(stage.path, ignore_errors=True)
-                    raise
-                note = (f"{stage.n_rows} results so far kept in {stage.path}; the same command with --resume "
-                        "continues from there")
-                if isinstance(exc, AnomalensError):
-                    try:
-                        noted = type(exc)(f"{exc} — {note}")
-                    except TypeError:  # an error class with another signature: keep it, note beside it
-                        noted = None
-                    if noted is not None:
-                        raise noted from None
-                if isinstance(exc, OSError):  # one line: the path, the problem, what was kept
-                    where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
-                    raise AnomalensError(f"{where}{exc.strerror or exc} — {note}") from None
-                print(f"anomalens: {note}", file=sys.stderr)
+    with _locked_target(final, inputs) as final:
+        kept = _resumable_stages(final)
+        if kept and not resume:
+            if not overwrite:
+                raise AnomalensError(
+                    f"{final}: an interrupted predict kept {_rows_in(kept[0])} results in {kept[0].name}; pass "
+                    "--resume to continue it, or --overwrite to discard them and start again")
+            for path in kept:
+                shutil.rmtree(path, ignore_errors=True)
+            kept = []
+        _refuse_existing(final, kind, overwrite)
+        if kept:
+            stage = _PredictionStage(kept[0], resumed=True)
+        else:
+            stage = _PredictionStage(_new_stage(final, kind), resumed=False)
+        try:
+            yield stage
+            stage.close()
+            stage.identity = None  # complete: a failure from here on is the protocol's, nothing to resume
+            _write_marker(stage.path, kind, _entries(stage.path))  # the job record goes with it
+            _commit(stage.path, final, kind, overwrite)
+        except BaseException as exc:
+            stage.close()
+            if not stage.keep:
+                shutil.rmtree(stage.path, ignore_errors=True)
                 raise
-    except BaseException:
-        _remove_empty(created)
-        raise
+            note = (f"{stage.n_rows} results so far kept in {stage.path}; the same command with --resume "
+                    "continues from there")
+            if isinstance(exc, AnomalensError):
+                try:
+                    noted = type(exc)(f"{exc} — {note}")
+                except TypeError:  # an error class with another signature: keep it, note beside it
+                    noted = None
+                if noted is not None:
+                    raise noted from None
+            if isinstance(exc, OSError):  # one line: the path, the problem, what was kept
+                where = f"{os.fsdecode(exc.filename)}: " if exc.filename is not None else ""
+                raise AnomalensError(f"{where}{exc.strerror or exc} — {note}") from None
+            print(f"anomalens: {note}", file=sys.stderr)
+            raise
 
 
 def _write_png(image: np.ndarray, path: Path) -> None:
