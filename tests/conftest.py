@@ -89,3 +89,25 @@ def train_records() -> list[ImageRecord]:
 @pytest.fixture(scope="session")
 def test_records() -> list[ImageRecord]:
     return make_records(6, 6, seed=2)
+
+
+# A tiny synthetic MVTec-layout category and a PaDiM run fitted on it through the CLI, for the tests of the
+# command line and its output folders (a module may define its own instead).
+FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
+
+
+@pytest.fixture(scope="module")
+def category(tmp_path_factory):
+    from anomalens.data import make_synthetic_category
+
+    root = tmp_path_factory.mktemp("data")
+    return make_synthetic_category(root, source="brick", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=0)
+
+
+@pytest.fixture(scope="module")
+def run(category, tmp_path_factory):
+    from anomalens.cli import main
+
+    run = tmp_path_factory.mktemp("runs") / "brick"
+    assert main(["fit", "padim", str(category), "-o", str(run), *FIT]) == 0
+    return run

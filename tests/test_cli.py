@@ -12,22 +12,8 @@ import pytest
 from PIL import Image
 
 from anomalens.cli import main
-from anomalens.data import make_synthetic_category
+from tests.conftest import FIT
 
-FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
-
-
-@pytest.fixture(scope="module")
-def category(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    return make_synthetic_category(root, source="brick", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def run(category, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "brick"
-    assert main(["fit", "padim", str(category), "-o", str(run), *FIT]) == 0
-    return run
 
 
 def _one_line_error(capsys, *needles: str) -> str:

@@ -19,24 +19,10 @@ from pathlib import Path
 import pytest
 
 from anomalens.cli import main
-from anomalens.data import make_synthetic_category
+from tests.conftest import FIT
 from anomalens.workflow import MARKER_FILE, _folder_lock, output_kind
 
-FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
 CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
-
-
-@pytest.fixture(scope="module")
-def category(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    return make_synthetic_category(root, source="brick", n_train=12, n_test_good=4, n_test_defect=4, image_size=64, seed=0)
-
-
-@pytest.fixture(scope="module")
-def run(category, tmp_path_factory) -> Path:
-    run = tmp_path_factory.mktemp("runs") / "brick"
-    assert main(["fit", "padim", str(category), "-o", str(run), *FIT]) == 0
-    return run
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ from anomalens.cli import main
 from anomalens.data import ImageRecord, TensorImageDataset, iterate_batches, load_image, make_synthetic_category
 from anomalens.data.torch_dataset import WorkerError, decode_for_model
 from anomalens.workflow import MARKER_FILE, predict_images
+from tests.conftest import FIT
 
-FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
 
 
 @pytest.fixture(scope="module")
