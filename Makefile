@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,mnist,export,serve]'
+	$(BIN)/pip install --quiet -e '.[dev,mnist,export,serve,ray]'
 	touch $@
 
 demo: setup

@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/run.py                       # all detectors, all datasets
     .venv/bin/python benchmarks/run.py --models padim --datasets brick coffee
+    .venv/bin/python benchmarks/run.py --models padim --dataset-root /data/VisA --layout visa
 
 Datasets:
 - synthetic MVTec-layout categories built from scikit-image photos (3 textures, 2 objects):
@@ -9,6 +10,13 @@ Datasets:
 - Fashion-MNIST one-class, all 10 classes (normal = one class, anomalous = the other nine), from the
   Debian package dataset-fashion-mnist. Documented subsample (2-core budget): 1 000 training images
   of the normal class, 100 test images per class (1 000 in all), seed 0, 64 px input.
+
+- with --dataset-root PATH: every category of a public dataset as it ships (MVTec AD, MVTec AD 2,
+  MVTec LOCO AD, VisA, BTAD; see anomalens.data.layouts), found in PATH (--layout NAME to name the
+  layout instead of recognising each folder). One table for all categories, with each benchmark's own
+  metrics (LOCO: image AUROC per split and AUC-sPRO up to FPR 0.05; MVTec AD 2: AU-PRO 0.05 and SegF1
+  on test_public) and the mean over the categories; written to benchmarks/results/<layout>-<root
+  folder name>/ unless --output says otherwise.
 
 Each (detector, dataset) pair runs in its own subprocess so that the peak RSS is that of one job.
 Writes benchmarks/results/results.json and results.md (with the machine it ran on).
@@ -72,9 +80,12 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
     return overrides
 
 
-def benchmark_dataset(name: str):
-    from anomalens.data import load_fashion_mnist, load_mvtec_category, make_synthetic_category
+def benchmark_dataset(name: str, layout: str | None = None):
+    """A built-in benchmark dataset by name, or (``layout`` given) the dataset category folder ``name``."""
+    from anomalens.data import load_dataset, load_fashion_mnist, load_mvtec_category, make_synthetic_category
 
+    if layout is not None:
+        return load_dataset(name, layout=layout)
     if name.startswith("fmnist-"):
         return load_fashion_mnist(normal_classes=(int(name.split("-")[1]),), **FMNIST_SUBSAMPLE)
     folder = WORK / "data" / name
@@ -83,15 +94,19 @@ def benchmark_dataset(name: str):
     return load_mvtec_category(folder)
 
 
-def run_one(model: str, dataset_name: str, overrides: dict | None = None) -> dict:
-    """Fit and test one detector on one dataset in this process; return the measurements."""
+def run_one(model: str, dataset_name: str, overrides: dict | None = None, layout: str | None = None) -> dict:
+    """Fit and test one detector on one dataset in this process; return the measurements.
+
+    ``layout``: ``dataset_name`` is then the folder of one category of a dataset in that layout.
+    """
     import torch
 
     from anomalens import create_detector
+    from anomalens.benchmark_protocols import benchmark_metrics
     from anomalens.metrics import evaluate
     from anomalens.workflow import ground_truth_masks, peak_rss_mb
 
-    data = benchmark_dataset(dataset_name)
+    data = benchmark_dataset(dataset_name, layout)
     params = params_for(model, dataset_name, overrides)
     detector = create_detector(model, **params)
     start = time.perf_counter()
@@ -104,9 +119,11 @@ def run_one(model: str, dataset_name: str, overrides: dict | None = None) -> dic
     labels = [r.label for r in data.test]
     masks = ground_truth_masks(data.test, detector.input_size) if data.has_masks and result.maps is not None else None
     metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=result.maps if masks is not None else None)
+    own = {k: v for k, v in benchmark_metrics(data, result, masks).items() if k != "layout"}
     return {
         "model": model,
-        "dataset": dataset_name,
+        "dataset": Path(dataset_name).name if layout is not None else dataset_name,
+        **({"layout": layout, "benchmark_metrics": own} if layout is not None else {}),
         "n_train": len(data.train),
         "n_test": len(data.test),
         "image_size": detector.input_size[0],
@@ -216,7 +233,16 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", help="default: every registered detector")
     parser.add_argument("--datasets", nargs="+", default=SYNTHETIC + FMNIST)
     parser.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--one-layout", help=argparse.SUPPRESS)
+    parser.add_argument("--dataset-root", metavar="PATH",
+                        help="benchmark every category of the dataset in PATH, as it ships (MVTec AD, MVTec AD 2, "
+                             "MVTec LOCO AD, VisA, BTAD), instead of --datasets")
+    parser.add_argument("--layout", metavar="NAME",
+                        help="with --dataset-root: the categories' layout (mvtec, mvtec_ad2, mvtec_loco, visa, btad; "
+                             "default: recognised per folder)")
+    parser.add_argument("--categories", nargs="+", metavar="NAME", help="with --dataset-root: only these categories")
+    parser.add_argument("--output", default=None,
+                        help=f"results folder (default {RESULTS}; with --dataset-root {RESULTS}/<layout>-<root name>)")
     parser.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu",
                         help="run every detector here (cuda: a GPU run; use another --output)")
@@ -230,8 +256,12 @@ def main() -> None:
         args.param += [f"{m}.device={args.device}" for m in (args.models or list_detectors())]
     overrides = parse_overrides(args.param)
     if args.one:
-        print(json.dumps(run_one(*args.one, overrides)))
+        print(json.dumps(run_one(*args.one, overrides, layout=args.one_layout)))
         return
+    if args.dataset_root:
+        run_dataset_root(args, models=args.models)
+        return
+    args.output = args.output or str(RESULTS)
     if args.report_only:
         saved = json.loads((Path(args.output) / "results.json").read_text())
         write_markdown(saved["results"], saved["machine"], Path(args.output) / "results.md")
@@ -270,15 +300,117 @@ def main() -> None:
     print(f"wrote {out / 'results.md'}")
 
 
-def _save(earlier: list[dict], results: list[dict], info: dict, out: Path) -> None:
-    """Merge with the earlier results so a partial rerun (--models / --datasets) updates only its rows."""
+def _merge(earlier: list[dict], results: list[dict]) -> list[dict]:
+    """The earlier rows that ``results`` does not replace, then ``results``: a partial rerun (--models /
+    --datasets / --categories) updates only its own rows."""
     fresh = {_key(r) for r in results if "error" not in r}
     pairs = {(r["model"], r["dataset"]) for r in results}
     kept = [r for r in earlier if ((r["model"], r["dataset"]) not in pairs if "error" in r else _key(r) not in fresh)]
-    merged = kept + results
+    return kept + results
+
+
+def _save(earlier: list[dict], results: list[dict], info: dict, out: Path) -> None:
+    """Merge with the earlier results so a partial rerun (--models / --datasets) updates only its rows."""
+    merged = _merge(earlier, results)
     merged.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999, json.dumps(r.get("params", {}), sort_keys=True, default=str)))
     (out / "results.json").write_text(json.dumps({"machine": info, "results": merged}, indent=2) + "\n")
     write_markdown(merged, info, out / "results.md")
+
+
+# ----------------------------------------------------------------------------------- --dataset-root
+def run_dataset_root(args: argparse.Namespace, models: list[str] | None = None) -> None:
+    """Every (detector, category) of the dataset in ``args.dataset_root``, each in its own subprocess, into
+    one results.json / results.md (merged with earlier rows of the same folder)."""
+    from anomalens.data import LAYOUT_HELP, find_categories
+    from anomalens.errors import AnomalensError
+
+    root = Path(args.dataset_root)
+    if not root.is_dir():
+        raise SystemExit(f"{root}: --dataset-root is not a folder")
+    try:
+        categories = find_categories(root, args.layout)
+    except AnomalensError as exc:
+        raise SystemExit(str(exc)) from None
+    if args.categories:
+        unknown = sorted(set(args.categories) - {name for name, _, _ in categories})
+        if unknown:
+            raise SystemExit(f"{root}: no category {', '.join(unknown)} (found: "
+                             f"{', '.join(name for name, _, _ in categories) or 'none'})")
+        categories = [c for c in categories if c[0] in args.categories]
+    if not categories:
+        raise SystemExit(f"{root}: no dataset category found inside; {LAYOUT_HELP}")
+    layouts = sorted({layout for _, _, layout in categories})
+    out = Path(args.output or RESULTS / f"{'+'.join(layouts)}-{root.resolve().name}")
+    out.mkdir(parents=True, exist_ok=True)
+    previous = out / "results.json"
+    earlier = json.loads(previous.read_text())["results"] if previous.exists() else []
+    if not models:
+        from anomalens import list_detectors  # imports every model: only when needed
+
+        models = list_detectors()
+    results = []
+    for model in models:
+        for name, folder, layout in categories:
+            proc = subprocess.run([sys.executable, __file__, "--one", model, str(folder), "--one-layout", layout,
+                                   *[f"--param={p}" for p in args.param]], capture_output=True, text=True)
+            if proc.returncode != 0:
+                error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
+                results.append({"model": model, "dataset": name, "layout": layout, "error": error})
+            else:
+                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            print(json.dumps(results[-1]), flush=True)
+            merged = sorted(_merge(earlier, results), key=lambda r: (r["model"], r["dataset"]))
+            info = {**machine(args.device), "dataset_root": str(root.resolve()), "layouts": layouts}
+            (out / "results.json").write_text(json.dumps({"machine": info, "results": merged}, indent=2) + "\n")
+            write_layout_markdown(merged, info, out / "results.md")
+    print(f"wrote {out / 'results.md'}")
+
+
+def write_layout_markdown(results: list[dict], info: dict, path: Path) -> None:
+    """One table for every category of a dataset root: the common metrics, each benchmark's own (the
+    union over the rows), speed and memory, and per detector the mean over its categories."""
+    own = list(dict.fromkeys(k for r in results for k in r.get("benchmark_metrics", {})))  # first-seen order
+    columns = [("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO 0.3", "aupro")]
+    lines = [
+        f"# anomalens on {info['dataset_root']} ({', '.join(info['layouts'])})",
+        "",
+        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; Python {info['python']}, "
+        f"torch {info['torch']} on {info['device']}. Each row gives its date, torch threads and the 1-minute load "
+        "average when it finished (above the threads: other jobs shared the cores, speeds are lower bounds).",
+        "Settings: the detectors' defaults, except " + (", ".join(f"{m}: {p}" for m, p in sorted(BUDGET_PARAMS.items()))
+                                                       or "none") + "; other settings per row.",
+        "",
+        "| model | category | " + " | ".join(c for c, _ in columns) + "".join(f" | {k}" for k in own)
+        + " | fit s | test img/s | peak RSS MB | run (threads, load) | other settings |",
+        "|" + "---|" * (len(columns) + len(own) + 7),
+    ]
+    by_model: dict[str, list[dict]] = {}
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} |" + " |" * (len(columns) + len(own) + 4))
+            continue
+        by_model.setdefault(r["model"], []).append(r)
+        values = [r.get(key) for _, key in columns] + [r.get("benchmark_metrics", {}).get(k) for k in own]
+        run = f"{r['date']} ({r.get('torch_threads')}, {r.get('load_average_1min')})"
+        changed = ", ".join(f"{k}={v}" for k, v in _changed(r).items())
+        lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(_fmt(v) for v in values)
+                     + f" | {_fmt(r['fit_seconds'], 1)} | {_fmt(r['test_images_per_second'], 1)} | "
+                       f"{_fmt(r['peak_rss_mb'], 0)} | {run} | {changed} |")
+    for model, rows in by_model.items():
+        if len(rows) < 2:
+            continue
+        means = []
+        for _, key in columns:
+            means.append(_mean_of([r.get(key) for r in rows]))
+        means += [_mean_of([r.get("benchmark_metrics", {}).get(k) for r in rows]) for k in own]
+        lines.append(f"| {model} | **mean of {len(rows)}** | " + " | ".join(_fmt(v) for v in means) + " | | | | | |")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def _mean_of(values: list) -> float | None:
+    """Mean of the row values, or None when one is missing or undefined (a mean over fewer categories misleads)."""
+    numbers = [v for v in values if isinstance(v, (int, float)) and v == v]
+    return sum(numbers) / len(numbers) if numbers and len(numbers) == len(values) else None
 
 
 if __name__ == "__main__":

@@ -268,7 +268,8 @@ def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
     np.testing.assert_allclose(picked[0], full[5, 0], atol=1e-6)
     np.testing.assert_allclose(picked[1], full[0, 0], atol=1e-6)
     test_run(tmp_path / "run", data, progress=False)
-    cases = list((tmp_path / "run" / "cases").glob("*.png"))
+    cases = [p for p in (tmp_path / "run" / "cases").glob("*.png")  # the full figures, not the thumbnails
+             if not p.stem.endswith("_thumb") and p.name != "preview.png"]
     assert cases
     with Image.open(cases[0]) as im:  # input | reconstruction | residual + colour bar | ground truth
         assert im.size[0] >= 4 * 300  # 4 panels of 2.5 in + gaps at ~100 dpi (3 without the reconstruction)

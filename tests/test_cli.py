@@ -68,8 +68,10 @@ def test_predict_writes_scores_heatmaps_and_masks(run, category, tmp_path):
     for row in jsonl:
         assert 0 <= row["normalized_score"] <= 1 and (row["normalized_score"] > 0.5) == row["anomalous"]
     heatmap = Image.open(out / rows[0]["heatmap"])
-    assert heatmap.size == Image.open(rows[0]["image"]).size and heatmap.mode == "RGB"
-    assert (out / rows[0]["mask"]).is_file()
+    picture = Image.open(rows[0]["image"])
+    # the overlay at the image's own size, plus its colour scale bar (right) and score strip (below)
+    assert heatmap.width > picture.width and heatmap.height > picture.height and heatmap.mode == "RGB"
+    assert Image.open(out / rows[0]["mask"]).size == picture.size
 
 
 def test_predict_accepts_single_files_and_refuses_to_overwrite(run, category, tmp_path, capsys):

@@ -12,6 +12,8 @@ from skimage.measure import label as sk_label
 from sklearn.metrics import roc_auc_score
 
 from anomalens.metrics import (
+    SaturatedRegion,
+    auc_spro,
     aupro,
     evaluate,
     f1_max,
@@ -228,6 +230,75 @@ def test_aupro_matches_brute_force(connectivity: int, limit: float) -> None:
     xs, ys = _reference_curve(masks, maps, connectivity)
     expected = _integrate(xs, ys, limit) / limit
     assert aupro(masks, maps, fpr_limit=limit, connectivity=connectivity) == pytest.approx(expected)
+
+
+# --------------------------------------------------------------------------- sPRO
+def test_spro_hand_checked() -> None:
+    # One 4-pixel defect saturating at 2 pixels (row 0), four normal pixels (row 1).
+    maps = np.array([[[0.9, 0.5, 0.3, 0.2], [0.8, 0.6, 0.4, 0.1]]])
+    region = np.array([[True] * 4, [False] * 4])
+    # Descending: 0.9 finds 1 of 2 → 0.5 at FPR 0; two normals → FPR 0.5; 0.5 saturates → 1.0 from FPR 0.5.
+    # Area up to FPR 1: 0.5 * 0.5 + 0.5 * 1 = 0.75; up to 0.5 only the first part: 0.25 / 0.5 = 0.5.
+    assert auc_spro(maps, [SaturatedRegion(0, region, 2.0)], fpr_limit=1.0) == pytest.approx(0.75)
+    assert auc_spro(maps, [SaturatedRegion(0, region, 2.0)], fpr_limit=0.5) == pytest.approx(0.5)
+    # Saturating at the full area is PRO: 0.25, 0.5, 0.75, 1 reached at FPR 0, 0.5, 0.75, 0.75 → 0.5.
+    assert auc_spro(maps, [SaturatedRegion(0, region, 4.0)], fpr_limit=1.0) == pytest.approx(0.5)
+    assert aupro(region[None], maps, fpr_limit=1.0) == pytest.approx(0.5)
+    # A fractional saturation: 1.5 px → the first pixel gives 2/3, the second the last third.
+    assert auc_spro(maps, [SaturatedRegion(0, region, 1.5)], fpr_limit=1.0) == pytest.approx(0.5 * 2 / 3 + 0.5)
+
+
+@pytest.mark.parametrize("limit", [0.05, 0.3, 1.0])
+def test_spro_with_full_areas_equals_aupro(limit: float) -> None:
+    rng = np.random.default_rng(7)
+    masks = rng.random((4, 12, 12)) > 0.85
+    masks[2] = False
+    maps = np.round(rng.random(masks.shape) + 0.5 * masks, 2)
+    regions = []
+    for i, g in enumerate(masks):
+        lab = sk_label(g, connectivity=2)
+        regions += [SaturatedRegion(i, lab == k, float((lab == k).sum())) for k in range(1, lab.max() + 1)]
+    assert auc_spro(maps, regions, fpr_limit=limit) == pytest.approx(aupro(masks, maps, fpr_limit=limit))
+
+
+def _reference_spro(maps: np.ndarray, regions: list[SaturatedRegion], limit: float) -> float:
+    """Brute force: every distinct threshold, overlapping regions, FPR over pixels outside every region."""
+    outside = np.ones(maps.shape, bool)
+    for r in regions:
+        outside[r.image] &= ~r.mask
+    xs, ys = [0.0], [0.0]
+    for t in np.unique(maps)[::-1]:
+        above = maps >= t
+        xs.append(float(above[outside].mean()))
+        ys.append(float(np.mean([min(above[r.image][r.mask].sum() / r.saturation_area, 1.0) for r in regions])))
+    return _integrate(xs, ys, limit) / limit
+
+
+@pytest.mark.parametrize("limit", [0.05, 0.3, 1.0])
+def test_spro_matches_brute_force_with_overlapping_regions(limit: float) -> None:
+    rng = np.random.default_rng(11)
+    maps = np.round(rng.random((3, 10, 10)), 1)  # ties on purpose
+    regions = []
+    for image, (y, x, h, w) in [(0, (1, 1, 4, 5)), (0, (3, 3, 5, 5)), (1, (0, 0, 10, 2)), (1, (6, 6, 2, 2))]:
+        mask = np.zeros((10, 10), bool)
+        mask[y : y + h, x : x + w] = True
+        maps[image][mask] += 0.3
+        regions.append(SaturatedRegion(image, mask, float(rng.uniform(0.5, mask.sum()))))
+    assert auc_spro(maps, regions, fpr_limit=limit) == pytest.approx(_reference_spro(maps, regions, limit))
+
+
+def test_spro_bad_input_and_undefined() -> None:
+    maps = np.zeros((1, 4, 4))
+    mask = np.zeros((4, 4), bool)
+    mask[0, 0] = True
+    assert math.isnan(auc_spro(maps, []))
+    assert math.isnan(auc_spro(maps, [SaturatedRegion(0, np.ones((4, 4), bool), 1.0)]))  # no normal pixel
+    with pytest.raises(ValueError, match="does not match"):
+        auc_spro(maps, [SaturatedRegion(0, np.ones((3, 4), bool), 1.0)])
+    with pytest.raises(ValueError, match="saturation area"):
+        auc_spro(maps, [SaturatedRegion(0, mask, 0.0)])
+    with pytest.raises(ValueError, match="image index 1"):
+        auc_spro(maps, [SaturatedRegion(1, mask, 1.0)])
 
 
 def test_pixel_auroc_matches_sklearn_with_ties() -> None:

@@ -1,26 +1,43 @@
-"""Tests of anomalens.report on a small synthetic test set (10 images of 32 x 32)."""
+"""Tests of anomalens.report on a small synthetic test set (10 images of 32 x 32), and of what ``anomalens test``,
+``predict`` and ``demo`` write with it (the conftest category and PaDiM run, 64 px)."""
 
 from __future__ import annotations
 
 import csv
+import html
+import json
 import re
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+from sklearn.metrics import roc_auc_score
 
-from anomalens.metrics import evaluate
+from anomalens import workflow
+from anomalens.decision import DecisionRule
+from anomalens.demo import run_demo
+from anomalens.metrics import aupro, evaluate, pixel_auroc
 from anomalens.report import (
+    annotate_heatmap,
+    case_thumbnail,
     draw_mask_contours,
     heatmap_range,
     overlay_heatmap,
+    per_defect_type_metrics,
+    pixel_curves,
     plot_loss_curves,
+    plot_pixel_roc,
+    plot_precision_recall,
+    plot_pro_curve,
     plot_roc,
     plot_score_histogram,
+    report_warnings,
     write_test_report,
 )
+from anomalens.workflow import predict_images
 
 N, H, W = 10, 32, 32
 
@@ -68,6 +85,11 @@ def _assert_links_exist(report: Path) -> list[str]:
     for link in links:
         assert (report.parent / link).is_file(), link
     return links
+
+
+def _case_figures(out: Path) -> list[Path]:
+    """The full case figures of a report (not their thumbnails nor the preview)."""
+    return sorted(p for p in (out / "cases").glob("0*.png") if not p.name.endswith("_thumb.png"))
 
 
 def _assert_png(path: Path, max_inches: tuple[float, float] = (11, 6)) -> None:
@@ -174,18 +196,46 @@ def test_full_report(tmp_path: Path, data: Synthetic) -> None:
 
     text = report.read_text(encoding="utf-8")
     links = _assert_links_exist(report)
-    cases = sorted((out / "cases").glob("*.png"))
-    # 2 low anomalous + 2 high normal + 2 high anomalous, all distinct here.
-    assert len(cases) == 6 and sorted(loaded) == sorted(set(loaded)) and len(loaded) == 6
-    assert {f"cases/{c.name}" for c in cases} <= set(links)
-    for c in cases:
+    figures = sorted((out / "cases").glob("0*.png"))
+    full = [f for f in figures if not f.name.endswith("_thumb.png")]
+    thumbs = [f for f in figures if f.name.endswith("_thumb.png")]
+    # 2 low anomalous + 2 high normal + 2 high anomalous, all distinct here: a figure and a thumbnail each.
+    assert len(full) == len(thumbs) == 6 and sorted(loaded) == sorted(set(loaded)) and len(loaded) == 6
+    assert {f"cases/{c.name}" for c in figures} <= set(links)
+    for c in full:
         _assert_png(c)
+    for c in thumbs:
+        with Image.open(c) as im:
+            assert im.size == (H, W)  # 32 px images are not enlarged
+    # The preview (for index pages) is the thumbnail of the highest-scoring anomalous image.
+    best = int(np.argmax(np.where(data.labels == 1, data.scores, -np.inf)))
+    assert (out / "cases" / "preview.png").read_bytes() == next(c for c in thumbs if c.name.startswith(f"{best:05d}_")).read_bytes()
+    for name in ("precision_recall.png", "pixel_roc.png", "pro_curve.png"):
+        assert f'src="{name}"' in text
+    # Every metric is in a table row tagged with its metrics.json key; the counts are in the confusion table.
     for key in metrics:
-        assert f"<td>{key}</td>" in text
-    assert "seconds_per_image" in text
-    assert '<b>&amp; odd"name' not in text and "&lt;b&gt;&amp;amp; odd&quot;name.png" in text
+        assert f'data-key="{key}"' in text, key
+    assert "seconds_per_image" in text  # unknown keys go into the "Other" table
+    assert '<b>&amp; odd"name' not in text and "&lt;b&gt;&amp;amp; odd&#34;name.png" in text
     assert "fixed colour range" in text
-    assert "Hardest cases" in text and "Clearest detections" in text
+    assert "Lowest-scoring anomalous images" in text and "Clearest detections" in text
+    # Per-type table: the reference row and one row per defect type with its AUROC against the normal images.
+    rows = _per_type_rows(text)
+    assert list(rows) == ["good", "crack", "hole"]
+    crack = (data.labels == 0) | (np.array(data.defect_types) == "crack")
+    assert rows["crack"][3] == f"{roc_auc_score(data.labels[crack], data.scores[crack]):.3f}"
+    assert "Warnings" not in text  # no warnings given, no box
+
+
+def _per_type_rows(text: str) -> dict[str, list[str]]:
+    """{defect type: its cells as text} from the report's per-defect-type table."""
+    body = text[text.index('<table class="per-type">'):]
+    body = body[:body.index("</table>")]
+    rows = {}
+    for match in re.finditer(r'<tr data-defect-type="([^"]*)">(.*?)</tr>', body, flags=re.S):
+        cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", match.group(2), flags=re.S)]
+        rows[html.unescape(match.group(1))] = cells[1:]
+    return rows
 
 
 def test_report_without_maps_or_masks(tmp_path: Path, data: Synthetic) -> None:
@@ -198,7 +248,8 @@ def test_report_without_maps_or_masks(tmp_path: Path, data: Synthetic) -> None:
     text = report.read_text(encoding="utf-8")
     assert "No heatmaps" in text and "No ground-truth masks" in text
     _assert_links_exist(report)
-    assert len(list((tmp_path / "cases").glob("*.png"))) == 3
+    assert len(_case_figures(tmp_path)) == 3
+    assert "No pixel curves" in text and not (tmp_path / "pixel_roc.png").exists()
 
 
 def test_report_with_only_normal_images(tmp_path: Path, data: Synthetic) -> None:
@@ -221,7 +272,7 @@ def test_rerun_replaces_old_report(tmp_path: Path, data: Synthetic) -> None:
                   scores=data.scores, threshold=data.threshold, metrics={},
                   load_image=lambda i: data.images[i], maps=data.maps)
     write_test_report(tmp_path, n_cases=1, **kwargs)
-    assert len(list((tmp_path / "cases").glob("*.png"))) == 3
+    assert len(_case_figures(tmp_path)) == 3
     write_test_report(tmp_path, n_cases=0, **kwargs)
     # The first run's case figures are gone, and every link of the new report resolves.
     assert not list((tmp_path / "cases").glob("*.png"))
@@ -256,8 +307,8 @@ def test_report_with_reconstructions_shows_triplets(tmp_path: Path, data: Synthe
               load_image=lambda i: data.images[i], maps=data.maps, masks=data.masks, pixel_threshold=0.5, n_cases=1)
     write_test_report(tmp_path / "plain", **kw)
     write_test_report(tmp_path / "triplet", **kw, load_reconstructions=load_reconstructions)
-    plain = sorted((tmp_path / "plain" / "cases").glob("*.png"))
-    triplet = sorted((tmp_path / "triplet" / "cases").glob("*.png"))
+    plain = _case_figures(tmp_path / "plain")
+    triplet = _case_figures(tmp_path / "triplet")
     # Only the images shown are reconstructed, all in one call (a model batches its work).
     assert len(calls) == 1
     assert [p.name for p in plain] == [p.name for p in triplet] and sorted(calls[0]) == sorted(
@@ -270,3 +321,190 @@ def test_report_with_reconstructions_shows_triplets(tmp_path: Path, data: Synthe
         write_test_report(tmp_path / "bad", **kw, load_reconstructions=lambda idx: [np.zeros((8, 8))] * len(idx))
     with pytest.raises(ValueError, match="returned 0 images"):
         write_test_report(tmp_path / "short", **kw, load_reconstructions=lambda idx: [])
+
+
+# --------------------------------------------------------------------------- per defect type, pixel curves
+def test_per_defect_type_metrics_equal_sklearn_on_the_subsets(data: Synthetic) -> None:
+    flagged = data.scores > data.threshold
+    per_type = per_defect_type_metrics(data.labels, data.scores, data.defect_types, flagged, data.masks, data.maps)
+    types = np.array(data.defect_types)
+    assert list(per_type) == ["crack", "hole"]  # the defect types, never the normal reference
+    for name, row in per_type.items():
+        of_type = types == name
+        subset = (data.labels == 0) | of_type
+        assert row["n_images"] == of_type.sum()
+        assert row["image_auroc"] == pytest.approx(roc_auc_score(data.labels[subset], data.scores[subset]), abs=1e-12)
+        assert row["pixel_auroc"] == pytest.approx(
+            roc_auc_score(data.masks[subset].ravel(), data.maps[subset].ravel()), abs=1e-12)
+        assert row["aupro"] == pytest.approx(aupro(data.masks[subset], data.maps[subset]), abs=1e-12)
+        assert row["detected"] == pytest.approx(flagged[of_type].mean())
+        assert row["median_score"] == pytest.approx(np.median(data.scores[of_type]))
+    # Without masks: image-level only; without normal images the AUROC is undefined (NaN), not an error.
+    image_only = per_defect_type_metrics(data.labels, data.scores, data.defect_types, flagged)
+    assert set(image_only["hole"]) == {"n_images", "image_auroc", "detected", "median_score"}
+    only_defects = per_defect_type_metrics(data.labels[5:], data.scores[5:], data.defect_types[5:], flagged[5:])
+    assert np.isnan(only_defects["crack"]["image_auroc"])
+
+
+def test_pixel_curves_are_exact_at_every_map_value(data: Synthetic) -> None:
+    exact = pixel_curves(data.masks, data.maps, thresholds=np.unique(data.maps))
+    assert exact.fpr[0] == exact.tpr[0] == exact.pro[0] == 0.0 and exact.fpr[-1] == exact.tpr[-1] == 1.0
+    assert np.all(np.diff(exact.fpr) >= 0) and np.all(np.diff(exact.pro) >= -1e-12)
+    # The area under the exact ROC curve is the pixel AUROC; under the PRO curve up to FPR 0.3, AUPRO.
+    assert np.trapezoid(exact.tpr, exact.fpr) == pytest.approx(pixel_auroc(data.masks, data.maps), abs=1e-9)
+    past = int(np.argmax(exact.fpr > 0.3))
+    fpr = np.append(exact.fpr[:past], 0.3)
+    pro = np.append(exact.pro[:past], np.interp(0.3, exact.fpr[past - 1:past + 1], exact.pro[past - 1:past + 1]))
+    assert np.trapezoid(pro, fpr) / 0.3 == pytest.approx(aupro(data.masks, data.maps), abs=1e-9)
+    # The default sampling (a few hundred quantiles) draws nearly the same curve.
+    sampled = pixel_curves(data.masks, data.maps)
+    assert sampled.thresholds.size < np.unique(data.maps).size
+    assert np.trapezoid(sampled.tpr, sampled.fpr) == pytest.approx(pixel_auroc(data.masks, data.maps), abs=0.01)
+    assert pixel_curves(np.zeros((2, 4, 4), bool), np.zeros((2, 4, 4))) is None  # no defect pixel: no curve
+
+
+def test_new_plots_are_written(tmp_path: Path, data: Synthetic) -> None:
+    curves = pixel_curves(data.masks, data.maps)
+    for path in (plot_precision_recall(data.labels, data.scores, tmp_path / "pr.png", threshold=data.threshold),
+                 plot_pixel_roc(curves, tmp_path / "proc.png", auroc=0.9),
+                 plot_pro_curve(curves, tmp_path / "pro.png", aupro=float("nan"))):
+        _assert_png(path, max_inches=(4, 4))  # small: five side by side on one screen
+    with pytest.raises(ValueError):
+        plot_precision_recall(np.zeros(5, int), data.scores[:5], tmp_path / "x.png")
+
+
+# --------------------------------------------------------------------------- escaping, warnings
+def test_template_escapes_names_and_warnings(tmp_path: Path, data: Synthetic) -> None:
+    types = ["good"] * 5 + ["<script>"] * 3 + ["hole"] * 2
+    hostile = "<img src=x onerror=alert(1)>"
+    report = write_test_report(
+        tmp_path, names=data.names, defect_types=types, labels=data.labels, scores=data.scores,
+        threshold=data.threshold, metrics={**evaluate(data.labels, data.scores, data.threshold), "warnings": [hostile]},
+        load_image=lambda i: data.images[i], maps=data.maps, masks=data.masks, n_cases=2,
+    )
+    text = report.read_text(encoding="utf-8")
+    assert "<script" not in text.lower() and "<img src=x" not in text
+    assert "&lt;script&gt;" in text and "&lt;img src=x onerror=alert(1)&gt;" in text
+    assert "<script>" in _per_type_rows(text)  # shown as the text of its row
+    assert 'class="warnings"' in text
+
+
+def _decision(n_normal: int, folds: int = 5, rate: float = 0.01) -> DecisionRule:
+    scores = np.random.default_rng(0).normal(size=n_normal)
+    return DecisionRule.from_normal_scores(scores, None, rate, folds=folds)
+
+
+def test_report_warnings() -> None:
+    healthy = {"n_images": 60, "n_anomalous": 30, "tp": 25, "fn": 5, "fp": 0, "tn": 30}
+    assert report_warnings(healthy, _decision(100)) == []
+    weak = report_warnings(healthy, _decision(12, folds=0))
+    assert any("only 12 normal score" in w for w in weak) and any("training images themselves" in w for w in weak)
+    # 5 of 20 normal images flagged is far above a 1 % false-alarm rate (binomial test); 1 of 30 is not.
+    alarms = report_warnings({**healthy, "fp": 5, "tn": 15, "n_images": 50}, _decision(100))
+    assert len(alarms) == 1 and alarms[0].startswith("5 of 20 normal test images are flagged (25%)")
+    assert report_warnings({**healthy, "fp": 1, "tn": 29}, _decision(100)) == []
+    nothing_found = report_warnings({**healthy, "tp": 0, "fn": 30}, _decision(100))
+    assert any("No defective image is flagged" in w for w in nothing_found)
+    few = report_warnings({"n_images": 7, "n_anomalous": 3, "undefined": {"pixel_auroc": "no mask", "aupro": "no mask"}})
+    assert any(w.startswith("Only 3 defective test image(s)") for w in few)
+    assert any(w.startswith("Only 4 normal test image(s)") for w in few)
+    assert "Undefined on this test set (no mask): pixel AUROC, AUPRO." in few
+    calibrated = _decision(100).with_changes(source="f1", evidence={"n_labelled": 20, "n_anomalous": 3})
+    assert any("calibrated on only 3 defective" in w for w in report_warnings(healthy, calibrated))
+
+
+# --------------------------------------------------------------------------- annotated heatmaps, thumbnails
+def test_annotate_heatmap_adds_scale_bar_and_text_strip() -> None:
+    overlay = np.full((120, 160, 3), 128, np.uint8)
+    kwargs = dict(score=3.21, normalized_score=0.87, threshold=2.5, vmin=0.0, vmax=5.0, pixel_threshold=2.5)
+    flagged = annotate_heatmap(overlay, anomalous=True, **kwargs)
+    height, width = flagged.shape[:2]
+    assert flagged.dtype == np.uint8 and height > 120 and width > 160
+    assert np.array_equal(flagged[:120, :160], overlay)  # the picture itself is untouched
+    bar = flagged[:120, 160:].astype(int)
+    coloured = np.flatnonzero(np.abs(bar[0, :, 0] - bar[0, :, 2]) > 100)  # the bar's columns (the rest is white)
+    assert coloured.size >= 8
+    top, bottom = bar[0, coloured[0]], bar[-1, coloured[0]]
+    assert top[0] > top[2] + 100 and bottom[2] > bottom[0] + 100  # jet: vmax red on top, vmin blue below
+    assert len({tuple(c) for c in bar[:, coloured[0]]}) > 30  # a gradient, not a few blocks
+    strip = flagged[120:]
+    assert (strip.sum(axis=2) < 200).sum() > 50  # dark text pixels
+    assert (np.abs(strip.astype(int) - (176, 0, 32)).sum(axis=2) < 60).any()  # the verdict in red
+    passed = annotate_heatmap(overlay, anomalous=False, **kwargs)
+    assert not (np.abs(passed[120:].astype(int) - (176, 0, 32)).sum(axis=2) < 60).any()
+    # A narrow picture wraps the text onto more lines instead of cutting it.
+    narrow = annotate_heatmap(np.full((40, 40, 3), 128, np.uint8), anomalous=True, **kwargs)
+    assert narrow.shape[0] - 40 > height - 120
+    with pytest.raises(ValueError):
+        annotate_heatmap(overlay, anomalous=True, **{**kwargs, "vmax": 0.0})
+
+
+def test_case_thumbnail_scales_down_and_outlines() -> None:
+    image = np.full((300, 400, 3), 0.5)
+    amap = np.zeros((300, 400))
+    truth = np.zeros((300, 400), bool)
+    truth[100:200, 100:200] = True
+    thumb = case_thumbnail(image, amap, 0.0, 1.0, predicted_mask=truth, true_mask=None, size=200)
+    assert thumb.shape == (150, 200, 3) and thumb.dtype == np.uint8
+    assert np.all(thumb[50, 60] == 255)  # the white outline of the predicted region, scaled with the picture
+    plain = case_thumbnail(image, None, None, None, true_mask=truth, size=200)
+    assert np.all(plain[50, 60] == (0, 255, 0)) and np.all(plain[0, 0] == 128)
+
+
+# --------------------------------------------------------------------------- anomalens test / predict / demo
+def test_test_run_writes_per_defect_type_warnings_and_an_escaped_report(run, category, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(category, data)
+    first = sorted(p.name for p in (data / "test").iterdir() if p.name != "good")[0]
+    for parent in ("test", "ground_truth"):  # a defect folder whose name is markup
+        (data / parent / first).rename(data / parent / "<script>")
+    out = tmp_path / "report"
+    metrics = workflow.test_run(run, data, out_dir=out, progress=False)
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["image_size"] == [64, 64] and saved["device"] == "cpu" and saved["backbone"]
+    with open(out / "scores.csv", newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    types = np.array([r["defect_type"] for r in rows])
+    y = np.array([int(r["label"]) for r in rows])
+    s = np.array([float(r["score"]) for r in rows])
+    assert set(saved["per_defect_type"]) == set(types[y == 1]) and "<script>" in saved["per_defect_type"]
+    for name, row in saved["per_defect_type"].items():
+        subset = (y == 0) | (types == name)
+        assert row["image_auroc"] == pytest.approx(roc_auc_score(y[subset], s[subset]))
+        assert 0 <= row["pixel_auroc"] <= 1 and 0 <= row["aupro"] <= 1
+    # 12 training images: the threshold rests on fewer than 30 normal scores, and the test set is tiny.
+    assert any("normal score(s)" in w for w in saved["warnings"]) and saved["warnings"] == metrics["warnings"]
+    text = (out / "report.html").read_text(encoding="utf-8")
+    assert "<script" not in text.lower() and "&lt;script&gt;" in text
+    assert 'class="warnings"' in text and html.escape(saved["warnings"][0], quote=True) in text
+    _assert_links_exist(out / "report.html")
+    for name in ("roc.png", "precision_recall.png", "pixel_roc.png", "pro_curve.png", "cases/preview.png"):
+        assert (out / name).is_file(), name
+
+
+def test_predict_heatmaps_carry_score_text_and_colour_bar(run, category, tmp_path: Path) -> None:
+    images = sorted((category / "test").rglob("*.png"))[:4]
+    rows = predict_images(run, images, tmp_path / "pred", heatmaps="all", progress=False, workers=0)
+    assert len(rows) == 4
+    for row in rows:
+        with Image.open(row["image"]) as picture, Image.open(tmp_path / "pred" / row["heatmap"]) as heatmap, \
+                Image.open(tmp_path / "pred" / row["mask"]) as mask:
+            assert mask.size == picture.size  # the mask stays pixel for pixel on the image
+            assert heatmap.width > picture.width and heatmap.height > picture.height  # bar right, text below
+            strip = np.asarray(heatmap.convert("RGB"))[picture.height:]
+            assert (strip.sum(axis=2) < 200).any()  # the score text
+
+
+def test_demo_index_shows_a_heatmap_per_category_and_the_machine(tmp_path: Path) -> None:
+    import torch
+
+    out = tmp_path / "demo"
+    results = run_demo(out, sources=["coffee"], progress=False, n_train=16, n_test_good=4, n_test_defect=4,
+                       image_size=64, params={"image_size": 64, "batch_size": 8, "device": "cpu"})
+    text = (out / "index.html").read_text(encoding="utf-8")
+    assert '<img src="runs/coffee/cases/preview.png"' in text and (out / "runs/coffee/cases/preview.png").is_file()
+    assert '<a href="runs/coffee/report.html">coffee</a>' in text
+    for heading in ("Image AUROC", "Pixel AUROC", "AUPRO", "Defects flagged", "Normal passed"):
+        assert f">{heading}</th>" in text
+    assert f"{results['coffee']['image_auroc']:.3f}" in text
+    assert torch.__version__ in text and "<dt>CPU</dt>" in text and "<dt>Date</dt>" in text

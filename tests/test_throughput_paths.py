@@ -135,8 +135,10 @@ def test_predict_scores_equal_the_api_and_each_image_is_decoded_once(workers, ru
     if workers == 0:  # worker processes count in their own memory
         assert sorted(decoded) == sorted(expected), "each image is read once, for the model and its heatmap"
     assert len(list((out / "heatmaps").iterdir())) == len(expected) == len(list((out / "masks").iterdir()))
-    heatmap = Image.open(out / rows[-1]["heatmap"])
-    assert heatmap.size == Image.open(rows[-1]["image"]).size and heatmap.mode == "RGB"
+    heatmap, picture = Image.open(out / rows[-1]["heatmap"]), Image.open(rows[-1]["image"])
+    # the overlay at the image's own size, plus its colour scale and the caption with the score
+    assert heatmap.width > picture.width and heatmap.height > picture.height and heatmap.mode == "RGB"
+    assert Image.open(out / rows[-1]["mask"]).size == picture.size
 
 
 def test_heatmap_modes(run, images, tmp_path, capsys):

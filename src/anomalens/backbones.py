@@ -12,6 +12,7 @@ Weights come from, in order of preference:
 from __future__ import annotations
 
 import importlib
+import pickle
 import re
 from pathlib import Path
 from typing import Sequence
@@ -73,6 +74,16 @@ def _rename_lite_keys(state: dict[str, torch.Tensor], stage_depths: Sequence[int
     return renamed
 
 
+def _weights_problem(exc: Exception) -> str:
+    """The reason a weights file could not be read, in a few words: torch's unpickling errors run to a
+    paragraph of advice (including to load with ``weights_only=False``, which we never do)."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, pickle.UnpicklingError) or "Weights only load failed" in text:
+        return "not a torch tensor file, or one that would run code when loaded, which is refused"
+    first = text.split(". ")[0]
+    return f"{type(exc).__name__}: {first[:160]}"
+
+
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a state dict without executing code from the file (safetensors or weights_only torch.load)."""
     if not path.is_file():
@@ -85,7 +96,8 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch/safetensors raise many types for a bad file
-        raise ModelFileError(f"{path}: cannot read weights ({type(exc).__name__}: {exc})") from None
+        raise ModelFileError(f"{path}: cannot read weights ({_weights_problem(exc)}); expected a state dict "
+                             "saved with torch.save or a .safetensors file") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -103,6 +115,10 @@ def create_backbone_model(backbone: str, weights: str | None = None, **timm_kwar
     download = weights is None and backbone not in BUNDLED_BACKBONES
     try:
         model = timm.create_model(arch, pretrained=download, **timm_kwargs)
+    except IndexError:  # out_indices beyond the model's feature levels: timm says "list index out of range"
+        levels = len(timm.create_model(arch, pretrained=False, features_only=True).feature_info)
+        raise ConfigError(f"backbone '{backbone}' has no feature layers {list(timm_kwargs.get('out_indices', ()))}: "
+                          f"its layers are 0 to {levels - 1} (-p layers=[...])") from None
     except Exception as exc:  # network errors surface as many exception types
         raise ConfigError(
             f"backbone '{backbone}': could not get its pretrained weights ({type(exc).__name__}: {exc}). "
@@ -266,10 +282,7 @@ class FeatureExtractor(_FrozenBackbone):
 
     def __init__(self, backbone: str = DEFAULT_BACKBONE, layers: Sequence[int] = (1, 2, 3), weights: str | None = None):
         layers = tuple(int(i) for i in layers)
-        try:
-            model = create_backbone_model(backbone, weights, features_only=True, out_indices=layers)
-        except IndexError:
-            raise ConfigError(f"backbone '{backbone}' has no feature layers {layers}") from None
+        model = create_backbone_model(backbone, weights, features_only=True, out_indices=layers)
         super().__init__(drop_unused_blocks(model))
         self.backbone = backbone
         self.layers = layers

@@ -13,11 +13,11 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from anomalens.version import __version__
 from anomalens.allocator import keep_freed_memory
-from anomalens.errors import AnomalensError
+from anomalens.errors import AnomalensError, ConfigError
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -32,6 +32,49 @@ def _parse_param(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+def _image_size(text: str) -> int | list[int]:
+    """``N`` (square) or ``HxW`` (height x width, also ``H,W``) → 256 or [224, 320]."""
+    parts = text.lower().replace(",", "x").split("x")
+    try:
+        sizes = [int(p) for p in parts]
+    except ValueError:
+        sizes = []
+    if len(sizes) not in (1, 2) or min(sizes) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW in pixels (e.g. 256 or 224x320), got '{text}'")
+    return sizes[0] if len(sizes) == 1 else sizes
+
+
+def _read_config(path: str, model: str) -> dict[str, Any]:
+    """Hyper-parameters from a YAML or JSON file: a mapping with the keys of ``-p`` (optionally under
+    ``params:``), or a run's ``detector.json`` (fitting from it reproduces that run)."""
+    import yaml  # JSON is YAML too
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ConfigError(f"{path}: not valid YAML or JSON{line}: {getattr(exc, 'problem', None) or exc}") from None
+    if config is None:
+        return {}
+    if not isinstance(config, dict):
+        raise ConfigError(f"{path}: expected a mapping of hyper-parameters (KEY: VALUE), got {type(config).__name__}")
+    named = config.get("detector", config.get("model"))
+    if named is not None and named != model:
+        raise ConfigError(f"{path}: is a config of detector '{named}', not of '{model}'")
+    if "params" in config:
+        config = config["params"]
+        if not isinstance(config, dict):
+            raise ConfigError(f"{path}: 'params' must be a mapping of hyper-parameters")
+    else:
+        config = {k: v for k, v in config.items() if k not in ("detector", "model")}
+    return {str(k).replace("-", "_"): v for k, v in config.items()}
+
+
 def _workers(text: str) -> int:
     try:
         value = int(text)
@@ -43,12 +86,42 @@ def _workers(text: str) -> int:
 
 
 def _fit_params(args: argparse.Namespace) -> dict[str, Any]:
-    params = dict(args.param or [])
+    params: dict[str, Any] = {}
+    for key, value in args.param or []:  # the command line overrides --config; twice on it is an error
+        if key in params and params[key] != value:
+            raise ConfigError(f"-p {key} is given twice ({params[key]!r} and {value!r}); give it once")
+        params[key] = value
     for key in ("backbone", "weights", "image_size", "batch_size", "seed", "device"):
         value = getattr(args, key, None)
-        if value is not None:
-            params[key] = value
-    return params
+        if value is None:
+            continue
+        if key in params and params[key] != value:
+            option = "--" + key.replace("_", "-")
+            raise ConfigError(f"{key} is given twice, as {option} {value} and as -p {key}={params[key]!r}; give it once")
+        params[key] = value
+    config = _read_config(args.config, args.model) if getattr(args, "config", None) else {}
+    return {**config, **params}
+
+
+def _add_data_options(p: argparse.ArgumentParser) -> None:
+    """DATA's layout and the labelled-folder form of DATA (fit, test, calibrate)."""
+    p.add_argument("--layout", metavar="NAME",
+                   help="read DATA as this layout instead of recognising it: mvtec, mvtec_ad2, mvtec_loco, visa, "
+                        "btad or folder")
+    p.add_argument("--normal", metavar="DIR", help="instead of DATA: a folder of normal training images")
+    p.add_argument("--abnormal", nargs="+", default=[], metavar="DIR",
+                   help="folders of anomalous test images, the defect type being the folder name")
+    p.add_argument("--test-normal", dest="test_normal", metavar="DIR", help="a folder of normal test images")
+    p.add_argument("--masks", metavar="DIR",
+                   help="masks of the --abnormal images: <stem>.png or <stem>_mask.png in DIR/<defect>/ or DIR/")
+
+
+def _data(args: argparse.Namespace) -> Any:
+    """DATA as the workflow takes it: the argument itself, or a DatasetSource carrying the data options."""
+    from anomalens.data.layouts import data_source
+
+    return data_source(args.data, layout=args.layout, normal=args.normal, abnormal=args.abnormal,
+                       test_normal=args.test_normal, masks=args.masks)
 
 
 def _print_metrics(metrics: dict[str, Any]) -> None:
@@ -69,14 +142,42 @@ def _print_metrics(metrics: dict[str, Any]) -> None:
 def cmd_fit(args: argparse.Namespace) -> None:
     from anomalens.workflow import fit_run
 
-    detector = fit_run(args.model, args.data, args.output, _fit_params(args), overwrite=args.overwrite, progress=not args.quiet)
-    print(f"fitted {detector.name} on {args.data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.decision_.description})")
+    data = _data(args)
+    engine = _fit_engine(args)
+    if engine == "ray":
+        from anomalens.distributed.sharded_fit import fit_run_on_ray
+
+        detector = fit_run_on_ray(args.model, data, args.output, _fit_params(args), shards=args.shards,
+                                  address=args.address, overwrite=args.overwrite, progress=not args.quiet)
+    elif engine == "ddp":
+        from anomalens.distributed.ddp import fit_run_data_parallel
+
+        detector = fit_run_data_parallel(args.model, data, args.output, _fit_params(args), overwrite=args.overwrite,
+                                         resume=args.resume, progress=not args.quiet)
+        if detector is None:  # a rank other than 0: rank 0 writes the run and says so
+            return
+    else:
+        detector = fit_run(args.model, data, args.output, _fit_params(args), overwrite=args.overwrite, progress=not args.quiet)
+    print(f"fitted {detector.name} on {data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.decision_.description})")
+
+
+def _fit_engine(args: argparse.Namespace) -> str:
+    """fit's engine: --engine, else ddp when torchrun started this process, else local; options of another
+    engine are refused."""
+    from anomalens.distributed.ddp import launched_by_torchrun
+
+    engine = args.engine or ("ddp" if launched_by_torchrun() else "local")
+    for option, value, needs in (("--shards", args.shards, "ray"), ("--address", args.address, "ray"),
+                                 ("--resume", args.resume, "ddp")):
+        if value and engine != needs:
+            raise ConfigError(f"{option} is an option of --engine {needs} (this fit runs with --engine {engine})")
+    return engine
 
 
 def cmd_test(args: argparse.Namespace) -> None:
     from anomalens.workflow import test_run
 
-    metrics = test_run(args.run, args.data, out_dir=args.output, device=args.device, progress=not args.quiet, report=not args.no_report)
+    metrics = test_run(args.run, _data(args), out_dir=args.output, device=args.device, progress=not args.quiet, report=not args.no_report)
     _print_metrics(metrics)
     out = Path(args.output or args.run)
     print(f"wrote {out / 'metrics.json'}" + ("" if args.no_report else f" and {out / 'report.html'}"))
@@ -85,7 +186,13 @@ def cmd_test(args: argparse.Namespace) -> None:
 def cmd_predict(args: argparse.Namespace) -> None:
     from anomalens.workflow import predict_images
 
-    heatmaps = "none" if args.no_heatmaps else args.heatmaps
+    if args.engine == "ray":
+        _predict_on_ray(args)
+        return
+    for option, value in (("--address", args.address), ("--format parquet", args.format == "parquet")):
+        if value:
+            raise ConfigError(f"{option} is an option of --engine ray (the local predict streams CSV + JSONL)")
+    heatmaps = "none" if args.no_heatmaps else (args.heatmaps or "anomalous")
     rows = predict_images(args.run, args.images, args.output, device=args.device, overwrite=args.overwrite,
                           heatmaps=heatmaps, progress=not args.quiet, resume=args.resume, skip_bad=args.skip_bad,
                           workers=args.workers, runtime=args.runtime)
@@ -95,10 +202,29 @@ def cmd_predict(args: argparse.Namespace) -> None:
     print(f"{len(rows)} images scored, {flagged} anomalous → {Path(args.output) / 'predictions.csv'}{bad}")
 
 
+def _predict_on_ray(args: argparse.Namespace) -> None:
+    """predict --engine ray: anomalens.distributed.predict_with_ray (scores only: no heatmaps, no --resume)."""
+    from anomalens.distributed.ray_predict import predict_with_ray
+
+    if args.resume:
+        raise ConfigError("--resume is not an option of --engine ray: Ray re-runs failed work itself and nothing is "
+                          "written before the job is complete")
+    if args.heatmaps not in (None, "none"):
+        raise ConfigError(f"--heatmaps {args.heatmaps}: --engine ray writes scores and labels only; draw the heatmaps "
+                          "of the flagged images with the local predict")
+    rows = predict_with_ray(args.run, args.images, args.output, address=args.address, workers=args.workers,
+                            runtime=args.runtime, device=args.device, output_format=args.format,
+                            overwrite=args.overwrite, skip_bad=args.skip_bad, progress=not args.quiet)
+    flagged = sum(r["anomalous"] for r in rows)
+    errors = Path(args.output) / "errors.csv"
+    bad = f"; {sum(1 for _ in open(errors)) - 1} unreadable images listed in {errors}" if errors.is_file() else ""
+    print(f"{len(rows)} images scored on Ray, {flagged} anomalous → {Path(args.output) / f'predictions.{args.format}'}{bad}")
+
+
 def cmd_calibrate(args: argparse.Namespace) -> None:
     from anomalens.workflow import calibrate_run
 
-    info = calibrate_run(args.run, args.data, method=args.method, clear_border=args.clear_border, device=args.device, progress=not args.quiet)
+    info = calibrate_run(args.run, _data(args), method=args.method, clear_border=args.clear_border, device=args.device, progress=not args.quiet)
     rule = f"min_area {info['min_area']} px, pixel threshold {info['pixel_threshold']:.4g}" if args.method == "area" else f"threshold {info['threshold']:.4g}"
     print(f"{rule} ({info['note']})")
 
@@ -186,37 +312,70 @@ def cmd_serve(args: argparse.Namespace) -> None:
                 limit_concurrency=args.max_connections, timeout_graceful_shutdown=5)
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line like every other error of the CLI (exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"anomalens: error: {command}{_one_line(message)} (see '{self.prog} --help')\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="anomalens", description="Visual anomaly detection from normal images.")
+    parser = _OneLineParser(prog="anomalens", description="Visual anomaly detection from normal images.")
     parser.add_argument("--version", action="version", version=f"anomalens {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    def log_level(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--log-level", choices=LOG_LEVELS, default=None,
+                       help="what the log shows on stderr (default: warning on a terminal, where progress bars "
+                            "show, and with -q; info elsewhere: stage starts and ends, progress, timings)")
+
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="where to run (default: auto = CUDA if available)")
-        p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+        p.add_argument("-q", "--quiet", action="store_true",
+                       help="no progress bars or progress log lines; warnings and errors only")
+        log_level(p)
         p.add_argument("--workers", type=_workers, default=None, metavar="N",
                        help="image-decoding worker processes (default: from the CPU cores, min(8, cores - 1); "
                             "0 decodes in the main process)")
 
     p = sub.add_parser("fit", help="train a detector on the normal images of DATA (train/good)")
     p.add_argument("model", help="detector name (see 'anomalens list')")
-    p.add_argument("data", help="MVTec-AD-layout category folder, a folder of normal images, or a one-class "
-                               "protocol such as mnist:normal=7,8:abnormal=2 or fashion-mnist:abnormal=0")
+    p.add_argument("data", nargs="?", help="a dataset folder as it ships (MVTec AD, MVTec AD 2, MVTec LOCO, VisA, "
+                                          "BTAD; see --layout), a folder of normal images, or a one-class "
+                                          "protocol such as mnist:normal=7,8:abnormal=2 or fashion-mnist:abnormal=0")
+    _add_data_options(p)
     p.add_argument("-o", "--output", required=True, help="run folder to create")
+    p.add_argument("--config", metavar="FILE",
+                   help="hyper-parameters from a YAML or JSON file (the keys of -p), or a run's detector.json to fit "
+                        "that run again; options and -p on the command line override it")
     p.add_argument("--backbone", help="feature backbone (default efficientnet_lite0; any timm name with internet)")
     p.add_argument("--weights", help="local backbone weights file (.pth / .safetensors), or 'random'")
-    p.add_argument("--image-size", type=int, dest="image_size", help="input size in pixels (default 256)")
-    p.add_argument("--batch-size", type=int, dest="batch_size")
-    p.add_argument("--seed", type=int)
+    p.add_argument("--image-size", type=_image_size, dest="image_size", metavar="N|HxW",
+                   help="input size in pixels: N (square) or HxW, e.g. 224x320 (default 256)")
+    p.add_argument("--batch-size", type=int, dest="batch_size", help="images per batch (default 16)")
+    p.add_argument("--seed", type=int, help="random seed: the same seed and data give the same run (default 0)")
     p.add_argument("-p", "--param", action="append", type=_parse_param, metavar="KEY=VALUE",
                    help="any detector hyper-parameter, e.g. -p n_features=100 (repeatable)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder")
+    p.add_argument("--engine", choices=["local", "ray", "ddp"], default=None,
+                   help="local: this process (default); ray: padim / patchcore on Ray shards (sums / coresets merged, "
+                        "pip install 'anomalens[ray]'); ddp: the detectors that train, data-parallel in every process "
+                        "of 'torchrun ... -m anomalens.cli fit ...' (the default when torchrun started the process)")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--engine ray: the Ray cluster (HOST:PORT of its head, ray://HOST:10001, or auto; default "
+                        "$RAY_ADDRESS, else a local cluster on this machine)")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="--engine ray: shard workers (default: one per CPU of the cluster, or per GPU when it has GPUs)")
+    p.add_argument("--resume", action="store_true",
+                   help="--engine ddp: continue a stopped data-parallel fit from its last checkpoint")
     common(p)
     p.set_defaults(func=cmd_fit)
 
     p = sub.add_parser("test", help="evaluate a run on the test split of DATA; writes metrics.json and report.html")
-    p.add_argument("run")
-    p.add_argument("data", help="as for fit (its test split is used)")
+    p.add_argument("run", help="a run folder (anomalens fit)")
+    p.add_argument("data", nargs="?", help="as for fit (its test split is used)")
+    _add_data_options(p)
     p.add_argument("-o", "--output", help="where to write the report (default: the run folder)")
     p.add_argument("--no-report", action="store_true", help="metrics.json only, no plots")
     common(p)
@@ -225,8 +384,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("predict", help="score new images; writes predictions.csv/.jsonl, heatmaps and masks")
     p.add_argument("run", help="a run folder (anomalens fit) or an export folder (anomalens export)")
     p.add_argument("images", nargs="+", help="image files and/or folders")
-    p.add_argument("-o", "--output", required=True)
-    p.add_argument("--heatmaps", choices=["anomalous", "all", "none"], default="anomalous",
+    p.add_argument("-o", "--output", required=True,
+                   help="folder to create for predictions.csv / .jsonl, errors.csv, heatmaps/ and masks/")
+    p.add_argument("--heatmaps", choices=["anomalous", "all", "none"], default=None,
                    help="heatmap overlay + mask for the flagged images (default), every image, or none")
     p.add_argument("--no-heatmaps", action="store_true", help="same as --heatmaps none")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default=None,
@@ -237,13 +397,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-bad", action="store_true",
                    help="list unreadable images in OUTPUT/errors.csv and go on (default: stop at the first, keeping "
                         "the results so far)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace OUTPUT if an earlier anomalens predict wrote it (never a folder it did not write)")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process (default); ray: decode and score on a Ray cluster (Ray Data actors, GPU "
+                        "actors when it has GPUs; --workers N = scoring actors; scores and labels, no heatmaps; "
+                        "pip install 'anomalens[ray]')")
+    p.add_argument("--address", default=None, metavar="ADDR",
+                   help="--engine ray: the Ray cluster (HOST:PORT of its head, ray://HOST:10001, or auto; default "
+                        "$RAY_ADDRESS, else a local cluster on this machine)")
+    p.add_argument("--format", choices=["csv", "parquet"], default="csv",
+                   help="--engine ray: predictions.csv + predictions.jsonl (default), or predictions.parquet for big jobs")
     common(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("calibrate", help="set the run's threshold on labelled data (test split of DATA)")
-    p.add_argument("run")
-    p.add_argument("data")
+    p.add_argument("run", help="a run folder (anomalens fit); its decision rule is replaced")
+    p.add_argument("data", nargs="?", help="as for fit (its test split is used, else its normal images)")
+    _add_data_options(p)
     p.add_argument("--method", choices=["f1", "area"], default="f1",
                    help="f1: F1-optimal image threshold; area: the seed's minimum defect area + pixel threshold")
     p.add_argument("--clear-border", action="store_true", help="area method: ignore regions touching the image border")
@@ -251,10 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_calibrate)
 
     p = sub.add_parser("demo", help="build synthetic categories from real photos, fit, test and write reports")
-    p.add_argument("-o", "--output", default="anomalens-demo")
-    p.add_argument("--model", default="padim")
+    p.add_argument("-o", "--output", default="anomalens-demo",
+                   help="folder to create for the data, runs and index.html (default anomalens-demo)")
+    p.add_argument("--model", default="padim", help="detector to fit (default padim; see 'anomalens list')")
     p.add_argument("--sources", nargs="+", default=None, help="synthetic categories (default: brick coffee)")
-    p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier demo folder")
     common(p)
     p.set_defaults(func=cmd_demo)
 
@@ -263,10 +435,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_list)
 
     p = sub.add_parser("export", help="export a fitted run as one inference graph (ONNX or OpenVINO) + export.json")
-    p.add_argument("run")
+    p.add_argument("run", help="a run folder (anomalens fit)")
     p.add_argument("--format", default="onnx", help="onnx (opset 17) or openvino (IR, float32)")
     p.add_argument("-o", "--output", required=True, help="export folder to create")
     p.add_argument("--overwrite", action="store_true", help="replace an existing export folder")
+    log_level(p)
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("verify-export", help="compare an export with the torch model on real images")
@@ -277,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: onnxruntime for ONNX exports, openvino for OpenVINO ones")
     p.add_argument("--tolerance", type=float, default=1e-4,
                    help="largest relative difference of scores and maps accepted (default 1e-4)")
+    log_level(p)
     p.set_defaults(func=cmd_verify_export)
 
     p = sub.add_parser("params", help="a detector's hyper-parameters: defaults, accepted values, meanings")
@@ -286,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="serve a run or an export over HTTP: REST API, operator page at /, docs at /docs")
     p.add_argument("model", metavar="RUN_OR_EXPORT", help="a run folder (torch) or a folder written by 'anomalens export'")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default=None,
                    help="default: torch for a run, the export's own runtime for an export")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None, help="torch runtime: where to run")
@@ -299,6 +473,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="longest wait for a batch to fill (ms)")
     p.add_argument("--max-connections", type=int, default=64, help="connections served at once (503 beyond)")
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
+    log_level(p)
     p.set_defaults(func=cmd_serve)
     return parser
 
@@ -326,24 +501,55 @@ def _os_error_message(exc: OSError) -> str:
     return _one_line(f"{path}: {problem}")
 
 
-def _log_warnings_as_lines() -> None:
-    """The library's warnings (logger "anomalens") as one line each on stderr: ``anomalens: warning: …``."""
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _configure_logging(args: argparse.Namespace) -> None:
+    """The library's log (logger "anomalens") on stderr, one line per message: ``anomalens: warning: …``.
+
+    Level: ``--log-level``, else warnings only on a terminal (where progress bars show) or with ``-q``, and
+    INFO elsewhere (CI, Docker, systemd: stage starts and ends, progress every tenth, timings; see
+    ``anomalens.progress``), where each line also carries the time.
+    """
     import logging
 
+    from anomalens.progress import on_terminal
+
+    class StderrHandler(logging.StreamHandler):
+        """Writes to whatever ``sys.stderr`` is at the time (redirected in tests, replaced by a daemon)."""
+
+        @property
+        def stream(self):  # type: ignore[override]
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
+    name = getattr(args, "log_level", None)
+    if name is None:
+        name = "warning" if getattr(args, "quiet", False) or on_terminal() else "info"
+    level = getattr(logging, name.upper())
     logger = logging.getLogger("anomalens")
-    if not any(getattr(h, "anomalens_cli", False) for h in logger.handlers):
-        handler = logging.StreamHandler()
+    handler = next((h for h in logger.handlers if getattr(h, "anomalens_cli", False)), None)
+    if handler is None:
+        handler = StderrHandler()
         handler.anomalens_cli = True  # type: ignore[attr-defined]
-        handler.setFormatter(logging.Formatter("anomalens: %(levelname)s: %(message)s"))
         handler.addFilter(lambda record: setattr(record, "levelname", record.levelname.lower()) or True)
         logger.addHandler(handler)
-        logger.setLevel(logging.WARNING)
+    timed = level <= logging.INFO and not on_terminal()
+    handler.setFormatter(logging.Formatter(("%(asctime)s " if timed else "") + "anomalens: %(levelname)s: %(message)s",
+                                           datefmt="%Y-%m-%d %H:%M:%S"))
+    logger.setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
-    _log_warnings_as_lines()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a usage error already printed on one line
+        return exc.code if isinstance(exc.code, int) else 2
+    _configure_logging(args)
     if os.environ.get("ANOMALENS_KEEP_FREED_MEMORY", "1") != "0":
         keep_freed_memory()  # big activations reused instead of page-faulted in per batch (allocator.py)
     previous = None

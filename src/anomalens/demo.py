@@ -6,10 +6,13 @@ fits a detector on each, tests it and writes one report per category plus an ind
 
 from __future__ import annotations
 
-import html
+import datetime
+import os
+import platform
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomalens.version import __version__
 from anomalens.workflow import fit_run, staged_directory, test_run
 
 DEMO_SOURCES = ("brick", "coffee")
@@ -50,19 +53,68 @@ def run_demo(
     return results
 
 
+# The index table: (metrics key, column heading, what it means); absent keys print as "—".
+INDEX_COLUMNS = (
+    ("image_auroc", "Image AUROC", "how well image scores rank defective above normal (1 = perfect, 0.5 = chance)"),
+    ("pixel_auroc", "Pixel AUROC", "the same over pixels: defect pixels above normal ones"),
+    ("aupro", "AUPRO", "share of each defect region found, at up to 30 % normal pixels flagged (1 = perfect)"),
+    ("threshold", "Threshold", "an image is flagged when its score is above this"),
+    ("tpr", "Defects flagged", "true positive rate at the threshold"),
+    ("tnr", "Normal passed", "true negative rate at the threshold"),
+    ("images_per_second", "Images / s", "test images scored per second on this machine"),
+)
+
+
+def machine_facts(device: str | None = None) -> dict[str, str]:
+    """What the demo ran on, for the index page: CPU model, cores, torch version, device, date."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux names the model in /proc/cpuinfo; platform.processor() often says only "x86_64"
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware")):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        usable = os.cpu_count() or 1
+    cores = f"{usable} usable" + (f" of {os.cpu_count()}" if os.cpu_count() and os.cpu_count() != usable else "")
+    device_text = device or "cpu"
+    if device_text.startswith("cuda") and torch.cuda.is_available():
+        device_text += f" ({torch.cuda.get_device_name(torch.device(device_text))})"
+    return {
+        "CPU": cpu,
+        "Cores": cores,
+        "Device": device_text,
+        "torch": torch.__version__,
+        "Python": platform.python_version(),
+        "anomalens": __version__,
+        "Date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+    }
+
+
 def _write_index(stage: Path, model: str, results: dict[str, dict[str, Any]]) -> None:
-    keys = ["image_auroc", "pixel_auroc", "aupro", "threshold", "tpr", "tnr", "images_per_second"]
-    head = "".join(f"<th>{k}</th>" for k in ["category", *keys])
+    """index.html: one row per category with its heatmap thumbnail (the report's preview picture), its
+    metrics under readable headings, and the machine it ran on."""
+    from anomalens.report import render_page
+    from anomalens.report.templating import write_text_atomic
+
     rows = []
     for name, metrics in results.items():
-        cells = "".join(f"<td>{metrics[k]:.3f}</td>" if isinstance(metrics.get(k), float) else f"<td>{metrics.get(k, '')}</td>" for k in keys)
-        link = f'<a href="runs/{html.escape(name)}/report.html">{html.escape(name)}</a>'
-        rows.append(f"<tr><td>{link}</td>{cells}</tr>")
-    (stage / "index.html").write_text(
-        "<!doctype html><meta charset='utf-8'><title>anomalens demo</title>"
-        "<style>body{font-family:sans-serif;margin:2em}td,th{padding:4px 10px;border-bottom:1px solid #ddd}</style>"
-        f"<h1>anomalens demo · {html.escape(model)}</h1>"
-        "<p>Synthetic defects (scratches, stains, holes, pasted patches) on real photos from scikit-image; "
-        "the detector saw only normal images. Click a category for its full report.</p>"
-        f"<table><tr>{head}</tr>{''.join(rows)}</table>\n"
+        preview = Path("runs") / name / "cases" / "preview.png"
+        rows.append({
+            "name": name,
+            "report": f"runs/{name}/report.html",
+            "picture": preview.as_posix() if (stage / preview).is_file() else None,
+            "cells": [metrics.get(key) for key, _, _ in INDEX_COLUMNS],
+        })
+    devices = [str(m["device"]) for m in results.values() if m.get("device")]
+    page = render_page(
+        "demo_index.html", title=f"anomalens demo · {model}", model=model,
+        columns=[{"label": label, "help": help_text} for _, label, help_text in INDEX_COLUMNS],
+        rows=rows, machine=machine_facts(devices[0] if devices else None),
     )
+    write_text_atomic(stage / "index.html", page)

@@ -23,7 +23,12 @@ Rules shared by all detectors:
   model still uses every image; the others score the seeded ``holdout_fraction`` of the images they are
   not trained on (k trainings for a trained detector would cost k times its fit);
 - optional abilities are named by class flags: ``localizes`` (anomaly maps), ``reconstructs``
-  (``reconstruct()`` gives the images the model rebuilt), ``score_is_map_max``;
+  (``reconstruct()`` gives the images the model rebuilt), ``score_is_map_max``, ``tiles`` (``tile_size`` /
+  ``tile_overlap``: high-resolution images scored as overlapping tiles, ``anomalens.tiling``);
+- sizes: every image is resized to the working size ``input_size`` — ``image_size``, or with
+  ``resize="keep_aspect"`` the largest size inside ``image_size`` with the training images' aspect ratio
+  (found by ``fit``, saved with the run); the model itself works at ``model_input_size``, which is the tile
+  size when tiling and ``input_size`` otherwise; maps come back at ``input_size``;
 - one inference graph: ``inference_module()`` is the fitted detector's whole inference as one plain
   ``nn.Module`` — float32 images (N, C, H, W) in [0, 1] at ``input_size`` in, ``(scores (N,), maps (N, H, W))``
   out (``(scores,)`` for image-level detectors), normalisation, features, distances, upsampling, blur and
@@ -51,9 +56,11 @@ from anomalens.data.records import split_records
 from anomalens.decision import DecisionRule, DetectionResult  # DetectionResult: re-exported
 from anomalens.devices import check_device_name, resolve_device
 from anomalens.errors import ConfigError, DataError, NotFittedError, NumericalError
-from anomalens.params import Float, Int, Param, Size, Text, check_params
+from anomalens.data.io import image_size as stored_image_size
+from anomalens.params import Choice, Float, Int, Param, Size, Text, check_params
 from anomalens.persistence import rename_deprecated_params, write_decision, write_run_files
 from anomalens.thresholds import area_threshold_search, f1_threshold
+from anomalens.tiling import TILING_PARAMS, TiledInference, TileLayout, is_tile_records
 from anomalens.version import __version__
 
 
@@ -84,6 +91,9 @@ class Detector(ABC):
         localizes: whether ``_score`` returns anomaly maps.
         reconstructs: whether ``reconstruct()`` is available (autoencoders, GANs).
         score_is_map_max: whether the image score is the maximum of the anomaly map.
+        tiles: whether ``tile_size`` / ``tile_overlap`` are offered (declared here for the class, from
+            ``anomalens.tiling.TILING_PARAMS``): the model's fit and ``inference_module`` work at
+            ``model_input_size`` and its module goes through ``tiled()``.
         hyperparameters: this class's own declarations (name → ``Param``); they add to, or override,
             those of its base classes and the common ones below.
     """
@@ -92,8 +102,11 @@ class Detector(ABC):
     localizes: ClassVar[bool] = True
     reconstructs: ClassVar[bool] = False
     score_is_map_max: ClassVar[bool] = False
+    tiles: ClassVar[bool] = False
     hyperparameters: ClassVar[dict[str, Param]] = {
         "image_size": Size(256, "input size in pixels: one side, or [height, width]"),
+        "resize": Choice("squash", ("squash", "keep_aspect"), "squash: every image resized to image_size; keep_aspect: "
+                         "to the largest size inside image_size with the training images' aspect ratio (set by fit)"),
         "batch_size": Int(16, "images per batch when scoring (and training)", low=1),
         "device": Text("auto", "auto (CUDA when available), cpu, cuda or cuda:N"),
         "seed": Int(0, "random seed: same seed, same model", low=0),
@@ -114,8 +127,12 @@ class Detector(ABC):
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        own = cls.__dict__.get("hyperparameters", {})
+        own = dict(cls.__dict__.get("hyperparameters", {}))
+        if cls.tiles:  # declared once, for every detector that tiles
+            own = {**{k: v for k, v in TILING_PARAMS.items() if k not in cls._all_params}, **own}
         cls._all_params = {**cls._all_params, **own}
+        if not cls.tiles:
+            cls._all_params = {k: v for k, v in cls._all_params.items() if k not in TILING_PARAMS}
         for key in own:
             existing = getattr(cls, key, None)
             if existing is not None and not isinstance(existing, (_HyperParameter, Param)):
@@ -136,14 +153,36 @@ class Detector(ABC):
                 raise ConfigError(f"{owner}: {exc}") from None
             logger.warning("%s: threshold_quantile is deprecated: use false_alarm_rate = 1 - threshold_quantile (%g)",
                            owner, params["false_alarm_rate"])
+        offered = [key for key in TILING_PARAMS if key in params and key not in self._all_params]
+        if offered:
+            raise ConfigError(f"{owner}: does not tile (no {', '.join(offered)}): tiling is offered by the detectors "
+                              "whose 'anomalens params NAME' lists tile_size; use resize / image_size here")
         self.params: dict[str, Any] = check_params(owner, self._all_params, params)
         check_device_name(self.params["device"])
+        self.working_size_: tuple[int, int] | None = None  # keep_aspect: the size fit chose (None: image_size)
+        self._check_tiling()  # first: a model's own checks may read the tile size
         self._check_params()
         self.decision_: DecisionRule | None = None
         self.history_: dict[str, list[float]] = {}
 
     def _check_params(self) -> None:
         """Checks that involve several parameters (e.g. a network's supported sizes); ConfigError if not met."""
+
+    def _check_tiling(self) -> None:
+        """ConfigError (one line, both sizes) unless the tile fits in the working image."""
+        tile = self.params.get("tile_size")
+        if tile is None or tile == 0:
+            return
+        if not isinstance(tile, int) and min(tile) < 1:
+            raise ConfigError(f"{self.name}: parameter tile_size must be 0 or null (no tiling), a positive integer or a "
+                              f"[height, width] pair of them, got {list(tile)}")
+        (tile_h, tile_w), (height, width) = self.tile_shape, self.input_size
+        if tile_h > height or tile_w > width:
+            raise ConfigError(
+                f"{self.name}: tile_size {tile_h}x{tile_w} is larger than the working image {height}x{width} "
+                f"(image_size{', aspect kept' if self.working_size_ else ''}; height x width): use a tile_size of at "
+                "most the image size, or a larger image_size"
+            )
 
     def __repr__(self) -> str:
         changed = {k: v for k, v in self.params.items() if v != self._all_params[k].default}
@@ -155,9 +194,49 @@ class Detector(ABC):
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """(height, width) of the tensors the detector sees; ``image_size`` may be one int or a pair."""
+        """(height, width) of the images the detector's ``inference_module()`` takes and its maps: the working
+        size. ``image_size`` (one int or a pair), or with ``resize="keep_aspect"`` the size ``fit`` chose."""
+        if self.working_size_ is not None:
+            return self.working_size_
         size = self.params["image_size"]
         return (size, size) if isinstance(size, int) else (size[0], size[1])
+
+    @property
+    def tile_shape(self) -> tuple[int, int] | None:
+        """(height, width) of the tiles, or None without tiling."""
+        tile = self.params.get("tile_size")
+        if tile is None or tile == 0:
+            return None
+        return (tile, tile) if isinstance(tile, int) else (tile[0], tile[1])
+
+    @property
+    def tiling(self) -> bool:
+        return self.tile_shape is not None
+
+    @property
+    def model_input_size(self) -> tuple[int, int]:
+        """(height, width) the model itself works at — what its fit reads and its own module takes: the tile
+        size when tiling, else ``input_size``."""
+        return self.tile_shape or self.input_size
+
+    def tile_layout(self) -> TileLayout:
+        """Where the tiles of a working image lie (``anomalens.tiling``); only when tiling."""
+        if self.tile_shape is None:
+            raise ConfigError(f"{self.name}: no tile_size set: this detector does not tile")
+        return TileLayout.plan(self.input_size, self.tile_shape, self.params["tile_overlap"])
+
+    def tiled(self, tile_module: torch.nn.Module) -> torch.nn.Module:
+        """The whole-image inference around the model's own module (at ``model_input_size``): ``tile_module``
+        itself without tiling, else a ``TiledInference`` that cuts, scores and blends the tiles. Models that
+        ``tiles`` return their module through this from ``inference_module()``."""
+        if not self.tiling:
+            return tile_module
+        return TiledInference(tile_module, self.tile_layout(), self._scoring_batch_size(), self.score_is_map_max,
+                              self.device)
+
+    def _scoring_batch_size(self) -> int:
+        """Images (tiles, when tiling) per call of the model's module."""
+        return int(self.params["batch_size"] or 16)
 
     @property
     def is_fitted(self) -> bool:
@@ -200,19 +279,33 @@ class Detector(ABC):
         """The autograd context the inference module runs in (AnoGAN's latent search needs gradients)."""
         return torch.inference_mode()
 
+    def batch_plan(self, records: Any, batch_size: int) -> tuple[tuple[int, int], int]:
+        """(size to decode ``records`` at, records per batch): tiles (``anomalens.tiling``) at the tile size,
+        ``batch_size`` of them; images at ``input_size`` — with tiling only as many per batch as give about
+        ``batch_size`` tiles (at least one), since a working image is large and its tiles are chunked anyway."""
+        if is_tile_records(records):
+            return self.model_input_size, batch_size
+        if self.tiling:
+            return self.input_size, max(1, batch_size // len(self.tile_layout()))
+        return self.input_size, batch_size
+
     def _image_batches(self, records: Sequence, progress: bool, what: str) -> Iterator[torch.Tensor]:
-        """Batches of ``records`` in order, as (B, C, H, W) images in [0, 1] on the device."""
+        """Batches of ``records`` in order, as (B, C, H, W) images in [0, 1] on the device (tiles at the tile
+        size, images at ``input_size``: ``batch_plan``)."""
         desc = f"{self.name} {what}" if progress else None
         device = self.device
         cuda = device.type == "cuda"  # pinned batches, copied while the previous one runs
-        batches = iterate_batches(records, self.image_size, self.params["batch_size"], channels=self.image_channels,
-                                  desc=desc, pin_memory=cuda)
+        size, per_batch = self.batch_plan(records, self.params["batch_size"])
+        batches = iterate_batches(records, size, per_batch, channels=self.image_channels, desc=desc, pin_memory=cuda)
         for batch in batches:
             yield batch["image"].to(device, non_blocking=cuda)
 
     def _score(self, records: Sequence, progress: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """(scores (N,), maps (N, H, W) float32 or None): ``inference_module()`` over batches of ``records``."""
+        """(scores (N,), maps (N, H, W) float32 or None): ``inference_module()`` over batches of ``records``;
+        tile records (inside a tiled fit) go through the model's own tile-level module instead."""
         module = self.inference_module().eval()
+        if isinstance(module, TiledInference) and is_tile_records(records):
+            module = module.tile_module
         scores, maps = [], []
         with self._inference():
             for images in self._image_batches(records, progress, "score"):
@@ -269,21 +362,35 @@ class Detector(ABC):
         """Fit on normal images and set the decision rule from normal scores of models that did not see
         them (out of fold, or the hold-out: module docstring). Returns self.
 
-        Every fit starts from nothing: the previous decision rule (a calibration included) is gone.
+        Every fit starts from nothing: the previous decision rule (a calibration included) is gone. With
+        ``resize="keep_aspect"`` it first sets the working size from the images' shapes; with tiling the
+        model learns from every tile of every image, and the threshold still comes from image scores.
         """
         records = list(records)
         if not records:
             raise ValueError(f"{self.name}: no training images")
         self.decision_ = None
         self.history_ = {}
+        self.working_size_ = None
+        if self.params["resize"] == "keep_aspect":
+            self.working_size_ = aspect_kept_size(self.name, records, self.input_size)
+            self._check_tiling()
+            self._check_params()  # a network's supported sizes, now for the chosen size
         fit_records, holdout = self.holdout_split(records)
+        # With tiling the model fits on (and scores) tiles; the folds and the hold-out stay whole images.
+        layout = self.tile_layout() if self.tiling else None
+        as_model_input = layout.tile_records if layout else (lambda images: images)
         k = self.threshold_fold_count(len(records))
         if k:
             # The final model sees the images in the hold-out split's order (kept, then held): the model
             # (and so every score) is the same as when its threshold came from the hold-out.
             parts = [fit_records] if holdout is fit_records else [fit_records, holdout]
+            folds = self.crossfit_folds(len(records), k)
+            if layout:
+                folds = [layout.tile_indices(fold) for fold in folds]
             torch.manual_seed(self.params["seed"])
-            scores, maps = self._fit_and_score_out_of_fold(parts, self.crossfit_folds(len(records), k), progress)
+            scores, maps = self._fit_and_score_out_of_fold([as_model_input(p) for p in parts], folds, progress)
+            scores, maps = self._image_outputs(scores, maps)
             what = ("training images, each scored leave-one-out" if k == len(records) else
                     f"training images, each scored by the model of the other {k - 1} of {k} folds")
             self._set_threshold_from_normals(scores, maps, what, k)
@@ -296,24 +403,35 @@ class Detector(ABC):
                                if held else "")
             )
         torch.manual_seed(self.params["seed"])
-        scores, maps = self._fit_and_score_holdout(fit_records, holdout, progress)
+        model_fit = as_model_input(fit_records)
+        model_holdout = model_fit if holdout is fit_records else as_model_input(holdout)
+        scores, maps = self._image_outputs(*self._fit_and_score_holdout(model_fit, model_holdout, progress))
         held_out = holdout is not fit_records
         what = "held-out normal images" if held_out else "training images (none held out: optimistic)"
         self._set_threshold_from_normals(scores, maps, what, 1 if held_out else 0)
         return self
+
+    def _image_outputs(self, scores: np.ndarray, maps: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """What the model gave for the records of a fit: as is for images; tiles (whole images' worth, in
+        order) blended into image scores and maps exactly as the tiled module blends them."""
+        if not self.tiling:
+            return scores, maps
+        module = self.inference_module()
+        return module.blend_outputs(scores, maps)
 
     #: Below this many normal scores ``fit`` warns that its threshold is weak.
     min_threshold_scores: ClassVar[int] = 30
 
     def _set_threshold_from_normals(self, scores: np.ndarray, maps: np.ndarray | None, what: str, folds: int) -> None:
         rate = self.params["false_alarm_rate"]
-        if len(scores) > 1 and np.ptp(scores) == 0:
+        # Identical images score the same up to float rounding (leave-one-out models differ in summation order).
+        if len(scores) > 2 and np.ptp(scores) <= 1e-5 * max(1.0, float(np.abs(scores).max())):
             logger.warning(
                 "%s: the %d normal images the threshold comes from all score %.6g: the training images may be "
                 "identical copies, and the threshold cannot tell new normal images from defects reliably",
                 self.name, len(scores), float(scores[0]),
             )
-        elif len(scores) < self.min_threshold_scores:
+        if len(scores) < self.min_threshold_scores:
             logger.warning(
                 "%s: the threshold rests on only %d normal score(s) (%s), fewer than %d: the false-alarm rate of "
                 "new normal images may be far from the %g aimed at — fit on more normal images, or calibrate",
@@ -486,8 +604,17 @@ class Detector(ABC):
 
     # -- persistence --------------------------------------------------------------------------
     def preprocessing(self) -> dict[str, Any]:
-        """How images are turned into tensors (saved for users re-implementing the pipeline)."""
-        return {"resize": self.params["image_size"], "scale": "[0, 1]", "interpolation": "bilinear, antialiased"}
+        """How images are turned into tensors (saved for users re-implementing the pipeline): the working
+        size every image is resized to (``input_size``) and, when tiling, how it is cut."""
+        info: dict[str, Any] = {"resize": self.params["image_size"], "scale": "[0, 1]",
+                                "interpolation": "bilinear, antialiased", "resize_mode": self.params["resize"],
+                                "working_size": list(self.input_size)}
+        if self.tiling:
+            layout = self.tile_layout()
+            info["tiles"] = {"size": list(layout.tile_size), "overlap": layout.overlap, "rows": list(layout.rows),
+                             "cols": list(layout.cols), "blend": "edge-ramp windows, normalised to sum 1",
+                             "image_score": "max of the blended map" if self.score_is_map_max else "max of the tile scores"}
+        return info
 
     def config(self) -> dict[str, Any]:
         """Everything but the tensors, as saved in ``detector.json``."""
@@ -505,6 +632,8 @@ class Detector(ABC):
         """Write ``detector.json`` + ``weights.safetensors`` into ``directory`` (no pickle, atomic)."""
         config = self.config()
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
+        if self.working_size_ is not None:
+            tensors[WORKING_SIZE_TENSOR] = torch.tensor(self.working_size_)
         return write_run_files(directory, config, tensors)
 
     def save_decision(self, directory: str | Path) -> None:
@@ -518,10 +647,46 @@ class Detector(ABC):
         ``weights="random"``) is drawn exactly as it was when the detector was fitted.
         """
         torch.manual_seed(self.params["seed"])
+        tensors = dict(tensors)
+        working = tensors.pop(WORKING_SIZE_TENSOR, None)
+        if (working is None) != (self.params["resize"] != "keep_aspect"):
+            raise ValueError(f"resize={self.params['resize']} but the file {'lacks' if working is None else 'holds'} "
+                             "a working size")
+        self.working_size_ = None if working is None else (int(working[0]), int(working[1]))
+        self._check_tiling()
         self._load_state_tensors(tensors)
         self.decision_ = decision
         self.history_ = history
         return self
+
+
+#: The saved tensor holding the working size ``fit`` chose with ``resize="keep_aspect"``.
+WORKING_SIZE_TENSOR = "working_size"
+#: Training images whose aspect ratios differ by more than this share get a warning with keep_aspect.
+ASPECT_TOLERANCE = 0.01
+
+
+def aspect_kept_size(owner: str, records: Sequence, bound: tuple[int, int]) -> tuple[int, int]:
+    """The largest (height, width) inside ``bound`` with the median aspect ratio of ``records`` (sizes read
+    from the file headers), rounded to whole pixels. Mixed aspect ratios get a warning: the others will be
+    resized to this one, distorted as with ``squash``."""
+    sizes = []
+    for record in records:
+        source = getattr(record, "source", record)
+        sizes.append(stored_image_size(source))
+    ratios = np.array([width / height for height, width in sizes])
+    ratio = float(np.median(ratios))
+    low, high = float(ratios.min()), float(ratios.max())
+    if high > low * (1 + ASPECT_TOLERANCE):
+        odd = sizes[int(np.argmax(np.abs(np.log(ratios / ratio))))]
+        logger.warning(
+            "%s: resize=keep_aspect: the training images' aspect ratios (width / height) range from %.3g to %.3g; "
+            "the working size follows their median %.3g, and images of another shape (e.g. one of %dx%d) are "
+            "resized to it, distorted", owner, low, high, ratio, odd[1], odd[0])
+    height, width = bound
+    if width / height > ratio:  # the bound is wider than the images: their height fills it
+        return height, max(1, round(height * ratio))
+    return max(1, round(width / ratio)), width
 
 
 # The common hyper-parameters read as attributes too; ``device`` is the property above (a torch.device).

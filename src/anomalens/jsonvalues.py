@@ -11,11 +11,13 @@ from typing import Any
 
 import numpy as np
 
+from anomalens.names import printable
+
 
 def plain_json(value: Any) -> Any:
     """Numpy scalars as Python numbers, arrays and tuples as lists, non-finite floats as None, the rest as text."""
     if isinstance(value, dict):
-        return {str(k): plain_json(v) for k, v in value.items()}
+        return {printable(str(k)): plain_json(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [plain_json(v) for v in value]
     if isinstance(value, np.ndarray):
@@ -24,6 +26,6 @@ def plain_json(value: Any) -> Any:
         value = value.item()
     if isinstance(value, float) and not math.isfinite(value):
         return None
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if value is None or isinstance(value, (bool, int, float)):
         return value
-    return str(value)
+    return printable(value)  # a path or name that is not UTF-8 is spelt with \xNN escapes

@@ -200,8 +200,8 @@ def Floats(
     return Param(default, help, "floats", low=low, high=high, low_open=low_open, length=length, optional=optional)
 
 
-def Size(default: int, help: str, low: int = 1) -> Param:
-    return Param(default, help, "size", low=low)
+def Size(default: int | None, help: str, low: int = 1, optional: bool = False) -> Param:
+    return Param(default, help, "size", low=low, optional=optional)
 
 
 def check_params(owner: str, declared: dict[str, Param], given: dict[str, Any]) -> dict[str, Any]:

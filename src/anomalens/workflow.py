@@ -54,6 +54,7 @@ import csv
 import hashlib
 import errno
 import json
+import logging
 import math
 import os
 import shutil
@@ -62,21 +63,29 @@ import sys
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
 from anomalens.data import AnomalyDataset, ImageRecord, TensorImageDataset, list_images, load_dataset
+from anomalens.data.mvtec import masks_unread
 from anomalens.catalog import create_detector, load_detector
 from anomalens.detector import Detector
 from anomalens.jsonvalues import plain_json
+from anomalens.names import printable
+from anomalens.progress import stage as logged_stage
+from anomalens.provenance import environment, file_list_sha256
 from anomalens.errors import AnomalensError, DataError
 from anomalens.metrics import evaluate
+from anomalens.benchmark_protocols import benchmark_metrics
+
+logger = logging.getLogger("anomalens")
 
 RUN_INFO_FILE = "run.json"
 MARKER_FILE = ".anomalens-output.json"
 INNER_STAGE_PREFIX = ".anomalens-partial-"
-TEST_OUTPUTS = frozenset({"metrics.json", "scores.csv", "report.html", "roc.png", "score_histogram.png", "loss_curves.png", "cases"})
+TEST_OUTPUTS = frozenset({"metrics.json", "scores.csv", "report.html", "roc.png", "score_histogram.png", "loss_curves.png", "cases",
+                          "precision_recall.png", "pixel_roc.png", "pro_curve.png"})
 _RUN_FILES = frozenset({"detector.json", "weights.safetensors", RUN_INFO_FILE, "calibration.json"})
 _TMP_FILES = frozenset(name + ".tmp" for name in (*_RUN_FILES, "metrics.json"))
 # What each kind of folder holds, for folders written before the marker existed (and their signature).
@@ -280,7 +289,10 @@ def _check_target(final: Path) -> Path:
 
 def _input_paths(inputs: Iterable[Any]) -> list[Path]:
     paths = []
-    for item in inputs:
+    expanded: list[Any] = []
+    for item in inputs:  # a DatasetSource (--layout, --normal / --abnormal ...) stands for its folders
+        expanded.extend(getattr(item, "paths", None) or [item])
+    for item in expanded:
         if isinstance(item, (str, Path)) and os.path.lexists(item):
             with contextlib.suppress(OSError, RuntimeError):
                 paths.append(Path(item).resolve())
@@ -504,22 +516,32 @@ def fit_run(
     params: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    fit_with: Callable[[Detector, list[ImageRecord]], dict[str, Any] | None] | None = None,
 ) -> Detector:
     """Fit ``model`` on the normal training images of ``data`` and save it to ``run_dir``.
 
     The run folder is checked (and locked) before the data is read; ``overwrite`` replaces only an
-    existing anomalens run, never ``data`` itself (see the module docstring).
+    existing anomalens run, never ``data`` itself (see the module docstring). ``fit_with(detector, train)``
+    fits the detector in place of ``detector.fit(train)`` (``anomalens.distributed``: on Ray shards, or
+    data-parallel under torchrun); the dict it returns is added to ``run.json``.
     """
     detector = create_detector(model, **(params or {}))
     run_dir = Path(run_dir)
     with staged_directory(run_dir, overwrite=overwrite, kind="run", inputs=[data]) as stage:
-        dataset = _as_dataset(data)
+        with masks_unread():  # the test split's masks are test's business
+            dataset = _as_dataset(data)
         if not dataset.train:
             raise DataError(f"{getattr(data, 'name', data)}: no training images")
         start = time.perf_counter()
-        detector.fit(dataset.train, progress=progress)
+        engine_info = None
+        with logged_stage(f"fit {model} on {len(dataset.train)} training images", enabled=progress):
+            if fit_with is None:
+                detector.fit(dataset.train, progress=progress)
+            else:
+                engine_info = fit_with(detector, dataset.train)
         seconds = time.perf_counter() - start
         detector.save(stage)
+        keys = {id(r): image_key(r) for r in dataset.train}  # each training file read once more, for both uses
         _write_json(stage / RUN_INFO_FILE, {
             "detector": model,
             "data": str(data) if not isinstance(data, AnomalyDataset) else data.name,
@@ -530,7 +552,11 @@ def fit_run(
             "threshold_source": detector.decision_.description,
             # Which images the saved model has seen (all but an unseen hold-out): calibrate refuses to set a
             # threshold from them.
-            "seen_images": sorted(image_key(r) for r in _seen_by_final_model(detector, dataset.train)),
+            "seen_images": sorted(keys[id(r)] for r in _seen_by_final_model(detector, dataset.train)),
+            "provenance": {**environment(detector.device),
+                           "training_images_sha256": file_list_sha256([r.name for r in dataset.train],
+                                                                      [keys[id(r)] for r in dataset.train])},
+            **(engine_info or {}),
         })
     return detector
 
@@ -567,6 +593,10 @@ def _predict_with_masks(detector: Detector, records: Sequence[ImageRecord], with
     setting = getattr(detector, "setting", None)  # trained detectors resolve a batch size of None
     batch_size = int((setting("batch_size") if setting else None) or detector.params["batch_size"] or 16)
     chunk = batch_size * max(1, 64 // batch_size)
+    height, width = detector.input_size
+    # Decoded working images are held a chunk at a time: at most about 64 images' worth of 256² pixels (a
+    # 2048² working image for tiling is 64 of those), so memory does not grow with the working size.
+    chunk = min(chunk, max(1, (64 * 256 * 256) // (height * width)))
     scores, maps, masks = [], [], []
     batches = iterate_batches(records, detector.input_size, chunk, channels=detector.image_channels,
                               desc=f"{detector.name} test" if progress else None)
@@ -617,7 +647,7 @@ def test_run(
     Returns the metrics. Outputs go into ``out_dir`` (default: the run folder); ``metrics.json`` is
     written last, so its presence means the whole report is there.
     """
-    from anomalens.report import write_test_report
+    from anomalens.report import per_defect_type_metrics, report_warnings, write_test_report
 
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
@@ -632,10 +662,12 @@ def test_run(
     size = detector.input_size
     with _staged_update(out_dir, kind="report", inputs=[data], last="metrics.json", replaces=TEST_OUTPUTS) as stage:
         start = time.perf_counter()
-        result, masks = _predict_with_masks(detector, records, dataset.has_masks, progress)
+        with logged_stage(f"test {detector.name} on {len(records)} images", enabled=progress):
+            result, masks = _predict_with_masks(detector, records, dataset.has_masks, progress)
         seconds = time.perf_counter() - start
         pixel_maps = result.maps if masks is not None else None
         metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=pixel_maps, predicted=result.labels)
+        metrics.update(benchmark_metrics(dataset, result, masks))  # the benchmark's own metrics (LOCO sPRO, ...)
         metrics.update({
             "detector": detector.name,
             "n_images": len(records),
@@ -645,10 +677,24 @@ def test_run(
             "min_area": detector.decision_.min_area,
             "test_seconds": round(seconds, 3),
             "images_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
+            "backbone": detector.params.get("backbone"),
+            "image_size": list(detector.input_size),
+            "device": str(detector.device),
         })
+        shared = _calibration_images_in(run_dir, records)
+        if shared:
+            metrics["calibration_images_in_test"] = shared
+            logger.warning("%d of the %d test images were used to calibrate this run's threshold (calibration.json): "
+                           "TPR, TNR and balanced accuracy at the threshold are optimistic — test on images the "
+                           "calibration did not see", shared, len(records))
         undefined = undefined_metrics(metrics)
         if undefined:
             metrics["undefined"] = undefined
+        metrics["per_defect_type"] = per_defect_type_metrics(labels, result.scores, [r.defect_type for r in records],
+                                                             result.labels, masks, pixel_maps)
+        warnings = report_warnings(metrics, detector.decision_, detector.min_threshold_scores)
+        if warnings:
+            metrics["warnings"] = warnings
         if report:
             write_test_report(
                 stage,
@@ -658,6 +704,7 @@ def test_run(
                 scores=result.scores,
                 normalized_scores=detector.decision_.normalized(result.scores),
                 threshold=detector.threshold_,
+                predicted=result.labels,
                 metrics=metrics,
                 load_image=_image_loader(records, size),
                 maps=result.maps,
@@ -708,8 +755,12 @@ def calibrate_run(
         records = dataset.test or _unseen_by_run(run_dir, dataset.train)
         # Only normals the saved model never saw (for PaDiM / PatchCore none: the test split's normals serve).
         normals = detector.unseen_normals(dataset.train) if dataset.train and dataset.test else ()
-        info = detector.calibrate(records, method=method, normal_records=normals, clear_border=clear_border, progress=progress)
-        info.update({"method": method, "n_images": len(records), "n_anomalous": int(sum(r.label for r in records))})
+        with logged_stage(f"calibrate ({method}) on {len(records)} images", enabled=progress):
+            info = detector.calibrate(records, method=method, normal_records=normals, clear_border=clear_border,
+                                      progress=progress)
+        info.update({"method": method, "n_images": len(records), "n_anomalous": int(sum(r.label for r in records)),
+                     # which images set the threshold, by content: test warns when it scores them again
+                     "image_keys": sorted(k for k in (image_key(r) for r in records) if k)})
         try:
             detector.save_decision(run_dir)
             _write_json(run_dir / "calibration.json", info)
@@ -718,6 +769,15 @@ def calibrate_run(
         finally:
             _clean_inside(run_dir)  # a temporary file a failed write left (full disk)
     return info
+
+
+def _calibration_images_in(run_dir: Path, records: Sequence[ImageRecord]) -> int:
+    """How many of ``records`` (by content) set the run's calibrated threshold; 0 without a calibration."""
+    try:
+        keys = set(json.loads((run_dir / "calibration.json").read_text()).get("image_keys") or ())
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return sum(image_key(r) in keys for r in records) if keys else 0
 
 
 def _unseen_by_run(run_dir: Path, normals: list[ImageRecord]) -> list[ImageRecord]:
@@ -762,7 +822,18 @@ def _predict_records(images: str | Path | Sequence[str | Path]) -> list[ImageRec
             paths.append(item)
         else:
             raise DataError(f"{item}: no such file or folder")
-    return [ImageRecord(source=p, label=-1, name=p.name) for p in paths]
+    return [ImageRecord(source=p, label=-1, name=p.name) for p in paths]  # names made printable by ImageRecord
+
+
+def prediction_records(images: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
+    """The images ``predict`` scores, in its order: files as given, folders as their sorted images
+    (DataError naming a missing path or an empty folder). Shared with ``anomalens.distributed``."""
+    return _predict_records(images)
+
+
+def read_dataset(data: str | Path | AnomalyDataset) -> AnomalyDataset:
+    """DATA as ``fit_run`` reads it (a folder, a one-class protocol, a data source or a dataset)."""
+    return _as_dataset(data)
 
 
 def _predictor(run_dir: str | Path, device: str | None, runtime: str | None = None) -> Any:
@@ -793,7 +864,7 @@ def _job_identity(run_dir: str | Path, records: Sequence[ImageRecord], mode: str
         with contextlib.suppress(OSError):
             run_hash = hashlib.sha256((Path(run_dir) / name).read_bytes()).hexdigest()
             break
-    listing = hashlib.sha256("\n".join(str(r.source) for r in records).encode()).hexdigest()
+    listing = hashlib.sha256(b"\n".join(os.fsencode(r.source) for r in records)).hexdigest()
     return {"run": run_hash, "n_images": len(records), "images_sha256": listing, "heatmaps": mode}
 
 
@@ -997,11 +1068,12 @@ def _write_png(image: np.ndarray, path: Path) -> None:
 
 
 def _write_heatmap(stage: Path, stem: str, picture: np.ndarray | None, source: Any, amap: np.ndarray,
-                   low: float, high: float, pixel_threshold: float | None) -> dict[str, Any]:
-    """One image's overlay (and mask) at its own resolution; runs in a writer thread. Returns its row fields."""
+                   low: float, high: float, pixel_threshold: float | None, caption: dict[str, Any]) -> dict[str, Any]:
+    """One image's overlay (and mask) at its own resolution, with its colour scale and ``caption`` (score,
+    normalized_score, threshold, anomalous) burnt in; runs in a writer thread. Returns its row fields."""
     from anomalens.data.io import read_pixels
     from anomalens.data.torch_dataset import display_picture
-    from anomalens.report import render_heatmap
+    from anomalens.report import annotate_heatmap, render_heatmap
 
     if picture is None:  # a frame too large to send back from the decoding worker is read here
         picture = display_picture(read_pixels(source))
@@ -1011,6 +1083,7 @@ def _write_heatmap(stage: Path, stem: str, picture: np.ndarray | None, source: A
         _write_png((mask.view(np.uint8) * 255), stage / "masks" / f"{stem}_mask.png")
         fields["defect_area_fraction"] = float(np.count_nonzero(mask)) / mask.size
         fields["mask"] = f"masks/{stem}_mask.png"
+    overlay = annotate_heatmap(overlay, vmin=low, vmax=high, pixel_threshold=pixel_threshold, **caption)
     _write_png(overlay, stage / "heatmaps" / f"{stem}.png")
     fields["heatmap"] = f"heatmaps/{stem}.png"
     return fields
@@ -1071,7 +1144,9 @@ def predict_images(
         model = _predictor(run_dir, device, runtime)
         records = _predict_records(images)
         done = stage.begin(_job_identity(run_dir, records, mode))
-        todo = [i for i, r in enumerate(records) if str(r.source) not in done]
+        todo = [i for i, r in enumerate(records) if printable(r.source) not in done]
+        if progress:
+            logger.info("predict: %d images%s", len(records), f", {len(records) - len(todo)} done before" if done else "")
         drawing = mode != "none" and model.localizes
         if drawing:
             for name in ("heatmaps", "masks"):
@@ -1102,7 +1177,7 @@ def predict_images(
                     bad = [k for k, error in enumerate(batch.errors) if error is not None]
                     stop = None if skip_bad or not bad else batch.errors[bad[0]]
                     good = [k for k in range(len(batch.indices)) if batch.errors[k] is None and (stop is None or k < bad[0])]
-                    errors = [{"image": str(records[todo[batch.indices[k]]].source), "error": batch.errors[k]}
+                    errors = [{"image": printable(records[todo[batch.indices[k]]].source), "error": batch.errors[k]}
                               for k in bad] if skip_bad else []
                     rows: list[dict[str, Any]] = []
                     futures: list[Any] = []
@@ -1118,7 +1193,7 @@ def predict_images(
                         for j, k in enumerate(good):
                             index = todo[batch.indices[k]]
                             record = records[index]
-                            row: dict[str, Any] = {"image": str(record.source), "score": float(result.scores[j]),
+                            row: dict[str, Any] = {"image": printable(record.source), "score": float(result.scores[j]),
                                                    "normalized_score": float(normalized[j]),
                                                    "anomalous": bool(result.labels[j]), "threshold": model.threshold_}
                             if drawing and result.maps is not None and (mode == "all" or row["anomalous"]):
@@ -1126,7 +1201,8 @@ def predict_images(
                                 futures.append(pool.submit(
                                     _write_heatmap, stage.path, f"{index:05d}_{Path(record.name).stem}",
                                     batch.pictures[k], record.source, result.maps[j], low, high,
-                                    model.pixel_threshold_ if result.masks is not None else None))
+                                    model.pixel_threshold_ if result.masks is not None else None,
+                                    {key: row[key] for key in ("score", "normalized_score", "threshold", "anomalous")}))
                             rows.append(row)
                     pending.append((rows, futures, errors))
                     settle(keep=2)

@@ -9,9 +9,22 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from anomalens.data.folder import LAYOUT_HELP, load_dataset, load_folder_dataset
+from anomalens.data.btad import is_btad_product, load_btad_product
+from anomalens.data.folder import load_folder_dataset
 from anomalens.data.io import IMAGE_SUFFIXES, image_size, is_image_file, list_images, load_image, load_mask
+from anomalens.data.layouts import (
+    LAYOUT_HELP,
+    LAYOUT_NAMES,
+    LAYOUTS,
+    DatasetSource,
+    data_source,
+    detect_layout,
+    find_categories,
+    load_dataset,
+)
+from anomalens.data.loco import is_loco_category, load_loco_category, read_defects_config
 from anomalens.data.mvtec import is_mvtec_category, load_mvtec_category
+from anomalens.data.mvtec_ad2 import is_mvtec_ad2_category, load_mvtec_ad2_category
 from anomalens.data.oneclass import (
     CIFAR10_CLASSES,
     FASHION_MNIST_CLASSES,
@@ -24,7 +37,8 @@ from anomalens.data.oneclass import (
     load_mnist,
     read_idx,
 )
-from anomalens.data.records import AnomalyDataset, ImageRecord, split_records
+from anomalens.data.records import AnomalyDataset, DefectConfig, ImageRecord, split_records
+from anomalens.data.visa import is_visa_object, load_visa_object
 from anomalens.data.synthetic import (
     DEFECT_TYPES,
     SYNTHETIC_SOURCES,
@@ -51,37 +65,53 @@ __all__ = [
     "CIFAR10_CLASSES",
     "DEFECT_TYPES",
     "DataError",
+    "DatasetSource",
+    "DefectConfig",
     "FASHION_MNIST_CLASSES",
     "IMAGE_SUFFIXES",
     "ImageBatch",
     "ImageRecord",
     "LAYOUT_HELP",
     "MNIST_CLASSES",
+    "LAYOUTS",
+    "LAYOUT_NAMES",
     "MNIST_SUBSET_NOTE",
     "SPEC_HELP",
     "SYNTHETIC_SOURCES",
     "TensorImageDataset",
     "add_defect",
     "as_image_inputs",
+    "data_source",
+    "detect_layout",
+    "find_categories",
     "decoding_workers",
     "default_workers",
     "image_size",
+    "is_btad_product",
     "is_image_file",
+    "is_loco_category",
+    "is_mvtec_ad2_category",
     "is_mvtec_category",
+    "is_visa_object",
     "iterate_batches",
     "iterate_decoded",
     "list_images",
+    "load_btad_product",
     "load_builtin",
     "load_cifar10",
     "load_dataset",
     "load_fashion_mnist",
     "load_folder_dataset",
     "load_image",
+    "load_loco_category",
     "load_mask",
     "load_mnist",
+    "load_mvtec_ad2_category",
     "load_mvtec_category",
+    "load_visa_object",
     "make_synthetic_category",
     "make_synthetic_dataset",
+    "read_defects_config",
     "read_idx",
     "split_records",
 ]

@@ -1,4 +1,5 @@
-"""Generic folder datasets, and :func:`load_dataset`, the single entry point for a DATA argument."""
+"""Plain folders of images: all normal (the ``folder`` layout), or labelled by folder (``--normal``,
+``--abnormal``, ``--test-normal``, ``--masks``). :func:`anomalens.data.layouts.load_dataset` dispatches here."""
 
 from __future__ import annotations
 
@@ -7,18 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 from anomalens.data.io import list_images
-from anomalens.data.mvtec import GOOD, check_mask_size, find_mask, is_mvtec_category, load_mvtec_category
+from anomalens.data.mvtec import GOOD, check_mask_size, find_mask
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
-__all__ = ["load_folder_dataset", "load_dataset", "LAYOUT_HELP"]
-
-#: Printed when a DATA argument matches no supported layout.
-LAYOUT_HELP = (
-    "expected an MVTec AD category folder (train/good/*.png, optional test/<defect>/*.png "
-    "and ground_truth/<defect>/<stem>_mask.png), a folder that directly contains normal images, or a "
-    "one-class protocol such as mnist:normal=7,8:abnormal=2"
-)
+__all__ = ["has_images", "load_folder_dataset"]
 
 # Folder names too generic to name a dataset; the dataset takes its parent's name instead.
 _GENERIC_NAMES = frozenset({"good", "normal", "ok", "train", "images", "img", "imgs", "data", "."})
@@ -30,6 +24,11 @@ def _default_name(folder: Path) -> str:
     while path.name.lower() in _GENERIC_NAMES and path.parent != path:
         path = path.parent
     return path.name or "dataset"
+
+
+def has_images(folder: str | Path) -> bool:
+    """True for a folder that directly contains at least one image (the ``folder`` layout)."""
+    return Path(folder).is_dir() and bool(list_images(folder))
 
 
 def _folder_records(folder: Path, label: int, defect_type: str, prefix: str, what: str) -> list[ImageRecord]:
@@ -110,46 +109,4 @@ def load_folder_dataset(
                 rec = replace(rec, mask=mask)
             test.append(rec)
 
-    return AnomalyDataset(name=name or _default_name(normal_dir), train=train, test=test)
-
-
-def load_dataset(path: str | Path, name: str | None = None, **kw: object) -> AnomalyDataset:
-    """Load a DATA argument: an MVTec-layout category, a plain folder of normal images, or a one-class
-    protocol by name (``mnist:normal=7,8:abnormal=2``; see :func:`anomalens.data.oneclass.load_builtin`).
-    An existing folder of the same name wins over a protocol name.
-
-    Extra keyword arguments (``abnormal_dirs``, ``test_normal_dir``, ``mask_dir``) are passed
-    to :func:`load_folder_dataset` for plain folders; they do not apply to MVTec layouts.
-    ``name`` overrides the dataset name in both cases.
-    """
-    from anomalens.data.oneclass import is_builtin_spec, load_builtin  # here, not at the top: oneclass imports records
-
-    if not Path(path).exists() and is_builtin_spec(str(path)):
-        if kw:
-            raise DataError(f"{path}: options {', '.join(sorted(kw))} only apply to plain image folders")
-        dataset = load_builtin(str(path))
-        if name:
-            dataset.name = name
-        return dataset
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: does not exist; {LAYOUT_HELP}")
-    if not path.is_dir():
-        raise DataError(f"{path}: is a file, not a dataset folder; {LAYOUT_HELP}")
-    if is_mvtec_category(path):
-        if kw:
-            raise DataError(
-                f"{path}: is an MVTec AD category; options {', '.join(sorted(kw))} only apply to plain image folders"
-            )
-        dataset = load_mvtec_category(path)
-        if name:
-            dataset.name = name
-        return dataset
-    if list_images(path):
-        return load_folder_dataset(path, name=name, **kw)  # type: ignore[arg-type]
-    # Nothing usable: say what was found, e.g. the MVTec root with all categories inside.
-    categories = sorted(d.name for d in path.iterdir() if d.is_dir() and is_mvtec_category(d))
-    if categories:
-        shown = ", ".join(categories[:5]) + (", ..." if len(categories) > 5 else "")
-        raise DataError(f"{path}: holds {len(categories)} dataset categories ({shown}); pass one category folder")
-    raise DataError(f"{path}: no images and not an MVTec AD category; {LAYOUT_HELP}")
+    return AnomalyDataset(name=name or _default_name(normal_dir), train=train, test=test, layout="folder")

@@ -1,4 +1,4 @@
-"""Reader for one category of the MVTec AD layout (also used by VisA/MPDD/BTAD conversions).
+"""Reader for one category of the MVTec AD layout, and the folder helpers the other layouts share.
 
 Layout, exactly as MVTec AD ships it (anything else beside these is ignored)::
 
@@ -10,6 +10,9 @@ Layout, exactly as MVTec AD ships it (anything else beside these is ignored)::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import replace
 from pathlib import Path
 
@@ -17,7 +20,7 @@ from anomalens.data.io import IMAGE_SUFFIXES, image_size, list_images
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
-__all__ = ["is_mvtec_category", "load_mvtec_category", "check_mask_size", "find_mask"]
+__all__ = ["is_mvtec_category", "load_mvtec_category", "check_mask_size", "masks_unread", "reading_masks", "find_mask", "records_in", "require_images"]
 
 GOOD = "good"
 
@@ -27,8 +30,31 @@ def is_mvtec_category(root: str | Path) -> bool:
     return (Path(root) / "train" / GOOD).is_dir()
 
 
+_MASKS_UNREAD: ContextVar[bool] = ContextVar("anomalens_masks_unread", default=False)
+
+
+@contextmanager
+def masks_unread() -> Iterator[None]:
+    """While active, loaders neither open nor require the test split's ground-truth masks: ``fit`` reads only
+    training images, so a broken, missing or mismatched mask — a problem of the test set — is reported by
+    ``test`` and ``calibrate``, which read it, not by a fit that never does."""
+    token = _MASKS_UNREAD.set(True)
+    try:
+        yield
+    finally:
+        _MASKS_UNREAD.reset(token)
+
+
+def reading_masks() -> bool:
+    """False inside :func:`masks_unread`."""
+    return not _MASKS_UNREAD.get()
+
+
 def check_mask_size(image: Path, mask: Path) -> None:
-    """Raise DataError naming both files when their (H, W) differ (headers only, no decoding)."""
+    """Raise DataError naming both files when their (H, W) differ (headers only, no decoding); nothing
+    inside :func:`masks_unread`."""
+    if not reading_masks():
+        return
     img_hw, mask_hw = image_size(image), image_size(mask)
     if img_hw != mask_hw:
         raise DataError(
@@ -60,7 +86,7 @@ def find_mask(folder: Path, stem: str, patterns: tuple[str, ...]) -> Path | None
     return None
 
 
-def _records(root: Path, folder: Path, label: int, defect_type: str) -> list[ImageRecord]:
+def records_in(root: Path, folder: Path, label: int, defect_type: str) -> list[ImageRecord]:
     """Records for every image in ``folder``; names are paths relative to ``root`` (with /)."""
     return [
         ImageRecord(
@@ -71,6 +97,18 @@ def _records(root: Path, folder: Path, label: int, defect_type: str) -> list[Ima
         )
         for path in list_images(folder)
     ]
+
+
+def require_images(root: Path, folder: Path, what: str) -> list[ImageRecord]:
+    """Normal records (label 0) of a split the layout cannot do without, e.g. ``train/good``; a missing
+    or empty folder is a DataError naming it and what needs it (``what``: "an MVTec AD category")."""
+    if not folder.is_dir():
+        split = folder.relative_to(root).as_posix()
+        raise DataError(f"{folder}: folder missing; {what} needs {split}/ with normal images")
+    records = records_in(root, folder, 0, GOOD)
+    if not records:
+        raise DataError(f"{folder}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    return records
 
 
 def load_mvtec_category(root: str | Path) -> AnomalyDataset:
@@ -86,12 +124,7 @@ def load_mvtec_category(root: str | Path) -> AnomalyDataset:
         raise DataError(f"{root}: dataset folder does not exist")
     if not root.is_dir():
         raise DataError(f"{root}: expected an MVTec AD category folder, found a file")
-    train_dir = root / "train" / GOOD
-    if not train_dir.is_dir():
-        raise DataError(f"{train_dir}: folder missing; an MVTec AD category needs train/good/ with normal images")
-    train = _records(root, train_dir, 0, GOOD)
-    if not train:
-        raise DataError(f"{train_dir}: no images found (expected {', '.join(sorted(IMAGE_SUFFIXES))} files)")
+    train = require_images(root, root / "train" / GOOD, "an MVTec AD category")
 
     test: list[ImageRecord] = []
     test_dir = root / "test"
@@ -106,16 +139,16 @@ def load_mvtec_category(root: str | Path) -> AnomalyDataset:
         for defect_dir in defect_dirs:
             defect = defect_dir.name
             label = 0 if defect == GOOD else 1
-            for rec in _records(root, defect_dir, label, defect):
+            for rec in records_in(root, defect_dir, label, defect):
                 if label == 1 and has_gt:
                     image = rec.source
                     assert isinstance(image, Path)
                     mask = find_mask(gt_dir / defect, image.stem, ("{stem}_mask",))
-                    if mask is None:
+                    if mask is None and reading_masks():
                         expected = gt_dir / defect / f"{image.stem}_mask.png"
                         raise DataError(f"{expected}: mask missing for anomalous test image {image}")
                     check_mask_size(image, mask)
                     rec = replace(rec, mask=mask)
                 test.append(rec)
     name = root.resolve().name or str(root)
-    return AnomalyDataset(name=name, train=train, test=test)
+    return AnomalyDataset(name=name, train=train, test=test, layout="mvtec")

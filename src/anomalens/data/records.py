@@ -8,6 +8,8 @@ from typing import Sequence
 
 import numpy as np
 
+from anomalens.names import printable
+
 
 @dataclass(frozen=True)
 class ImageRecord:
@@ -16,6 +18,11 @@ class ImageRecord:
     ``source`` and ``mask`` are either file paths (read lazily, so a dataset of
     thousands of images costs nothing until iterated) or in-memory arrays (used by
     the one-class protocols of MNIST-like datasets).
+
+    ``defect_masks``: the image's defects one file each, for layouts that annotate them separately
+    (MVTec LOCO: ``ground_truth/<split>/<stem>/000.png, 001.png, ...``, the pixel value naming the
+    defect type). ``mask`` is then their union, what pixel AUROC / AUPRO use; sPRO needs each defect
+    on its own. Empty for every other layout.
     """
 
     source: Path | np.ndarray
@@ -23,6 +30,12 @@ class ImageRecord:
     mask: Path | np.ndarray | None = None
     name: str = ""
     defect_type: str = "good"
+    defect_masks: tuple[Path, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Names go into CSV, JSON and HTML files: a file name that is not UTF-8 is spelt with \xNN escapes.
+        object.__setattr__(self, "name", printable(self.name))
+        object.__setattr__(self, "defect_type", printable(self.defect_type))
 
     def __repr__(self) -> str:
         # Summarise arrays: the default repr would print every pixel.
@@ -40,13 +53,49 @@ class ImageRecord:
         return self.label == 1
 
 
+@dataclass(frozen=True)
+class DefectConfig:
+    """One defect type of an MVTec LOCO category, as its ``defects_config.json`` lists it.
+
+    Its masks carry ``pixel_value``; sPRO counts one of its regions as fully found once
+    :meth:`saturation_area` of its pixels are flagged (Bergmann et al. 2022, "Beyond Dents and
+    Scratches"): a fraction of the region when ``relative_saturation``, else a number of pixels
+    (never more than the region).
+    """
+
+    name: str
+    pixel_value: int
+    saturation_threshold: float
+    relative_saturation: bool
+
+    def saturation_area(self, defect_area: float) -> float:
+        """Pixels of a region of ``defect_area`` pixels that must be detected for it to count as found."""
+        if self.relative_saturation:
+            return self.saturation_threshold * defect_area
+        return min(self.saturation_threshold, defect_area)
+
+
 @dataclass
 class AnomalyDataset:
-    """A named dataset: normal-only training records and a (possibly empty) labelled test set."""
+    """A named dataset: normal-only training records and a (possibly empty) labelled test set.
+
+    What some benchmark layouts ship beyond that (empty otherwise):
+
+    * ``layout``: the name of the layout it was read from (``"mvtec"``, ``"mvtec_loco"``, ...), which
+      decides the benchmark's own metrics (:mod:`anomalens.benchmark_protocols`);
+    * ``validation``: the normal validation images (MVTec LOCO / AD 2 ``validation/good``);
+    * ``unlabelled``: test splits shipped without labels, by name (MVTec AD 2 ``test_private`` and
+      ``test_private_mixed``, label -1): for ``predict``, not for metrics;
+    * ``defect_configs``: MVTec LOCO's defect types by mask pixel value (for sPRO).
+    """
 
     name: str
     train: list[ImageRecord]
     test: list[ImageRecord] = field(default_factory=list)
+    layout: str = ""
+    validation: list[ImageRecord] = field(default_factory=list)
+    unlabelled: dict[str, list[ImageRecord]] = field(default_factory=dict)
+    defect_configs: dict[int, DefectConfig] = field(default_factory=dict)
 
     @property
     def has_masks(self) -> bool:

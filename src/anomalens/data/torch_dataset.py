@@ -9,6 +9,11 @@ on the number of workers: each image is decoded by the same code, batches keep r
 
 A worker that dies (killed, out of memory) ends the loop with :class:`WorkerError` (one line), never a
 hang: the ``DataLoader`` watches its workers.
+
+Tiles (:class:`ImageTile`, the source of a record that is one tile of a larger image; ``anomalens.tiling``
+makes them) decode as the crop of their image *after* it is resized to the working size, so a tile is
+bit for bit the crop the tiled inference module cuts from that image. Consecutive tiles of one image are
+cut from one decode: each process keeps the last working image it decoded.
 """
 
 from __future__ import annotations
@@ -17,13 +22,13 @@ import contextlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
 
 from anomalens.data.io import describe_source, load_mask, read_pixels, to_float_channels
 from anomalens.data.records import ImageRecord
@@ -32,6 +37,7 @@ from anomalens.errors import AnomalensError, DataError
 __all__ = [
     "DecodedBatch",
     "ImageBatch",
+    "ImageTile",
     "TensorImageDataset",
     "WorkerError",
     "decode_for_model",
@@ -105,9 +111,83 @@ def resolve_workers(requested: int | None, records: Sequence, batch_size: int) -
     if workers <= 0 or isinstance(records, ImageBatch):
         return 0
     n_batches = -(-len(records) // max(1, batch_size))
-    if n_batches < 2 or all(isinstance(r, ImageRecord) and isinstance(r.source, np.ndarray) for r in records):
+    if n_batches < 2 or all(isinstance(r, ImageRecord) and _in_memory(r.source) for r in records):
         return 0
     return min(workers, n_batches)
+
+
+def _in_memory(source: Any) -> bool:
+    """True for an array, or a tile of one: nothing to decode, so no worker process is worth starting."""
+    return isinstance(source.image if isinstance(source, ImageTile) else source, np.ndarray)
+
+
+@dataclass(frozen=True, eq=False)
+class ImageTile:
+    """The source of one tile: ``image`` (a file path or an array) resized to ``working_size`` (the one
+    resize of the library), then cropped to ``size`` at (``top``, ``left``) — (height, width) pairs.
+
+    A record whose ``source`` is an ImageTile goes through every data path like an image of ``size``.
+    """
+
+    image: Path | str | np.ndarray
+    working_size: tuple[int, int]
+    top: int
+    left: int
+    size: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        (height, width), (tile_h, tile_w) = self.working_size, self.size
+        if not (0 <= self.top <= height - tile_h and 0 <= self.left <= width - tile_w):
+            raise DataError(f"{describe_source(self.image)}: tile {tile_h}x{tile_w} at ({self.top}, {self.left}) "
+                            f"is outside the working image {height}x{width}")
+
+    def __str__(self) -> str:
+        return (f"{describe_source(self.image)} (tile {self.size[0]}x{self.size[1]} at y={self.top}, x={self.left} "
+                f"of the image resized to {self.working_size[0]}x{self.working_size[1]})")
+
+
+# The last working image this process decoded for tiles: (identity of its source, size, channels, image).
+# The tiles of one image are consecutive in a record list, and a DataLoader gives consecutive records to
+# one worker, so each image is decoded about once per worker, not once per tile.
+_last_working_image: list[tuple[Any, tuple[int, int], int, torch.Tensor]] = []
+
+
+def _source_identity(source: Any) -> Any:
+    """What tells one decoded source from another: the array object itself, or a file's path, size and
+    modification time (a file rewritten between two fits is decoded again)."""
+    if isinstance(source, np.ndarray):
+        return source
+    path = Path(source)
+    try:
+        stat = path.stat()
+    except OSError:
+        return (str(path), None)  # decoding it reports the problem
+    return (str(path), stat.st_size, stat.st_mtime_ns)
+
+
+def _same_identity(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return a is b
+    return a == b and a[1] is not None
+
+
+def _working_image(tile: ImageTile, channels: int) -> torch.Tensor:
+    """``tile.image`` decoded and resized to ``tile.working_size`` (C, H, W), from the cache when it is the
+    last one this process decoded."""
+    identity = _source_identity(tile.image)
+    size = tuple(tile.working_size)
+    if _last_working_image:
+        cached_identity, cached_size, cached_channels, image = _last_working_image[0]
+        if cached_size == size and cached_channels == channels and _same_identity(cached_identity, identity):
+            return image
+    image = _resize(_to_chw(read_pixels(tile.image), channels), size)
+    _last_working_image[:] = [(identity, size, channels, image)]
+    return image
+
+
+def forget_working_image() -> None:
+    """Drop this process's cached working image (the end of a loop over tiles: it can be tens of MB)."""
+    _last_working_image.clear()
 
 
 def _as_hw(image_size: int | tuple[int, int]) -> tuple[int, int]:
@@ -163,8 +243,13 @@ def decode_for_model(source: Any, image_size: int | tuple[int, int], channels: i
     """Read ``source`` once → (model input (C, H, W) float32 at ``image_size``, the uint8 picture for a
     heatmap when ``display`` (else None), the original (height, width)).
 
-    The model input equals ``TensorImageDataset``'s (same decode, same resize), bit for bit.
+    The model input equals ``TensorImageDataset``'s (same decode, same resize), bit for bit. An
+    :class:`ImageTile` gives its crop of the working image (no picture; its "original" size is the tile's).
     """
+    if isinstance(source, ImageTile):
+        top, left = source.top, source.left
+        crop = _working_image(source, channels)[:, top : top + source.size[0], left : left + source.size[1]]
+        return _resize(crop.clone(), _as_hw(image_size)), None, tuple(source.size)
     pixels = read_pixels(source)
     original = (int(pixels.shape[0]), int(pixels.shape[1]))
     picture = display_picture(pixels) if display else None
@@ -286,9 +371,12 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, c
     return DataLoader(dataset, **kwargs)
 
 
-def _progress(total: int, desc: str | None) -> tqdm:
+def _progress(total: int, desc: str | None):
+    """A bar on a terminal, INFO log lines elsewhere (``anomalens.progress``); none without ``desc``."""
+    from anomalens.progress import progress_bar
+
     quiet = desc is None or os.environ.get("ANOMALENS_NO_PROGRESS", "") not in ("", "0")
-    return tqdm(total=total, desc=desc, unit="img", disable=True if quiet else None, leave=False)
+    return progress_bar(total=total, desc=desc, unit="img", enabled=not quiet)
 
 
 def iterate_batches(
@@ -301,15 +389,15 @@ def iterate_batches(
     pin_memory: bool = False,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield batched dicts (``image`` (B, C, H, W), ``mask`` (B, 1, H, W), ``label`` (B,),
-    ``index`` (B,)) in record order, with a tqdm bar labelled ``desc``.
+    ``index`` (B,)) in record order, with progress labelled ``desc``.
 
     Images are decoded by ``num_workers`` processes (None: :func:`resolve_workers` decides; 0: in this
     process); ``pin_memory`` (when CUDA is available) lets the caller copy batches with ``non_blocking=True``.
     ``records`` may be an :class:`ImageBatch` (already decoded: sliced, resized only if needed).
 
-    ``desc=None`` means no bar (callers pass ``desc if progress else None``). Otherwise the bar
-    shows only on a terminal (tqdm's ``disable=None``) and never when the environment variable
-    ``ANOMALENS_NO_PROGRESS=1`` is set.
+    ``desc=None`` means no progress (callers pass ``desc if progress else None``). Otherwise it is a bar
+    on a terminal and INFO log lines elsewhere (``anomalens.progress``), never when the environment
+    variable ``ANOMALENS_NO_PROGRESS=1`` is set.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
@@ -333,6 +421,8 @@ def iterate_batches(
             if death is None:
                 raise
             raise death from None
+        finally:
+            forget_working_image()
 
 
 # ----------------------------------------------------------------------- decode once, keep going

@@ -97,7 +97,7 @@ class MahalanobisAD(Detector):
 
     def _pooled(self, records: Sequence, progress: bool, desc: str):
         """Yield, per batch, the selected levels' pooled features [(B, C_l)] in float64 on the device."""
-        for batch in iterate_batches(records, self.image_size, self.batch_size, desc=desc if progress else None):
+        for batch in iterate_batches(records, self.input_size, self.batch_size, desc=desc if progress else None):
             yield [f.double() for f in self._select(self.extractor_(batch["image"].to(self.device)))]
 
     def _fit(self, records: Sequence, progress: bool) -> None:

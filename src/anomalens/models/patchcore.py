@@ -64,7 +64,7 @@ from anomalens.errors import ConfigError
 from anomalens.models.components.ann import HNSWIndex  # faiss itself is imported only when used
 from anomalens.models.components.coreset import greedy_coreset
 from anomalens.models.components.knn import ExactNearest
-from anomalens.models.components.maps import upsample_and_blur
+from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.params import Choice, Float, Int, Ints, Text
 
 
@@ -155,6 +155,7 @@ class PatchCore(Detector):
 
     name = "patchcore"
     score_is_map_max = False  # eq. 7 re-weights s*, and the map is blurred
+    tiles = True  # tile_size / tile_overlap: a bank of tile patches; image score = largest tile score
     final_fit_includes_holdout = True  # the bank holds every image's patches (see _fit_and_score_holdout)
     crossfits = True  # the threshold from every training image, out of fold (module docstring)
     ann_index_ = None  # HNSW graph over the bank when search == "hnsw"
@@ -176,6 +177,7 @@ class PatchCore(Detector):
     }
 
     def _check_params(self) -> None:
+        check_blur_fits(self.name, self.model_input_size, self.blur_sigma)
         if self.patch_size % 2 == 0:
             raise ConfigError(f"patchcore: parameter patch_size must be an odd integer >= 1, got {self.patch_size}")
         if self.target_embed_dimension < len(self.layers):
@@ -208,7 +210,7 @@ class PatchCore(Detector):
         self.extractor_ = self._build_extractor()
         features, offset = None, 0
         with torch.inference_mode():
-            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="patchcore features" if progress else None):
+            for batch in iterate_batches(records, self.model_input_size, self.batch_size, desc="patchcore features" if progress else None):
                 emb = self.embed(batch["image"])
                 if features is None:  # preallocated: no second copy from concatenating a list
                     features = torch.empty((len(records) * emb.shape[1], emb.shape[2]), device=emb.device)
@@ -217,8 +219,7 @@ class PatchCore(Detector):
                 offset += flat.shape[0]
         total = features.shape[0]
         patches_per_image = total // len(records)
-        # ⌈f·n⌉, robust to f·n landing a hair above an integer in floating point.
-        n_select = min(total, max(1, math.ceil(round(self.coreset_fraction * total, 6))))
+        n_select = self.coreset_size(total)
         if n_select == total:
             self.memory_bank_ = features
             self.bank_origin_ = torch.arange(total) // patches_per_image
@@ -253,30 +254,16 @@ class PatchCore(Detector):
     def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
                                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """The bank from every image; each fold scored against the entries of the other folds' images."""
+        if self.shard_runner is not None:  # the same, with the coreset taken on shards (fitting on shards, below)
+            return self.shard_runner.fit_out_of_fold(self, parts, folds, progress)
         records = [r for part in parts for r in part]
         self._fit(records, progress)
-        full, index, origin = self.memory_bank_, self.ann_index_, self.bank_origin_
-        self.ann_index_ = None  # the graph indexes the full bank: the folds are searched exactly
-        scores, maps = np.empty(len(records), np.float32), None
-        try:
-            for fold in folds:
-                others = ~torch.isin(origin, torch.as_tensor(fold, dtype=origin.dtype))
-                if not bool(others.any()):
-                    raise ValueError(f"patchcore: every memory-bank entry came from one threshold fold ({len(fold)} "
-                                     "images): raise coreset_fraction or threshold_folds")
-                self.memory_bank_ = full[others.to(full.device)]
-                fold_scores, fold_maps = self._score([records[i] for i in fold], progress)
-                if maps is None:
-                    maps = np.empty((len(records), *fold_maps.shape[1:]), np.float32)
-                scores[fold], maps[fold] = fold_scores, fold_maps
-        finally:
-            self.memory_bank_, self.ann_index_ = full, index
-        return scores, maps
+        return self.score_folds(records, folds, progress)
 
     def inference_module(self) -> PatchCoreGraph:
-        return PatchCoreGraph(self.extractor_, self.layer_dims(self.extractor_.channels), self.patch_size,
-                              self.memory_bank_, self.num_neighbors, self.grid_size_, self.input_size, self.blur_sigma,
-                              ann_index=self.ann_index_)
+        return self.tiled(PatchCoreGraph(
+            self.extractor_, self.layer_dims(self.extractor_.channels), self.patch_size, self.memory_bank_,
+            self.num_neighbors, self.grid_size_, self.model_input_size, self.blur_sigma, ann_index=self.ann_index_))
 
     def export_refusal(self) -> str | None:
         if self.ann_index_ is not None:
@@ -304,3 +291,99 @@ class PatchCore(Detector):
             if "hnsw_index" not in tensors:
                 raise ValueError("search='hnsw' but the file holds no HNSW index")
             self.ann_index_ = HNSWIndex.from_tensor(tensors["hnsw_index"], bank)
+
+    def score_folds(self, records: list, folds: list[np.ndarray], progress: bool = False,
+                    image_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Scores (N,) and maps (N, H, W) of ``records``: each fold (index arrays into ``records``, together
+        covering them) scored, exactly, against the bank entries that came from other images (``bank_origin_``).
+        ``image_ids``: each record's number among the training images ``bank_origin_`` counts (default: its
+        position in ``records``)."""
+        full, index, origin = self.memory_bank_, self.ann_index_, self.bank_origin_
+        self.ann_index_ = None  # the graph indexes the full bank: the folds are searched exactly
+        scores, maps = np.empty(len(records), np.float32), None
+        try:
+            for fold in folds:
+                ids = fold if image_ids is None else np.asarray(image_ids)[fold]
+                others = ~torch.isin(origin, torch.as_tensor(ids, dtype=origin.dtype))
+                if not bool(others.any()):
+                    raise ValueError(f"patchcore: every memory-bank entry came from one threshold fold ({len(fold)} "
+                                     "images): raise coreset_fraction or threshold_folds")
+                self.memory_bank_ = full[others.to(full.device)]
+                fold_scores, fold_maps = self._score([records[i] for i in fold], progress)
+                if maps is None:
+                    maps = np.empty((len(records), *fold_maps.shape[1:]), np.float32)
+                scores[fold], maps[fold] = fold_scores, fold_maps
+        finally:
+            self.memory_bank_, self.ann_index_ = full, index
+        return scores, maps
+
+    def coreset_size(self, n_patches: int) -> int:
+        """⌈f·n⌉ bank entries for n patches (f = ``coreset_fraction``), robust to f·n landing a hair above an
+        integer in floating point."""
+        return min(n_patches, max(1, math.ceil(round(self.coreset_fraction * n_patches, 6))))
+
+    # -- fitting on shards (anomalens.distributed.sharded_fit) -------------------------------------------
+    # A composable coreset (Indyk et al. 2014; Malkomes et al. 2015 for k-center): every shard worker selects
+    # a greedy coreset of its own patches, ``SHARD_OVERSAMPLING`` times the final fraction (``shard_part``); the
+    # driver selects the final coreset, ⌈f·N·P⌉ entries as a single fit keeps, from their union
+    # (``merge_shard_parts``). An approximation: a patch is within r_shard + r_final of the bank instead of the
+    # single greedy's r (both 2-approximations of the optimal radius, so at most a 4-approximation together);
+    # benchmarks/distributed.py measures the radius and the AUROC against a single fit. The threshold is then
+    # set as ``fit`` sets it: each shard scores its folds against the final bank without their entries
+    # (``score_shard_folds``), which ``fit`` turns into the decision rule.
+
+    #: Per-shard coreset fraction = min(1, SHARD_OVERSAMPLING × coreset_fraction).
+    SHARD_OVERSAMPLING = 2
+    #: Set by ``anomalens.distributed.sharded_fit`` while ``fit`` runs on shards; None: in this process.
+    shard_runner = None
+
+    def shard_params(self) -> dict:
+        """The hyper-parameters of a shard worker's detector: this one's, with the oversampled fraction and the
+        exact search (the final bank's search is built by the driver)."""
+        return {**self.params, "coreset_fraction": min(1.0, self.SHARD_OVERSAMPLING * self.coreset_fraction),
+                "search": "exact"}
+
+    def shard_part(self, records: Sequence, global_index: np.ndarray, progress: bool = False) -> dict:
+        """One shard's share of the fit: its coreset (on the CPU), each entry's training image (``global_index``
+        numbering) and its number of patches."""
+        torch.manual_seed(self.seed)  # as fit seeds it: a backbone with weights='random' is the driver's
+        self._fit(records, progress)
+        patches = len(records) * self.grid_size_[0] * self.grid_size_[1]
+        origin = torch.tensor(np.asarray(global_index), dtype=torch.long)[self.bank_origin_]
+        return {"bank": self.memory_bank_.cpu(), "origin": origin, "n_patches": patches, "grid_size": tuple(self.grid_size_)}
+
+    def merge_shard_parts(self, parts: Sequence[dict]) -> dict:
+        """The final bank: the greedy coreset of ⌈f·N·P⌉ entries (this detector's parameters and seed) of the
+        union of the shards' coresets, with each entry's training image."""
+        parts = list(parts)
+        if not parts:
+            raise ValueError("patchcore: no shard coresets to merge")
+        union = torch.cat([part["bank"] for part in parts]).to(self.device)
+        origin = torch.cat([part["origin"] for part in parts])
+        n_select = self.coreset_size(sum(part["n_patches"] for part in parts))
+        if n_select < len(union):
+            index = greedy_coreset(union, n_select, seed=self.seed, projection_dim=self.projection_dim,
+                                   partition_size=self.coreset_partition_size)
+            union, origin = union[index.to(union.device)].contiguous(), origin[index]
+        return {"bank": union, "origin": origin, "grid_size": tuple(parts[0]["grid_size"])}
+
+    def adopt_merged(self, state: dict) -> None:
+        """Make the merged bank this detector's memory bank (the HNSW graph built over it when asked for)."""
+        self.extractor_ = self._build_extractor()
+        self.memory_bank_ = state["bank"].to(self.device).contiguous()
+        self.bank_origin_ = state["origin"].cpu()
+        self.grid_size_ = tuple(state["grid_size"])
+        self.ann_index_ = HNSWIndex.build(self.memory_bank_) if self.search == "hnsw" else None
+
+    def score_shard_folds(self, records: list, state: dict, folds: list[np.ndarray], global_index: np.ndarray,
+                          progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and maps of one shard's ``records``, each fold against the merged bank without the fold's
+        entries — what ``fit`` computes for these images. ``state`` is not changed."""
+        if not hasattr(self, "extractor_"):  # a worker that has not built it (a restarted one)
+            torch.manual_seed(self.seed)
+            self.extractor_ = self._build_extractor()
+        self.memory_bank_ = state["bank"].to(self.device, copy=True)
+        self.bank_origin_ = state["origin"].clone()
+        self.grid_size_ = tuple(state["grid_size"])
+        self.ann_index_ = None
+        return self.score_folds(records, folds, progress, image_ids=global_index)

@@ -32,7 +32,7 @@ from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.models.components.knn import nearest_neighbors
-from anomalens.models.components.maps import upsample_and_blur
+from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.params import Float, Int, Ints, Text
 
 
@@ -42,6 +42,7 @@ class SPADE(Detector):
 
     name = "spade"
     score_is_map_max = False
+    tiles = True  # tile_size / tile_overlap: tiles are the gallery; image score = largest tile score
     hyperparameters = {
         "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
         "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
@@ -50,6 +51,9 @@ class SPADE(Detector):
         "top_k": Int(50, "K nearest training images (paper: 50; at most the number of training images is used)", low=1),
         "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
     }
+
+    def _check_params(self) -> None:
+        check_blur_fits(self.name, self.model_input_size, self.blur_sigma)
 
     def _indices(self) -> tuple[list[int], list[int], int]:
         """(extractor out_indices, position of each pyramid layer, position of the global layer)."""
@@ -72,7 +76,7 @@ class SPADE(Detector):
         self.extractor_ = self._build_extractor()
         n, offset = len(records), 0
         with torch.inference_mode():
-            for batch in iterate_batches(records, self.image_size, self.batch_size, desc="spade fit" if progress else None):
+            for batch in iterate_batches(records, self.model_input_size, self.batch_size, desc="spade fit" if progress else None):
                 global_vec, maps = self._features(batch["image"])
                 if offset == 0:  # preallocated: no second copy from concatenating a list
                     self.global_features_ = global_vec.new_empty((n, global_vec.shape[1]))
@@ -84,7 +88,7 @@ class SPADE(Detector):
                 offset += b
 
     def inference_module(self) -> nn.Module:
-        return SPADERetrieval(self)
+        return self.tiled(SPADERetrieval(self))
 
     def export_refusal(self) -> str | None:
         return ("spade cannot be exported: each test image first retrieves its K nearest training images, then "
@@ -118,7 +122,7 @@ class SPADERetrieval(nn.Module):
         super().__init__()
         self.extractor = detector.extractor_
         self.galleries, self.global_features = detector.galleries_, detector.global_features_
-        self.grid_sizes, self.input_size, self.blur_sigma = detector.grid_sizes_, detector.input_size, detector.blur_sigma
+        self.grid_sizes, self.input_size, self.blur_sigma = detector.grid_sizes_, detector.model_input_size, detector.blur_sigma
         self.top_k = min(detector.top_k, detector.global_features_.shape[0])
         self._detector = [detector]  # a list: not registered as a submodule
 

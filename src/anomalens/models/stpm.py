@@ -44,7 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor, create_backbone_model, drop_unused_blocks
-from anomalens.models.components.maps import upsample_and_blur
+from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Float, Int, Ints, Text
 from anomalens.registry import register_detector
@@ -101,6 +101,7 @@ class STPM(TrainedDetector):
 
     name = "stpm"
     score_is_map_max = True
+    tiles = True  # tile_size / tile_overlap: the student learns the teacher on tiles (anomalens.tiling)
     holdout_validates = True  # the threshold hold-out is the validation set (see the module docstring)
     hyperparameters = {
         "backbone": Text(DEFAULT_BACKBONE, "teacher and student architecture: a bundled or timm backbone name"),
@@ -117,6 +118,9 @@ class STPM(TrainedDetector):
         "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
         "blur_sigma": Float(0.0, "Gaussian blur of the map in pixels; the paper uses none", low=0.0),
     }
+
+    def _check_params(self) -> None:
+        check_blur_fits(self.name, self.model_input_size, self.blur_sigma)
 
     # -- networks -------------------------------------------------------------------------------
     def _build_networks(self) -> None:
@@ -155,7 +159,7 @@ class STPM(TrainedDetector):
 
     # -- score (eq. 4-5) ------------------------------------------------------------------------
     def inference_module(self) -> STPMGraph:
-        return STPMGraph(self.teacher_, self.student_, self.input_size, self.blur_sigma)
+        return self.tiled(STPMGraph(self.teacher_, self.student_, self.model_input_size, self.blur_sigma))
 
     def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images in [0, 1] at the input size → (B, H, W) maps (eval mode, no grad)."""

@@ -1,99 +1,103 @@
-"""The test report: scores.csv, plots, case figures and report.html tying them together."""
+"""The test report: scores.csv, plots, case figures and thumbnails, and report.html tying them together.
+
+The page is built for the person who decides whether a model goes on the line, and fits on about two
+1920 x 1080 screens: a one-line verdict, a box of warnings, the metrics in small tables by the question
+they answer (how well does the score rank? what does the threshold do? how many of each? what ran?),
+the metrics per defect type, the curves side by side, and the hardest cases as a grid of thumbnails
+(each one opening its full figure). The HTML comes from a Jinja2 template with autoescaping
+(:mod:`anomalens.report.templating`); this module only gathers the numbers and draws the pictures.
+"""
 
 from __future__ import annotations
 
 import csv
-import html
 import io
 import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from urllib.parse import quote
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from anomalens.report.overlay import heatmap_range
+from anomalens.report.breakdown import PRO_FPR_LIMIT, per_defect_type_metrics, pixel_curves
+from anomalens.report.overlay import case_thumbnail, heatmap_range
 from anomalens.report.plots import (
+    SMALL_FIGURE,
     plot_case,
     plot_loss_curves,
+    plot_pixel_roc,
+    plot_precision_recall,
+    plot_pro_curve,
     plot_roc,
     plot_score_histogram,
 )
+from anomalens.report.templating import format_number, render_page, write_text_atomic
 
-__all__ = ["write_test_report"]
+__all__ = ["write_test_report", "METRIC_HELP", "FIGURE_FILES"]
 
-# Plain-language meaning of the metrics `anomalens.metrics.evaluate` returns.
+# Plain-language meaning of the metrics `anomalens.metrics.evaluate` and `anomalens test` return; shown as
+# the tooltip of each row.
 METRIC_HELP: dict[str, str] = {
     "image_auroc": "how well image scores rank anomalous above normal (1 = perfect, 0.5 = chance)",
-    "image_aupr": "average precision, anomalous = positive (1 = perfect)",
+    "image_aupr": "average precision, anomalous = positive (1 = perfect; a random score gets the share of anomalous)",
     "image_f1_max": "best F1 over all thresholds (what a tuned threshold could reach)",
     "image_f1_max_threshold": "threshold giving that best F1 (score > threshold)",
-    "tp": "anomalous images flagged (at the report threshold)",
-    "fp": "normal images flagged: false alarms",
-    "tn": "normal images passed",
-    "fn": "anomalous images passed: missed defects",
+    "pixel_auroc": "AUROC over all pixels (defect vs normal pixels)",
+    "aupro": f"area under the per-region-overlap curve up to FPR {PRO_FPR_LIMIT:g}, normalised (1 = perfect)",
+    "threshold": "image threshold used: flagged when score > threshold",
+    "threshold_source": "where the threshold came from (fit: a quantile of normal scores; calibrate: labelled data)",
+    "pixel_threshold": "a pixel is in the predicted defect (white outline) when its map value > this",
+    "min_area": "minimum-area rule: an image is flagged when a predicted defect region has at least this many pixels",
     "tpr": "fraction of anomalous images flagged (recall)",
     "tnr": "fraction of normal images passed",
     "balanced_accuracy": "(TPR + TNR) / 2",
     "precision": "fraction of flagged images that are anomalous",
     "f1": "F1 at the report threshold",
-    "threshold": "image threshold used: flagged when score > threshold",
-    "pixel_auroc": "AUROC over all pixels (defect vs normal pixels)",
-    "aupro": "area under the per-region-overlap curve up to FPR 0.3, normalised (1 = perfect)",
+    "tp": "anomalous images flagged",
+    "fp": "normal images flagged: false alarms",
+    "tn": "normal images passed",
+    "fn": "anomalous images passed: missed defects",
+    "detector": "the anomaly detector of the run",
+    "backbone": "the pretrained feature extractor",
+    "image_size": "the size images are resized to before scoring (height × width)",
+    "device": "where the model ran",
+    "images_per_second": "test images scored per second (decoding included)",
+    "test_seconds": "time to score the test set",
+    "layout": "how the data folder is laid out (mvtec, mvtec_loco, visa, ...)",
+    "n_images": "test images",
+    "n_anomalous": "anomalous test images",
 }
 
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto;
-       max-width: 1100px; padding: 0 1em; color: #222; line-height: 1.45; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.8em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.95em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.7em; text-align: left; vertical-align: top; }
-th { background: #f2f2f2; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-.note { color: #555; font-size: 0.92em; }
-.plots img { max-width: 100%; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
-figure { margin: 0.8em 0 1.4em 0; } figure img { max-width: 100%; }
-figcaption { font-size: 0.9em; color: #444; }
-.bad { color: #b00020; font-weight: 600; } .good { color: #1b5e20; }
-"""
+# The metrics tables: (heading, [(key, label)], note). Keys absent from the metrics are left out.
+_RANKING = ("How well the score ranks", [
+    ("image_auroc", "Image AUROC"), ("image_aupr", "Image AP"), ("image_f1_max", "Best F1 (any threshold)"),
+    ("image_f1_max_threshold", "Best-F1 threshold"), ("pixel_auroc", "Pixel AUROC"),
+    ("aupro", f"AUPRO (FPR ≤ {PRO_FPR_LIMIT:g})"),
+], "Threshold-free: 1 = perfect, 0.5 = chance (AUROC).")
+_DECISION = ("The decision at the threshold", [
+    ("threshold", "Image threshold"), ("threshold_source", "Threshold from"), ("pixel_threshold", "Pixel threshold"),
+    ("min_area", "Minimum defect area (px)"), ("tpr", "TPR: defects flagged"), ("tnr", "TNR: normal passed"),
+    ("balanced_accuracy", "Balanced accuracy"), ("precision", "Precision"), ("f1", "F1"),
+], None)
+_RUN = ("The run", [
+    ("detector", "Detector"), ("backbone", "Backbone"), ("image_size", "Image size"), ("device", "Device"),
+    ("images_per_second", "Images / s"), ("test_seconds", "Test time (s)"), ("layout", "Data layout"),
+], None)
+# Keys shown elsewhere on the page (summary, counts, per-type table, warnings) or not metrics at all.
+_SHOWN_ELSEWHERE = {"tp", "fp", "tn", "fn", "n_images", "n_anomalous", "undefined", "per_defect_type", "warnings"}
+_NORMALISED_NOTE = ("Normalised score (scores.csv, predict): 0.5 at the threshold, 0.05 for the median normal "
+                    "image of the fit; above 0.5 = flagged.")
+
+#: The figures a report writes next to report.html (removed first when a report is written again).
+FIGURE_FILES = ("score_histogram.png", "roc.png", "precision_recall.png", "pixel_roc.png", "pro_curve.png",
+                "loss_curves.png")
+THUMBNAIL_PX = 200
+PREVIEW_FILE = "cases/preview.png"
 
 
 # --------------------------------------------------------------------------- small helpers
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write via a temporary file + rename so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _e(text: object) -> str:
-    return html.escape(str(text), quote=True)
-
-
-def _href(rel_path: str) -> str:
-    """Relative link, URL-quoted then HTML-escaped."""
-    return _e(quote(rel_path))
-
-
-def _fmt(value: object) -> str:
-    if isinstance(value, bool) or value is None or isinstance(value, str):
-        return str(value)
-    if isinstance(value, (int, np.integer)):
-        return str(int(value))
-    if isinstance(value, (float, np.floating)):
-        v = float(value)
-        if math.isnan(v):
-            return "n/a"
-        # Rates and AUCs (in [0, 1]) with fixed decimals so they line up; others compact.
-        return f"{v:.4f}" if 0.0 <= abs(v) <= 1.0 else f"{v:.6g}"
-    return str(value)
-
-
 def _safe_stem(name: str) -> str:
     """File-name-safe form of an image name, without its extension."""
     name = re.sub(r"\.(png|jpe?g|bmp|tiff?|webp)$", "", name, flags=re.IGNORECASE)
@@ -106,6 +110,13 @@ def _verdict(label: int, flagged: bool) -> tuple[str, bool]:
     if label == 1:
         return ("detected", False) if flagged else ("MISSED", True)
     return ("FALSE ALARM", True) if flagged else ("correctly passed", False)
+
+
+def _png_size(path: Path) -> tuple[int, int]:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.size
 
 
 # --------------------------------------------------------------------------- main entry
@@ -127,29 +138,35 @@ def write_test_report(
     n_cases: int = 6,
     load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None = None,
     normalized_scores: ArrayLike | None = None,
+    predicted: ArrayLike | None = None,
 ) -> Path:
     """Write a self-contained test report into ``out_dir`` and return the path of report.html.
 
-    Files: ``scores.csv`` (name, defect_type, label, score, predicted,
-    correct; predicted = score > threshold, 0/1), ``roc.png`` (only with both
-    classes), ``score_histogram.png``, ``loss_curves.png`` (when
-    ``loss_curves`` is given), ``cases/*.png`` and ``report.html``.
+    Files: ``scores.csv`` (name, defect_type, label, score, [normalized_score,] predicted, correct),
+    ``score_histogram.png``; with both classes ``roc.png`` and ``precision_recall.png``; with maps and
+    masks holding defect pixels ``pixel_roc.png`` and ``pro_curve.png``; ``loss_curves.png`` (when
+    ``loss_curves`` is given); ``cases/*.png`` (a full figure and a ``*_thumb.png`` per case shown,
+    and ``cases/preview.png``, the thumbnail of the highest-scoring anomalous image — of the
+    highest-scoring image without anomalies — for index pages); and ``report.html``.
 
-    Case figures (at most ``n_cases`` per group): *hardest cases* = the
-    anomalous images with the lowest scores and the normal images with the
-    highest scores; *clearest detections* = the anomalous images with the
-    highest scores (not already shown).  ``load_image(i)`` must return image
-    ``i`` as float (H, W, 3) in [0, 1] at the resolution of ``maps``; it is
-    only called for the images shown.  All heatmaps share one colour range
-    (see :func:`anomalens.report.overlay.heatmap_range`).  For autoencoders,
-    ``load_reconstructions(indices)`` returns the model's outputs for the
-    shown images, in that order ((H, W) or (H, W, 1|3) in [0, 1]), from one
-    call, so a model batches its work (AnoGAN's latent search); the case
-    figures are then the input / reconstruction / residual triplets.
+    ``predicted``: the detector's own decisions (1 = flagged) when they are not ``score > threshold``
+    (the minimum-area rule); default ``scores > threshold``. ``metrics`` is shown grouped in tables;
+    keys the report does not know go into an "Other" table. Two structured keys are read from it when
+    present: ``per_defect_type`` (as :func:`anomalens.report.breakdown.per_defect_type_metrics` returns;
+    computed here when absent) and ``warnings`` (sentences shown in a box at the top;
+    :func:`anomalens.report.operator_warnings.report_warnings` makes them).
 
-    Re-running into the same ``out_dir`` replaces the previous report: its
-    report.html is removed first, then its roc.png, loss_curves.png and
-    ``cases/*.png``; the new report.html is written last, so a crash never
+    Cases (at most ``n_cases`` per group): the anomalous images with the lowest scores (missed or
+    nearly), the normal images with the highest scores (false alarms or nearly), and the anomalous
+    images with the highest scores not already shown. ``load_image(i)`` must return image ``i`` as
+    float (H, W, 3) in [0, 1] at the resolution of ``maps``; it is only called for the images shown.
+    All heatmaps share one colour range (:func:`anomalens.report.overlay.heatmap_range`). For
+    autoencoders, ``load_reconstructions(indices)`` returns the model's outputs for the shown images,
+    in that order ((H, W) or (H, W, 1|3) in [0, 1]), from one call, so a model batches its work
+    (AnoGAN's latent search); the full case figures are then input / reconstruction / residual.
+
+    Re-running into the same ``out_dir`` replaces the previous report: its report.html is removed
+    first, then its figures and ``cases/*.png``; the new report.html is written last, so a crash never
     leaves a report pointing at missing files.
     """
     out = Path(out_dir)
@@ -171,6 +188,9 @@ def write_test_report(
         raise ValueError(f"masks must be (N={n}, H, W), got {gts.shape}")
     if amaps is not None and gts is not None and amaps.shape != gts.shape:
         raise ValueError(f"maps {amaps.shape} and masks {gts.shape} differ in shape")
+    flagged = s > threshold if predicted is None else np.asarray(predicted).reshape(-1) > 0
+    if flagged.size != n:
+        raise ValueError(f"predicted has {flagged.size} values for {n} images")
 
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "report.html"
@@ -180,24 +200,20 @@ def write_test_report(
     if cases_dir.is_dir():
         for old in cases_dir.glob("*.png"):
             old.unlink()
-    for stale in ("roc.png", "loss_curves.png"):
+    for stale in FIGURE_FILES:
         (out / stale).unlink(missing_ok=True)
     cases_dir.mkdir(exist_ok=True)
 
-    flagged = s > threshold
     normalized = None if normalized_scores is None else np.asarray(normalized_scores, dtype=np.float64).ravel()
     _write_scores_csv(out / "scores.csv", names, defect_types, y, s, flagged, normalized)
 
     both_classes = bool((y == 1).any() and (y == 0).any())
-    if both_classes:
-        plot_roc(y, s, out / "roc.png", title="ROC curve (image level)", threshold=threshold)
-    plot_score_histogram(
-        y, s, threshold, out / "score_histogram.png",
-        title="Image anomaly scores" + (": normal vs anomalous" if both_classes else ""),
-    )
-    if loss_curves:
-        plot_loss_curves(loss_curves, out / "loss_curves.png")
-
+    with_pixels = amaps is not None and gts is not None and bool(gts.any())
+    figures = _draw_figures(out, y, s, threshold, both_classes, amaps if with_pixels else None,
+                            gts if with_pixels else None, metrics, loss_curves)
+    # The loss curves sit beside the per-type table (room to spare there), the other curves in one row.
+    loss_figure = next((f for f in figures if f["file"] == "loss_curves.png"), None)
+    figures = [f for f in figures if f is not loss_figure]
     vrange = heatmap_range(amaps, y) if amaps is not None else None
 
     # ---- case selection
@@ -211,6 +227,9 @@ def write_test_report(
 
     # Each image is rendered once, even if it would appear in two groups.
     shown_cases = list(dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)))
+    # The picture for index pages: the clearest detection; it is always among the shown cases when k >= 1.
+    pool = anom if anom.size else np.arange(n)
+    preview = int(pool[np.argmax(s[pool])])
     reconstructions: Sequence[np.ndarray | None] = [None] * len(shown_cases)
     if load_reconstructions is not None and shown_cases:
         reconstructions = list(load_reconstructions(shown_cases))
@@ -221,31 +240,52 @@ def write_test_report(
     tasks = [
         (i, cases_dir, str(names[i]), str(defect_types[i]), int(y[i]), float(s[i]), threshold, bool(flagged[i]),
          _checked_image(load_image, i, amaps, gts), None if amaps is None else amaps[i],
-         None if gts is None else gts[i], pixel_threshold, vrange, reconstruction)
+         None if gts is None else gts[i], pixel_threshold, vrange, reconstruction, i == preview)
         for i, reconstruction in zip(shown_cases, reconstructions)
     ]
     case_files = dict(zip(shown_cases, _render_cases(tasks)))
 
     groups = [
-        ("Hardest cases: anomalous images with the lowest scores",
-         "Defects the detector is least sure about; any marked MISSED scored at or below the threshold.",
+        ("Lowest-scoring anomalous images",
+         "Defects the detector is least sure about; MISSED = not flagged.",
          [int(i) for i in low_anom], "no anomalous images in this test set"),
-        ("Hardest cases: normal images with the highest scores",
-         "Normal images that look most anomalous to the detector; any marked FALSE ALARM scored above the threshold.",
+        ("Highest-scoring normal images",
+         "Normal images that look most anomalous; FALSE ALARM = flagged.",
          [int(i) for i in high_norm], "no normal images in this test set"),
-        ("Clearest detections: anomalous images with the highest scores",
-         "What the detector finds most obvious.",
+        ("Clearest detections",
+         "The anomalous images with the highest scores (not shown already).",
          [int(i) for i in high_anom],
-         "no further anomalous images (all are shown above)" if anom.size else "no anomalous images in this test set"),
+         "no further anomalous images (all are shown)" if anom.size else "no anomalous images in this test set"),
     ]
-
-    page = _render_html(
-        title=title, metrics=metrics, y=y, s=s, flagged=flagged, defect_types=defect_types,
-        names=names, threshold=threshold, has_roc=both_classes, has_loss=bool(loss_curves),
-        has_maps=amaps is not None, has_masks=gts is not None, vrange=vrange,
-        pixel_threshold=pixel_threshold, groups=groups, case_files=case_files,
+    per_type = metrics.get("per_defect_type")
+    if not isinstance(per_type, Mapping):
+        per_type = per_defect_type_metrics(y, s, defect_types, flagged, gts if with_pixels else None,
+                                           amaps if with_pixels else None)
+    page = render_page(
+        "test_report.html",
+        title=title,
+        summary={
+            "n": n, "n_normal": int(norm.size), "n_anomalous": int(anom.size),
+            "rule": _rule_text(threshold, metrics),
+            "missed": int(((y == 1) & ~flagged).sum()), "false_alarms": int(((y == 0) & flagged).sum()),
+        },
+        warnings=[str(w) for w in (metrics.get("warnings") or [])],
+        metric_tables=_metric_tables(metrics, normalized is not None),
+        confusion=_confusion(y, flagged),
+        type_rows=_type_rows(y, s, flagged, defect_types, per_type),
+        pixel_columns=with_pixels,
+        figures=figures,
+        loss_figure=loss_figure,
+        figure_notes=_figure_notes(both_classes, amaps is not None, gts is not None, with_pixels),
+        heatmap_note=_heatmap_note(vrange, pixel_threshold),
+        mask_note=("Ground truth: green outline." if gts is not None else "No ground-truth masks were given."),
+        case_groups=[
+            {"heading": heading, "explanation": explanation, "empty": empty,
+             "cases": [_case_entry(i, names, defect_types, y, s, flagged, case_files[i]) for i in idxs]}
+            for heading, explanation, idxs, empty in groups
+        ],
     )
-    _write_text_atomic(report_path, page)  # last: everything it links to exists now
+    write_text_atomic(report_path, page)  # last: everything it links to exists now
     return report_path
 
 
@@ -261,7 +301,145 @@ def _write_scores_csv(
     for i, (name, dtype_, label, score, pred) in enumerate(zip(names, defect_types, y, s, flagged)):
         norm = [repr(float(normalized[i]))] if normalized is not None else []
         w.writerow([name, dtype_, int(label), repr(float(score)), *norm, int(pred), int(int(pred) == label)])
-    _write_text_atomic(path, buf.getvalue())
+    write_text_atomic(path, buf.getvalue())
+
+
+def _draw_figures(out: Path, y: np.ndarray, s: np.ndarray, threshold: float, both_classes: bool,
+                  maps: np.ndarray | None, masks: np.ndarray | None, metrics: Mapping[str, object],
+                  loss_curves: Mapping[str, Sequence[float]] | None) -> list[dict[str, object]]:
+    """Draw the report's curves at the size they are shown side by side; returns [{file, alt, width, height}]
+    in page order."""
+    drawn: list[tuple[str, str]] = []
+    histogram_size = (4.6, SMALL_FIGURE[1])
+    plot_score_histogram(y, s, threshold, out / "score_histogram.png", figsize=histogram_size,
+                         title="Image scores" + (": normal vs anomalous" if both_classes else ""))
+    drawn.append(("score_histogram.png", "histogram of image scores, normal vs anomalous, with the threshold"))
+    if both_classes:
+        plot_roc(y, s, out / "roc.png", title="ROC (image level)", threshold=threshold, figsize=SMALL_FIGURE)
+        plot_precision_recall(y, s, out / "precision_recall.png", threshold=threshold)
+        drawn += [("roc.png", "ROC curve of image scores"), ("precision_recall.png", "precision-recall curve of image scores")]
+    if maps is not None and masks is not None:
+        curves = pixel_curves(masks, maps)
+        if curves is not None:
+            plot_pixel_roc(curves, out / "pixel_roc.png", auroc=_number(metrics.get("pixel_auroc")))
+            plot_pro_curve(curves, out / "pro_curve.png", aupro=_number(metrics.get("aupro")))
+            drawn += [("pixel_roc.png", "ROC curve of pixel scores"), ("pro_curve.png", "per-region-overlap curve")]
+    if loss_curves:
+        plot_loss_curves(loss_curves, out / "loss_curves.png", figsize=SMALL_FIGURE)
+        drawn.append(("loss_curves.png", "loss curves per epoch"))
+    figures = []
+    for file, alt in drawn:
+        width, height = _png_size(out / file)
+        figures.append({"file": file, "alt": alt, "width": width, "height": height})
+    return figures
+
+
+def _number(value: object) -> float | None:
+    return float(value) if isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) else None
+
+
+def _rule_text(threshold: float, metrics: Mapping[str, object]) -> str:
+    min_area = metrics.get("min_area")
+    pixel = metrics.get("pixel_threshold")
+    if isinstance(min_area, int) and isinstance(pixel, (int, float)):
+        return f"a predicted defect region (map > {format_number(pixel)}) has at least {min_area} pixels"
+    return f"its score > {format_number(float(threshold))}"
+
+
+def _metric_tables(metrics: Mapping[str, object], with_normalized: bool) -> list[dict[str, object]]:
+    """The metric tables in page order; the Counts card is inserted by the template after the second."""
+    undefined = metrics.get("undefined") if isinstance(metrics.get("undefined"), Mapping) else {}
+    tables = []
+    known: set[str] = set(_SHOWN_ELSEWHERE)
+    for heading, keys, note in (_RANKING, _DECISION, _RUN):
+        rows = []
+        for key, label in keys:
+            known.add(key)
+            if key in metrics and metrics[key] is not None:
+                rows.append(_row(key, label, metrics[key], undefined))
+        if heading == _DECISION[0] and with_normalized:
+            note = _NORMALISED_NOTE
+        if rows:
+            tables.append({"heading": heading, "rows": rows, "note": note})
+    other = []
+    for key, value in metrics.items():
+        if key in known or value is None:
+            continue
+        if isinstance(value, Mapping):  # e.g. {"logical_anomalies": 0.8, ...}: one row per scalar entry
+            other += [_row(f"{key}.{sub}", f"{key} · {sub}", v, undefined) for sub, v in value.items()
+                      if isinstance(v, (int, float, str, np.number))]
+        elif isinstance(value, (int, float, str, np.number, list, tuple)):
+            other.append(_row(key, key.replace("_", " "), value, undefined))
+    if other:
+        tables.append({"heading": "Other", "rows": other, "note": None})
+    return tables
+
+
+def _row(key: str, label: str, value: object, undefined: Mapping[str, object]) -> dict[str, str]:
+    help_text = METRIC_HELP.get(key, "")
+    if isinstance(value, float) and math.isnan(value):
+        help_text = f"undefined: {undefined.get(key, 'not computable on this test set')}"
+    return {"key": key, "label": label, "value": format_number(value), "help": help_text,
+            "kind": "text" if isinstance(value, str) else "num"}
+
+
+def _confusion(y: np.ndarray, flagged: np.ndarray) -> dict[str, int]:
+    return {
+        "tp": int((flagged & (y == 1)).sum()), "fp": int((flagged & (y == 0)).sum()),
+        "tn": int((~flagged & (y == 0)).sum()), "fn": int((~flagged & (y == 1)).sum()),
+    }
+
+
+def _type_rows(y: np.ndarray, s: np.ndarray, flagged: np.ndarray, defect_types: Sequence[str],
+               per_type: Mapping[str, Mapping[str, object]]) -> list[dict[str, object]]:
+    """The per-defect-type table: the normal types first (the reference every defect type is ranked
+    against), then each defect type with its per-type metrics."""
+    types = np.asarray([str(t) for t in defect_types])
+    rows = []
+    for reference in (True, False):
+        for name in dict.fromkeys(types[(y == 0) if reference else (y == 1)].tolist()):
+            selected = (types == name) & ((y == 0) if reference else (y == 1))
+            count = int(selected.sum())
+            n_flagged = int(flagged[selected].sum())
+            metrics = per_type.get(name, {}) if not reference else {}
+            rows.append({
+                "name": name, "reference": reference, "n": count, "flagged": n_flagged,
+                "flagged_share": n_flagged / count, "median": float(np.median(s[selected])),
+                "image_auroc": metrics.get("image_auroc"), "pixel_auroc": metrics.get("pixel_auroc"),
+                "aupro": metrics.get("aupro"),
+            })
+    return rows
+
+
+def _figure_notes(both_classes: bool, has_maps: bool, has_masks: bool, with_pixels: bool) -> list[str]:
+    notes = []
+    if not both_classes:
+        notes.append("No ROC or precision-recall curve: they need both normal and anomalous images.")
+    if not has_maps:
+        notes.append("No pixel curves: this detector gives image-level scores only.")
+    elif not has_masks:
+        notes.append("No pixel curves: no ground-truth masks were given.")
+    elif not with_pixels:
+        notes.append("No pixel curves: the masks hold no defect pixel.")
+    return notes
+
+
+def _heatmap_note(vrange: tuple[float, float] | None, pixel_threshold: float | None) -> str:
+    if vrange is None:
+        return "No heatmaps: this detector gives image-level scores only."
+    note = (f"All heatmaps share one fixed colour range [{format_number(vrange[0])}, {format_number(vrange[1])}]: "
+            "blue = typical of normal images, red = most anomalous.")
+    if pixel_threshold is not None:
+        note += f" White outline: predicted defect (map > {format_number(pixel_threshold)})."
+    return note
+
+
+def _case_entry(i: int, names: Sequence[str], defect_types: Sequence[str], y: np.ndarray, s: np.ndarray,
+                flagged: np.ndarray, files: tuple[str, str, tuple[int, int]]) -> dict[str, object]:
+    verdict, wrong = _verdict(int(y[i]), bool(flagged[i]))
+    full, thumb, (width, height) = files
+    return {"full": full, "thumb": thumb, "width": width, "height": height, "name": str(names[i]),
+            "defect_type": str(defect_types[i]), "score": float(s[i]), "verdict": verdict, "wrong": wrong}
 
 
 def _checked_image(load_image: Callable[[int], np.ndarray], i: int, amaps: np.ndarray | None,
@@ -276,7 +454,7 @@ def _checked_image(load_image: Callable[[int], np.ndarray], i: int, amaps: np.nd
     return image
 
 
-def _render_cases(tasks: list[tuple]) -> list[str]:
+def _render_cases(tasks: list[tuple]) -> list[tuple[str, str, tuple[int, int]]]:
     """Draw the case figures, in forked processes when there are several and more than one core."""
     try:
         cores = len(os.sched_getaffinity(0))
@@ -300,7 +478,7 @@ def _render_cases(tasks: list[tuple]) -> list[str]:
         return [_render_case(*task) for task in tasks]
 
 
-def _render_case_task(task: tuple) -> str:
+def _render_case_task(task: tuple) -> tuple[str, str, tuple[int, int]]:
     return _render_case(*task)
 
 
@@ -308,18 +486,22 @@ def _render_case(
     i: int, cases_dir: Path, name: str, defect_type: str, label: int, score: float, threshold: float,
     flagged: bool, image: np.ndarray, amap: np.ndarray | None, gt: np.ndarray | None,
     pixel_threshold: float | None, vrange: tuple[float, float] | None,
-    reconstruction: np.ndarray | None = None,
-) -> str:
-    """Render the case figure of image ``i``; returns its path relative to the report."""
+    reconstruction: np.ndarray | None = None, preview: bool = False,
+) -> tuple[str, str, tuple[int, int]]:
+    """Render the case figure and the thumbnail of image ``i`` (and the preview when ``preview``);
+    returns (figure path, thumbnail path, thumbnail (width, height)), paths relative to the report."""
+    from PIL import Image
+
     verdict, wrong = _verdict(label, flagged)
     short = name if len(name) <= 50 else "..." + name[-47:]
-    rel = "> " if flagged else "≤ "
+    rel = "> " if score > threshold else "≤ "
     fig_title = (
         f"{short}  ·  {defect_type}  ·  label: {'anomalous' if label else 'normal'}\n"
         f"score {score:.4g} {rel}threshold {threshold:.4g}  →  {verdict}"
     )
     pred = amap > pixel_threshold if (amap is not None and pixel_threshold is not None) else None
-    rel_path = f"cases/{i:05d}_{_safe_stem(name)}.png"
+    stem = f"{i:05d}_{_safe_stem(name)}"
+    rel_path = f"cases/{stem}.png"
     plot_case(
         image, cases_dir.parent / rel_path, title=fig_title, amap=amap,
         vmin=vrange[0] if vrange else None, vmax=vrange[1] if vrange else None,
@@ -327,102 +509,16 @@ def _render_case(
         title_color="#b00020" if wrong else "black",
         reconstruction=reconstruction,
     )
-    return rel_path
-
-
-def _render_html(
-    *, title: str, metrics: Mapping[str, object], y: np.ndarray, s: np.ndarray,
-    flagged: np.ndarray, defect_types: Sequence[str], names: Sequence[str], threshold: float,
-    has_roc: bool, has_loss: bool, has_maps: bool, has_masks: bool,
-    vrange: tuple[float, float] | None, pixel_threshold: float | None,
-    groups: list[tuple[str, str, list[int], str]], case_files: dict[int, str],
-) -> str:
-    n_anom = int((y == 1).sum())
-    n_norm = int((y == 0).sum())
-    n_missed = int(((y == 1) & ~flagged).sum())
-    n_false = int(((y == 0) & flagged).sum())
-    parts: list[str] = [
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_e(title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{_e(title)}</h1>",
-        f"<p>{y.size} test images: {n_norm} normal, {n_anom} anomalous. "
-        f"An image is flagged anomalous when its score &gt; <b>{threshold:.6g}</b>. "
-        f'At this threshold: <span class="{"bad" if n_missed else "good"}">{n_missed} missed defect(s)</span>, '
-        f'<span class="{"bad" if n_false else "good"}">{n_false} false alarm(s)</span>. '
-        f'Per-image scores: <a href="scores.csv">scores.csv</a>.</p>',
-    ]
-
-    # ---- metrics
-    parts.append("<h2>Metrics</h2><table><tr><th>metric</th><th>value</th><th>meaning</th></tr>")
-    for key, value in metrics.items():
-        parts.append(
-            f'<tr><td>{_e(key)}</td><td class="num">{_e(_fmt(value))}</td>'
-            f"<td>{_e(METRIC_HELP.get(key, ''))}</td></tr>"
-        )
-    parts.append("</table>")
-    if any(isinstance(v, float) and math.isnan(v) for v in metrics.values()):
-        parts.append('<p class="note">n/a: undefined for this test set '
-                     "(e.g. AUROC needs both normal and anomalous images).</p>")
-
-    # ---- per defect type
-    parts.append("<h2>Per defect type</h2><table><tr><th>defect type</th><th>label</th>"
-                 "<th>images</th><th>flagged anomalous</th><th>median score</th></tr>")
-    types = np.asarray([str(t) for t in defect_types])
-    for t in dict.fromkeys(types.tolist()):  # first-seen order
-        sel = types == t
-        labs = sorted(set(y[sel].tolist()))
-        lab_txt = "/".join("anomalous" if v else "normal" for v in labs)
-        n_sel = int(sel.sum())
-        n_flag = int(flagged[sel].sum())
-        parts.append(
-            f"<tr><td>{_e(t)}</td><td>{lab_txt}</td><td class='num'>{n_sel}</td>"
-            f"<td class='num'>{n_flag} ({n_flag / n_sel:.0%})</td>"
-            f"<td class='num'>{np.median(s[sel]):.4g}</td></tr>"
-        )
-    parts.append("</table>")
-
-    # ---- plots
-    parts.append('<h2>Score distribution</h2><div class="plots">')
-    parts.append('<img src="score_histogram.png" alt="histogram of image scores, normal vs anomalous, '
-                 'with the threshold">')
-    if has_roc:
-        parts.append('<img src="roc.png" alt="ROC curve of image scores">')
-    parts.append("</div>")
-    if not has_roc:
-        parts.append('<p class="note">No ROC curve: it needs both normal and anomalous images.</p>')
-    if has_loss:
-        parts.append('<h2>Training</h2><div class="plots">'
-                     '<img src="loss_curves.png" alt="loss curves per epoch"></div>')
-
-    # ---- cases
-    parts.append("<h2>Example images</h2>")
-    if has_maps and vrange is not None:
-        parts.append(
-            f'<p class="note">All heatmaps use one fixed colour range [{vrange[0]:.4g}, {vrange[1]:.4g}] '
-            "(low end: 1st percentile of the normal images' maps; high end: 99.9th percentile of all maps), "
-            "so colours are comparable across images: blue = typical of normal images, red = most anomalous."
-            + (f" White outline: predicted defect region (map &gt; {pixel_threshold:.4g})."
-               if pixel_threshold is not None else "")
-            + "</p>"
-        )
-    else:
-        parts.append('<p class="note">No heatmaps: this detector gives image-level scores only.</p>')
-    if has_masks:
-        parts.append('<p class="note">Ground truth: green outline of the annotated defect.</p>')
-    else:
-        parts.append('<p class="note">No ground-truth masks were given.</p>')
-
-    for heading, explanation, idxs, empty in groups:
-        parts.append(f"<h3>{_e(heading)}</h3><p class='note'>{_e(explanation)}</p>")
-        if not idxs:
-            parts.append(f"<p class='note'>({_e(empty)})</p>")
-        for i in idxs:
-            verdict, wrong = _verdict(int(y[i]), bool(flagged[i]))
-            parts.append(
-                f'<figure><img src="{_href(case_files[i])}" alt="{_e(names[i])}" loading="lazy">'
-                f"<figcaption>{_e(names[i])} ({_e(defect_types[i])}): score {s[i]:.4g}, "
-                f'<span class="{"bad" if wrong else "good"}">{_e(verdict)}</span></figcaption></figure>'
-            )
-    parts.append("</body></html>\n")
-    return "\n".join(parts)
+    thumb = case_thumbnail(image, amap, vrange[0] if vrange else None, vrange[1] if vrange else None,
+                           predicted_mask=pred, true_mask=gt, size=THUMBNAIL_PX)
+    thumb_path = f"cases/{stem}_thumb.png"
+    targets = [thumb_path] + ([PREVIEW_FILE] if preview else [])
+    for target in targets:
+        final = cases_dir.parent / target
+        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        try:
+            Image.fromarray(thumb).save(tmp, format="PNG")
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return rel_path, thumb_path, (thumb.shape[1], thumb.shape[0])

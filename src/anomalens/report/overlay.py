@@ -10,7 +10,10 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 from skimage.segmentation import find_boundaries
 
-__all__ = ["overlay_heatmap", "draw_mask_contours", "heatmap_range", "to_original_size", "render_heatmap"]
+from anomalens.report.templating import format_number
+
+__all__ = ["overlay_heatmap", "draw_mask_contours", "heatmap_range", "to_original_size", "render_heatmap",
+           "annotate_heatmap", "case_thumbnail"]
 
 # Pixels blended at a time: the float64 temporaries of a strip stay ~6 MB each, whatever the frame size.
 _STRIP_PIXELS = 262_144
@@ -192,3 +195,148 @@ def heatmap_range(
         if not vmax > vmin:  # constant maps
             vmax = vmin + 1.0
     return vmin, vmax
+
+
+# --------------------------------------------------------------------------- annotated heatmaps, thumbnails
+_PAPER = (255, 255, 255)
+_INK = (25, 25, 25)
+_ALARM = (176, 0, 32)
+_PASS = (27, 94, 32)
+
+
+def _font(size: int):
+    """Pillow's bundled scalable font at ``size`` px: no font file needed on the machine, and loading it
+    costs microseconds, so each call (and each writer thread) takes its own."""
+    from PIL import ImageFont
+
+    return ImageFont.load_default(size=size)
+
+
+def annotate_heatmap(
+    overlay: ArrayLike,
+    *,
+    score: float,
+    normalized_score: float,
+    threshold: float,
+    anomalous: bool,
+    vmin: float,
+    vmax: float,
+    pixel_threshold: float | None = None,
+    cmap: str = "jet",
+) -> np.ndarray:
+    """A heatmap overlay (uint8 (H, W, 3)) with a colour scale bar on its right and a text strip below.
+
+    The strip reads the image's score, its normalised score (0.5 at the threshold) and the threshold,
+    and the verdict, so a PNG copied out of the predictions folder still says what it shows. The bar
+    maps colours back to anomaly-map values: ``vmin`` at the bottom, ``vmax`` at the top, with a tick
+    at ``pixel_threshold`` (where the white outline is drawn). Text and bar scale with the picture
+    (about 1/45 of its width, at least 11 px), and everything is drawn with Pillow, not matplotlib:
+    ``anomalens predict`` writes one of these per image, and a matplotlib figure costs ~100 ms.
+    Returns a new uint8 (H + strip, W + bar, 3) array; the overlay itself is left as it is.
+    """
+    from PIL import Image, ImageDraw
+
+    if not vmax > vmin:
+        raise ValueError(f"vmax must be greater than vmin, got vmin={vmin}, vmax={vmax}")
+    picture = np.asarray(overlay)
+    if picture.dtype != np.uint8 or picture.ndim != 3 or picture.shape[2] != 3:
+        raise ValueError(f"overlay must be uint8 (H, W, 3), got {picture.dtype} {picture.shape}")
+    height, width = picture.shape[:2]
+    size = int(np.clip(round(width / 45), 11, 64))
+    font = _font(size)
+    pad = max(3, size // 3)
+
+    # The colour bar: a strip of the colour map's table, vmax at the top, and its tick labels.
+    ticks = [(vmax, format_number(vmax)), (vmin, format_number(vmin))]
+    if pixel_threshold is not None and vmin < pixel_threshold < vmax:
+        ticks.insert(1, (pixel_threshold, f"{format_number(pixel_threshold)} outline"))
+    bar_width = max(8, size)
+    label_width = int(max(font.getlength(text) for _, text in ticks)) + pad
+    bar_area = pad + bar_width + pad + label_width + pad
+
+    # The text strip: one line when it fits, else as few lines as fit.
+    verdict = "ANOMALOUS" if anomalous else "normal"
+    items = [f"score {format_number(score)}", f"normalised {normalized_score:.3f}",
+             f"threshold {format_number(threshold)}", verdict]
+    canvas_width = width + bar_area
+    lines = _fit_lines(items, font, canvas_width - 2 * pad)
+    line_height = int(size * 1.35)
+    strip = pad + line_height * len(lines) + pad
+
+    canvas = Image.new("RGB", (canvas_width, height + strip), _PAPER)
+    canvas.paste(Image.fromarray(picture), (0, 0))
+    lut = _lut(cmap)
+    levels = np.linspace(1.0, 0.0, height)  # top row = vmax
+    column = np.round(lut[np.minimum((levels * len(lut)).astype(np.intp), len(lut) - 1)] * 255).astype(np.uint8)
+    bar_x = width + pad
+    canvas.paste(Image.fromarray(np.repeat(column[:, None, :], bar_width, axis=1)), (bar_x, 0))
+    draw = ImageDraw.Draw(canvas)
+    for value, text in ticks:
+        y = int(round((vmax - value) / (vmax - vmin) * (height - 1)))
+        if 0 < y < height - 1:  # a mark across the bar (the ends need none), in black and white to show on any colour
+            draw.line([(bar_x, y), (bar_x + bar_width - 1, y)], fill=_INK, width=max(2, size // 6))
+            draw.line([(bar_x, y), (bar_x + bar_width - 1, y)], fill=_PAPER, width=1)
+        anchor = "lt" if y < size else "lb" if y > height - size else "lm"
+        draw.text((bar_x + bar_width + pad, y), text, fill=_INK, font=font, anchor=anchor)
+    y = height + pad
+    for line in lines:
+        x = pad
+        for k, item in enumerate(line):
+            colour = (_ALARM if anomalous else _PASS) if item == verdict else _INK
+            text = item if k == len(line) - 1 else item + "  ·  "
+            draw.text((x, y), text, fill=colour, font=font)
+            x += font.getlength(text)
+        y += line_height
+    return np.asarray(canvas)
+
+
+def _fit_lines(items: list[str], font, width: int) -> list[list[str]]:
+    """The items on as few lines as fit in ``width`` px (each line joined by "  ·  "), greedily."""
+    separator = font.getlength("  ·  ")
+    lines: list[list[str]] = [[]]
+    used = 0.0
+    for item in items:
+        length = font.getlength(item)
+        if lines[-1] and used + separator + length > width:
+            lines.append([])
+            used = 0.0
+        used += (separator if lines[-1] else 0.0) + length
+        lines[-1].append(item)
+    return lines
+
+
+def case_thumbnail(
+    image: ArrayLike,
+    amap: ArrayLike | None,
+    vmin: float | None,
+    vmax: float | None,
+    *,
+    predicted_mask: ArrayLike | None = None,
+    true_mask: ArrayLike | None = None,
+    size: int = 200,
+) -> np.ndarray:
+    """A small picture of one test image for the report's case grid: the heatmap overlay (the image alone
+    without a map) scaled to fit ``size`` px, predicted defect outlined in white and the ground truth in
+    green. The outlines are drawn after scaling down, so they stay one crisp line at any image size.
+    """
+    from PIL import Image
+
+    if amap is not None:
+        if vmin is None or vmax is None:
+            raise ValueError("vmin and vmax are needed with an anomaly map")
+        picture = overlay_heatmap(image, amap, vmin, vmax)
+    else:
+        picture = np.round(as_float_rgb(image) * 255.0).astype(np.uint8)
+    height, width = picture.shape[:2]
+    scale = min(1.0, size / max(height, width))
+    thumb_size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    thumb = np.asarray(Image.fromarray(picture).resize(thumb_size, Image.LANCZOS)).copy()
+
+    def scaled(mask: ArrayLike) -> np.ndarray:
+        return np.asarray(Image.fromarray(np.asarray(mask, dtype=bool)).resize(thumb_size, Image.NEAREST))
+
+    if predicted_mask is not None:
+        _draw_boundaries(thumb, scaled(predicted_mask), (255, 255, 255), 1)
+    if true_mask is not None:
+        _draw_boundaries(thumb, scaled(true_mask), (0, 255, 0), 1)
+    return thumb

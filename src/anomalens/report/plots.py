@@ -1,4 +1,5 @@
-"""Report plots: ROC curve, score histogram, loss curves and per-image case figures.
+"""Report plots: image ROC and precision-recall curves, pixel ROC and PRO curves, score histogram, loss
+curves and per-image case figures.
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through
 ``pyplot``: nothing is registered in pyplot's global figure list (so nothing
@@ -17,13 +18,17 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
-from sklearn.metrics import roc_auc_score, roc_curve
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from anomalens.report.breakdown import PRO_FPR_LIMIT, PixelCurves
 from anomalens.report.overlay import as_float_rgb, draw_mask_contours, overlay_heatmap
 
 __all__ = [
     "save_figure",
     "plot_roc",
+    "plot_precision_recall",
+    "plot_pixel_roc",
+    "plot_pro_curve",
     "plot_score_histogram",
     "plot_loss_curves",
     "plot_case",
@@ -32,6 +37,8 @@ __all__ = [
 ]
 
 DPI = 100
+#: The size of the report's side-by-side curves (inches at ``DPI``): five fit across a 1920 px screen.
+SMALL_FIGURE = (3.4, 3.2)
 NORMAL_COLOR = "tab:blue"
 ANOMALOUS_COLOR = "tab:red"
 PRED_CONTOUR_RGB = (255, 255, 255)  # white stands out on the jet colour map
@@ -71,6 +78,7 @@ def plot_roc(
     path: str | os.PathLike[str],
     title: str = "ROC curve (image level)",
     threshold: float | None = None,
+    figsize: tuple[float, float] = (5.5, 5.0),
 ) -> Path:
     """ROC curve of image scores with the AUROC in the legend and the chance diagonal.
 
@@ -83,26 +91,121 @@ def plot_roc(
     fpr, tpr, _ = roc_curve(y, s)
     auc = roc_auc_score(y, s)
 
-    fig = Figure(figsize=(5.5, 5.0), layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     ax.plot(fpr, tpr, color=ANOMALOUS_COLOR, lw=2, label=f"detector (AUROC = {auc:.3f})")
-    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (AUROC = 0.5)")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (0.5)")
     if threshold is not None:
         pred = s > threshold
         op_tpr = pred[y == 1].mean()
         op_fpr = pred[y == 0].mean()
         ax.plot(
             op_fpr, op_tpr, "o", color="black", ms=7,
-            label=f"threshold {threshold:.4g}: TPR {op_tpr:.2f}, FPR {op_fpr:.2f}",
+            label=f"threshold: TPR {op_tpr:.2f}, FPR {op_fpr:.2f}",
         )
-    ax.set_xlim(-0.01, 1.01)
+    _unit_square(ax, "false positive rate (normal images flagged)", "true positive rate (anomalous flagged)", title,
+                 small=figsize[0] < 4.5)
+    ax.legend(loc="lower right", fontsize=7 if figsize[0] < 4.5 else 9)
+    return save_figure(fig, path)
+
+
+def _unit_square(ax, xlabel: str, ylabel: str, title: str, small: bool, xmax: float = 1.0) -> None:
+    """Axes of a rate-vs-rate curve: [0, xmax] x [0, 1], grid, labels sized for the figure."""
+    ax.set_xlim(-0.01 * xmax, 1.01 * xmax)
     ax.set_ylim(-0.01, 1.01)
-    ax.set_aspect("equal")
-    ax.set_xlabel("false positive rate (normal images flagged)")
-    ax.set_ylabel("true positive rate (anomalous images flagged)")
-    ax.set_title(title)
+    if xmax == 1.0:
+        ax.set_aspect("equal")
+    fontsize = 8 if small else 10
+    ax.set_xlabel(xlabel, fontsize=fontsize)
+    ax.set_ylabel(ylabel, fontsize=fontsize)
+    ax.set_title(title, fontsize=fontsize + 1)
+    ax.tick_params(labelsize=fontsize - 1)
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=9)
+
+
+def plot_precision_recall(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    path: str | os.PathLike[str],
+    threshold: float | None = None,
+    title: str = "Precision-recall (image level)",
+    figsize: tuple[float, float] = SMALL_FIGURE,
+) -> Path:
+    """Precision vs recall of image scores (anomalous = positive), average precision in the legend.
+
+    The dashed line is a detector that flags at random (precision = the share of anomalous images). It
+    says more than ROC when defects are rare: a false-alarm rate that looks small on the ROC curve can
+    still mean most alarms are false. ``threshold`` marks the operating point. Raises ``ValueError``
+    unless both classes are present.
+    """
+    y, s = _labels_scores(labels, scores)
+    if y.min() == y.max():
+        raise ValueError("a precision-recall curve needs both normal (0) and anomalous (1) images")
+    precision, recall, _ = precision_recall_curve(y, s)
+    ap = average_precision_score(y, s)
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    ax.step(recall, precision, where="post", color=ANOMALOUS_COLOR, lw=2, label=f"detector (AP = {ap:.3f})")
+    prevalence = float(y.mean())
+    ax.axhline(prevalence, ls="--", color="grey", lw=1, label=f"random ({prevalence:.2f})")
+    if threshold is not None:
+        flagged = s > threshold
+        if flagged.any():
+            op_precision = float(y[flagged].mean())
+            op_recall = float(flagged[y == 1].mean())
+            ax.plot(op_recall, op_precision, "o", color="black", ms=7,
+                    label=f"threshold: P {op_precision:.2f}, R {op_recall:.2f}")
+    small = figsize[0] < 4.5
+    _unit_square(ax, "recall (anomalous flagged)", "precision (flagged that are anomalous)", title, small)
+    ax.legend(loc="lower left", fontsize=7 if small else 9)
+    return save_figure(fig, path)
+
+
+def plot_pixel_roc(
+    curves: PixelCurves,
+    path: str | os.PathLike[str],
+    auroc: float | None = None,
+    title: str = "ROC curve (pixel level)",
+    figsize: tuple[float, float] = SMALL_FIGURE,
+) -> Path:
+    """The pixel ROC curve (:func:`anomalens.report.breakdown.pixel_curves`); ``auroc``, the exact pixel
+    AUROC, goes in the legend."""
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    label = "detector" + (f" (AUROC = {auroc:.3f})" if auroc is not None and np.isfinite(auroc) else "")
+    ax.plot(curves.fpr, curves.tpr, color=ANOMALOUS_COLOR, lw=2, label=label)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="chance (0.5)")
+    small = figsize[0] < 4.5
+    _unit_square(ax, "FPR (normal pixels flagged)", "TPR (defect pixels flagged)", title, small)
+    ax.legend(loc="lower right", fontsize=7 if small else 9)
+    return save_figure(fig, path)
+
+
+def plot_pro_curve(
+    curves: PixelCurves,
+    path: str | os.PathLike[str],
+    aupro: float | None = None,
+    title: str = f"PRO curve (FPR ≤ {PRO_FPR_LIMIT:g})",
+    figsize: tuple[float, float] = SMALL_FIGURE,
+) -> Path:
+    """Per-region overlap vs pixel FPR up to the AUPRO limit: how much of each defect, small ones weighing as
+    much as large ones, is covered at a given false-alarm rate on normal pixels. ``aupro`` (the exact,
+    normalised area) goes in the legend."""
+    keep = curves.fpr <= PRO_FPR_LIMIT
+    first_past = int(np.argmax(curves.fpr > PRO_FPR_LIMIT)) if (~keep).any() else None
+    fpr, pro = curves.fpr[keep], curves.pro[keep]
+    if first_past is not None:  # end the line exactly at the limit, as the integral does
+        x0, x1 = curves.fpr[first_past - 1], curves.fpr[first_past]
+        y0, y1 = curves.pro[first_past - 1], curves.pro[first_past]
+        fpr = np.append(fpr, PRO_FPR_LIMIT)
+        pro = np.append(pro, y0 + (PRO_FPR_LIMIT - x0) / (x1 - x0) * (y1 - y0))
+    fig = Figure(figsize=figsize, layout="constrained")
+    ax = fig.add_subplot()
+    label = "detector" + (f" (AUPRO = {aupro:.3f})" if aupro is not None and np.isfinite(aupro) else "")
+    ax.plot(fpr, pro, color=ANOMALOUS_COLOR, lw=2, label=label)
+    small = figsize[0] < 4.5
+    _unit_square(ax, "FPR (normal pixels flagged)", "per-region overlap", title, small, xmax=PRO_FPR_LIMIT)
+    ax.legend(loc="lower right", fontsize=7 if small else 9)
     return save_figure(fig, path)
 
 
@@ -113,6 +216,7 @@ def plot_score_histogram(
     path: str | os.PathLike[str],
     title: str = "Image anomaly scores",
     score_name: str = "anomaly score",
+    figsize: tuple[float, float] = (7.5, 4.5),
 ) -> Path:
     """Overlapping histograms of normal vs anomalous image scores, with the threshold.
 
@@ -125,7 +229,8 @@ def plot_score_histogram(
     n_bins = int(np.clip(np.ceil(2 * np.sqrt(s.size)), 10, 60))
     edges = np.histogram_bin_edges(s, bins=n_bins)
 
-    fig = Figure(figsize=(7.5, 4.5), layout="constrained")
+    small = figsize[0] < 6
+    fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     for cls, name, color in ((0, "normal", NORMAL_COLOR), (1, "anomalous", ANOMALOUS_COLOR)):
         sel = s[y == cls]
@@ -145,14 +250,16 @@ def plot_score_histogram(
     lo, hi = min(edges[0], threshold), max(edges[-1], threshold)
     pad = 0.03 * (hi - lo if hi > lo else 1.0)
     ax.set_xlim(lo - pad, hi + pad)
+    fontsize = 8 if small else 10
     ax.text(threshold, 1.0, f" {threshold:.4g} ", transform=ax.get_xaxis_transform(),
-            ha="center", va="bottom", fontsize=9, clip_on=False)
+            ha="center", va="bottom", fontsize=fontsize - 1, clip_on=False)
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel(f"{score_name}  (flagged anomalous when > threshold)")
-    ax.set_ylabel("number of images")
-    ax.set_title(title, pad=16)
+    ax.set_xlabel(f"{score_name}  (flagged anomalous when > threshold)", fontsize=fontsize)
+    ax.set_ylabel("number of images", fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize - 1)
+    ax.set_title(title, pad=16, fontsize=fontsize + 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(loc="best", fontsize=9)
+    ax.legend(loc="best", fontsize=7 if small else 9)
     return save_figure(fig, path)
 
 
@@ -160,6 +267,7 @@ def plot_loss_curves(
     curves: Mapping[str, Sequence[float]],
     path: str | os.PathLike[str],
     title: str = "Loss curves",
+    figsize: tuple[float, float] = (7.0, 4.5),
 ) -> Path:
     """Loss vs epoch (1-based), one line per entry of ``curves`` (e.g. train / validation).
 
@@ -168,7 +276,7 @@ def plot_loss_curves(
     series = {k: np.asarray(v, dtype=np.float64) for k, v in curves.items() if len(v)}
     if not series:
         raise ValueError("no loss values to plot")
-    fig = Figure(figsize=(7.0, 4.5), layout="constrained")
+    fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     for name, values in series.items():
         epochs = np.arange(1, values.size + 1)
@@ -179,11 +287,13 @@ def plot_loss_curves(
     if log:
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss (log scale)" if log else "loss")
-    ax.set_title(title)
+    fontsize = 8 if figsize[0] < 4.5 else 10
+    ax.set_xlabel("epoch", fontsize=fontsize)
+    ax.set_ylabel("loss (log scale)" if log else "loss", fontsize=fontsize)
+    ax.tick_params(labelsize=fontsize - 1)
+    ax.set_title(title, fontsize=fontsize + 1)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=9)
+    ax.legend(fontsize=fontsize - 1)
     return save_figure(fig, path)
 
 

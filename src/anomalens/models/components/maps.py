@@ -11,6 +11,19 @@ def blur_kernel_size(sigma: float) -> int:
     return 2 * int(4.0 * sigma + 0.5) + 1
 
 
+def check_blur_fits(detector: str, size: tuple[int, int], sigma: float) -> None:
+    """ConfigError (one line) when maps of ``size`` are too small for the blur: its 'reflect' padding needs
+    each side longer than the kernel's radius (4σ)."""
+    from anomalens.errors import ConfigError
+
+    radius = blur_kernel_size(sigma) // 2 if sigma > 0 else 0
+    if radius and min(size) <= radius:
+        raise ConfigError(
+            f"{detector}: image size {size[0]}x{size[1]} is too small for blur_sigma={sigma:g}: the blur needs sides "
+            f"of more than {radius} pixels (a larger --image-size, or a smaller -p blur_sigma)"
+        )
+
+
 def upsample_and_blur(patch_scores: torch.Tensor, image_size: tuple[int, int], sigma: float) -> torch.Tensor:
     """(B, h, w) grid scores → (B, H, W) maps: bilinear upsampling, then Gaussian blur (σ in pixels).
 

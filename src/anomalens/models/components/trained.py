@@ -200,29 +200,31 @@ class TrainedDetector(Detector):
         """Build the networks and train them on ``fit_records``, validating on ``val_records`` (if any)."""
         self._build_networks()
         channels = self.image_channels
-        images = TrainingImages(fit_records, self.image_size, channels, progress, f"{self.name} load")
+        images = TrainingImages(fit_records, self.model_input_size, channels, progress, f"{self.name} load")
         if len(images) < self.min_training_images:
             raise ValueError(f"{self.name}: needs at least {self.min_training_images} training images, got {len(images)}")
-        val_images = TrainingImages(val_records, self.image_size, channels, progress, f"{self.name} load val") if val_records else None
+        val_images = TrainingImages(val_records, self.model_input_size, channels, progress, f"{self.name} load val") if val_records else None
         optimizers = self._optimizers()
         setup = TrainingSetup(
             modules=self._networks(),
             optimizers=optimizers,
             step=lambda batch: self._train_step(self._network_batch(self._augment(batch["x"])), optimizers),
             batches=lambda epoch: self._epoch_batches(images, epoch),
-            validate=None if val_images is None else lambda: self._mean_validation_loss(val_images),
+            validate=None if val_images is None else lambda: self.agreed(self._mean_validation_loss(val_images)),
             schedulers=self._schedulers(optimizers),
+            save_checkpoints=self.data_parallel is None or self.data_parallel.writes_checkpoints,
         )
-        result = train(
-            setup, self.setting("epochs"), self.params["seed"], self.params.get("patience"), self.params["checkpoint"],
-            progress, desc=self.name, restore_best=self.params.get("restore_best", True),
-        )
+        with self._replicated_networks():  # DistributedDataParallel wrappers under data_parallel (below)
+            result = train(
+                setup, self.setting("epochs"), self.params["seed"], self.params.get("patience"), self.training_checkpoint(),
+                progress, desc=self.name, restore_best=self.params.get("restore_best", True),
+            )
         self.history_, self.kept_epoch_ = result.history, result.kept_epoch
-        self._training_finished(len(batch_slices(len(images), self.setting("batch_size"))))
+        self._training_finished(len(batch_slices(self.images_per_epoch(len(images)), self.setting("batch_size"))))
 
     def _epoch_batches(self, images: TrainingImages, epoch: int) -> Iterator[dict]:
-        order = epoch_order(len(images), self.params["seed"], epoch)
-        for start, stop in batch_slices(len(images), self.setting("batch_size")):
+        order = self.epoch_indices(len(images), epoch)
+        for start, stop in batch_slices(len(order), self.setting("batch_size")):
             yield {"x": images.take(order[start:stop])}
 
     def _network_batch(self, images: torch.Tensor) -> torch.Tensor:
@@ -245,7 +247,8 @@ class TrainedDetector(Detector):
     def _image_batches(self, records: Sequence, progress: bool, what: str) -> Iterator[torch.Tensor]:
         """Batches of ``records`` in order, as (B, C, H, W) images in [0, 1] on the device."""
         desc = f"{self.name} {what}" if progress else None
-        for batch in iterate_batches(records, self.image_size, self.setting("batch_size"), channels=self.image_channels, desc=desc):
+        size, per_batch = self.batch_plan(records, self.setting("batch_size"))  # tiles, or working images
+        for batch in iterate_batches(records, size, per_batch, channels=self.image_channels, desc=desc):
             yield batch["image"].to(self.device)
 
     def _rebuild(self, images: torch.Tensor) -> torch.Tensor:
@@ -284,6 +287,57 @@ class TrainedDetector(Detector):
         epoch = tensors.get("kept_epoch", tensors.get("best_epoch"))
         self.kept_epoch_ = None if epoch is None else int(epoch)
         self._load_extra_tensors(tensors)
+
+    # -- data-parallel training (anomalens.distributed.ddp) -------------------------------------------
+    #: The plan while the processes of a torchrun job train one detector together (set by
+    #: ``anomalens.distributed.ddp``; None: one process). Under it each process steps through its own shard
+    #: of every epoch's images (``epoch_indices``), its networks run the steps wrapped in
+    #: DistributedDataParallel (gradients averaged across processes before every optimiser step), the
+    #: validation loss — and so early stopping and the kept epoch — is rank 0's on every rank (``agreed``),
+    #: and rank 0 alone writes the checkpoint (``training_checkpoint``), which every rank resumes from.
+    data_parallel: Any = None
+
+    def epoch_indices(self, n: int, epoch: int) -> np.ndarray:
+        """The training images this process steps through in ``epoch``, in order: the seeded epoch order,
+        or under ``data_parallel`` this rank's shard of it."""
+        order = epoch_order(n, self.params["seed"], epoch)
+        plan = self.data_parallel
+        return order if plan is None else plan.epoch_indices(order, epoch, self.params["seed"])
+
+    def images_per_epoch(self, n: int) -> int:
+        """How many of ``n`` training images this process steps through per epoch."""
+        return n if self.data_parallel is None else self.data_parallel.shard_size(n)
+
+    def agreed(self, value: float) -> float:
+        """``value`` as rank 0 computed it (under ``data_parallel``), so every rank takes the same decisions."""
+        return value if self.data_parallel is None else self.data_parallel.agree(value)
+
+    def training_checkpoint(self) -> str | None:
+        """The checkpoint file training saves to and resumes from: the ``checkpoint`` parameter, else the
+        data-parallel job's own (None: none)."""
+        plan = self.data_parallel
+        return self.params["checkpoint"] or (None if plan is None else plan.checkpoint)
+
+    @contextlib.contextmanager
+    def _replicated_networks(self) -> Iterator[None]:
+        """Under ``data_parallel``, each network's attribute (``<name>_`` for the names of ``_networks()``)
+        holds its DistributedDataParallel wrapper while the block runs, so the steps go through it."""
+        plan = self.data_parallel
+        if plan is None:
+            yield
+            return
+        networks = self._networks()
+        for name, module in networks.items():
+            if getattr(self, f"{name}_", None) is not module:
+                raise TypeError(f"{self.name}: network '{name}' is not held in attribute '{name}_', so data-parallel "
+                                "training cannot route the training steps through its wrapper")
+        try:
+            for name, module in networks.items():
+                setattr(self, f"{name}_", plan.wrap(module))
+            yield
+        finally:
+            for name, module in networks.items():
+                setattr(self, f"{name}_", module)
 
 
 class _ScoreBatchModule(nn.Module):

@@ -45,6 +45,8 @@ class TrainingSetup:
     batches: Callable[[int], Iterable[dict]]
     validate: Callable[[], float] | None = None
     schedulers: dict[str, object] = field(default_factory=dict)
+    # False: resume from the checkpoint but never write it (the ranks but 0 of a data-parallel job).
+    save_checkpoints: bool = True
 
 
 @dataclass
@@ -139,7 +141,7 @@ def train(
                     scheduler.step(history["val_loss"][-1])
             else:
                 scheduler.step()
-        if path is not None:
+        if path is not None and setup.save_checkpoints:
             _save_checkpoint(path, {
                 "state": _state(setup), "history": history, "epoch": epoch, "best_loss": best_loss,
                 "best_epoch": best_epoch, "stale": stale, "best_state": best_state, "rng": torch.get_rng_state(),

@@ -1,0 +1,56 @@
+"""Reader for one product of BTAD (beanTech Anomaly Detection; Mishra et al., "VT-ADL", 2021), as it ships.
+
+Layout (anything else beside these is ignored)::
+
+    <NN>/train/ok/*.bmp|*.png          normal training images (BMP or PNG, depending on the product)
+    <NN>/test/ok/*                     normal test images
+    <NN>/test/ko/*                     anomalous test images
+    <NN>/ground_truth/ko/<stem>.png    their masks (always PNG, whatever the image format)
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from anomalens.data.mvtec import GOOD, check_mask_size, find_mask, records_in, require_images
+from anomalens.data.records import AnomalyDataset, ImageRecord
+from anomalens.errors import DataError
+
+__all__ = ["is_btad_product", "load_btad_product"]
+
+OK, KO = "ok", "ko"
+
+
+def is_btad_product(root: str | Path) -> bool:
+    """True for a folder with BTAD's ``train/ok``."""
+    return (Path(root) / "train" / OK).is_dir()
+
+
+def load_btad_product(root: str | Path) -> AnomalyDataset:
+    """Load one BTAD product: train = ``train/ok``, test = ``test/ok`` (defect type ``good``) + ``test/ko``.
+
+    When ``ground_truth/`` exists every ``ko`` image needs ``ground_truth/ko/<stem>.png`` of its size.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: dataset folder does not exist" if not root.exists()
+                        else f"{root}: expected a BTAD product folder, found a file")
+    train = require_images(root, root / "train" / OK, "a BTAD product")
+    test: list[ImageRecord] = []
+    if (root / "test" / OK).is_dir():
+        test += records_in(root, root / "test" / OK, 0, GOOD)
+    gt_root = root / "ground_truth"
+    if (root / "test" / KO).is_dir():
+        for rec in records_in(root, root / "test" / KO, 1, KO):
+            if gt_root.is_dir():
+                image = rec.source
+                assert isinstance(image, Path)
+                mask = find_mask(gt_root / KO, image.stem, ("{stem}",))
+                if mask is None:
+                    raise DataError(f"{gt_root / KO / (image.stem + '.png')}: mask missing for anomalous test image {image}")
+                check_mask_size(image, mask)
+                rec = replace(rec, mask=mask)
+            test.append(rec)
+    name = root.resolve().name or str(root)
+    return AnomalyDataset(name=name, train=train, test=test, layout="btad")

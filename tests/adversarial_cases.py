@@ -1,0 +1,776 @@
+"""The adversarial suite of issue 15: what a careful QA engineer throws at the command line, as data.
+
+Each :class:`Case` runs ``anomalens ...`` (in this process through ``cli.main``, or in a child process for
+signals and races) inside a private workspace holding a small MVTec-layout category, a fitted PaDiM run,
+a folder of images and a file of the user's. :func:`run_case` then classifies what happened, by what the
+command *did*, not by what it printed alone:
+
+- ``clean error``     bad input refused: exit 2, one line naming the problem, nothing new left behind;
+- ``correct``         valid (if unusual) input handled: exit 0 and the case's own check of the result holds;
+- ``traceback``       an exception escaped, or an exit status other than 0 / 2 (/ 130 / 143 on a signal);
+- ``multi-line``      refused, but with more than one line (or a line that does not say what was expected);
+- ``silently wrong``  exit 0 where the input is bad, or a result that fails its check;
+- ``refused valid``   a clean error for input that should have worked;
+- ``half-written``    a failed command left a new file or folder, or something that looks like a result;
+- ``data lost``       a file that existed before (data, run, the user's file) was changed or removed.
+
+``tests/test_adversarial.py`` runs every case (each must be ``clean error`` or ``correct``);
+``benchmarks/adversarial.py`` runs them all and writes the table of the README's Errors section.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import io
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+FIT = ["--image-size", "64", "--batch-size", "8", "--device", "cpu", "-q"]
+CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
+OUTCOMES = ("clean error", "correct", "traceback", "multi-line", "silently wrong", "refused valid", "half-written",
+            "data lost")
+GOOD_OUTCOMES = ("clean error", "correct")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One adversarial input. ``argv`` items may hold ``{ws}`` (the workspace), ``{cat}`` (the category),
+    ``{run}``, ``{imgs}``; ``setup(ws)`` damages or prepares the workspace first; ``expect`` is ``"error"``
+    (with ``says``: words the error line must contain) or ``"ok"`` (with ``check(ws, stderr)`` returning a
+    problem or None); ``may_change`` lists workspace paths the command is allowed to rewrite, ``may_leave`` the prefixes of new
+    entries a failed command may leave on purpose (predict's resumable stage, which its message names); ``fault`` is a
+    context manager injected around an in-process run; ``custom(ws)`` replaces argv for the child-process
+    cases and returns (outcome, detail)."""
+
+    id: str
+    family: str
+    argv: Sequence[str] = ()
+    setup: Callable[[Path], None] | None = None
+    expect: str = "error"
+    says: Sequence[str] = ()
+    check: Callable[[Path, str], str | None] | None = None
+    may_change: Sequence[str] = ()
+    fault: Callable[[Path], contextlib.AbstractContextManager] | None = None
+    may_leave: Sequence[str] = ()
+    custom: Callable[[Path], tuple[str, str]] | None = None
+
+
+@dataclass
+class Outcome:
+    case: str
+    family: str
+    kind: str
+    detail: str = ""
+    seconds: float = 0.0
+    stderr: str = field(default="", repr=False)
+
+
+# ---------------------------------------------------------------------------------------- workspace
+def make_template(root: Path) -> Path:
+    """The pristine workspace every case copies: ``cat`` (a tiny category), ``run`` (PaDiM fitted on it),
+    ``imgs`` (six images to predict on) and ``user.txt`` (a file of the user's)."""
+    from anomalens.cli import main
+    from anomalens.data import make_synthetic_category
+
+    ws = root / "template"
+    ws.mkdir(parents=True)
+    made = make_synthetic_category(ws / "data", source="brick", n_train=10, n_test_good=3, n_test_defect=3,
+                                   image_size=64, seed=0)
+    os.rename(made, ws / "cat")
+    shutil.rmtree(ws / "data")
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["fit", "padim", str(ws / "cat"), "-o", str(ws / "run"), *FIT]) == 0
+    (ws / "imgs").mkdir()
+    defect = first_defect(ws)
+    for path in sorted((ws / "cat" / "test" / "good").iterdir())[:3] + sorted((ws / "cat" / "test" / defect).iterdir())[:3]:
+        shutil.copy(path, ws / "imgs" / f"{path.parent.name}_{path.name}")
+    (ws / "user.txt").write_text("the user's own notes\n")
+    return ws
+
+
+def first_defect(ws: Path) -> str:
+    return sorted(p.name for p in (ws / "cat" / "test").iterdir() if p.name != "good")[0]
+
+
+def _snapshot(ws: Path) -> dict[str, tuple]:
+    """Every entry under ``ws`` → what it is and its content hash (links are not followed)."""
+    entries: dict[str, tuple] = {}
+    for dirpath, dirnames, filenames in os.walk(ws):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            rel = os.fsdecode(path.relative_to(ws))
+            st = path.lstat()
+            if path.is_symlink():
+                entries[rel] = ("link", os.readlink(path))
+            elif path.is_dir():
+                entries[rel] = ("dir",)
+            else:
+                entries[rel] = ("file", st.st_size, hashlib.sha1(path.read_bytes()).hexdigest())
+    return entries
+
+
+def _under(rel: str, prefixes: Sequence[str]) -> bool:
+    return any(rel == p or rel.startswith(p.rstrip("/") + "/") for p in prefixes)
+
+
+# ---------------------------------------------------------------------------------------- running
+def _run_in_process(argv: list[str], fault) -> tuple[int | None, str, str]:
+    from anomalens.cli import main
+
+    err, out = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            with fault() if fault is not None else contextlib.nullcontext():
+                rc = main(argv)
+        except SystemExit as exc:  # what a console script would exit with
+            rc = exc.code if isinstance(exc.code, int) else 1
+        except BaseException as exc:  # noqa: BLE001 - the point is to see what escapes
+            import traceback
+
+            return None, out.getvalue(), err.getvalue() + "".join(traceback.format_exception(exc))
+    return rc, out.getvalue(), err.getvalue()
+
+
+def _error_lines(stderr: str) -> list[str]:
+    """The lines of stderr that are not warnings (the library's warnings are one line each by design)."""
+    return [line for line in stderr.splitlines() if line.strip() and not line.startswith("anomalens: warning:")]
+
+
+def run_case(case: Case, template: Path, scratch: Path) -> Outcome:
+    """Run ``case`` in a fresh copy of ``template`` under ``scratch`` and classify it."""
+    ws = scratch / case.id
+    shutil.copytree(template, ws, symlinks=True)
+    if case.setup is not None:
+        case.setup(ws)
+    start = time.perf_counter()
+    if case.custom is not None:
+        kind, detail = case.custom(ws)
+        return Outcome(case.id, case.family, kind, detail, time.perf_counter() - start)
+    before = _snapshot(ws)
+    values = {"ws": str(ws), "cat": str(ws / "cat"), "run": str(ws / "run"), "imgs": str(ws / "imgs")}
+    argv = [a.format(**values) for a in case.argv]
+    fault = (lambda: case.fault(ws)) if case.fault is not None else None
+    rc, stdout, stderr = _run_in_process(argv, fault)
+    seconds = time.perf_counter() - start
+    after = _snapshot(ws)
+
+    def outcome(kind: str, detail: str = "") -> Outcome:
+        return Outcome(case.id, case.family, kind, detail, seconds, stderr)
+
+    lost = [rel for rel, entry in before.items() if after.get(rel) != entry and not _under(rel, case.may_change)]
+    if rc is None or rc not in (0, 2):
+        return outcome("traceback", stderr.strip().splitlines()[-1] if stderr.strip() else f"exit {rc}")
+    if lost:
+        return outcome("data lost", ", ".join(sorted(lost)[:5]))
+    lines = _error_lines(stderr)
+    if rc == 2:
+        new = sorted(rel for rel in after if rel not in before and not any(rel.startswith(p) for p in case.may_leave))
+        if new:
+            return outcome("half-written", ", ".join(new[:5]))
+        if case.expect == "ok":
+            return outcome("refused valid", " | ".join(lines))
+        if len(lines) != 1 or not lines[0].startswith("anomalens: error: "):
+            return outcome("multi-line", " | ".join(lines)[:300])
+        missing = [w for w in case.says if w.lower() not in lines[0].lower()]
+        if missing:
+            return outcome("multi-line", f"the line does not say {missing}: {lines[0]}")
+        return outcome("clean error", lines[0])
+    # exit 0
+    if case.expect == "error":
+        return outcome("silently wrong", f"exit 0 for bad input; stdout: {stdout.strip()[:200]}")
+    if lines:
+        return outcome("silently wrong", f"exit 0 but stderr says: {' | '.join(lines)[:300]}")
+    problem = case.check(ws, stderr) if case.check is not None else None
+    if problem:
+        return outcome("silently wrong", problem)
+    return outcome("correct", stdout.strip().splitlines()[-1] if stdout.strip() else "")
+
+
+# ---------------------------------------------------------------------------------------- damage
+def _train(ws: Path) -> Path:
+    return ws / "cat" / "train" / "good"
+
+
+def _first(folder: Path) -> Path:
+    return sorted(p for p in folder.iterdir() if p.is_file())[0]
+
+
+def _zero_bytes(path_of: Callable[[Path], Path]) -> Callable[[Path], None]:
+    return lambda ws: path_of(ws).write_bytes(b"")
+
+
+def _truncate(path_of: Callable[[Path], Path]) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        path = path_of(ws)
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+
+    return setup
+
+
+def _text_as_png(ws: Path) -> None:
+    _first(_train(ws)).write_text("this is not an image\n")
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+
+def _bomb(ws: Path) -> None:
+    """A valid PNG header announcing 30000 x 30000 pixels, with almost no data (a decompression bomb)."""
+    header = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 30000, 30000, 8, 2, 0, 0, 0))
+    body = _png_chunk(b"IDAT", zlib.compress(b"\x00" * 1000)) + _png_chunk(b"IEND", b"")
+    _first(_train(ws)).write_bytes(b"\x89PNG\r\n\x1a\n" + header + body)
+
+
+def _empty_train(ws: Path) -> None:
+    for path in _train(ws).iterdir():
+        path.unlink()
+
+
+def _keep_train(n: int) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        for path in sorted(_train(ws).iterdir())[n:]:
+            path.unlink()
+
+    return setup
+
+
+def _identical_train(ws: Path) -> None:
+    paths = sorted(_train(ws).iterdir())
+    for path in paths[1:]:
+        shutil.copy(paths[0], path)
+
+
+def _mixed_formats(ws: Path) -> None:
+    """The same photos as grayscale, 16-bit, palette, RGBA, JPEG, BMP and TIFF files."""
+    paths = sorted(_train(ws).iterdir())
+    picture = Image.open(paths[0]).convert("RGB")
+    conversions = [
+        ("gray.png", picture.convert("L")),
+        ("deep.png", Image.fromarray((np.asarray(picture.convert("L"), np.uint16) * 257))),
+        ("palette.png", picture.convert("P")),
+        ("alpha.png", picture.convert("RGBA")),
+        ("photo.jpg", picture),
+        ("bitmap.bmp", picture),
+        ("scan.tif", picture),
+    ]
+    for (name, image), old in zip(conversions, paths[1:]):
+        old.unlink()
+        image.save(_train(ws) / name)
+
+
+def _odd_sizes(ws: Path) -> None:
+    paths = sorted(_train(ws).iterdir())
+    picture = Image.open(paths[0]).convert("RGB")
+    picture.resize((1, 1)).save(paths[1])
+    picture.resize((4000, 3)).save(paths[2])
+    picture.resize((3, 900)).save(paths[3])
+
+
+def _non_utf8_copy(folder_of: Callable[[Path], Path]) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        folder = folder_of(ws)
+        source = _first(folder)
+        shutil.copy(source, os.path.join(os.fsencode(folder), b"caf\xe9-latin1.png"))
+
+    return setup
+
+
+def _folder_named_like_an_image(ws: Path) -> None:
+    (_train(ws) / "folder.png").mkdir()
+
+
+def _mask_path(ws: Path) -> Path:
+    return _first(ws / "cat" / "ground_truth" / first_defect(ws))
+
+
+def _mask_of_wrong_size(ws: Path) -> None:
+    Image.new("L", (10, 10)).save(_mask_path(ws))
+
+
+def _no_test(ws: Path) -> None:
+    shutil.rmtree(ws / "cat" / "test")
+    shutil.rmtree(ws / "cat" / "ground_truth")
+
+
+def _only_normal_tests(ws: Path) -> None:
+    shutil.rmtree(ws / "cat" / "ground_truth")
+    for folder in (ws / "cat" / "test").iterdir():
+        if folder.name != "good":
+            shutil.rmtree(folder)
+
+
+def _one_broken_image(ws: Path) -> None:
+    (ws / "imgs" / "zz_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+
+
+def _all_broken_images(ws: Path) -> None:
+    for path in (ws / "imgs").iterdir():
+        path.write_bytes(b"not an image")
+
+
+def _empty_images(ws: Path) -> None:
+    for path in (ws / "imgs").iterdir():
+        path.unlink()
+
+
+def _notes_folder(ws: Path) -> None:
+    (ws / "notes").mkdir()
+    (ws / "notes" / "readme.txt").write_text("no images here\n")
+
+
+def _user_folder(ws: Path) -> None:
+    (ws / "mine").mkdir()
+    (ws / "mine" / "notes.txt").write_text("mine\n")
+
+
+def _normals_folder(ws: Path) -> None:
+    shutil.copytree(ws / "cat" / "test" / "good", ws / "normals")
+
+
+# ---------------------------------------------------------------------------------------- tampering
+def _edit_config(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def setup(ws: Path) -> None:
+        path = ws / "run" / "detector.json"
+        config = json.loads(path.read_text())
+        change(config)
+        path.write_text(json.dumps(config))
+
+    return setup
+
+
+def _set_threshold(value) -> Callable[[dict], None]:
+    def change(config: dict) -> None:
+        config["decision"]["image_threshold"] = value
+
+    return change
+
+
+def _set_param(key: str, value) -> Callable[[dict], None]:
+    return lambda config: config["params"].__setitem__(key, value)
+
+
+def _rewrite_weights(change: Callable[[dict], None]) -> Callable[[Path], None]:
+    """Change the tensors, keep the metadata and put the new hash in detector.json (a deliberate edit)."""
+
+    def setup(ws: Path) -> None:
+        from safetensors import safe_open
+        from safetensors.torch import load_file, save_file
+
+        from anomalens.persistence import file_sha256
+
+        path = ws / "run" / "weights.safetensors"
+        with safe_open(str(path), framework="pt") as fh:
+            metadata = fh.metadata()
+        tensors = load_file(str(path))
+        change(tensors)
+        save_file(tensors, str(path), metadata=metadata)
+        _edit_config(lambda c: c.update(weights_sha256=file_sha256(path)))(ws)
+
+    return setup
+
+
+def _nan_weight(tensors: dict) -> None:
+    name = sorted(k for k, v in tensors.items() if v.is_floating_point())[0]
+    tensors[name].view(-1)[0] = float("nan")
+
+
+def _flip_a_byte(ws: Path) -> None:
+    path = ws / "run" / "weights.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _pickle_beside(ws: Path) -> None:
+    import pickle
+
+    (ws / "run" / "weights.pt").write_bytes(pickle.dumps({"os": os.getcwd}))
+
+
+# ---------------------------------------------------------------------------------------- checks
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    import csv
+
+    with open(path, newline="", encoding="utf-8") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _predictions_complete(errors: int = 0) -> Callable[[Path, str], str | None]:
+    """A row for every readable image of ``imgs`` (with a finite score) and ``errors`` rows in errors.csv."""
+
+    def check(ws: Path, stderr: str) -> str | None:
+        out = ws / "out"
+        n = len(list((ws / "imgs").iterdir())) - errors
+        rows = _read_csv(out / "predictions.csv")
+        if len(rows) != n:
+            return f"{len(rows)} prediction rows, expected {n}"
+        if any(not np.isfinite(float(r["score"])) for r in rows):
+            return "a non-finite score"
+        error_rows = _read_csv(out / "errors.csv") if (out / "errors.csv").exists() else []
+        if len(error_rows) != errors:
+            return f"{len(error_rows)} error rows, expected {errors}"
+        return None
+
+    return check
+
+
+def _fitted(ws: Path, stderr: str) -> str | None:
+    from anomalens.catalog import load_detector
+
+    detector = load_detector(ws / "out")
+    if not np.isfinite(detector.threshold_):
+        return f"threshold {detector.threshold_}"
+    return None
+
+
+def _warned(*words: str) -> Callable[[Path, str], str | None]:
+    def check(ws: Path, stderr: str) -> str | None:
+        problem = _fitted(ws, stderr)
+        if problem:
+            return problem
+        warnings = [line for line in stderr.splitlines() if line.startswith("anomalens: warning:")]
+        if not any(all(w.lower() in line.lower() for w in words) for line in warnings):
+            return f"no warning saying {words}: {warnings}"
+        return None
+
+    return check
+
+
+def _metrics(predicate: Callable[[dict], str | None]) -> Callable[[Path, str], str | None]:
+    def check(ws: Path, stderr: str) -> str | None:
+        def refuse(constant):
+            raise ValueError(constant)
+
+        metrics = json.loads((ws / "out" / "metrics.json").read_text(), parse_constant=refuse)
+        return predicate(metrics)
+
+    return check
+
+
+def _names_escaped(csv_name: str) -> Callable[[Path, str], str | None]:
+    def check(ws: Path, stderr: str) -> str | None:
+        text = (ws / "out" / csv_name).read_text(encoding="utf-8")
+        return None if "caf\\xe9-latin1.png" in text else "the non-UTF-8 name is not in the output, escaped"
+
+    return check
+
+
+# ---------------------------------------------------------------------------------------- faults
+@contextlib.contextmanager
+def _disk_full_on_csv(ws: Path) -> Iterator[None]:
+    import anomalens.workflow as workflow
+
+    real = workflow.csv.DictWriter
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(ws / "out" / "predictions.csv"))
+
+    workflow.csv.DictWriter = disk_full
+    try:
+        yield
+    finally:
+        workflow.csv.DictWriter = real
+
+
+@contextlib.contextmanager
+def _disk_full_on_weights(ws: Path) -> Iterator[None]:
+    import safetensors.torch
+
+    real = safetensors.torch.save_file
+
+    def disk_full(tensors, path, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    safetensors.torch.save_file = disk_full
+    try:
+        yield
+    finally:
+        safetensors.torch.save_file = real
+
+
+# ---------------------------------------------------------------------------------------- child processes
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "anomalens.cli", *args]
+
+
+def _wait_for_stage(proc: subprocess.Popen, parent: Path, prefix: str, timeout: float = 120) -> bool:
+    deadline = time.monotonic() + timeout
+    while not any(p.name.startswith(prefix) for p in parent.iterdir()):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def _signal_during(command: str, sig: int) -> Callable[[Path], tuple[str, str]]:
+    """Start ``fit`` or ``predict`` in a child, send ``sig`` once it is writing, then check that nothing
+    looks like a result and that the next run cleans up and succeeds."""
+
+    def custom(ws: Path) -> tuple[str, str]:
+        from anomalens.cli import main
+
+        target = ws / "out"
+        if command == "fit":
+            args = ["fit", "padim", str(ws / "cat"), "-o", str(target), "--image-size", "128", "-q"]
+        else:
+            many = ws / "many"
+            many.mkdir()
+            for i in range(40):
+                for path in (ws / "imgs").iterdir():
+                    shutil.copy(path, many / f"{i:02d}_{path.name}")
+            args = ["predict", str(ws / "run"), str(many), "-o", str(target), "--heatmaps", "all", "-q"]
+        proc = subprocess.Popen(_cli(*args), env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if not _wait_for_stage(proc, ws, ".out.partial-"):
+                return "traceback", f"the child ended before staging: {proc.communicate()[1][-300:]}"
+            proc.send_signal(sig)
+            rc = proc.wait(timeout=60)
+            stderr = proc.stderr.read()
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        if sig == signal.SIGTERM and (rc != 143 or "Traceback" in stderr):
+            return "traceback", f"exit {rc}: {stderr.strip()[-300:]}"
+        if target.exists():
+            return "half-written", f"{target} exists after the {signal.Signals(sig).name}"
+        quiet = io.StringIO()
+        with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(io.StringIO()):
+            again = main(args) if command == "predict" else main([*args[:-3], *FIT])
+        if again != 0:
+            return "refused valid", f"the next run failed: {quiet.getvalue().strip()}"
+        leftovers = [p.name for p in ws.iterdir() if p.name.startswith(".out.partial-")]
+        if leftovers:
+            return "half-written", f"leftovers after the next run: {leftovers}"
+        return "correct", f"{signal.Signals(sig).name}: nothing left that looks like a result; the next run cleaned up"
+
+    return custom
+
+
+def _race(command: str) -> Callable[[Path], tuple[str, str]]:
+    """Two identical commands into one output folder at once: exactly one wins, the other says so."""
+
+    def custom(ws: Path) -> tuple[str, str]:
+        target = ws / "out"
+        if command == "fit":
+            args = _cli("fit", "padim", str(ws / "cat"), "-o", str(target), *FIT)
+        else:
+            args = _cli("predict", str(ws / "run"), str(ws / "imgs"), "-o", str(target), "-q")
+        procs = [subprocess.Popen(args, env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                 for _ in range(2)]
+        results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        codes = sorted(rc for rc, _ in results)
+        if codes != [0, 2]:
+            kind = "traceback" if any(rc not in (0, 2) for rc in codes) else "data lost"
+            return kind, f"exit codes {codes}: {[e.strip()[-200:] for _, e in results]}"
+        loser = next(e for rc, e in results if rc == 2)
+        if len(_error_lines(loser)) != 1:
+            return "multi-line", loser.strip()[-300:]
+        if not (target / ("detector.json" if command == "fit" else "predictions.csv")).exists():
+            return "data lost", "the winner's result is missing"
+        return "correct", f"one wins, the other: {loser.strip()}"
+
+    return custom
+
+
+# ---------------------------------------------------------------------------------------- the cases
+def _fit(*extra: str, data: str = "{cat}") -> list[str]:
+    return ["fit", "padim", data, "-o", "{ws}/out", *FIT, *extra]
+
+
+def _predict(*extra: str, run: str = "{run}", images: str = "{imgs}") -> list[str]:
+    return ["predict", run, images, "-o", "{ws}/out", "-q", *extra]
+
+
+def _test(*extra: str, data: str = "{cat}") -> list[str]:
+    return ["test", "{run}", data, "-o", "{ws}/out", "-q", *extra]
+
+
+BAD_DATA = "bad data"
+BAD_PARAMS = "bad parameters"
+TAMPERED = "tampered runs"
+FILES = "file system"
+SIGNALS = "signals and races"
+
+CASES: list[Case] = [
+    # ------------------------------------------------------------------ broken images and folders
+    Case("fit-zero-byte-image", BAD_DATA, _fit(), _zero_bytes(lambda ws: _first(_train(ws))), says=["000.png"]),
+    Case("fit-truncated-png", BAD_DATA, _fit(), _truncate(lambda ws: _first(_train(ws))), says=["000.png"]),
+    Case("fit-text-named-png", BAD_DATA, _fit(), _text_as_png, says=["000.png", "not a recognised image"]),
+    Case("fit-decompression-bomb", BAD_DATA, _fit(), _bomb, says=["000.png"]),
+    Case("fit-empty-train-folder", BAD_DATA, _fit(), _empty_train, says=["train/good", "no images"]),
+    Case("fit-missing-data-folder", BAD_DATA, _fit(data="{ws}/nowhere"), says=["nowhere"]),
+    Case("fit-data-is-a-file", BAD_DATA, _fit(data="{ws}/user.txt"), says=["user.txt"]),
+    Case("fit-no-train-split", BAD_DATA, _fit(), lambda ws: shutil.rmtree(_train(ws).parent), says=["cat"]),
+    Case("fit-one-training-image", BAD_DATA, _fit(), _keep_train(1), says=["training image"]),
+    Case("fit-two-training-images", BAD_DATA, _fit(), _keep_train(2), says=["at least 2", "holdout_fraction"]),
+    Case("fit-two-training-images-none-held-out", BAD_DATA, _fit("-p", "holdout_fraction=0"), _keep_train(2),
+         expect="ok", check=_warned("threshold", "only")),
+    Case("fit-batch-size-given-twice", BAD_PARAMS, _fit("-p", "batch_size=4"), says=["batch_size", "twice"]),
+    Case("fit-identical-training-images", BAD_DATA, _fit(), _identical_train, expect="ok",
+         check=_warned("identical")),
+    Case("fit-mixed-formats-and-depths", BAD_DATA, _fit(), _mixed_formats, expect="ok", check=_fitted),
+    Case("fit-1x1-and-extreme-aspect-images", BAD_DATA, _fit(), _odd_sizes, expect="ok", check=_fitted),
+    Case("fit-non-utf8-file-name", BAD_DATA, _fit(), _non_utf8_copy(_train), expect="ok", check=_fitted),
+    Case("fit-folder-named-like-an-image", BAD_DATA, _fit(), _folder_named_like_an_image, expect="ok", check=_fitted),
+    Case("fit-broken-test-mask-it-never-reads", BAD_DATA, _fit(), _zero_bytes(_mask_path), expect="ok", check=_fitted),
+    Case("test-mask-of-wrong-size", BAD_DATA, _test(), _mask_of_wrong_size, says=["mask", "size"]),
+    Case("test-zero-byte-mask", BAD_DATA, _test(), _zero_bytes(_mask_path), says=["_mask.png"]),
+    Case("test-missing-mask", BAD_DATA, _test(), lambda ws: _mask_path(ws).unlink(), says=["mask missing"]),
+    Case("test-without-test-split", BAD_DATA, _test(), _no_test, says=["test"]),
+    Case("test-only-normal-images", BAD_DATA, _test(), _only_normal_tests, expect="ok",
+         check=_metrics(lambda m: None if m["image_auroc"] is None and m["n_anomalous"] == 0 else str(m))),
+    Case("test-non-utf8-file-name", BAD_DATA, _test(), _non_utf8_copy(lambda ws: ws / "cat" / "test" / "good"),
+         expect="ok", check=_names_escaped("scores.csv")),
+    Case("predict-empty-folder", BAD_DATA, _predict(), _empty_images, says=["imgs", "no images"]),
+    Case("predict-missing-path", BAD_DATA, _predict(images="{ws}/nowhere"), says=["nowhere"]),
+    Case("predict-one-broken-image-with-skip-bad", BAD_DATA, _predict("--skip-bad"), _one_broken_image, expect="ok",
+         check=_predictions_complete(errors=1)),
+    Case("predict-one-broken-image-stops-resumably", BAD_DATA, _predict(), _one_broken_image,
+         says=["zz_broken.png", "--resume"], may_leave=[".out.partial-"]),
+    Case("predict-only-broken-images", BAD_DATA, _predict(), _all_broken_images, says=["cannot read"]),
+    Case("predict-non-utf8-file-name", BAD_DATA, _predict(), _non_utf8_copy(lambda ws: ws / "imgs"), expect="ok",
+         check=_names_escaped("predictions.csv")),
+    Case("calibrate-on-the-training-images", BAD_DATA, ["calibrate", "{run}", "{cat}/train/good", "-q"],
+         says=["training"]),
+    Case("calibrate-normals-it-never-saw", BAD_DATA, ["calibrate", "{run}", "{ws}/normals", "-q"], _normals_folder,
+         expect="ok", may_change=["run"], check=lambda ws, err: None),
+    Case("fit-folder-of-no-known-layout", BAD_DATA, _fit(data="{ws}/notes"), _notes_folder,
+         says=["notes", "known layout"]),
+    Case("fit-layout-whose-split-is-missing", BAD_DATA, _fit("--layout", "btad"), says=["train/ok", "missing"]),
+    Case("fit-unknown-layout", BAD_DATA, _fit("--layout", "nope"), says=["nope"]),
+    Case("fit-unknown-one-class-class", BAD_DATA, _fit(data="mnist:normal=11"), says=["11"]),
+    Case("fit-malformed-one-class-spec", BAD_DATA, _fit(data="fashion-mnist:normal"), says=["normal"]),
+    # ------------------------------------------------------------------ parameters
+    *[Case(f"fit-param-{key}-{value}".replace("[", "").replace("]", "").replace(",", "_"), BAD_PARAMS,
+           _fit("-p", f"{key}={value}"), says=[key])
+      for key, value in [("n_features", "abc"), ("n_features", "1.5"), ("n_features", "0"), ("epsilon", "abc"),
+                         ("epsilon", "-1"), ("blur_sigma", "-1"), ("layers", "5"), ("layers", "[9]"),
+                         ("batch_size", "abc"), ("batch_size", "0"), ("false_alarm_rate", "2"),
+                         ("holdout_fraction", "0.95"), ("image_size", "[64,64,64]"), ("threshold_folds", "-2"),
+                         ("no_such_parameter", "1")]],
+    Case("fit-param-without-equals", BAD_PARAMS, _fit("-p", "n_features"), says=["n_features"]),
+    Case("fit-image-size-7", BAD_PARAMS, _fit("--image-size", "7"), says=["7"]),
+    Case("fit-image-size-0", BAD_PARAMS, _fit("--image-size", "0"), says=["image"]),
+    Case("fit-unknown-detector", BAD_PARAMS, ["fit", "padin", "{cat}", "-o", "{ws}/out", "-q"], says=["padim"]),
+    Case("fit-cuda-without-a-gpu", BAD_PARAMS, _fit("--device", "cuda"), says=["cuda"]),
+    Case("fit-unknown-device", BAD_PARAMS, _fit("--device", "tpu"), says=["tpu"]),
+    Case("fit-unknown-backbone", BAD_PARAMS, _fit("--backbone", "resnet9000"), says=["resnet9000"]),
+    Case("fit-hub-backbone-refused", BAD_PARAMS, _fit("--backbone", "hf-hub:someone/model"), says=["hf-hub"]),
+    Case("fit-missing-weights-file", BAD_PARAMS, _fit("--weights", "{ws}/none.pth"), says=["none.pth"]),
+    Case("fit-garbage-weights-file", BAD_PARAMS, _fit("--weights", "{ws}/user.txt"), says=["user.txt"]),
+    Case("fit-tile-larger-than-the-image", BAD_PARAMS, _fit("-p", "tile_size=128"), says=["tile_size", "larger"]),
+    Case("fit-config-not-yaml", BAD_PARAMS, _fit("--config", "{ws}/user.txt"), says=["user.txt"]),
+    Case("fit-config-missing", BAD_PARAMS, _fit("--config", "{ws}/none.yaml"), says=["none.yaml"]),
+    Case("patchcore-coreset-fraction-0", BAD_PARAMS,
+         ["fit", "patchcore", "{cat}", "-o", "{ws}/out", *FIT, "-p", "coreset_fraction=0"], says=["coreset_fraction"]),
+    Case("stpm-epochs-0", BAD_PARAMS, ["fit", "stpm", "{cat}", "-o", "{ws}/out", *FIT, "-p", "epochs=0"],
+         says=["epochs"]),
+    Case("predict-negative-workers", BAD_PARAMS, _predict("--workers", "-1"), says=["workers"]),
+    # ------------------------------------------------------------------ tampered runs
+    Case("run-weights-deleted", TAMPERED, _predict(), lambda ws: (ws / "run" / "weights.safetensors").unlink(),
+         says=["weights.safetensors"]),
+    Case("run-weights-truncated", TAMPERED, _predict(), _truncate(lambda ws: ws / "run" / "weights.safetensors"),
+         says=["weights.safetensors"]),
+    Case("run-weights-one-byte-flipped", TAMPERED, _predict(), _flip_a_byte, says=["weights.safetensors"]),
+    Case("run-nan-in-a-weight", TAMPERED, _predict(), _rewrite_weights(_nan_weight), says=["nan"]),
+    Case("run-nan-threshold", TAMPERED, _predict(), _edit_config(_set_threshold(float("nan"))), says=["threshold"]),
+    Case("run-infinite-threshold", TAMPERED, _predict(), _edit_config(_set_threshold(float("inf"))),
+         says=["threshold"]),
+    Case("run-boolean-threshold", TAMPERED, _predict(), _edit_config(_set_threshold(True)), says=["threshold"]),
+    Case("run-text-threshold", TAMPERED, _predict(), _edit_config(_set_threshold("high")), says=["threshold"]),
+    Case("run-backbone-changed", TAMPERED, _predict(), _edit_config(_set_param("backbone", "efficientnet_lite2")),
+         says=["detector.json"]),
+    Case("run-image-size-changed", TAMPERED, _predict(), _edit_config(_set_param("image_size", 96)),
+         says=["detector.json"]),
+    Case("run-layers-changed", TAMPERED, _predict(), _edit_config(_set_param("layers", [1, 2])),
+         says=["detector.json"]),
+    Case("run-unknown-detector-name", TAMPERED, _predict(), _edit_config(lambda c: c.update(detector="evil")),
+         says=["evil"]),
+    Case("run-class-path-as-name", TAMPERED, _predict(), _edit_config(lambda c: c.update(detector="os.system")),
+         says=["os.system"]),
+    Case("run-future-format", TAMPERED, _predict(), _edit_config(lambda c: c.update(format_version=99)),
+         says=["99"]),
+    Case("run-config-not-json", TAMPERED, _predict(), lambda ws: (ws / "run" / "detector.json").write_text("{oops"),
+         says=["detector.json"]),
+    Case("run-config-empty", TAMPERED, _predict(), _zero_bytes(lambda ws: ws / "run" / "detector.json"),
+         says=["detector.json"]),
+    Case("run-config-a-list", TAMPERED, _predict(), lambda ws: (ws / "run" / "detector.json").write_text("[1, 2]"),
+         says=["detector.json"]),
+    Case("run-missing-folder", TAMPERED, _predict(run="{ws}/norun"), says=["norun"]),
+    Case("run-is-a-data-folder", TAMPERED, _predict(run="{cat}"), says=["cat"]),
+    Case("run-with-a-pickle-beside-it", TAMPERED, _predict(), _pickle_beside, expect="ok",
+         check=_predictions_complete()),
+    # ------------------------------------------------------------------ output folders and the file system
+    Case("out-is-an-existing-file", FILES, ["fit", "padim", "{cat}", "-o", "{ws}/user.txt", *FIT], says=["user.txt"]),
+    Case("out-under-a-file", FILES, ["fit", "padim", "{cat}", "-o", "{ws}/user.txt/run", *FIT], says=["user.txt"]),
+    Case("out-is-the-input-images-with-overwrite", FILES,
+         ["predict", "{run}", "{imgs}", "-o", "{imgs}", "--overwrite", "-q"], says=["imgs"]),
+    Case("out-is-the-run-with-overwrite", FILES, ["predict", "{run}", "{imgs}", "-o", "{run}", "--overwrite", "-q"],
+         says=["run"]),
+    Case("out-inside-the-input-images", FILES, ["predict", "{run}", "{imgs}", "-o", "{imgs}/out", "-q"],
+         says=["imgs"]),
+    Case("out-is-the-data-for-fit-with-overwrite", FILES,
+         ["fit", "padim", "{cat}", "-o", "{cat}", "--overwrite", *FIT], says=["cat"]),
+    Case("test-report-into-the-data", FILES, ["test", "{run}", "{cat}", "-o", "{cat}/report", "-q"], says=["cat"]),
+    Case("out-is-a-user-folder", FILES, ["predict", "{run}", "{imgs}", "-o", "{ws}/mine", "-q"], _user_folder,
+         says=["mine"]),
+    Case("out-is-a-user-folder-with-overwrite", FILES,
+         ["predict", "{run}", "{imgs}", "-o", "{ws}/mine", "--overwrite", "-q"], _user_folder,
+         says=["not a folder anomalens wrote"]),
+    Case("out-is-a-folder-holding-the-run", FILES, ["predict", "{run}", "{imgs}", "-o", "{ws}", "--overwrite", "-q"],
+         says=["contains an input"]),
+    Case("out-is-a-dangling-link", FILES, _predict("--overwrite"),
+         lambda ws: (ws / "out").symlink_to(ws / "missing"), says=["symbolic link"]),
+    Case("out-is-a-link-loop", FILES, _predict("--overwrite"), lambda ws: (ws / "out").symlink_to(ws / "out"),
+         says=["symbolic link"]),
+    Case("out-on-a-read-only-file-system", FILES, ["fit", "padim", "{cat}", "-o", "/proc/anomalens-run", *FIT],
+         says=["/proc"]),
+    Case("disk-full-while-writing-predictions", FILES, _predict(), fault=_disk_full_on_csv,
+         says=["No space left on device"]),
+    Case("disk-full-while-saving-a-run", FILES, _fit(), fault=_disk_full_on_weights, says=["No space left on device"]),
+    Case("overwrite-replaces-an-anomalens-run", FILES, ["fit", "padim", "{cat}", "-o", "{run}", "--overwrite", *FIT],
+         expect="ok", may_change=["run"], check=lambda ws, err: None),
+    Case("predict-into-an-existing-result-without-overwrite", FILES,
+         ["predict", "{run}", "{imgs}", "-o", "{ws}/out", "-q"], setup=lambda ws: _predict_once(ws),
+         says=["out"]),
+    # ------------------------------------------------------------------ signals and races (child processes)
+    Case("kill-9-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGKILL)),
+    Case("sigterm-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGTERM)),
+    Case("sigterm-during-predict", SIGNALS, custom=_signal_during("predict", signal.SIGTERM)),
+    Case("kill-9-during-predict", SIGNALS, custom=_signal_during("predict", signal.SIGKILL)),
+    Case("two-fits-into-one-folder", SIGNALS, custom=_race("fit")),
+    Case("two-predicts-into-one-folder", SIGNALS, custom=_race("predict")),
+]
+
+
+def _predict_once(ws: Path) -> None:
+    from anomalens.cli import main
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["predict", str(ws / "run"), str(ws / "imgs"), "-o", str(ws / "out"), "-q"]) == 0
+
+
+def table(outcomes: Sequence[Outcome]) -> dict[str, dict[str, int]]:
+    """{family (and "all"): {"cases": n, outcome kind: count}}."""
+    rows: dict[str, dict[str, int]] = {}
+    for family in [*dict.fromkeys(o.family for o in outcomes), "all"]:
+        chosen = [o for o in outcomes if family in ("all", o.family)]
+        rows[family] = {"cases": len(chosen), **{k: sum(o.kind == k for o in chosen) for k in OUTCOMES}}
+    return rows

@@ -1,0 +1,21 @@
+"""Issue 15's adversarial suite: every case of ``tests/adversarial_cases.py`` must end as a clean error (exit 2,
+one line naming the problem, nothing left behind, nothing of the user's touched) or a correct result.
+``benchmarks/adversarial.py`` runs the same cases and writes the table of the README's Errors section."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.adversarial_cases import CASES, GOOD_OUTCOMES, make_template, run_case
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory):
+    return make_template(tmp_path_factory.mktemp("adversarial"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_adversarial_case(case, template, tmp_path):
+    outcome = run_case(case, template, tmp_path)
+    expected = "clean error" if case.expect == "error" and case.custom is None else GOOD_OUTCOMES
+    assert outcome.kind in expected, f"{case.id}: {outcome.kind}: {outcome.detail}\n{outcome.stderr[-2000:]}"

@@ -1,0 +1,230 @@
+"""The Ray engine: predict on Ray Data actors, PaDiM and PatchCore fitted on shards.
+
+One local Ray cluster (2 CPUs, no dashboard) for the module; the tests that need Ray skip, saying why, where
+it is not installed. The runs and images are tiny (64 px); the comparisons are against the local paths.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from anomalens.catalog import create_detector, load_detector
+from anomalens.cli import main
+from anomalens.data import load_dataset
+from anomalens.errors import ConfigError, DataError
+from anomalens.workflow import predict_images
+
+from conftest import FIT
+
+try:
+    import ray
+    import ray.data  # noqa: F401
+except ImportError:
+    ray = None
+
+needs_ray = pytest.mark.skipif(ray is None, reason="Ray is not installed (pip install 'anomalens[ray]')")
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    if ray is None:
+        pytest.skip("Ray is not installed (pip install 'anomalens[ray]')")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def images(category, tmp_path_factory):
+    """The category's test images plus one file that is not an image, in one folder."""
+    folder = tmp_path_factory.mktemp("images")
+    for path in sorted((category / "test").rglob("*.png")):
+        (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    (folder / "broken.png").write_bytes(b"not a png at all")
+    return folder
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _assert_same_rows(ray_rows: list[dict], local_rows: list[dict]) -> None:
+    assert [r["image"] for r in ray_rows] == [r["image"] for r in local_rows]
+    for got, want in zip(ray_rows, local_rows):
+        assert float(got["score"]) == pytest.approx(float(want["score"]), rel=1e-5)
+        assert float(got["normalized_score"]) == pytest.approx(float(want["normalized_score"]), rel=1e-5, abs=1e-7)
+        assert str(got["anomalous"]) == str(want["anomalous"])
+        assert float(got["threshold"]) == float(want["threshold"])
+
+
+@needs_ray
+def test_predict_on_ray_writes_what_the_local_predict_writes(ray_session, run, images, tmp_path):
+    from anomalens.distributed import predict_with_ray
+
+    local = predict_images(run, images, tmp_path / "local", heatmaps="none", skip_bad=True, progress=False, workers=0)
+    rows = predict_with_ray(run, images, tmp_path / "ray", workers=2, skip_bad=True, progress=False)
+    _assert_same_rows(rows, local)
+    # the files, column for column: CSV (same header), JSONL, errors.csv naming the broken file as local does
+    _assert_same_rows(_read_csv(tmp_path / "ray" / "predictions.csv"), _read_csv(tmp_path / "local" / "predictions.csv"))
+    assert (tmp_path / "ray" / "predictions.csv").read_text().splitlines()[0] == \
+        (tmp_path / "local" / "predictions.csv").read_text().splitlines()[0]
+    jsonl = [json.loads(line) for line in (tmp_path / "ray" / "predictions.jsonl").read_text().splitlines()]
+    assert jsonl == rows
+    assert _read_csv(tmp_path / "ray" / "errors.csv") == _read_csv(tmp_path / "local" / "errors.csv")
+    assert [r["image"] for r in _read_csv(tmp_path / "ray" / "errors.csv")] == [str(images / "broken.png")]
+
+
+class CrashOnce:
+    """Mixin for the scoring actor: the first batch any actor receives kills its process (once per flag file)."""
+
+    flag: Path
+
+    def __call__(self, batch):
+        if not self.flag.exists():
+            self.flag.touch()
+            os._exit(1)  # the worker process dies mid-job, as if killed
+        return super().__call__(batch)
+
+
+@needs_ray
+def test_a_worker_killed_mid_job_loses_and_duplicates_nothing(ray_session, run, images, tmp_path):
+    """Also the parquet output: the same rows as the local predict's, in a file of its own."""
+    import pyarrow.parquet as pq
+
+    from anomalens.distributed import ImageScorer, predict_with_ray
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the actor class travels by value
+    flag = tmp_path / "crashed"
+    scorer = type("CrashingScorer", (CrashOnce, ImageScorer), {"flag": flag})
+    rows = predict_with_ray(run, images, tmp_path / "ray", workers=1, skip_bad=True, progress=False, scorer=scorer,
+                            output_format="parquet")
+    assert flag.exists()  # it did die
+    local = predict_images(run, images, tmp_path / "local", heatmaps="none", skip_bad=True, progress=False, workers=0)
+    _assert_same_rows(rows, local)  # every image once, in order, same scores
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == [".anomalens-output.json", "errors.csv",
+                                                                    "predictions.parquet"]
+    _assert_same_rows(pq.read_table(tmp_path / "ray" / "predictions.parquet").to_pylist(), local)
+
+
+@needs_ray
+def test_an_unreadable_image_without_skip_bad_stops_and_writes_nothing(ray_session, run, images, tmp_path):
+    from anomalens.distributed import predict_with_ray
+
+    with pytest.raises(DataError, match="broken.png.*--skip-bad"):
+        predict_with_ray(run, images, tmp_path / "out", workers=1, progress=False)
+    assert os.listdir(tmp_path) == []  # no output folder, no staging folder, no lock
+
+
+def test_an_unreachable_cluster_is_one_line_within_seconds(run, category, tmp_path, capsys):
+    if ray is None:
+        pytest.skip("Ray is not installed (pip install 'anomalens[ray]')")
+    start = time.monotonic()
+    code = main(["predict", str(run), str(category / "test" / "good"), "-o", str(tmp_path / "out"), "--engine", "ray",
+                 "--address", "127.0.0.1:9", "-q"])
+    err = capsys.readouterr().err
+    assert code == 2 and time.monotonic() - start < 15
+    assert err.count("\n") == 1 and "127.0.0.1:9" in err and "no Ray cluster answers" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["fit", "padim", str(category), "-o", str(tmp_path / "run"), *FIT, "--engine", "ray",
+                 "--address", "127.0.0.1:9"]) == 2
+    assert "no Ray cluster answers" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_without_ray_the_engine_says_how_to_install_it(run, category, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray → ImportError, as when it is not installed
+    assert main(["predict", str(run), str(category / "test" / "good"), "-o", str(tmp_path / "out"),
+                 "--engine", "ray", "-q"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'anomalens[ray]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_options_of_another_engine_are_refused(run, category, tmp_path, capsys):
+    cases = [["fit", "padim", str(category), "-o", str(tmp_path / "r"), *FIT, "--shards", "2"],
+             ["fit", "padim", str(category), "-o", str(tmp_path / "r"), *FIT, "--resume"],
+             ["predict", str(run), str(category / "test" / "good"), "-o", str(tmp_path / "p"), "--format", "parquet"],
+             ["predict", str(run), str(category / "test" / "good"), "-o", str(tmp_path / "p"), "--engine", "ray",
+              "--heatmaps", "all"]]
+    for argv in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "engine" in err, argv
+    assert os.listdir(tmp_path) == []
+
+
+def test_shard_plan_keeps_folds_whole_and_balanced():
+    from anomalens.distributed.sharded_fit import shard_plan
+
+    folds = [np.array([0, 3, 6]), np.array([1, 4, 7]), np.array([2, 5])]
+    plan = shard_plan(folds, 2)
+    assert [list(index) for index, _ in plan] == [[0, 3, 6, 1, 4, 7], [2, 5]]
+    assert [[list(f) for f in local] for _, local in plan] == [[[0, 1, 2], [3, 4, 5]], [[0, 1]]]
+    loo = shard_plan([np.array([i]) for i in range(7)], 3)  # leave-one-out: runs of single images
+    assert [list(index) for index, _ in loo] == [[0, 1, 2], [3, 4], [5, 6]]
+    assert len(shard_plan(folds, 10)) == 3  # never more shards than folds
+
+
+def _inverse_covariance(detector) -> np.ndarray:
+    whitener = detector.whitener_.double()
+    return (whitener.transpose(1, 2) @ whitener).numpy()
+
+
+@needs_ray
+def test_sharded_padim_is_the_single_fit(ray_session, category):
+    from anomalens.distributed import fit_sharded
+
+    train = load_dataset(category).train
+    # d = 8 features from 12 images: well-conditioned covariances, so float rounding stays at float level
+    params = {"image_size": 64, "batch_size": 4, "device": "cpu", "n_features": 8}
+    single = create_detector("padim", **params).fit(train, progress=False)
+    sharded = create_detector("padim", **params)
+    info = fit_sharded(sharded, train, shards=2, progress=False)
+    assert info["shards"] == 2
+    np.testing.assert_allclose(sharded.mean_.numpy(), single.mean_.numpy(), rtol=1e-5, atol=1e-5)
+    inverse, single_inverse = _inverse_covariance(sharded), _inverse_covariance(single)
+    np.testing.assert_allclose(inverse, single_inverse, rtol=1e-4, atol=1e-4 * np.abs(single_inverse).max())
+    np.testing.assert_allclose(np.linalg.inv(inverse), np.linalg.inv(single_inverse), rtol=1e-4,
+                               atol=1e-4 * np.abs(np.linalg.inv(single_inverse)).max())
+    # the threshold: the same leave-one-out scores and maps, so the same rule
+    assert sharded.decision_.description == single.decision_.description
+    assert sharded.threshold_ == pytest.approx(single.threshold_, rel=1e-5)
+    assert sharded.pixel_threshold_ == pytest.approx(single.pixel_threshold_, rel=1e-5)
+    assert sharded.decision_.map_reference == pytest.approx(single.decision_.map_reference, rel=1e-5)
+    test = load_dataset(category).test
+    np.testing.assert_allclose(sharded.predict(test, progress=False).scores, single.predict(test, progress=False).scores,
+                               rtol=1e-5)
+
+
+@needs_ray
+def test_sharded_patchcore_is_an_ordinary_run(ray_session, category, tmp_path, capsys):
+    run = tmp_path / "pc"
+    assert main(["fit", "patchcore", str(category), "-o", str(run), *FIT, "--engine", "ray", "--shards", "2"]) == 0
+    info = json.loads((run / "run.json").read_text())
+    assert (info["engine"], info["shards"]) == ("ray", 2)
+    detector = load_detector(run)
+    n_patches = 12 * detector.grid_size_[0] * detector.grid_size_[1]
+    assert detector.memory_bank_.shape[0] == detector.coreset_size(n_patches)  # the size a single fit keeps
+    assert "folds" in detector.decision_.description  # cross-fitted, as the local fit
+    capsys.readouterr()
+    assert main(["test", str(run), str(category), "--no-report", "-q"]) == 0
+    assert "image_auroc=" in capsys.readouterr().out
+
+
+@needs_ray
+def test_a_detector_that_trains_is_not_sharded(ray_session, category, tmp_path, capsys):
+    assert main(["fit", "stpm", str(category), "-o", str(tmp_path / "r"), *FIT, "--engine", "ray"]) == 2
+    assert "--engine ddp" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match="cross-fitting"):
+        from anomalens.distributed import fit_sharded
+
+        fit_sharded(create_detector("padim", threshold_folds=1, image_size=64, device="cpu"),
+                    load_dataset(category).train, progress=False)
