@@ -156,13 +156,20 @@ def bench_scoring(category: Path, size: int, repeats: int) -> dict:
     images = sorted(p for sub in (category / "test").iterdir() for p in sub.iterdir())
     out_dir = WORK / "predictions"
     few = images[:: max(1, len(images) // SMALL_JOB)][:SMALL_JOB]
-    seconds: dict[str, list[float]] = {"local": [], "ray_1": [], "ray_2": []}
+    seconds: dict[str, list[float]] = {"local": [], "local_1_thread": [], "ray_1": [], "ray_2": []}
     small: dict[str, list[float]] = {"ray_1": [], "ray_2": []}
     gaps: dict[str, float] = {}
-    for _ in range(repeats):  # rounds of all three, so that a change of the machine's load hits them alike
+    for _ in range(repeats):  # rounds of all four, so that a change of the machine's load hits them alike
         local_rows, took = timed(predict_images, run, images, out_dir / "local", device="cpu", overwrite=True,
                                  heatmaps="none", progress=False)
         seconds["local"].append(took)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # as a Ray actor of one CPU runs: less exposed to other jobs on the cores
+        try:
+            seconds["local_1_thread"].append(timed(predict_images, run, images, out_dir / "local1", device="cpu",
+                                                   overwrite=True, heatmaps="none", progress=False)[1])
+        finally:
+            torch.set_num_threads(threads)
         for workers in (1, 2):
             key = f"ray_{workers}"
             ray.init(address="local", num_cpus=workers + 1, include_dashboard=False, log_to_driver=False,
@@ -220,6 +227,8 @@ def write_markdown(result: dict, path: Path) -> None:
         "|---|---|---|---|---|---|---|",
         f"| local `predict` (torch threads: {m['omp_num_threads']}, decoding workers: default) | "
         f"{s['median_seconds']['local']} | {ips['local']} | {s['seconds_each_round']['local']} | — | — | — |",
+        f"| local `predict`, torch on 1 thread | {s['median_seconds']['local_1_thread']} | {ips['local_1_thread']} | "
+        f"{s['seconds_each_round']['local_1_thread']} | — | — | — |",
     ]
     for workers in (1, 2):
         key = f"ray_{workers}"
@@ -228,11 +237,13 @@ def write_markdown(result: dict, path: Path) -> None:
                      f"{s['images_per_second_after_start'][key]} | {s['max_score_gap_relative_to_local'][key]:.1e} |")
     lines += [
         "",
-        "Each round runs the three in turn. Ray times include starting the actors and loading the model in each "
+        "Each round runs the four in turn. Ray times include starting the actors and loading the model in each "
         "(the local cluster itself is started before the clock); a Ray actor runs torch on one thread. The start-up "
         f"is the time of a {s['small_job_images']}-image job; images/s after start-up = (extra images) / (extra "
         "time) of the full job over the small one of the same round, median over the rounds — a difference of two "
-        "times on a shared machine, so only its order of magnitude means something.",
+        "times on a shared machine, so only its order of magnitude means something. Torch on 2 threads slows down "
+        "many times over whenever another job takes a core (its threads wait on each other); on one thread it does "
+        "not — compare the two local rows round by round.",
         "",
         f"## PaDiM fitted on {pd['shards']} shards vs one process",
         "",

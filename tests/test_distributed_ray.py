@@ -228,3 +228,16 @@ def test_a_detector_that_trains_is_not_sharded(ray_session, category, tmp_path, 
 
         fit_sharded(create_detector("padim", threshold_folds=1, image_size=64, device="cpu"),
                     load_dataset(category).train, progress=False)
+
+
+@needs_ray
+def test_a_failed_ray_job_is_one_line_naming_the_workers_error():
+    from anomalens.distributed.cluster import job_failure
+    from anomalens.errors import AnomalensError
+
+    bad_image = DataError("a.png: cannot read image (truncated)")
+    wrapped = ray.exceptions.RayTaskError("ImageScorer.__call__", "Traceback ...", bad_image)
+    assert job_failure(wrapped, "scoring") is bad_image
+    died = job_failure(ray.exceptions.RayError("the actor died\nunexpectedly: out of memory"), "scoring")
+    assert isinstance(died, AnomalensError)
+    assert str(died) == "scoring failed on Ray (RayError: unexpectedly: out of memory)"

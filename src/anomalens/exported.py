@@ -26,7 +26,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from anomalens.data.io import describe_source, load_image
+from anomalens.data.io import check_decode_mode, describe_source, load_image
 from anomalens.decision import DecisionRule, DetectionResult
 from anomalens.errors import ConfigError, DataError, ModelFileError, NumericalError
 from anomalens.version import __version__
@@ -94,10 +94,14 @@ def resize_bilinear_antialiased(image: np.ndarray, size: tuple[int, int]) -> np.
     return np.clip(out, 0.0, 1.0)
 
 
-def load_input(source: Any, input_size: tuple[int, int], channels: int) -> np.ndarray:
-    """An image file or array (or an ``ImageRecord``) → (channels, H, W) float32 in [0, 1] at ``input_size``."""
+def load_input(source: Any, input_size: tuple[int, int], channels: int, decode: str = "exact") -> np.ndarray:
+    """An image file or array (or an ``ImageRecord``) → (channels, H, W) float32 in [0, 1] at ``input_size``.
+
+    ``decode``: the run's ``decode`` hyper-parameter — "fast" shrinks a large file while decoding, as the
+    torch path does (``anomalens.data.io``), so an export scores the pixels its detector was fitted on."""
     source = getattr(source, "source", source)
-    image = resize_bilinear_antialiased(load_image(source, channels), input_size)
+    fast_for = tuple(input_size) if check_decode_mode(decode) == "fast" else None
+    image = resize_bilinear_antialiased(load_image(source, channels, fast_for=fast_for), input_size)
     return np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32)
 
 
@@ -242,7 +246,8 @@ class ExportedDetector:
             return np.zeros(0, np.float32), None
         scores, maps = [], []
         for start in range(0, len(records), self.batch_size):
-            batch = np.stack([load_input(r, self.input_size, self.image_channels) for r in records[start : start + self.batch_size]])
+            batch = np.stack([load_input(r, self.input_size, self.image_channels, self.params.get("decode", "exact"))
+                              for r in records[start : start + self.batch_size]])
             s, m = self.run(batch)
             scores.append(s)
             if m is not None:

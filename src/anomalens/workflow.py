@@ -599,7 +599,7 @@ def _predict_with_masks(detector: Detector, records: Sequence[ImageRecord], with
     chunk = min(chunk, max(1, (64 * 256 * 256) // (height * width)))
     scores, maps, masks = [], [], []
     batches = iterate_batches(records, detector.input_size, chunk, channels=detector.image_channels,
-                              desc=f"{detector.name} test" if progress else None)
+                              desc=f"{detector.name} test" if progress else None, decode=detector.params.get("decode"))
     for batch in batches:
         s, m = detector.score(ImageBatch(batch["image"]), progress=False)
         scores.append(s)
@@ -1172,7 +1172,7 @@ def predict_images(
                 batches = iterate_decoded(
                     [records[i] for i in todo], model.input_size, chunk_size, channels=model.image_channels,
                     pictures=drawing, num_workers=workers, pin_memory=device_type == "cuda",
-                    desc="predict" if progress else None)
+                    desc="predict" if progress else None, decode=model.params.get("decode"))
                 for batch in batches:
                     bad = [k for k, error in enumerate(batch.errors) if error is not None]
                     stop = None if skip_bad or not bad else batch.errors[bad[0]]

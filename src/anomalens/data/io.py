@@ -14,6 +14,16 @@ Conventions (documented here because detectors rely on them):
   brightness of each image differently).
 * EXIF orientation is *not* applied: pixels are used as stored, matching how masks are stored
   and what :func:`image_size` reports.
+
+Two ways to decode a file for a model (a detector's ``decode`` hyper-parameter, :data:`DECODE_MODES`):
+
+* ``"exact"`` (default): every stored pixel, then the one resize of the library.
+* ``"fast"``: a large frame is first shrunk while decoding — JPEG through Pillow's ``draft`` (the
+  decoder scales by 1/2, 1/4 or 1/8 in the DCT domain, skipping most of the work), other formats
+  through ``Image.reduce`` (integer box averaging) — but never below :data:`FAST_DECODE_MARGIN` times
+  the working size on either side, so the antialiased resize that follows still averages at least
+  2×2 reduced pixels per output pixel and smooths the reduction's own rounding and blocking away.
+  Values differ slightly from ``"exact"`` (measured in ``benchmarks/results/large_images.md``).
 """
 
 from __future__ import annotations
@@ -25,9 +35,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomalens.errors import DataError
+from anomalens.errors import ConfigError, DataError
 
 __all__ = [
+    "DECODE_MODES",
+    "FAST_DECODE_MARGIN",
     "IMAGE_SUFFIXES",
     "ImageSource",
     "describe_source",
@@ -36,6 +48,7 @@ __all__ = [
     "list_images",
     "load_image",
     "load_mask",
+    "check_decode_mode",
     "check_unit_range",
     "pil_to_float",
     "read_pixels",
@@ -54,6 +67,26 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 # Pillow formats whose compression leaves small non-zero values around mask edges; their masks
 # are thresholded at mid-grey instead of > 0 so ringing does not inflate the defect region.
 _LOSSY_FORMATS = frozenset({"JPEG", "MPO"})
+
+#: How files are decoded for a model: every pixel ("exact") or shrunk while decoding ("fast", module docstring).
+DECODE_MODES: tuple[str, ...] = ("exact", "fast")
+
+#: The fast decode stops shrinking while the image is still at least this many times the working size on
+#: each side. 2 keeps every output pixel of the final antialiased resize an average of >= 2x2 reduced pixels
+#: (the reduction's blocking and rounding are averaged out); 1 would let the draft's own 8x8 DCT scaling
+#: or the box filter set output pixels nearly alone; more than 2 gives up most of the JPEG speed-up
+#: (draft scales only by powers of two).
+FAST_DECODE_MARGIN = 2
+
+# Pillow formats whose decoder can scale while decoding (``Image.draft``).
+_DRAFT_FORMATS = frozenset({"JPEG", "MPO"})
+
+# Modes ``Image.reduce`` averages correctly (palette indices and 1-bit pixels cannot be averaged; 16-bit
+# integer images are widened to "I" first).
+_REDUCIBLE_MODES = frozenset({"L", "LA", "RGB", "RGBA", "I", "F", "CMYK"})
+
+# Rows copied out of Pillow at a time: a strip of the frame, not a second whole copy of it.
+_STRIP_BYTES = 32 << 20
 
 
 def is_image_file(path: Path) -> bool:
@@ -89,11 +122,13 @@ def _reason(exc: BaseException) -> str:
 
 
 @contextlib.contextmanager
-def _open_image(path: Path, what: str = "image") -> Iterator[Image.Image]:
+def _open_image(path: Path, what: str = "image", fast_for: tuple[int, int] | None = None) -> Iterator[Image.Image]:
     """Open ``path`` with Pillow and fully decode it, turning any failure into DataError.
 
     ``load()`` is called inside the ``try`` because Pillow opens lazily: a truncated file only
     fails when pixels are decoded, and that must happen here, not deep inside a detector.
+    ``fast_for``: the (height, width) the image is going to be resized to — decode it shrunk
+    (module docstring, "fast"); None decodes every pixel.
     """
     if not path.exists():
         raise DataError(f"{path}: cannot read {what}: file does not exist")
@@ -101,6 +136,8 @@ def _open_image(path: Path, what: str = "image") -> Iterator[Image.Image]:
         raise DataError(f"{path}: cannot read {what}: is a folder, not an image file")
     try:
         img = Image.open(path)
+        if fast_for is not None:
+            img = _shrunk_while_decoding(img, fast_for)
         img.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: cannot read {what}: not a recognised image format") from None
@@ -113,6 +150,52 @@ def _open_image(path: Path, what: str = "image") -> Iterator[Image.Image]:
         yield img
     finally:
         img.close()
+
+
+def _shrunk_while_decoding(img: Image.Image, target: tuple[int, int]) -> Image.Image:
+    """The "fast" decode of an opened (not yet loaded) image for a working size ``target`` (height, width):
+    JPEG decoded at 1/2, 1/4 or 1/8 scale, other formats box-reduced by a whole factor, never below
+    ``FAST_DECODE_MARGIN`` times ``target``. Modes that cannot be averaged are left whole."""
+    height, width = target
+    floor = (width * FAST_DECODE_MARGIN, height * FAST_DECODE_MARGIN)  # Pillow sizes are (width, height)
+    if img.format in _DRAFT_FORMATS:
+        # draft picks the largest scale whose result is still >= the requested size on both sides.
+        img.draft(img.mode, floor)
+        return img
+    factor = min(img.size[0] // floor[0], img.size[1] // floor[1])
+    if factor < 2:
+        return img
+    img.load()
+    mode = "I" if img.mode.startswith("I;16") else img.mode  # 16-bit: same values in a mode reduce can average
+    if mode not in _REDUCIBLE_MODES:
+        return img
+    with img, (img.convert(mode) if mode != img.mode else contextlib.nullcontext(img)) as whole:
+        return whole.reduce(factor)  # the whole frame (and its file) closed as soon as it is reduced
+
+
+def check_decode_mode(decode: str) -> str:
+    """``decode`` when it is one of :data:`DECODE_MODES`, else a one-line ConfigError."""
+    if decode not in DECODE_MODES:
+        raise ConfigError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
+    return decode
+
+
+def _stored_pixels(img: Image.Image) -> np.ndarray:
+    """A loaded 8-bit L / RGB image → its pixels, uint8 (H, W) / (H, W, 3), copied out a strip of rows at a time.
+
+    ``np.asarray(img)`` goes through ``Image.tobytes()``, which joins the encoder's chunks into one bytes
+    object: two whole extra copies of the frame alive at once (1.4 GB for a 12000² RGB frame, on top of
+    Pillow's own). Strips keep the extra memory to one strip; the values are the same bytes.
+    """
+    width, height = img.size
+    bands = len(img.getbands())
+    out = np.empty((height, width, bands) if bands > 1 else (height, width), np.uint8)
+    rows = max(1, _STRIP_BYTES // max(1, width * 4))  # Pillow keeps RGB as 4 bytes a pixel
+    for top in range(0, height, rows):
+        bottom = min(height, top + rows)
+        with img.crop((0, top, width, bottom)) as strip:
+            out[top:bottom] = np.asarray(strip)
+    return out
 
 
 def _composite_alpha(arr: np.ndarray) -> np.ndarray:
@@ -210,19 +293,20 @@ def _to_channels(arr: np.ndarray, channels: int) -> np.ndarray:
     return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
 
 
-def load_image(source: ImageSource, channels: int = 3) -> np.ndarray:
+def load_image(source: ImageSource, channels: int = 3, fast_for: tuple[int, int] | None = None) -> np.ndarray:
     """Load an image file or array as float32 ``(H, W, channels)`` in ``[0, 1]``.
 
     ``channels=1`` gives luminance (ITU-R 601-2 weights); ``channels=3`` replicates grey
     images into RGB. Unreadable, truncated or non-image files raise
-    ``DataError("<path>: cannot read image: <reason>")``.
+    ``DataError("<path>: cannot read image: <reason>")``. ``fast_for``: the (height, width) the
+    image will be resized to, for the "fast" decode (module docstring); arrays are never shrunk.
     """
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels!r}")
     if isinstance(source, np.ndarray):
         return _to_channels(_array_to_float(source), channels)
     path = Path(source)
-    with _open_image(path) as img:
+    with _open_image(path, fast_for=fast_for) as img:
         arr = _pil_to_float(img, path)
     return _to_channels(arr, channels)
 
@@ -238,20 +322,23 @@ def check_unit_range(arr: np.ndarray, name: str | Path) -> None:
     _check_unit_range(arr, name)
 
 
-def read_pixels(source: ImageSource) -> np.ndarray:
+def read_pixels(source: ImageSource, fast_for: tuple[int, int] | None = None) -> np.ndarray:
     """Decode an image once, as cheaply as possible: the stored 8-bit pixels when the file is plain 8-bit
     grey (mode L) or RGB — uint8 ``(H, W)`` / ``(H, W, 3)``, no float copy of a large frame — and otherwise
     exactly what :func:`load_image` works from (float32 ``(H, W, 1|3)`` in [0, 1], alpha composited).
 
     :func:`to_float_channels` turns either into :func:`load_image`'s result, bit for bit; the uint8 form
     also serves as the picture a heatmap is drawn on, so a file is read once for both.
+
+    ``fast_for``: the (height, width) the image will be resized to, for the "fast" decode (module
+    docstring; the result is then the shrunk image); arrays are never shrunk.
     """
     if isinstance(source, np.ndarray):
         return _array_to_float(source)
     path = Path(source)
-    with _open_image(path) as img:
+    with _open_image(path, fast_for=fast_for) as img:
         if img.mode in ("L", "RGB"):
-            return np.asarray(img)
+            return _stored_pixels(img)
         return _pil_to_float(img, path)
 
 

@@ -14,6 +14,12 @@ Tiles (:class:`ImageTile`, the source of a record that is one tile of a larger i
 makes them) decode as the crop of their image *after* it is resized to the working size, so a tile is
 bit for bit the crop the tiled inference module cuts from that image. Consecutive tiles of one image are
 cut from one decode: each process keeps the last working image it decoded.
+
+Large frames: the float copy of a frame is never whole — each channel is converted (in row strips) and
+resized on its own (interpolation is per channel, so the result is the same bit for bit), so a 12000² RGB
+PNG needs its uint8 pixels plus one float channel, not three. ``decode="fast"`` (a detector's ``decode``
+hyper-parameter, set for a block by :func:`decoding_mode`) shrinks large files while decoding
+(``anomalens.data.io``, "fast"); the mode is fixed when a dataset is made, so worker processes use it too.
 """
 
 from __future__ import annotations
@@ -30,7 +36,14 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
-from anomalens.data.io import describe_source, load_mask, read_pixels, to_float_channels
+from anomalens.data.io import (
+    check_decode_mode,
+    describe_source,
+    image_size as stored_image_size,
+    load_mask,
+    read_pixels,
+    to_float_channels,
+)
 from anomalens.data.records import ImageRecord
 from anomalens.errors import AnomalensError, DataError
 
@@ -40,7 +53,9 @@ __all__ = [
     "ImageTile",
     "TensorImageDataset",
     "WorkerError",
+    "current_decode_mode",
     "decode_for_model",
+    "decoding_mode",
     "decoding_workers",
     "default_workers",
     "display_picture",
@@ -55,6 +70,10 @@ __all__ = [
 DISPLAY_PIXEL_LIMIT = 4_500_000
 
 _workers_override: int | None = None
+_decode_override: str | None = None
+
+# Float pixels converted at a time when a channel is made: a strip of rows, not the whole frame.
+_STRIP_PIXELS = 4 << 20
 
 
 class WorkerError(AnomalensError):
@@ -103,6 +122,30 @@ def decoding_workers(workers: int | None) -> Iterator[None]:
         _workers_override = previous
 
 
+@contextlib.contextmanager
+def decoding_mode(decode: str | None) -> Iterator[None]:
+    """Within the block, decode files the ``decode`` way ("exact" or "fast", ``anomalens.data.io``) wherever a
+    caller does not say (None: leave it as it is). A detector runs its fit, scoring and calibration inside
+    one, so models that build their own loops decode as the run says."""
+    global _decode_override
+    if decode is not None:
+        check_decode_mode(decode)
+    previous = _decode_override
+    if decode is not None:
+        _decode_override = decode
+    try:
+        yield
+    finally:
+        _decode_override = previous
+
+
+def current_decode_mode(decode: str | None = None) -> str:
+    """``decode`` when given (checked), else the enclosing :func:`decoding_mode`'s, else "exact"."""
+    if decode is not None:
+        return check_decode_mode(decode)
+    return _decode_override or "exact"
+
+
 def resolve_workers(requested: int | None, records: Sequence, batch_size: int) -> int:
     """Worker processes for one loop: ``requested`` (None: :func:`default_workers`), but none for records
     already in memory (nothing to decode) or a loop of one batch (starting a worker costs more than it saves),
@@ -146,10 +189,11 @@ class ImageTile:
                 f"of the image resized to {self.working_size[0]}x{self.working_size[1]})")
 
 
-# The last working image this process decoded for tiles: (identity of its source, size, channels, image).
+# The last working image this process decoded for tiles: (identity of its source, size, channels and decode
+# mode, image).
 # The tiles of one image are consecutive in a record list, and a DataLoader gives consecutive records to
 # one worker, so each image is decoded about once per worker, not once per tile.
-_last_working_image: list[tuple[Any, tuple[int, int], int, torch.Tensor]] = []
+_last_working_image: list[tuple[Any, tuple[int, int], tuple[int, str], torch.Tensor]] = []
 
 
 def _source_identity(source: Any) -> Any:
@@ -171,17 +215,19 @@ def _same_identity(a: Any, b: Any) -> bool:
     return a == b and a[1] is not None
 
 
-def _working_image(tile: ImageTile, channels: int) -> torch.Tensor:
+def _working_image(tile: ImageTile, channels: int, decode: str) -> torch.Tensor:
     """``tile.image`` decoded and resized to ``tile.working_size`` (C, H, W), from the cache when it is the
     last one this process decoded."""
     identity = _source_identity(tile.image)
     size = tuple(tile.working_size)
+    how = (channels, decode)
     if _last_working_image:
-        cached_identity, cached_size, cached_channels, image = _last_working_image[0]
-        if cached_size == size and cached_channels == channels and _same_identity(cached_identity, identity):
+        cached_identity, cached_size, cached_how, image = _last_working_image[0]
+        if cached_size == size and cached_how == how and _same_identity(cached_identity, identity):
             return image
-    image = _resize(_to_chw(read_pixels(tile.image), channels), size)
-    _last_working_image[:] = [(identity, size, channels, image)]
+    pixels = read_pixels(tile.image, fast_for=size if decode == "fast" else None)
+    image = _resized_channels(pixels, channels, size)
+    _last_working_image[:] = [(identity, size, how, image)]
     return image
 
 
@@ -212,20 +258,42 @@ def _resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return image.clamp_(0.0, 1.0)
 
 
-def _to_chw(pixels: np.ndarray, channels: int) -> torch.Tensor:
-    """What ``read_pixels`` gave → float32 (C, h, w) equal to ``load_image(...)`` permuted, one allocation
-    for plain 8-bit files (no float (h, w, C) copy in between: a 12000² frame is 1.7 GB per float copy)."""
-    if pixels.dtype == np.uint8 and (pixels.ndim == 3 or channels == 1 or pixels.ndim == 2):
-        if pixels.ndim == 3 and channels == 1:  # RGB → luma: computed as load_image does
-            return torch.from_numpy(to_float_channels(pixels, 1)).permute(2, 0, 1).contiguous()
-        hwc = pixels if pixels.ndim == 3 else pixels[..., None]
-        out = np.empty((hwc.shape[2], *hwc.shape[:2]), np.float32)
-        np.divide(hwc.transpose(2, 0, 1), np.float32(255.0), out=out, dtype=np.float32)
-        tensor = torch.from_numpy(out)
-        if tensor.shape[0] == 1 and channels == 3:
-            tensor = tensor.expand(3, -1, -1).contiguous()
-        return tensor
-    return torch.from_numpy(to_float_channels(pixels, channels)).permute(2, 0, 1).contiguous()
+def _float_planes(pixels: np.ndarray, channels: int) -> Iterator[np.ndarray]:
+    """What ``read_pixels`` gave → the float32 (h, w) planes of ``load_image(...)``, one at a time, each
+    converted a strip of rows at a time (a 12000² frame is 0.58 GB per float plane, 1.7 GB for three).
+
+    Grey stored pixels give one plane even for ``channels=3`` (the three would be equal). The strips go
+    through ``to_float_channels`` itself, so every value is the one ``load_image`` computes. Every plane is
+    the same buffer, refilled: use each before asking for the next.
+    """
+    stored = pixels[..., None] if pixels.ndim == 2 else pixels
+    height, width, have = stored.shape
+    rows = max(1, _STRIP_PIXELS // max(1, width * have))
+    luma = channels == 1 and have == 3
+    plane = np.empty((height, width), np.float32)  # one buffer, refilled for each channel
+    for c in range(1 if luma or have == 1 else channels):
+        if stored.dtype == np.uint8 and not luma:
+            # What to_float_channels computes for 8-bit pixels (float32 / 255, already in [0, 1]), in one pass.
+            plane[...] = stored[..., c]  # exact: every uint8 is a float32
+            plane /= np.float32(255.0)
+        else:
+            source = stored if luma else stored[..., c : c + 1]
+            for top in range(0, height, rows):
+                plane[top : top + rows] = to_float_channels(source[top : top + rows], 1)[..., 0]
+        yield plane
+
+
+def _resized_channels(pixels: np.ndarray, channels: int, size: tuple[int, int]) -> torch.Tensor:
+    """What ``read_pixels`` gave → the model input float32 (C, H, W) at ``size``: each channel converted and
+    resized on its own, so only one float plane of a large frame exists at a time. Equal, bit for bit, to
+    resizing ``load_image(...)`` permuted to (C, h, w) as a whole (the resize treats channels separately)."""
+    at_size = tuple(pixels.shape[:2]) == tuple(size)  # no resize: keep a copy, the buffer is refilled
+    planes = [torch.from_numpy(plane.copy()) if at_size else _resize(torch.from_numpy(plane)[None], size)[0]
+              for plane in _float_planes(pixels, channels)]
+    image = torch.stack(planes)
+    if image.shape[0] == 1 and channels == 3:
+        image = image.expand(3, -1, -1).contiguous()
+    return image
 
 
 def display_picture(pixels: np.ndarray) -> np.ndarray:
@@ -239,21 +307,28 @@ def display_picture(pixels: np.ndarray) -> np.ndarray:
 
 
 def decode_for_model(source: Any, image_size: int | tuple[int, int], channels: int = 3,
-                     display: bool = False) -> tuple[torch.Tensor, np.ndarray | None, tuple[int, int]]:
+                     display: bool = False, decode: str | None = None
+                     ) -> tuple[torch.Tensor, np.ndarray | None, tuple[int, int]]:
     """Read ``source`` once → (model input (C, H, W) float32 at ``image_size``, the uint8 picture for a
     heatmap when ``display`` (else None), the original (height, width)).
 
     The model input equals ``TensorImageDataset``'s (same decode, same resize), bit for bit. An
     :class:`ImageTile` gives its crop of the working image (no picture; its "original" size is the tile's).
+    ``decode``: "exact" or "fast" (None: :func:`current_decode_mode`). A file the fast decode shrank has no
+    picture here (it is not the file's own resolution): the heatmap writer reads the file for it.
     """
+    decode = current_decode_mode(decode)
+    size = _as_hw(image_size)
     if isinstance(source, ImageTile):
         top, left = source.top, source.left
-        crop = _working_image(source, channels)[:, top : top + source.size[0], left : left + source.size[1]]
-        return _resize(crop.clone(), _as_hw(image_size)), None, tuple(source.size)
-    pixels = read_pixels(source)
-    original = (int(pixels.shape[0]), int(pixels.shape[1]))
-    picture = display_picture(pixels) if display else None
-    image = _resize(_to_chw(pixels, channels), _as_hw(image_size))
+        crop = _working_image(source, channels, decode)[:, top : top + source.size[0], left : left + source.size[1]]
+        return _resize(crop.clone(), size), None, tuple(source.size)
+    fast = decode == "fast" and not isinstance(source, np.ndarray)
+    pixels = read_pixels(source, fast_for=size) if fast else read_pixels(source)
+    decoded = (int(pixels.shape[0]), int(pixels.shape[1]))
+    original = stored_image_size(source) if fast else decoded
+    picture = display_picture(pixels) if display and decoded == original else None
+    image = _resized_channels(pixels, channels, size)
     return image, picture, original
 
 
@@ -265,19 +340,23 @@ class TensorImageDataset(Dataset):
     "index": i}``. A mask whose size differs from its image raises DataError naming both.
     """
 
-    def __init__(self, records: Sequence[ImageRecord], image_size: int | tuple[int, int], channels: int = 3) -> None:
+    def __init__(self, records: Sequence[ImageRecord], image_size: int | tuple[int, int], channels: int = 3,
+                 decode: str | None = None) -> None:
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels!r}")
         self.records = list(records)
         self.image_size = _as_hw(image_size)
         self.channels = channels
+        # Fixed now (not read from the enclosing decoding_mode when an item is decoded): worker processes
+        # get the dataset, not this process's context.
+        self.decode = current_decode_mode(decode)
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
         rec = self.records[i]
-        image, _, original = decode_for_model(rec.source, self.image_size, self.channels)
+        image, _, original = decode_for_model(rec.source, self.image_size, self.channels, decode=self.decode)
         h, w = self.image_size
         if rec.mask is None:
             mask = torch.zeros((1, h, w), dtype=torch.float32)
@@ -387,13 +466,15 @@ def iterate_batches(
     desc: str | None = None,
     num_workers: int | None = None,
     pin_memory: bool = False,
+    decode: str | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield batched dicts (``image`` (B, C, H, W), ``mask`` (B, 1, H, W), ``label`` (B,),
     ``index`` (B,)) in record order, with progress labelled ``desc``.
 
     Images are decoded by ``num_workers`` processes (None: :func:`resolve_workers` decides; 0: in this
     process); ``pin_memory`` (when CUDA is available) lets the caller copy batches with ``non_blocking=True``.
-    ``records`` may be an :class:`ImageBatch` (already decoded: sliced, resized only if needed).
+    ``records`` may be an :class:`ImageBatch` (already decoded: sliced, resized only if needed). ``decode``:
+    how files are decoded, "exact" or "fast" (None: :func:`current_decode_mode`).
 
     ``desc=None`` means no progress (callers pass ``desc if progress else None``). Otherwise it is a bar
     on a terminal and INFO log lines elsewhere (``anomalens.progress``), never when the environment
@@ -406,7 +487,7 @@ def iterate_batches(
             raise DataError(f"channels must be 1 or 3, got {channels!r}")
         yield from _batch_from_images(records, _as_hw(image_size), channels, batch_size)
         return
-    dataset = TensorImageDataset(records, image_size, channels)
+    dataset = TensorImageDataset(records, image_size, channels, decode)
     workers = resolve_workers(num_workers, dataset.records, batch_size)
     loader = _loader(dataset, batch_size, workers, pin_memory)
     with _progress(len(dataset), desc) as bar:
@@ -446,15 +527,18 @@ class DecodedBatch:
 
 
 class _DecodedImages(Dataset):
-    def __init__(self, records: Sequence[ImageRecord], image_size: tuple[int, int], channels: int, pictures: bool) -> None:
+    def __init__(self, records: Sequence[ImageRecord], image_size: tuple[int, int], channels: int, pictures: bool,
+                 decode: str) -> None:
         self.records, self.image_size, self.channels, self.pictures = records, image_size, channels, pictures
+        self.decode = decode
 
     def __len__(self) -> int:
         return len(self.records)
 
     def __getitem__(self, i: int) -> tuple:
         try:
-            image, picture, size = decode_for_model(self.records[i].source, self.image_size, self.channels, self.pictures)
+            image, picture, size = decode_for_model(self.records[i].source, self.image_size, self.channels,
+                                                    self.pictures, self.decode)
         except DataError as exc:
             return i, torch.zeros((self.channels, *self.image_size)), None, (0, 0), str(exc)
         if picture is not None and picture.shape[0] * picture.shape[1] > DISPLAY_PIXEL_LIMIT:
@@ -484,19 +568,21 @@ def iterate_decoded(
     num_workers: int | None = None,
     pin_memory: bool = False,
     desc: str | None = None,
+    decode: str | None = None,
 ) -> Iterator[DecodedBatch]:
     """Decode each record once, in worker processes, in order: :class:`DecodedBatch` es of ``batch_size``.
 
     Unlike :func:`iterate_batches`, an unreadable file does not stop the loop: its reason is in the batch
     (``errors``), so the caller decides — stop after the images before it, or record it and go on.
     ``pictures``: also return the uint8 picture of each image (for heatmap overlays), from the same decode.
+    ``decode``: "exact" or "fast" (None: :func:`current_decode_mode`).
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels!r}")
     records = list(records)
-    dataset = _DecodedImages(records, _as_hw(image_size), channels, pictures)
+    dataset = _DecodedImages(records, _as_hw(image_size), channels, pictures, current_decode_mode(decode))
     workers = resolve_workers(num_workers, records, batch_size)
     loader = _loader(dataset, batch_size, workers, pin_memory, collate=_collate_decoded)
     with _progress(len(records), desc) as bar:

@@ -25,7 +25,7 @@ import os
 import socket
 from typing import Any, Iterator
 
-from anomalens.errors import ConfigError
+from anomalens.errors import AnomalensError, ConfigError
 
 RAY_EXTRA = "pip install 'anomalens[ray]'"
 CONNECT_TIMEOUT_S = 5.0
@@ -126,3 +126,17 @@ def quiet_ray_data(ray: Any, progress: bool) -> None:
     context.enable_progress_bars = progress
     context.print_on_execution_start = progress
     logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.ERROR)
+
+
+def job_failure(exc: BaseException, what: str) -> AnomalensError:
+    """A failed Ray job as one line: the anomalens error a worker raised (a bad image, a broken model file),
+    found through Ray's wrappers, else Ray's own reason (a worker that kept dying, an object lost)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, AnomalensError):
+            return current
+        current = getattr(current, "cause", None) or current.__cause__
+    lines = [line.strip() for line in str(exc).strip().splitlines() if line.strip()]
+    return AnomalensError(f"{what} failed on Ray ({type(exc).__name__}: {lines[-1] if lines else 'no reason given'})")

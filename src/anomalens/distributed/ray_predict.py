@@ -48,6 +48,7 @@ import numpy as np
 from anomalens.distributed.cluster import (
     check_reachable,
     cluster_resources,
+    job_failure,
     quiet_ray_data,
     ray_cluster,
     require_ray,
@@ -183,18 +184,21 @@ def score_on_ray(
     labels = np.zeros(n, np.int64)
     done = np.zeros(n, bool)
     errors: dict[int, str] = {}
-    for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
-        for index, score, label, error in zip(batch["index"], batch["score"], batch["anomalous"], batch["error"]):
-            index = int(index)
-            if done[index]:  # delivered twice (a retried batch): counted once
-                continue
-            done[index] = True
-            if error:
-                if not skip_bad:
-                    raise DataError(f"{error} (pass --skip-bad to list unreadable images in errors.csv and go on)")
-                errors[index] = str(error)
-            else:
-                scores[index], labels[index] = score, label
+    try:
+        for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+            for index, score, label, error in zip(batch["index"], batch["score"], batch["anomalous"], batch["error"]):
+                index = int(index)
+                if done[index]:  # delivered twice (a retried batch): counted once
+                    continue
+                done[index] = True
+                if error:
+                    if not skip_bad:
+                        raise DataError(f"{error} (pass --skip-bad to list unreadable images in errors.csv and go on)")
+                    errors[index] = str(error)
+                else:
+                    scores[index], labels[index] = score, label
+    except ray.exceptions.RayError as exc:
+        raise job_failure(exc, "scoring") from None
     if not done.all():
         missing = np.flatnonzero(~done)
         raise AnomalensError(f"{paths[missing[0]]}: no result came back from the Ray workers for {len(missing)} of "

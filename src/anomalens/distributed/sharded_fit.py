@@ -38,6 +38,7 @@ import numpy as np
 from anomalens.distributed.cluster import (
     check_reachable,
     cluster_resources,
+    job_failure,
     ray_cluster,
     require_ray,
     resolve_address,
@@ -140,29 +141,32 @@ class RayShardRunner:
         actor = ray.remote(ShardWorker).options(num_cpus=1, num_gpus=self.gpus_per_shard or None,
                                                 max_restarts=MAX_RETRIES, max_task_retries=MAX_RETRIES)
         workers = [actor.remote(detector.name, params) for _ in plan]
-        shard_records = [[records[i] for i in index] for index, _ in plan]
-        part_refs = [w.part.remote(recs, index) for w, recs, (index, _) in zip(workers, shard_records, plan)]
+        try:
+            shard_records = [[records[i] for i in index] for index, _ in plan]
+            part_refs = [w.part.remote(recs, index) for w, recs, (index, _) in zip(workers, shard_records, plan)]
 
-        def parts_in_order() -> Iterator[dict[str, Any]]:  # one part in memory at a time, in shard order
-            for k in iterate_progress(range(len(part_refs)), progress, f"{detector.name} shards", total=len(part_refs)):
-                part = ray.get(part_refs[k])
-                part_refs[k] = None
-                yield part
+            def parts_in_order() -> Iterator[dict[str, Any]]:  # one part in memory at a time, in shard order
+                for k in iterate_progress(range(len(part_refs)), progress, f"{detector.name} shards",
+                                          total=len(part_refs)):
+                    part = ray.get(part_refs[k])
+                    part_refs[k] = None
+                    yield part
 
-        state = detector.merge_shard_parts(parts_in_order())
-        state_ref = ray.put(state)  # before adopt_merged, which may consume the state in place
-        score_refs = [w.score.remote(recs, state_ref, local_folds, index)
-                      for w, recs, (index, local_folds) in zip(workers, shard_records, plan)]
-        detector.adopt_merged(state)
-        del state
-        scores, maps = np.empty(len(records), np.float32), None
-        for (index, _), ref in zip(plan, score_refs):
-            shard_scores, shard_maps = ray.get(ref)
-            if maps is None:
-                maps = np.empty((len(records), *shard_maps.shape[1:]), np.float32)
-            scores[index], maps[index] = shard_scores, shard_maps
-        for worker in workers:
-            ray.kill(worker)
+            state = detector.merge_shard_parts(parts_in_order())
+            state_ref = ray.put(state)  # before adopt_merged, which may consume the state in place
+            score_refs = [w.score.remote(recs, state_ref, local_folds, index)
+                          for w, recs, (index, local_folds) in zip(workers, shard_records, plan)]
+            detector.adopt_merged(state)
+            del state
+            scores, maps = np.empty(len(records), np.float32), None
+            for (index, _), ref in zip(plan, score_refs):
+                shard_scores, shard_maps = ray.get(ref)
+                if maps is None:
+                    maps = np.empty((len(records), *shard_maps.shape[1:]), np.float32)
+                scores[index], maps[index] = shard_scores, shard_maps
+        finally:
+            for worker in workers:
+                ray.kill(worker)
         return scores, maps
 
 
@@ -188,6 +192,8 @@ def fit_sharded(detector: Any, records: Sequence, *, shards: int | None = None, 
         detector.shard_runner = runner
         try:
             detector.fit(records, progress=progress)
+        except ray.exceptions.RayError as exc:
+            raise job_failure(exc, f"fitting {detector.name} on shards") from None
         finally:
             detector.shard_runner = None
     return {"engine": "ray", "shards": runner.shards_used, "gpus_per_shard": runner.gpus_per_shard}

@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.errors import NumericalError
+from anomalens.errors import ConfigError, NumericalError
 from anomalens.exported import ExportedDetector, load_input
 from anomalens.jsonvalues import plain_json
 from anomalens.version import __version__
@@ -116,6 +116,12 @@ class ServedModel:
     def __init__(self, model: Any, source: str | Path | None = None) -> None:
         if getattr(model, "decision_", None) is None:
             raise ValueError("the model has no decision rule: serve a fitted detector or an export")
+        if getattr(model, "params", {}).get("decode", "exact") != "exact":
+            # Uploads are decoded from their bytes to full pixels (uploads.decode_image) before the model sees
+            # them; the fast decode shrinks while decoding, so serving such a run would score other pixels.
+            raise ConfigError(f"{Path(source).name if source is not None else 'the model'}: fitted with "
+                              f"decode={model.params['decode']}, which the service cannot reproduce (it decodes "
+                              "uploads exactly); refit with decode=exact to serve it")
         self.model = model
         self.is_export = isinstance(model, ExportedDetector)
         self.runtime = model.runtime if self.is_export else "torch"
