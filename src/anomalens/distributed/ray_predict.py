@@ -72,16 +72,18 @@ def model_files(path: str | Path) -> dict[str, bytes]:
     return {name: (path / name).read_bytes() for name in names}
 
 
-def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], channels: int) -> dict[str, np.ndarray]:
+def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], channels: int,
+                  decode: str = "exact") -> dict[str, np.ndarray]:
     """A Ray Data batch of (index, path) → (index, path, image (B, C, H, W) float32, error): each image decoded
-    as the local ``predict`` decodes it; an unreadable one gets zeros and its one-line reason in ``error``."""
+    as the local ``predict`` decodes it (``decode``: the run's exact / fast decoding); an unreadable one gets
+    zeros and its one-line reason in ``error``."""
     from anomalens.data.torch_dataset import decode_for_model
 
     images = np.zeros((len(batch["path"]), channels, *input_size), np.float32)
     errors = []
     for k, path in enumerate(batch["path"]):
         try:
-            images[k] = decode_for_model(Path(str(path)), input_size, channels)[0].numpy()
+            images[k] = decode_for_model(Path(str(path)), input_size, channels, decode=decode)[0].numpy()
             errors.append("")
         except DataError as exc:
             errors.append(str(exc))
@@ -162,6 +164,7 @@ def score_on_ray(
     device: str | None,
     skip_bad: bool,
     scorer: type[ImageScorer] = ImageScorer,
+    decode: str = "exact",
 ) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
     """Run the pipeline (module docstring) over ``paths``: (scores (N,), labels (N,), {index: error}).
 
@@ -175,7 +178,8 @@ def score_on_ray(
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(math.ceil(n / batch_size), 10_000)))
     # Ray Data's fault tolerance (its defaults): a decode task whose process died is run again; a dead actor is
     # restarted and its unfinished batches re-run.
-    ds = ds.map_batches(decode_images, fn_kwargs={"input_size": tuple(input_size), "channels": channels},
+    ds = ds.map_batches(decode_images, fn_kwargs={"input_size": tuple(input_size), "channels": channels,
+                                                  "decode": decode},
                         batch_size=batch_size, num_cpus=1)
     ds = ds.map_batches(scorer, fn_constructor_kwargs={"model": [model_ref], "runtime": runtime, "device": device},
                         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
@@ -294,7 +298,7 @@ def predict_with_ray(
             scores, labels, errors = score_on_ray(
                 ray, paths, files, model.input_size, model.image_channels, workers=count, batch_size=size,
                 gpus_per_worker=gpus, runtime=runtime, device=device or ("cuda" if gpus else "cpu"),
-                skip_bad=skip_bad, scorer=scorer)
+                skip_bad=skip_bad, scorer=scorer, decode=model.params.get("decode", "exact"))
         rows = prediction_rows(paths, scores, labels, model.decision_, errors)
         error_rows = [{"image": paths[i], "error": errors[i]} for i in sorted(errors)]
         write_predictions(stage, rows, error_rows, output_format)
