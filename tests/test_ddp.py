@@ -167,3 +167,16 @@ def test_torchrun_writes_an_ordinary_run_and_resume_continues_a_stopped_one(cate
     history = load_detector(more).history_["loss"]
     assert len(history) == 4 and history[:2] == detector.history_["loss"]
     assert not own_checkpoint(more).exists()  # deleted once the run is saved
+
+
+def test_torchrun_trains_ganomaly_and_its_discriminator_resets_on_every_rank_together(category, tmp_path):
+    # d_reinit_below far above any loss: D is re-initialised after every step, on rank 0's decision, and rank
+    # 0's new weights are broadcast — the job must run through and count one reset per step.
+    run = tmp_path / "ganomaly"
+    done = _torchrun("ganomaly", str(category), "-o", str(run), "-p", "image_size=32", "-p", "channels=3",
+                     "-p", "latent_dim=16", "-p", "n_features=8", "-p", "epochs=1", "--batch-size", "4",
+                     "-p", "d_reinit_below=1e9")
+    assert done.returncode == 0, done.stderr[-2000:]
+    detector = load_detector(run)
+    assert json.loads((run / "run.json").read_text())["world_size"] == 2
+    assert detector.d_reinits_ >= 1 and detector.threshold_ > 0

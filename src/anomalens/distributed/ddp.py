@@ -36,8 +36,10 @@ torchrun). Every process runs the ordinary ``Detector.fit``; the trained detecto
   others to stop if that fails; all ranks must see the checkpoint alike (else one line: put it on shared
   storage); a rank that fails later ends the job (torchrun stops the other processes). Every process reads
   the training images itself (each host needs them, at the same path).
-- **Not data-parallel**: GANomaly (``NOT_DATA_PARALLEL`` says why) is refused with one line; the detectors
-  that do not train (PaDiM, PatchCore: ``--engine ray`` shards them) too.
+- **GANomaly** re-initialises its discriminator when its loss collapses: rank 0's loss decides and rank 0's
+  new weights are broadcast (``TrainedDetector.resynchronised``). ``NOT_DATA_PARALLEL`` would name a trained
+  detector that cannot be split (none today); the detectors that do not train (PaDiM, PatchCore:
+  ``--engine ray`` shards them) are refused with one line.
 """
 
 from __future__ import annotations
@@ -59,10 +61,7 @@ from anomalens.errors import AnomalensError, ConfigError
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Trained detectors whose training step cannot be split across processes, and why.
-NOT_DATA_PARALLEL = {
-    "ganomaly": "its training step calls the discriminator's forward_with_features() outside forward() and "
-                "re-initialises the discriminator on each process's own loss, so the processes would drift apart",
-}
+NOT_DATA_PARALLEL: dict[str, str] = {}
 LAUNCH = "torchrun --standalone --nproc_per_node N -m anomalens.cli fit MODEL DATA -o RUN"
 COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
 
@@ -111,6 +110,14 @@ class DataParallelPlan:
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Rank 0's parameters and buffers of ``module`` (a DistributedDataParallel wrapper or the network) on
+        every rank, in place: after a re-initialisation the replicas start from the same weights again."""
+        inner = getattr(module, "module", module)
+        with torch.no_grad():
+            for tensor in [*inner.parameters(), *inner.buffers()]:
+                dist.broadcast(tensor.data, src=0)
 
     def gather(self, value: Any) -> list[Any]:
         """Every rank's ``value``, in rank order, on every rank."""

@@ -126,9 +126,16 @@ class GANomaly(GANDetector):
         G, D = self.generator_, self.discriminator_
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         x_hat, z, z_hat = G(x)
-        # Generator: feature matching on D's features + contextual L1 + latent L2.
-        _, feat_real = D.forward_with_features(x)
-        _, feat_fake = D.forward_with_features(x_hat)
+        # Generator: feature matching on D's features + contextual L1 + latent L2. D is held fixed here (its
+        # gradients of this loss were discarded before its own step anyway), which also lets a data-parallel D
+        # (a DistributedDataParallel wrapper: ``module``) be used outside its forward().
+        features = getattr(D, "module", D).forward_with_features
+        D.requires_grad_(False)
+        try:
+            _, feat_real = features(x)
+            _, feat_fake = features(x_hat)
+        finally:
+            D.requires_grad_(True)
         g_adv = (feat_real - feat_fake).pow(2).mean()
         g_con = (x - x_hat).abs().mean()
         g_enc = (z - z_hat).pow(2).mean()
@@ -146,9 +153,10 @@ class GANomaly(GANDetector):
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        reinit = d_loss.item() < self.d_reinit_below
+        reinit = self.agreed(d_loss.item()) < self.d_reinit_below  # rank 0's loss decides for every rank
         if reinit:
-            gan_init(D)
+            gan_init(getattr(D, "module", D))
+            self.resynchronised(D)
         return {"d": d_loss.item(), "g": g_loss.item(), "g_adv": g_adv.item(), "g_con": g_con.item(),
                 "g_enc": g_enc.item(), "d_reinit": float(reinit)}
 

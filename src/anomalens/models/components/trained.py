@@ -308,6 +308,12 @@ class TrainedDetector(Detector):
         """How many of ``n`` training images this process steps through per epoch."""
         return n if self.data_parallel is None else self.data_parallel.shard_size(n)
 
+    def resynchronised(self, network: nn.Module) -> None:
+        """Under ``data_parallel``, ``network``'s weights become rank 0's on every rank (after a step that
+        changed them outside the averaged gradients, e.g. GANomaly's re-initialisation of D); else nothing."""
+        if self.data_parallel is not None:
+            self.data_parallel.broadcast_module(network)
+
     def agreed(self, value: float) -> float:
         """``value`` as rank 0 computed it (under ``data_parallel``), so every rank takes the same decisions."""
         return value if self.data_parallel is None else self.data_parallel.agree(value)
