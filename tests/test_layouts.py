@@ -287,6 +287,27 @@ def test_a_mask_of_the_wrong_size_names_both_files(layouts, layout, tmp_path):
     assert str(mask) in message and "does not match image" in message and "001" in message.split("image", 1)[1]
 
 
+@pytest.mark.parametrize("layout", ["mvtec_loco", "btad", "mvtec_ad2", "visa"])
+def test_a_missing_test_mask_stops_test_but_not_fit(layouts, layout, tmp_path):
+    from anomalens.data.mvtec import masks_unread
+
+    copy = tmp_path / "copy"
+    source = layouts[layout].parent if layout == "visa" else layouts[layout]
+    shutil.copytree(source, copy)
+    folder = copy / "candle" if layout == "visa" else copy
+    missing = {
+        "mvtec_loco": folder / "ground_truth" / "structural_anomalies" / "001",
+        "btad": folder / "ground_truth" / "ko" / "0001.png",
+        "mvtec_ad2": folder / "test_public" / "ground_truth" / "bad" / "001_regular_mask.png",
+        "visa": folder / "Data" / "Masks" / "Anomaly" / "001.png",
+    }[layout]
+    shutil.rmtree(missing) if missing.is_dir() else missing.unlink()
+    with masks_unread():  # what fit reads: the training images only
+        assert load_dataset(folder).train
+    with pytest.raises(DataError, match="001"):
+        load_dataset(folder)
+
+
 def test_visa_rows_pointing_to_missing_files(layouts, tmp_path):
     root = tmp_path / "VisA"
     shutil.copytree(layouts["visa"].parent, root)

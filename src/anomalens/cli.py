@@ -572,11 +572,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"anomalens: error: {message}", file=sys.stderr)
         return 2
     except RuntimeError as exc:
-        if "DataLoader worker" not in str(exc) or os.environ.get("ANOMALENS_DEBUG"):
-            raise
         # an image-decoding worker died (fit / test / calibrate: noticed wherever the main thread was)
-        print(f"anomalens: error: an image-decoding worker process died ({_one_line(exc)}); the machine may be out "
-              "of memory — rerun with fewer workers (--workers N, 0 decodes in the main process)", file=sys.stderr)
+        from anomalens.data.torch_dataset import worker_death
+
+        death = worker_death(exc)
+        if death is None or os.environ.get("ANOMALENS_DEBUG"):
+            raise
+        print(f"anomalens: error: {death}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("anomalens: interrupted", file=sys.stderr)

@@ -143,6 +143,16 @@ class DecisionRule:
             z = (np.asarray(scores, dtype=np.float64) - self.image_threshold) / self.normalization_width
         return 0.5 * (1.0 + np.tanh(0.5 * z))  # = 1 / (1 + exp(−z)), without overflow
 
+    def heatmap_colour_range(self) -> tuple[float, float]:
+        """The fixed colour scale of every heatmap of ``predict`` and the service: from the typical value of
+        normal maps (blue) to twice the distance up to the pixel threshold (red), so the threshold sits
+        mid-scale and a colour means the same in every picture."""
+        low = self.map_reference if self.map_reference is not None else 0.0
+        high = 2 * (self.pixel_threshold or 1.0) - low
+        if not high > low:  # a pixel threshold at or below the reference: any positive span will do
+            high = low + 1.0
+        return float(low), float(high)
+
     @property
     def uses_area(self) -> bool:
         return self.min_area is not None

@@ -20,6 +20,7 @@ def printable(name: str | bytes | PurePath) -> str:
     text = os.fsdecode(name) if isinstance(name, (bytes, PurePath)) else str(name)
     try:
         text.encode("utf-8")
+        return text  # the common case: valid UTF-8, unchanged
     except UnicodeEncodeError:
         pass
     try:

@@ -88,13 +88,6 @@ class LoggedProgress:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # tqdm methods callers may use; logging has nothing to do for them
-    def set_postfix(self, *args: Any, **kwargs: Any) -> None:
-        pass
-
-    def refresh(self) -> None:
-        pass
-
 
 class _Silent(LoggedProgress):
     def _log(self, now: float) -> None:

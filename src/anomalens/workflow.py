@@ -552,7 +552,7 @@ def fit_run(
             "threshold_source": detector.decision_.description,
             # Which images the saved model has seen (all but an unseen hold-out): calibrate refuses to set a
             # threshold from them.
-            "seen_images": sorted(keys[id(r)] for r in _seen_by_final_model(detector, dataset.train)),
+            "seen_images": sorted(_seen_by_final_model(detector, dataset.train, keys)),
             "provenance": {**environment(detector.device),
                            "training_images_sha256": file_list_sha256([r.name for r in dataset.train],
                                                                       [keys[id(r)] for r in dataset.train])},
@@ -572,9 +572,10 @@ def image_key(record: ImageRecord) -> str:
     return hashlib.sha1(data).hexdigest()[:16]
 
 
-def _seen_by_final_model(detector: Detector, train: Sequence[ImageRecord]) -> list[ImageRecord]:
+def _seen_by_final_model(detector: Detector, train: Sequence[ImageRecord], keys: dict[int, str]) -> list[str]:
+    """The content keys (``keys``: by ``id`` of each training record) of the images the saved model saw."""
     unseen = {id(r) for r in detector.unseen_normals(train)}
-    return [r for r in train if id(r) not in unseen and image_key(r)]
+    return [keys[id(r)] for r in train if id(r) not in unseen and keys[id(r)]]
 
 
 # ------------------------------------------------------------------------------------- helpers
@@ -1151,9 +1152,7 @@ def predict_images(
         if drawing:
             for name in ("heatmaps", "masks"):
                 (stage.path / name).mkdir(exist_ok=True)
-        reference = model.decision_.map_reference
-        low = reference if reference is not None else 0.0
-        high = 2 * (model.pixel_threshold_ or 1.0) - low
+        low, high = model.decision_.heatmap_colour_range()
         torch_model = isinstance(model, Detector)
         device_type = model.device.type if torch_model else "cpu"
         pending: list[tuple[list[dict[str, Any]], list[Any], list[dict[str, Any]]]] = []

@@ -10,10 +10,9 @@ Layout (anything else beside these is ignored)::
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from anomalens.data.mvtec import GOOD, check_mask_size, find_mask, records_in, require_images
+from anomalens.data.mvtec import GOOD, records_in, require_images, with_mask
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
@@ -44,13 +43,7 @@ def load_btad_product(root: str | Path) -> AnomalyDataset:
     if (root / "test" / KO).is_dir():
         for rec in records_in(root, root / "test" / KO, 1, KO):
             if gt_root.is_dir():
-                image = rec.source
-                assert isinstance(image, Path)
-                mask = find_mask(gt_root / KO, image.stem, ("{stem}",))
-                if mask is None:
-                    raise DataError(f"{gt_root / KO / (image.stem + '.png')}: mask missing for anomalous test image {image}")
-                check_mask_size(image, mask)
-                rec = replace(rec, mask=mask)
+                rec = with_mask(rec, gt_root / KO, "{stem}")
             test.append(rec)
     name = root.resolve().name or str(root)
     return AnomalyDataset(name=name, train=train, test=test, layout="btad")

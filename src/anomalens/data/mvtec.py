@@ -20,7 +20,8 @@ from anomalens.data.io import IMAGE_SUFFIXES, image_size, list_images
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
-__all__ = ["is_mvtec_category", "load_mvtec_category", "check_mask_size", "masks_unread", "reading_masks", "find_mask", "records_in", "require_images"]
+__all__ = ["is_mvtec_category", "load_mvtec_category", "check_mask_size", "masks_unread", "reading_masks", "with_mask",
+           "find_mask", "records_in", "require_images"]
 
 GOOD = "good"
 
@@ -61,6 +62,19 @@ def check_mask_size(image: Path, mask: Path) -> None:
             f"{mask}: mask size {mask_hw[1]}x{mask_hw[0]} (WxH) does not match image "
             f"{image} size {img_hw[1]}x{img_hw[0]}"
         )
+
+
+def with_mask(record: ImageRecord, folder: Path, pattern: str) -> ImageRecord:
+    """``record`` (an anomalous test image) with its mask ``folder/<pattern % stem>.<image suffix>``, checked to
+    exist and to have the image's size — except inside :func:`masks_unread`, where neither is required."""
+    image = record.source
+    assert isinstance(image, Path)
+    mask = find_mask(folder, image.stem, (pattern,))
+    if mask is None and reading_masks():
+        raise DataError(f"{folder / (pattern.format(stem=image.stem) + '.png')}: mask missing for anomalous test "
+                        f"image {image}")
+    check_mask_size(image, mask)
+    return replace(record, mask=mask)
 
 
 def find_mask(folder: Path, stem: str, patterns: tuple[str, ...]) -> Path | None:
@@ -141,14 +155,7 @@ def load_mvtec_category(root: str | Path) -> AnomalyDataset:
             label = 0 if defect == GOOD else 1
             for rec in records_in(root, defect_dir, label, defect):
                 if label == 1 and has_gt:
-                    image = rec.source
-                    assert isinstance(image, Path)
-                    mask = find_mask(gt_dir / defect, image.stem, ("{stem}_mask",))
-                    if mask is None and reading_masks():
-                        expected = gt_dir / defect / f"{image.stem}_mask.png"
-                        raise DataError(f"{expected}: mask missing for anomalous test image {image}")
-                    check_mask_size(image, mask)
-                    rec = replace(rec, mask=mask)
+                    rec = with_mask(rec, gt_dir / defect, "{stem}_mask")
                 test.append(rec)
     name = root.resolve().name or str(root)
     return AnomalyDataset(name=name, train=train, test=test, layout="mvtec")

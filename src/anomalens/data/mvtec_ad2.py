@@ -19,10 +19,9 @@ private splits are flat folders whose labels only MVTec's evaluation server know
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from anomalens.data.mvtec import GOOD, check_mask_size, find_mask, records_in, require_images
+from anomalens.data.mvtec import GOOD, records_in, require_images, with_mask
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
@@ -64,14 +63,7 @@ def load_mvtec_ad2_category(root: str | Path) -> AnomalyDataset:
         gt_root = public / "ground_truth"
         for rec in records_in(root, public / BAD, 1, BAD):
             if gt_root.is_dir():
-                image = rec.source
-                assert isinstance(image, Path)
-                mask = find_mask(gt_root / BAD, image.stem, ("{stem}_mask",))
-                if mask is None:
-                    expected = gt_root / BAD / f"{image.stem}_mask.png"
-                    raise DataError(f"{expected}: mask missing for anomalous test image {image}")
-                check_mask_size(image, mask)
-                rec = replace(rec, mask=mask)
+                rec = with_mask(rec, gt_root / BAD, "{stem}_mask")
             test.append(rec)
     unlabelled = {
         split: records_in(root, root / split, -1, "unlabelled")

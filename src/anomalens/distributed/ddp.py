@@ -106,7 +106,12 @@ class DataParallelPlan:
         return nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
     def agree(self, value: Any) -> Any:
-        """Rank 0's ``value``, on every rank."""
+        """Rank 0's ``value``, on every rank. A number (a loss, every step for GANomaly) goes as one float64
+        tensor — no pickling; anything else as a pickled object."""
+        if isinstance(value, float):
+            number = torch.tensor([value], dtype=torch.float64, device=self.device)
+            dist.broadcast(number, src=0)
+            return float(number.item())
         box = [value]
         dist.broadcast_object_list(box, src=0)
         return box[0]

@@ -56,6 +56,7 @@ from anomalens.distributed.cluster import (
 )
 from anomalens.errors import AnomalensError, ConfigError, DataError
 from anomalens.jsonvalues import plain_json
+from anomalens.names import printable
 
 OUTPUT_FORMATS = ("csv", "parquet")
 ROW_FIELDS = ("image", "score", "normalized_score", "anomalous", "threshold")
@@ -214,7 +215,7 @@ def prediction_rows(paths: Sequence[str], scores: np.ndarray, labels: np.ndarray
                     errors: dict[int, str]) -> list[dict[str, Any]]:
     """The local ``predict``'s rows (with ``--heatmaps none``) of every readable image, in input order."""
     normalized = decision.normalized(scores)
-    return [{"image": paths[i], "score": float(scores[i]), "normalized_score": float(normalized[i]),
+    return [{"image": printable(paths[i]), "score": float(scores[i]), "normalized_score": float(normalized[i]),
              "anomalous": bool(labels[i]), "threshold": decision.image_threshold}
             for i in range(len(paths)) if i not in errors]
 
@@ -300,6 +301,6 @@ def predict_with_ray(
                 gpus_per_worker=gpus, runtime=runtime, device=device or ("cuda" if gpus else "cpu"),
                 skip_bad=skip_bad, scorer=scorer, decode=model.params.get("decode", "exact"))
         rows = prediction_rows(paths, scores, labels, model.decision_, errors)
-        error_rows = [{"image": paths[i], "error": errors[i]} for i in sorted(errors)]
+        error_rows = [{"image": printable(paths[i]), "error": errors[i]} for i in sorted(errors)]
         write_predictions(stage, rows, error_rows, output_format)
     return rows

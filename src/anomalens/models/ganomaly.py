@@ -153,11 +153,12 @@ class GANomaly(GANDetector):
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()
-        reinit = self.agreed(d_loss.item()) < self.d_reinit_below  # rank 0's loss decides for every rank
+        d_value = d_loss.item()
+        reinit = self.agreed(d_value) < self.d_reinit_below  # rank 0's loss decides for every rank
         if reinit:
             gan_init(getattr(D, "module", D))
             self.resynchronised(D)
-        return {"d": d_loss.item(), "g": g_loss.item(), "g_adv": g_adv.item(), "g_con": g_con.item(),
+        return {"d": d_value, "g": g_loss.item(), "g_adv": g_adv.item(), "g_con": g_con.item(),
                 "g_enc": g_enc.item(), "d_reinit": float(reinit)}
 
     def _validation_loss(self, x: torch.Tensor) -> float:

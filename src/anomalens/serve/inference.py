@@ -151,13 +151,8 @@ class ServedModel:
         return bool(self.model.localizes)
 
     def heatmap_range(self) -> tuple[float, float]:
-        """The colour scale of ``anomalens predict``: normal maps' typical value → 2·pixel_threshold − it."""
-        rule = self.decision
-        low = rule.map_reference if rule.map_reference is not None else 0.0
-        high = 2 * (rule.pixel_threshold or 1.0) - low
-        if not high > low:  # a pixel threshold at or below the reference: any positive span will do
-            high = low + 1.0
-        return float(low), float(high)
+        """The colour scale of ``anomalens predict`` (``DecisionRule.heatmap_colour_range``)."""
+        return self.decision.heatmap_colour_range()
 
     # -- decode and run --------------------------------------------------------------------------------
     def prepare(self, pixels: np.ndarray) -> Prepared:
