@@ -262,6 +262,33 @@ def test_a_test_report_never_replaces_files_it_did_not_write(run, category, tmp_
     assert sorted(os.listdir(out)) == ["report.html"]
 
 
+@pytest.mark.parametrize("own", [["metrics.json"], ["metrics.json", "notes.txt"], ["predictions.csv", "plan.md"]])
+def test_a_user_file_with_an_anomalens_name_does_not_make_the_folder_ours(own, run, category, tmp_path, capsys):
+    """Without the marker, one file of a common name is no proof that anomalens wrote the folder."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    for name in own:
+        (out / name).write_text(f"my own {name}")
+    assert output_kind(out) is None
+    if "metrics.json" in own:  # test adds its files beside a user's, but never replaces one
+        assert main(["test", str(run), str(category), "-o", str(out), "-q"]) == 2
+        _one_line_error(capsys, "not written by anomalens")
+    assert main(["predict", str(run), str(category / "test" / "good"), "-o", str(out), "--overwrite", "-q"]) == 2
+    _one_line_error(capsys, "not a folder anomalens wrote")
+    assert {p.name: p.read_text() for p in out.iterdir()} == {name: f"my own {name}" for name in own}
+
+
+def test_a_report_folder_from_before_the_marker_is_still_recognised_and_replaced(run, category, tmp_path):
+    out = tmp_path / "report"
+    assert main(["test", str(run), str(category), "-o", str(out), "-q"]) == 0
+    (out / MARKER_FILE).unlink()  # as written by a version without the marker
+    assert output_kind(out) == "report"
+    first = (out / "metrics.json").read_text()
+    assert main(["test", str(run), str(category), "-o", str(out), "-q"]) == 0
+    assert json.loads((out / "metrics.json").read_text()).keys() == json.loads(first).keys()
+    assert _leftovers(out) == [MARKER_FILE]
+
+
 # ------------------------------------------------------------------------------ 14: leftovers
 def _wait_for_stage(proc: subprocess.Popen, parent: Path, timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout

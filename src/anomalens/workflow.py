@@ -7,8 +7,9 @@ create and a crash never leaves a half-written folder that looks complete:
 
 1. **Marker.** Every folder anomalens writes holds ``.anomalens-output.json``: the kind of folder
    (``run``, ``predictions``, ``report``, ``demo``) and the top-level names anomalens wrote into it.
-   Folders written before the marker existed are recognised by their files (``detector.json`` for a
-   run, ``predictions.csv`` for predictions, ``metrics.json`` for a report).
+   Folders written before the marker existed are recognised by their files: ``detector.json`` for a
+   run, ``predictions.csv`` + ``.jsonl`` for predictions, ``metrics.json`` + ``scores.csv`` for a report,
+   and nothing in them but the names that kind of folder holds (else the folder is not anomalens').
 2. **Lock.** A command holds an exclusive lock (``fcntl.flock`` on ``.NAME.lock`` next to the output
    folder ``NAME``) from its first check to its last rename. A second command into the same folder fails
    at once with one line ("another anomalens command is writing ..."); the kernel drops the lock when
@@ -96,8 +97,11 @@ _KNOWN_NAMES = {
     "demo": frozenset({"data", "runs", "index.html"}),
     "output": frozenset(),  # a folder of unnamed kind (staged_directory without kind): its marker lists its files
 }
-_SIGNATURE = {"run": {"detector.json"}, "predictions": {"predictions.csv"}, "report": {"metrics.json"},
-              "demo": {"index.html", "runs"}}
+# A folder without the marker counts as anomalens' only when it holds its kind's signature and nothing but
+# that kind's names: one file of a common name (a user's own metrics.json) must not make --overwrite or
+# `test -o` treat the folder as replaceable.
+_SIGNATURE = {"run": {"detector.json"}, "predictions": {"predictions.csv", "predictions.jsonl"},
+              "report": {"metrics.json", "scores.csv"}, "demo": {"index.html", "runs"}}
 _ALL_KNOWN = frozenset().union(*_KNOWN_NAMES.values()) | {MARKER_FILE, MARKER_FILE + ".tmp"}
 
 
@@ -142,10 +146,10 @@ def output_kind(folder: str | Path) -> str | None:
     if marker is not None:
         return marker["kind"]
     try:
-        names = set(os.listdir(folder))
+        names = {n for n in os.listdir(folder) if not n.startswith((INNER_STAGE_PREFIX, ".test-partial-"))}
     except OSError:
         return None
-    return next((kind for kind, sign in _SIGNATURE.items() if sign <= names), None)
+    return next((kind for kind, sign in _SIGNATURE.items() if sign <= names <= _KNOWN_NAMES[kind]), None)
 
 
 def _ours(folder: Path) -> set[str]:
