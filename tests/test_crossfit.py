@@ -247,3 +247,21 @@ def test_normalized_scores_in_degenerate_cases():
     assert below.normalized(np.array([1.0]))[0] == 0.5
     rule = DecisionRule.from_normal_scores(np.arange(100.0), None, 0.01)
     assert DecisionRule.from_dict(json.loads(json.dumps(rule.to_dict()))) == rule
+
+
+def test_padim_leave_one_out_from_kept_embeddings_equals_the_second_feature_pass(train12, monkeypatch):
+    """Kept embeddings (the default) and a second pass (beyond the memory limit) give the same scores."""
+    import anomalens.models.padim as padim_module
+
+    params = {**TINY_PARAMS["padim"], "threshold_folds": 0}
+    _, _, _, kept_scores, kept_maps = _out_of_fold("padim", params, train12)
+    calls = []
+    monkeypatch.setattr(padim_module, "LEAVE_ONE_OUT_KEEP_BYTES", 1)  # nothing fits: the second pass
+    original = padim_module.PaDiM.embed
+    monkeypatch.setattr(padim_module.PaDiM, "embed", lambda self, images: calls.append(len(images)) or original(self, images))
+    _, _, _, pass_scores, pass_maps = _out_of_fold("padim", params, train12)
+    assert sum(calls) == 2 * len(train12)  # the accumulating pass and the leave-one-out pass
+    # The second pass rounds A's whiteners to float32 before use, the kept path uses them in float64: with
+    # 12 images in d = 100 (condition ~1e4) that is the tolerance of the refit comparison above.
+    np.testing.assert_allclose(kept_scores, pass_scores, rtol=1e-3)
+    np.testing.assert_allclose(kept_maps, pass_maps, rtol=1e-3, atol=1e-3 * float(pass_maps.max()))

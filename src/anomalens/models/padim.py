@@ -30,7 +30,9 @@ Gaussians from the sums *minus its own terms* — exactly the model refitted wit
   scatter Σ(x − μ)(x − μ)ᵀ of all n images at one position), the model without x has mean μ − r/(n − 1)
   and covariance A − c·r rᵀ, A = S/(n − 2) + εI, c = n/((n − 1)(n − 2)); by Sherman–Morrison its squared
   Mahalanobis distance of x is (n/(n − 1))²·q/(1 − c·q), q = rᵀA⁻¹r. Cost: one more batch of P inversions
-  (A's whitener) and one more feature pass over the training images; memory: a second P·d² buffer.
+  (A's whitener) and the products q; the training embeddings of the accumulating pass are kept for them
+  (P·d floats per image, up to ``LEAVE_ONE_OUT_KEEP_BYTES``), beyond that a second feature pass and a
+  second P·d² buffer.
   Why leave-one-out: with n ≈ d the distances of new images grow steeply as n shrinks (the covariance
   estimate is barely determined), so a model fitted on 90 % of the images scores normal images higher
   than the final model does, and a threshold from it misses defects (the benchmark's operating points).
@@ -119,6 +121,42 @@ class PaDiMGraph(nn.Module):
         return amap.flatten(1).amax(1), amap
 
 
+# Leave-one-out keeps the training embeddings of the accumulating pass up to this size (120 images of 256 px at
+# d = 100: 197 MB) instead of extracting every feature a second time; beyond it, a second pass.
+LEAVE_ONE_OUT_KEEP_BYTES = 512 * 2**20
+
+
+class KeptEmbeddings:
+    """(B, P, d) embedding batches of a feature pass kept for a second use — all of them, or none once they
+    would exceed ``limit`` bytes (so memory stays bounded whatever the number of images)."""
+
+    def __init__(self, limit: int | None = None) -> None:
+        self.batches: list[torch.Tensor] = []
+        self.limit = limit
+        self.overflowed = False
+        self.nbytes = 0
+
+    def add(self, embeddings: torch.Tensor) -> None:
+        if self.overflowed:
+            return
+        self.nbytes += embeddings.numel() * embeddings.element_size()
+        if self.limit is not None and self.nbytes > self.limit:
+            self.batches.clear()
+            self.overflowed = True
+            return
+        self.batches.append(embeddings)
+
+    def complete(self, count: int) -> bool:
+        return not self.overflowed and sum(len(b) for b in self.batches) == count
+
+    def positions(self, chunk: slice) -> torch.Tensor:
+        """(n, p, d): every kept image's embeddings at the positions ``chunk``."""
+        return torch.cat([b[:, chunk] for b in self.batches])
+
+    def all(self) -> torch.Tensor:
+        return torch.cat(self.batches)
+
+
 @register_detector
 class PaDiM(Detector):
     """Per-position Gaussians of pretrained features; Mahalanobis distance map (Defard et al. 2020)."""
@@ -168,23 +206,21 @@ class PaDiM(Detector):
         return embedding.flatten(2).transpose(1, 2)  # (B, P, d)
 
     def _accumulate(self, records: Sequence, progress: bool, sums: dict | None = None,
-                    keep: torch.Tensor | None = None) -> dict:
+                    keep: KeptEmbeddings | None = None) -> dict:
         """Add ``records`` to the running sums: count, Σ(x-s) (float64) and Σ(x-s)(x-s)ᵀ (float32) per position.
 
-        ``keep``: an (n, P, d) tensor to copy the n records' embeddings into (the held-out images, whose
-        own terms ``_finish`` subtracts again).
+        ``keep``: where the records' embeddings are kept for a second use (the held-out images, whose own
+        terms ``_finish`` subtracts again; the training images for leave-one-out).
 
         Sums are taken around a reference mean s (the first batch's): Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ
         then cancels far less, and the float32 sum of products of a few thousand images loses < 1e-6
         relative. Memory: P·d² floats, whatever the number of images.
         """
-        offset = 0
         with torch.inference_mode():
             for batch in iterate_batches(records, self.model_input_size, self.batch_size, desc="padim fit" if progress else None):
                 emb = self.embed(batch["image"])  # (B, P, d)
                 if keep is not None:
-                    keep[offset : offset + len(emb)] = emb
-                    offset += len(emb)
+                    keep.add(emb)
                 if sums is None:
                     shift = emb.mean(0)
                     sums = {"count": 0, "shift": shift,
@@ -251,10 +287,10 @@ class PaDiM(Detector):
             return super()._fit_and_score_holdout(fit_records, holdout, progress)
         self._prepare()
         sums = self._accumulate(fit_records, progress)
-        held = torch.empty((len(holdout), *sums["shift"].shape), device=sums["shift"].device)
+        held = KeptEmbeddings()
         sums = self._accumulate(holdout, progress, sums, keep=held)
         with torch.inference_mode():
-            return self._scores_and_maps(self._finish(sums, held))
+            return self._scores_and_maps(self._finish(sums, held.all()))
 
     def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
                                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -262,43 +298,68 @@ class PaDiM(Detector):
         if self.shard_runner is not None:  # the same, with the sums taken on shards (fitting on shards, below)
             return self.shard_runner.fit_out_of_fold(self, parts, folds, progress)
         self._prepare()
+        records = [r for part in parts for r in part]
+        leave_one_out = len(folds) == len(records)
+        kept = KeptEmbeddings(LEAVE_ONE_OUT_KEEP_BYTES) if leave_one_out else None
         sums = None
         for part in parts:  # in parts: the same float32 sums, batch for batch, as the hold-out fit made
-            sums = self._accumulate(part, progress, sums)
-        records = [r for part in parts for r in part]
-        if len(folds) == len(records):
-            return self._leave_one_out(records, sums, progress)
+            sums = self._accumulate(part, progress, sums, keep=kept)
+        if leave_one_out:
+            return self._leave_one_out(records, sums, progress, kept)
         scores, maps = self.score_folds(records, sums, folds, progress)
         self._finish(sums)  # the final model: every image
         return scores, maps
 
     @torch.inference_mode()
-    def _leave_one_out(self, records: list, sums: dict, progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    def _leave_one_out(self, records: list, sums: dict, progress: bool,
+                       kept: KeptEmbeddings | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The final model from ``sums``; every image's distances from the Gaussians of the others, in
-        closed form (Sherman–Morrison, module docstring), in a second feature pass."""
+        closed form (Sherman–Morrison, module docstring): from the embeddings ``kept`` of the accumulating
+        pass when it kept them all, else in a second feature pass."""
         n = sums["count"]
         if n < 3:
             raise ValueError("padim: leave-one-out needs at least 3 training images")
-        loo = torch.empty_like(sums["outer"])  # whiteners of A = S/(n − 2) + εI
-        for start in range(0, len(loo), 256):
-            chunk = slice(start, start + 256)
-            loo[chunk] = self._whitener(sums["outer"][chunk], sums["total"][chunk], n, denominator=n - 2)[1]
-        self._finish(sums)  # sums["outer"] becomes the final whitener; total, count and shift stay
         mean = sums["total"] / n  # (P, d) about the shift, float64
-        c = n / ((n - 1) * (n - 2))
-        scores, maps = [], []
-        for batch in iterate_batches(records, self.model_input_size, self.batch_size, desc="padim threshold" if progress else None):
-            r = (self.embed(batch["image"]) - sums["shift"]).transpose(0, 1).double() - mean.unsqueeze(1)  # (P, B, d)
-            q = torch.empty(r.shape[:2], dtype=torch.float64, device=r.device)
-            for start in range(0, len(r), 256):
+        if kept is not None and kept.complete(len(records)):
+            # Position chunk by chunk over all n images at once: each whitener of A is made and used once,
+            # in float64, and the products are few large matrix products.
+            q = torch.empty((len(mean), n), dtype=torch.float64, device=mean.device)  # (P, n)
+            for start in range(0, len(mean), 256):
                 chunk = slice(start, start + 256)
-                q[chunk] = torch.bmm(r[chunk], loo[chunk].double().transpose(1, 2)).pow(2).sum(2)
-            # c·q < 1 in exact arithmetic (the covariance without the image is positive definite).
-            squared = (n / (n - 1)) ** 2 * q / (1.0 - c * q).clamp_min(torch.finfo(torch.float64).eps)
-            batch_scores, batch_maps = self._scores_and_maps(squared.sqrt().float().transpose(0, 1))
-            scores.append(batch_scores)
-            maps.append(batch_maps)
-        return np.concatenate(scores), np.concatenate(maps)
+                whitener = self._whitener(sums["outer"][chunk], sums["total"][chunk], n, denominator=n - 2)[1]
+                r = self._residuals(kept.positions(chunk).transpose(0, 1), sums["shift"][chunk], mean[chunk])
+                q[chunk] = torch.bmm(r, whitener.transpose(1, 2)).pow(2).sum(2)
+            self._finish(sums)
+            parts = [self._leave_one_out_scores(q[:, i : i + self.batch_size], n) for i in range(0, n, self.batch_size)]
+        else:
+            loo = torch.empty_like(sums["outer"])  # whiteners of A = S/(n − 2) + εI
+            for start in range(0, len(loo), 256):
+                chunk = slice(start, start + 256)
+                loo[chunk] = self._whitener(sums["outer"][chunk], sums["total"][chunk], n, denominator=n - 2)[1]
+            self._finish(sums)  # sums["outer"] becomes the final whitener; total, count and shift stay
+            parts = []
+            for batch in iterate_batches(records, self.model_input_size, self.batch_size,
+                                         desc="padim threshold" if progress else None):
+                r = self._residuals(self.embed(batch["image"]).transpose(0, 1), sums["shift"], mean)  # (P, B, d)
+                q = torch.empty(r.shape[:2], dtype=torch.float64, device=r.device)
+                for start in range(0, len(r), 256):
+                    chunk = slice(start, start + 256)
+                    q[chunk] = torch.bmm(r[chunk], loo[chunk].double().transpose(1, 2)).pow(2).sum(2)
+                parts.append(self._leave_one_out_scores(q, n))
+        return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
+
+    @staticmethod
+    def _residuals(embeddings: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+        """(p, m, d) embeddings → x − μ in float64, contiguous: ``bmm`` on the transposed layout was measured
+        3x slower, and the leave-one-out products are most of the fit's arithmetic."""
+        return ((embeddings - shift.unsqueeze(1)).double() - mean.unsqueeze(1)).contiguous()
+
+    def _leave_one_out_scores(self, q: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(P, m) q = rᵀA⁻¹r → the m images' scores and maps under the Gaussians without each of them."""
+        c = n / ((n - 1) * (n - 2))
+        # c·q < 1 in exact arithmetic (the covariance without the image is positive definite).
+        squared = (n / (n - 1)) ** 2 * q / (1.0 - c * q).clamp_min(torch.finfo(torch.float64).eps)
+        return self._scores_and_maps(squared.sqrt().float().transpose(0, 1))
 
     def _scores_and_maps(self, dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(B, P) distances → (B,) image scores (the maxima of the maps) and (B, H, W) maps (eq. 2 + blur)."""
