@@ -44,10 +44,13 @@ def ray_session():
 
 @pytest.fixture(scope="module")
 def images(category, tmp_path_factory):
-    """The category's test images plus one file that is not an image, in one folder."""
+    """The category's test images, one of them under a name that is not UTF-8, plus one file that is not an
+    image, in one folder."""
     folder = tmp_path_factory.mktemp("images")
     for path in sorted((category / "test").rglob("*.png")):
         (folder / f"{path.parent.name}_{path.name}").write_bytes(path.read_bytes())
+    first = sorted(folder.iterdir())[0]
+    first.rename(folder / os.fsdecode(b"caf\xe9_" + os.fsencode(first.name)))
     (folder / "broken.png").write_bytes(b"not a png at all")
     return folder
 

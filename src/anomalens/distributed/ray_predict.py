@@ -39,6 +39,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Sequence
@@ -75,7 +76,7 @@ def model_files(path: str | Path) -> dict[str, bytes]:
 
 def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], channels: int,
                   decode: str = "exact") -> dict[str, np.ndarray]:
-    """A Ray Data batch of (index, path) → (index, path, image (B, C, H, W) float32, error): each image decoded
+    """A Ray Data batch of (index, path as file-system bytes) → (index, path, image (B, C, H, W) float32, error): each image decoded
     as the local ``predict`` decodes it (``decode``: the run's exact / fast decoding); an unreadable one gets
     zeros and its one-line reason in ``error``."""
     from anomalens.data.torch_dataset import decode_for_model
@@ -84,7 +85,7 @@ def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], cha
     errors = []
     for k, path in enumerate(batch["path"]):
         try:
-            images[k] = decode_for_model(Path(str(path)), input_size, channels, decode=decode)[0].numpy()
+            images[k] = decode_for_model(Path(os.fsdecode(path)), input_size, channels, decode=decode)[0].numpy()
             errors.append("")
         except DataError as exc:
             errors.append(str(exc))
@@ -175,7 +176,8 @@ def score_on_ray(
     n = len(paths)
     model_ref = ray.put(files)
     batch_size = max(1, min(batch_size, math.ceil(n / workers)))  # a small job still reaches every actor
-    items = [{"index": i, "path": p} for i, p in enumerate(paths)]
+    # Paths travel as bytes (Arrow binary): a file name that is not UTF-8 is no Arrow string.
+    items = [{"index": i, "path": os.fsencode(p)} for i, p in enumerate(paths)]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(math.ceil(n / batch_size), 10_000)))
     # Ray Data's fault tolerance (its defaults): a decode task whose process died is run again; a dead actor is
     # restarted and its unfinished batches re-run.
