@@ -6,6 +6,7 @@ The strongest proof that a score is out of fold: it equals the score of a model 
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
@@ -62,21 +63,33 @@ def test_padim_out_of_fold_scores_equal_a_model_refitted_without_the_fold(train1
 
 
 @pytest.mark.parametrize("coreset_fraction", [1.0, 0.25])
-def test_patchcore_out_of_fold_scores_exclude_the_folds_patches(train12, coreset_fraction):
+def test_patchcore_out_of_fold_scores_equal_a_model_refitted_without_the_fold(train12, coreset_fraction):
+    """Each fold is scored by the bank a fit on the other folds' images selects, as large as the final bank —
+    not by the final bank less the fold's entries (a coreset chosen with the fold's patches present)."""
     params = {**TINY_PARAMS["patchcore"], "threshold_folds": 3, "coreset_fraction": coreset_fraction}
     detector, ordered, folds, scores, maps = _out_of_fold("patchcore", params, train12)
+    final_size = len(detector.memory_bank_)
     for fold in folds:
-        held = [ordered[i] for i in fold]
-        if coreset_fraction == 1.0:  # the bank without the fold is exactly the bank of a refit without it
-            others = [r for i, r in enumerate(ordered) if i not in set(fold)]
-            expected = _refit_scores("patchcore", params, others, held)
-        else:  # a coreset: the final bank less the entries that came from the fold
-            reduced = create_detector("patchcore", **params)
-            reduced.extractor_, reduced.grid_size_ = detector.extractor_, detector.grid_size_
-            reduced.memory_bank_ = detector.memory_bank_[~torch.isin(detector.bank_origin_, torch.as_tensor(fold))]
-            expected = reduced._score(held, progress=False)
+        others = [r for i, r in enumerate(ordered) if i not in set(fold)]
+        # 8 of the 12 images: a fraction 12/8 as large keeps as many entries as the final bank
+        refit_fraction = min(1.0, coreset_fraction * len(ordered) / len(others))
+        refit = create_detector("patchcore", **{**params, "coreset_fraction": refit_fraction, "threshold_folds": 1,
+                                                "holdout_fraction": 0})
+        torch.manual_seed(refit.seed)
+        refit._fit(others, progress=False)
+        assert len(refit.memory_bank_) == (final_size if coreset_fraction < 1 else len(others) * math.prod(refit.grid_size_))
+        expected = refit._score([ordered[i] for i in fold], progress=False)
         np.testing.assert_allclose(scores[fold], expected[0], rtol=1e-5)
         np.testing.assert_allclose(maps[fold], expected[1], rtol=1e-4, atol=1e-6)
+        if coreset_fraction < 1:  # and it is not the final bank less the fold's entries
+            reduced = detector.memory_bank_[~torch.isin(detector.bank_origin_, torch.as_tensor(fold))]
+            assert len(reduced) < final_size
+
+
+def test_patchcore_fold_banks_are_seeded(train12):
+    params = {**TINY_PARAMS["patchcore"], "threshold_folds": 3}
+    first, second = (_out_of_fold("patchcore", params, train12)[3] for _ in range(2))
+    np.testing.assert_array_equal(first, second)
 
 
 @pytest.mark.parametrize("name", ["padim", "patchcore"])

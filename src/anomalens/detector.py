@@ -19,8 +19,8 @@ Rules shared by all detectors:
   any defective sample), ``calibrate`` replaces it, ``predict`` applies it;
 - those normal scores: detectors that can (``crossfits``: PaDiM, PatchCore) score *every* training image
   out of fold — the images are cut into ``threshold_folds`` seeded folds and each fold is scored by the
-  model of the others, obtained from the final model's sums or bank without refitting — while the final
-  model still uses every image; the others score the seeded ``holdout_fraction`` of the images they are
+  model of the others — PaDiM from the final model's sums without refitting, PatchCore with the coreset a
+  fit on the other folds selects — while the final model still uses every image; the others score the seeded ``holdout_fraction`` of the images they are
   not trained on (k trainings for a trained detector would cost k times its fit);
 - optional abilities are named by class flags: ``localizes`` (anomaly maps), ``reconstructs``
   (``reconstruct()`` gives the images the model rebuilt), ``score_is_map_max``, ``tiles`` (``tile_size`` /

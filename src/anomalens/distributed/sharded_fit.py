@@ -14,8 +14,9 @@ detector's ``_fit_and_score_out_of_fold`` moves to the cluster, through the dete
    the size a single fit keeps (an approximation, measured in ``benchmarks/distributed.py``) — and makes it
    the fitted model (``adopt_merged``);
 4. every worker scores its own images out of fold against the merged model (``score_shard_folds``, the code
-   ``fit`` runs: PaDiM leave-one-out in closed form or fold by fold, PatchCore the bank without the fold's
-   entries), and ``fit`` sets the threshold from those N scores and maps as it always does.
+   ``fit`` runs: PaDiM leave-one-out in closed form or fold by fold, PatchCore each fold against the coreset
+   selected from the union of the shards' coresets without the fold's patches), and ``fit`` sets the
+   threshold from those N scores and maps as it always does.
 
 So the saved run is an ordinary run (``load_detector``, ``test``, ``predict``, ``export``), its decision
 rule computed like a local fit's; for PaDiM every number equals the single-machine fit's to float rounding

@@ -36,14 +36,18 @@ image at 256 px, P = 1024; ``components/knn.py: ExactNearest``) and the B maps; 
 
 Threshold (cross-fitted, ``Detector.fit``): the bank is built from every training image (more data,
 better coverage); the images are cut into ``threshold_folds`` seeded folds (default 10) and each fold is
-scored, exactly, against the bank entries that came from the other folds' images — a model whose bank
-holds none of its patches, without selecting a new coreset. Cost: scoring the N training images once
-(one feature pass and their nearest-neighbour search, as ``predict`` on them), whatever k; memory: one
-copy of (k − 1)/k of the bank at a time, and the N maps returned to ``fit``. (The coreset was chosen
-with the fold's patches present, so the remaining bank covers the fold's region slightly less well than a
-coreset of the other images alone would: out-of-fold scores lean high, the threshold errs towards fewer
-false alarms; a larger k shrinks that.) ``threshold_folds=1``: the seeded ``holdout_fraction`` scored the
-same way, as before cross-fitting.
+scored, exactly, against the bank a fit without it would select: the greedy coreset, as large as the final
+bank, of the other folds' patches (``fold_bank``: what ``_fit`` selects from them, same seed). Not the
+final bank less the fold's entries: that coreset was chosen with the fold's patches present, and where one
+of them became a centre the other images' patches nearby were skipped as covered — without it the fold's
+images meet holes that new images do not, and their scores sat higher than test normals'
+(benchmarks/results/operating_point: coffee and chelsea, KS 0.68 and 0.80 between the out-of-fold and the
+test normal scores). Cost: k more coreset selections (each on (k − 1)/k of the patches) and scoring the N
+training images once (one feature pass and their nearest-neighbour search, as ``predict`` on them);
+memory: the N·P patch vectors stay until the folds are scored, plus one fold's selection at a time (a copy
+of the other folds' patch vectors and their 128-d projection), and the N maps returned to ``fit``.
+``threshold_folds=1``: the seeded ``holdout_fraction`` scored the same way (one fold), as before
+cross-fitting.
 """
 
 from __future__ import annotations
@@ -207,6 +211,10 @@ class PatchCore(Detector):
 
     # -- fit / score ----------------------------------------------------------------------------
     def _fit(self, records: Sequence, progress: bool) -> None:
+        self._choose_bank(self._training_patches(records, progress), progress)
+
+    def _training_patches(self, records: Sequence, progress: bool) -> torch.Tensor:
+        """(N·P, D) patch features of every record, in order (P per record); builds the extractor."""
         self.extractor_ = self._build_extractor()
         features, offset = None, 0
         with torch.inference_mode():
@@ -217,8 +225,12 @@ class PatchCore(Detector):
                 flat = emb.reshape(-1, emb.shape[2])
                 features[offset : offset + flat.shape[0]] = flat
                 offset += flat.shape[0]
+        return features
+
+    def _choose_bank(self, features: torch.Tensor, progress: bool) -> None:
+        """The memory bank: the greedy coreset of ``features`` (every record's patches, in order)."""
         total = features.shape[0]
-        patches_per_image = total // len(records)
+        patches_per_image = self.grid_size_[0] * self.grid_size_[1]
         n_select = self.coreset_size(total)
         if n_select == total:
             self.memory_bank_ = features
@@ -238,27 +250,29 @@ class PatchCore(Detector):
 
     def _fit_and_score_holdout(self, fit_records: list, holdout: list, progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """The memory bank is built from every training image; the held-out images are scored against
-        the bank without the entries that came from them, i.e. against the other images' patches."""
+        the bank a fit on the other images alone selects (``score_folds``: one fold, the hold-out)."""
         if holdout is fit_records:
             return super()._fit_and_score_holdout(fit_records, holdout, progress)
-        self._fit(list(fit_records) + list(holdout), progress)
-        full, index = self.memory_bank_, self.ann_index_
-        others = (self.bank_origin_ < len(fit_records)).to(full.device)
-        self.memory_bank_ = full[others] if bool(others.any()) else full
-        self.ann_index_ = None  # the graph indexes the full bank: the few held-out images are searched exactly
-        try:
-            return self._score(holdout, progress)
-        finally:
-            self.memory_bank_, self.ann_index_ = full, index
+        records = list(fit_records) + list(holdout)
+        held = np.arange(len(fit_records), len(records))
+        features = self._training_patches(records, progress)
+        self._choose_bank(features, progress)
+        return self.score_folds(holdout, [np.arange(len(holdout))], features, self.patch_origin(len(records)),
+                                progress, image_ids=held)
 
     def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
                                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
-        """The bank from every image; each fold scored against the entries of the other folds' images."""
-        if self.shard_runner is not None:  # the same, with the coreset taken on shards (fitting on shards, below)
+        """The bank from every image; each fold scored against the bank of the other folds' images."""
+        if self.shard_runner is not None:  # the same, with the coresets taken on shards (fitting on shards, below)
             return self.shard_runner.fit_out_of_fold(self, parts, folds, progress)
         records = [r for part in parts for r in part]
-        self._fit(records, progress)
-        return self.score_folds(records, folds, progress)
+        features = self._training_patches(records, progress)
+        self._choose_bank(features, progress)
+        return self.score_folds(records, folds, features, self.patch_origin(len(records)), progress)
+
+    def patch_origin(self, n_records: int) -> torch.Tensor:
+        """The record each row of ``_training_patches`` came from."""
+        return torch.arange(n_records * self.grid_size_[0] * self.grid_size_[1]) // (self.grid_size_[0] * self.grid_size_[1])
 
     def inference_module(self) -> PatchCoreGraph:
         return self.tiled(PatchCoreGraph(
@@ -292,23 +306,20 @@ class PatchCore(Detector):
                 raise ValueError("search='hnsw' but the file holds no HNSW index")
             self.ann_index_ = HNSWIndex.from_tensor(tensors["hnsw_index"], bank)
 
-    def score_folds(self, records: list, folds: list[np.ndarray], progress: bool = False,
-                    image_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def score_folds(self, records: list, folds: list[np.ndarray], candidates: torch.Tensor, origin: torch.Tensor,
+                    progress: bool = False, image_ids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N,) and maps (N, H, W) of ``records``: each fold (index arrays into ``records``, together
-        covering them) scored, exactly, against the bank entries that came from other images (``bank_origin_``).
-        ``image_ids``: each record's number among the training images ``bank_origin_`` counts (default: its
-        position in ``records``)."""
-        full, index, origin = self.memory_bank_, self.ann_index_, self.bank_origin_
+        covering them) scored, exactly, against its own bank — the greedy coreset, as large as the final bank,
+        of the ``candidates`` (patch vectors; ``origin``: the training image each came from) that did not
+        come from the fold's images (``fold_bank``). ``image_ids``: each record's number among the training
+        images ``origin`` counts (default: its position in ``records``)."""
+        full, index = self.memory_bank_, self.ann_index_
         self.ann_index_ = None  # the graph indexes the full bank: the folds are searched exactly
         scores, maps = np.empty(len(records), np.float32), None
         try:
             for fold in folds:
                 ids = fold if image_ids is None else np.asarray(image_ids)[fold]
-                others = ~torch.isin(origin, torch.as_tensor(ids, dtype=origin.dtype))
-                if not bool(others.any()):
-                    raise ValueError(f"patchcore: every memory-bank entry came from one threshold fold ({len(fold)} "
-                                     "images): raise coreset_fraction or threshold_folds")
-                self.memory_bank_ = full[others.to(full.device)]
+                self.memory_bank_ = self.fold_bank(candidates, origin, ids, len(full))
                 fold_scores, fold_maps = self._score([records[i] for i in fold], progress)
                 if maps is None:
                     maps = np.empty((len(records), *fold_maps.shape[1:]), np.float32)
@@ -316,6 +327,27 @@ class PatchCore(Detector):
         finally:
             self.memory_bank_, self.ann_index_ = full, index
         return scores, maps
+
+    def fold_bank(self, candidates: torch.Tensor, origin: torch.Tensor, fold_ids: np.ndarray, n_select: int) -> torch.Tensor:
+        """The bank of a model fitted without the images ``fold_ids``: the greedy coreset of ``n_select``
+        entries (the final bank's size) of the ``candidates`` that did not come from them — the very bank
+        ``_fit`` selects from those patches (same seed, projection and partitions).
+
+        Why not the final bank less the fold's entries: that coreset was chosen with the fold's patches
+        present, so where a fold's patch became a centre, the other images' patches nearby were left out as
+        covered — without it the fold's images meet holes that new images do not, and out-of-fold scores
+        sit higher than test normals' (module docstring).
+        """
+        others = ~torch.isin(origin, torch.as_tensor(np.asarray(fold_ids), dtype=origin.dtype))
+        if not bool(others.any()):
+            raise ValueError(f"patchcore: every memory-bank candidate came from one threshold fold ({len(fold_ids)} "
+                             "images): raise threshold_folds")
+        pool = candidates[others.to(candidates.device)]
+        if n_select >= len(pool):
+            return pool
+        chosen = greedy_coreset(pool, n_select, seed=self.seed, projection_dim=self.projection_dim,
+                                partition_size=self.coreset_partition_size)
+        return pool[chosen.to(pool.device)].contiguous()
 
     def coreset_size(self, n_patches: int) -> int:
         """⌈f·n⌉ bank entries for n patches (f = ``coreset_fraction``), robust to f·n landing a hair above an
@@ -329,8 +361,9 @@ class PatchCore(Detector):
     # (``merge_shard_parts``). An approximation: a patch is within r_shard + r_final of the bank instead of the
     # single greedy's r (both 2-approximations of the optimal radius, so at most a 4-approximation together);
     # benchmarks/distributed.py measures the radius and the AUROC against a single fit. The threshold is then
-    # set as ``fit`` sets it: each shard scores its folds against the final bank without their entries
-    # (``score_shard_folds``), which ``fit`` turns into the decision rule.
+    # set as ``fit`` sets it: each shard scores its folds, each against the coreset (the final bank's size) of
+    # the union's entries from other folds' images (``score_shard_folds``), which ``fit`` turns into the
+    # decision rule.
 
     #: Per-shard coreset fraction = min(1, SHARD_OVERSAMPLING × coreset_fraction).
     SHARD_OVERSAMPLING = 2
@@ -354,18 +387,21 @@ class PatchCore(Detector):
 
     def merge_shard_parts(self, parts: Sequence[dict]) -> dict:
         """The final bank: the greedy coreset of ⌈f·N·P⌉ entries (this detector's parameters and seed) of the
-        union of the shards' coresets, with each entry's training image."""
+        union of the shards' coresets, with each entry's training image; the union itself (``candidates``) is
+        kept for the threshold folds' banks (``score_shard_folds``)."""
         parts = list(parts)
         if not parts:
             raise ValueError("patchcore: no shard coresets to merge")
         union = torch.cat([part["bank"] for part in parts]).to(self.device)
-        origin = torch.cat([part["origin"] for part in parts])
+        union_origin = torch.cat([part["origin"] for part in parts])
+        bank, origin = union, union_origin
         n_select = self.coreset_size(sum(part["n_patches"] for part in parts))
         if n_select < len(union):
             index = greedy_coreset(union, n_select, seed=self.seed, projection_dim=self.projection_dim,
                                    partition_size=self.coreset_partition_size)
-            union, origin = union[index.to(union.device)].contiguous(), origin[index]
-        return {"bank": union, "origin": origin, "grid_size": tuple(parts[0]["grid_size"])}
+            bank, origin = union[index.to(union.device)].contiguous(), union_origin[index]
+        return {"bank": bank, "origin": origin, "candidates": union, "candidate_origin": union_origin,
+                "grid_size": tuple(parts[0]["grid_size"])}
 
     def adopt_merged(self, state: dict) -> None:
         """Make the merged bank this detector's memory bank (the HNSW graph built over it when asked for)."""
@@ -377,8 +413,10 @@ class PatchCore(Detector):
 
     def score_shard_folds(self, records: list, state: dict, folds: list[np.ndarray], global_index: np.ndarray,
                           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and maps of one shard's ``records``, each fold against the merged bank without the fold's
-        entries — what ``fit`` computes for these images. ``state`` is not changed."""
+        """Scores and maps of one shard's ``records``, each fold against its own bank: the greedy coreset, the
+        merged bank's size, of the shards' coreset entries that did not come from the fold's images — what
+        ``fit`` computes for these images, with the union of the shards' coresets in the place of every
+        patch. ``state`` is not changed."""
         if not hasattr(self, "extractor_"):  # a worker that has not built it (a restarted one)
             torch.manual_seed(self.seed)
             self.extractor_ = self._build_extractor()
@@ -386,4 +424,5 @@ class PatchCore(Detector):
         self.bank_origin_ = state["origin"].clone()
         self.grid_size_ = tuple(state["grid_size"])
         self.ann_index_ = None
-        return self.score_folds(records, folds, progress, image_ids=global_index)
+        return self.score_folds(records, folds, state["candidates"].to(self.device), state["candidate_origin"],
+                                progress, image_ids=global_index)
