@@ -271,6 +271,8 @@ def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
     cases = [p for p in (tmp_path / "run" / "cases").glob("*.png")  # the full figures, not the thumbnails
              if not p.stem.endswith("_thumb") and p.name != "preview.png"]
     assert cases
+    from anomalens.report.overlay import CASE_PANEL_PX
+
     with Image.open(cases[0]) as im:  # input | reconstruction | residual + colour bar | ground truth
-        assert im.size[0] >= 4 * 300  # 4 panels of 2.5 in + gaps at ~100 dpi (3 without the reconstruction)
+        assert im.size[0] >= 4 * CASE_PANEL_PX[0]  # 4 panels of at least 192 px (3 without the reconstruction)
     assert _reconstruction_loader(create_detector("padim"), records) is None

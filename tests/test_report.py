@@ -22,6 +22,7 @@ from anomalens.demo import run_demo
 from anomalens.metrics import aupro, evaluate, pixel_auroc
 from anomalens.report import (
     annotate_heatmap,
+    case_figure,
     case_thumbnail,
     draw_mask_contours,
     heatmap_range,
@@ -37,6 +38,7 @@ from anomalens.report import (
     report_warnings,
     write_test_report,
 )
+from anomalens.report.overlay import CASE_PANEL_PX
 from anomalens.workflow import predict_images
 
 N, H, W = 10, 32, 32
@@ -294,6 +296,52 @@ def test_failure_leaves_no_report(tmp_path: Path, data: Synthetic) -> None:
         )
 
 
+def test_an_error_while_drawing_the_curves_reaches_the_caller(tmp_path: Path, data: Synthetic) -> None:
+    """The curves are drawn in a forked process: its error is raised here, and no report is left behind."""
+    with pytest.raises(ValueError, match="no loss values"):
+        write_test_report(
+            tmp_path, names=data.names, defect_types=data.defect_types, labels=data.labels, scores=data.scores,
+            threshold=data.threshold, metrics={}, load_image=lambda i: data.images[i], maps=data.maps,
+            masks=data.masks, loss_curves={"train": []}, n_cases=1,
+        )
+    assert not (tmp_path / "report.html").exists()
+
+
+def test_the_curves_are_drawn_here_when_their_process_dies(tmp_path: Path, data: Synthetic, monkeypatch) -> None:
+    """A forked drawing process that dies without an answer (killed, out of memory): the curves are drawn in
+    this process instead, and the report is complete."""
+    import os
+
+    import anomalens.report.html_report as html_report
+
+    parent = os.getpid()
+    draw = html_report._draw_figures
+
+    def dies_when_forked(*args):
+        if os.getpid() != parent:
+            os._exit(1)
+        return draw(*args)
+
+    monkeypatch.setattr(html_report, "_draw_figures", dies_when_forked)
+    report = write_test_report(
+        tmp_path, names=data.names, defect_types=data.defect_types, labels=data.labels, scores=data.scores,
+        threshold=data.threshold, metrics={}, load_image=lambda i: data.images[i], maps=data.maps, masks=data.masks,
+        n_cases=1,
+    )
+    _assert_links_exist(report)
+    assert (tmp_path / "roc.png").is_file() and (tmp_path / "pro_curve.png").is_file()
+
+
+def test_importing_the_report_leaves_matplotlib_unloaded() -> None:
+    """`anomalens test` draws its curves in a forked process: the package itself does not load matplotlib."""
+    import subprocess
+    import sys
+
+    code = "import sys, anomalens.report; print('matplotlib' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "False"
+
+
 def test_report_with_reconstructions_shows_triplets(tmp_path: Path, data: Synthetic) -> None:
     """Autoencoders: each case figure gets a reconstruction panel (input / reconstruction / residual)."""
     calls: list[list[int]] = []
@@ -315,7 +363,7 @@ def test_report_with_reconstructions_shows_triplets(tmp_path: Path, data: Synthe
         int(p.name.split("_")[0]) for p in triplet)
     for a, b in zip(plain, triplet):
         with Image.open(a) as pa, Image.open(b) as pb:
-            assert pb.size[0] - pa.size[0] >= 250  # one more 2.5-inch panel at ~100 dpi
+            assert pb.size[0] - pa.size[0] >= CASE_PANEL_PX[0]  # one more panel (32 px images are enlarged)
             assert pb.size[1] == pa.size[1]
     with pytest.raises(ValueError, match="reconstruction of shape"):
         write_test_report(tmp_path / "bad", **kw, load_reconstructions=lambda idx: [np.zeros((8, 8))] * len(idx))
@@ -344,6 +392,30 @@ def test_per_defect_type_metrics_equal_sklearn_on_the_subsets(data: Synthetic) -
     assert set(image_only["hole"]) == {"n_images", "image_auroc", "detected", "median_score"}
     only_defects = per_defect_type_metrics(data.labels[5:], data.scores[5:], data.defect_types[5:], flagged[5:])
     assert np.isnan(only_defects["crack"]["image_auroc"])
+
+
+def test_per_defect_type_pixel_metrics_are_exactly_those_of_the_subsets(data: Synthetic, monkeypatch) -> None:
+    """Bit for bit what anomalens.metrics gives on (normal + that type), though the normal pixels are sorted
+    once and the types measured in threads; maps with many ties, and a normal image carrying mask pixels."""
+    import anomalens.report.breakdown as breakdown
+
+    maps = np.round(data.maps * 8) / 8  # few distinct values: ties everywhere
+    masks = data.masks.copy()
+    masks[0, :3, :3] = True  # a "normal" image with a marked region still counts its pixels as the metrics do
+    types = np.array(data.defect_types)
+    flagged = data.scores > data.threshold
+    threaded = per_defect_type_metrics(data.labels, data.scores, data.defect_types, flagged, masks, maps)
+    monkeypatch.setattr(breakdown, "available_cores", lambda: 1)
+    single = per_defect_type_metrics(data.labels, data.scores, data.defect_types, flagged, masks, maps)
+    assert threaded == single
+    for name, row in threaded.items():
+        subset = (data.labels == 0) | (types == name)
+        assert row["pixel_auroc"] == pixel_auroc(masks[subset], maps[subset])
+        assert row["aupro"] == aupro(masks[subset], maps[subset])
+    # A type without a defect pixel: its pixel AUROC is undefined, as on the subset.
+    no_pixels = per_defect_type_metrics(data.labels, data.scores, data.defect_types, flagged,
+                                        np.zeros_like(data.masks), maps)
+    assert all(np.isnan(row["pixel_auroc"]) and np.isnan(row["aupro"]) for row in no_pixels.values())
 
 
 def test_pixel_curves_are_exact_at_every_map_value(data: Synthetic) -> None:
@@ -449,6 +521,59 @@ def test_case_thumbnail_scales_down_and_outlines() -> None:
     assert np.all(thumb[50, 60] == 255)  # the white outline of the predicted region, scaled with the picture
     plain = case_thumbnail(image, None, None, None, true_mask=truth, size=200)
     assert np.all(plain[50, 60] == (0, 255, 0)) and np.all(plain[0, 0] == 128)
+
+
+def _ink(picture: np.ndarray, colour: tuple[int, int, int], tolerance: int = 60) -> np.ndarray:
+    """Where ``picture`` has about ``colour``."""
+    return np.abs(picture.astype(int) - colour).sum(axis=2) < tolerance
+
+
+def test_case_figure_panels_title_and_outlines() -> None:
+    rng = np.random.default_rng(0)
+    image = np.clip(0.5 + 0.05 * rng.standard_normal((256, 256, 3)), 0, 1)
+    amap = np.zeros((256, 256))
+    amap[100:140, 100:140] = 1.0
+    truth = amap > 0.5
+    kwargs = dict(amap=amap, vmin=0.0, vmax=1.0, predicted_mask=amap > 0.5, true_mask=truth, pixel_threshold=0.5)
+    right = case_figure(image, title="good/001.png · good\nscore 0.2 ≤ threshold 0.5 → correctly passed", **kwargs)
+    wrong = case_figure(image, title="good/001.png · good\nscore 0.2 ≤ threshold 0.5 → correctly passed",
+                        wrong=True, **kwargs)
+    assert right.dtype == np.uint8 and right.shape == wrong.shape
+    height, width = right.shape[:2]
+    # Three 256 px panels (shown as they are) with the colour scale, and a two-line title above them.
+    assert 3 * 256 + 100 < width < 1100 and 256 + 60 < height < 420
+    title = slice(0, 45)
+    assert not _ink(right[title], (176, 0, 32)).any() and (right[title].sum(axis=2) < 200).sum() > 100
+    assert _ink(wrong[title], (176, 0, 32)).sum() > 100  # a wrong verdict: the title in red
+    # The predicted defect is outlined in white on the heatmap, the ground truth in green on the input.
+    heat = _ink(right, (64, 64, 128), 20)  # the grey input blended half and half with jet's lowest blue
+    rows, cols = np.flatnonzero(heat.any(axis=1)), np.flatnonzero(heat.any(axis=0))
+    panel = right[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    assert panel.shape[:2] == (256, 256) and (panel == 255).all(axis=2).sum() > 4 * 40
+    assert _ink(right, (0, 255, 0), 30).sum() > 4 * 40 and not _ink(panel, (0, 255, 0), 30).any()
+    # The colour scale: jet, red at the top, blue at the bottom, beside the map panel.
+    reds, blues = _ink(right, (128, 0, 0), 40), _ink(right, (0, 0, 128), 40)
+    assert reds.any() and blues.any() and np.flatnonzero(reds.any(axis=1))[0] < np.flatnonzero(blues.any(axis=1))[-1]
+
+
+def test_case_figure_sizes_and_autoencoder_triplet() -> None:
+    def figure(size: int, **extra) -> np.ndarray:
+        image = np.full((size, size), 0.5)
+        return case_figure(image, title="x", amap=np.zeros((size, size)), vmin=0.0, vmax=1.0,
+                           true_mask=np.zeros((size, size), bool), **extra)
+
+    small, native, large = figure(28), figure(256), figure(2048)
+    # 28 px: enlarged by a whole factor (7 x 28 = 196); 2048 px: scaled down to the upper bound.
+    assert small.shape[0] - native.shape[0] == 196 - 256
+    assert large.shape[0] - native.shape[0] == CASE_PANEL_PX[1] - 256
+    triplet = figure(256, reconstruction=np.full((256, 256, 1), 0.4))
+    assert triplet.shape[0] == native.shape[0] and triplet.shape[1] - native.shape[1] >= 256  # one more panel
+    plain = case_figure(np.full((64, 48, 3), 0.5), title="no map, no mask")  # a single panel: the input
+    assert plain.shape[1] < 400
+    with pytest.raises(ValueError, match="reconstruction of shape"):
+        figure(256, reconstruction=np.zeros((8, 8)))
+    with pytest.raises(ValueError, match="vmin and vmax"):
+        case_figure(np.zeros((8, 8)), title="x", amap=np.zeros((8, 8)))
 
 
 # --------------------------------------------------------------------------- anomalens test / predict / demo

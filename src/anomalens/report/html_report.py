@@ -21,18 +21,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from anomalens.report.breakdown import PRO_FPR_LIMIT, per_defect_type_metrics, pixel_curves
-from anomalens.report.overlay import case_thumbnail, heatmap_range
-from anomalens.report.plots import (
-    SMALL_FIGURE,
-    plot_case,
-    plot_loss_curves,
-    plot_pixel_roc,
-    plot_precision_recall,
-    plot_pro_curve,
-    plot_roc,
-    plot_score_histogram,
-)
+from anomalens.report.breakdown import PRO_FPR_LIMIT, available_cores, per_defect_type_metrics
+from anomalens.report.overlay import case_figure, case_thumbnail, heatmap_range
 from anomalens.report.templating import format_number, render_page, write_text_atomic
 
 __all__ = ["write_test_report", "METRIC_HELP", "FIGURE_FILES"]
@@ -117,6 +107,87 @@ def _png_size(path: Path) -> tuple[int, int]:
 
     with Image.open(path) as image:
         return image.size
+
+
+def _save_png(picture: np.ndarray, path: Path) -> None:
+    """Write a uint8 picture as PNG via a temporary file + rename (never a half-written file). zlib level 1:
+    a quarter of the default level's time (the encoding was most of a case's cost) for files ~15 % larger."""
+    from PIL import Image
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        Image.fromarray(picture).save(tmp, format="PNG", compress_level=1)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class _Forked:
+    """``fn(*args)`` run in a forked process while the caller goes on; ``result()`` waits for its return value
+    (or raises its exception). The process inherits ``args`` as they are in memory (nothing is pickled on the
+    way in, the maps may be hundreds of MB); only the return value comes back through a pipe. Runs it in
+    place, at ``result()``, where forking pays nothing (one core) or cannot be had (no fork on this
+    platform, no process left, the process died). Leaving the ``with`` block waits for the process, so
+    nothing it writes lands after the caller has moved on."""
+
+    def __init__(self, fn: Callable[..., object], *args: object) -> None:
+        self._fn, self._args = fn, args
+        self._process = self._receiver = None
+        if available_cores() < 2:
+            return
+        import multiprocessing
+
+        sender = None
+        try:
+            context = multiprocessing.get_context("fork")
+            self._receiver, sender = context.Pipe(duplex=False)
+            self._process = context.Process(target=_run_and_send, args=(sender, fn, args), daemon=True)
+            self._process.start()
+        except (ValueError, OSError, AssertionError):  # no fork here, no process to be had, or this process
+            self.close()  # is a daemon (which multiprocessing lets have no children): run it in place
+        finally:
+            if sender is not None:
+                sender.close()  # the child holds its own end: EOF here when it is gone
+
+    def result(self):
+        if self._process is None:
+            return self._fn(*self._args)
+        try:
+            ok, value = self._receiver.recv()
+        except (EOFError, OSError):  # the process died (memory, a signal) without an answer: do the work here
+            self.close()
+            return self._fn(*self._args)
+        self.close()
+        if not ok:
+            raise value
+        return value
+
+    def close(self) -> None:
+        if self._process is not None and self._process.pid is not None:
+            self._process.join()
+        if self._receiver is not None:
+            self._receiver.close()
+        self._process = self._receiver = None
+
+    def __enter__(self) -> "_Forked":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _run_and_send(sender, fn: Callable[..., object], args: tuple) -> None:
+    """The forked process of :class:`_Forked`: (True, return value) or (False, exception) into ``sender``."""
+    try:
+        answer = (True, fn(*args))
+    except Exception as exc:  # handed to the parent, which raises it
+        answer = (False, exc)
+    try:
+        sender.send(answer)
+    except Exception as exc:  # an exception that cannot be pickled: its text
+        sender.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
+    finally:
+        sender.close()
 
 
 # --------------------------------------------------------------------------- main entry
@@ -209,58 +280,24 @@ def write_test_report(
 
     both_classes = bool((y == 1).any() and (y == 0).any())
     with_pixels = amaps is not None and gts is not None and bool(gts.any())
-    figures = _draw_figures(out, y, s, threshold, both_classes, amaps if with_pixels else None,
-                            gts if with_pixels else None, metrics, loss_curves)
+    vrange = heatmap_range(amaps, y) if amaps is not None else None
+    # The curves (matplotlib: its import and ~0.2 s a figure) are drawn in a forked process while this one
+    # draws the cases and the page.
+    with _Forked(_draw_figures, out, y, s, threshold, both_classes, amaps if with_pixels else None,
+                 gts if with_pixels else None, {k: _number(metrics.get(k)) for k in ("pixel_auroc", "aupro")},
+                 loss_curves) as curves:
+        case_groups, case_files = _draw_cases(out, names, defect_types, y, s, threshold, flagged, load_image,
+                                              amaps, gts, pixel_threshold, vrange, n_cases, load_reconstructions)
+        per_type = metrics.get("per_defect_type")
+        if not isinstance(per_type, Mapping):
+            per_type = per_defect_type_metrics(y, s, defect_types, flagged, gts if with_pixels else None,
+                                               amaps if with_pixels else None)
+        figures = curves.result()
     # The loss curves sit beside the per-type table (room to spare there), the other curves in one row.
     loss_figure = next((f for f in figures if f["file"] == "loss_curves.png"), None)
     figures = [f for f in figures if f is not loss_figure]
-    vrange = heatmap_range(amaps, y) if amaps is not None else None
-
-    # ---- case selection
-    anom = np.flatnonzero(y == 1)
     norm = np.flatnonzero(y == 0)
-    k = max(int(n_cases), 0)
-    low_anom = anom[np.argsort(s[anom], kind="stable")][:k]
-    high_norm = norm[np.argsort(-s[norm], kind="stable")][:k]
-    shown = set(low_anom.tolist())
-    high_anom = [i for i in anom[np.argsort(-s[anom], kind="stable")] if i not in shown][:k]
-
-    # Each image is rendered once, even if it would appear in two groups.
-    shown_cases = list(dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)))
-    # The picture for index pages: the clearest detection; it is always among the shown cases when k >= 1.
-    pool = anom if anom.size else np.arange(n)
-    preview = int(pool[np.argmax(s[pool])])
-    reconstructions: Sequence[np.ndarray | None] = [None] * len(shown_cases)
-    if load_reconstructions is not None and shown_cases:
-        reconstructions = list(load_reconstructions(shown_cases))
-        if len(reconstructions) != len(shown_cases):
-            raise ValueError(f"load_reconstructions returned {len(reconstructions)} images for {len(shown_cases)} indices")
-    # The pictures are read here (only the shown ones), the figures drawn in parallel: matplotlib takes
-    # ~0.3 s a figure and most of `anomalens test`'s time went to them.
-    tasks = [
-        (i, cases_dir, str(names[i]), str(defect_types[i]), int(y[i]), float(s[i]), threshold, bool(flagged[i]),
-         _checked_image(load_image, i, amaps, gts), None if amaps is None else amaps[i],
-         None if gts is None else gts[i], pixel_threshold, vrange, reconstruction, i == preview)
-        for i, reconstruction in zip(shown_cases, reconstructions)
-    ]
-    case_files = dict(zip(shown_cases, _render_cases(tasks)))
-
-    groups = [
-        ("Lowest-scoring anomalous images",
-         "Defects the detector is least sure about; MISSED = not flagged.",
-         [int(i) for i in low_anom], "no anomalous images in this test set"),
-        ("Highest-scoring normal images",
-         "Normal images that look most anomalous; FALSE ALARM = flagged.",
-         [int(i) for i in high_norm], "no normal images in this test set"),
-        ("Clearest detections",
-         "The anomalous images with the highest scores (not shown already).",
-         [int(i) for i in high_anom],
-         "no further anomalous images (all are shown)" if anom.size else "no anomalous images in this test set"),
-    ]
-    per_type = metrics.get("per_defect_type")
-    if not isinstance(per_type, Mapping):
-        per_type = per_defect_type_metrics(y, s, defect_types, flagged, gts if with_pixels else None,
-                                           amaps if with_pixels else None)
+    anom = np.flatnonzero(y == 1)
     page = render_page(
         "test_report.html",
         title=title,
@@ -282,11 +319,62 @@ def write_test_report(
         case_groups=[
             {"heading": heading, "explanation": explanation, "empty": empty,
              "cases": [_case_entry(i, names, defect_types, y, s, flagged, case_files[i]) for i in idxs]}
-            for heading, explanation, idxs, empty in groups
+            for heading, explanation, idxs, empty in case_groups
         ],
     )
     write_text_atomic(report_path, page)  # last: everything it links to exists now
     return report_path
+
+
+def _draw_cases(
+    out: Path, names: Sequence[str], defect_types: Sequence[str], y: np.ndarray, s: np.ndarray, threshold: float,
+    flagged: np.ndarray, load_image: Callable[[int], np.ndarray], amaps: np.ndarray | None, gts: np.ndarray | None,
+    pixel_threshold: float | None, vrange: tuple[float, float] | None, n_cases: int,
+    load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None,
+) -> tuple[list[tuple[str, str, list[int], str]], dict[int, tuple[str, str, tuple[int, int]]]]:
+    """Choose the cases and draw them: ([(heading, explanation, image indices, text when empty)] per group,
+    {image index: (figure, thumbnail, thumbnail size)})."""
+    cases_dir = out / "cases"
+    anom = np.flatnonzero(y == 1)
+    norm = np.flatnonzero(y == 0)
+    k = max(int(n_cases), 0)
+    low_anom = anom[np.argsort(s[anom], kind="stable")][:k]
+    high_norm = norm[np.argsort(-s[norm], kind="stable")][:k]
+    shown = set(low_anom.tolist())
+    high_anom = [i for i in anom[np.argsort(-s[anom], kind="stable")] if i not in shown][:k]
+
+    # Each image is rendered once, even if it would appear in two groups.
+    shown_cases = list(dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)))
+    # The picture for index pages: the clearest detection; it is always among the shown cases when k >= 1.
+    pool = anom if anom.size else np.arange(y.size)
+    preview = int(pool[np.argmax(s[pool])])
+    reconstructions: Sequence[np.ndarray | None] = [None] * len(shown_cases)
+    if load_reconstructions is not None and shown_cases:
+        reconstructions = list(load_reconstructions(shown_cases))
+        if len(reconstructions) != len(shown_cases):
+            raise ValueError(f"load_reconstructions returned {len(reconstructions)} images for {len(shown_cases)} indices")
+    # Only the shown pictures are read. A case costs ~50 ms with Pillow, reading the image and writing the PNGs
+    # included (a matplotlib figure cost ~0.3 s), so they are drawn here, no process pool needed.
+    case_files = {
+        i: _render_case(i, cases_dir, str(names[i]), str(defect_types[i]), int(y[i]), float(s[i]), threshold,
+                        bool(flagged[i]), _checked_image(load_image, i, amaps, gts),
+                        None if amaps is None else amaps[i], None if gts is None else gts[i], pixel_threshold,
+                        vrange, reconstruction, i == preview)
+        for i, reconstruction in zip(shown_cases, reconstructions)
+    }
+    groups = [
+        ("Lowest-scoring anomalous images",
+         "Defects the detector is least sure about; MISSED = not flagged.",
+         [int(i) for i in low_anom], "no anomalous images in this test set"),
+        ("Highest-scoring normal images",
+         "Normal images that look most anomalous; FALSE ALARM = flagged.",
+         [int(i) for i in high_norm], "no normal images in this test set"),
+        ("Clearest detections",
+         "The anomalous images with the highest scores (not shown already).",
+         [int(i) for i in high_anom],
+         "no further anomalous images (all are shown)" if anom.size else "no anomalous images in this test set"),
+    ]
+    return groups, case_files
 
 
 def _write_scores_csv(
@@ -305,10 +393,23 @@ def _write_scores_csv(
 
 
 def _draw_figures(out: Path, y: np.ndarray, s: np.ndarray, threshold: float, both_classes: bool,
-                  maps: np.ndarray | None, masks: np.ndarray | None, metrics: Mapping[str, object],
+                  maps: np.ndarray | None, masks: np.ndarray | None, pixel_metrics: Mapping[str, float | None],
                   loss_curves: Mapping[str, Sequence[float]] | None) -> list[dict[str, object]]:
     """Draw the report's curves at the size they are shown side by side; returns [{file, alt, width, height}]
-    in page order."""
+    in page order. ``pixel_metrics``: the exact ``pixel_auroc`` and ``aupro`` for the legends (or None)."""
+    # matplotlib and the curve math are imported here, in the process that draws: `anomalens test` never
+    # loads them in its main process.
+    from anomalens.report.breakdown import pixel_curves
+    from anomalens.report.plots import (
+        SMALL_FIGURE,
+        plot_loss_curves,
+        plot_pixel_roc,
+        plot_precision_recall,
+        plot_pro_curve,
+        plot_roc,
+        plot_score_histogram,
+    )
+
     drawn: list[tuple[str, str]] = []
     histogram_size = (4.6, SMALL_FIGURE[1])
     plot_score_histogram(y, s, threshold, out / "score_histogram.png", figsize=histogram_size,
@@ -321,8 +422,8 @@ def _draw_figures(out: Path, y: np.ndarray, s: np.ndarray, threshold: float, bot
     if maps is not None and masks is not None:
         curves = pixel_curves(masks, maps)
         if curves is not None:
-            plot_pixel_roc(curves, out / "pixel_roc.png", auroc=_number(metrics.get("pixel_auroc")))
-            plot_pro_curve(curves, out / "pro_curve.png", aupro=_number(metrics.get("aupro")))
+            plot_pixel_roc(curves, out / "pixel_roc.png", auroc=pixel_metrics.get("pixel_auroc"))
+            plot_pro_curve(curves, out / "pro_curve.png", aupro=pixel_metrics.get("aupro"))
             drawn += [("pixel_roc.png", "ROC curve of pixel scores"), ("pro_curve.png", "per-region-overlap curve")]
     if loss_curves:
         plot_loss_curves(loss_curves, out / "loss_curves.png", figsize=SMALL_FIGURE)
@@ -454,34 +555,6 @@ def _checked_image(load_image: Callable[[int], np.ndarray], i: int, amaps: np.nd
     return image
 
 
-def _render_cases(tasks: list[tuple]) -> list[tuple[str, str, tuple[int, int]]]:
-    """Draw the case figures, in forked processes when there are several and more than one core."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        cores = os.cpu_count() or 1
-    workers = min(cores, 8, len(tasks))
-    if workers < 2 or len(tasks) < 4:
-        return [_render_case(*task) for task in tasks]
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-    from concurrent.futures.process import BrokenProcessPool
-
-    try:
-        context = multiprocessing.get_context("fork")  # the figures need nothing re-imported
-    except ValueError:
-        return [_render_case(*task) for task in tasks]
-    try:
-        with ProcessPoolExecutor(workers, mp_context=context) as pool:
-            return list(pool.map(_render_case_task, tasks))
-    except (BrokenProcessPool, OSError):  # no processes to be had (limits, memory): draw them here
-        return [_render_case(*task) for task in tasks]
-
-
-def _render_case_task(task: tuple) -> tuple[str, str, tuple[int, int]]:
-    return _render_case(*task)
-
-
 def _render_case(
     i: int, cases_dir: Path, name: str, defect_type: str, label: int, score: float, threshold: float,
     flagged: bool, image: np.ndarray, amap: np.ndarray | None, gt: np.ndarray | None,
@@ -490,9 +563,8 @@ def _render_case(
 ) -> tuple[str, str, tuple[int, int]]:
     """Render the case figure and the thumbnail of image ``i`` (and the preview when ``preview``);
     returns (figure path, thumbnail path, thumbnail (width, height)), paths relative to the report."""
-    from PIL import Image
-
     verdict, wrong = _verdict(label, flagged)
+    image = np.ascontiguousarray(image)  # a loader may hand a transposed view: read twice below, copied once
     short = name if len(name) <= 50 else "..." + name[-47:]
     rel = "> " if score > threshold else "≤ "
     fig_title = (
@@ -502,23 +574,12 @@ def _render_case(
     pred = amap > pixel_threshold if (amap is not None and pixel_threshold is not None) else None
     stem = f"{i:05d}_{_safe_stem(name)}"
     rel_path = f"cases/{stem}.png"
-    plot_case(
-        image, cases_dir.parent / rel_path, title=fig_title, amap=amap,
-        vmin=vrange[0] if vrange else None, vmax=vrange[1] if vrange else None,
-        pred_mask=pred, mask=gt,
-        title_color="#b00020" if wrong else "black",
-        reconstruction=reconstruction,
-    )
-    thumb = case_thumbnail(image, amap, vrange[0] if vrange else None, vrange[1] if vrange else None,
-                           predicted_mask=pred, true_mask=gt, size=THUMBNAIL_PX)
+    vmin, vmax = vrange if vrange else (None, None)
+    figure = case_figure(image, title=fig_title, amap=amap, vmin=vmin, vmax=vmax, predicted_mask=pred, true_mask=gt,
+                         wrong=wrong, pixel_threshold=pixel_threshold, reconstruction=reconstruction)
+    _save_png(figure, cases_dir.parent / rel_path)
+    thumb = case_thumbnail(image, amap, vmin, vmax, predicted_mask=pred, true_mask=gt, size=THUMBNAIL_PX)
     thumb_path = f"cases/{stem}_thumb.png"
-    targets = [thumb_path] + ([PREVIEW_FILE] if preview else [])
-    for target in targets:
-        final = cases_dir.parent / target
-        tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
-        try:
-            Image.fromarray(thumb).save(tmp, format="PNG")
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
+    for target in [thumb_path] + ([PREVIEW_FILE] if preview else []):
+        _save_png(thumb, cases_dir.parent / target)
     return rel_path, thumb_path, (thumb.shape[1], thumb.shape[0])

@@ -1,9 +1,9 @@
-"""Report plots: image ROC and precision-recall curves, pixel ROC and PRO curves, score histogram, loss
-curves and per-image case figures.
+"""Report plots: image ROC and precision-recall curves, pixel ROC and PRO curves, score histogram and loss
+curves. (The per-image case figures are drawn with Pillow: :func:`anomalens.report.overlay.case_figure`.)
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through
 ``pyplot``: nothing is registered in pyplot's global figure list (so nothing
-leaks over hundreds of case figures) and the user's backend is left alone.
+leaks over many reports) and the user's backend is left alone.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from matplotlib.cm import ScalarMappable
-from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
 from anomalens.report.breakdown import PRO_FPR_LIMIT, PixelCurves
-from anomalens.report.overlay import as_float_rgb, draw_mask_contours, overlay_heatmap
 
 __all__ = [
     "save_figure",
@@ -31,7 +28,6 @@ __all__ = [
     "plot_pro_curve",
     "plot_score_histogram",
     "plot_loss_curves",
-    "plot_case",
     "NORMAL_COLOR",
     "ANOMALOUS_COLOR",
 ]
@@ -41,8 +37,6 @@ DPI = 100
 SMALL_FIGURE = (3.4, 3.2)
 NORMAL_COLOR = "tab:blue"
 ANOMALOUS_COLOR = "tab:red"
-PRED_CONTOUR_RGB = (255, 255, 255)  # white stands out on the jet colour map
-GT_CONTOUR_RGB = (0, 255, 0)  # bright green on the plain input image
 
 
 def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
@@ -294,84 +288,4 @@ def plot_loss_curves(
     ax.set_title(title, fontsize=fontsize + 1)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=fontsize - 1)
-    return save_figure(fig, path)
-
-
-def plot_case(
-    image: np.ndarray,
-    path: str | os.PathLike[str],
-    *,
-    title: str,
-    amap: np.ndarray | None = None,
-    vmin: float | None = None,
-    vmax: float | None = None,
-    pred_mask: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    title_color: str = "black",
-    cmap: str = "jet",
-    reconstruction: np.ndarray | None = None,
-) -> Path:
-    """One row of panels for one test image.
-
-    input | heatmap overlay (fixed range [vmin, vmax], with the predicted-mask
-    outline in white when ``pred_mask`` is given) | ground truth (green
-    outline of ``mask`` over the input).  The overlay panel is left out when
-    ``amap`` is None, the ground-truth panel when ``mask`` is None.
-
-    With ``reconstruction`` (an autoencoder's output, (H, W) or (H, W, 1|3) in
-    [0, 1]) the row is the input / reconstruction / residual triplet: the map
-    panel then shows the residual itself (same colour range) instead of an
-    overlay, so what the model failed to reconstruct is seen unmixed.
-    """
-    rgb = np.round(as_float_rgb(image) * 255.0).astype(np.uint8)
-    # Outlines about 2 screen pixels wide whatever the image resolution
-    # (a panel is ~250 px wide at 100 dpi).
-    line = max(2, int(round(2 * max(rgb.shape[:2]) / 250)))
-    panels: list[tuple[str, np.ndarray]] = [("input", rgb)]
-    if reconstruction is not None:
-        recon = np.round(as_float_rgb(reconstruction) * 255.0).astype(np.uint8)
-        if recon.shape != rgb.shape:
-            raise ValueError(f"reconstruction of shape {recon.shape[:2]} does not match the image {rgb.shape[:2]}")
-        panels.append(("reconstruction", recon))
-    map_panel = len(panels)
-    if amap is not None:
-        if vmin is None or vmax is None:
-            raise ValueError("vmin and vmax are needed with an anomaly map")
-        if reconstruction is not None:
-            # alpha 1: the colour-mapped residual alone.
-            over = overlay_heatmap(image, amap, vmin, vmax, cmap=cmap, alpha=1.0)
-            caption = "residual (anomaly map)"
-        else:
-            over = overlay_heatmap(image, amap, vmin, vmax, cmap=cmap)
-            caption = "anomaly map"
-        if pred_mask is not None:
-            over = draw_mask_contours(over, pred_mask, PRED_CONTOUR_RGB, width=line)
-            caption += "\nwhite: predicted defect" if pred_mask.any() else "\nno predicted defect"
-        panels.append((caption, over))
-    if mask is not None:
-        gt_caption = "ground truth\ngreen: defect" if mask.any() else "ground truth\nno defect"
-        panels.append((gt_caption, draw_mask_contours(rgb, mask, GT_CONTOUR_RGB, width=line)))
-
-    # Fixed geometry in inches instead of constrained layout: the panels are
-    # all alike and the layout solver was most of the rendering time.
-    panel, gap, cbar_room = 2.5, 0.5, 0.75
-    top_room, bottom_room = 0.85, 0.1
-    content = len(panels) * (panel + gap) + (cbar_room if amap is not None else 0.0)
-    width = max(content, 6.0)  # room for the two-line title even with one panel
-    height = panel + top_room + bottom_room
-    fig = Figure(figsize=(width, height))
-    x = (width - content + gap) / 2
-    for k, (caption, pic) in enumerate(panels):
-        ax = fig.add_axes((x / width, bottom_room / height, panel / width, panel / height))
-        ax.imshow(pic)
-        ax.set_title(caption, fontsize=9)
-        ax.set_axis_off()
-        x += panel + gap
-        if k == map_panel and amap is not None:
-            cax = fig.add_axes(((x - gap + 0.08) / width, bottom_room / height, 0.12 / width, panel / height))
-            cb = fig.colorbar(ScalarMappable(norm=Normalize(vmin, vmax), cmap=cmap), cax=cax)
-            cb.ax.tick_params(labelsize=7)
-            cb.set_label("anomaly score (same scale for all images)", fontsize=7)
-            x += cbar_room
-    fig.suptitle(title, fontsize=9, color=title_color, y=1 - 0.06 / height, va="top")
     return save_figure(fig, path)
