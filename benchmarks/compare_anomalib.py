@@ -26,12 +26,15 @@ Same work for both:
 - layers: PaDiM and STFPM timm out_indices 1, 2, 3 (strides 4, 8, 16); PatchCore 2, 3; PaDiM
   d = 100 random channels, the *same* 100 in both (anomalens' draw for seed 0 is set into anomalib's
   model); PatchCore the same coreset fraction and 9 neighbours; STFPM the same epochs;
-- images resized to the same size (256 px synthetic, 64 px Fashion-MNIST), batch 32, no data-loader
-  worker processes (anomalens loads in-process; workers would hide anomalib's loading RSS);
+- images resized to the same size (256 px synthetic, 64 px Fashion-MNIST), batch 32; anomalib with no
+  data-loader worker processes (workers would hide its loading RSS), anomalens at its default — since
+  2026-11-29 that decodes in worker processes (cores − 1: one on 2 cores), whose memory the peak RSS
+  column (this process's) does not count;
 - anomalib with post-processing, evaluator and visualizer off (raw scores and maps), and no
   validation pass during fit (``limit_val_batches=0``; the full test set is the test set);
-- anomalens with its defaults, which include holding 10 % of the training images out to set the
-  threshold (it fits on 90 % and scores the rest: a little less data, a little more work).
+- anomalens with its defaults, which include setting the threshold from normal images scored out of fold
+  (since 2026-11-29: PaDiM leave-one-out, PatchCore 10 folds, each against the coreset a fit without it
+  selects; before, 10 % held out) — work anomalib's fit does not do.
 Both are scored here the same way: scikit-learn ``roc_auc_score`` on the raw image scores, and on all
 pixels of the raw maps against the ground-truth masks resized (nearest) to the input size.
 Times are wall-clock: fit = training incl. writing the model (``fit_run`` / ``Engine.fit``),
