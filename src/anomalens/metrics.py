@@ -24,7 +24,9 @@ from typing import Literal, NamedTuple, Sequence
 import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
+
+# scikit-learn is imported in the functions that use it: importing it costs ~1 s, and fit, predict and
+# serve, which import this module through the workflow, never call them.
 
 __all__ = [
     "image_auroc",
@@ -106,6 +108,8 @@ def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     y, s = _image_inputs(labels, scores)
     if not _both_classes(y):
         return NAN
+    from sklearn.metrics import roc_auc_score
+
     return float(roc_auc_score(y, s))
 
 
@@ -118,6 +122,8 @@ def image_aupr(labels: ArrayLike, scores: ArrayLike) -> float:
     y, s = _image_inputs(labels, scores)
     if not _both_classes(y):
         return NAN
+    from sklearn.metrics import average_precision_score
+
     return float(average_precision_score(y, s))
 
 
@@ -134,6 +140,8 @@ def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
     y, s = _image_inputs(labels, scores)
     if not y.any():
         return NAN, NAN
+    from sklearn.metrics import precision_recall_curve
+
     precision, recall, thresholds = precision_recall_curve(y, s)
     # precision/recall have one extra trailing entry (recall 0) without a threshold.
     p, r = precision[:-1], recall[:-1]
