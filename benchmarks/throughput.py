@@ -162,9 +162,9 @@ def test_parts(spec: dict) -> dict:
     anomalens.report.per_defect_type_metrics = timed("metrics per defect type", anomalens.report.per_defect_type_metrics)
     anomalens.report.write_test_report = timed("report, all of it", anomalens.report.write_test_report)
     html_report._draw_cases = timed("report: case figures and thumbnails (Pillow)", html_report._draw_cases)
-    if hasattr(html_report, "_Forked"):  # the curves are drawn in a forked process meanwhile: the wait for them
-        html_report._Forked.result = timed("report: waiting for the curves (forked process, matplotlib)",
-                                           html_report._Forked.result)
+    if hasattr(html_report, "ForkedCall"):  # the curves are drawn in a forked process meanwhile: the wait for them
+        html_report.ForkedCall.result = timed("report: waiting for the curves (forked process, matplotlib)",
+                                           html_report.ForkedCall.result)
     html_report.render_page = timed("report: HTML page", html_report.render_page)
     begin = time.perf_counter()
     workflow.test_run(spec["run"], spec["data"], out_dir=spec["out"], device=spec["device"], progress=False)

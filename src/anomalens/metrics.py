@@ -33,6 +33,7 @@ __all__ = [
     "image_aupr",
     "f1_max",
     "pixel_auroc",
+    "pixel_inputs",
     "aupro",
     "auc_spro",
     "SaturatedRegion",
@@ -63,7 +64,7 @@ def _both_classes(y: np.ndarray) -> bool:
     return bool(y.any()) and not bool(y.all())
 
 
-def _pixel_inputs(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+def pixel_inputs(masks: ArrayLike, maps: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
     """Validate masks / maps; returns (bool masks, float maps), both (N, H, W).
 
     Float maps keep their dtype (float32 stays float32) so that large test
@@ -216,7 +217,7 @@ def pixel_auroc(masks: ArrayLike, maps: ArrayLike) -> float:
     but several times faster and lighter for ~10^7 pixels (sklearn takes
     ~6 s and builds several float64 copies for 200 x 256 x 256).
     """
-    g, m = _pixel_inputs(masks, maps)
+    g, m = pixel_inputs(masks, maps)
     pos = m[g]
     neg = m[~g]
     if pos.size == 0 or neg.size == 0:
@@ -265,7 +266,7 @@ def aupro(
     Returns NaN when the masks contain no defect region or no normal pixel.
     """
     _check_fpr_limit(fpr_limit)
-    g, m = _pixel_inputs(masks, maps)
+    g, m = pixel_inputs(masks, maps)
     regions, n_regions = _label_regions(g, connectivity)
     if n_regions == 0 or not (~g).any():
         return NAN
@@ -427,7 +428,7 @@ def evaluate(
     if predicted is not None:
         out.update(confusion_metrics(labels, predicted))
     if masks is not None and maps is not None:
-        g, m = _pixel_inputs(masks, maps)
+        g, m = pixel_inputs(masks, maps)
         if g.shape[0] != np.asarray(scores).reshape(-1).size:
             raise ValueError(f"{g.shape[0]} masks/maps but {np.asarray(scores).size} image scores")
         if g.any():

@@ -23,7 +23,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
-from anomalens.metrics import _pixel_inputs, aupro, image_auroc
+from anomalens.metrics import aupro, image_auroc, pixel_inputs
 
 __all__ = ["per_defect_type_metrics", "PixelCurves", "pixel_curves", "PRO_FPR_LIMIT"]
 
@@ -68,7 +68,7 @@ def per_defect_type_metrics(
     normal = y == 0
     defect_type_names = sorted(set(types[y == 1].tolist()))
     if with_pixels and defect_type_names:
-        gts, amaps = _pixel_inputs(gts, amaps)  # the checks and the dtype aupro / pixel_auroc apply, done once
+        gts, amaps = pixel_inputs(gts, amaps)  # the checks and the dtype aupro / pixel_auroc apply, done once
         aurocs = _PixelAurocs(gts[normal], amaps[normal])
 
     def measure(defect_type: str) -> dict[str, float | int]:

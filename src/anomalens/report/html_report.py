@@ -122,7 +122,7 @@ def _save_png(picture: np.ndarray, path: Path) -> None:
         tmp.unlink(missing_ok=True)
 
 
-class _Forked:
+class ForkedCall:
     """``fn(*args)`` run in a forked process while the caller goes on; ``result()`` waits for its return value
     (or raises its exception). The process inherits ``args`` as they are in memory (nothing is pickled on the
     way in, the maps may be hundreds of MB); only the return value comes back through a pipe. Runs it in
@@ -169,7 +169,7 @@ class _Forked:
             self._receiver.close()
         self._process = self._receiver = None
 
-    def __enter__(self) -> "_Forked":
+    def __enter__(self) -> "ForkedCall":
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -177,7 +177,7 @@ class _Forked:
 
 
 def _run_and_send(sender, fn: Callable[..., object], args: tuple) -> None:
-    """The forked process of :class:`_Forked`: (True, return value) or (False, exception) into ``sender``."""
+    """The forked process of :class:`ForkedCall`: (True, return value) or (False, exception) into ``sender``."""
     try:
         answer = (True, fn(*args))
     except Exception as exc:  # handed to the parent, which raises it
@@ -283,7 +283,7 @@ def write_test_report(
     vrange = heatmap_range(amaps, y) if amaps is not None else None
     # The curves (matplotlib: its import and ~0.2 s a figure) are drawn in a forked process while this one
     # draws the cases and the page.
-    with _Forked(_draw_figures, out, y, s, threshold, both_classes, amaps if with_pixels else None,
+    with ForkedCall(_draw_figures, out, y, s, threshold, both_classes, amaps if with_pixels else None,
                  gts if with_pixels else None, {k: _number(metrics.get(k)) for k in ("pixel_auroc", "aupro")},
                  loss_curves) as curves:
         case_groups, case_files = _draw_cases(out, names, defect_types, y, s, threshold, flagged, load_image,
