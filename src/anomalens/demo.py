@@ -12,6 +12,7 @@ import platform
 from pathlib import Path
 from typing import Any, Sequence
 
+from anomalens.cores import available_cores
 from anomalens.version import __version__
 from anomalens.workflow import fit_run, staged_directory, test_run
 
@@ -77,10 +78,7 @@ def machine_facts(device: str | None = None) -> dict[str, str]:
                 break
     except OSError:
         pass
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        usable = os.cpu_count() or 1
+    usable = available_cores()
     cores = f"{usable} usable" + (f" of {os.cpu_count()}" if os.cpu_count() and os.cpu_count() != usable else "")
     device_text = device or "cpu"
     if device_text.startswith("cuda") and torch.cuda.is_available():

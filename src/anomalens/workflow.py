@@ -1097,7 +1097,7 @@ def _write_heatmap(stage: Path, stem: str, picture: np.ndarray | None, source: A
 def default_writers() -> int:
     """Heatmap writer threads: the cores left by the model (at least 1); PNG encoding and the numpy work
     of the overlays release the GIL."""
-    from anomalens.data.torch_dataset import available_cores
+    from anomalens.cores import available_cores
 
     return max(1, min(8, available_cores() - 1))
 

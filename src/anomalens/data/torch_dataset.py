@@ -36,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from anomalens.cores import available_cores
 from anomalens.data.io import (
     check_decode_mode,
     describe_source,
@@ -78,14 +79,6 @@ _STRIP_PIXELS = 4 << 20
 
 class WorkerError(AnomalensError):
     """An image-decoding worker process died (killed, out of memory): reported as one line, never a hang."""
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. a container's CPU set)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
 
 
 def default_workers() -> int:

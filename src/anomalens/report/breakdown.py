@@ -15,7 +15,6 @@ The areas printed next to them are the exact ones of :mod:`anomalens.metrics`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -23,6 +22,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 from scipy import ndimage
 
+from anomalens.cores import available_cores
 from anomalens.metrics import aupro, image_auroc, pixel_inputs
 
 __all__ = ["per_defect_type_metrics", "PixelCurves", "pixel_curves", "PRO_FPR_LIMIT"]
@@ -123,15 +123,6 @@ class _PixelAurocs:
                     wins2 += int(np.searchsorted(negative, positive, side="left").sum(dtype=np.int64))
                     wins2 += int(np.searchsorted(negative, positive, side="right").sum(dtype=np.int64))
         return wins2 / (2.0 * n_pos * n_neg)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask): how many threads or processes pay here. (As
-    ``anomalens.data.torch_dataset.available_cores``, which the report cannot import without torch.)"""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
 
 
 @dataclass(frozen=True)

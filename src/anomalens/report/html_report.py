@@ -21,7 +21,8 @@ from pathlib import Path
 import numpy as np
 from numpy.typing import ArrayLike
 
-from anomalens.report.breakdown import PRO_FPR_LIMIT, available_cores, per_defect_type_metrics
+from anomalens.cores import available_cores
+from anomalens.report.breakdown import PRO_FPR_LIMIT, per_defect_type_metrics
 from anomalens.report.overlay import case_figure, case_thumbnail, heatmap_range
 from anomalens.report.templating import format_number, render_page, write_text_atomic
 
