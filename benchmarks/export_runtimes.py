@@ -55,8 +55,10 @@ print(json.dumps({{"seconds": time.perf_counter() - t, "peak_rss_mb": hwm / 1024
 
 
 def machine() -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    sys.path.insert(0, str(HERE))
+    from run import cpu_model
+
+    cpu = cpu_model()
     import onnxruntime
     import openvino
     import torch

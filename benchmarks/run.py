@@ -143,17 +143,21 @@ def run_one(model: str, dataset_name: str, overrides: dict | None = None, layout
     }
 
 
-def machine(device: str = "cpu") -> dict:
-    import torch
-
-    cpu = platform.processor() or ""
+def cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` says; every benchmark's machine line."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
     except OSError:
         pass
+    return platform.processor() or platform.machine()
+
+
+def machine(device: str = "cpu") -> dict:
+    import torch
+
+    cpu = cpu_model()
     mem = ""
     try:
         kb = int(Path("/proc/meminfo").read_text().split()[1])

@@ -220,8 +220,10 @@ def measure_model(model: str, run: Path, images: list[Path], clients: list[int],
 def machine() -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
+    sys.path.insert(0, str(HERE))
+    from run import cpu_model
+
+    cpu = cpu_model()
     mem = next((int(line.split()[1]) / 1024 / 1024 for line in Path("/proc/meminfo").read_text().splitlines()
                 if line.startswith("MemTotal")), None)
     return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem, 1) if mem else None,

@@ -220,7 +220,10 @@ def baseline_tree(rev: str) -> Path:
 def machine(device: str) -> dict:
     import torch
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+    sys.path.insert(0, str(HERE))
+    from run import cpu_model
+
+    cpu = cpu_model()
     info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
             "python": platform.python_version(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
     if device.startswith("cuda"):

@@ -147,15 +147,10 @@ def configurations(models: list[str], side: int, tile: int, overlap: float) -> l
 def machine() -> dict:
     import torch
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "gpu": "none (CPU run)",
+    sys.path.insert(0, str(HERE))
+    from run import cpu_model
+
+    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "gpu": "none (CPU run)",
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
 
 

@@ -19,6 +19,9 @@ from anomalens.version import __version__
 from anomalens.allocator import keep_freed_memory
 from anomalens.errors import AnomalensError, ConfigError
 
+RAY_ADDRESS_HELP = ("--engine ray: the Ray cluster (HOST:PORT of its head, ray://HOST:10001, or auto; default "
+                    "$RAY_ADDRESS, else a local cluster on this machine)")
+
 
 def _parse_param(text: str) -> tuple[str, Any]:
     """``key=value`` with value read as JSON when it parses (numbers, lists, null), else as a string."""
@@ -362,9 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: this process (default); ray: padim / patchcore on Ray shards (sums / coresets merged, "
                         "pip install 'anomalens[ray]'); ddp: the detectors that train, data-parallel in every process "
                         "of 'torchrun ... -m anomalens.cli fit ...' (the default when torchrun started the process)")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="--engine ray: the Ray cluster (HOST:PORT of its head, ray://HOST:10001, or auto; default "
-                        "$RAY_ADDRESS, else a local cluster on this machine)")
+    p.add_argument("--address", default=None, metavar="ADDR", help=RAY_ADDRESS_HELP)
     p.add_argument("--shards", type=int, default=None, metavar="N",
                    help="--engine ray: shard workers (default: one per CPU of the cluster, or per GPU when it has GPUs)")
     p.add_argument("--resume", action="store_true",
@@ -403,9 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="local: this process (default); ray: decode and score on a Ray cluster (Ray Data actors, GPU "
                         "actors when it has GPUs; --workers N = scoring actors; scores and labels, no heatmaps; "
                         "pip install 'anomalens[ray]')")
-    p.add_argument("--address", default=None, metavar="ADDR",
-                   help="--engine ray: the Ray cluster (HOST:PORT of its head, ray://HOST:10001, or auto; default "
-                        "$RAY_ADDRESS, else a local cluster on this machine)")
+    p.add_argument("--address", default=None, metavar="ADDR", help=RAY_ADDRESS_HELP)
     p.add_argument("--format", choices=["csv", "parquet"], default="csv",
                    help="--engine ray: predictions.csv + predictions.jsonl (default), or predictions.parquet for big jobs")
     common(p)
