@@ -12,9 +12,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomalens.data.mvtec import GOOD, records_in, require_images, with_mask
+from anomalens.data.mvtec import GOOD, records_in, require_dataset_folder, require_images, with_mask
 from anomalens.data.records import AnomalyDataset, ImageRecord
-from anomalens.errors import DataError
 
 __all__ = ["is_btad_product", "load_btad_product"]
 
@@ -31,10 +30,7 @@ def load_btad_product(root: str | Path) -> AnomalyDataset:
 
     When ``ground_truth/`` exists every ``ko`` image needs ``ground_truth/ko/<stem>.png`` of its size.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder does not exist" if not root.exists()
-                        else f"{root}: expected a BTAD product folder, found a file")
+    root = require_dataset_folder(root, "a BTAD product")
     train = require_images(root, root / "train" / OK, "a BTAD product")
     test: list[ImageRecord] = []
     if (root / "test" / OK).is_dir():

@@ -27,7 +27,14 @@ from pathlib import Path
 import numpy as np
 
 from anomalens.data.io import list_images, load_mask
-from anomalens.data.mvtec import GOOD, check_mask_size, reading_masks, records_in, require_images
+from anomalens.data.mvtec import (
+    GOOD,
+    check_mask_size,
+    reading_masks,
+    records_in,
+    require_dataset_folder,
+    require_images,
+)
 from anomalens.data.records import AnomalyDataset, DefectConfig, ImageRecord
 from anomalens.errors import DataError
 
@@ -106,10 +113,7 @@ def load_loco_category(root: str | Path) -> AnomalyDataset:
       anomalous image needs ``ground_truth/<split>/<stem>/`` with at least one mask, each of the
       image's size.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder does not exist" if not root.exists()
-                        else f"{root}: expected an MVTec LOCO AD category folder, found a file")
+    root = require_dataset_folder(root, "an MVTec LOCO AD category")
     train = require_images(root, root / "train" / GOOD, "an MVTec LOCO AD category")
     validation_dir = root / "validation" / GOOD
     validation = records_in(root, validation_dir, 0, GOOD) if validation_dir.is_dir() else []

@@ -113,6 +113,17 @@ def records_in(root: Path, folder: Path, label: int, defect_type: str) -> list[I
     ]
 
 
+def require_dataset_folder(root: str | Path, what: str) -> Path:
+    """``root`` as a Path when it is a folder; else a DataError saying it is missing or a file, naming ``what``
+    it should be ("an MVTec AD category")."""
+    root = Path(root)
+    if not root.exists():
+        raise DataError(f"{root}: dataset folder does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root}: expected {what} folder, found a file")
+    return root
+
+
 def require_images(root: Path, folder: Path, what: str) -> list[ImageRecord]:
     """Normal records (label 0) of a split the layout cannot do without, e.g. ``train/good``; a missing
     or empty folder is a DataError naming it and what needs it (``what``: "an MVTec AD category")."""
@@ -133,11 +144,7 @@ def load_mvtec_category(root: str | Path) -> AnomalyDataset:
     * ``ground_truth/`` is optional; when present every anomalous test image needs its
       ``<stem>_mask.png`` of the same size as the image, otherwise DataError.
     """
-    root = Path(root)
-    if not root.exists():
-        raise DataError(f"{root}: dataset folder does not exist")
-    if not root.is_dir():
-        raise DataError(f"{root}: expected an MVTec AD category folder, found a file")
+    root = require_dataset_folder(root, "an MVTec AD category")
     train = require_images(root, root / "train" / GOOD, "an MVTec AD category")
 
     test: list[ImageRecord] = []

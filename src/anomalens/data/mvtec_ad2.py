@@ -21,9 +21,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from anomalens.data.mvtec import GOOD, records_in, require_images, with_mask
+from anomalens.data.mvtec import GOOD, records_in, require_dataset_folder, require_images, with_mask
 from anomalens.data.records import AnomalyDataset, ImageRecord
-from anomalens.errors import DataError
 
 __all__ = ["PUBLIC_TEST_SPLIT", "PRIVATE_TEST_SPLITS", "is_mvtec_ad2_category", "load_mvtec_ad2_category"]
 
@@ -47,10 +46,7 @@ def load_mvtec_ad2_category(root: str | Path) -> AnomalyDataset:
     (label -1). When ``test_public/ground_truth`` exists every ``bad`` image needs its
     ``<stem>_mask.png`` of the image's size; without it evaluation is image-level only.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"{root}: dataset folder does not exist" if not root.exists()
-                        else f"{root}: expected an MVTec AD 2 object folder, found a file")
+    root = require_dataset_folder(root, "an MVTec AD 2 object")
     train = require_images(root, root / "train" / GOOD, "an MVTec AD 2 object")
     validation_dir = root / "validation" / GOOD
     validation = records_in(root, validation_dir, 0, GOOD) if validation_dir.is_dir() else []

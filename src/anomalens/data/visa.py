@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from anomalens.data.mvtec import GOOD, check_mask_size, reading_masks
+from anomalens.data.mvtec import GOOD, check_mask_size, reading_masks, require_dataset_folder
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
@@ -64,10 +64,7 @@ def load_visa_object(path: str | Path, object_name: str | None = None) -> Anomal
     Every row of the object must name an existing image (and, for anomalies with a mask, an existing
     mask of the image's size): a missing file is a DataError naming the csv line and the file.
     """
-    path = Path(path)
-    if not path.is_dir():
-        raise DataError(f"{path}: dataset folder does not exist" if not path.exists()
-                        else f"{path}: expected a VisA object folder, found a file")
+    path = require_dataset_folder(path, "a VisA object")
     if object_name is None and is_visa_root(path):
         objects = visa_objects(path)
         shown = ", ".join(objects[:5]) + (", ..." if len(objects) > 5 else "")
