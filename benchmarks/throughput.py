@@ -148,6 +148,7 @@ def test_parts(spec: dict) -> dict:
 
     import anomalens.cli  # noqa: F401  (what the command imports before it parses its arguments)
     import anomalens.workflow as workflow
+    import anomalens.workflow.evaluation as evaluation
     spent["import anomalens, torch, sklearn, scipy (the command's imports)"] = time.perf_counter() - start
     begin = time.perf_counter()
     import timm  # noqa: F401  (loading a run imports it: torchvision, torch._dynamo)
@@ -155,10 +156,10 @@ def test_parts(spec: dict) -> dict:
     import anomalens.report
     import anomalens.report.html_report as html_report
 
-    workflow.load_detector = timed("load the run", workflow.load_detector)
-    workflow._as_dataset = timed("list the data", workflow._as_dataset)
-    workflow._predict_with_masks = timed("decode + score (one pass, masks too)", workflow._predict_with_masks)
-    workflow.evaluate = timed("metrics (AUROC, AUPRO)", workflow.evaluate)
+    evaluation.load_detector = timed("load the run", evaluation.load_detector)
+    evaluation.as_dataset = timed("list the data", evaluation.as_dataset)
+    evaluation.predict_with_masks = timed("decode + score (one pass, masks too)", evaluation.predict_with_masks)
+    evaluation.evaluate = timed("metrics (AUROC, AUPRO)", evaluation.evaluate)
     anomalens.report.per_defect_type_metrics = timed("metrics per defect type", anomalens.report.per_defect_type_metrics)
     anomalens.report.write_test_report = timed("report, all of it", anomalens.report.write_test_report)
     html_report._draw_cases = timed("report: case figures and thumbnails (Pillow)", html_report._draw_cases)

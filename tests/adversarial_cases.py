@@ -475,7 +475,7 @@ def _names_escaped(csv_name: str) -> Callable[[Path, str], str | None]:
 # ---------------------------------------------------------------------------------------- faults
 @contextlib.contextmanager
 def _disk_full_on_csv(ws: Path) -> Iterator[None]:
-    import anomalens.workflow as workflow
+    import anomalens.outputs.predictions as workflow
 
     real = workflow.csv.DictWriter
 
@@ -602,11 +602,16 @@ def _test(*extra: str, data: str = "{cat}") -> list[str]:
     return ["test", "{run}", data, "-o", "{ws}/out", "-q", *extra]
 
 
+def _export(out: str, *extra: str) -> list[str]:
+    return ["export", "{run}", "--format", "onnx", "-o", out, *extra]
+
+
 BAD_DATA = "bad data"
 BAD_PARAMS = "bad parameters"
 TAMPERED = "tampered runs"
 FILES = "file system"
 SIGNALS = "signals and races"
+EXPORTS = "export"
 
 CASES: list[Case] = [
     # ------------------------------------------------------------------ broken images and folders
@@ -750,6 +755,29 @@ CASES: list[Case] = [
     Case("predict-into-an-existing-result-without-overwrite", FILES,
          ["predict", "{run}", "{imgs}", "-o", "{ws}/out", "-q"], setup=lambda ws: _predict_once(ws),
          says=["out"]),
+    # ------------------------------------------------------------------ export: the output protocol, its inputs
+    Case("export-overwrite-into-a-user-folder", EXPORTS, _export("{ws}/mine", "--overwrite"), _user_folder,
+         says=["not a folder anomalens wrote"]),
+    Case("export-overwrite-into-the-run", EXPORTS, _export("{run}", "--overwrite"), says=["run", "input"]),
+    Case("export-overwrite-inside-the-run", EXPORTS, _export("{run}/export", "--overwrite"), says=["run", "input"]),
+    Case("export-overwrite-into-the-dataset", EXPORTS, _export("{cat}", "--overwrite"), says=["cat"]),
+    Case("export-overwrite-into-the-workspace-holding-the-run", EXPORTS, _export("{ws}", "--overwrite"),
+         says=["contains an input"]),
+    Case("export-overwrite-into-predictions", EXPORTS, _export("{ws}/out", "--overwrite"),
+         setup=lambda ws: _predict_once(ws), says=["not an export folder"]),
+    Case("export-into-an-existing-file", EXPORTS, _export("{ws}/user.txt"), says=["user.txt"]),
+    Case("export-into-an-existing-empty-folder", EXPORTS, _export("{ws}/exp"), lambda ws: (ws / "exp").mkdir(),
+         expect="ok", may_change=["exp"], check=lambda ws, err: None if (ws / "exp" / "export.json").is_file()
+         else "no export.json"),
+    Case("export-over-an-earlier-export", EXPORTS, _export("{ws}/exp", "--overwrite"), lambda ws: _export_once(ws),
+         expect="ok", may_change=["exp"], check=lambda ws, err: None if (ws / "exp" / "export.json").is_file()
+         else "no export.json"),
+    Case("export-unknown-format", EXPORTS, ["export", "{run}", "--format", "tflite", "-o", "{ws}/exp"],
+         says=["tflite"]),
+    Case("export-of-a-missing-run", EXPORTS, ["export", "{ws}/norun", "--format", "onnx", "-o", "{ws}/exp"],
+         says=["norun"]),
+    Case("export-of-a-data-folder", EXPORTS, ["export", "{cat}", "--format", "onnx", "-o", "{ws}/exp"],
+         says=["cat"]),
     # ------------------------------------------------------------------ signals and races (child processes)
     Case("kill-9-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGKILL)),
     Case("sigterm-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGTERM)),
@@ -758,6 +786,13 @@ CASES: list[Case] = [
     Case("two-fits-into-one-folder", SIGNALS, custom=_race("fit")),
     Case("two-predicts-into-one-folder", SIGNALS, custom=_race("predict")),
 ]
+
+
+def _export_once(ws: Path) -> None:
+    from anomalens.cli import main
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["export", str(ws / "run"), "--format", "onnx", "-o", str(ws / "exp")]) == 0
 
 
 def _predict_once(ws: Path) -> None:

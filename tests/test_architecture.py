@@ -174,3 +174,41 @@ def test_a_detector_without_a_name_is_refused():
 
     with pytest.raises(ValueError, match="name"):
         register_detector(Detector)
+
+
+# Calls that delete or move a path. Outside anomalens/outputs/ none may appear: every file anomalens writes
+# and every folder it replaces goes through the output-folder protocol (anomalens.outputs.folders).
+_REMOVING_FUNCTIONS = {"shutil.rmtree", "shutil.move", "os.remove", "os.unlink", "os.rmdir", "os.removedirs",
+                       "os.rename", "os.renames", "os.replace"}
+_REMOVING_METHODS = {"unlink", "rmdir", "rename", "replace"}  # pathlib.Path's; str.replace is told apart below
+
+
+def _removals(path: Path, root: Path = ROOT) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+            continue
+        name = ast.unparse(node.func)
+        method = node.func.attr
+        is_path_method = method in _REMOVING_METHODS and not (
+            # str.replace(old, new) takes two arguments, Path.replace(target) one
+            method == "replace" and len(node.args) == 2)
+        if name in _REMOVING_FUNCTIONS or (is_path_method and not name.startswith(("os.", "shutil."))):
+            found.append(f"{path.relative_to(root)}:{node.lineno} {name}(...)")
+    return found
+
+
+def test_only_the_outputs_package_removes_or_renames_paths():
+    outputs = PACKAGE_DIR / "outputs"
+    files = [p for p in sorted(PACKAGE_DIR.rglob("*.py")) if outputs not in p.parents]
+    found = [use for f in files for use in _removals(f)]
+    assert not found, "paths removed or renamed outside anomalens/outputs:\n" + "\n".join(found)
+
+
+def test_the_removal_check_sees_removals(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("import os, shutil\nshutil.rmtree(p)\nos.replace(a, b)\nPath(x).unlink()\n"
+                      "name.replace('a', 'b')\n")
+    found = [use.split(" ")[-1] for use in _removals(sample, root=tmp_path)]
+    assert found == ["shutil.rmtree(...)", "os.replace(...)", "Path(x).unlink(...)"]

@@ -255,14 +255,15 @@ def test_l2_regularisers_become_adam_weight_decay():
 def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
     """`anomalens test` on an autoencoder: the case figures are input / reconstruction / residual."""
     from anomalens.data import AnomalyDataset
-    from anomalens.workflow import _reconstruction_loader, fit_run, test_run
+    from anomalens.workflow import fit_run, test_run
+    from anomalens.workflow.evaluation import reconstruction_loader
 
     train, test = small_data
     records = test + make_records(0, 2, seed=3)  # 64 px defects, resized to 32 like any input
     data = AnomalyDataset(name="small", train=train, test=records)
     det = fit_run("mvtec_cae", data, tmp_path / "run", {"image_size": 32, "epochs": 1, "batch_size": 4, "device": "cpu"},
                   progress=False)
-    load = _reconstruction_loader(det, records)
+    load = reconstruction_loader(det, records)
     full = det.reconstruct(records)[1]
     picked = load([5, 0])  # one batched call, in the order asked; (H, W) for 1 channel
     np.testing.assert_allclose(picked[0], full[5, 0], atol=1e-6)
@@ -275,4 +276,4 @@ def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
 
     with Image.open(cases[0]) as im:  # input | reconstruction | residual + colour bar | ground truth
         assert im.size[0] >= 4 * CASE_PANEL_PX[0]  # 4 panels of at least 192 px (3 without the reconstruction)
-    assert _reconstruction_loader(create_detector("padim"), records) is None
+    assert reconstruction_loader(create_detector("padim"), records) is None

@@ -6,6 +6,7 @@ file-system errors as tracebacks (6), NaN in metrics.json (13) and leftovers aft
 
 from __future__ import annotations
 
+import csv
 import errno
 import json
 import os
@@ -20,7 +21,8 @@ import pytest
 
 from anomalens.cli import main
 from tests.conftest import FIT
-from anomalens.workflow import MARKER_FILE, _folder_lock, output_kind
+from anomalens.outputs.folders import folder_lock, output_kind
+from anomalens.outputs.names import MARKER_FILE
 
 CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}
 
@@ -81,7 +83,7 @@ def test_concurrent_commands_into_one_folder_exactly_one_wins(command, run, cate
 
 def test_a_held_lock_makes_a_second_command_fail_at_once(run, images, tmp_path, capsys):
     out = tmp_path / "out"
-    with _folder_lock(out):  # as a concurrent command holds it
+    with folder_lock(out):  # as a concurrent command holds it
         assert main(["predict", str(run), str(images), "-o", str(out), "-q"]) == 2
     _one_line_error(capsys, "another anomalens command is writing")
     assert not out.exists()
@@ -89,16 +91,17 @@ def test_a_held_lock_makes_a_second_command_fail_at_once(run, images, tmp_path, 
 
 def test_a_user_file_created_in_output_during_a_fit_survives(category, tmp_path, monkeypatch, capsys):
     import anomalens.workflow as workflow
+    import anomalens.workflow.fit
 
     out = tmp_path / "run"
-    real = workflow._as_dataset
+    real = workflow.fit.as_dataset
 
     def user_writes_meanwhile(data):
         out.mkdir()
         (out / "notes.txt").write_text("mine")
         return real(data)
 
-    monkeypatch.setattr(workflow, "_as_dataset", user_writes_meanwhile)
+    monkeypatch.setattr(workflow.fit, "as_dataset", user_writes_meanwhile)
     assert main(["fit", "padim", str(category), "-o", str(out), *FIT]) == 2
     _one_line_error(capsys, "created by something else while this command ran")
     assert (out / "notes.txt").read_text() == "mine" and sorted(os.listdir(out)) == ["notes.txt"]
@@ -184,7 +187,7 @@ def test_a_failed_rename_in_restores_the_old_folder(run, images, tmp_path, monke
             raise OSError(errno.EIO, "Input/output error", str(src))
         return real_rename(src, dst)
 
-    monkeypatch.setattr(workflow.os, "rename", failing_rename)
+    monkeypatch.setattr(os, "rename", failing_rename)
     assert main(["predict", str(run), str(images), "-o", str(out), "--overwrite", "-q"]) == 2
     _one_line_error(capsys, "Input/output error")
     assert _snapshot(out) == before and _leftovers(tmp_path) == []
@@ -240,7 +243,7 @@ def test_a_full_disk_while_writing_gives_one_line_and_leaves_nothing(run, images
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "predictions.csv"))
 
-    monkeypatch.setattr(workflow.csv, "DictWriter", disk_full)
+    monkeypatch.setattr(csv, "DictWriter", disk_full)
     assert main(["predict", str(run), str(images), "-o", str(tmp_path / "out"), "-q"]) == 2
     _one_line_error(capsys, "predictions.csv: No space left on device")
     assert not (tmp_path / "out").exists() and _leftovers(tmp_path) == []
@@ -351,3 +354,75 @@ def test_metrics_json_with_only_normal_test_images_is_strict_json_with_null(run,
     printed = capsys.readouterr().out
     assert "image_auroc=undefined (no anomalous image in the test set)" in printed and "nan" not in printed
     assert output_kind(out) == "report" and (out / "report.html").is_file()
+
+
+# ------------------------------------------------------------- export: the same protocol as every output
+def _export(run: Path, out: Path, *extra: str) -> int:
+    return main(["export", str(run), "--format", "onnx", "-o", str(out), *extra])
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory) -> Path:
+    pytest.importorskip("onnxruntime")
+    out = tmp_path_factory.mktemp("exports") / "brick"
+    assert _export(run, out) == 0
+    return out
+
+
+def test_export_overwrite_never_deletes_a_users_folder(run, exported, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert _export(run, mine, "--overwrite") == 2
+    _one_line_error(capsys, str(mine), "not a folder anomalens wrote")
+    assert _snapshot(mine) == {"notes.txt": b"keep me"}
+    assert _leftovers(tmp_path) == []
+
+
+def test_export_overwrite_into_the_run_or_the_data_is_refused(run, category, exported, capsys):
+    before_run, before_data = _snapshot(run), _snapshot(category)
+    for target, says in ((run, "input of this command"), (run / "sub", "input of this command"),
+                         (run.parent, "input of this command"), (category, "not an export folder")):
+        assert _export(run, target, "--overwrite") == 2
+        _one_line_error(capsys, str(target), says)
+    assert _snapshot(run) == before_run and _snapshot(category) == before_data
+
+
+def test_export_overwrite_refuses_another_kind_of_anomalens_folder(run, images, exported, tmp_path, capsys):
+    predictions = tmp_path / "preds"
+    assert main(["predict", str(run), str(images), "-o", str(predictions), "-q"]) == 0
+    before = _snapshot(predictions)
+    assert _export(run, predictions, "--overwrite") == 2
+    _one_line_error(capsys, "not an export folder")
+    assert _snapshot(predictions) == before
+
+
+def test_export_into_an_existing_empty_folder_and_over_an_earlier_export(run, exported, tmp_path):
+    out = tmp_path / "export"
+    out.mkdir()
+    assert _export(run, out) == 0
+    assert (out / "export.json").is_file() and (out / MARKER_FILE).is_file()
+    first = _snapshot(out)
+    assert _export(run, out) == 2  # not empty any more: needs --overwrite
+    assert _export(run, out, "--overwrite") == 0
+    assert set(_snapshot(out)) == set(first) and _leftovers(tmp_path) == []
+    manifest = json.loads((out / "export.json").read_text())
+    assert MARKER_FILE not in manifest["files"] and "model.onnx" in manifest["files"]
+
+
+def test_a_folder_created_while_the_export_ran_survives(run, exported, tmp_path, monkeypatch, capsys):
+    import anomalens.export as export
+
+    out = tmp_path / "late"
+    real_check = export.compare_outputs
+
+    def user_creates_folder_meanwhile(*args, **kwargs):
+        out.mkdir(exist_ok=True)
+        (out / "mine.txt").write_text("mine")
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(export, "compare_outputs", user_creates_folder_meanwhile)
+    assert _export(run, out, "--overwrite") == 2
+    _one_line_error(capsys, str(out))
+    assert _snapshot(out) == {"mine.txt": b"mine"}
+    assert _leftovers(tmp_path) == []

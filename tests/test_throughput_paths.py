@@ -192,11 +192,11 @@ def test_a_bad_image_stops_with_one_line_and_resume_skip_bad_finishes(workers, r
 
 
 def test_an_interrupted_predict_resumes_without_redoing_images(run, images, tmp_path, monkeypatch):
-    import anomalens.workflow as workflow
+    import anomalens.outputs.predictions as workflow
 
     expected = _reference(run, images, chunk_size=3)
     out = tmp_path / "out"
-    real_append = workflow._PredictionStage.append
+    real_append = workflow.PredictionStage.append
     calls = {"n": 0}
 
     def crash_after_two_chunks(self, rows, errors):
@@ -205,10 +205,10 @@ def test_an_interrupted_predict_resumes_without_redoing_images(run, images, tmp_
         if calls["n"] == 2:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(workflow._PredictionStage, "append", crash_after_two_chunks)
+    monkeypatch.setattr(workflow.PredictionStage, "append", crash_after_two_chunks)
     with pytest.raises(KeyboardInterrupt):
         predict_images(run, images, out, device="cpu", heatmaps="all", chunk_size=3, progress=False, workers=0)
-    monkeypatch.setattr(workflow._PredictionStage, "append", real_append)
+    monkeypatch.setattr(workflow.PredictionStage, "append", real_append)
     (kept,) = _partials(tmp_path)
     with open(kept / "predictions.jsonl", "a") as fh:
         fh.write('{"image": "torn')  # a line cut short by the crash

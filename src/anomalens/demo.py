@@ -14,7 +14,8 @@ from typing import Any, Sequence
 
 from anomalens.cores import available_cores
 from anomalens.version import __version__
-from anomalens.workflow import fit_run, staged_directory, test_run
+from anomalens.outputs import staged_directory
+from anomalens.workflow import fit_run, test_run
 
 DEMO_SOURCES = ("brick", "coffee")
 

@@ -19,7 +19,9 @@ The output folder holds:
 Before anything is written in place, the graph is run by its runtime on a batch of a different size than
 the traced one and compared with the torch module (``check_tolerance``): a tracing problem (a batch size
 baked into the graph, an operation the runtime computes differently) fails the export instead of giving
-a silently different model. The folder appears whole (written aside, then renamed) or not at all.
+a silently different model. The folder is written by the output-folder protocol (``anomalens.outputs.folders``):
+it appears whole or not at all; ``overwrite`` replaces only an earlier export (never a user's folder, the
+run being exported or anything inside it), and a folder created meanwhile is never replaced.
 
 Refused, with one line each (``anomalens.errors``): an unknown format, a missing optional package (the
 message names the pip extra ``anomalens[export]``), an unfitted or tampered run (``load_detector``'s
@@ -35,7 +37,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import shutil
 import warnings
 from pathlib import Path
 from types import ModuleType
@@ -45,6 +46,9 @@ import numpy as np
 
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.exported import EXPORT_FORMAT_VERSION, EXTRA, MANIFEST_FILE, compare_outputs, load_export
+from anomalens.outputs import staged_directory, write_text
+from anomalens.outputs.folders import remove_stage
+from anomalens.outputs.names import MARKER_FILE
 from anomalens.version import __version__
 
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -96,11 +100,14 @@ def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", ov
     onnx = require("onnx", f"exporting to {format}")
     runtime = require("onnxruntime", "checking the ONNX export") if format == "onnx" else require("openvino", "exporting to openvino")
     output = Path(output)
-    if output.exists() and not overwrite:
-        raise ConfigError(f"{output}: already exists; choose another output or pass --overwrite")
-    if output.exists() and not output.is_dir():
-        raise ConfigError(f"{output}: is a file, not an export folder")
+    with staged_directory(output, overwrite=overwrite, kind="export", inputs=[run_dir]) as stage:
+        _export_into(stage, run_dir, format, onnx, runtime, tolerance)
+    return output
 
+
+def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType, runtime: ModuleType,
+                 tolerance: float) -> None:
+    """Trace, convert, describe and check the export in the staging folder ``stage``."""
     import torch
 
     from anomalens.catalog import load_detector
@@ -136,31 +143,22 @@ def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", ov
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, runtime.__name__: runtime.__version__},
     }
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    stage = output.parent / f".{output.name}.partial-{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
+    work = stage / ".trace"  # the tracer's own files (external weights of a large graph) stay out of the export
+    work.mkdir()
     try:
-        onnx_path = stage / "model.onnx"
-        _trace_to_onnx(module, torch.rand(TRACE_BATCH, channels, height, width), onnx_path, output_names)
+        traced = work / "model.onnx"
+        _trace_to_onnx(module, torch.rand(TRACE_BATCH, channels, height, width), traced, output_names)
         if format == "onnx":
-            _add_onnx_metadata(onnx, onnx_path, manifest)
-            files = sorted(p.name for p in stage.iterdir())
+            _save_onnx_with_metadata(onnx, traced, stage / "model.onnx", manifest)
         else:
             ov = runtime
-            ov.save_model(ov.convert_model(str(onnx_path)), str(stage / "model.xml"), compress_to_fp16=False)
-            for leftover in stage.glob("model.onnx*"):
-                leftover.unlink()
-            files = ["model.xml", "model.bin"]
-        manifest["files"] = {name: file_sha256(stage / name) for name in files}
-        (stage / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2, default=_json_default))
-        _check_against_torch(stage, module, tolerance)
-        if output.exists():
-            shutil.rmtree(output)
-        os.replace(stage, output)
+            ov.save_model(ov.convert_model(str(traced)), str(stage / "model.xml"), compress_to_fp16=False)
     finally:
-        shutil.rmtree(stage, ignore_errors=True)
-    return output
+        remove_stage(work)
+    files = sorted(name for name in os.listdir(stage) if name != MARKER_FILE)
+    manifest["files"] = {name: file_sha256(stage / name) for name in files}
+    write_text(stage / MANIFEST_FILE, json.dumps(manifest, indent=2, default=_json_default))
+    _check_against_torch(stage, module, tolerance)
 
 
 def _json_default(value: Any) -> Any:
@@ -184,9 +182,10 @@ def _trace_to_onnx(module: Any, example: Any, path: Path, output_names: list[str
                           do_constant_folding=True)
 
 
-def _add_onnx_metadata(onnx: ModuleType, path: Path, manifest: dict[str, Any]) -> None:
-    """Put the manifest (without the file hashes, which depend on it) into the model's metadata_props."""
-    model = onnx.load(str(path))
+def _save_onnx_with_metadata(onnx: ModuleType, traced: Path, path: Path, manifest: dict[str, Any]) -> None:
+    """Save the traced model at ``path`` with the manifest (without the file hashes, which depend on it) in
+    its metadata_props; weights above protobuf's limit go to ``model.onnx.data`` beside it."""
+    model = onnx.load(str(traced))
     summary = {k: v for k, v in manifest.items() if k != "files"}
     for key, value in {"anomalens": json.dumps(summary, default=_json_default),
                        "anomalens_version": __version__, "detector": manifest["detector"]}.items():
@@ -195,9 +194,6 @@ def _add_onnx_metadata(onnx: ModuleType, path: Path, manifest: dict[str, Any]) -
     model.producer_name = "anomalens"
     model.producer_version = __version__
     large = model.ByteSize() > _ONNX_SINGLE_FILE_LIMIT
-    for stale in path.parent.glob("*"):
-        if stale != path:  # weights the tracer wrote as external data are rewritten below
-            stale.unlink()
     onnx.save_model(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
                     location="model.onnx.data")
 

@@ -18,7 +18,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 import zlib
 from collections.abc import Iterable, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from anomalens.outputs.atomic import atomic_path
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 
@@ -208,20 +208,16 @@ def _download_idx(dataset: str, target: Path) -> None:
             continue
         errors = []
         for mirror in _MIRRORS[dataset]:
-            fd, tmp_name = tempfile.mkstemp(dir=target, prefix=f".{filename}.", suffix=".part")
-            tmp = Path(tmp_name)
             try:
-                with os.fdopen(fd, "wb") as out, urllib.request.urlopen(mirror + filename, timeout=60) as resp:
-                    shutil.copyfileobj(resp, out)
-                digest = hashlib.md5(tmp.read_bytes(), usedforsecurity=False).hexdigest()
-                if digest != md5:
-                    raise OSError(f"MD5 {digest} does not match {md5}")
-                os.replace(tmp, dest)
+                with atomic_path(dest) as tmp:
+                    with open(tmp, "wb") as out, urllib.request.urlopen(mirror + filename, timeout=60) as resp:
+                        shutil.copyfileobj(resp, out)
+                    digest = hashlib.md5(tmp.read_bytes(), usedforsecurity=False).hexdigest()
+                    if digest != md5:
+                        raise OSError(f"MD5 {digest} does not match {md5}")
                 break
             except OSError as exc:  # URLError and timeouts are OSError subclasses
                 errors.append(f"{mirror}{filename}: {exc}")
-            finally:
-                tmp.unlink(missing_ok=True)
         else:
             raise DataError(f"{dest}: download failed ({'; '.join(errors)})")
 

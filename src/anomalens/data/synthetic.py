@@ -15,10 +15,6 @@ depend on how many others are generated.
 from __future__ import annotations
 
 import functools
-import json
-import os
-import shutil
-import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,6 +26,7 @@ from skimage import data as skdata
 from skimage import transform
 
 from anomalens.errors import DataError
+from anomalens.outputs import staged_directory, write_json
 
 __all__ = [
     "DEFECT_TYPES",
@@ -388,8 +385,7 @@ def make_synthetic_category(
         raise DataError(f"{final}: already exists; pass overwrite=True to replace it")
 
     width = max(3, len(str(max(n_train, n_test_good, n_test_defect) - 1)))
-    tmp = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{source}.tmp-"))
-    try:
+    with staged_directory(final, overwrite=overwrite, kind="dataset") as tmp:
         train_dir = tmp / "train" / "good"
         train_dir.mkdir(parents=True)
         for i in range(n_train):
@@ -423,18 +419,7 @@ def make_synthetic_category(
             "n_test_defect": n_test_defect,
             "defect_types": defects,
         }
-        (tmp / "synthetic.json").write_text(json.dumps(info, indent=2) + "\n")
-        if final.exists():
-            # Swap: move the old folder aside first so `final` is never half old, half new.
-            trash = Path(tempfile.mkdtemp(dir=out_dir, prefix=f".{source}.old-"))
-            os.rename(final, trash / source)
-            os.rename(tmp, final)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            os.rename(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        write_json(tmp / "synthetic.json", info)
     return final
 
 

@@ -58,6 +58,7 @@ import torch.distributed as dist
 from torch import nn
 
 from anomalens.errors import AnomalensError, ConfigError
+from anomalens.outputs.folders import remove_earlier_files
 
 TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Trained detectors whose training step cannot be split across processes, and why.
@@ -184,7 +185,7 @@ def check_checkpoint(run_dir: Path, checkpoint: Path, owned: bool, resume: bool,
         if not overwrite:
             raise ConfigError(f"{run_dir}: a stopped data-parallel fit left its checkpoint {checkpoint}; pass --resume to "
                               "continue it, or --overwrite to start again")
-        checkpoint.unlink()
+        remove_earlier_files(checkpoint.parent, [checkpoint.name])
 
 
 def fit_run_data_parallel(model: str, data: Any, run_dir: str | Path, params: dict[str, Any] | None = None, *,
@@ -238,5 +239,5 @@ def fit_run_data_parallel(model: str, data: Any, run_dir: str | Path, params: di
                 plan.agree(False)
             raise
         if owned:
-            checkpoint.unlink(missing_ok=True)
+            remove_earlier_files(checkpoint.parent, [checkpoint.name])
         return fitted

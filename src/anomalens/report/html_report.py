@@ -22,6 +22,8 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from anomalens.cores import available_cores
+from anomalens.outputs.atomic import atomic_path
+from anomalens.outputs.folders import remove_earlier_files
 from anomalens.report.breakdown import PRO_FPR_LIMIT, per_defect_type_metrics
 from anomalens.report.overlay import case_figure, case_thumbnail, heatmap_range
 from anomalens.report.templating import format_number, render_page, write_text_atomic
@@ -115,12 +117,8 @@ def _save_png(picture: np.ndarray, path: Path) -> None:
     a quarter of the default level's time (the encoding was most of a case's cost) for files ~15 % larger."""
     from PIL import Image
 
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         Image.fromarray(picture).save(tmp, format="PNG", compress_level=1)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class ForkedCall:
@@ -267,13 +265,9 @@ def write_test_report(
     out.mkdir(parents=True, exist_ok=True)
     report_path = out / "report.html"
     cases_dir = out / "cases"
-    # Remove the old report *before* touching the files it links to.
-    report_path.unlink(missing_ok=True)
-    if cases_dir.is_dir():
-        for old in cases_dir.glob("*.png"):
-            old.unlink()
-    for stale in FIGURE_FILES:
-        (out / stale).unlink(missing_ok=True)
+    # The old report goes *before* the files it links to.
+    remove_earlier_files(out, ["report.html"])
+    remove_earlier_files(out, FIGURE_FILES, {"cases": "*.png"})
     cases_dir.mkdir(exist_ok=True)
 
     normalized = None if normalized_scores is None else np.asarray(normalized_scores, dtype=np.float64).ravel()

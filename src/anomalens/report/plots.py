@@ -18,6 +18,7 @@ from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from anomalens.outputs.atomic import atomic_path
 from anomalens.report.breakdown import PRO_FPR_LIMIT, PixelCurves
 
 __all__ = [
@@ -48,12 +49,10 @@ def save_figure(fig: Figure, path: str | os.PathLike[str]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = path.suffix[1:].lower() or "png"
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        fig.savefig(tmp, format=fmt, dpi=DPI)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=fmt, dpi=DPI)
     finally:
-        tmp.unlink(missing_ok=True)
         fig.clear()  # drop references to the image data right away
     return path
 

@@ -9,12 +9,13 @@ is printed, not run). Numbers are formatted by one filter, so every page writes 
 from __future__ import annotations
 
 import math
-import os
 from functools import lru_cache
 from pathlib import Path
 from urllib.parse import quote
 
 import numpy as np
+
+from anomalens.outputs.atomic import write_text
 
 __all__ = ["render_page", "format_number", "write_text_atomic"]
 
@@ -72,9 +73,4 @@ def render_page(template: str, **context: object) -> str:
 
 def write_text_atomic(path: Path, text: str) -> None:
     """Write via a temporary file + rename so readers never see a partial file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8", newline="")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text(path, text)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
@@ -20,6 +19,7 @@ from typing import Callable, Iterable, Mapping
 import torch
 from torch import nn
 
+from anomalens.outputs.atomic import atomic_path
 from anomalens.progress import iterate_progress
 from anomalens.errors import ModelFileError
 
@@ -159,9 +159,8 @@ def train(
 
 def _save_checkpoint(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def module_tensors(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:

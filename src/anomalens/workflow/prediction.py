@@ -1,0 +1,178 @@
+"""``predict``: score new images with a run or an export; stream rows, heatmaps and masks into a folder."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from anomalens.data import ImageRecord, list_images
+from anomalens.detector import Detector
+from anomalens.errors import DataError
+from anomalens.names import printable
+from anomalens.outputs.names import HEATMAPS_DIR, MASKS_DIR
+from anomalens.outputs.predictions import heatmap_mode, job_identity, prediction_stage, still_to_do, write_heatmap
+
+logger = logging.getLogger("anomalens")
+
+
+def prediction_records(images: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
+    """The images ``predict`` scores, in its order: files as given, folders as their sorted images
+    (DataError naming a missing path or an empty folder). Shared with ``anomalens.distributed``."""
+    paths: list[Path] = []
+    for item in [images] if isinstance(images, (str, Path)) else images:
+        item = Path(item)
+        if item.is_dir():
+            found = list_images(item)
+            if not found:
+                raise DataError(f"{item}: no images found (png, jpg, bmp, tif, webp)")
+            paths.extend(found)
+        elif item.is_file():
+            paths.append(item)
+        else:
+            raise DataError(f"{item}: no such file or folder")
+    return [ImageRecord(source=p, label=-1, name=p.name) for p in paths]  # names made printable by ImageRecord
+
+
+def load_predictor(run_dir: str | Path, device: str | None, runtime: str | None = None) -> Any:
+    """The one place ``predict_images`` gets its model. It uses only ``predict(inputs)``, ``decision_``,
+    ``threshold_``, ``pixel_threshold_``, ``localizes``, ``input_size`` and ``image_channels`` of it, so an
+    exported model (``runtime`` onnxruntime / openvino on an export folder) stands in for the torch detector."""
+    from anomalens.exported import load_model
+
+    return load_model(run_dir, runtime=runtime, device=device)
+
+
+def default_writers() -> int:
+    """Heatmap writer threads: the cores left by the model (at least 1); PNG encoding and the numpy work
+    of the overlays release the GIL."""
+    from anomalens.cores import available_cores
+
+    return max(1, min(8, available_cores() - 1))
+
+
+def predict_images(
+    run_dir: str | Path,
+    images: str | Path | Sequence[str | Path],
+    out_dir: str | Path,
+    device: str | None = None,
+    overwrite: bool = False,
+    heatmaps: str | bool = "anomalous",
+    chunk_size: int = 64,
+    progress: bool = True,
+    resume: bool = False,
+    skip_bad: bool = False,
+    workers: int | None = None,
+    writers: int | None = None,
+    runtime: str | None = None,
+) -> list[dict[str, Any]]:
+    """Score new images; stream predictions.csv / .jsonl and heatmap overlays + masks into ``out_dir``.
+
+    Each image is read and decoded once, in ``workers`` processes (None: ``default_workers()``), for both
+    the model input and its heatmap. Results are appended chunk by chunk (``chunk_size`` images) and
+    flushed; heatmaps are written by ``writers`` threads while the model scores the next chunk, and a
+    chunk's rows are appended once its pictures are on disk. ``heatmaps``: "anomalous" (the flagged
+    images, default), "all" or "none" (True / False: all / none).
+
+    Heatmaps are at the image's own resolution, on one fixed colour scale for the whole run: from the
+    typical value on normal images (blue) to twice the distance up to the pixel threshold (red), so the
+    threshold sits mid-scale and colours mean the same thing in every picture.
+
+    An unreadable image stops the command with a DataError naming it, after the results of the images
+    before it are written (``skip_bad``: it is listed in errors.csv and the rest goes on). A predict
+    that stops after writing results keeps its staging folder; ``resume`` continues it without scoring
+    its images again (see the module docstring). Returns every row (those of a resumed run included).
+
+    ``run_dir`` is a run folder (torch) or an export folder (``anomalens export``); ``runtime`` (torch,
+    onnxruntime, openvino; None: by the folder) chooses what runs it.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from anomalens.data import ImageBatch, iterate_decoded
+
+    mode = heatmap_mode(heatmaps)
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    inputs = [run_dir, *([images] if isinstance(images, (str, Path)) else images)]
+    with prediction_stage(Path(out_dir), overwrite, inputs, resume) as stage:
+        model = load_predictor(run_dir, device, runtime)
+        records = prediction_records(images)
+        done = stage.begin(job_identity(run_dir, [r.source for r in records], mode))
+        todo = still_to_do([printable(r.source) for r in records], done)
+        if progress:
+            logger.info("predict: %d images%s", len(records), f", {len(records) - len(todo)} done before" if done else "")
+        drawing = mode != "none" and model.localizes
+        if drawing:
+            for name in (HEATMAPS_DIR, MASKS_DIR):
+                (stage.path / name).mkdir(exist_ok=True)
+        low, high = model.decision_.heatmap_colour_range()
+        torch_model = isinstance(model, Detector)
+        device_type = model.device.type if torch_model else "cpu"
+        pending: list[tuple[list[dict[str, Any]], list[Any], list[dict[str, Any]]]] = []
+
+        def settle(keep: int) -> None:
+            """Append the rows of finished chunks, in order, until at most ``keep`` chunks are in flight."""
+            while pending and (len(pending) > keep or all(f.done() for f in pending[0][1])):
+                rows, futures, errors = pending.pop(0)
+                for row, future in zip([r for r in rows if "_pending" in r], futures):
+                    row.pop("_pending")
+                    row.update(future.result())
+                stage.append(rows, errors)
+
+        with ThreadPoolExecutor(max_workers=writers or default_writers(), thread_name_prefix="heatmaps") as pool:
+            try:
+                batches = iterate_decoded(
+                    [records[i] for i in todo], model.input_size, chunk_size, channels=model.image_channels,
+                    pictures=drawing, num_workers=workers, pin_memory=device_type == "cuda",
+                    desc="predict" if progress else None, decode=model.params.get("decode"))
+                for batch in batches:
+                    bad = [k for k, error in enumerate(batch.errors) if error is not None]
+                    stop = None if skip_bad or not bad else batch.errors[bad[0]]
+                    good = [k for k in range(len(batch.indices)) if batch.errors[k] is None and (stop is None or k < bad[0])]
+                    errors = [{"image": printable(records[todo[batch.indices[k]]].source), "error": batch.errors[k]}
+                              for k in bad] if skip_bad else []
+                    rows: list[dict[str, Any]] = []
+                    futures: list[Any] = []
+                    if good:
+                        images_in = batch.images[good] if len(good) < len(batch.indices) else batch.images
+                        if torch_model:
+                            result = model.predict(ImageBatch(images_in), progress=False)
+                        else:  # any object with predict(records): arrays already at its input size
+                            result = model.predict([ImageRecord(source=np.moveaxis(x.numpy(), 0, -1), label=-1)
+                                                    for x in images_in], progress=False)
+                        # 0.5 at the image threshold, the typical normal image at 0.05 (DecisionRule.normalized)
+                        normalized = model.decision_.normalized(result.scores)
+                        for j, k in enumerate(good):
+                            index = todo[batch.indices[k]]
+                            record = records[index]
+                            row: dict[str, Any] = {"image": printable(record.source), "score": float(result.scores[j]),
+                                                   "normalized_score": float(normalized[j]),
+                                                   "anomalous": bool(result.labels[j]), "threshold": model.threshold_}
+                            if drawing and result.maps is not None and (mode == "all" or row["anomalous"]):
+                                row["_pending"] = True
+                                futures.append(pool.submit(
+                                    write_heatmap, stage.path, f"{index:05d}_{Path(record.name).stem}",
+                                    batch.pictures[k], record.source, result.maps[j], low, high,
+                                    model.pixel_threshold_ if result.masks is not None else None,
+                                    {key: row[key] for key in ("score", "normalized_score", "threshold", "anomalous")}))
+                            rows.append(row)
+                    pending.append((rows, futures, errors))
+                    settle(keep=2)
+                    if stop is not None:
+                        settle(keep=0)
+                        raise DataError(stop)
+                settle(keep=0)
+            except RuntimeError as exc:  # a dead decoding worker, noticed while the model ran
+                from anomalens.data.torch_dataset import worker_death
+
+                death = worker_death(exc)
+                if death is None:
+                    raise
+                raise death from None
+            finally:
+                for _, futures, _ in pending:
+                    for future in futures:
+                        future.cancel()
+    return stage.rows
