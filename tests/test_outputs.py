@@ -21,7 +21,8 @@ import pytest
 
 from anomalens.cli import main
 from tests.conftest import FIT
-from anomalens.outputs.folders import folder_lock, output_kind
+from anomalens.outputs.marker import output_kind
+from anomalens.outputs.targets import folder_lock
 from anomalens.outputs.names import MARKER_FILE
 
 CHILD_ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1"}

@@ -10,7 +10,8 @@ No module outside this package removes or renames a path a user could have given
 """
 
 from anomalens.outputs.atomic import atomic_path, write_bytes, write_json, write_text
-from anomalens.outputs.folders import output_kind, staged_directory, staged_update
+from anomalens.outputs.folders import staged_directory, staged_update
+from anomalens.outputs.marker import output_kind
 from anomalens.outputs.names import MARKER_FILE
 
 __all__ = ["MARKER_FILE", "atomic_path", "output_kind", "staged_directory", "staged_update", "write_bytes",

@@ -54,131 +54,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import shutil
-import stat
 import sys
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 from anomalens.errors import AnomalensError
-from anomalens.outputs.atomic import is_temporary_name, write_json
-from anomalens.outputs.names import (DATASET_OUTPUTS, DEMO_OUTPUTS, EXPORT_OUTPUTS, MARKER_FILE, METRICS_FILE, PREDICTION_OUTPUTS,
-                                     PREDICTIONS_JSONL, ERRORS_CSV, RUN_FILES, TEST_OUTPUTS, CONFIG_FILE, MANIFEST_FILE,
-                                     SCORES_FILE, PREDICTIONS_CSV)
-
-INNER_STAGE_PREFIX = ".anomalens-partial-"
-# Temporary names of versions before anomalens.outputs.atomic (NAME.tmp), still cleaned when found.
-_LEGACY_TMP_FILES = frozenset(name + ".tmp" for name in (*RUN_FILES, METRICS_FILE, MARKER_FILE))
-# What each kind of folder holds, for folders written before the marker existed (and their signature).
-KNOWN_NAMES = {
-    "run": RUN_FILES | TEST_OUTPUTS | _LEGACY_TMP_FILES,
-    "predictions": PREDICTION_OUTPUTS,
-    "report": TEST_OUTPUTS,
-    "demo": DEMO_OUTPUTS,
-    "export": EXPORT_OUTPUTS,
-    "dataset": DATASET_OUTPUTS,
-    "output": frozenset(),  # a folder of unnamed kind (staged_directory without kind): its marker lists its files
-}
-# A folder without the marker counts as anomalens' only when it holds its kind's signature and nothing but
-# that kind's names: one file of a common name (a user's own metrics.json) must not make --overwrite or
-# `test -o` treat the folder as replaceable.
-_SIGNATURE = {"run": {CONFIG_FILE}, "predictions": {PREDICTIONS_CSV, PREDICTIONS_JSONL},
-              "report": {METRICS_FILE, SCORES_FILE}, "demo": {"index.html", "runs"}, "export": {MANIFEST_FILE},
-              "dataset": {"synthetic.json"}}
-_ALL_KNOWN = frozenset().union(*KNOWN_NAMES.values()) | {MARKER_FILE}
-
-
-def is_leftover_file(name: str) -> bool:
-    """A temporary file an interrupted writer left (any version's naming)."""
-    return is_temporary_name(name) or name in _LEGACY_TMP_FILES
-
-
-def rows_in(stage: Path) -> int:
-    """Complete result rows in a predictions staging folder."""
-    try:
-        with open(stage / PREDICTIONS_JSONL, "rb") as fh:
-            return sum(1 for line in fh if line.endswith(b"\n"))
-    except OSError:
-        return 0
-
-
-def is_resumable(path: Path) -> bool:
-    """A staging folder an interrupted predict kept for ``--resume`` (rule 7): its marker names the job and
-    it holds results."""
-    marker = read_marker(path)
-    return bool(marker and marker.get("resume") and marker.get("kind") == "predictions"
-                and (rows_in(path) or (path / ERRORS_CSV).is_file()))
-
-
-def resumable_stages(final: Path) -> list[Path]:
-    """Kept staging folders of ``final``, newest first."""
-    parent, prefix = final.parent, f".{final.name}.partial-"
-    try:
-        names = [n for n in os.listdir(parent) if n.startswith(prefix)]
-    except OSError:
-        return []
-    found = [parent / n for n in names if is_resumable(parent / n)]
-    return sorted(found, key=lambda p: p.stat().st_mtime, reverse=True)
-
-
-def read_marker(folder: Path) -> dict[str, Any] | None:
-    try:
-        marker = json.loads((folder / MARKER_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if isinstance(marker, dict) and marker.get("kind") in KNOWN_NAMES and isinstance(marker.get("files"), list):
-        return marker
-    return None
-
-
-def write_marker(folder: Path, kind: str, files: Iterable[str], **extra: Any) -> None:
-    """Mark ``folder`` as an anomalens ``kind`` folder holding ``files`` (``extra``: e.g. predict's job record)."""
-    from anomalens.version import __version__
-
-    write_json(folder / MARKER_FILE, {"anomalens": __version__, "kind": kind,
-                                      "files": sorted(set(files) - {MARKER_FILE}), **extra})
-
-
-def output_kind(folder: str | Path) -> str | None:
-    """The kind of anomalens output ``folder`` is (run, predictions, report, demo), or None if not one."""
-    folder = Path(folder)
-    marker = read_marker(folder)
-    if marker is not None:
-        return marker["kind"]
-    try:
-        names = {n for n in os.listdir(folder)
-                 if not n.startswith((INNER_STAGE_PREFIX, ".test-partial-")) and not is_leftover_file(n)}
-    except OSError:
-        return None
-    return next((kind for kind, sign in _SIGNATURE.items() if sign <= names <= KNOWN_NAMES[kind]), None)
-
-
-def owned_names(folder: Path) -> set[str]:
-    """Top-level names in ``folder`` that anomalens wrote (from its marker, else by their known names)."""
-    marker = read_marker(folder)
-    if marker is not None:
-        return set(marker["files"]) | {MARKER_FILE}
-    kind = output_kind(folder)
-    return set(KNOWN_NAMES[kind]) if kind else set()
-
-
-def entries(folder: Path) -> list[str]:
-    return sorted(os.listdir(folder))
-
-
-def is_stage_leftover(path: Path) -> bool:
-    """A staging / aside folder anomalens created: a real folder with the marker or only anomalens' names."""
-    if path.is_symlink() or not path.is_dir():
-        return False
-    if read_marker(path) is not None:
-        return True
-    try:
-        return all(n in _ALL_KNOWN or is_leftover_file(n) for n in os.listdir(path))
-    except OSError:
-        return False
+from anomalens.outputs.marker import (INNER_STAGE_PREFIX, KNOWN_NAMES, MARKER_FILE, entries, is_leftover_file,
+                                      is_resumable, is_stage_leftover, output_kind, owned_names, read_marker,
+                                      write_marker)
+from anomalens.outputs.targets import check_not_input, check_target, folder_lock, make_parents, remove_empty
 
 
 def remove_stage(path: Path) -> None:
@@ -258,108 +145,6 @@ def clean_inside(folder: Path) -> None:
             remove_stage(path)
         elif is_leftover_file(name) and path.is_file() and not path.is_symlink():
             path.unlink()
-
-
-@contextlib.contextmanager
-def folder_lock(final: Path) -> Iterator[None]:
-    """Exclusive lock on the output folder ``final`` (``.NAME.lock`` beside it); fails at once if held."""
-    import fcntl
-
-    lock_path = final.parent / f".{final.name}.lock"
-    while True:
-        try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        except OSError as exc:
-            raise AnomalensError(f"{final.parent}: cannot write the output folder here: {exc.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            os.close(fd)
-            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise AnomalensError(f"{final}: another anomalens command is writing this folder; "
-                                     "wait for it to finish or choose another folder") from None
-            fd = None  # a file system without locks: the final rename still refuses to replace
-        if fd is None:
-            break
-        try:  # the file we locked must still be the one at lock_path (its last holder unlinks it)
-            same = os.fstat(fd).st_ino == os.stat(lock_path).st_ino
-        except FileNotFoundError:
-            same = False
-        if same:
-            break
-        os.close(fd)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
-        if fd is not None:
-            os.close(fd)
-
-
-def check_target(final: Path) -> Path:
-    """``final`` as a folder path to write: a symbolic link to a folder is followed, anything else refused."""
-    if final.is_symlink():
-        try:
-            mode = os.stat(final).st_mode
-        except OSError as exc:
-            raise AnomalensError(f"{final}: is a symbolic link that cannot be followed ({exc.strerror}); "
-                                 "remove it or choose another folder") from None
-        if not stat.S_ISDIR(mode):
-            raise AnomalensError(f"{final}: exists and is not a folder; choose another output folder")
-        return final.resolve()
-    if os.path.lexists(final) and not final.is_dir():
-        raise AnomalensError(f"{final}: exists and is not a folder; choose another output folder")
-    return final
-
-
-def input_paths(inputs: Iterable[Any]) -> list[Path]:
-    paths = []
-    expanded: list[Any] = []
-    for item in inputs:  # a DatasetSource (--layout, --normal / --abnormal ...) stands for its folders
-        expanded.extend(getattr(item, "paths", None) or [item])
-    for item in expanded:
-        if isinstance(item, (str, Path)) and os.path.lexists(item):
-            with contextlib.suppress(OSError, RuntimeError):
-                paths.append(Path(item).resolve())
-    return paths
-
-
-def check_not_input(final: Path, inputs: Iterable[Any], what: str = "output folder") -> None:
-    """Refuse an output folder that is an input of the command, lies inside one or contains one."""
-    try:
-        target = final.resolve()
-    except (OSError, RuntimeError):
-        return
-    for source in input_paths(inputs):
-        if target == source or target in source.parents or source in target.parents:
-            relation = "is" if target == source else ("contains" if target in source.parents else "is inside")
-            raise AnomalensError(f"{final}: the {what} {relation} an input of this command ({source}); "
-                                 "choose another folder")
-
-
-def make_parents(folder: Path) -> list[Path]:
-    """Create the missing parents of ``folder``; returns those created, deepest first."""
-    missing = []
-    parent = folder.parent
-    while not os.path.lexists(parent) and parent != parent.parent:
-        missing.append(parent)
-        parent = parent.parent
-    for path in reversed(missing):
-        try:
-            path.mkdir()
-        except FileExistsError:
-            pass
-        except OSError as exc:
-            remove_empty(missing)
-            raise AnomalensError(f"{path}: cannot create the output folder here: {exc.strerror}") from None
-    return missing
-
-
-def remove_empty(folders: Sequence[Path]) -> None:
-    for path in folders:  # deepest first; a folder something else wrote into stays
-        with contextlib.suppress(OSError):
-            path.rmdir()
 
 
 def refuse_existing(final: Path, kind: str, overwrite: bool) -> bool:

@@ -23,8 +23,8 @@ import numpy as np
 
 from anomalens.errors import AnomalensError
 from anomalens.outputs.atomic import atomic_path, json_text
-from anomalens.outputs.folders import (commit, entries, locked_target, new_stage, read_marker, refuse_existing,
-                                       remove_stage, resumable_stages, rows_in, write_marker)
+from anomalens.outputs.folders import commit, locked_target, new_stage, refuse_existing, remove_stage
+from anomalens.outputs.marker import entries, read_marker, resumable_stages, rows_in, write_marker
 from anomalens.outputs.names import ERRORS_CSV, MASKS_DIR, HEATMAPS_DIR, PREDICTIONS_CSV, PREDICTIONS_JSONL
 
 

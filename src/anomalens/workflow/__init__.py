@@ -5,7 +5,7 @@ they write goes through ``anomalens.outputs`` (the output-folder protocol is doc
 ``anomalens.outputs.folders``).
 """
 
-from anomalens.outputs.folders import output_kind, staged_directory
+from anomalens.outputs import output_kind, staged_directory
 from anomalens.outputs.names import MARKER_FILE, RUN_INFO_FILE, TEST_OUTPUTS
 from anomalens.outputs.predictions import ERROR_FIELDS, HEATMAP_MODES, PREDICTION_FIELDS
 from anomalens.workflow.calibration import calibrate_run

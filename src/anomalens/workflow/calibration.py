@@ -10,7 +10,9 @@ from anomalens.catalog import load_detector
 from anomalens.data import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
 from anomalens.outputs import write_json
-from anomalens.outputs.folders import check_target, clean_inside, folder_lock, owned_names, read_marker, write_marker
+from anomalens.outputs.folders import clean_inside
+from anomalens.outputs.marker import owned_names, read_marker, write_marker
+from anomalens.outputs.targets import check_target, folder_lock
 from anomalens.outputs.names import CALIBRATION_FILE, RUN_INFO_FILE
 from anomalens.progress import stage as logged_stage
 from anomalens.workflow.common import as_dataset, image_key

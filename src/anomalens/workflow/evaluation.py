@@ -17,7 +17,8 @@ from anomalens.detector import Detector
 from anomalens.errors import DataError
 from anomalens.metrics import evaluate
 from anomalens.outputs import write_json
-from anomalens.outputs.folders import check_not_input, check_target, staged_update
+from anomalens.outputs.folders import staged_update
+from anomalens.outputs.targets import check_not_input, check_target
 from anomalens.outputs.names import METRICS_FILE, TEST_OUTPUTS
 from anomalens.progress import stage as logged_stage
 from anomalens.workflow.calibration import calibration_images_in
