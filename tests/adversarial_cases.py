@@ -563,6 +563,44 @@ def _signal_during(command: str, sig: int) -> Callable[[Path], tuple[str, str]]:
     return custom
 
 
+def _resume_right_after_kill_9(ws: Path) -> tuple[str, str]:
+    """kill -9 of a predict that has written results (its decoding worker alive), then ``--resume`` at once:
+    the dead command's worker must not keep the folder locked, and the resumed rows equal a whole run's."""
+    from anomalens.cli import main
+
+    many = ws / "many"
+    many.mkdir()
+    for i in range(40):
+        for path in (ws / "imgs").iterdir():
+            shutil.copy(path, many / f"{i:02d}_{path.name}")
+    args = ["predict", str(ws / "run"), str(many), str(many), "-o", str(ws / "out"), "--heatmaps", "all",
+            "--workers", "1", "-q"]
+    proc = subprocess.Popen(_cli(*args), env=CHILD_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(p.name.startswith(".out.partial-") and (p / "predictions.jsonl").is_file()
+                      and (p / "predictions.jsonl").stat().st_size for p in ws.iterdir()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                return "traceback", f"the child ended before writing results: {proc.communicate()[1][-300:]}"
+            time.sleep(0.02)
+        proc.kill()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    quiet = io.StringIO()
+    with contextlib.redirect_stderr(quiet), contextlib.redirect_stdout(io.StringIO()):
+        again = main([*args, "--resume"])
+    if again != 0:
+        return "refused valid", f"--resume right after kill -9 failed: {quiet.getvalue().strip()}"
+    rows = (ws / "out" / "predictions.jsonl").read_text().splitlines()
+    expected = 2 * len(list(many.iterdir()))  # the folder is given twice: every image is scored twice
+    if len(rows) != expected:
+        return "silently wrong", f"{len(rows)} rows after --resume, {expected} expected"
+    return "correct", "resumed at once after kill -9; every image (listed twice) has its rows"
+
+
 def _race(command: str) -> Callable[[Path], tuple[str, str]]:
     """Two identical commands into one output folder at once: exactly one wins, the other says so."""
 
@@ -783,6 +821,7 @@ CASES: list[Case] = [
     Case("sigterm-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGTERM)),
     Case("sigterm-during-predict", SIGNALS, custom=_signal_during("predict", signal.SIGTERM)),
     Case("kill-9-during-predict", SIGNALS, custom=_signal_during("predict", signal.SIGKILL)),
+    Case("kill-9-during-predict-then-resume-at-once", SIGNALS, custom=_resume_right_after_kill_9),
     Case("two-fits-into-one-folder", SIGNALS, custom=_race("fit")),
     Case("two-predicts-into-one-folder", SIGNALS, custom=_race("predict")),
 ]

@@ -440,7 +440,29 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, c
         kwargs["collate_fn"] = collate
     if workers:
         kwargs["prefetch_factor"] = 2
+        kwargs["worker_init_fn"] = die_with_parent
     return DataLoader(dataset, **kwargs)
+
+
+def die_with_parent(_worker_id: int = 0) -> None:
+    """In a decoding worker: end when the command that started it ends, even by ``kill -9``.
+
+    A forked worker shares the command's open files, its output-folder lock among them, so a worker that
+    outlived a killed command (PyTorch's own check notices the parent only every few seconds) kept
+    ``predict --resume`` out with "another command is writing". Linux only (prctl PR_SET_PDEATHSIG);
+    elsewhere PyTorch's check remains.
+    """
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress(total: int, desc: str | None):

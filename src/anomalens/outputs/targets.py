@@ -12,9 +12,26 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from anomalens.errors import AnomalensError
 
+_HELD_LOCKS: set[int] = set()  # descriptors of the locks this process holds
+
+
+def _drop_inherited_locks() -> None:
+    """In a forked child (a decoding worker, the report's drawing process): close its copies of the lock
+    descriptors. A flock belongs to the open file, which a fork shares, so a child that outlived a killed
+    command would otherwise keep its folder locked."""
+    for fd in list(_HELD_LOCKS):
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    _HELD_LOCKS.clear()
+
+
+os.register_at_fork(after_in_child=_drop_inherited_locks)
+
+
 @contextlib.contextmanager
 def folder_lock(final: Path) -> Iterator[None]:
-    """Exclusive lock on the output folder ``final`` (``.NAME.lock`` beside it); fails at once if held."""
+    """Exclusive lock on the output folder ``final`` (``.NAME.lock`` beside it); fails at once if held.
+    Held by this process alone: forked children close their copy (``_drop_inherited_locks``)."""
     import fcntl
 
     lock_path = final.parent / f".{final.name}.lock"
@@ -40,12 +57,15 @@ def folder_lock(final: Path) -> Iterator[None]:
         if same:
             break
         os.close(fd)
+    if fd is not None:
+        _HELD_LOCKS.add(fd)
     try:
         yield
     finally:
         with contextlib.suppress(OSError):
             os.unlink(lock_path)
         if fd is not None:
+            _HELD_LOCKS.discard(fd)
             os.close(fd)
 
 
