@@ -192,8 +192,9 @@ def _removals(path: Path, root: Path = ROOT) -> list[str]:
         name = ast.unparse(node.func)
         method = node.func.attr
         is_path_method = method in _REMOVING_METHODS and not (
-            # str.replace(old, new) takes two arguments, Path.replace(target) one
-            method == "replace" and len(node.args) == 2)
+            # str.replace(old, new) takes two arguments and dataclasses.replace(obj, **changes) keywords;
+            # Path.replace(target) one argument alone
+            method == "replace" and (len(node.args) != 1 or node.keywords))
         if name in _REMOVING_FUNCTIONS or (is_path_method and not name.startswith(("os.", "shutil."))):
             found.append(f"{path.relative_to(root)}:{node.lineno} {name}(...)")
     return found
@@ -209,6 +210,6 @@ def test_only_the_outputs_package_removes_or_renames_paths():
 def test_the_removal_check_sees_removals(tmp_path):
     sample = tmp_path / "sample.py"
     sample.write_text("import os, shutil\nshutil.rmtree(p)\nos.replace(a, b)\nPath(x).unlink()\n"
-                      "name.replace('a', 'b')\n")
+                      "name.replace('a', 'b')\ndataclasses.replace(settings, port=1)\n")
     found = [use.split(" ")[-1] for use in _removals(sample, root=tmp_path)]
     assert found == ["shutil.rmtree(...)", "os.replace(...)", "Path(x).unlink(...)"]

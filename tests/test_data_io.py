@@ -253,3 +253,116 @@ def test_list_images(tmp_path: Path) -> None:
         list_images(tmp_path / "missing")
     with pytest.raises(DataError, match="found a file"):
         list_images(tmp_path / "b.png")
+
+
+# --------------------------------------------------------------------------------- formats and large frames
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n"
+
+
+@pytest.fixture
+def no_other_decoder(monkeypatch):
+    """Every Pillow opener outside SUPPORTED_FORMATS replaced by one that fails the test if it is reached."""
+    from anomalens.data.io import SUPPORTED_FORMATS
+
+    Image.init()
+
+    def reached(*args, **kwargs):
+        raise AssertionError("a decoder outside SUPPORTED_FORMATS was used")
+
+    for name, (factory, accept) in list(Image.OPEN.items()):
+        if name not in SUPPORTED_FORMATS:
+            monkeypatch.setitem(Image.OPEN, name, (reached, lambda prefix: True))
+
+
+@pytest.mark.parametrize("content", [
+    EPS,
+    b"GIF89a",  # replaced below by a real GIF
+    b"P6\n8 8\n255\n" + bytes(8 * 8 * 3),  # PPM
+])
+def test_a_file_of_another_format_is_never_handed_to_its_decoder(tmp_path: Path, content: bytes, no_other_decoder) -> None:
+    path = tmp_path / "looks.png"
+    if content == b"GIF89a":
+        buffer = tmp_path / "real.gif"
+        Image.new("L", (8, 8)).save(buffer, format="GIF")
+        content = buffer.read_bytes()
+    path.write_bytes(content)
+    for read in (load_image, load_mask, image_size):
+        with pytest.raises(DataError) as excinfo:
+            read(path)
+        assert _one_line_error(excinfo, path).endswith("not a recognised image format")
+
+
+def test_every_supported_format_opens_under_the_allow_list(tmp_path: Path, no_other_decoder) -> None:
+    from anomalens.data.io import SUPPORTED_FORMATS, supported_formats
+
+    assert set(supported_formats()) <= set(SUPPORTED_FORMATS) and "PNG" in supported_formats()
+    for suffix in (".png", ".jpg", ".bmp", ".tif", ".webp"):
+        path = _save(Image.new("RGB", (W, H), (10, 200, 30)), tmp_path / f"a{suffix}")
+        assert load_image(path).shape == (H, W, 3) and image_size(path) == (H, W)
+    # A PNG named .jpg is read by content, as before.
+    misnamed = tmp_path / "png.jpg"
+    misnamed.write_bytes((tmp_path / "a.png").read_bytes())
+    assert load_image(misnamed).shape == (H, W, 3)
+
+
+def test_the_service_accepts_the_same_formats() -> None:
+    from anomalens.data.io import SUPPORTED_FORMATS
+    from anomalens.serve import uploads
+
+    assert tuple(getattr(uploads, "ACCEPTED_FORMATS", SUPPORTED_FORMATS)) == SUPPORTED_FORMATS
+
+
+@pytest.fixture
+def small_pillow_limit(monkeypatch):
+    """Pillow's limit at 1000 pixels: it warns above, refuses above 2000 (as at 89 / 179 megapixels)."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+
+
+def test_a_large_frame_below_pillows_refusal_is_read_without_a_warning(tmp_path: Path, small_pillow_limit) -> None:
+    import warnings
+
+    from anomalens.data.io import read_pixels
+
+    path = _save(Image.new("RGB", (40, 40), (1, 2, 3)), tmp_path / "big.png")  # 1600 pixels: Pillow would warn
+    tif = _save(Image.new("L", (40, 40), 7), tmp_path / "big.tif")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert load_image(path).shape == (40, 40, 3) and read_pixels(tif).shape == (40, 40)
+        assert image_size(path) == (40, 40) and load_mask(tif).shape == (40, 40)
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+    # Outside anomalens' reads, Pillow's warning is the user's again.
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        Image.open(path).close()
+    assert [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_frame_beyond_pillows_refusal_is_one_line(tmp_path: Path, small_pillow_limit) -> None:
+    path = _save(Image.new("RGB", (50, 50)), tmp_path / "huge.png")  # 2500 pixels
+    for read in (load_image, image_size):
+        with pytest.raises(DataError) as excinfo:
+            read(path)
+        assert "image too large" in _one_line_error(excinfo, path)
+
+
+def test_quiet_large_frames_is_thread_safe_and_leaves_the_filters_as_they_were() -> None:
+    import threading
+    import warnings
+
+    from anomalens.data.io import quiet_large_frames
+
+    before = list(warnings.filters)
+    on: list[bool] = []
+
+    def work() -> None:
+        for _ in range(200):
+            with quiet_large_frames(), quiet_large_frames():  # nested, as open + decode are
+                on.append(warnings.filters[0][:3] == ("ignore", None, Image.DecompressionBombWarning))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(on) == 1600 and all(on)
+    assert warnings.filters == before

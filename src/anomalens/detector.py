@@ -52,7 +52,7 @@ from typing import Any, ClassVar, ContextManager, Iterator, Sequence
 import numpy as np
 import torch
 
-from anomalens.data import as_image_inputs, iterate_batches
+from anomalens.data import as_image_inputs, as_image_records, iterate_batches
 from anomalens.data.records import split_records
 from anomalens.decision import DecisionRule, DetectionResult  # DetectionResult: re-exported
 from anomalens.devices import check_device_name, resolve_device
@@ -375,15 +375,19 @@ class Detector(ABC):
         return [np.sort(order[j::k]) for j in range(k)]
 
     @_decoding_as_declared
-    def fit(self, records: Sequence, progress: bool = True) -> "Detector":
+    def fit(self, records: Any, progress: bool = True) -> "Detector":
         """Fit on normal images and set the decision rule from normal scores of models that did not see
         them (out of fold, or the hold-out: module docstring). Returns self.
+
+        ``records``: what ``predict`` takes — ``ImageRecord`` s, image files, folders (searched into their
+        sub-folders), glob patterns, numpy arrays (one image, or an (N, H, W[, C]) stack), PIL images or
+        torch tensors, alone or in a list (``anomalens.data.inputs``); all taken as normal.
 
         Every fit starts from nothing: the previous decision rule (a calibration included) is gone. With
         ``resize="keep_aspect"`` it first sets the working size from the images' shapes; with tiling the
         model learns from every tile of every image, and the threshold still comes from image scores.
         """
-        records = list(records)
+        records = as_image_records(records, label=0)
         if not records:
             raise ValueError(f"{self.name}: no training images")
         self.decision_ = None
@@ -545,20 +549,22 @@ class Detector(ABC):
     @_decoding_as_declared
     def calibrate(
         self,
-        records: Sequence,
+        records: Any,
         method: str = "f1",
-        normal_records: Sequence = (),
+        normal_records: Any = (),
         clear_border: bool = False,
         progress: bool = True,
     ) -> dict[str, Any]:
-        """Replace the decision rule with one set on labelled ``records``.
+        """Replace the decision rule with one set on labelled ``records``: ``ImageRecord`` s with label 0
+        (normal) or 1 (defective), e.g. ``load_dataset(DATA).test`` (anything else is a DataError).
 
         method="f1": the F1-optimal image threshold. Without anomalous images the F1 rule is undefined;
             the thresholds are then re-estimated as the normal-score quantile instead of flagging
             everything, and the returned note says so.
         method="area" (localising detectors): the seed's finetune — a pixel threshold and a minimum
             defect area (see ``thresholds.area_threshold_search``); ``normal_records`` are the
-            validation normals of its first step (defaults to the normal images among ``records``);
+            validation normals of its first step (defaults to the normal images among ``records``; anything
+            ``predict`` takes: records, files, folders, arrays ...);
             ``clear_border`` ignores regions touching the border, as the 2021 reference code did.
         """
         rule = self._fitted_decision()
@@ -566,7 +572,14 @@ class Detector(ABC):
             raise ConfigError(f"unknown calibration method '{method}'; use f1 or area")
         if method == "area" and not self.localizes:
             raise ConfigError(f"{self.name} gives no anomaly maps: use calibrate method 'f1'")
-        records = list(records)
+        records = as_image_records(records)
+        unlabelled = [r for r in records if r.label not in (0, 1)]
+        if unlabelled:
+            raise DataError(
+                f"{self.name}: calibrate needs labelled images (ImageRecords with label 0 normal or 1 defective, "
+                f"e.g. load_dataset(DATA).test); {len(unlabelled)} of {len(records)} have none (first: "
+                f"{unlabelled[0].name or 'image'})")
+        normal_records = as_image_records(normal_records, label=0)  # () stays []
         labels = np.array([r.label for r in records], dtype=np.int64)
         if len(labels) and not labels.any():
             logger.warning(
@@ -576,7 +589,7 @@ class Detector(ABC):
             )
         scores, maps = self.score(records, progress)
         if method == "area":
-            normal_maps = self.score(list(normal_records), progress)[1] if len(normal_records) else maps[labels == 0]
+            normal_maps = self.score(normal_records, progress)[1] if len(normal_records) else maps[labels == 0]
             if normal_maps is None or len(normal_maps) == 0:
                 raise ValueError("the area calibration needs normal images")
             found = area_threshold_search(normal_maps, maps, labels, clear_border=clear_border, progress=progress)

@@ -229,9 +229,8 @@ def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: st
     no label flipped).
     """
     from anomalens.catalog import load_detector
-    from anomalens.data import ImageRecord
-    from anomalens.data.io import is_image_file, list_images
-    from anomalens.errors import DataError, ModelFileError
+    from anomalens.data import collect_images
+    from anomalens.errors import ModelFileError
     from anomalens.exported import read_manifest
     from anomalens.persistence import read_config
 
@@ -240,18 +239,8 @@ def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: st
     if read_config(run_dir).get("weights_sha256") != manifest.get("weights_sha256"):
         raise ModelFileError(f"{run_dir}: not the run this export was made from (its weights' SHA-256 differs from "
                              f"the one in {Path(export_dir) / MANIFEST_FILE}); pass the exported run")
-    paths: list[Path] = []
-    for item in [images] if isinstance(images, (str, Path)) else list(images):
-        item = Path(item)
-        if item.is_dir():
-            paths += list_images(item)
-        elif is_image_file(item):
-            paths.append(item)
-        else:
-            raise DataError(f"{item}: not an image file or a folder of images")
-    if not paths:
-        raise DataError(f"no images found in {images}")
-    records = [ImageRecord(path, 0, name=str(path)) for path in paths]
+    records = collect_images(images, label=0)
+    paths = [record.source for record in records]
     exported = load_export(export_dir, runtime)
     detector = load_detector(run_dir)
     reference = detector.predict(records, progress=False)

@@ -15,7 +15,8 @@ import logging
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 logger = logging.getLogger("anomalens")
 
@@ -75,17 +76,19 @@ class LoggedProgress:
             logger.info("%s: %d %s in %.1f s%s", self.desc, self.n, self.unit, seconds, rate)
 
     def __iter__(self) -> Iterator:
+        # ``is None``, never truth: the iterable may be a numpy array (the area search's threshold grid),
+        # whose truth value is an error, or a generator, which is always true.
         try:
-            for item in self.iterable or ():
+            for item in (self.iterable if self.iterable is not None else ()):
                 yield item
                 self.update(1)
         finally:
             self.close()
 
-    def __enter__(self) -> "LoggedProgress":
+    def __enter__(self) -> LoggedProgress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.close()
 
 

@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Any
 
 from anomalens.data.btad import is_btad_product, load_btad_product
 from anomalens.data.folder import load_folder_dataset
-from anomalens.data.io import IMAGE_SUFFIXES, image_size, is_image_file, list_images, load_image, load_mask
+from anomalens.data.io import (
+    IMAGE_SUFFIXES,
+    SUPPORTED_FORMATS,
+    image_size,
+    is_image_file,
+    list_images,
+    load_image,
+    load_mask,
+)
 from anomalens.data.layouts import (
     LAYOUT_HELP,
     LAYOUT_NAMES,
@@ -48,7 +56,7 @@ from anomalens.data.synthetic import (
 )
 from anomalens.errors import DataError
 
-from anomalens.data.inputs import as_image_inputs
+from anomalens.data.inputs import as_image_inputs, as_image_records, collect_images, find_images, input_roots
 
 if TYPE_CHECKING:
     from anomalens.data.torch_dataset import (
@@ -77,13 +85,18 @@ __all__ = [
     "LAYOUT_NAMES",
     "MNIST_SUBSET_NOTE",
     "SPEC_HELP",
+    "SUPPORTED_FORMATS",
     "SYNTHETIC_SOURCES",
     "TensorImageDataset",
     "add_defect",
     "as_image_inputs",
+    "as_image_records",
+    "collect_images",
     "data_source",
     "detect_layout",
     "find_categories",
+    "find_images",
+    "input_roots",
     "decoding_workers",
     "default_workers",
     "image_size",

@@ -14,6 +14,14 @@ Conventions (documented here because detectors rely on them):
   brightness of each image differently).
 * EXIF orientation is *not* applied: pixels are used as stored, matching how masks are stored
   and what :func:`image_size` reports.
+* Files are opened by content, never by suffix, and only by the decoders of :data:`SUPPORTED_FORMATS`
+  (PNG, JPEG, BMP, TIFF, WebP — what the suffixes of :data:`IMAGE_SUFFIXES` promise; the service accepts
+  the same list): a file of any other format — a PostScript file named ``.png``, whose Pillow plugin starts
+  Ghostscript, say — is "not a recognised image format", and no other decoder is ever reached.
+* Large frames: Pillow warns (``DecompressionBombWarning``) above ``Image.MAX_IMAGE_PIXELS`` and refuses
+  above twice that. Here a frame up to the refusal is read silently — the warning is switched off while
+  anomalens opens and decodes a file, so nothing reaches stderr (``-q`` means quiet) — and one beyond it is a
+  one-line DataError ("image too large"). ``Image.MAX_IMAGE_PIXELS`` stays the one setting of the limit.
 
 Two ways to decode a file for a model (a detector's ``decode`` hyper-parameter, :data:`DECODE_MODES`):
 
@@ -29,6 +37,9 @@ Two ways to decode a file for a model (a detector's ``decode`` hyper-parameter, 
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -41,22 +52,31 @@ __all__ = [
     "DECODE_MODES",
     "FAST_DECODE_MARGIN",
     "IMAGE_SUFFIXES",
+    "SUPPORTED_FORMATS",
     "ImageSource",
+    "check_decode_mode",
+    "check_unit_range",
     "describe_source",
     "image_size",
     "is_image_file",
     "list_images",
     "load_image",
     "load_mask",
-    "check_decode_mode",
-    "check_unit_range",
+    "open_image",
     "pil_to_float",
+    "quiet_large_frames",
     "read_pixels",
+    "supported_formats",
     "to_float_channels",
 ]
 
 #: Lower-case file suffixes treated as images (matched case-insensitively).
 IMAGE_SUFFIXES: frozenset[str] = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+
+#: Pillow format names anomalens decodes — files from disk (predict, fit, test, ...) and the service's uploads
+#: alike (module docstring). MPO (multi-picture JPEG from cameras) is JPEG's own opener in recent Pillow
+#: releases and a separate one in older ones.
+SUPPORTED_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP")
 
 ImageSource = Path | str | np.ndarray
 
@@ -121,6 +141,79 @@ def _reason(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
+def supported_formats() -> list[str]:
+    """:data:`SUPPORTED_FORMATS` that this Pillow registers: what ``Image.open(..., formats=)`` may be given."""
+    Image.init()  # registers every plugin (it returns at once once done)
+    return [name for name in SUPPORTED_FORMATS if name in Image.OPEN]
+
+
+_quiet_lock = threading.Lock()
+_quiet_users = 0
+_QUIET_FILTER = ("ignore", None, Image.DecompressionBombWarning, None, 0)  # a warnings.filters entry
+
+
+@contextlib.contextmanager
+def quiet_large_frames() -> Iterator[None]:
+    """Pillow's DecompressionBombWarning off while the block runs (module docstring: frames up to Pillow's
+    refusal are read without a word; beyond it Pillow raises, and the callers make that one line).
+
+    Thread-safe, unlike ``warnings.catch_warnings``: the first of the threads inside installs one filter,
+    the last one out removes that filter (and nothing else), so decoders and heatmap writers running at
+    once never restore each other's filter lists.
+    """
+    global _quiet_users
+    with _quiet_lock:
+        if _quiet_users == 0:
+            warnings.filters.insert(0, _QUIET_FILTER)  # first: whatever else is set, this warning is off
+            _filters_changed()
+        _quiet_users += 1
+    try:
+        yield
+    finally:
+        with _quiet_lock:
+            if _quiet_users > 0:  # 0 in a forked child whose parent was inside (see _after_fork)
+                _quiet_users -= 1
+                if _quiet_users == 0:
+                    _remove_quiet_filter()
+
+
+def _remove_quiet_filter() -> None:
+    with contextlib.suppress(ValueError):
+        warnings.filters.remove(_QUIET_FILTER)  # the first such entry: ours (a user's own stays)
+    _filters_changed()
+
+
+def _after_fork() -> None:
+    """In a forked child (a decoding worker): a fresh lock — another thread of the parent may have held it
+    at the fork, and nobody would release it here — and no quiet block in progress."""
+    global _quiet_lock, _quiet_users
+    _quiet_lock = threading.Lock()
+    if _quiet_users:
+        _quiet_users = 0
+        _remove_quiet_filter()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork)
+
+
+def _filters_changed() -> None:
+    """Tell ``warnings`` its filter list changed (as ``filterwarnings`` does), so that nothing it cached
+    under the old list — "this warning was ignored here" — outlives the change."""
+    mutated = getattr(warnings, "_filters_mutated", None)
+    if mutated is not None:
+        mutated()
+
+
+def open_image(source: Path | str | object) -> Image.Image:
+    """``Image.open`` restricted to :data:`SUPPORTED_FORMATS`, without the large-frame warning (module
+    docstring). ``source``: a path or a binary file object. Pillow's own exceptions pass through (callers
+    turn them into one line): ``UnidentifiedImageError`` for any other format, ``DecompressionBombError``
+    beyond the limit."""
+    with quiet_large_frames():
+        return Image.open(source, formats=supported_formats())
+
+
 @contextlib.contextmanager
 def _open_image(path: Path, what: str = "image", fast_for: tuple[int, int] | None = None) -> Iterator[Image.Image]:
     """Open ``path`` with Pillow and fully decode it, turning any failure into DataError.
@@ -135,10 +228,11 @@ def _open_image(path: Path, what: str = "image", fast_for: tuple[int, int] | Non
     if path.is_dir():
         raise DataError(f"{path}: cannot read {what}: is a folder, not an image file")
     try:
-        img = Image.open(path)
-        if fast_for is not None:
-            img = _shrunk_while_decoding(img, fast_for)
-        img.load()
+        with quiet_large_frames():  # decoding too: TIFF checks its strips, MPO its frames
+            img = open_image(path)
+            if fast_for is not None:
+                img = _shrunk_while_decoding(img, fast_for)
+            img.load()
     except UnidentifiedImageError:
         raise DataError(f"{path}: cannot read {what}: not a recognised image format") from None
     except Image.DecompressionBombError as exc:
@@ -147,7 +241,8 @@ def _open_image(path: Path, what: str = "image", fast_for: tuple[int, int] | Non
         # Pillow signals corrupt/truncated data with all of these depending on the codec.
         raise DataError(f"{path}: cannot read {what}: {_reason(exc)}") from None
     try:
-        yield img
+        with quiet_large_frames():  # what callers do with the image (conversions, strips) stays quiet too
+            yield img
     finally:
         img.close()
 
@@ -402,7 +497,7 @@ def image_size(source: ImageSource) -> tuple[int, int]:
     if not path.is_file():
         raise DataError(f"{path}: cannot read image: file does not exist")
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             width, height = img.size
     except UnidentifiedImageError:
         raise DataError(f"{path}: cannot read image: not a recognised image format") from None

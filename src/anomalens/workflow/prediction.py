@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from anomalens.data import ImageRecord, list_images
+from anomalens.data import ImageRecord, collect_images, input_roots
 from anomalens.detector import Detector
 from anomalens.errors import DataError
 from anomalens.names import printable
@@ -19,21 +19,10 @@ logger = logging.getLogger("anomalens")
 
 
 def prediction_records(images: str | Path | Sequence[str | Path]) -> list[ImageRecord]:
-    """The images ``predict`` scores, in its order: files as given, folders as their sorted images
-    (DataError naming a missing path or an empty folder). Shared with ``anomalens.distributed``."""
-    paths: list[Path] = []
-    for item in [images] if isinstance(images, (str, Path)) else images:
-        item = Path(item)
-        if item.is_dir():
-            found = list_images(item)
-            if not found:
-                raise DataError(f"{item}: no images found (png, jpg, bmp, tif, webp)")
-            paths.extend(found)
-        elif item.is_file():
-            paths.append(item)
-        else:
-            raise DataError(f"{item}: no such file or folder")
-    return [ImageRecord(source=p, label=-1, name=p.name) for p in paths]  # names made printable by ImageRecord
+    """The images ``predict`` scores, in its order (``anomalens.data.collect_images``: files as given, folders
+    searched into their sub-folders, glob patterns; DataError naming a missing path or a folder without
+    images). Shared with ``anomalens.distributed``."""
+    return collect_images(images)
 
 
 def load_predictor(run_dir: str | Path, device: str | None, runtime: str | None = None) -> Any:
@@ -95,7 +84,7 @@ def predict_images(
     mode = heatmap_mode(heatmaps)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    inputs = [run_dir, *([images] if isinstance(images, (str, Path)) else images)]
+    inputs = [run_dir, *input_roots(images)]
     with prediction_stage(Path(out_dir), overwrite, inputs, resume) as stage:
         model = load_predictor(run_dir, device, runtime)
         records = prediction_records(images)
