@@ -29,6 +29,12 @@ from anomalens.serve.inference import defect_regions  # noqa: E402
 from tests.conftest import TINY_PARAMS, make_records  # noqa: E402
 
 
+def local_client(app, **kwargs) -> TestClient:
+    """FastAPI's test client, asking for the service by a name it answers to (its Host check refuses the
+    client's default 'testserver')."""
+    return TestClient(app, base_url="http://127.0.0.1:8000", **kwargs)
+
+
 def png_bytes(array: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(array).save(buffer, format="PNG")
@@ -67,7 +73,7 @@ def images(tmp_path_factory) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def client(detector):
-    with TestClient(create_app(detector, max_wait_ms=2)) as test_client:
+    with local_client(create_app(detector, max_wait_ms=2)) as test_client:
         yield test_client
 
 
@@ -182,7 +188,7 @@ def test_pages_are_served_from_memory_and_load_nothing_from_elsewhere(client):
 
 # ------------------------------------------------------------------------------------------- refusals
 def test_bad_uploads_get_a_one_line_400_and_the_service_keeps_serving(detector, images):
-    with TestClient(create_app(detector, max_pixels=200_000), raise_server_exceptions=True) as client:
+    with local_client(create_app(detector, max_pixels=200_000), raise_server_exceptions=True) as client:
         good = images[0].read_bytes()
         truncated = good[: len(good) // 2]
         gif = io.BytesIO()
@@ -217,7 +223,7 @@ def test_bad_uploads_get_a_one_line_400_and_the_service_keeps_serving(detector, 
 
 def test_bodies_over_the_limit_get_413_declared_or_streamed(detector, images):
     good = images[0].read_bytes()
-    with TestClient(create_app(detector, max_upload_bytes=len(good) - 1)) as client:
+    with local_client(create_app(detector, max_upload_bytes=len(good) - 1)) as client:
         assert_one_line_error(client.post("/predict", content=good), 413, "exceeds the limit")
 
         def chunks():  # no Content-Length: counted while it streams
@@ -226,13 +232,13 @@ def test_bodies_over_the_limit_get_413_declared_or_streamed(detector, images):
 
         assert_one_line_error(client.post("/predict", content=chunks()), 413, "exceeds the limit")
         assert_one_line_error(client.post("/predict/batch", files=[("f", ("a.png", good, "image/png"))]), 413)
-    with TestClient(create_app(detector, max_upload_bytes=len(good) + 1000)) as client:
+    with local_client(create_app(detector, max_upload_bytes=len(good) + 1000)) as client:
         assert client.post("/predict", content=good).status_code == 200
 
 
 def test_token_is_required_when_set(detector, images):
     good = images[0].read_bytes()
-    with TestClient(create_app(detector, token="s3cret")) as client:
+    with local_client(create_app(detector, token="s3cret")) as client:
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
             for method, url in (("post", "/predict"), ("post", "/predict/batch"), ("get", "/model")):
                 response = getattr(client, method)(url, content=good, headers=headers) if method == "post" \
@@ -254,7 +260,7 @@ def test_a_failing_model_is_a_one_line_500_and_the_next_request_is_served(detect
     def broken(items):
         raise NumericalError("padim: NaN or infinite anomaly scores\nsecond line")
 
-    with TestClient(app) as client:
+    with local_client(app) as client:
         batcher.run_batch = broken
         assert_one_line_error(client.post("/predict", content=images[0].read_bytes()), 500, "model error", "NaN")
         batcher.run_batch = run_batch
@@ -273,7 +279,7 @@ def test_concurrent_requests_share_a_batch(detector, images):
         return run_batch(items)
 
     batcher.run_batch = spy
-    with TestClient(app) as client:
+    with local_client(app) as client:
         payloads = [p.read_bytes() for p in images]
         with ThreadPoolExecutor(len(payloads)) as pool:
             answers = list(pool.map(lambda data: client.post("/predict", content=data).json(), payloads))
@@ -349,7 +355,7 @@ def test_load_served_model_picks_the_runtime_by_folder(detector, images, tmp_pat
     served = load_served_model(export)
     assert served.runtime == "onnxruntime"
     expected = load_export(export).predict(images)
-    with TestClient(create_app(served)) as client:
+    with local_client(create_app(served)) as client:
         answers = client.post("/predict/batch", files=[("f", (p.name, p.read_bytes(), "image/png")) for p in images])
         results = answers.json()["results"]
         assert client.get("/model").json()["runtime"] == "onnxruntime"
@@ -367,8 +373,29 @@ def test_serve_command_line_defaults_to_localhost():
 def test_an_image_level_detector_answers_without_regions_or_heatmap(images):
     detector = create_detector("mahalanobis", **TINY_PARAMS["mahalanobis"]).fit(make_records(12, 0, seed=1, size=96),
                                                                                 progress=False)
-    with TestClient(create_app(detector)) as client:
+    with local_client(create_app(detector)) as client:
         answer = client.post("/predict?heatmap=1", content=images[0].read_bytes()).json()
         assert client.get("/model").json()["localizes"] is False
     assert answer["score"] == pytest.approx(float(detector.predict([images[0]], progress=False).scores[0]), rel=1e-5)
     assert answer["regions"] is None and answer["pixel_threshold"] is None and "heatmap_png" not in answer
+
+
+def test_exif_orientation_is_reported_not_applied_as_predict_does(client, detector, tmp_path):
+    """A camera JPEG stored landscape with EXIF orientation 6 (viewers turn it upright): the service scores the
+    stored pixels, as ``predict`` does, reports the tag, and its sizes / regions / heatmap are in that grid."""
+    picture = np.asarray(Image.fromarray(make_records(0, 1, seed=4, size=96)[0].source).resize((144, 96)))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    Image.fromarray(picture).save(path, format="JPEG", quality=95, exif=exif)
+    answer = client.post("/predict?heatmap=1&name=turned.jpg", content=path.read_bytes()).json()
+    assert answer["exif_orientation"] == 6
+    assert answer["image_size"] == {"width": 144, "height": 96}
+    assert answer["score"] == pytest.approx(float(detector.predict([path], progress=False).scores[0]), rel=1e-5)
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(answer["heatmap_png"]))).size == (144, 96)
+    plain = client.post("/predict", content=png_bytes(picture)).json()
+    assert plain["exif_orientation"] is None
+    css = client.get("/static/style.css").text
+    assert "image-orientation: none" in css  # the page draws it as stored too (test_serve_browser checks it)

@@ -139,3 +139,51 @@ def test_operator_page_shows_verdicts_heatmap_and_history(server, tmp_path):
         Path(keep).mkdir(parents=True, exist_ok=True)
         for shot in shots:
             shutil.copy(shot, Path(keep) / shot.name)
+
+
+def test_the_page_draws_an_exif_rotated_photo_as_the_service_scored_it(server, tmp_path):
+    """A JPEG stored 160 × 96 with EXIF orientation 6 (a viewer shows it 96 × 160): the service scores the
+    stored pixels; the page must draw the stored pixels too, or its region boxes and heatmap would sit on a
+    turned picture. Chromium turns such an image by default: checked first, so the test can fail."""
+    from PIL import Image
+
+    url, detector, data = server
+    defect_path, _ = _pick(detector, data)
+    picture = Image.open(defect_path).convert("RGB").resize((160, 96))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "turned.jpg"
+    picture.save(path, format="JPEG", quality=95, exif=exif)
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        except Exception as exc:  # noqa: BLE001
+            pytest.skip(f"Chromium at {CHROMIUM} does not start under Playwright: {str(exc).splitlines()[0]}")
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 860})
+            errors: list[str] = []
+            page.on("pageerror", lambda exc: errors.append(str(exc)))
+            page.goto(url + "/")
+            sync_api.expect(page.get_by_test_id("status")).to_have_text("online", timeout=10_000)
+            page.get_by_test_id("file-input").set_input_files(str(path))
+            sync_api.expect(page.get_by_test_id("result-name")).to_have_text("turned.jpg", timeout=30_000)
+            page.wait_for_function("() => { const i = document.querySelector('#original');"
+                                   " const h = document.querySelector('[data-testid=heatmap]');"
+                                   " return i.complete && i.naturalWidth > 0 && h.complete && h.naturalWidth > 0; }",
+                                   timeout=10_000)
+            # Chromium's default (image-orientation: from-image) turns this file upright: portrait
+            default = page.evaluate("""async (src) => { const i = new Image(); document.body.append(i); i.src = src;
+                await i.decode(); const r = i.getBoundingClientRect(); i.remove(); return [r.width, r.height]; }""",
+                                    page.locator("#original").get_attribute("src"))
+            assert default[0] < default[1], default
+            shown = page.locator("#original").evaluate("i => { const r = i.getBoundingClientRect(); return [r.width, r.height]; }")
+            heat = page.get_by_test_id("heatmap").evaluate("i => { const r = i.getBoundingClientRect(); return [r.width, r.height]; }")
+            assert shown[0] > shown[1] and abs(shown[0] / shown[1] - 160 / 96) < 0.02, shown
+            assert abs(heat[0] / heat[1] - shown[0] / shown[1]) < 0.02, (heat, shown)  # the same grid
+            thumb = page.get_by_test_id("history-item").first.locator("img").evaluate("i => getComputedStyle(i).imageOrientation")
+            assert thumb == "none"
+            sync_api.expect(page.get_by_test_id("orientation-note")).to_contain_text("EXIF orientation (6) is not applied")
+            assert page.locator("#result-sub").inner_text().startswith("160×96 px")
+            assert not errors, errors
+        finally:
+            browser.close()

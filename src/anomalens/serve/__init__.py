@@ -2,18 +2,36 @@
 
     from anomalens.serve import create_app, load_served_model
     app = create_app(load_served_model("runs/hazelnut"), token="s3cret")   # any ASGI server runs it
-    # or: anomalens serve runs/hazelnut --port 8000
+    # or: anomalens serve runs/hazelnut --port 8000; or, with every limit:
+    from anomalens.serve import ServeSettings, run_server
+    run_server(app, ServeSettings(port=8000))
 
-- ``app.py``: the FastAPI application (endpoints, limits, token, the pages held in memory);
+- ``app.py``: the FastAPI application (endpoints, the pixel budget, the pages held in memory);
+- ``guard.py``: what every request passes first (Host, CSRF, token, requests in flight, body deadline);
+- ``settings.py``: every limit, its default and its validation;
+- ``server.py``: uvicorn with a request-head deadline, a connection table that cannot be filled by
+  half-open connections, a graceful shutdown;
 - ``batching.py``: the dynamic micro-batcher (one model thread; concurrent requests share batches);
 - ``inference.py``: decode → model → the JSON of one image (score, verdict, regions, heatmap);
 - ``uploads.py``: bounded body reading, in-memory multipart parsing, safe image decoding;
 - ``static/``: the operator page and the offline API reference (no CDN: the line has no internet).
 
-Needs the optional extra: ``pip install 'anomalens[serve]'`` (FastAPI, uvicorn, python-multipart).
+Needs the optional extra: ``pip install 'anomalens[serve]'`` (FastAPI, uvicorn, python-multipart). Names are
+imported on first use, so ``anomalens.serve.settings`` (the command line's options) costs no import of them.
 """
 
-from anomalens.serve.app import create_app
-from anomalens.serve.inference import ServedModel, load_served_model
+from typing import Any
 
-__all__ = ["create_app", "load_served_model", "ServedModel"]
+__all__ = ["create_app", "load_served_model", "ServedModel", "ServeSettings", "run_server"]
+
+_WHERE = {"create_app": "anomalens.serve.app", "load_served_model": "anomalens.serve.inference",
+          "ServedModel": "anomalens.serve.inference", "ServeSettings": "anomalens.serve.settings",
+          "run_server": "anomalens.serve.server"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _WHERE:
+        import importlib
+
+        return getattr(importlib.import_module(_WHERE[name]), name)
+    raise AttributeError(f"module 'anomalens.serve' has no attribute {name!r}")

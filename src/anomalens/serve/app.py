@@ -11,15 +11,23 @@ Endpoints (``/docs`` lists them with their schemas, rendered offline from ``/ope
 - ``GET /`` — the operator page (``static/``), ``GET /docs`` — the API reference. Both are files of this
   package held in memory and served by exact name: no request path is ever looked up on the file system.
 
-Safety: bodies over ``max_upload_bytes`` → 413; anything that is not a decodable image of at most
-``max_pixels`` pixels → 400 with one line; a failure inside the model → 500 with one line (never a
-traceback); with ``token`` every endpoint but ``/``, ``/static/*``, ``/docs``, ``/openapi.json`` and
-``/health`` needs ``Authorization: Bearer <token>`` (401 otherwise). FastAPI's own Swagger UI and ReDoc pages
-load their scripts from a CDN, so they are switched off; ``/docs`` is this package's own page.
+Safety (the limits and their defaults: ``settings.py``; the order they are checked in: ``guard.py``): a
+``Host`` that is not a name of this service → 400 (DNS rebinding); a POST from another site's page → 403
+(CSRF); with ``token`` every endpoint but ``/``, ``/static/*``, ``/docs``, ``/openapi.json`` and ``/health``
+needs ``Authorization: Bearer <token>`` (401 otherwise); too many requests in flight → 429 (one client) or
+503 (all); bodies over ``max_upload_bytes`` → 413; a body not complete within ``body_timeout_s`` → 408;
+anything that is not a decodable image of at most ``max_pixels`` pixels → 400 with one line; more than
+``max_request_pixels`` decoded pixels in one request (from the headers, before decoding) → 413; an invalid
+query parameter → 400 (never FastAPI's 422 list); a failure inside the model → 500 with one line (never a
+traceback). FastAPI's own Swagger UI and ReDoc pages load their scripts from a CDN, so they are switched off;
+``/docs`` is this package's own page.
 """
 
 
 import asyncio
+import collections
+import contextlib
+import dataclasses
 import hmac
 import logging
 import os
@@ -31,14 +39,27 @@ from typing import Any
 
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.serve.batching import MicroBatcher
+from anomalens.serve.guard import Guard
 from anomalens.serve.inference import ServedModel, elapsed_ms
-from anomalens.serve.uploads import Upload, UploadError, clean_name, decode_image, parse_multipart, read_body
+from anomalens.serve.settings import HostPolicy, ServeSettings
+from anomalens.serve.uploads import (
+    ClientGone,
+    Upload,
+    UploadError,
+    clean_name,
+    decode_upload,
+    image_size,
+    parse_multipart,
+    read_body,
+)
 
-DEFAULT_MAX_UPLOAD_BYTES = 25_000_000
-DEFAULT_MAX_PIXELS = 40_000_000
+_DEFAULTS = ServeSettings()
+DEFAULT_MAX_UPLOAD_BYTES = _DEFAULTS.max_upload_bytes
+DEFAULT_MAX_PIXELS = _DEFAULTS.max_pixels
 DEFAULT_MAX_BATCH = 16
-DEFAULT_MAX_WAIT_MS = 5.0
-DEFAULT_MAX_FILES = 64
+DEFAULT_MAX_WAIT_MS = _DEFAULTS.max_wait_ms
+DEFAULT_MAX_FILES = _DEFAULTS.max_files
+log = logging.getLogger("anomalens.serve")
 EXTRA = "pip install 'anomalens[serve]'"
 
 _STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
@@ -62,9 +83,15 @@ _BATCH_BODY = {
     "required": True,
 }
 _ERRORS = {
-    400: {"description": "not an image, corrupt, too many pixels, or an empty / malformed body (one-line detail)"},
+    400: {"description": "not an image, corrupt, too many pixels, an empty / malformed body, an invalid query "
+                         "parameter or a Host that is not this service's (one-line detail)"},
     401: {"description": "bearer token missing or wrong (only when the service has a token)"},
-    413: {"description": "the body is larger than the upload limit"},
+    403: {"description": "a cross-origin request from another site's page (CSRF)"},
+    408: {"description": "the body did not arrive within the body timeout"},
+    413: {"description": "the body is larger than the upload limit, or the request's images hold more pixels "
+                         "than the per-request budget"},
+    429: {"description": "too many requests in flight from this client (Retry-After)"},
+    503: {"description": "too many requests in flight, no pixel budget free in time, or shutting down"},
 }
 
 
@@ -86,29 +113,128 @@ def _static_files() -> dict[str, tuple[bytes, str]]:
     return files
 
 
-class _Service:
-    """The app's state: the model, the batcher, the limits and the counters."""
+class _PixelGate:
+    """Decoded pixels held at once by all requests (``max_pixels_in_flight``): a request reserves its images'
+    pixels (from their headers) before decoding them and frees them with its answer; one that does not fit
+    waits its turn (first come, first served) for at most ``wait_s``, then UploadError(503)."""
 
-    def __init__(self, model: ServedModel, token: str | None, max_upload_bytes: int, max_batch: int,
-                 max_wait_ms: float, max_pixels: int, max_files: int, decode_threads: int) -> None:
+    def __init__(self, capacity: int, wait_s: float) -> None:
+        self.capacity = int(capacity)
+        self.wait_s = float(wait_s)
+        self.used = 0
+        self._waiters: collections.deque = collections.deque()
+
+    @asynccontextmanager
+    async def hold(self, pixels: int):
+        await self._acquire(pixels)
+        try:
+            yield
+        finally:
+            self.used -= pixels
+            self._wake()
+
+    async def _acquire(self, pixels: int) -> None:
+        if (not self._waiters or pixels == 0) and self.used + pixels <= self.capacity:
+            self.used += pixels
+            return
+        future = asyncio.get_running_loop().create_future()
+        entry = (pixels, future)
+        self._waiters.append(entry)
+        try:
+            await asyncio.wait_for(future, self.wait_s)
+        except BaseException as exc:
+            if future.done() and not future.cancelled():  # granted just as we gave up: give it back
+                self.used -= pixels
+            else:
+                future.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)
+            self._wake()
+            if isinstance(exc, TimeoutError):
+                raise UploadError(503, f"the service is busy: {self.used} pixels are being decoded or scored "
+                                       f"(at most {self.capacity}); send it again shortly",
+                                  headers={"Retry-After": "1"}) from None
+            raise
+
+    def _wake(self) -> None:
+        while self._waiters:
+            pixels, future = self._waiters[0]
+            if future.done():
+                self._waiters.popleft()
+                continue
+            if self.used + pixels > self.capacity:
+                break
+            self._waiters.popleft()
+            self.used += pixels
+            future.set_result(None)
+
+
+class _Service:
+    """The app's state: the model, the batcher, the settings (limits), the counters."""
+
+    def __init__(self, model: ServedModel, settings: ServeSettings, max_batch: int, decode_threads: int) -> None:
         self.model = model
-        self.token = token
-        self.max_upload_bytes = int(max_upload_bytes)
-        self.max_pixels = int(max_pixels)
-        self.max_files = int(max_files)
-        self.batcher: MicroBatcher = MicroBatcher(model.run_batch, max_batch=max_batch, max_wait_ms=max_wait_ms)
+        self.settings = settings
+        self.token = settings.token
+        self.max_upload_bytes = settings.max_upload_bytes
+        self.max_pixels = settings.max_pixels
+        self.max_files = settings.max_files
+        self.hosts = HostPolicy(settings.host, settings.allowed_hosts)
+        self.batcher: MicroBatcher = MicroBatcher(model.run_batch, max_batch=max_batch,
+                                                  max_wait_ms=settings.max_wait_ms)
         self.decode_slots = threading.BoundedSemaphore(decode_threads)  # uploads decoded at once (CPU, peak memory)
+        self.pixels = _PixelGate(settings.max_pixels_in_flight, settings.pixel_wait_s)
         self.started = time.time()
-        self.counts = {"images": 0, "requests": 0, "rejected": 0, "failed": 0}
+        self.counts = {"images": 0, "requests": 0, "rejected": 0, "failed": 0, "busy": 0, "timeouts": 0,
+                       "disconnected": 0}
+        self.in_flight = 0  # scoring requests being read or scored (guard.py)
+        self.per_client: dict[str, int] = {}
+        self.draining = False  # set when a graceful shutdown starts (server.py)
+        self.drain_by: float | None = None  # event-loop time by which bodies still arriving are refused
+        self.body_waits: set = set()  # the asyncio.timeout of each body read in progress (guard.py)
 
     def limits(self) -> dict[str, Any]:
-        return {"max_upload_bytes": self.max_upload_bytes, "max_pixels": self.max_pixels,
-                "max_files_per_request": self.max_files, "max_batch": self.batcher.max_batch,
+        return {**self.settings.limits(), "max_batch": self.batcher.max_batch,
                 "max_wait_ms": self.batcher.max_wait_s * 1000.0}
+
+    def load(self) -> dict[str, Any]:
+        return {"in_flight": self.in_flight, "clients": len(self.per_client), "pixels_in_flight": self.pixels.used,
+                "draining": self.draining}
+
+    def begin_drain(self, grace_s: float | None = None) -> None:
+        """A graceful shutdown starts (call it in the server's event loop): new requests get 503; those in
+        flight may finish, but a body still arriving after 80 % of ``grace_s`` is answered 503 (guard.py)
+        rather than cut off when the server's own time is up."""
+        self.draining = True
+        if grace_s is not None:
+            self.drain_by = asyncio.get_running_loop().time() + 0.8 * grace_s
+            for wait in list(self.body_waits):
+                when = wait.when()
+                if when is None or when > self.drain_by:
+                    wait.reschedule(self.drain_by)
+
+    def budget(self, uploads: list[Upload]) -> int:
+        """The decoded pixels of a request's images (from their headers), or UploadError(413) over the budget.
+
+        Images over the per-image limit, or whose header cannot be read, count nothing: each gets its own 400."""
+        total = 0
+        for upload in uploads:
+            size = image_size(upload.data)
+            if size is not None and size[0] * size[1] <= self.max_pixels:
+                total += size[0] * size[1]
+        budget = self.settings.max_request_pixels
+        if total > budget:
+            raise UploadError(413, f"the request's {len(uploads)} image(s) hold {total / 1e6:.4g} M pixels in all, "
+                                   f"over the limit of {budget / 1e6:.4g} M pixels per request; send fewer or "
+                                   "smaller images per request")
+        return total
 
     def _decode(self, upload: Upload) -> Any:
         with self.decode_slots:
-            return self.model.prepare(decode_image(upload.data, upload.name, self.max_pixels))
+            pixels, orientation = decode_upload(upload.data, upload.name, self.max_pixels)
+            prepared = self.model.prepare(pixels)
+            prepared.orientation = orientation
+            return prepared
 
     async def predict_one(self, upload: Upload, heatmap: bool, received: float) -> dict[str, Any]:
         """Decode (thread) → batched model (batcher thread) → regions / heatmap (thread). UploadError on bad data."""
@@ -117,6 +243,9 @@ class _Service:
         start = time.perf_counter()
         prepared = await run_in_threadpool(self._decode, upload)
         decoded = time.perf_counter()
+        if self.batcher.closed:  # the lifespan ended (shutdown) while this image was decoded
+            raise UploadError(503, "the service is shutting down; send it again to its replacement",
+                              headers={"Retry-After": "1"})
         item, info = await asyncio.wrap_future(self.batcher.submit(prepared.input))
         prepared.input = None
         scored = time.perf_counter()
@@ -136,33 +265,59 @@ class _Service:
 def create_app(
     model: Any,
     token: str | None = None,
-    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_upload_bytes: int | None = None,
     max_batch: int | None = None,
-    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
-    max_files: int = DEFAULT_MAX_FILES,
+    max_wait_ms: float | None = None,
+    max_pixels: int | None = None,
+    max_files: int | None = None,
     decode_threads: int | None = None,
+    *,
+    settings: ServeSettings | None = None,
+    **options: Any,
 ) -> Any:
     """The service for ``model``: a fitted ``Detector``, an ``ExportedDetector`` or a ``ServedModel``.
 
-    ``token``: when set, requests need ``Authorization: Bearer <token>``. ``max_upload_bytes``: largest body
-    (413 beyond). ``max_batch`` / ``max_wait_ms``: the micro-batcher's largest batch (default: the model's own
-    ``batch_size``, the batch ``predict`` runs) and longest wait for a batch to fill. ``max_pixels``: largest width × height decoded (400 beyond: decompression bombs).
-    ``max_files``: images per batch request. ``decode_threads``: uploads decoded at once (default: the
-    CPU cores, 2 to 8): decoding is where a burst of large images costs CPU and memory, so it is bounded.
+    ``settings``: a :class:`ServeSettings` (default: its defaults); the keywords override its fields (any
+    field of it by name: ``host``, ``allowed_hosts``, ``max_request_pixels``, ``max_per_client``,
+    ``body_timeout_s``, ...), and the result is validated (ConfigError with one line). ``token``: when set,
+    requests need ``Authorization: Bearer <token>``. ``max_upload_bytes``: largest body (413 beyond).
+    ``max_batch`` / ``max_wait_ms``: the micro-batcher's largest batch (default: the model's own
+    ``batch_size``, the batch ``predict`` runs) and longest wait for a batch to fill. ``max_pixels``: largest
+    width × height decoded (400 beyond: decompression bombs). ``max_files``: images per batch request.
+    ``decode_threads``: uploads decoded at once (default: the CPU cores, 2 to 8): decoding is where a burst
+    of large images costs CPU and memory, so it is bounded. ``host`` (default 127.0.0.1) is the address the
+    server binds: the Host header must name it (or localhost, or ``allowed_hosts``).
     """
     _require_fastapi()
     from fastapi import Depends, FastAPI, Query, Request
-    from fastapi.exceptions import HTTPException
+    from fastapi.exceptions import HTTPException, RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+    given = {"token": token, "max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_pixels": max_pixels,
+             "max_files": max_files, "decode_threads": decode_threads}
+    changes = {key: value for key, value in given.items() if value is not None}
+    if max_upload_bytes is not None:
+        if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, (int, float)):
+            raise ConfigError(f"max_upload_bytes must be a number of bytes, got {max_upload_bytes!r}")
+        changes["max_upload_mb"] = max_upload_bytes / 1e6
+    fields = {f.name for f in dataclasses.fields(ServeSettings)}
+    unknown = sorted(set(options) - fields)
+    if unknown:
+        raise ConfigError(f"unknown service setting(s) {', '.join(unknown)}; known: {', '.join(sorted(fields))}")
+    changes.update(options)
+    if changes.get("token") == "":
+        changes["token"] = None
+    settings = dataclasses.replace(settings or ServeSettings(), **changes).validate()
+
     served = model if isinstance(model, ServedModel) else ServedModel(model)
     served.warm_up()
-    if max_batch is None:
-        max_batch = int(getattr(served.model, "params", {}).get("batch_size") or DEFAULT_MAX_BATCH)
-    threads = decode_threads or max(2, min(8, os.cpu_count() or 2))
-    service = _Service(served, token or None, max_upload_bytes, max_batch, max_wait_ms, max_pixels, max_files, threads)
+    batch = settings.max_batch
+    if batch is None:
+        batch = int(getattr(served.model, "params", {}).get("batch_size") or DEFAULT_MAX_BATCH)
+        settings = dataclasses.replace(settings, max_batch=batch).validate()
+    threads = settings.decode_threads or max(2, min(8, os.cpu_count() or 2))
+    service = _Service(served, settings, settings.max_batch, threads)
     static = _static_files()
 
     @asynccontextmanager
@@ -170,7 +325,13 @@ def create_app(
         yield
         await asyncio.to_thread(service.batcher.close)
 
-    app = FastAPI(
+    class GuardedFastAPI(FastAPI):
+        """FastAPI with guard.py's checks outermost: before its own middleware and error handling."""
+
+        def build_middleware_stack(self) -> Any:
+            return Guard(super().build_middleware_stack(), service)
+
+    app = GuardedFastAPI(
         title="anomalens inspection service",
         version=served.describe()["versions"]["anomalens"],
         description=f"Visual anomaly detection with a fitted **{served.name}** model ({served.runtime}). "
@@ -190,9 +351,39 @@ def create_app(
                                 headers={"WWW-Authenticate": "Bearer"})
 
     @app.exception_handler(UploadError)
-    async def upload_error(request: Request, exc: UploadError) -> JSONResponse:
+    async def upload_error(request: Request, exc: UploadError) -> Response:
+        if isinstance(exc, ClientGone):  # nobody to answer: counted, one line in the log at info level
+            service.counts["disconnected"] += 1
+            client = request.client.host if request.client else "a client"
+            log.info("%s disconnected before its request body was complete", client)
+            return Response(status_code=exc.status, headers=exc.headers)
+        if exc.status in (429, 503):
+            service.counts["busy"] += 1
+        elif exc.status != 408:  # timeouts are counted where they happen (guard.py)
+            service.counts["rejected"] += 1
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422 list of errors → the service's one-line 400."""
         service.counts["rejected"] += 1
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        errors = list(exc.errors())
+        first = errors[0] if errors else {}
+        location = [str(part) for part in first.get("loc", ())]
+        if len(location) >= 2:
+            where = f"{location[0]} parameter '{'.'.join(location[1:])}'"
+        else:
+            where = "request"
+        message = " ".join(str(first.get("msg", "invalid value")).split())
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        return JSONResponse({"detail": f"invalid {where}: {message}{more}"[:500]}, status_code=400)
+
+    async def scored(uploads: list[Upload], run: Any) -> Any:
+        """``run()`` with the request's decoded pixels held in the budget (413 over it; waits for a share of
+        ``max_pixels_in_flight``, 503 when none frees up in time)."""
+        pixels = await asyncio.to_thread(service.budget, uploads)
+        async with service.pixels.hold(pixels):
+            return await model_call(run())
 
     async def read_uploads(request: Request, max_files: int, name: str | None) -> list[Upload]:
         body = await read_body(dict(request.headers), request.stream(), service.max_upload_bytes)
@@ -231,7 +422,7 @@ def create_app(
         uploads = await read_uploads(request, 2, name)  # a second file only to say where several go
         if len(uploads) > 1:
             raise UploadError(400, f"{len(uploads)} files sent to /predict; send several to /predict/batch")
-        return await model_call(service.predict_one(uploads[0], heatmap, received))
+        return await scored(uploads, lambda: service.predict_one(uploads[0], heatmap, received))
 
     @app.post("/predict/batch", dependencies=[Depends(authorize)], tags=["inspection"],
               openapi_extra={"requestBody": _BATCH_BODY}, responses=_ERRORS,
@@ -252,7 +443,7 @@ def create_app(
                 service.counts["rejected"] += 1
                 return {"image": upload.name, "error": exc.message}
 
-        results = await model_call(asyncio.gather(*(one(u) for u in uploads)))
+        results = await scored(uploads, lambda: asyncio.gather(*(one(u) for u in uploads)))
         return {"results": list(results), "count": len(results),
                 "errors": sum(1 for r in results if "error" in r), "total_ms": elapsed_ms(received)}
 
@@ -260,7 +451,7 @@ def create_app(
     async def health() -> dict[str, Any]:
         return {"status": "ok", "detector": served.name, "runtime": served.runtime,
                 "auth_required": service.token is not None, "uptime_s": round(time.time() - service.started, 1),
-                "counts": dict(service.counts), "batching": service.batcher.stats()}
+                "counts": dict(service.counts), "load": service.load(), "batching": service.batcher.stats()}
 
     @app.get("/model", dependencies=[Depends(authorize)], tags=["service"], responses={401: _ERRORS[401]},
              summary="The detector, its parameters, the decision rule, input size, versions and limits")

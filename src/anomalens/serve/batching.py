@@ -88,6 +88,11 @@ class MicroBatcher(Generic[Item, Result]):
             thread.join(timeout)
 
     @property
+    def closed(self) -> bool:
+        """True once ``close`` was called (``submit`` raises RuntimeError)."""
+        return self._closed
+
+    @property
     def pending(self) -> int:
         """Items waiting for the model (approximate)."""
         return self._queue.qsize()

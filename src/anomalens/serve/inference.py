@@ -15,7 +15,8 @@ the score, 0.5 at the image threshold, the typical normal image at 0.05 — the 
 ``normalized_score`` column of ``anomalens predict``), the verdict, the thresholds and the rule's description, the **defect regions** — the
 8-connected regions of the predicted mask (``map > pixel_threshold`` at the image's own resolution, the mask
 ``anomalens predict`` writes), each with its bounding box and area in the image's pixels, largest first — and
-the time spent in each step. With ``heatmap`` the overlay ``anomalens predict`` draws (one colour scale for
+the time spent in each step. Sizes, regions and heatmaps are in the pixel grid of the file as stored: its EXIF
+orientation tag is reported (``exif_orientation``), never applied — as ``predict`` and ``fit`` decode it. With ``heatmap`` the overlay ``anomalens predict`` draws (one colour scale for
 every image, from the normal maps' typical value to 2·pixel_threshold − that value, the mask outlined) comes
 back as a base64 PNG.
 
@@ -52,12 +53,14 @@ NORMALIZED_SCORE_NOTE = ("1 / (1 + exp(-(score - threshold) / w)), w = (threshol
 
 @dataclass
 class Prepared:
-    """One decoded upload: the model input (C, H, W) float32, the picture a heatmap is drawn on, its size."""
+    """One decoded upload: the model input (C, H, W) float32, the picture a heatmap is drawn on, its size, and
+    the file's EXIF orientation tag (reported, not applied: everything is in the stored pixel grid)."""
 
     input: Any
     picture: np.ndarray
     height: int
     width: int
+    orientation: int | None = None
 
 
 @dataclass
@@ -205,6 +208,7 @@ class ServedModel:
             "min_area": rule.min_area,
             "decision": rule.description,
             "image_size": {"width": prepared.width, "height": prepared.height},
+            "exif_orientation": prepared.orientation,
             "defect_area_fraction": None,
             "regions": None,
             "regions_total": None,

@@ -20,22 +20,35 @@ from typing import AsyncIterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from anomalens.data.io import pil_to_float
+from anomalens.data.io import SUPPORTED_FORMATS, pil_to_float, supported_formats
 from anomalens.errors import DataError
 
 #: Pillow format names accepted: the suffixes ``anomalens`` reads from folders (MPO: multi-picture JPEG, a
 #: separate opener in older Pillow releases, part of JPEG's since).
-ACCEPTED_FORMATS = ("PNG", "JPEG", "MPO", "BMP", "TIFF", "WEBP")
+ACCEPTED_FORMATS = SUPPORTED_FORMATS  # one list with predict (anomalens.data.io)
 MAX_NAME = 120
 
 
 class UploadError(Exception):
-    """A request the service refuses: ``status`` (400, 413, ...) and a one-line ``message``."""
+    """A request the service refuses: ``status`` (400, 413, ...) and a one-line ``message``; ``close``: the
+    connection is closed after the answer (the body was not read to its end); ``headers``: more headers."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, close: bool = False,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = dict(headers or {})
+        if close:
+            self.headers["Connection"] = "close"
+
+
+class ClientGone(UploadError):
+    """The client disconnected before its body was complete: nobody is left to answer (status 499, nginx's
+    "client closed request", only ever seen in the server's counters)."""
+
+    def __init__(self) -> None:
+        super().__init__(499, "the client disconnected before its request body was complete", close=True)
 
 
 @dataclass
@@ -65,20 +78,27 @@ def _megabytes(n: int) -> str:
 
 
 async def read_body(headers: dict[str, str], chunks: AsyncIterator[bytes], max_bytes: int) -> bytes:
-    """The whole request body, or UploadError(413) as soon as it is known to exceed ``max_bytes``."""
+    """The whole request body, or UploadError(413) as soon as it is known to exceed ``max_bytes``;
+    :class:`ClientGone` when the client disconnects before its end."""
+    from starlette.requests import ClientDisconnect
+
     declared = headers.get("content-length")
     if declared is not None:
         try:
             length = int(declared)
         except ValueError:
-            raise UploadError(400, "invalid Content-Length header") from None
+            raise UploadError(400, "invalid Content-Length header", close=True) from None
         if length > max_bytes:
-            raise UploadError(413, f"upload of {_megabytes(length)} exceeds the limit of {_megabytes(max_bytes)}")
+            raise UploadError(413, f"upload of {_megabytes(length)} exceeds the limit of {_megabytes(max_bytes)}",
+                              close=True)
     body = bytearray()
-    async for chunk in chunks:
-        body += chunk
-        if len(body) > max_bytes:
-            raise UploadError(413, f"upload exceeds the limit of {_megabytes(max_bytes)}")
+    try:
+        async for chunk in chunks:
+            body += chunk
+            if len(body) > max_bytes:
+                raise UploadError(413, f"upload exceeds the limit of {_megabytes(max_bytes)}", close=True)
+    except ClientDisconnect:
+        raise ClientGone() from None
     return bytes(body)
 
 
@@ -132,13 +152,48 @@ def parse_multipart(content_type: str, body: bytes, max_files: int) -> list[Uplo
     return uploads
 
 
+
+
+
+def image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header — nothing decoded — or None when the header cannot be read
+    (then decoding it fails with its own message)."""
+    if not data:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data), formats=supported_formats()) as img:
+                width, height = img.size
+    except Exception:  # noqa: BLE001 - not an image / a corrupt header: decode_image says which
+        return None
+    return int(width), int(height)
+
+
+def _orientation(img: Image.Image) -> int | None:
+    """The EXIF Orientation tag (1–8) of the file, or None. It is reported, never applied (see decode_upload)."""
+    try:
+        value = img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001 - a corrupt EXIF block does not make the pixels unusable
+        return None
+    return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
+
+
 def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
     """Uploaded bytes → the pixels ``anomalens.data.io.read_pixels`` gives for the same file: uint8 (H, W) or
     (H, W, 3) for plain 8-bit grey / RGB, else float32 (H, W, 1|3) in [0, 1] (alpha composited)."""
+    return decode_upload(data, name, max_pixels)[0]
+
+
+def decode_upload(data: bytes, name: str, max_pixels: int) -> tuple[np.ndarray, int | None]:
+    """(the pixels of :func:`decode_image`, the file's EXIF orientation tag or None).
+
+    The orientation is **not applied**: the service scores the pixels as stored, as ``anomalens predict``,
+    ``fit`` and an export do (``anomalens.data.io``), and its regions and heatmap are in that pixel grid; the
+    operator page draws the image as stored too (CSS ``image-orientation: none``)."""
     if not data:
         raise UploadError(400, f"{name}: empty upload (no image data)")
-    Image.init()  # registers every plugin; ``formats`` may only name registered openers
-    formats = [f for f in ACCEPTED_FORMATS if f in Image.OPEN]
+    formats = supported_formats()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -150,9 +205,10 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> np.ndarray:
                 raise UploadError(400, f"{name}: image too large: {width}x{height} pixels exceeds the limit of "
                                        f"{max_pixels} pixels (decompression bomb?)")
             img.load()
+            orientation = _orientation(img)
             if img.mode in ("L", "RGB"):
-                return np.asarray(img)
-            return pil_to_float(img, name)
+                return np.asarray(img), orientation
+            return pil_to_float(img, name), orientation
     except UploadError:
         raise
     except DataError as exc:  # pixels anomalens refuses (e.g. 32-bit values outside 0..65535): names the file

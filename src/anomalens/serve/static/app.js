@@ -93,7 +93,14 @@ async function send(entry) {
   const url = "/predict?heatmap=1&name=" + encodeURIComponent(entry.name);
   const headers = Object.assign({ "Content-Type": entry.file.type || "application/octet-stream" }, authHeaders());
   try {
-    const response = await fetch(url, { method: "POST", body: entry.file, headers });
+    let response = null;
+    for (let attempt = 0; ; attempt += 1) {
+      response = await fetch(url, { method: "POST", body: entry.file, headers });
+      // busy (429: this browser has many requests in flight; 503: the service has): wait as told, retry
+      if ((response.status !== 429 && response.status !== 503) || attempt >= 5) break;
+      const wait = Math.min(10, Number(response.headers.get("Retry-After")) || 1);
+      await new Promise((resolve) => setTimeout(resolve, wait * 1000));
+    }
     let body = null;
     try { body = await response.json(); } catch (_) { body = null; }
     if (!response.ok) {
@@ -186,9 +193,15 @@ function select(entry) {
   $("heatmap-figure").hidden = !(r && r.heatmap_png);
   $("details").replaceChildren();
   $("result-sub").textContent = "";
+  $("orientation-note").hidden = true;
   if (!r) { $("heatmap").removeAttribute("src"); return; }
 
   $("result-sub").textContent = `${r.image_size.width}×${r.image_size.height} px · ${r.decision}`;
+  // The service scores the pixels as stored; the page draws them so (style.css: image-orientation: none).
+  const turned = r.exif_orientation && r.exif_orientation !== 1;
+  $("orientation-note").hidden = !turned;
+  $("orientation-note").textContent = turned ? `Shown as stored, as the model sees it: the file's EXIF ` +
+    `orientation (${r.exif_orientation}) is not applied, so a viewer may show it turned.` : "";
   const ratio = r.normalized_score;
   const fill = $("gauge-fill");
   // the normalised score is 0.5 at the threshold: the gauge's middle is the threshold line
