@@ -244,3 +244,80 @@ def test_a_failed_ray_job_is_one_line_naming_the_workers_error():
     died = job_failure(ray.exceptions.RayError("the actor died\nunexpectedly: out of memory"), "scoring")
     assert isinstance(died, AnomalensError)
     assert str(died) == "scoring failed on Ray (RayError: unexpectedly: out of memory)"
+
+
+# ------------------------------------------------- issue 30: the model copies the scoring actors make
+def _export(run, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxruntime")
+    from anomalens.export import export_run
+
+    return export_run(run, tmp_path / "export")
+
+
+@needs_ray
+@pytest.mark.parametrize("kind", ["run", "export"])
+def test_a_scoring_actor_leaves_no_model_copy_in_the_temporary_folder(kind, run, category, tmp_path, monkeypatch):
+    """Issue 30: each actor's copy of the model stayed in the temporary folder after the job. The copy now
+    lives only while the model loads; the actor still scores as the local model does."""
+    import tempfile
+
+    from anomalens.distributed import ImageScorer
+    from anomalens.distributed.ray_predict import model_files
+    from anomalens.exported import load_model
+
+    model = run if kind == "run" else _export(run, tmp_path)
+    temporary = tmp_path / "tmp"
+    temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    scorer = ImageScorer(model_files(model), None, "cpu")
+    assert os.listdir(temporary) == []
+    local = load_model(model, device="cpu")
+    paths = sorted((category / "test").rglob("*.png"))[:3]
+    from anomalens.exported import load_input
+
+    batch = np.stack([load_input(p, local.input_size, local.image_channels) for p in paths])
+    scores, _ = scorer.score(batch)
+    np.testing.assert_allclose(scores, local.predict([str(p) for p in paths]).scores, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["../escaped.bin", "/tmp/escaped.bin", "sub/x.bin", "..", ""])
+def test_a_crafted_export_never_writes_outside_the_actors_folder(name, run, tmp_path):
+    """Issue 30: a file entry with '../' in a crafted export was written outside the actor's temporary folder.
+    The driver refuses the export before shipping it (read_manifest), and the actor refuses such a name before
+    writing anything."""
+    import hashlib
+    import shutil
+
+    from anomalens.distributed.ray_predict import model_files, write_model_files
+    from anomalens.errors import ModelFileError
+
+    export = _export(run, tmp_path)
+    manifest = json.loads((export / "export.json").read_text())
+    manifest["files"][name] = hashlib.sha256(b"payload").hexdigest()
+    (export / "export.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelFileError, match="not a plain file name"):
+        model_files(export)
+    folder = tmp_path / "actor" / "model"
+    folder.mkdir(parents=True)
+    files = {"export.json": b"{}", name: b"payload"}
+    with pytest.raises(ModelFileError, match="not a plain file name.*nothing was written"):
+        write_model_files(folder, files)
+    assert os.listdir(folder) == [] and os.listdir(tmp_path / "actor") == ["model"]
+    assert not Path("/tmp/escaped.bin").exists()
+    shutil.rmtree(tmp_path / "actor")
+
+
+@needs_ray
+def test_ray_predict_refuses_a_tampered_export_before_starting(run, category, tmp_path, capsys):
+    """The export is verified on the driver: a threshold edited in export.json is one line, nothing written."""
+    export = _export(run, tmp_path)
+    manifest = json.loads((export / "export.json").read_text())
+    manifest["decision"]["image_threshold"] *= 100
+    (export / "export.json").write_text(json.dumps(manifest))
+    image = min((category / "test").rglob("*.png"))
+    assert main(["predict", str(export), str(image), "-o", str(tmp_path / "out"), "--engine", "ray",
+                 "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomalens: error:") and "differs from the copy inside model.onnx" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()

@@ -15,7 +15,7 @@ from PIL import Image
 from anomalens.catalog import create_detector
 from anomalens.cli import main
 from anomalens.data import TensorImageDataset
-from anomalens.errors import ConfigError, DataError, ModelFileError
+from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError
 from anomalens.export import DEFAULT_TOLERANCE, export_run, verify_export
 from anomalens.exported import load_export, load_input
 from tests.conftest import TINY_PARAMS, make_records
@@ -82,7 +82,7 @@ def test_onnx_export_agrees_with_torch_on_both_runtimes(name, runs, image_files,
 def test_openvino_ir_export(name, runs, image_files, tmp_path, capsys):
     out = tmp_path / "ir"
     assert main(["export", str(runs(name)), "--format", "openvino", "-o", str(out)]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["export.json", "model.bin", "model.xml"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == ["export.json", "model.bin", "model.xml"]
     assert main(["verify-export", str(out), *map(str, image_files)]) == 0
     assert "OK: within the tolerance" in capsys.readouterr().out
     with pytest.raises(ConfigError, match="runtime openvino only"):
@@ -153,10 +153,11 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(runs, image_files, 
     run = runs("padim")
     with pytest.raises(ConfigError, match="unknown export format 'tflite'"):
         export_run(run, tmp_path / "out", format="tflite")
+    not_a_run = tmp_path / "tampered"  # empty for now: a folder without a run
+    not_a_run.mkdir()
     with pytest.raises(ModelFileError, match="detector.json: not found"):
-        export_run(tmp_path, tmp_path / "out")
+        export_run(not_a_run, tmp_path / "out")
     tampered = tmp_path / "tampered"
-    tampered.mkdir()
     for file in run.iterdir():
         (tampered / file.name).write_bytes(file.read_bytes())
     weights = tampered / "weights.safetensors"
@@ -178,7 +179,7 @@ def test_bad_input_is_one_clear_error_and_nothing_is_written(runs, image_files, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tampered"]
 
     out = export_run(run, tmp_path / "out")
-    with pytest.raises(ConfigError, match="already exists"):
+    with pytest.raises(AnomalensError, match="already exists"):
         export_run(run, out)
     model = load_export(out)
     with pytest.raises(DataError, match=r"expects images of shape \(N, 3, 64, 64\)"):
@@ -199,8 +200,20 @@ def test_verify_export_fails_on_disagreement(runs, image_files, tmp_path, capsys
     run = runs("padim")
     out = export_run(run, tmp_path / "export")
     manifest = json.loads((out / "export.json").read_text())
-    # A different decision rule in the manifest: the same scores, different labels — every flip is listed.
+    # A different decision rule, in the manifest and in its copy inside the model (hashes kept in step; the
+    # manifest alone edited is refused, tests/test_integrity_exports.py): the same scores, different labels —
+    # every flip is listed.
+    import hashlib
+
+    import onnx
+
     manifest["decision"]["image_threshold"] = 1e30
+    model = onnx.load(str(out / "model.onnx"))
+    for entry in model.metadata_props:
+        if entry.key == "anomalens":
+            entry.value = json.dumps({k: v for k, v in manifest.items() if k != "files"})
+    onnx.save_model(model, str(out / "model.onnx"))
+    manifest["files"]["model.onnx"] = hashlib.sha256((out / "model.onnx").read_bytes()).hexdigest()
     (out / "export.json").write_text(json.dumps(manifest))
     assert main(["verify-export", str(out), *map(str, image_files), "--run", str(run)]) == 2
     captured = capsys.readouterr()

@@ -49,7 +49,7 @@ def _rewrite_weights(run, change):
         metadata = fh.metadata()
     tensors = load_file(str(path))
     change(tensors)
-    save_file(tensors, str(path), metadata=metadata)
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path), metadata=metadata)
     _edit_config(run, lambda c: c.update(weights_sha256=file_sha256(path)))
 
 
@@ -155,3 +155,150 @@ def test_identical_training_images_give_a_warning(caplog):
     with caplog.at_level("WARNING", logger="anomalens"):
         create_detector("padim", **TINY_PARAMS["padim"], threshold_folds=1, holdout_fraction=0.5).fit([same] * 6, progress=False)
     assert "the 3 normal images the threshold comes from all score" in caplog.text
+
+
+# ---------------------------------------------------------------- issue 30: a run verified as a whole
+def _single_line(message: str) -> None:
+    assert "\n" not in message and "Traceback" not in message, message
+
+
+def test_a_deleted_weights_hash_is_a_refusal_not_a_skipped_check(run):
+    """Issue 30: deleting weights_sha256 switched the check off, and altered weights loaded silently."""
+    _rewrite_weights(run, lambda t: t["mean"].mul_(1.5))
+    _edit_config(run, lambda c: c.pop("weights_sha256"))
+    with pytest.raises(ModelFileError, match=r"detector.json: has no 'weights_sha256', so its weights cannot be checked") as caught:
+        load_detector(run)
+    _single_line(str(caught.value))
+
+
+@pytest.mark.parametrize("value", [None, 12, "abc", "0" * 63 + "Z", ["x"]])
+def test_a_malformed_weights_hash_is_refused(run, value):
+    _edit_config(run, lambda c: c.update(weights_sha256=value))
+    with pytest.raises(ModelFileError, match="weights_sha256"):
+        load_detector(run)
+
+
+@pytest.mark.parametrize("drop", [("params",), ("detector",), ("params", "detector")])
+def test_weights_without_their_metadata_are_refused(run, drop):
+    """Issue 30: deleting the weights file's metadata switched the parameter check off (scores moved 56 %)."""
+    from safetensors import safe_open
+
+    from anomalens.persistence import file_sha256
+
+    path = run / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = {k: v for k, v in fh.metadata().items() if k not in drop}
+    save_file(load_file(str(path)), str(path), metadata=metadata or None)
+    _edit_config(run, lambda c: c.update(weights_sha256=file_sha256(path)))
+    with pytest.raises(ModelFileError, match=r"weights.safetensors: its metadata lacks"):
+        load_detector(run)
+
+
+def test_parameters_changed_with_the_metadata_left_out_are_refused(run):
+    """The issue's case: blur_sigma changed in detector.json, metadata deleted, hash recomputed."""
+    from anomalens.persistence import file_sha256
+
+    path = run / WEIGHTS_FILE
+    save_file(load_file(str(path)), str(path))
+    _edit_config(run, lambda c: (c["params"].update(blur_sigma=0.0), c.update(weights_sha256=file_sha256(path))))
+    with pytest.raises(ModelFileError, match="its metadata lacks"):
+        load_detector(run)
+
+
+def test_unreadable_parameter_metadata_is_refused(run):
+    from safetensors import safe_open
+
+    path = run / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    _rewrite_weights(run, lambda t: None)
+    save_file(load_file(str(path)), str(path), metadata={**metadata, "params": "[1, 2]"})
+    from anomalens.persistence import file_sha256
+
+    _edit_config(run, lambda c: c.update(weights_sha256=file_sha256(path)))
+    with pytest.raises(ModelFileError, match="parameter metadata is unreadable"):
+        load_detector(run)
+
+
+@pytest.mark.parametrize("change, message", [
+    # Issue 30: an edited grid_size moved the scores 68 % without an error.
+    (lambda t: t.__setitem__("grid_size", torch.tensor([8, 32])), r"'grid_size' is \(8, 32\), but the backbone gives a \(16, 16\) grid"),
+    (lambda t: t.__setitem__("grid_size", torch.tensor([32, 32])), r"'grid_size' is \(32, 32\)"),
+    (lambda t: t.__setitem__("grid_size", torch.tensor([16.0, 16.0])), "'grid_size' must be 2 integers"),
+    (lambda t: t.__setitem__("grid_size", torch.tensor(16)), "'grid_size' must be 2 integers"),
+    (lambda t: t.__setitem__("grid_size", torch.tensor([-16, -16])), "'grid_size' must be 2 positive integers"),
+    # Issue 30: an edited channel_index gave a traceback.
+    (lambda t: t.__setitem__("channel_index", t["channel_index"] + 1000), "'channel_index' holds channels outside"),
+    (lambda t: t.__setitem__("channel_index", -t["channel_index"] - 1), "'channel_index' holds channels outside"),
+    (lambda t: t["channel_index"].__setitem__(1, t["channel_index"][0]), "'channel_index' must hold distinct channels"),
+    (lambda t: t.__setitem__("channel_index", t["channel_index"].flip(0)), "'channel_index' must hold distinct channels in ascending"),
+    (lambda t: t.__setitem__("channel_index", t["channel_index"].float()), "'channel_index' must be 100 integers"),
+    (lambda t: t.__setitem__("channel_index", t["channel_index"][:50]), "'channel_index' must be 100 integers"),
+    (lambda t: t.__setitem__("mean", t["mean"][:100]), r"'mean' must be floating point of shape \(256, 100\)"),
+    (lambda t: t.__setitem__("whitener", t["whitener"].double().to(torch.int32)), "'whitener' must be floating point"),
+    (lambda t: t.pop("whitener"), "missing tensor"),
+    (lambda t: t.__setitem__("extra", torch.zeros(3)), r"unexpected tensor\(s\) extra"),
+])
+def test_edited_padim_tensors_are_refused_in_one_line(run, change, message):
+    _rewrite_weights(run, change)
+    with pytest.raises(ModelFileError, match=rf"weights.safetensors: weights do not match the 'padim' detector \(.*{message}") as caught:
+        load_detector(run)
+    _single_line(str(caught.value))
+
+
+def test_an_edited_tensor_is_one_line_from_the_cli(run, tmp_path, capsys):
+    from PIL import Image
+
+    from anomalens.cli import main
+    from tests.conftest import make_records
+
+    _rewrite_weights(run, lambda t: t.__setitem__("channel_index", t["channel_index"] + 1000))
+    image = tmp_path / "a.png"
+    Image.fromarray(make_records(1, 0)[0].source).save(image)
+    assert main(["predict", str(run), str(image), "-o", str(tmp_path / "out"), "-q"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("anomalens: error:") and "'channel_index' holds channels outside" in err
+    _single_line(err)
+
+
+@pytest.mark.parametrize("name, change, message", [
+    ("patchcore", lambda t: t.__setitem__("grid_size", torch.tensor([8, 32])), r"'grid_size' is \(8, 32\)"),
+    ("patchcore", lambda t: t.__setitem__("memory_bank", t["memory_bank"][:, :5]), "memory bank of"),
+    ("patchcore", lambda t: t.__setitem__("memory_bank", t["memory_bank"].to(torch.int64)), "memory bank of torch.int64"),
+    ("spade", lambda t: t.__setitem__("grid_sizes", t["grid_sizes"].flip(1) * torch.tensor([2, 1])), "'grid_sizes' is"),
+    ("spade", lambda t: t.__setitem__("gallery_0", t["gallery_0"][:, :10]), "gallery of"),
+    ("spade", lambda t: t.__setitem__("grid_sizes", torch.tensor([1, 2])), "'grid_sizes' must be of shape"),
+    ("mahalanobis", lambda t: t.__setitem__("mean.0", t["mean.0"][:3]), r"level 0: mean"),
+    ("mahalanobis", lambda t: t.__setitem__("shrinkage", torch.tensor(0.5)), "'shrinkage' must be one value per level"),
+])
+def test_edited_tensors_of_other_feature_detectors_are_refused(name, change, message, train_records, tmp_path):
+    run = tmp_path / name
+    create_detector(name, **TINY_PARAMS[name]).fit(train_records[:8], progress=False).save(run)
+    load_detector(run)  # intact: loads
+    _rewrite_weights(run, change)
+    with pytest.raises(ModelFileError, match=rf"weights do not match the '{name}' detector \(.*{message}") as caught:
+        load_detector(run)
+    _single_line(str(caught.value))
+
+
+def test_run_files_are_written_atomically_through_the_output_module(saved_run, tmp_path, monkeypatch):
+    """persistence writes through anomalens.outputs.atomic: a crash mid-write leaves no partial file and no
+    temporary file behind, and the earlier run stays whole."""
+    import shutil
+
+    from anomalens.outputs import atomic
+
+    run = tmp_path / "run"
+    shutil.copytree(saved_run, run)
+    detector = load_detector(run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+
+    def crash(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(atomic, "write_text", crash)
+    with pytest.raises(OSError):
+        detector.save(run)
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != WEIGHTS_FILE} == \
+        {k: v for k, v in before.items() if k != WEIGHTS_FILE}
+    assert not [p for p in run.iterdir() if atomic.is_temporary_name(p.name)]

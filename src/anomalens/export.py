@@ -45,7 +45,8 @@ from typing import Any
 import numpy as np
 
 from anomalens.errors import AnomalensError, ConfigError
-from anomalens.exported import EXPORT_FORMAT_VERSION, EXTRA, MANIFEST_FILE, compare_outputs, load_export
+from anomalens.exported import (EXPORT_FORMAT_VERSION, EXTRA, MANIFEST_FILE, SUMMARY_KEY, compare_outputs,
+                                export_summary, load_export)
 from anomalens.outputs import staged_directory, write_text
 from anomalens.outputs.folders import remove_stage
 from anomalens.outputs.names import MARKER_FILE
@@ -152,7 +153,9 @@ def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType
             _save_onnx_with_metadata(onnx, traced, stage / "model.onnx", manifest)
         else:
             ov = runtime
-            ov.save_model(ov.convert_model(str(traced)), str(stage / "model.xml"), compress_to_fp16=False)
+            ov_model = ov.convert_model(str(traced))
+            ov_model.set_rt_info(export_summary(manifest), [SUMMARY_KEY])  # read back by exported.read_manifest
+            ov.save_model(ov_model, str(stage / "model.xml"), compress_to_fp16=False)
     finally:
         remove_stage(work)
     files = sorted(name for name in os.listdir(stage) if name != MARKER_FILE)
@@ -186,8 +189,7 @@ def _save_onnx_with_metadata(onnx: ModuleType, traced: Path, path: Path, manifes
     """Save the traced model at ``path`` with the manifest (without the file hashes, which depend on it) in
     its metadata_props; weights above protobuf's limit go to ``model.onnx.data`` beside it."""
     model = onnx.load(str(traced))
-    summary = {k: v for k, v in manifest.items() if k != "files"}
-    for key, value in {"anomalens": json.dumps(summary, default=_json_default),
+    for key, value in {SUMMARY_KEY: export_summary(manifest),
                        "anomalens_version": __version__, "detector": manifest["detector"]}.items():
         entry = model.metadata_props.add()
         entry.key, entry.value = key, value

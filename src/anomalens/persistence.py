@@ -1,15 +1,18 @@
 """A fitted detector on disk: ``detector.json`` (parameters, decision rule, history) and
 ``weights.safetensors`` (tensors). No pickle anywhere: reading a run never executes code from it.
 
-Both files are written to temporary names and renamed into place, the JSON last, so a run folder is
-either complete or has no ``detector.json`` at all.
+Both files are written to temporary names and renamed into place (``anomalens.outputs.atomic``), the JSON
+last, so a run folder is either complete or has no ``detector.json`` at all.
 
 The two files vouch for each other: the JSON holds the SHA-256 of the weights file, and the weights file's
 safetensors metadata holds the detector name and the parameters it was fitted with. Loading refuses a
 weights file that is not the one saved with the JSON, parameters in the JSON that differ from those the
 weights were fitted with (except ``INFERENCE_PARAMS``, which only say how to run: device, batch size),
-and weights with a NaN or infinite value. This module knows no detector class: turning the
-files into a detector is ``anomalens.catalog.load_detector``.
+and weights with a NaN or infinite value. A missing check is a refusal, not a pass: a JSON without
+``weights_sha256`` or a weights file without its metadata (``detector``, ``params``) is refused — deleting
+the record must not switch the check off. What the tensors must look like (shapes, dtypes, ranges against
+the parameters) each detector checks when it restores them (``_load_state_tensors``). This module knows no
+detector class: turning the files into a detector is ``anomalens.catalog.load_detector``.
 
 Format versions: 2 stores the decision rule as one object (``"decision"``); version 1 (anomalens ≤ 0.1.0
 before the decision rule existed) stored its fields as loose keys and is still read.
@@ -26,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +37,8 @@ import numpy as np
 import torch
 
 from anomalens.errors import ConfigError, ModelFileError
+from anomalens.outputs.atomic import atomic_path, write_json
+from anomalens.params import short_repr
 from anomalens.version import __version__
 
 FORMAT_VERSION = 2
@@ -41,6 +47,7 @@ CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
 # Parameters that change how a fitted model runs, not what it is: may differ between the two files.
 INFERENCE_PARAMS = ("device", "batch_size")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
 def rename_deprecated_params(params: dict[str, Any]) -> dict[str, Any]:
@@ -56,7 +63,7 @@ def rename_deprecated_params(params: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError("give false_alarm_rate or the deprecated threshold_quantile (= 1 − false_alarm_rate), not both")
     if isinstance(quantile, bool) or not isinstance(quantile, (int, float)) or not 0.0 <= quantile <= 1.0:
         raise ConfigError(f"parameter threshold_quantile (deprecated: use false_alarm_rate) must be a number in [0, 1], "
-                          f"got {quantile!r}")
+                          f"got {short_repr(quantile)}")
     params["false_alarm_rate"] = round(1.0 - float(quantile), 12)  # 1 − 0.99 is 0.010000000000000009
     return params
 
@@ -76,25 +83,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(value).__name__}")
 
 
-def _write_json_atomically(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_json_default))
-    os.replace(tmp, path)
-
-
 def write_run_files(directory: str | Path, config: dict[str, Any], tensors: dict[str, torch.Tensor]) -> Path:
     """Write the weights, then the JSON (with ``format_version``), each atomically. Returns ``directory``."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tmp_weights = directory / (WEIGHTS_FILE + ".tmp")
     metadata = {"detector": str(config["detector"]), "params": _params_json(config["params"])}
-    save_file(tensors, str(tmp_weights), metadata=metadata)
-    _readable_like_other_files(tmp_weights)
-    digest = file_sha256(tmp_weights)
-    os.replace(tmp_weights, directory / WEIGHTS_FILE)
-    _write_json_atomically(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config, "weights_sha256": digest})
+    with atomic_path(directory / WEIGHTS_FILE) as tmp_weights:
+        save_file(tensors, str(tmp_weights), metadata=metadata)
+        _readable_like_other_files(tmp_weights)
+        digest = file_sha256(tmp_weights)
+    write_json(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config, "weights_sha256": digest})
     return directory
 
 
@@ -126,7 +126,7 @@ def write_decision(directory: str | Path, decision: dict[str, Any]) -> None:
     config.update(format_version=FORMAT_VERSION, decision=decision)
     for key in _V1_DECISION_KEYS:
         config.pop(key, None)
-    _write_json_atomically(Path(directory) / CONFIG_FILE, config)
+    write_json(Path(directory) / CONFIG_FILE, config)
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -163,8 +163,12 @@ def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, tor
     weights_path = Path(directory) / WEIGHTS_FILE
     config_path = Path(directory) / CONFIG_FILE
     expected = config.get("weights_sha256")
+    if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
+        found = "has no 'weights_sha256'" if expected is None else f"has a malformed 'weights_sha256' ({expected!r:.80})"
+        raise ModelFileError(f"{config_path}: {found}, so its weights cannot be checked; the run was edited or saved "
+                             "by a version without the check — refit")
     try:
-        if expected is not None and file_sha256(weights_path) != expected:
+        if file_sha256(weights_path) != expected:
             raise ModelFileError(
                 f"{weights_path}: not the weights saved with {config_path} (SHA-256 differs); the run folder was "
                 "changed after it was written — refit, or restore both files together"
@@ -178,8 +182,11 @@ def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, tor
         raise ModelFileError(f"{weights_path}: permission denied (cannot read the weights)") from None
     except (SafetensorError, OSError, ValueError) as exc:
         raise ModelFileError(f"{weights_path}: corrupt or unreadable weights ({exc})") from None
-    if "params" in metadata:  # files written before the metadata existed carry none
-        _check_same_params(config_path, config, metadata)
+    missing = [key for key in ("detector", "params") if key not in metadata]
+    if missing:
+        raise ModelFileError(f"{weights_path}: its metadata lacks {' and '.join(repr(k) for k in missing)}, so the "
+                             f"parameters in {CONFIG_FILE} cannot be checked against those it was fitted with; refit")
+    _check_same_params(config_path, config, metadata)
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelFileError(f"{weights_path}: tensor '{key}' holds NaN or infinite values; the file is damaged — refit")
@@ -192,7 +199,10 @@ def _check_same_params(config_path: Path, config: dict[str, Any], metadata: dict
             f"{config_path}: says detector '{config.get('detector')}' but the weights are a '{metadata.get('detector')}' model"
         )
     try:
-        fitted = upgrade_saved_params(json.loads(metadata["params"]))
+        fitted = json.loads(metadata["params"])
+        if not isinstance(fitted, dict):
+            raise TypeError(f"not a JSON object but {type(fitted).__name__}")
+        fitted = upgrade_saved_params(fitted)
     except (ConfigError, ValueError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"{config_path}: the weights' parameter metadata is unreadable ({exc})") from None
     now = json.loads(_params_json(upgrade_saved_params(config.get("params") or {})))
@@ -202,7 +212,7 @@ def _check_same_params(config_path: Path, config: dict[str, Any], metadata: dict
         first = changed[0]
         raise ModelFileError(
             f"{config_path}: parameter(s) {', '.join(changed)} differ from those the weights were fitted with "
-            f"({first}: {now.get(first)!r} here, {fitted.get(first)!r} when fitted); refit to change them"
+            f"({first}: {short_repr(now.get(first))} here, {short_repr(fitted.get(first))} when fitted); refit to change them"
         )
 
 

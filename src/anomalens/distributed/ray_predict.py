@@ -17,9 +17,13 @@ The pipeline, for N image paths:
    ``errors.csv`` for unreadable images, into a staging folder renamed into place only when every image is
    accounted for (``anomalens.workflow.staged_directory``): a result folder is complete, or absent.
 
-The model travels with the job: the driver reads the run's (or export's) files once and puts them in Ray's
-object store; each actor writes them to a private temporary folder and loads them. So only the images must be
-readable at the same paths on every node (a shared mount); the run folder need not be.
+The model travels with the job: the driver reads the run's (or export's) files once — an export verified as a
+whole first (``anomalens.exported.read_manifest``: every file hashed, plain file names only) — and puts them in
+Ray's object store; each actor writes them to a private temporary folder, loads them (verified again) and
+removes the folder at once, so no model copy is left in the temporary folder whatever way the actor ends. A
+file name that is not a plain name (a folder part, ``..``, an absolute path) is refused before anything is
+written. So only the images must be readable at the same paths on every node (a shared mount); the run folder
+need not be.
 
 Faults: Ray Data runs a decode task again when its worker process dies, and restarts a scoring actor that
 died and re-runs its unfinished batches (its defaults: ``max_restarts=-1``, ``max_task_retries=-1`` on the
@@ -70,8 +74,23 @@ def model_files(path: str | Path) -> dict[str, bytes]:
     from anomalens.persistence import CONFIG_FILE, WEIGHTS_FILE
 
     path = Path(path)
+    # read_manifest verifies the export (plain names, every file hashed) before a byte of it is shipped.
     names = [MANIFEST_FILE, *read_manifest(path)["files"]] if is_export(path) else [CONFIG_FILE, WEIGHTS_FILE]
     return {name: (path / name).read_bytes() for name in names}
+
+
+def write_model_files(folder: str | Path, files: dict[str, bytes]) -> None:
+    """Write the ``model_files`` dict into ``folder``: ModelFileError, before anything is written, for a name
+    that is not a plain file name (it could point outside ``folder``)."""
+    from anomalens.errors import ModelFileError
+    from anomalens.exported import is_plain_file_name
+
+    bad = [name for name in files if not is_plain_file_name(name)]
+    if bad:
+        raise ModelFileError(f"the model sent to the Ray workers names the file {bad[0]!r:.80}, which is not a plain "
+                             "file name (a folder part, '..' or an absolute path); nothing was written")
+    for name, data in files.items():
+        (Path(folder) / name).write_bytes(data)
 
 
 def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], channels: int,
@@ -107,10 +126,12 @@ class ImageScorer:
         from anomalens.exported import load_model
 
         files = ray.get(model[0]) if isinstance(model, list) else model
-        self.folder = tempfile.TemporaryDirectory(prefix="anomalens-model-")
-        for name, data in files.items():
-            (Path(self.folder.name) / name).write_bytes(data)
-        self.model = load_model(self.folder.name, runtime=runtime, device=device)
+        # The copy lives only while the model loads: a run and an export are read whole into memory by then
+        # (OpenVINO may map model.bin, which stays readable once unlinked), and an actor that Ray ends
+        # without running finalisers leaves nothing behind.
+        with tempfile.TemporaryDirectory(prefix="anomalens-model-") as folder:
+            write_model_files(folder, files)
+            self.model = load_model(folder, runtime=runtime, device=device)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores (B,) float32, labels (B,) int64) of images already at the model's input size."""

@@ -131,13 +131,23 @@ class MahalanobisAD(Detector):
         return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        if tensors["shrinkage"].ndim != 1:
+            raise ValueError(f"tensor 'shrinkage' must be one value per level, got shape {tuple(tensors['shrinkage'].shape)}")
         n = len(tensors["shrinkage"])
         if n == 0 or set(tensors) != {"shrinkage"} | {f"{k}.{i}" for k in ("mean", "whitener") for i in range(n)}:
             raise KeyError(f"expected shrinkage, mean.i and whitener.i for {n} levels, got {sorted(tensors)}")
         self.extractor_ = self._build_extractor()
+        # The levels and their widths, as the backbone gives them (run once): each Gaussian must fit its level.
+        with torch.inference_mode():
+            widths = [f.shape[1] for f in self._select(self.extractor_(torch.zeros(1, 3, *self.input_size, device=self.device)))]
+        if n != len(widths):
+            raise ValueError(f"the file holds Gaussians of {n} levels, these parameters select {len(widths)}")
+        for i, width in enumerate(widths):
+            mean, whitener = tensors[f"mean.{i}"], tensors[f"whitener.{i}"]
+            if (not mean.is_floating_point() or not whitener.is_floating_point() or tuple(mean.shape) != (width,)
+                    or tuple(whitener.shape) != (width, width)):
+                raise ValueError(f"level {i}: mean {mean.dtype} {tuple(mean.shape)}, whitener {whitener.dtype} "
+                                 f"{tuple(whitener.shape)}; expected floats of shapes ({width},) and ({width}, {width})")
         self.shrinkage_ = tensors["shrinkage"].double()
         self.means_ = [tensors[f"mean.{i}"].double().to(self.device) for i in range(n)]
         self.whiteners_ = [tensors[f"whitener.{i}"].double().to(self.device) for i in range(n)]
-        for mean, whitener in zip(self.means_, self.whiteners_):
-            if mean.ndim != 1 or whitener.shape != (len(mean), len(mean)):
-                raise ValueError(f"inconsistent shapes: mean {tuple(mean.shape)}, whitener {tuple(whitener.shape)}")

@@ -102,6 +102,50 @@ def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, whitener: torch
     return whitened.pow(2).sum(1).clamp_min(0).sqrt().transpose(0, 1)
 
 
+# ------------------------------------------------------------------------ checks of a restored state
+# A run's tensors are checked against its parameters when they are restored (``_load_state_tensors``): a
+# tensor edited in a way the file hashes cannot see (both files rewritten together) must fail with one line,
+# not index out of range, reshape wrongly or score silently differently. Shared by the feature-based detectors.
+def check_tensor_names(tensors: dict[str, torch.Tensor], expected: set[str]) -> None:
+    """ValueError when the saved tensors are not exactly ``expected`` (missing or unexpected names)."""
+    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    if missing or extra:
+        raise ValueError(", ".join(([f"missing tensor(s) {', '.join(missing)}"] if missing else [])
+                                   + ([f"unexpected tensor(s) {', '.join(extra)}"] if extra else [])))
+
+
+def checked_grid(tensor: torch.Tensor, name: str) -> tuple[int, int]:
+    """A saved (2,) integer grid size as a tuple of positive ints; ValueError otherwise."""
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool or tuple(tensor.shape) != (2,):
+        raise ValueError(f"tensor '{name}' must be 2 integers, got {tensor.dtype} of shape {tuple(tensor.shape)}")
+    grid = tuple(int(g) for g in tensor.tolist())
+    if min(grid) < 1:
+        raise ValueError(f"tensor '{name}' must be 2 positive integers, got {grid}")
+    return grid  # type: ignore[return-value]
+
+
+def checked_float(tensor: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """A saved floating-point tensor of exactly ``shape``, as float32; ValueError otherwise."""
+    if not tensor.is_floating_point() or tuple(tensor.shape) != tuple(shape):
+        raise ValueError(f"tensor '{name}' must be floating point of shape {tuple(shape)} for these parameters, got "
+                         f"{tensor.dtype} of shape {tuple(tensor.shape)}")
+    return tensor.float()
+
+
+def checked_channel_index(tensor: torch.Tensor, d: int, total: int) -> torch.Tensor:
+    """A saved channel subset: ``d`` distinct integers in 0..total-1, ascending (as ``_choose_channels``)."""
+    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool or tuple(tensor.shape) != (d,):
+        raise ValueError(f"tensor 'channel_index' must be {d} integers for these parameters, got {tensor.dtype} of "
+                         f"shape {tuple(tensor.shape)}")
+    index = tensor.long()
+    if d and (int(index.min()) < 0 or int(index.max()) >= total):
+        raise ValueError(f"tensor 'channel_index' holds channels outside 0..{total - 1} (the backbone's channels): "
+                         f"{int(index.min())}..{int(index.max())}")
+    if d > 1 and not bool((index[1:] > index[:-1]).all()):
+        raise ValueError("tensor 'channel_index' must hold distinct channels in ascending order")
+    return index
+
+
 class PaDiMGraph(nn.Module):
     """Images in [0, 1] → (image scores, anomaly maps): features, channel subset, eq. 2, upsampling, blur."""
 
@@ -384,14 +428,24 @@ class PaDiM(Detector):
         }
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore the fitted state, checked against the parameters: the channel subset must be d distinct,
+        sorted channels of this backbone (d as ``_choose_channels`` picks it), the grid the one the backbone
+        gives at the input size (found by running it once), and mean / whitener (P, d) / (P, d, d) floats for
+        its P positions. ValueError naming the first tensor that does not fit (the loader's one line)."""
+        check_tensor_names(tensors, {"mean", "whitener", "channel_index", "grid_size"})
         self.extractor_ = self._build_extractor()
-        self.channel_index_ = tensors["channel_index"].long()
-        self.mean_ = tensors["mean"].float().to(self.device)
-        self.whitener_ = tensors["whitener"].float().to(self.device)
-        self.grid_size_ = tuple(tensors["grid_size"].tolist())
-        d = len(self.channel_index_)
-        if self.mean_.shape[-1] != d or self.whitener_.shape[-2:] != (d, d):
-            raise ValueError(f"inconsistent shapes: mean {tuple(self.mean_.shape)}, whitener {tuple(self.whitener_.shape)}")
+        total = sum(self.extractor_.channels)
+        d = self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))
+        self.channel_index_ = checked_channel_index(tensors["channel_index"], d, total)
+        stored_grid = checked_grid(tensors["grid_size"], "grid_size")
+        with torch.inference_mode():
+            self.embed(torch.zeros(1, 3, *self.model_input_size))  # sets grid_size_ to the backbone's grid
+        if stored_grid != self.grid_size_:
+            raise ValueError(f"tensor 'grid_size' is {stored_grid}, but the backbone gives a {self.grid_size_} grid at "
+                             f"{self.model_input_size[0]}×{self.model_input_size[1]}")
+        positions = self.grid_size_[0] * self.grid_size_[1]
+        self.mean_ = checked_float(tensors["mean"], "mean", (positions, d)).to(self.device)
+        self.whitener_ = checked_float(tensors["whitener"], "whitener", (positions, d, d)).to(self.device)
 
     def score_folds(self, records: list, sums: dict, folds: list[np.ndarray],
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:

@@ -69,6 +69,7 @@ from anomalens.models.components.ann import HNSWIndex  # faiss itself is importe
 from anomalens.models.components.coreset import greedy_coreset
 from anomalens.models.components.knn import ExactNearest
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
+from anomalens.models.padim import check_tensor_names, checked_grid
 from anomalens.params import Choice, Float, Int, Ints, Text
 
 
@@ -293,17 +294,27 @@ class PatchCore(Detector):
         return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        """Restore the memory bank and grid, checked against the parameters: the bank (M, D) floats with D the
+        embedding width of this backbone, the grid the one it gives at the input size (found by running it
+        once). ValueError naming the tensor that does not fit (the loader's one line)."""
+        if self.search == "hnsw" and "hnsw_index" not in tensors:
+            raise ValueError("search='hnsw' but the file holds no HNSW index")
+        check_tensor_names(tensors, {"memory_bank", "grid_size"} | ({"hnsw_index"} if self.search == "hnsw" else set()))
         self.extractor_ = self._build_extractor()
-        bank = tensors["memory_bank"].float().to(self.device)
+        bank = tensors["memory_bank"]
         expected = sum(self.layer_dims(self.extractor_.channels))
-        if bank.ndim != 2 or bank.shape[1] != expected:
-            raise ValueError(f"memory bank of shape {tuple(bank.shape)}, expected (M, {expected}) for this backbone")
-        self.memory_bank_ = bank
-        self.grid_size_ = tuple(int(g) for g in tensors["grid_size"].tolist())
+        if not bank.is_floating_point() or bank.ndim != 2 or bank.shape[1] != expected or bank.shape[0] < 1:
+            raise ValueError(f"memory bank of {bank.dtype} and shape {tuple(bank.shape)}, expected floats of shape "
+                             f"(M, {expected}) for this backbone")
+        self.memory_bank_ = bank = bank.float().to(self.device)
+        stored_grid = checked_grid(tensors["grid_size"], "grid_size")
+        with torch.inference_mode():
+            self.embed(torch.zeros(1, 3, *self.model_input_size))  # sets grid_size_ to the backbone's grid
+        if stored_grid != self.grid_size_:
+            raise ValueError(f"tensor 'grid_size' is {stored_grid}, but the backbone gives a {self.grid_size_} grid at "
+                             f"{self.model_input_size[0]}×{self.model_input_size[1]}")
         self.ann_index_ = None
         if self.search == "hnsw":
-            if "hnsw_index" not in tensors:
-                raise ValueError("search='hnsw' but the file holds no HNSW index")
             self.ann_index_ = HNSWIndex.from_tensor(tensors["hnsw_index"], bank)
 
     def score_folds(self, records: list, folds: list[np.ndarray], candidates: torch.Tensor, origin: torch.Tensor,

@@ -33,6 +33,7 @@ from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.models.components.knn import nearest_neighbors
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
+from anomalens.models.padim import check_tensor_names, checked_grid
 from anomalens.params import Float, Int, Ints, Text
 
 
@@ -101,18 +102,34 @@ class SPADE(Detector):
         return tensors
 
     def _load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
-        self.extractor_ = self._build_extractor()
+        """Restore the galleries, checked against the parameters: the grids must be those the backbone gives at
+        the input size (found by running it once), the galleries (N, h·w, C) floats of those grids and channels.
+        ValueError naming the tensor that does not fit (the loader's one line)."""
         indices, pyramid, glob = self._indices()
+        check_tensor_names(tensors, {"global_features", "grid_sizes"} | {f"gallery_{i}" for i in range(len(pyramid))})
+        self.extractor_ = self._build_extractor()
         channels = self.extractor_.channels
-        self.global_features_ = tensors["global_features"].float().to(self.device)
+        grids = tensors["grid_sizes"]
+        if tuple(grids.shape) != (len(pyramid), 2):
+            raise ValueError(f"tensor 'grid_sizes' must be of shape ({len(pyramid)}, 2), got {tuple(grids.shape)}")
+        stored_grids = [checked_grid(row, "grid_sizes") for row in grids]
+        with torch.inference_mode():
+            self._features(torch.zeros(1, 3, *self.model_input_size))  # sets grid_sizes_ to the backbone's grids
+        if stored_grids != self.grid_sizes_:
+            raise ValueError(f"tensor 'grid_sizes' is {stored_grids}, but the backbone gives {self.grid_sizes_} at "
+                             f"{self.model_input_size[0]}×{self.model_input_size[1]}")
+        features = tensors["global_features"]
+        if not features.is_floating_point() or features.ndim != 2 or features.shape[1] != channels[glob] or not len(features):
+            raise ValueError(f"tensor 'global_features' must be floats of shape (N, {channels[glob]}), got "
+                             f"{features.dtype} of shape {tuple(features.shape)}")
+        n = features.shape[0]
+        self.global_features_ = features.float().to(self.device)
+        for i, (pos, grid) in enumerate(zip(pyramid, self.grid_sizes_)):
+            gallery = tensors[f"gallery_{i}"]
+            if not gallery.is_floating_point() or gallery.shape != (n, grid[0] * grid[1], channels[pos]):
+                raise ValueError(f"gallery of {gallery.dtype} and shape {tuple(gallery.shape)} does not match {n} images "
+                                 f"× grid {grid} × {channels[pos]} channels")
         self.galleries_ = [tensors[f"gallery_{i}"].float().to(self.device) for i in range(len(pyramid))]
-        self.grid_sizes_ = [tuple(int(s) for s in row) for row in tensors["grid_sizes"].tolist()]
-        n = self.global_features_.shape[0]
-        if self.global_features_.shape[1] != channels[glob]:
-            raise ValueError(f"global features have {self.global_features_.shape[1]} channels, backbone gives {channels[glob]}")
-        for gallery, pos, grid in zip(self.galleries_, pyramid, self.grid_sizes_):
-            if gallery.shape != (n, grid[0] * grid[1], channels[pos]):
-                raise ValueError(f"gallery of shape {tuple(gallery.shape)} does not match grid {grid} × {channels[pos]} channels")
 
 
 class SPADERetrieval(nn.Module):
