@@ -104,8 +104,8 @@ def test_separable_blur_equals_torchvision(sigma):
 def test_keep_freed_memory_applies_where_glibc_is():
     import platform
 
-    import anomalens
+    from anomalens.allocator import keep_freed_memory
 
     expected = platform.system() == "Linux" and platform.libc_ver()[0] == "glibc"
-    assert anomalens.keep_freed_memory() is expected
-    assert anomalens.keep_freed_memory() is expected  # idempotent
+    assert keep_freed_memory() is expected
+    assert keep_freed_memory() is expected  # idempotent

@@ -7,13 +7,14 @@
     result = det.predict(data.test)      # scores, labels, maps, masks
     det.save("runs/hazelnut")
     det = anomalens.load_detector("runs/hazelnut")
+
+The names below are the whole top-level API (``dir(anomalens)`` lists them). Importing the package
+imports neither torch nor numpy: each name is loaded from its module on first use, so that the command
+line and the loader of exported models (``anomalens.exported``) start fast and run without torch.
 """
 
-from anomalens.version import __version__
-from anomalens.allocator import keep_freed_memory
-from anomalens.decision import DecisionRule, DetectionResult
 from anomalens.errors import AnomalensError, ConfigError, DataError, ModelFileError, NotFittedError, NumericalError
-from anomalens.registry import register_detector
+from anomalens.version import __version__
 
 __all__ = [
     "__version__",
@@ -37,26 +38,37 @@ __all__ = [
     "predict_images",
     "calibrate_run",
     "evaluate",
-    "keep_freed_memory",
 ]
 
+# name → the module that defines it, imported on first use (PEP 562).
 _LAZY = {
-    # The contract imports torch: loaded on first use, so that `import anomalens` and the loader of exported
-    # models (anomalens.exported) run without torch.
-    "anomalens.detector": ("Detector",),
-    # The detector catalog imports every model (timm, ...): loaded on first use so `import anomalens` stays light.
-    "anomalens.catalog": ("create_detector", "describe_detector", "detector_class", "list_detectors", "load_detector"),
-    "anomalens.data": ("load_dataset", "load_mvtec_category", "load_folder_dataset", "make_synthetic_category",
-                       "ImageRecord", "AnomalyDataset"),
-    "anomalens.workflow": ("fit_run", "test_run", "predict_images", "calibrate_run"),
-    "anomalens.metrics": ("evaluate",),
+    "DecisionRule": "anomalens.decision",
+    "DetectionResult": "anomalens.decision",
+    "Detector": "anomalens.detector",  # the contract imports torch
+    "create_detector": "anomalens.catalog",
+    "describe_detector": "anomalens.catalog",
+    "list_detectors": "anomalens.catalog",
+    "load_detector": "anomalens.catalog",
+    "register_detector": "anomalens.registry",
+    "load_dataset": "anomalens.data",
+    "fit_run": "anomalens.workflow",
+    "test_run": "anomalens.workflow",
+    "predict_images": "anomalens.workflow",
+    "calibrate_run": "anomalens.workflow",
+    "evaluate": "anomalens.metrics",
 }
 
 
 def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'anomalens' has no attribute {name!r}")
     import importlib
 
-    for module, names in _LAZY.items():
-        if name in names:
-            return getattr(importlib.import_module(module), name)
-    raise AttributeError(f"module 'anomalens' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)  # test_run carries __test__ = False (workflow)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(__all__) | {name for name in globals() if not name.startswith("_")} | {"__version__"})

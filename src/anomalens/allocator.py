@@ -9,7 +9,7 @@ px): test throughput +14 % (PaDiM) to +43 % (Mahalanobis AD), fit 12-26 % shorte
 −10 % … +4 %; more on a busy machine, where page faults cost more.
 
 The ``anomalens`` command does this at start-up (set ``ANOMALENS_KEEP_FREED_MEMORY=0`` to opt out);
-the Python API leaves the process alone unless ``anomalens.keep_freed_memory()`` is called, because
+the Python API leaves the process alone unless ``anomalens.allocator.keep_freed_memory()`` is called, because
 the setting is process-wide: the process's resident memory then stays near its peak instead of
 shrinking after a large job.
 """
