@@ -641,7 +641,7 @@ def _test(*extra: str, data: str = "{cat}") -> list[str]:
 
 
 def _export(out: str, *extra: str) -> list[str]:
-    return ["export", "{run}", "--format", "onnx", "-o", out, *extra]
+    return ["export", "{run}", "--format", "onnx", "-o", out, "-q", *extra]
 
 
 BAD_DATA = "bad data"
@@ -810,11 +810,11 @@ CASES: list[Case] = [
     Case("export-over-an-earlier-export", EXPORTS, _export("{ws}/exp", "--overwrite"), lambda ws: _export_once(ws),
          expect="ok", may_change=["exp"], check=lambda ws, err: None if (ws / "exp" / "export.json").is_file()
          else "no export.json"),
-    Case("export-unknown-format", EXPORTS, ["export", "{run}", "--format", "tflite", "-o", "{ws}/exp"],
+    Case("export-unknown-format", EXPORTS, ["export", "{run}", "--format", "tflite", "-o", "{ws}/exp", "-q"],
          says=["tflite"]),
-    Case("export-of-a-missing-run", EXPORTS, ["export", "{ws}/norun", "--format", "onnx", "-o", "{ws}/exp"],
+    Case("export-of-a-missing-run", EXPORTS, ["export", "{ws}/norun", "--format", "onnx", "-o", "{ws}/exp", "-q"],
          says=["norun"]),
-    Case("export-of-a-data-folder", EXPORTS, ["export", "{cat}", "--format", "onnx", "-o", "{ws}/exp"],
+    Case("export-of-a-data-folder", EXPORTS, ["export", "{cat}", "--format", "onnx", "-o", "{ws}/exp", "-q"],
          says=["cat"]),
     # ------------------------------------------------------------------ signals and races (child processes)
     Case("kill-9-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGKILL)),

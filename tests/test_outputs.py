@@ -359,7 +359,7 @@ def test_metrics_json_with_only_normal_test_images_is_strict_json_with_null(run,
 
 # ------------------------------------------------------------- export: the same protocol as every output
 def _export(run: Path, out: Path, *extra: str) -> int:
-    return main(["export", str(run), "--format", "onnx", "-o", str(out), *extra])
+    return main(["export", str(run), "--format", "onnx", "-o", str(out), "-q", *extra])
 
 
 @pytest.fixture(scope="module")

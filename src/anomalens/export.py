@@ -50,6 +50,7 @@ from anomalens.exported import (EXPORT_FORMAT_VERSION, EXTRA, MANIFEST_FILE, SUM
 from anomalens.outputs import staged_directory, write_text
 from anomalens.outputs.folders import remove_stage
 from anomalens.outputs.names import MARKER_FILE
+from anomalens.progress import stage as logged_stage
 from anomalens.version import __version__
 
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -94,27 +95,29 @@ def preprocessing_description(channels: int, input_size: tuple[int, int]) -> dic
 
 
 def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", overwrite: bool = False,
-               tolerance: float = DEFAULT_TOLERANCE) -> Path:
-    """Export the fitted run in ``run_dir`` to the folder ``output`` (see the module docstring). Returns it."""
+               tolerance: float = DEFAULT_TOLERANCE, progress: bool = True) -> Path:
+    """Export the fitted run in ``run_dir`` to the folder ``output`` (see the module docstring). Returns it.
+    ``progress``: log each step (load, trace, convert, check) as it starts and ends, as ``fit`` does."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format '{format}'; use one of {', '.join(EXPORT_FORMATS)}")
     onnx = require("onnx", f"exporting to {format}")
     runtime = require("onnxruntime", "checking the ONNX export") if format == "onnx" else require("openvino", "exporting to openvino")
     output = Path(output)
     with staged_directory(output, overwrite=overwrite, kind="export", inputs=[run_dir]) as stage:
-        _export_into(stage, run_dir, format, onnx, runtime, tolerance)
+        _export_into(stage, run_dir, format, onnx, runtime, tolerance, progress)
     return output
 
 
 def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType, runtime: ModuleType,
-                 tolerance: float) -> None:
+                 tolerance: float, progress: bool) -> None:
     """Trace, convert, describe and check the export in the staging folder ``stage``."""
     import torch
 
     from anomalens.catalog import load_detector
     from anomalens.persistence import file_sha256, read_config
 
-    detector = load_detector(run_dir, device="cpu")  # ModelFileError for unfitted / tampered runs
+    with logged_stage(f"export: load the run {run_dir}", enabled=progress):
+        detector = load_detector(run_dir, device="cpu")  # ModelFileError for unfitted / tampered runs
     refusal = detector.export_refusal()
     if refusal:
         raise ConfigError(refusal)
@@ -148,20 +151,23 @@ def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType
     work.mkdir()
     try:
         traced = work / "model.onnx"
-        _trace_to_onnx(module, torch.rand(TRACE_BATCH, channels, height, width), traced, output_names)
+        with logged_stage(f"export: trace {detector.name} to ONNX", enabled=progress):
+            _trace_to_onnx(module, torch.rand(TRACE_BATCH, channels, height, width), traced, output_names)
         if format == "onnx":
             _save_onnx_with_metadata(onnx, traced, stage / "model.onnx", manifest)
         else:
             ov = runtime
-            ov_model = ov.convert_model(str(traced))
-            ov_model.set_rt_info(export_summary(manifest), [SUMMARY_KEY])  # read back by exported.read_manifest
-            ov.save_model(ov_model, str(stage / "model.xml"), compress_to_fp16=False)
+            with logged_stage("export: convert to OpenVINO IR", enabled=progress):
+                ov_model = ov.convert_model(str(traced))
+                ov_model.set_rt_info(export_summary(manifest), [SUMMARY_KEY])  # read back by exported.read_manifest
+                ov.save_model(ov_model, str(stage / "model.xml"), compress_to_fp16=False)
     finally:
         remove_stage(work)
     files = sorted(name for name in os.listdir(stage) if name != MARKER_FILE)
     manifest["files"] = {name: file_sha256(stage / name) for name in files}
     write_text(stage / MANIFEST_FILE, json.dumps(manifest, indent=2, default=_json_default))
-    _check_against_torch(stage, module, tolerance)
+    with logged_stage(f"export: check the {format} graph against torch", enabled=progress):
+        _check_against_torch(stage, module, tolerance)
 
 
 def _json_default(value: Any) -> Any:
@@ -221,7 +227,8 @@ def _check_against_torch(folder: Path, module: Any, tolerance: float) -> None:
 
 
 def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: str | Path | None = None,
-                  runtime: str | None = None, tolerance: float = DEFAULT_TOLERANCE) -> dict[str, Any]:
+                  runtime: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
+                  progress: bool = True) -> dict[str, Any]:
     """Run the export and the torch model on real images; return the differences and the flipped labels.
 
     ``images``: image files and/or folders. ``run_dir``: the run that was exported (default: the one the
@@ -245,8 +252,10 @@ def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: st
     paths = [record.source for record in records]
     exported = load_export(export_dir, runtime)
     detector = load_detector(run_dir)
-    reference = detector.predict(records, progress=False)
-    got = exported.predict(records)
+    with logged_stage(f"verify-export: torch on {len(records)} images", enabled=progress):
+        reference = detector.predict(records, progress=progress)
+    with logged_stage(f"verify-export: {exported.runtime} on {len(records)} images", enabled=progress):
+        got = exported.predict(records, progress=progress)
     report: dict[str, Any] = compare_outputs(reference.scores, got.scores, reference.maps, got.maps)
     report["flips"] = [
         {"image": str(paths[i]), "torch_label": int(reference.labels[i]), "export_label": int(got.labels[i]),

@@ -47,18 +47,18 @@ from anomalens.data.oneclass import (
 )
 from anomalens.data.records import AnomalyDataset, DefectConfig, ImageRecord, split_records
 from anomalens.data.visa import is_visa_object, load_visa_object
-from anomalens.data.synthetic import (
-    DEFECT_TYPES,
-    SYNTHETIC_SOURCES,
-    add_defect,
-    make_synthetic_category,
-    make_synthetic_dataset,
-)
 from anomalens.errors import DataError
 
 from anomalens.data.inputs import as_image_inputs, as_image_records, collect_images, find_images, input_roots
 
 if TYPE_CHECKING:
+    from anomalens.data.synthetic import (
+        DEFECT_TYPES,
+        SYNTHETIC_SOURCES,
+        add_defect,
+        make_synthetic_category,
+        make_synthetic_dataset,
+    )
     from anomalens.data.torch_dataset import (
         ImageBatch,
         TensorImageDataset,
@@ -129,13 +129,17 @@ __all__ = [
     "split_records",
 ]
 
-_LAZY = {"ImageBatch", "TensorImageDataset", "decoding_workers", "default_workers", "iterate_batches", "iterate_decoded"}
+# PEP 562 lazy attributes: torch costs ~1-2 s and the synthetic data's scikit-image / SciPy ~0.3 s, neither
+# needed to read a folder (nor by predict on an export, which must not import torch at all).
+_LAZY = {**dict.fromkeys(["ImageBatch", "TensorImageDataset", "decoding_workers", "default_workers",
+                          "iterate_batches", "iterate_decoded"], "torch_dataset"),
+         **dict.fromkeys(["DEFECT_TYPES", "SYNTHETIC_SOURCES", "add_defect", "make_synthetic_category",
+                          "make_synthetic_dataset"], "synthetic")}
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562 lazy attribute: importing torch costs ~1-2 s, not needed to read a folder.
     if name in _LAZY:
-        from anomalens.data import torch_dataset
+        import importlib
 
-        return getattr(torch_dataset, name)
+        return getattr(importlib.import_module(f"anomalens.data.{_LAZY[name]}"), name)
     raise AttributeError(f"module 'anomalens.data' has no attribute {name!r}")

@@ -45,6 +45,7 @@ from anomalens.data.io import (
     read_pixels,
     to_float_channels,
 )
+from anomalens.data.pictures import display_picture
 from anomalens.data.records import ImageRecord
 from anomalens.errors import AnomalensError, DataError
 
@@ -60,8 +61,6 @@ __all__ = [
     "decoding_workers",
     "default_workers",
     "display_picture",
-    "heatmap_picture",
-    "heatmap_size",
     "iterate_batches",
     "iterate_decoded",
     "resolve_workers",
@@ -71,9 +70,6 @@ __all__ = [
 #: Pictures larger than this (pixels) are not sent back from a decoding worker for heatmaps: they would
 #: fill the prefetch queue with hundreds of MB; their heatmap writer reads the file again instead.
 DISPLAY_PIXEL_LIMIT = 4_500_000
-#: Heatmaps and masks of larger frames are drawn scaled down to this many pixels (4096 x 4096), so the
-#: memory of writing one is bounded whatever the frame (a 144-megapixel frame's would need ~1.6 GB more).
-HEATMAP_MAX_PIXELS = 4096 * 4096
 
 _workers_override: int | None = None
 _decode_override: str | None = None
@@ -292,51 +288,6 @@ def _resized_channels(pixels: np.ndarray, channels: int, size: tuple[int, int]) 
     if image.shape[0] == 1 and channels == 3:
         image = image.expand(3, -1, -1).contiguous()
     return image
-
-
-def display_picture(pixels: np.ndarray) -> np.ndarray:
-    """The picture a heatmap is drawn on: uint8 (h, w) or (h, w, 3) (the file's own 8-bit pixels when it has them)."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    grey = pixels.shape[-1] == 1
-    out = np.clip(pixels, 0.0, 1.0) * 255.0 + 0.5
-    out = out.astype(np.uint8)
-    return out[..., 0] if grey else out
-
-
-def heatmap_size(height: int, width: int, max_pixels: int = HEATMAP_MAX_PIXELS) -> tuple[int, int]:
-    """The (height, width) a heatmap of a ``height`` x ``width`` image is drawn at: its own size up to
-    ``max_pixels``, else scaled down (same aspect) to fit."""
-    if height * width <= max_pixels:
-        return height, width
-    scale = (max_pixels / (height * width)) ** 0.5
-    return max(1, int(height * scale)), max(1, int(width * scale))
-
-
-def bounded_picture(picture: np.ndarray, max_pixels: int = HEATMAP_MAX_PIXELS) -> np.ndarray:
-    """A uint8 picture scaled down (antialiased) to at most ``max_pixels``; unchanged when within."""
-    from PIL import Image
-
-    height, width = picture.shape[:2]
-    target = heatmap_size(height, width, max_pixels)
-    if target == (height, width):
-        return picture
-    with Image.fromarray(np.ascontiguousarray(picture)) as image:
-        return np.asarray(image.resize((target[1], target[0]), Image.Resampling.BILINEAR, reducing_gap=2.0))
-
-
-def heatmap_picture(source: Any, max_pixels: int = HEATMAP_MAX_PIXELS) -> np.ndarray:
-    """The picture ``predict`` draws a heatmap on, read from ``source``: its own pixels up to ``max_pixels``;
-    a larger frame is shrunk while decoding (``read_pixels``' fast path: JPEG at 1/2-1/8 scale, others
-    box-reduced by a whole factor) and then scaled to fit, so a 144-megapixel frame never exists twice
-    at full size in this process."""
-    height, width = stored_image_size(source)
-    target = heatmap_size(height, width, max_pixels)
-    if target == (height, width) or isinstance(source, np.ndarray):
-        return bounded_picture(display_picture(read_pixels(source)), max_pixels)
-    # fast_for keeps at least twice the size asked for: ask for half the heatmap's size
-    half = (max(1, target[0] // 2), max(1, target[1] // 2))
-    return bounded_picture(display_picture(read_pixels(source, fast_for=half)), max_pixels)
 
 
 def decode_for_model(source: Any, image_size: int | tuple[int, int], channels: int = 3,

@@ -242,8 +242,8 @@ def write_heatmap(stage: Path, stem: str, picture: np.ndarray | None, source: An
                    low: float, high: float, pixel_threshold: float | None, caption: dict[str, Any]) -> dict[str, Any]:
     """One image's overlay (and mask) at its own resolution, with its colour scale and ``caption`` (score,
     normalized_score, threshold, anomalous) burnt in; runs in a writer thread. Returns its row fields."""
-    from anomalens.data.torch_dataset import bounded_picture, heatmap_picture
-    from anomalens.report import annotate_heatmap, render_heatmap
+    from anomalens.data.pictures import bounded_picture, heatmap_picture
+    from anomalens.report.overlay import annotate_heatmap, render_heatmap
 
     # A frame too large to send back from the decoding worker is read here; frames above
     # HEATMAP_MAX_PIXELS are drawn scaled down to it (the mask and its area fraction too).

@@ -7,25 +7,22 @@ matplotlib's figure machinery) is imported only when a curve is drawn. Pages are
 autoescaping (``anomalens/report/templates``).
 """
 
+import importlib
 from typing import Any
 
-from anomalens.report.breakdown import PixelCurves, per_defect_type_metrics, pixel_curves
-from anomalens.report.html_report import write_test_report
-from anomalens.report.operator_warnings import report_warnings
-from anomalens.report.overlay import (
-    annotate_heatmap,
-    case_figure,
-    case_thumbnail,
-    draw_mask_contours,
-    heatmap_range,
-    overlay_heatmap,
-    render_heatmap,
-    to_original_size,
-)
-from anomalens.report.templating import render_page
-
-_PLOTS = {"plot_roc", "plot_precision_recall", "plot_pixel_roc", "plot_pro_curve", "plot_score_histogram",
-          "plot_loss_curves"}
+# Every name loads on first use (PEP 562): predict draws heatmaps with ``overlay`` alone, and matplotlib's
+# figure machinery (``plots``, ~0.5 s) is imported only where a curve is drawn — `anomalens test` draws its
+# curves in a forked process, so the main process never needs it.
+_WHERE = {
+    **dict.fromkeys(["PixelCurves", "per_defect_type_metrics", "pixel_curves"], "breakdown"),
+    "write_test_report": "html_report",
+    "report_warnings": "operator_warnings",
+    **dict.fromkeys(["annotate_heatmap", "case_figure", "case_thumbnail", "draw_mask_contours", "heatmap_range",
+                     "overlay_heatmap", "render_heatmap", "to_original_size"], "overlay"),
+    "render_page": "templating",
+    **dict.fromkeys(["plot_roc", "plot_precision_recall", "plot_pixel_roc", "plot_pro_curve", "plot_score_histogram",
+                     "plot_loss_curves"], "plots"),
+}
 
 __all__ = [
     "overlay_heatmap",
@@ -52,10 +49,12 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # PEP 562 lazy attribute: matplotlib's figure machinery costs ~0.5 s to import and `anomalens test`
-    # draws its curves in a forked process; the main process never needs it.
-    if name in _PLOTS:
-        from anomalens.report import plots
+    if name not in _WHERE:
+        raise AttributeError(f"module 'anomalens.report' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"anomalens.report.{_WHERE[name]}"), name)
+    globals()[name] = value
+    return value
 
-        return getattr(plots, name)
-    raise AttributeError(f"module 'anomalens.report' has no attribute {name!r}")
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -2,21 +2,41 @@
 
 One module per command (``fit``, ``calibration``, ``evaluation`` for ``test``, ``prediction``); every file
 they write goes through ``anomalens.outputs`` (the output-folder protocol is documented in
-``anomalens.outputs.folders``).
+``anomalens.outputs.folders``). Names load on first use, so ``predict`` on an export never imports the
+torch side of ``fit`` or ``test``.
 """
 
-from anomalens.outputs import output_kind, staged_directory
-from anomalens.outputs.names import MARKER_FILE, RUN_INFO_FILE, TEST_OUTPUTS
-from anomalens.outputs.predictions import ERROR_FIELDS, HEATMAP_MODES, PREDICTION_FIELDS
-from anomalens.workflow.calibration import calibrate_run
-from anomalens.workflow.common import image_key, peak_rss_mb, read_dataset
-from anomalens.workflow.evaluation import ground_truth_masks, test_run, undefined_metrics
-from anomalens.workflow.fit import fit_run
-from anomalens.workflow.prediction import default_writers, predict_images, prediction_records
+from __future__ import annotations
 
-test_run.__test__ = False  # a user's `from anomalens.workflow import test_run` is not a pytest test
+import importlib
+from typing import Any
 
-__all__ = ["ERROR_FIELDS", "HEATMAP_MODES", "MARKER_FILE", "PREDICTION_FIELDS", "RUN_INFO_FILE", "TEST_OUTPUTS",
-           "calibrate_run", "default_writers", "fit_run", "ground_truth_masks", "image_key", "output_kind",
-           "peak_rss_mb", "predict_images", "prediction_records", "read_dataset", "staged_directory", "test_run",
-           "undefined_metrics"]
+_WHERE = {
+    "output_kind": "anomalens.outputs", "staged_directory": "anomalens.outputs",
+    "MARKER_FILE": "anomalens.outputs.names", "RUN_INFO_FILE": "anomalens.outputs.names",
+    "TEST_OUTPUTS": "anomalens.outputs.names",
+    "ERROR_FIELDS": "anomalens.outputs.predictions", "HEATMAP_MODES": "anomalens.outputs.predictions",
+    "PREDICTION_FIELDS": "anomalens.outputs.predictions",
+    "calibrate_run": "anomalens.workflow.calibration",
+    "image_key": "anomalens.workflow.common", "peak_rss_mb": "anomalens.workflow.common",
+    "read_dataset": "anomalens.workflow.common",
+    "ground_truth_masks": "anomalens.workflow.evaluation", "test_run": "anomalens.workflow.evaluation",
+    "undefined_metrics": "anomalens.workflow.evaluation",
+    "fit_run": "anomalens.workflow.fit",
+    "default_writers": "anomalens.workflow.prediction", "predict_images": "anomalens.workflow.prediction",
+    "prediction_records": "anomalens.workflow.prediction",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'anomalens.workflow' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -166,6 +166,9 @@ def test_run(
     return metrics
 
 
+test_run.__test__ = False  # a user's `from anomalens import test_run` is not a pytest test
+
+
 def undefined_metrics(metrics: dict[str, Any]) -> dict[str, str]:
     """{metric: why it is undefined} for the metrics that are NaN (written as null in metrics.json)."""
     n, n_anomalous = metrics.get("n_images"), metrics.get("n_anomalous")
