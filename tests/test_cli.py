@@ -220,3 +220,26 @@ def test_fit_and_test_on_a_one_class_protocol_spec(tmp_path, monkeypatch, capsys
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["n_images"] == 16 and metrics["n_anomalous"] == 4  # 4 test images per class
     assert 0.0 <= metrics["image_auroc"] <= 1.0
+
+
+def test_a_memory_limit_the_command_cannot_meet_gives_one_line(run, category, tmp_path):
+    """Under an address-space limit too small for it (an edge box), predict fails with one line, exit 2:
+    whether torch's libraries cannot be mapped or an allocation fails later, never a traceback."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    limit = 1_200_000_000
+
+    def small_address_space():
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "anomalens.cli", "predict", str(run), str(category / "test" / "hole"),
+                           "-o", str(tmp_path / "out"), "--workers", "0", "-q"], env=env, capture_output=True,
+                          text=True, timeout=300, preexec_fn=small_address_space)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anomalens: error: predict:"), proc.stderr[-2000:]
+    assert not (tmp_path / "out").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]

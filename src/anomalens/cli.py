@@ -20,8 +20,8 @@ from anomalens.allocator import keep_freed_memory
 from anomalens.commands.detectors import add_list_arguments, add_params_arguments
 from anomalens.commands.evaluation import add_test_arguments
 from anomalens.commands.exports import add_export_arguments, add_verify_export_arguments
-from anomalens.commands.options import add_device_argument, add_log_level_argument
 from anomalens.commands.prediction import add_predict_arguments
+from anomalens.commands.serving import add_serve_arguments
 from anomalens.commands.training import add_calibrate_arguments, add_demo_arguments, add_fit_arguments
 from anomalens.errors import AnomalensError
 from anomalens.version import __version__
@@ -37,34 +37,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("export", "export a fitted run as one inference graph (ONNX or OpenVINO) + export.json", add_export_arguments),
     ("verify-export", "compare an export with the torch model on real images", add_verify_export_arguments),
     ("params", "a detector's hyper-parameters: defaults, accepted values, meanings", add_params_arguments),
+    ("serve", "serve a run or an export over HTTP: REST API, operator page at /, docs at /docs", add_serve_arguments),
 ]
-
-
-def cmd_serve(args: argparse.Namespace) -> None:
-    """Serve a run or an export over HTTP (REST API + operator page): ``anomalens.serve``."""
-    from anomalens.serve.settings import settings_from_args
-
-    settings = settings_from_args(args, os.environ.get("ANOMALENS_TOKEN"))  # one line for a bad value, first
-    try:
-        import uvicorn  # noqa: F401
-    except ImportError:
-        raise AnomalensError("anomalens serve needs FastAPI and uvicorn: pip install 'anomalens[serve]'") from None
-    from anomalens.serve.app import create_app
-    from anomalens.serve.inference import load_served_model
-    from anomalens.serve.server import bind_socket, make_server
-
-    model = load_served_model(args.model, runtime=args.runtime, device=args.device)
-    app = create_app(model, settings=settings)
-    sock = bind_socket(settings.host, settings.port)  # a port in use: one line, before the banner
-    if not settings.loopback and settings.token is None:
-        print(f"anomalens: warning: serving on {settings.host} without a token: anyone who reaches this port can use "
-              "the model (set ANOMALENS_TOKEN or --token)", file=sys.stderr)
-    print(f"anomalens: serving {model.name} ({model.runtime}) from {args.model} on {settings.url}/ "
-          f"(API reference: /docs){'; a bearer token is required' if settings.token else ''}", file=sys.stderr)
-    try:
-        make_server(app, settings, log_level="warning" if args.quiet else "info").run(sockets=[sock])
-    finally:
-        sock.close()
 
 
 class _OneLineParser(argparse.ArgumentParser):
@@ -82,23 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help, add_arguments in COMMANDS:
         add_arguments(sub.add_parser(name, help=help))
 
-    log_level = add_log_level_argument
-    p = sub.add_parser("serve", help="serve a run or an export over HTTP: REST API, operator page at /, docs at /docs")
-    p.add_argument("model", metavar="RUN_OR_EXPORT", help="a run folder (torch) or a folder written by 'anomalens export'")
-    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
-    p.add_argument("--runtime", choices=["torch", "onnxruntime", "openvino"], default=None,
-                   help="default: torch for a run, the export's own runtime for an export")
-    add_device_argument(p, "torch runtime: where to run")
-    p.add_argument("--token", default=None,
-                   help="require 'Authorization: Bearer TOKEN' (default: $ANOMALENS_TOKEN; prefer the variable, "
-                        "a command line is visible to other users)")
-    from anomalens.serve.settings import add_serve_arguments
-
-    add_serve_arguments(p)
-    p.add_argument("-q", "--quiet", action="store_true", help="no access log")
-    log_level(p)
-    p.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -191,6 +148,20 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         message = _os_error_message(exc) if isinstance(exc, OSError) and not isinstance(exc, AnomalensError) else _one_line(exc)
         print(f"anomalens: error: {message}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        # a limit the machine cannot meet (an address-space limit on an edge box, a huge frame): one line
+        if os.environ.get("ANOMALENS_DEBUG"):
+            raise
+        print(f"anomalens: error: {args.command}: out of memory — fewer decoding workers (--workers 0), smaller "
+              "images or batches, or a machine with more memory", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        # a library that cannot load (a missing optional package, or torch's shared objects refused by an
+        # address-space limit: "failed to map segment")
+        if os.environ.get("ANOMALENS_DEBUG"):
+            raise
+        print(f"anomalens: error: {args.command}: cannot load a library ({_one_line(exc)})", file=sys.stderr)
         return 2
     except RuntimeError as exc:
         # an image-decoding worker died (fit / test / calibrate: noticed wherever the main thread was)
