@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test benchmark
+.PHONY: setup demo test test-fast benchmark
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -23,6 +23,10 @@ test: setup
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
 		|| echo "Chromium could not be installed: the browser test will be skipped"
 	$(BIN)/python -m pytest -q; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+# The fast tier: no browser, Ray, export or torchrun tests (see TIERS in tests/conftest.py).
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not (browser or ray or export or ddp)"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline-friendly).
 benchmark: setup

@@ -21,6 +21,22 @@ torch.set_num_threads(1)
 
 IMAGE_SIZE = 64
 
+# The slow tiers, by test file: `make test-fast` leaves them out (`-m "not (browser or ray or export or ddp)"`),
+# `make test` runs everything.
+TIERS = {
+    "test_serve_browser.py": "browser", "test_report_browser.py": "browser",
+    "test_distributed_ray.py": "ray",
+    "test_export.py": "export", "test_integrity_exports.py": "export",
+    "test_ddp.py": "ddp",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        tier = TIERS.get(item.path.name)
+        if tier:
+            item.add_marker(getattr(pytest.mark, tier))
+
 # The smallest settings under which each detector still does its real work. A new detector must add
 # an entry here: test_contract checks that every registered name has one.
 TINY_PARAMS: dict[str, dict] = {
