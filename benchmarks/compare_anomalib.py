@@ -1,4 +1,5 @@
-"""anomalens vs anomalib, side by side on the same data, image size, backbone weights and settings.
+"""Accuracy and speed suite: anomalens vs anomalib, side by side on the same data, image size, backbone weights
+and settings.
 
     .venv/bin/python benchmarks/compare_anomalib.py                 # the committed comparison
     .venv/bin/python benchmarks/compare_anomalib.py --jobs padim:brick patchcore@0.01:coffee
@@ -8,15 +9,16 @@
 
 On a GPU (``--device cuda``) both libraries run on the card (anomalens ``device=cuda``, anomalib
 ``Engine(accelerator="gpu")``) in the interpreter that ``--python`` names (one environment that holds
-both; see benchmarks/gpu_check.sh), and the results go to results/compare_anomalib_gpu/; every timed
+both; see tools/gpu_check.sh), and the results go to results/compare_anomalib_gpu/; every timed
 span ends with ``torch.cuda.synchronize()``, and the peak GPU memory (``max_memory_allocated``) is
 reported beside the peak RSS.
 
 anomalib is *not* a dependency of anomalens: the first run creates its own virtual environment in
 benchmarks/_work/anomalib-venv with pinned versions (ANOMALIB_VERSION, and the same torch /
-torchvision pins as anomalens), then runs every measurement in a fresh subprocess of the right
-environment, so that each peak RSS is that of one job. The two libraries alternate job by job
-(interleaved), so slow phases of a shared machine hit both.
+torchvision pins as anomalens), then runs every measurement in a fresh process of the right
+environment (``harness.run_job``; the workers are this script's ``--worker-*`` commands, also what
+tools/renovation_check.py runs on an older checkout), so that each peak RSS is that of one job. The two
+libraries alternate job by job (interleaved), so slow phases of a shared machine hit both.
 
 Same work for both:
 - backbone ``tf_efficientnet_lite0`` with the ImageNet weights bundled for anomalens (exported once
@@ -55,13 +57,15 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-WORK = HERE / "_work"
-RESULTS = HERE / "results" / "compare_anomalib"
+from harness import RESULTS as ALL_RESULTS
+from harness import WORK, Results, Run, describe, describe_run, fmt, machine, run_job, write_report
+from harness.datasets import benchmark_dataset, synthetic_category
+
+SUITE = "compare_anomalib"
+RESULTS = ALL_RESULTS / "compare_anomalib"
 ANOMALIB_VENV = WORK / "anomalib-venv"
 ANOMALIB_VERSION = "2.7.0"
 TORCH_PINS = ["torch==2.14.1", "torchvision==0.29.1"]
-SCALE_DATA = WORK / "data-scale" / "brick"  # 900 training images for the scaling runs
 WEIGHTS = WORK / "weights" / "tf_efficientnet_lite0.safetensors"
 ARCH = "tf_efficientnet_lite0"
 BATCH = 32
@@ -373,9 +377,6 @@ def export_weights() -> None:
 def prepare_data(datasets: set[str]) -> None:
     """Synthetic categories as benchmarks/run.py builds them; Fashion-MNIST one-class subsamples as
     MVTec-layout folders of PNGs (no masks), so both libraries read the very same files."""
-    sys.path.insert(0, str(HERE))
-    from run import benchmark_dataset
-
     for name in sorted(datasets):
         folder = WORK / "data" / name
         if name.startswith("fmnist-"):
@@ -406,20 +407,28 @@ def run_worker(library: str, target: str, threads: int, python: Path, device: st
     interpreter — or every worker in ``own_python`` when one environment holds both (the GPU run)."""
     exe = own_python or (str(python) if library == "anomalib" else sys.executable)
     flag = {"anomalib": "--worker-anomalib", "anomalens": "--worker-anomalens", "backbone": "--worker-backbone"}[library]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    proc = subprocess.run([exe, __file__, flag, target, "--threads", str(threads), "--device", device],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        tail = proc.stderr.strip().splitlines()[-15:]
-        raise RuntimeError(f"{library} {target} failed:\n" + "\n".join(tail))
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return run_job([exe, __file__, flag, target, "--threads", str(threads), "--device", device],
+                   label=f"{library} {target}").json()
 
 
-def machine(device: str = "cpu") -> dict:
-    sys.path.insert(0, str(HERE))
-    from run import machine as run_machine
+def legacy(data: dict) -> Results:
+    """results.json as written before the harness: {"jobs": {job: {library: row}}, "backbone", "machines"}."""
+    rows = [{"job": job, "library": lib, **row} for job, pair in data["jobs"].items() for lib, row in pair.items()]
+    return Results(SUITE, rows=rows, runs=data["machines"], sections={"backbone": data["backbone"]})
 
-    return run_machine(device)
+
+def legacy_scaling(data: dict) -> Results:
+    """scaling.json as written before the harness: {spec: row, ..., "_machine": "one line"}."""
+    rows = [{"spec": spec, **row} for spec, row in data.items() if spec != "_machine"]
+    return Results(f"{SUITE}_scaling", rows=rows, runs=[data["_machine"]] if "_machine" in data else [])
+
+
+def describe_entry(entry: dict | str) -> str:
+    """A machine line of results.md: the machine, threads and jobs of one invocation."""
+    if isinstance(entry, str):
+        return entry
+    return (f"{entry['machine']}, {entry['threads']} thread(s) per job; {entry['jobs']} job(s) × {entry['repeats']} "
+            f"repeat(s); " + describe_run(entry))
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -438,16 +447,15 @@ def compare(jobs: list[str], repeats: int, threads: int, device: str = "cpu", ow
     export_weights()
     prepare_data({_parse_job(j)[2] for j in jobs})
     results_dir = _results_dir(device)
-    results_dir.mkdir(parents=True, exist_ok=True)
     path = results_dir / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"jobs": {}, "backbone": {}, "machines": []}
-    load_start = os.getloadavg()[0]
-    start_all = time.time()
+    results = Results.load(path, SUITE, legacy)
+    backbone = results.sections.setdefault("backbone", {})
+    run = Run()
     for dataset in sorted({_parse_job(j)[2] for j in jobs}, key=lambda d: _size(d)):
         key = f"{_size(dataset)}px"
-        if key not in results["backbone"]:
-            results["backbone"][key] = run_worker("backbone", dataset, threads, python, device, own_python)
-            print(f"[compare] backbone {key}: {results['backbone'][key]}", flush=True)
+        if key not in backbone:
+            backbone[key] = run_worker("backbone", dataset, threads, python, device, own_python)
+            print(f"[compare] backbone {key}: {backbone[key]}", flush=True)
     for job in jobs:
         runs: dict[str, list[dict]] = {"anomalens": [], "anomalib": []}
         for _ in range(repeats):
@@ -456,15 +464,15 @@ def compare(jobs: list[str], repeats: int, threads: int, device: str = "cpu", ow
                 r = runs[library][-1]
                 print(f"[compare] {job} {library}: image {r['image_auroc']:.3f} pixel {r['pixel_auroc']} fit "
                       f"{r['fit_seconds']} s, {r['test_images_per_second']} img/s, {r['peak_rss_mb']} MB", flush=True)
-        results["jobs"][job] = {lib: _median_run(v) for lib, v in runs.items()}
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    m = machine(device)
-    on = m["device"] if device == "cpu" else f"{m['device']}; anomalib {_anomalib_version(python)}"
-    results["machines"].append(
-        f"{m['cpu']}, {m['cores']} cores, {m['memory']}; torch {m['torch']} on {on}, {threads} thread(s) per job; "
-        f"{len(jobs)} job(s) × {repeats} repeat(s) in {(time.time() - start_all) / 60:.1f} min on {m['date']}; "
-        f"1-min load average {load_start:.2f} at start, {m['load_average_1min_at_end']} at end")
-    path.write_text(json.dumps(results, indent=2) + "\n")
+        for library, measured in runs.items():
+            results.upsert({"job": job, "library": library, **_median_run(measured)}, "job", "library")
+        results.save(path)  # after every job: a stopped run keeps its rows
+    results.machine = machine(device)
+    on = describe(results.machine, load=False)
+    if device != "cpu":
+        on += f"; anomalib {_anomalib_version(python)}"
+    results.runs.append(run.record(machine=on, threads=threads, jobs=len(jobs), repeats=repeats))
+    results.save(path)
 
 
 # ---------------------------------------------------------------------------- scaling
@@ -479,7 +487,7 @@ def worker_scaling(spec: str, threads: int) -> dict:
 
     what, model, n = spec.split(":")
     n = int(n)
-    data = load_mvtec_category(SCALE_DATA)
+    data = load_mvtec_category(synthetic_category("brick", 900))
     params = {"image_size": 256, "batch_size": BATCH}
     detector = create_detector(model, **params)
     train = data.train[: (n if what == "fit" else 100)]
@@ -499,49 +507,44 @@ def worker_scaling(spec: str, threads: int) -> dict:
 
 
 def scaling(threads: int) -> None:
-    from anomalens.data import make_synthetic_category
-
-    if not SCALE_DATA.exists():
-        make_synthetic_category(SCALE_DATA.parent, source="brick", seed=1, n_train=900, n_test_good=30,
-                                n_test_defect=40, image_size=256)
-    RESULTS.mkdir(parents=True, exist_ok=True)
+    synthetic_category("brick", 900)  # the scaling runs' 900 training images, built outside the timed jobs
     path = RESULTS / "scaling.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
+    results = Results.load(path, f"{SUITE}_scaling", legacy_scaling)
     specs = [f"fit:{m}:{n}" for m in ("padim", "patchcore") for n in (100, 200, 400, 800)]
     specs += [f"test:{m}:{n}" for m in ("padim", "patchcore") for n in (100, 1000)]
+    run = Run()
     for spec in specs:
-        if spec in results:
+        if results.find(spec=spec):
             continue
-        proc = subprocess.run([sys.executable, __file__, "--worker-scaling", spec, "--threads", str(threads)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise RuntimeError(f"scaling {spec} failed:\n{proc.stderr[-2000:]}")
-        results[spec] = json.loads(proc.stdout.strip().splitlines()[-1])
-        print(f"[scaling] {spec}: {results[spec]}", flush=True)
-        path.write_text(json.dumps(results, indent=2) + "\n")
-    m = machine()
-    results["_machine"] = f"{m['cpu']}, {m['cores']} cores; {threads} thread(s); {m['date']}; load {m['load_average_1min_at_end']}"
-    path.write_text(json.dumps(results, indent=2) + "\n")
+        row = run_job([sys.executable, __file__, "--worker-scaling", spec, "--threads", str(threads)],
+                      label=f"scaling {spec}").json()
+        results.rows.append({"spec": spec, **row})
+        print(f"[scaling] {spec}: {row}", flush=True)
+        results.save(path)
+    results.machine = machine()
+    results.runs.append(run.record(machine=describe(results.machine, load=False), threads=threads))
+    results.save(path)
 
 
 # ---------------------------------------------------------------------------- report
 def _f(value, digits=3) -> str:
-    return "–" if value is None else f"{value:.{digits}f}"
+    return fmt(value, digits)
 
 
-def write_report(device: str = "cpu") -> None:
+def write_markdown(device: str = "cpu", results_dir: Path | None = None, plot: bool = True) -> None:
+    """results.md of ``results_dir`` (default: the device's), from its results.json and the scaling runs'."""
     gpu = device != "cpu"
-    results_dir = _results_dir(device)
+    results_dir = results_dir or _results_dir(device)
     title = "anomalens vs anomalib on a GPU" if gpu else "anomalens vs anomalib"
     lines = [f"# {title} — same data, backbone, weights and settings", "",
              "Generated by `benchmarks/compare_anomalib.py` (do not edit by hand); how each number is obtained is in "
              "that script's docstring.", ""]
     path = results_dir / "results.json"
     if path.exists():
-        results = json.loads(path.read_text())
+        results = Results.load(path, SUITE, legacy)
         where = ("one environment for both (the GPU machine's torch; versions in the machine line)" if gpu
                  else f"anomalib {ANOMALIB_VERSION} in its own venv")
-        lines += ["## Machine", "", *[f"- {m}" for m in results["machines"]], "",
+        lines += ["## Machine", "", *[f"- {describe_entry(m)}" for m in results.runs], "",
                   f"{where}; anomalens from this repository. Backbone "
                   f"`{ARCH}` (bundled ImageNet weights) for both; batch {BATCH}.", "",
                   "## Accuracy, speed, memory", "",
@@ -556,9 +559,12 @@ def write_report(device: str = "cpu") -> None:
                   "| peak RSS MB | above imports MB | fit+test time ratio | RSS ratio | above-imports ratio |"
                   + (" GPU MB |" if gpu else ""),
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|" if gpu else "")]
-        for job, pair in results["jobs"].items():
+        pairs: dict[str, dict] = {}
+        for row in results.rows:
+            pairs.setdefault(row["job"], {})[row["library"]] = row
+        for job, pair in pairs.items():
             model, _, dataset = _parse_job(job)
-            bb = results["backbone"].get(f"{_size(dataset)}px", {}).get(
+            bb = results.sections["backbone"].get(f"{_size(dataset)}px", {}).get(
                 "patchcore_layers" if model == "patchcore" else "padim_layers", {}).get("timm")
             ours, theirs = pair["anomalens"], pair["anomalib"]
 
@@ -582,15 +588,17 @@ def write_report(device: str = "cpu") -> None:
                   + "blocks past the deepest used layer dropped; same features within 1e-4, see "
                   "tests/test_fast_inference.py).", "",
                   "| input | layers | timm | anomalens extractor |", "|---|---|---|---|"]
-        for size, entry in results["backbone"].items():
+        for size, entry in results.sections["backbone"].items():
             for layers, v in entry.items():
                 lines.append(f"| {size} | {layers.replace('_layers', '')}: {LAYERS[layers.split('_')[0]]} | {v['timm']:.1f} "
                              f"| {v['anomalens']:.1f} |")
         lines.append("")
     spath = RESULTS / "scaling.json"
     if spath.exists() and not gpu:
-        s = json.loads(spath.read_text())
-        lines += ["## Scaling (anomalens)", "", f"Machine: {s.get('_machine', '')}. Synthetic brick, 256 px.", "",
+        scaled = Results.load(spath, f"{SUITE}_scaling", legacy_scaling)
+        s = {row["spec"]: row for row in scaled.rows}
+        machine_line = "; ".join(describe_scaling(entry) for entry in scaled.runs[-1:])
+        lines += ["## Scaling (anomalens)", "", f"Machine: {machine_line}. Synthetic brick, 256 px.", "",
                   "| model | training images | fit s | peak RSS MB (fit) |", "|---|---|---|---|"]
         for m in ("padim", "patchcore"):
             for n in (100, 200, 400, 800):
@@ -605,8 +613,15 @@ def write_report(device: str = "cpu") -> None:
                 if r:
                     lines.append(f"| {m} | {n} | {r['test_seconds']:.1f} | {r['peak_rss_mb_fit']:.0f} | {r['peak_rss_mb']:.0f} |")
         lines += ["", "![scaling](scaling.png)", ""]
-        _plot_scaling(s)
-    (results_dir / "results.md").write_text("\n".join(lines) + "\n")
+        if plot:
+            _plot_scaling(s)
+    write_report(results_dir / "results.md", "\n".join(lines) + "\n")
+
+
+def describe_scaling(entry: dict | str) -> str:
+    if isinstance(entry, str):
+        return entry
+    return f"{entry['machine']}; {entry['threads']} thread(s); " + describe_run(entry)
 
 
 def _plot_scaling(s: dict) -> None:
@@ -639,6 +654,9 @@ def main() -> None:
     parser.add_argument("--worker-anomalib", help=argparse.SUPPRESS)
     parser.add_argument("--worker-backbone", help=argparse.SUPPRESS)
     parser.add_argument("--worker-scaling", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=None,
+                        help="with --report-only: the folder whose results.json is read and results.md written "
+                             "(default: results/compare_anomalib, or _gpu with --device cuda)")
     args = parser.parse_args()
     for flag, fn in (("worker_anomalens", worker_anomalens), ("worker_anomalib", worker_anomalib),
                      ("worker_backbone", worker_backbone), ("worker_scaling", worker_scaling)):
@@ -646,12 +664,14 @@ def main() -> None:
             extra = {} if flag == "worker_scaling" else {"device": args.device}
             print(json.dumps(fn(getattr(args, flag), args.threads, **extra)))
             return
+    if args.output and not args.report_only:
+        parser.error("--output goes with --report-only (the comparison merges into the committed table)")
     if args.scaling:
         scaling(args.threads)
     elif not args.report_only:
         compare(args.jobs, args.repeats, args.threads, args.device, args.python)
-    write_report(args.device)
-    print(f"[compare] wrote {_results_dir(args.device) / 'results.md'}")
+    write_markdown(args.device, args.output, plot=not args.report_only)
+    print(f"[compare] wrote {(args.output or _results_dir(args.device)) / 'results.md'}")
 
 
 if __name__ == "__main__":

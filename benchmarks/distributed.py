@@ -1,8 +1,8 @@
-"""Beyond one machine (issue 18), measured on this one: Ray batch scoring with 1 and 2 workers against the
+"""Scale suite: beyond one machine (issue 18), measured on this one — Ray batch scoring with 1 and 2 workers against the
 local ``predict``, and PaDiM / PatchCore fitted on Ray shards against the single-process fit.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/distributed.py            # ~3-6 min on 2 shared cores
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/distributed.py --quick    # a smoke run
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/distributed.py --quick    # a smoke run (into _work/distributed)
 
 Data (under ``benchmarks/_work/distributed``, ignored by git): a synthetic ``brick`` category
 (``make_synthetic_category``) at ``--size`` px, ``--n-train`` normal training images and ``--n-test`` test
@@ -20,8 +20,8 @@ images (half defective).
   bank size, coverage radius (largest distance from any training patch feature to its nearest bank entry)
   and image AUROC, against the single fit.
 
-Results: ``results/distributed.json`` and ``results/distributed.md``, with the machine (CPU cores, GPU: none)
-and its load average before and after.
+Results: ``results/distributed.json`` and ``results/distributed.md`` (``--output`` names another stem), with
+the machine and its load average before and after; ``--report-only`` rebuilds the markdown from the JSON.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -37,9 +36,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-HERE = Path(__file__).resolve().parent
-WORK = HERE / "_work" / "distributed"
-RESULTS = HERE / "results"
+from harness import RESULTS, Results, Run, describe, describe_run, machine, markdown, table, write_report
+from harness import WORK as ALL_WORK
+
+SUITE = "distributed"
+OUTPUT = RESULTS / "distributed"
+WORK = ALL_WORK / "distributed"
 SMALL_JOB = 8  # images of the job whose time is the Ray engine's start-up (actors, model loads)
 
 
@@ -200,43 +202,46 @@ def bench_scoring(category: Path, size: int, repeats: int) -> dict:
             "max_score_gap_relative_to_local": gaps}
 
 
-def machine(load_before: tuple, load_after: tuple) -> dict:
-    return {"cpu_cores": os.cpu_count(), "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "platform": platform.platform(), "torch": torch.__version__, "ray": __import__("ray").__version__,
-            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-            "load_average_before": [round(x, 2) for x in load_before],
-            "load_average_after": [round(x, 2) for x in load_after]}
+def legacy(data: dict) -> Results:
+    """distributed.json as written before the harness: scoring and fits as sections, the load in "machine"."""
+    m = dict(data["machine"])
+    run = {"load_average_before": m.pop("load_average_before"), "load_average_after": m.pop("load_average_after")}
+    versions = {"ray": m.pop("ray")}
+    m["cores"] = m.pop("cpu_cores")
+    rows = [{"part": "scoring", **data["scoring"]}] + [{"part": "fit", "model": k, **v} for k, v in data["fits"].items()]
+    return Results(SUITE, rows=rows, machine=m, settings={**data["settings"], "repeats": data["repeats"]}, runs=[run],
+                   sections={"versions": versions})
 
 
-def write_markdown(result: dict, path: Path) -> None:
-    m, s, pd, pc = result["machine"], result["scoring"], result["fits"]["padim"], result["fits"]["patchcore"]
-    ips = s["images_per_second"]
-    lines = [
-        "# Beyond one machine, measured on one (benchmarks/distributed.py)",
-        "",
-        f"Machine: {m['cpu_cores']} CPU cores shared with other jobs, GPU: {m['gpu']}; load average (1, 5, 15 min) "
-        f"{m['load_average_before']} before, {m['load_average_after']} after; torch {m['torch']}, ray {m['ray']}, "
-        f"OMP_NUM_THREADS={m['omp_num_threads']}. A local Ray cluster on the same 2 cores: the numbers show what the "
+def report(results: Results) -> str:
+    m = results.machine
+    s = results.find(part="scoring")
+    pd, pc = results.find(part="fit", model="padim"), results.find(part="fit", model="patchcore")
+    ips, median, rounds = s["images_per_second"], s["median_seconds"], s["seconds_each_round"]
+    omp = m.get("omp_num_threads")
+    engines = [{"engine": f"local `predict` (torch threads: {omp}, decoding workers: default)", "key": "local"},
+               {"engine": "local `predict`, torch on 1 thread", "key": "local_1_thread"}]
+    engines += [{"engine": f"Ray, {w} scoring actor(s) of 1 CPU", "key": f"ray_{w}"} for w in (1, 2)]
+
+    def ray(cell):
+        return lambda e: cell(e["key"]) if e["key"].startswith("ray") else "—"
+
+    scoring = table(engines, [
+        ("engine", "engine"), ("median seconds", lambda e: str(median[e["key"]])),
+        ("images/s", lambda e: str(ips[e["key"]])), ("seconds, each round", lambda e: str(rounds[e["key"]])),
+        (f"{s['small_job_images']}-image job (start-up)", ray(lambda k: f"{s['small_job_median_seconds'][k]} s")),
+        ("images/s after start-up", ray(lambda k: str(s["images_per_second_after_start"][k]))),
+        ("max score gap vs local (relative)", ray(lambda k: f"{s['max_score_gap_relative_to_local'][k]:.1e}")),
+    ])
+    gaps = ("mean", "covariance", "inverse_covariance")
+    return markdown(
+        "Beyond one machine, measured on one (benchmarks/distributed.py)",
+        f"Machine: {describe(m, load=False)}, ray {results.sections['versions']['ray']}; "
+        f"{describe_run(results.runs[-1])}. A local Ray cluster on the same 2 cores: the numbers show what the "
         "engine costs and that it computes the same thing, not a speed-up (that needs more machines).",
-        "",
         f"## Scoring {s['images']} images of {s['image_size']} px (PaDiM run, no heatmaps), median of "
-        f"{result['repeats']} rounds",
-        "",
-        f"| engine | median seconds | images/s | seconds, each round | {s['small_job_images']}-image job (start-up) | "
-        "images/s after start-up | max score gap vs local (relative) |",
-        "|---|---|---|---|---|---|---|",
-        f"| local `predict` (torch threads: {m['omp_num_threads']}, decoding workers: default) | "
-        f"{s['median_seconds']['local']} | {ips['local']} | {s['seconds_each_round']['local']} | — | — | — |",
-        f"| local `predict`, torch on 1 thread | {s['median_seconds']['local_1_thread']} | {ips['local_1_thread']} | "
-        f"{s['seconds_each_round']['local_1_thread']} | — | — | — |",
-    ]
-    for workers in (1, 2):
-        key = f"ray_{workers}"
-        lines.append(f"| Ray, {workers} scoring actor(s) of 1 CPU | {s['median_seconds'][key]} | {ips[key]} | "
-                     f"{s['seconds_each_round'][key]} | {s['small_job_median_seconds'][key]} s | "
-                     f"{s['images_per_second_after_start'][key]} | {s['max_score_gap_relative_to_local'][key]:.1e} |")
-    lines += [
-        "",
+        f"{results.settings['repeats']} rounds",
+        scoring,
         "Each round runs the four in turn. Ray times include starting the actors and loading the model in each "
         "(the local cluster itself is started before the clock); a Ray actor runs torch on one thread. The start-up "
         f"is the time of a {s['small_job_images']}-image job; images/s after start-up = (extra images) / (extra "
@@ -244,39 +249,26 @@ def write_markdown(result: dict, path: Path) -> None:
         "times on a shared machine, so only its order of magnitude means something. Torch on 2 threads slows down "
         "many times over whenever another job takes a core (its threads wait on each other); on one thread it does "
         "not — compare the two local rows round by round.",
-        "",
         f"## PaDiM fitted on {pd['shards']} shards vs one process",
-        "",
-        "| | single fit | sharded fit |",
-        "|---|---|---|",
-        f"| fit seconds | {pd['single_fit_s']} | {pd['sharded_fit_s']} |",
-        f"| threshold | {pd['threshold_single']:.6g} | {pd['threshold_sharded']:.6g} |",
-        f"| image AUROC | {pd['auroc_single']:.4f} | {pd['auroc_sharded']:.4f} |",
-        "",
+        ["| | single fit | sharded fit |", "|---|---|---|",
+         f"| fit seconds | {pd['single_fit_s']} | {pd['sharded_fit_s']} |",
+         f"| threshold | {pd['threshold_single']:.6g} | {pd['threshold_sharded']:.6g} |",
+         f"| image AUROC | {pd['auroc_single']:.4f} | {pd['auroc_sharded']:.4f} |"],
         "Largest differences, relative to the largest entry (the reference line: two single fits with batch 8 and 16, "
         "i.e. the float rounding of the method itself):",
-        "",
-        "| | mean | covariance | inverse covariance |",
-        "|---|---|---|---|",
-        "| sharded vs single | " + " | ".join(f"{pd['gap_sharded_vs_single'][k]:.1e}" for k in
-                                             ("mean", "covariance", "inverse_covariance")) + " |",
-        "| single batch 8 vs single batch 16 | " + " | ".join(f"{pd['gap_batch8_vs_batch16_single'][k]:.1e}" for k in
-                                                             ("mean", "covariance", "inverse_covariance")) + " |",
-        "",
+        ["| | mean | covariance | inverse covariance |", "|---|---|---|---|",
+         "| sharded vs single | " + " | ".join(f"{pd['gap_sharded_vs_single'][k]:.1e}" for k in gaps) + " |",
+         "| single batch 8 vs single batch 16 | "
+         + " | ".join(f"{pd['gap_batch8_vs_batch16_single'][k]:.1e}" for k in gaps) + " |"],
         f"Test scores: largest relative difference {pd['max_score_gap_relative']:.1e}.",
-        "",
         f"## PatchCore fitted on {pc['shards']} shards vs one process (composable coreset: 2·f per shard, f of the union)",
-        "",
-        "| | single fit | sharded fit |",
-        "|---|---|---|",
-        f"| fit seconds | {pc['single_fit_s']} | {pc['sharded_fit_s']} |",
-        f"| memory bank entries | {pc['bank_single']} | {pc['bank_sharded']} |",
-        f"| coverage radius (training patches) | {pc['coverage_radius_single']:.4f} | {pc['coverage_radius_sharded']:.4f} |",
-        f"| threshold | {pc['threshold_single']:.6g} | {pc['threshold_sharded']:.6g} |",
-        f"| image AUROC | {pc['auroc_single']:.4f} | {pc['auroc_sharded']:.4f} |",
-        "",
-    ]
-    path.write_text("\n".join(lines))
+        ["| | single fit | sharded fit |", "|---|---|---|",
+         f"| fit seconds | {pc['single_fit_s']} | {pc['sharded_fit_s']} |",
+         f"| memory bank entries | {pc['bank_single']} | {pc['bank_sharded']} |",
+         f"| coverage radius (training patches) | {pc['coverage_radius_single']:.4f} | {pc['coverage_radius_sharded']:.4f} |",
+         f"| threshold | {pc['threshold_single']:.6g} | {pc['threshold_sharded']:.6g} |",
+         f"| image AUROC | {pc['auroc_single']:.4f} | {pc['auroc_sharded']:.4f} |"],
+    )
 
 
 def main() -> None:
@@ -287,23 +279,31 @@ def main() -> None:
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the scoring measurements")
     parser.add_argument("--quick", action="store_true", help="24 training and 32 test images, one repeat")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"results stem: writes OUTPUT.json and OUTPUT.md (default {OUTPUT}; --quick: {WORK / 'quick'})")
+    parser.add_argument("--report-only", action="store_true", help="rebuild OUTPUT.md from OUTPUT.json")
     args = parser.parse_args()
+    output = args.output or (WORK / "quick" if args.quick else OUTPUT)
+    if args.report_only:
+        results = Results.load(output.with_name(output.name + ".json"), SUITE, legacy)
+        print(f"wrote {write_report(output.with_name(output.name + '.md'), report(results))}")
+        return
     if args.quick:
         args.n_train, args.n_test, args.repeats = 24, 32, 1
+    import ray
+
     os.environ.setdefault("TQDM_DISABLE", "1")
     WORK.mkdir(parents=True, exist_ok=True)
-    load_before = os.getloadavg()
+    run = Run()
     category = prepare(args.n_train, args.n_test, args.size)
     scoring = bench_scoring(category, args.size, args.repeats)
     fits = bench_fits(category, args.size, args.shards)
-    result = {"settings": {"n_train": args.n_train, "n_test": args.n_test, "image_size": args.size},
-              "repeats": args.repeats, "scoring": scoring, "fits": fits,
-              "machine": machine(load_before, os.getloadavg())}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    suffix = "-quick" if args.quick else ""
-    (RESULTS / f"distributed{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
-    write_markdown(result, RESULTS / f"distributed{suffix}.md")
-    print(json.dumps(result, indent=2))
+    rows = [{"part": "scoring", **scoring}] + [{"part": "fit", "model": k, **v} for k, v in fits.items()]
+    settings = {"n_train": args.n_train, "n_test": args.n_test, "image_size": args.size, "repeats": args.repeats}
+    results = Results(SUITE, rows=rows, machine=machine("cpu"), settings=settings, runs=[run.record()],
+                      sections={"versions": {"ray": ray.__version__}})
+    results.write(output, report(results))
+    print(json.dumps(results.to_dict(), indent=2))
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
-"""Where a detector's time goes on a GPU: fit, the first and later predict calls, loading alone, and a
-torch.profiler table of the first predict call (the one benchmarks time).
+"""Speed suite, a profile: where a detector's time goes on a GPU — fit, the first and later predict calls,
+loading alone, and a torch.profiler table of the first predict call (the one benchmarks time). Prints it
+(tools/gpu_check.sh keeps it as profile.txt).
 
-    python3 benchmarks/gpu_profile.py padim patchcore        # on the GPU machine (benchmarks/gpu_check.sh)
+    python3 benchmarks/gpu_profile.py padim patchcore        # on the GPU machine (tools/gpu_check.sh)
 
 Same data and settings as the compare_anomalib.py brick rows (256 px, batch 32, efficientnet_lite0).
 """
@@ -9,14 +10,12 @@ Same data and settings as the compare_anomalib.py brick rows (256 px, batch 32, 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from compare_anomalib import LAYERS  # the comparison's layers per detector
+from harness.datasets import benchmark_dataset
 
 
 def timed(label: str, fn):
@@ -34,9 +33,6 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=8)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from compare_anomalib import LAYERS
-    from run import benchmark_dataset
-
     from anomalens import create_detector
     from anomalens.data import iterate_batches
 

@@ -1,23 +1,22 @@
-"""Large frames: decode + resize time and peak memory, exact vs fast decode (``decode`` hyper-parameter).
+"""Scale suite: large frames — decode + resize time and peak memory, exact vs fast decode (``decode``
+hyper-parameter).
 
 For each frame size and format it writes one synthetic camera-like frame (smooth shading + noise), then
 
 * times ``decode_for_model`` (decode + the antialiased resize to the working size), exact and fast, in this
   process (best of ``--repeats``), in ms per image and per megapixel;
-* measures the peak RSS of one decode in a fresh Python process (``/usr/bin/time``: torch imported, the
-  frame decoded and resized; the baseline of a process that only imports torch is given too);
+* measures the peak RSS of one decode in a fresh process (``harness.run_job``: torch imported, the frame
+  decoded and resized; the baseline of a process that only imports torch is given too);
 * compares the model inputs: max abs difference of fast vs exact.
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/large_images.py --out benchmarks/results/large_images
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/large_images.py      # → benchmarks/results/large_images.{json,md}
+    .venv/bin/python benchmarks/large_images.py --smoke --out /tmp/large_images   # the 2048² frame, once
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,21 +27,23 @@ import numpy as np
 from PIL import Image
 
 from anomalens.data.torch_dataset import decode_for_model
+from harness import RESULTS, Results, describe, machine, markdown, run_job, table, write_report
 
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 Image.MAX_IMAGE_PIXELS = None  # the 12000² frame is the point
 
+SUITE = "large_images"
+OUTPUT = RESULTS / "large_images"
 SIZES = [(2048, 2048), (3000, 4096), (12000, 12000)]  # (height, width)
 
 PEAK_SCRIPT = """
-import resource, sys, warnings
+import sys, warnings
 from PIL import Image
 Image.MAX_IMAGE_PIXELS = None
 warnings.simplefilter("ignore")
 from anomalens.data.torch_dataset import decode_for_model
 if sys.argv[1] != "-":
     decode_for_model(sys.argv[1], int(sys.argv[2]), 3, decode=sys.argv[3])
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
 """
 
 
@@ -59,11 +60,8 @@ def camera_frame(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 def peak_rss_mb(path: str, working: int, decode: str) -> float:
-    """Peak RSS of the decode in a fresh process, as ``/usr/bin/time`` reports it (a child's own ``ru_maxrss``
-    would carry this process's high-water mark across fork + exec)."""
-    result = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-c", PEAK_SCRIPT, path, str(working), decode],
-                            capture_output=True, text=True, check=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
-    return float(result.stderr.strip().splitlines()[-1]) / 1024.0
+    """Peak RSS of the decode in a fresh process (``-``: importing torch and anomalens only)."""
+    return run_job([sys.executable, "-c", PEAK_SCRIPT, path, str(working), decode], threads=2).peak_rss_mb
 
 
 def time_decode(path: Path, working: int, decode: str, repeats: int) -> tuple[float, np.ndarray]:
@@ -75,13 +73,51 @@ def time_decode(path: Path, working: int, decode: str, repeats: int) -> tuple[fl
     return best * 1000.0, image.numpy()
 
 
+def legacy(data: dict) -> Results:
+    """large_images.json as written before the harness: the settings and the baseline inside "machine"."""
+    m = dict(data["machine"])
+    settings = {"working_size": m.pop("working_size")}
+    sections = {"peak_rss_mb_torch_import_only": m.pop("peak_rss_mb_torch_import_only")}
+    m["omp_num_threads"] = m.pop("omp_threads", None)
+    m.pop("gpu", None)
+    return Results(SUITE, rows=data["rows"], machine=m, settings=settings, sections=sections)
+
+
+COLUMNS = [
+    ("frame", lambda r: f"{r['width']}x{r['height']}"), ("format", "format"),
+    ("exact ms", "exact_ms", None), ("exact ms/MP", "exact_ms_per_mp", None), ("fast ms", "fast_ms", None),
+    ("fast ms/MP", "fast_ms_per_mp", None), ("speed-up", "speedup", None),
+    ("exact peak MB", "exact_peak_rss_mb", None), ("fast peak MB", "fast_peak_rss_mb", None),
+    ("max abs input diff", "max_abs_input_diff", 4), ("mean abs input diff", "mean_abs_input_diff", 5),
+]
+
+
+def report(results: Results) -> str:
+    return markdown(
+        "Large frames: exact vs fast decode",
+        f"Machine: {describe(results.machine)}. Working size {results.settings['working_size']}. Peak RSS: one "
+        f"decode in a fresh process (importing torch alone: {results.sections['peak_rss_mb_torch_import_only']} MB).",
+        table(results.rows, COLUMNS),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="benchmarks/results/large_images")
+    parser.add_argument("--out", type=Path, default=OUTPUT, help="results stem: writes OUT.json and OUT.md")
     parser.add_argument("--working", type=int, default=256, help="working size (image_size)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--max-side", type=int, default=12000, help="skip frames with a larger side")
+    parser.add_argument("--report-only", action="store_true", help="rebuild OUT.md from OUT.json")
+    parser.add_argument("--smoke", action="store_true", help="the 2048² frame, once (needs --out)")
     args = parser.parse_args()
+    if args.report_only:
+        results = Results.load(args.out.with_name(args.out.name + ".json"), SUITE, legacy)
+        print(f"wrote {write_report(args.out.with_name(args.out.name + '.md'), report(results))}")
+        return
+    if args.smoke:
+        if args.out == OUTPUT:
+            parser.error("--smoke: give --out, away from the committed results")
+        args.max_side, args.repeats = 2048, 1
     rows = []
     baseline = peak_rss_mb("-", args.working, "exact")
     with tempfile.TemporaryDirectory() as tmp:
@@ -107,28 +143,12 @@ def main() -> None:
                 row["mean_abs_input_diff"] = float(np.abs(images["fast"] - images["exact"]).mean())
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-            for path in paths.values():
+            for path in paths.values():  # a 12000² PNG is large: one frame on disk at a time
                 path.unlink()
-    machine = {"platform": platform.platform(), "cores": os.cpu_count(), "gpu": "none",
-               "load_average": [round(v, 2) for v in os.getloadavg()], "omp_threads": os.environ.get("OMP_NUM_THREADS"),
-               "note": "2 shared cores, other engineers' jobs running; timings are best-of-repeats and noisy",
-               "peak_rss_mb_torch_import_only": round(baseline, 1), "working_size": args.working}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"machine": machine, "rows": rows}, indent=2) + "\n")
-    lines = ["# Large frames: exact vs fast decode", "",
-             f"Machine: {machine['platform']}, {machine['cores']} cores shared with other jobs (load average "
-             f"{machine['load_average']}), no GPU, OMP_NUM_THREADS={machine['omp_threads']}. Working size "
-             f"{args.working}. Peak RSS: one decode in a fresh process (importing torch alone: "
-             f"{machine['peak_rss_mb_torch_import_only']} MB).", "",
-             "| frame | format | exact ms | exact ms/MP | fast ms | fast ms/MP | speed-up | exact peak MB | fast peak MB "
-             "| max abs input diff | mean abs input diff |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        lines.append(f"| {r['width']}x{r['height']} | {r['format']} | {r['exact_ms']} | {r['exact_ms_per_mp']} | "
-                     f"{r['fast_ms']} | {r['fast_ms_per_mp']} | {r['speedup']} | {r['exact_peak_rss_mb']} | "
-                     f"{r['fast_peak_rss_mb']} | {r['max_abs_input_diff']:.4f} | {r['mean_abs_input_diff']:.5f} |")
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    results = Results(SUITE, rows=rows, machine=machine(),
+                      settings={"working_size": args.working, "repeats": args.repeats, "max_side": args.max_side},
+                      sections={"peak_rss_mb_torch_import_only": round(baseline, 1)})
+    print(f"wrote {results.write(args.out, report(results))[1]}")
 
 
 if __name__ == "__main__":

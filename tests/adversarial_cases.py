@@ -15,7 +15,7 @@ command *did*, not by what it printed alone:
 - ``data lost``       a file that existed before (data, run, the user's file) was changed or removed.
 
 ``tests/test_adversarial.py`` runs every case (each must be ``clean error`` or ``correct``);
-``benchmarks/adversarial.py`` runs them all and writes the table of the README's Errors section.
+``tools/adversarial.py`` (``python -m tools.adversarial``) runs them all and writes the table of the README's Errors section.
 """
 
 from __future__ import annotations

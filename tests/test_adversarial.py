@@ -1,6 +1,6 @@
 """Issue 15's adversarial suite: every case of ``tests/adversarial_cases.py`` must end as a clean error (exit 2,
 one line naming the problem, nothing left behind, nothing of the user's touched) or a correct result.
-``benchmarks/adversarial.py`` runs the same cases and writes the table of the README's Errors section."""
+``tools/adversarial.py`` (``python -m tools.adversarial``) runs the same cases and writes the table of the README's Errors section."""
 
 from __future__ import annotations
 

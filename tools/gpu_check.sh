@@ -9,8 +9,8 @@
 #   .gpu-site/  FrEIA (anomalib imports it; published as a source archive only), copied from a venv
 # The machine's own torch / torchvision / timm / lightning are used for both libraries.
 #
-#   bash benchmarks/gpu_check.sh --prepare            # here, once: fills .whl/ and .gpu-site/
-#   bash benchmarks/gpu_check.sh OUT_DIR [PART...]   # there; PART: compare profile tests detectors (default: all, in that order)
+#   bash tools/gpu_check.sh --prepare            # here, once: fills .whl/ and .gpu-site/
+#   bash tools/gpu_check.sh OUT_DIR [PART...]   # there; PART: compare profile tests detectors (default: all, in that order)
 set -uo pipefail
 if [ "${1:-}" = "--prepare" ]; then
   set -e
