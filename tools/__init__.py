@@ -2,6 +2,7 @@
 
 - ``adversarial`` — the adversarial suite's table (tests/adversarial_cases.py) for the README's Errors section;
 - ``renovation_check`` — do the committed comparison rows still hold after a refactor (now, and a baseline)?
+- ``bitwise_check`` — every detector's fitted tensors, threshold and scores, bit for bit against a baseline;
 - ``gpu_check.sh`` — the whole GPU check in one script, for a lent GPU machine.
 
 Run from the repository root as modules, ``.venv/bin/python -m tools.<name>``. Importing this package puts
