@@ -215,3 +215,29 @@ def test_the_removal_check_sees_removals(tmp_path):
                       "name.replace('a', 'b')\ndataclasses.replace(settings, port=1)\n")
     found = [use.split(" ")[-1] for use in _removals(sample, root=tmp_path)]
     assert found == ["shutil.rmtree(...)", "os.replace(...)", "Path(x).unlink(...)"]
+
+
+# Engines are strategies passed in (anomalens.engines): the code that runs a fit elsewhere never sets anything on
+# the detector it runs — it hands the detector a strategy in the call instead.
+_DETECTOR_NAMES = {"detector", "fitted", "det", "model"}
+
+
+def test_engines_set_no_attribute_on_the_detector_they_run():
+    files = [PACKAGE_DIR / "engines.py", *sorted((PACKAGE_DIR / "distributed").glob("*.py"))]
+    found = []
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = []
+            if isinstance(node, (ast.Assign, ast.AugAssign, ast.AnnAssign)):
+                targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            elif isinstance(node, ast.Call) and ast.unparse(node.func) == "setattr" and node.args:
+                targets = [ast.Attribute(value=node.args[0], attr="?", ctx=ast.Store())]
+            for target in targets:
+                if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
+                        and target.value.id in _DETECTOR_NAMES):
+                    found.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(target)}")
+    assert not found, "an engine sets attributes on the detector it runs:\n" + "\n".join(found)
+    from anomalens.catalog import detector_class
+
+    for name in ("padim", "patchcore", "stpm"):  # nor does a model keep a slot for one
+        assert not hasattr(detector_class(name), "shard_runner") and not hasattr(detector_class(name), "data_parallel")

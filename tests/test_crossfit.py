@@ -32,10 +32,10 @@ def _refit_scores(name: str, params: dict, records: list, held: list) -> tuple[n
 def _out_of_fold(name: str, params: dict, records: list) -> tuple:
     """(detector, the records in fit's order, folds, out-of-fold scores, maps), as ``fit`` makes them."""
     detector = create_detector(name, **params)
-    kept, held = detector.holdout_split(records)
+    kept, held = detector.normal_scores.holdout_split(records)
     parts = [kept] if held is kept else [kept, held]
-    k = detector.threshold_fold_count(len(records))
-    folds = detector.crossfit_folds(len(records), k)
+    k = detector.normal_scores.fold_count(len(records))
+    folds = detector.normal_scores.folds(len(records), k)
     torch.manual_seed(detector.seed)
     scores, maps = detector._fit_and_score_out_of_fold(parts, folds, progress=False)
     return detector, [r for part in parts for r in part], folds, scores, maps
@@ -56,7 +56,7 @@ def test_padim_out_of_fold_scores_equal_a_model_refitted_without_the_fold(train1
     # The final Gaussians are those of every image: the very model a plain fit on all of them gives.
     plain = create_detector("padim", **params)
     plain._prepare()
-    kept, held = plain.holdout_split(train12)
+    kept, held = plain.normal_scores.holdout_split(train12)
     plain._finish(plain._accumulate(held, progress=False, sums=plain._accumulate(kept, progress=False)))
     torch.testing.assert_close(detector.mean_, plain.mean_, rtol=0, atol=0)
     torch.testing.assert_close(detector.whitener_, plain.whitener_, rtol=0, atol=0)
@@ -121,16 +121,16 @@ def test_the_threshold_is_the_quantile_of_every_out_of_fold_score(train12):
 
 def test_folds_are_a_seeded_partition():
     det = create_detector("patchcore", **TINY_PARAMS["patchcore"])
-    folds = det.crossfit_folds(23, 5)
+    folds = det.normal_scores.folds(23, 5)
     assert sorted(np.concatenate(folds).tolist()) == list(range(23)) and {len(f) for f in folds} == {4, 5}
-    assert all((a == b).all() for a, b in zip(folds, det.crossfit_folds(23, 5)))
-    other = create_detector("patchcore", **TINY_PARAMS["patchcore"], seed=1).crossfit_folds(23, 5)
+    assert all((a == b).all() for a, b in zip(folds, det.normal_scores.folds(23, 5)))
+    other = create_detector("patchcore", **TINY_PARAMS["patchcore"], seed=1).normal_scores.folds(23, 5)
     assert any((a != b).any() for a, b in zip(folds, other))
-    assert det.threshold_fold_count(23) == 10 and det.threshold_fold_count(4) == 4
-    assert create_detector("padim").threshold_fold_count(23) == 23  # padim: leave-one-out by default
-    assert create_detector("padim").threshold_fold_count(2) == 0  # one image left: the hold-out path instead
-    assert create_detector("spade").threshold_fold_count(100) == 0  # spade does not cross-fit
-    assert create_detector("patchcore", threshold_folds=1).threshold_fold_count(100) == 0
+    assert det.normal_scores.fold_count(23) == 10 and det.normal_scores.fold_count(4) == 4
+    assert create_detector("padim").normal_scores.fold_count(23) == 23  # padim: leave-one-out by default
+    assert create_detector("padim").normal_scores.fold_count(2) == 0  # one image left: the hold-out path instead
+    assert create_detector("spade").normal_scores.fold_count(100) == 0  # spade does not cross-fit
+    assert create_detector("patchcore", threshold_folds=1).normal_scores.fold_count(100) == 0
 
 
 # ------------------------------------------------------------------ threshold_quantile → false_alarm_rate

@@ -45,9 +45,7 @@ def _weights(detector) -> dict[str, torch.Tensor]:
 
 
 def _fit(params: dict, records: list, plan: DataParallelPlan | None):
-    detector = create_detector("mlp_ae", **params)
-    detector.data_parallel = plan
-    return detector.fit(records, progress=False)
+    return create_detector("mlp_ae", **params).fit(records, progress=False, data_parallel=plan)
 
 
 def _rank(rank: int, world: int, store: str, folder: str, out: str) -> None:

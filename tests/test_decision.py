@@ -126,3 +126,47 @@ def test_the_rule_is_immutable():
     with pytest.raises(AttributeError):
         rule.image_threshold = 2.0  # type: ignore[misc]
     assert rule.with_changes(image_threshold=2.0).image_threshold == 2.0 and rule.image_threshold == 1.0
+
+
+# ---------------------------------------------------------------- every kind of rule, one list of weaknesses
+def test_every_kind_of_rule_is_built_in_the_decision_module():
+    from anomalens.decision import area_rule, f1_rule
+
+    rng = np.random.default_rng(0)
+    normal = rng.random((6, 16, 16)).astype(np.float32)
+    defect = normal.copy()
+    defect[:, 4:10, 4:10] += 2.0
+    maps = np.concatenate([normal, defect])
+    scores = maps.reshape(len(maps), -1).max(1)
+    labels = np.array([0] * 6 + [1] * 6)
+    quantile = DecisionRule.from_normal_scores(scores[:6], maps[:6], 0.01, "held-out normal images", folds=1)
+    assert quantile.source == "quantile"
+    f1, note = f1_rule(quantile, labels, scores, maps, 0.01, pixel_is_image_threshold=True)
+    assert f1.source == "f1" and f1.pixel_threshold == f1.image_threshold and note == f1.description
+    fallback, note = f1_rule(quantile, labels[:6], scores[:6], maps[:6], 0.01, pixel_is_image_threshold=True)
+    assert fallback.source == "quantile" and "no anomalous image" in note  # never a rule that flags everything
+    area, found = area_rule(quantile, normal, maps, labels)
+    assert area.source == "area" and area.min_area == found["min_area"] and area.image_threshold == quantile.image_threshold
+
+
+def test_fit_logs_the_weaknesses_the_report_shows(caplog, train_records):
+    from anomalens.decision import weaknesses
+    from anomalens.report import report_warnings
+
+    with caplog.at_level("WARNING", logger="anomalens"):
+        det = create_detector("mlp_ae", **{**TINY_PARAMS["mlp_ae"], "epochs": 1, "holdout_fraction": 0.0})
+        det.fit(train_records[:8], progress=False)
+    listed = weaknesses(det.decision_)
+    assert len(listed) == 2 and any("only 8 normal score" in w for w in listed)
+    assert any("training images themselves" in w for w in listed)
+    logged = [r.getMessage() for r in caplog.records]
+    assert all(f"mlp_ae: {w}" in logged for w in listed)
+    assert report_warnings({}, det.decision_) == listed  # the report: the same sentences, nothing of its own here
+
+
+def test_identical_normal_scores_are_a_weakness():
+    from anomalens.decision import weaknesses
+
+    alike = DecisionRule.from_normal_scores(np.full(40, 3.0) + np.arange(40) * 1e-9, None, 0.01)
+    assert any("identical copies" in w for w in weaknesses(alike))
+    assert weaknesses(DecisionRule.from_normal_scores(np.arange(40.0), None, 0.01)) == []

@@ -63,7 +63,7 @@ def test_defect_region_is_where_the_map_peaks(train_records, test_records):
 def test_holdout_is_scored_without_itself_and_the_final_model_uses_every_image(train_records):
     params = {**TINY_PARAMS["padim"], "holdout_fraction": 0.25}
     detector = create_detector("padim", **params)
-    kept, held = detector.holdout_split(list(train_records))
+    kept, held = detector.normal_scores.holdout_split(list(train_records))
     held_scores, held_maps = detector._fit_and_score_holdout(kept, held, progress=False)
     # The final Gaussians are those of all images ...
     everything = create_detector("padim", **{**params, "holdout_fraction": 0}).fit(train_records, progress=False)
@@ -95,3 +95,34 @@ def test_more_features_than_the_backbone_has_fails_when_fit_starts(monkeypatch, 
     monkeypatch.setattr("anomalens.models.padim.iterate_batches", lambda *a, **k: pytest.fail("images were read"))
     with pytest.raises(ConfigError, match=r"padim: parameter n_features must be in 1\.\.176 .*got 177"):
         detector.fit(train_records, progress=False)
+
+
+def test_running_sums_merged_from_parts_are_the_sums_of_all_images():
+    """``GaussianSums``: what the local fit sums into is what the shards send and the driver merges."""
+    from anomalens.models.components.gaussian_sums import GaussianSums
+
+    torch.manual_seed(0)
+    batches = [torch.randn(3, 5, 4, dtype=torch.float32) + k for k in range(4)]
+    whole = GaussianSums.about(batches[0])
+    for batch in batches:
+        whole.add(batch)
+    parts = []
+    for pair in (batches[:2], batches[2:]):
+        part = GaussianSums.about(pair[0])
+        for batch in pair:
+            part.add(batch)
+        part.grid = (1, 5)
+        parts.append(part)
+    before = [(p.total.clone(), p.outer.clone()) for p in parts]
+    merged = GaussianSums.merge(parts)
+    assert merged.count == whole.count == 12
+    assert all(torch.equal(p.total, t) and torch.equal(p.outer, o) for p, (t, o) in zip(parts, before))  # unchanged
+    np.testing.assert_allclose((merged.mean + merged.shift.double()).numpy(), (whole.mean + whole.shift.double()).numpy(),
+                               rtol=1e-6, atol=1e-6)
+    mean_m, white_m, _ = merged.finish(0.01)
+    mean_w, white_w, _ = whole.finish(0.01)
+    np.testing.assert_allclose(mean_m.numpy(), mean_w.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(white_m.numpy(), white_w.numpy(), rtol=1e-4, atol=1e-4)
+    parts[1].grid = (5, 1)
+    with pytest.raises(ValueError, match="disagree on the feature grid"):
+        GaussianSums.merge(parts)

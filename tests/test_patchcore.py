@@ -110,7 +110,7 @@ def test_saved_bank_must_match_the_backbone(fitted, tmp_path):
 def test_holdout_is_scored_by_the_bank_of_the_other_images_and_the_final_bank_uses_every_image(train_records):
     params = {**TINY_PARAMS["patchcore"], "holdout_fraction": 0.25}
     detector = create_detector("patchcore", **params)
-    kept, held = detector.holdout_split(list(train_records))
+    kept, held = detector.normal_scores.holdout_split(list(train_records))
     scores, _ = detector._fit_and_score_holdout(kept, held, progress=False)
     everything = create_detector("patchcore", **{**params, "holdout_fraction": 0}).fit(kept + held, progress=False)
     torch.testing.assert_close(detector.memory_bank_, everything.memory_bank_)

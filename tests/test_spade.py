@@ -69,7 +69,7 @@ def test_top_k_above_the_training_set_uses_all_images(train_records, test_record
 def test_pixel_threshold_comes_from_held_out_normal_maps(fitted, train_records):
     # The image score is a global kNN distance, not the map maximum: the pixel threshold is separate.
     assert type(fitted).score_is_map_max is False
-    _, holdout = fitted.holdout_split(list(train_records))
+    _, holdout = fitted.normal_scores.holdout_split(list(train_records))
     scores, maps = fitted.score(holdout, progress=False)
     assert fitted.pixel_threshold_ == pytest.approx(quantile_threshold(maps.reshape(len(maps), -1).max(1), 0.99))
     assert fitted.threshold_ == pytest.approx(quantile_threshold(scores, 0.99))

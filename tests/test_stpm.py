@@ -104,7 +104,7 @@ def test_threshold_holdout_doubles_as_the_validation_set(train_records, monkeypa
     monkeypatch.setattr(TrainedDetector, "_train", spy)
     params = {**TINY_PARAMS["stpm"], "holdout_fraction": 0.25, "epochs": 1}
     detector = create_detector("stpm", **params).fit(train_records, progress=False)
-    kept, held = detector.holdout_split(list(train_records))
+    kept, held = detector.normal_scores.holdout_split(list(train_records))
     assert seen == {"fit": len(kept), "val": len(held)}  # no second split: the student sees every other image
     assert len(detector.history_["val_loss"]) == 1
     create_detector("stpm", **{**params, "validation_fraction": 0}).fit(train_records, progress=False)

@@ -116,4 +116,4 @@ def test_area_calibration_never_uses_normals_the_model_was_fitted_on(train_recor
     assert result.labels[labels == 1].mean() > 0.5  # defects are found
 
     stpm = create_detector("stpm", **TINY_PARAMS["stpm"])
-    assert [r.name for r in stpm.unseen_normals(train_records)] == [r.name for r in stpm.holdout_split(train_records)[1]]
+    assert [r.name for r in stpm.unseen_normals(train_records)] == [r.name for r in stpm.normal_scores.holdout_split(train_records)[1]]

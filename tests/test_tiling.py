@@ -169,14 +169,14 @@ def test_fit_blends_the_tiles_as_the_tiled_module_does(tiled_padim, highres):
 def test_threshold_folds_are_whole_images(tiled_padim):
     rule = tiled_padim.decision_
     assert rule.evidence["n_normal"] == 6 and rule.evidence["folds"] == 3  # image scores, image folds
-    layout = tiled_padim.tile_layout()
+    layout = tiled_padim.sizing.tile_layout()
     assert layout.tile_indices([0, 2]).tolist() == [*range(0, 16), *range(32, 48)]
 
 
 def test_a_tiled_run_saves_and_loads(tiled_padim, highres, tmp_path):
     tiled_padim.save(tmp_path / "run")
     loaded = load_detector(tmp_path / "run")
-    assert loaded.params["tile_size"] == 64 and loaded.tiling
+    assert loaded.params["tile_size"] == 64 and loaded.sizing.tiling
     config = json.loads((tmp_path / "run" / "detector.json").read_text())
     tiles = config["preprocessing"]["tiles"]
     assert tiles["size"] == [64, 64] and tiles["rows"] == [0, 43, 85, 128] and tiles["image_score"] == "max of the blended map"
@@ -227,9 +227,9 @@ def test_tile_size_on_a_detector_that_does_not_tile_is_refused():
     with pytest.raises(ConfigError, match="mahalanobis: does not tile"):
         create_detector("mahalanobis", tile_size=32)
     assert "tile_size" not in create_detector("mahalanobis").params
-    assert "tile_size" in create_detector("patchcore").params and create_detector("padim").tile_shape is None
-    assert create_detector("padim", tile_size=0).tile_shape is None  # 0 = off, as null
-    assert create_detector("padim", image_size=[64, 256], tile_size=[32, 128]).tile_shape == (32, 128)
+    assert "tile_size" in create_detector("patchcore").params and create_detector("padim").sizing.tile_shape is None
+    assert create_detector("padim", tile_size=0).sizing.tile_shape is None  # 0 = off, as null
+    assert create_detector("padim", image_size=[64, 256], tile_size=[32, 128]).sizing.tile_shape == (32, 128)
 
 
 def test_cli_refuses_a_tile_larger_than_the_image_with_exit_2(category, tmp_path, capsys):

@@ -27,6 +27,13 @@ t ≤ m (all normal scores equal, or a calibrated threshold below the median nor
 saved before it existed), w = 10⁻³·max(|t|, 1): still monotone with 0.5 at t, close to a step. Under the
 minimum-area rule the label follows the region size, not this score.
 
+Every kind of rule is built here: the quantile rule of normal scores (``DecisionRule.from_normal_scores``,
+what ``fit`` sets), the F1-optimal rule and its fallback (``f1_rule``), the minimum-area rule (``area_rule``);
+``anomalens.detector.calibration`` only gathers the labelled scores they are built from. So is the one list
+of a rule's weaknesses (``weaknesses``: too few normal scores, scores of the training images themselves,
+normal scores all alike, a calibration on few defects) that ``fit`` and ``calibrate`` log, the test report
+prints and the service can show — the same sentences everywhere.
+
 ``DetectionResult``, what applying the rule gives, lives here too: this module imports no torch, so the
 loader of exported models (``anomalens.exported``) returns the very same type as ``Detector.predict``.
 """
@@ -39,9 +46,15 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.thresholds import largest_defect_areas, quantile_threshold
+from anomalens.thresholds import area_threshold_search, f1_threshold, largest_defect_areas, quantile_threshold
 
 SOURCES = ("quantile", "f1", "area")
+#: Below this many normal scores a quantile threshold is weak (``weaknesses``).
+MIN_THRESHOLD_SCORES = 30
+#: Below this many defective images a labelled calibration is weak (``weaknesses``).
+MIN_CALIBRATION_DEFECTS = 10
+#: Normal scores this close (relative) to each other count as all alike (identical images).
+ALIKE_TOLERANCE = 1e-5
 
 
 @dataclass
@@ -200,6 +213,96 @@ class DecisionRule:
             )
         except (TypeError, ValueError) as exc:
             raise ValueError(str(exc)) from None
+
+
+# -- the calibrated rules ------------------------------------------------------------------------------
+def f1_rule(current: DecisionRule, labels: np.ndarray, scores: np.ndarray, maps: np.ndarray | None,
+            false_alarm_rate: float, pixel_is_image_threshold: bool) -> tuple[DecisionRule, str]:
+    """(rule, note): the F1-optimal image threshold on labelled ``scores`` (labels 0 normal, 1 defective).
+
+    ``pixel_is_image_threshold``: the image score is the maximum of the map, so the image threshold is a
+    pixel threshold too; else the pixel threshold of ``current`` stays. Without both classes the F1 rule is
+    undefined: the fallback is the quantile rule of the normal scores (and of their maps) at
+    ``false_alarm_rate`` — never a threshold that flags everything — and the note says so.
+    """
+    threshold = f1_threshold(labels, scores)
+    if threshold is None:
+        normal = scores[labels == 0]
+        if len(normal) == 0:
+            raise ValueError("calibration data has no normal image; cannot set a threshold")
+        rule = DecisionRule.from_normal_scores(normal, None if maps is None else maps[labels == 0], false_alarm_rate,
+                                               "calibration normal images")
+        note = (f"calibration data has no anomalous image: threshold set to the {1 - false_alarm_rate:g} quantile of "
+                f"its {len(normal)} normal scores (false-alarm rate {false_alarm_rate:g})")
+        return rule, note
+    description = f"F1-optimal on {len(labels)} labelled images ({int(labels.sum())} anomalous)"
+    pixel = threshold if maps is not None and pixel_is_image_threshold else current.pixel_threshold
+    rule = current.with_changes(
+        source="f1", image_threshold=threshold, pixel_threshold=pixel, min_area=None, clear_border=False,
+        description=description, evidence={"n_labelled": len(labels), "n_anomalous": int(labels.sum())},
+    )
+    return rule, description
+
+
+def area_rule(current: DecisionRule, normal_maps: np.ndarray, maps: np.ndarray, labels: np.ndarray,
+              clear_border: bool = False, progress: bool = False) -> tuple[DecisionRule, dict[str, Any]]:
+    """(rule, search result): the seed's minimum-area rule — a pixel threshold and a minimum defect area
+    found by ``thresholds.area_threshold_search`` on validation ``normal_maps`` and labelled ``maps``; the
+    image threshold of ``current`` stays (it still normalises the scores)."""
+    if normal_maps is None or len(normal_maps) == 0:
+        raise ValueError("the area calibration needs normal images")
+    found = area_threshold_search(normal_maps, maps, labels, clear_border=clear_border, progress=progress)
+    rule = current.with_changes(
+        source="area",
+        pixel_threshold=float(found["threshold"]),
+        min_area=int(found["min_area"]),
+        clear_border=clear_border,
+        description=f"area rule: region ≥ {found['min_area']} px above {found['threshold']:.4g}; {found['note']}",
+        evidence={"n_labelled": len(labels), "n_anomalous": int(labels.sum()), "n_normal_validation": len(normal_maps),
+                  "balanced_accuracy": float(found["score"])},
+    )
+    return rule, found
+
+
+# -- what makes a rule weak ------------------------------------------------------------------------------
+def weaknesses(rule: DecisionRule, min_threshold_scores: int = MIN_THRESHOLD_SCORES) -> list[str]:
+    """What makes ``rule`` less trustworthy, one plain sentence each (empty for a sound rule), read from the
+    numbers it rests on (``evidence``): ``fit`` and ``calibrate`` log these, the test report prints them
+    (``anomalens.report.operator_warnings``) and the service can show them — one list, one wording.
+
+    - a quantile rule on fewer than ``min_threshold_scores`` normal scores: its false-alarm rate on new
+      normal images may be far from the one aimed at;
+    - a quantile rule on scores of the training images themselves (``folds`` 0): optimistic;
+    - a quantile rule whose threshold is the median normal score (to ``ALIKE_TOLERANCE``): the normal
+      images scored alike — identical copies? — so it cannot separate new normal images from defects;
+    - a calibrated rule (F1 or area) on fewer than ``MIN_CALIBRATION_DEFECTS`` defective images.
+    """
+    evidence = rule.evidence or {}
+    out: list[str] = []
+    if rule.source == "quantile":
+        rate = evidence.get("false_alarm_rate")
+        n_normal = evidence.get("n_normal")
+        aim = f"the {rate:g} aimed at" if isinstance(rate, (int, float)) else "its aim"
+        if isinstance(n_normal, int) and n_normal < min_threshold_scores:
+            out.append(f"The threshold rests on only {n_normal} normal score(s), fewer than {min_threshold_scores}: "
+                       f"on new normal images the false-alarm rate may be far from {aim}. Fit on more normal "
+                       "images, or calibrate on labelled images.")
+        if evidence.get("folds") == 0:
+            out.append("The threshold comes from the training images themselves (none could be held out), which "
+                       f"the model fits better than new images: expect more false alarms than {aim}.")
+        reference, threshold = rule.score_reference, rule.image_threshold
+        if (reference is not None and isinstance(n_normal, int) and n_normal > 1
+                and threshold - reference <= ALIKE_TOLERANCE * max(1.0, abs(threshold))):
+            out.append(f"The threshold equals the median of the {n_normal} normal scores it comes from "
+                       f"({threshold:.6g}): those images scored (nearly) alike — identical copies? — so it cannot "
+                       "separate new normal images from defects reliably.")
+    elif rule.source in ("f1", "area"):
+        n_defects = evidence.get("n_anomalous")
+        if isinstance(n_defects, int) and n_defects < MIN_CALIBRATION_DEFECTS:
+            out.append(f"The threshold was calibrated on only {n_defects} defective image(s): it may be tuned to "
+                       "those few. Calibrate on more labelled defects, or keep the threshold from the normal "
+                       "images (fit).")
+    return out
 
 
 def _number(value: Any, name: str, optional: bool = False) -> float | None:

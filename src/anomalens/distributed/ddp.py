@@ -7,8 +7,10 @@ and hosts, with ``torchrun`` and DistributedDataParallel.
 
 ``anomalens fit`` sees torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR``,
 ``MASTER_PORT``) and trains data-parallel (``--engine ddp`` says so explicitly, and refuses to run outside
-torchrun). Every process runs the ordinary ``Detector.fit``; the trained detectors' base
-(``TrainedDetector.data_parallel``) consults the ``DataParallelPlan`` below:
+torchrun): every process calls ``fit_run(..., engine=DataParallel(resume=...))``. The engine
+(``anomalens.engines.FitEngine``) joins the process group around the run, and every process runs the
+ordinary ``TrainedDetector.fit`` with this process's ``DataParallelPlan`` passed to it (``data_parallel=``):
+the detector is never told which engine runs it, only the plan of its training:
 
 - **Process group**: NCCL when the detector runs on CUDA (one GPU per process: ``LOCAL_RANK``), else gloo.
 - **Batches**: each epoch's seeded order (the single-process one) is padded by wrapping to a multiple of the
@@ -26,7 +28,8 @@ torchrun). Every process runs the ordinary ``Detector.fit``; the trained detecto
   (DDP's ``broadcast_buffers``); the saved model is rank 0's.
 - **Validation, early stopping, the kept epoch, the threshold**: every rank computes them on the same held-out
   images; the validation loss is rank 0's on all ranks (so they stop together); rank 0 writes the run, by the
-  output-folder protocol of ``anomalens.workflow`` (staged, renamed into place when complete).
+  output-folder protocol of ``anomalens.outputs`` (staged, renamed into place when complete); the others
+  return None from ``fit_run``.
 - **Checkpoints**: rank 0 alone writes one after every epoch: to ``-p checkpoint=FILE`` when given (kept,
   resumed from whenever it exists, as in one process), else to ``.RUN.ddp-checkpoint.pt`` beside the run
   folder, deleted once the run is saved. A stopped job continues from it with ``--resume``; without
@@ -49,8 +52,9 @@ import datetime
 import logging
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -73,8 +77,11 @@ def launched_by_torchrun() -> bool:
 
 
 class DataParallelPlan:
-    """How one process of a data-parallel fit trains: what ``TrainedDetector.data_parallel`` holds (see the
-    module docstring). ``device``: this process's device; ``checkpoint``: the job's own checkpoint file."""
+    """How one process of a data-parallel fit trains: the ``TrainingPlan`` passed to ``TrainedDetector.fit``
+    (see the module docstring). ``device``: this process's device; ``checkpoint``: the job's own checkpoint
+    file."""
+
+    replicates = True  # the networks train wrapped in DistributedDataParallel (``wrap``)
 
     def __init__(self, rank: int, world_size: int, device: torch.device, checkpoint: str | None = None) -> None:
         self.rank, self.world_size, self.device, self.checkpoint = rank, world_size, device, checkpoint
@@ -188,56 +195,90 @@ def check_checkpoint(run_dir: Path, checkpoint: Path, owned: bool, resume: bool,
         remove_earlier_files(checkpoint.parent, [checkpoint.name])
 
 
+@dataclass
+class DataParallelJob:
+    """What a ``DataParallel`` engine holds while its run lasts: this process's plan, the run folder and the
+    checkpoint (``owned``: the job's own, deleted once the run is saved), and whether the ranks started."""
+
+    plan: DataParallelPlan
+    run_dir: Path
+    checkpoint: Path
+    owned: bool
+    overwrite: bool
+    started: bool = False
+
+
+class DataParallel:
+    """The data-parallel engine (``anomalens.engines.FitEngine``; module docstring) of one process of a
+    torchrun job: every process passes one to ``fit_run``; rank 0 writes the run, the others train along.
+    ``resume``: continue a stopped job from its checkpoint."""
+
+    def __init__(self, resume: bool = False) -> None:
+        self.resume = resume
+        self.job: DataParallelJob | None = None
+
+    def check(self, detector: Any) -> None:
+        """Before anything is read: only the detectors that train, and can be split (ConfigError otherwise)."""
+        from anomalens.models.components.trained import TrainedDetector
+
+        if not isinstance(detector, TrainedDetector):
+            raise ConfigError(f"{detector.name} does not train networks: --engine ddp is for stpm, the autoencoders "
+                              "and the GANs; fit padim or patchcore on shards with --engine ray, or in one process")
+        if detector.name in NOT_DATA_PARALLEL:
+            raise ConfigError(f"{detector.name} cannot train data-parallel: {NOT_DATA_PARALLEL[detector.name]}; fit it "
+                              "in one process")
+
+    @contextlib.contextmanager
+    def session(self, detector: Any, run_dir: Path, overwrite: bool) -> Iterator[bool]:
+        """The torchrun job's process group around the whole run; yields whether this process writes the run
+        (rank 0). Rank 0 tells the others to stop if it fails before training starts, and deletes the job's own
+        checkpoint once the run is saved; the other ranks wait here for rank 0's go."""
+        run_dir = Path(run_dir)
+        owned = not detector.params["checkpoint"]
+        checkpoint = own_checkpoint(run_dir) if owned else Path(detector.params["checkpoint"])
+        with process_group(detector.params["device"]) as (rank, world_size, device):
+            plan = DataParallelPlan(rank, world_size, device, str(checkpoint) if owned else None)
+            self.job = job = DataParallelJob(plan, run_dir, checkpoint, owned, overwrite)
+            try:
+                if rank != 0:
+                    logging.getLogger("anomalens").setLevel(logging.ERROR)  # rank 0 says it once
+                    if not plan.agree(None):
+                        raise AnomalensError(f"rank {rank}: rank 0 stopped before training (its error says why); "
+                                             "nothing was trained")
+                    yield False
+                    return
+                try:
+                    yield True
+                except BaseException:
+                    if not job.started:
+                        plan.agree(False)
+                    raise
+                if owned:
+                    remove_earlier_files(checkpoint.parent, [checkpoint.name])
+            finally:
+                self.job = None
+
+    def fit(self, detector: Any, records: Sequence, progress: bool = True) -> dict[str, Any]:
+        """Train ``detector`` on this process's shares of ``records`` with the job's plan (inside ``session``);
+        rank 0 first checks the checkpoint and gives the others the go."""
+        job = self.job
+        if job is None:
+            raise ConfigError("DataParallel.fit runs inside its session: pass the engine to fit_run")
+        plan = job.plan
+        if plan.rank == 0:
+            check_checkpoint(job.run_dir, job.checkpoint, job.owned, self.resume, job.overwrite)
+            job.started = plan.agree(True)  # the other ranks start now
+        plan.check_checkpoint_seen(str(job.checkpoint))
+        detector.fit(records, progress=progress, data_parallel=plan)
+        return {"engine": "ddp", "world_size": plan.world_size, "backend": dist.get_backend()}
+
+
 def fit_run_data_parallel(model: str, data: Any, run_dir: str | Path, params: dict[str, Any] | None = None, *,
                           overwrite: bool = False, resume: bool = False, progress: bool = True) -> Any:
-    """``anomalens.workflow.fit_run`` for one process of a torchrun job (module docstring): every rank trains
-    its shard; rank 0 writes the run into ``run_dir`` and returns the detector, the others return None."""
-    from anomalens.catalog import create_detector
-    from anomalens.models.components.trained import TrainedDetector
-    from anomalens.workflow import fit_run, read_dataset
+    """``fit_run(model, data, run_dir, params, engine=DataParallel(resume))`` for one process of a torchrun job:
+    rank 0 writes the run and returns the detector, the others return None. Kept for the callers of the time
+    before engines were passed to ``fit_run``."""
+    from anomalens.workflow.fit import fit_run
 
-    params = dict(params or {})
-    detector = create_detector(model, **params)
-    if not isinstance(detector, TrainedDetector):
-        raise ConfigError(f"{model} does not train networks: --engine ddp is for stpm, the autoencoders and the GANs; "
-                          "fit padim or patchcore on shards with --engine ray, or in one process")
-    if model in NOT_DATA_PARALLEL:
-        raise ConfigError(f"{model} cannot train data-parallel: {NOT_DATA_PARALLEL[model]}; fit it in one process")
-    run_dir = Path(run_dir)
-    owned = not detector.params["checkpoint"]
-    checkpoint = own_checkpoint(run_dir) if owned else Path(detector.params["checkpoint"])
-    with process_group(detector.params["device"]) as (rank, world_size, device):
-        plan = DataParallelPlan(rank, world_size, device, str(checkpoint) if owned else None)
-        if rank != 0:
-            logging.getLogger("anomalens").setLevel(logging.ERROR)  # rank 0 says it once
-            if not plan.agree(None):
-                raise AnomalensError(f"rank {rank}: rank 0 stopped before training (its error says why); nothing was "
-                                     "trained")
-            plan.check_checkpoint_seen(str(checkpoint))
-            detector.data_parallel = plan
-            detector.fit(read_dataset(data).train, progress=False)
-            return None
-        started = False
-
-        def train_on_every_rank(fitted: Any, train: list) -> dict[str, Any]:
-            nonlocal started
-            check_checkpoint(run_dir, checkpoint, owned, resume, overwrite)
-            started = plan.agree(True)  # the other ranks start now
-            plan.check_checkpoint_seen(str(checkpoint))
-            fitted.data_parallel = plan
-            try:
-                fitted.fit(train, progress=progress)
-            finally:
-                fitted.data_parallel = None
-            return {"engine": "ddp", "world_size": world_size, "backend": dist.get_backend()}
-
-        try:
-            fitted = fit_run(model, data, run_dir, params, overwrite=overwrite, progress=progress,
-                             fit_with=train_on_every_rank)
-        except BaseException:
-            if not started:
-                plan.agree(False)
-            raise
-        if owned:
-            remove_earlier_files(checkpoint.parent, [checkpoint.name])
-        return fitted
+    return fit_run(model, data, run_dir, params, overwrite=overwrite, progress=progress,
+                   engine=DataParallel(resume=resume))

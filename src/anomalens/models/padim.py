@@ -59,8 +59,14 @@ from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
-from anomalens.models.components.gaussian import inverse_sqrt
+from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings, mean_and_whitener
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
+from anomalens.models.components.saved_state import (
+    check_tensor_names,
+    checked_channel_index,
+    checked_float,
+    checked_grid,
+)
 from anomalens.params import Float, Int, Ints, Text
 
 # The paper's channel counts for its backbones (d of the concatenated layers 1-3).
@@ -102,50 +108,6 @@ def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, whitener: torch
     return whitened.pow(2).sum(1).clamp_min(0).sqrt().transpose(0, 1)
 
 
-# ------------------------------------------------------------------------ checks of a restored state
-# A run's tensors are checked against its parameters when they are restored (``_load_state_tensors``): a
-# tensor edited in a way the file hashes cannot see (both files rewritten together) must fail with one line,
-# not index out of range, reshape wrongly or score silently differently. Shared by the feature-based detectors.
-def check_tensor_names(tensors: dict[str, torch.Tensor], expected: set[str]) -> None:
-    """ValueError when the saved tensors are not exactly ``expected`` (missing or unexpected names)."""
-    missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
-    if missing or extra:
-        raise ValueError(", ".join(([f"missing tensor(s) {', '.join(missing)}"] if missing else [])
-                                   + ([f"unexpected tensor(s) {', '.join(extra)}"] if extra else [])))
-
-
-def checked_grid(tensor: torch.Tensor, name: str) -> tuple[int, int]:
-    """A saved (2,) integer grid size as a tuple of positive ints; ValueError otherwise."""
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool or tuple(tensor.shape) != (2,):
-        raise ValueError(f"tensor '{name}' must be 2 integers, got {tensor.dtype} of shape {tuple(tensor.shape)}")
-    grid = tuple(int(g) for g in tensor.tolist())
-    if min(grid) < 1:
-        raise ValueError(f"tensor '{name}' must be 2 positive integers, got {grid}")
-    return grid  # type: ignore[return-value]
-
-
-def checked_float(tensor: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
-    """A saved floating-point tensor of exactly ``shape``, as float32; ValueError otherwise."""
-    if not tensor.is_floating_point() or tuple(tensor.shape) != tuple(shape):
-        raise ValueError(f"tensor '{name}' must be floating point of shape {tuple(shape)} for these parameters, got "
-                         f"{tensor.dtype} of shape {tuple(tensor.shape)}")
-    return tensor.float()
-
-
-def checked_channel_index(tensor: torch.Tensor, d: int, total: int) -> torch.Tensor:
-    """A saved channel subset: ``d`` distinct integers in 0..total-1, ascending (as ``_choose_channels``)."""
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool or tuple(tensor.shape) != (d,):
-        raise ValueError(f"tensor 'channel_index' must be {d} integers for these parameters, got {tensor.dtype} of "
-                         f"shape {tuple(tensor.shape)}")
-    index = tensor.long()
-    if d and (int(index.min()) < 0 or int(index.max()) >= total):
-        raise ValueError(f"tensor 'channel_index' holds channels outside 0..{total - 1} (the backbone's channels): "
-                         f"{int(index.min())}..{int(index.max())}")
-    if d > 1 and not bool((index[1:] > index[:-1]).all()):
-        raise ValueError("tensor 'channel_index' must hold distinct channels in ascending order")
-    return index
-
-
 class PaDiMGraph(nn.Module):
     """Images in [0, 1] → (image scores, anomaly maps): features, channel subset, eq. 2, upsampling, blur."""
 
@@ -168,37 +130,6 @@ class PaDiMGraph(nn.Module):
 # Leave-one-out keeps the training embeddings of the accumulating pass up to this size (120 images of 256 px at
 # d = 100: 197 MB) instead of extracting every feature a second time; beyond it, a second pass.
 LEAVE_ONE_OUT_KEEP_BYTES = 512 * 2**20
-
-
-class KeptEmbeddings:
-    """(B, P, d) embedding batches of a feature pass kept for a second use — all of them, or none once they
-    would exceed ``limit`` bytes (so memory stays bounded whatever the number of images)."""
-
-    def __init__(self, limit: int | None = None) -> None:
-        self.batches: list[torch.Tensor] = []
-        self.limit = limit
-        self.overflowed = False
-        self.nbytes = 0
-
-    def add(self, embeddings: torch.Tensor) -> None:
-        if self.overflowed:
-            return
-        self.nbytes += embeddings.numel() * embeddings.element_size()
-        if self.limit is not None and self.nbytes > self.limit:
-            self.batches.clear()
-            self.overflowed = True
-            return
-        self.batches.append(embeddings)
-
-    def complete(self, count: int) -> bool:
-        return not self.overflowed and sum(len(b) for b in self.batches) == count
-
-    def positions(self, chunk: slice) -> torch.Tensor:
-        """(n, p, d): every kept image's embeddings at the positions ``chunk``."""
-        return torch.cat([b[:, chunk] for b in self.batches])
-
-    def all(self) -> torch.Tensor:
-        return torch.cat(self.batches)
 
 
 @register_detector
@@ -249,74 +180,32 @@ class PaDiM(Detector):
         self.grid_size_ = tuple(int(g) for g in embedding.shape[-2:])
         return embedding.flatten(2).transpose(1, 2)  # (B, P, d)
 
-    def _accumulate(self, records: Sequence, progress: bool, sums: dict | None = None,
-                    keep: KeptEmbeddings | None = None) -> dict:
-        """Add ``records`` to the running sums: count, Σ(x-s) (float64) and Σ(x-s)(x-s)ᵀ (float32) per position.
-
-        ``keep``: where the records' embeddings are kept for a second use (the held-out images, whose own
-        terms ``_finish`` subtracts again; the training images for leave-one-out).
-
-        Sums are taken around a reference mean s (the first batch's): Σ = E[(x-s)(x-s)ᵀ] - (μ-s)(μ-s)ᵀ
-        then cancels far less, and the float32 sum of products of a few thousand images loses < 1e-6
-        relative. Memory: P·d² floats, whatever the number of images.
-        """
+    def _accumulate(self, records: Sequence, progress: bool, sums: GaussianSums | None = None,
+                    keep: KeptEmbeddings | None = None) -> GaussianSums:
+        """Add ``records`` to the running sums (``GaussianSums``; started about the first batch's mean when
+        ``sums`` is None). ``keep``: where the records' embeddings are kept for a second use (the held-out
+        images, whose own terms ``GaussianSums.finish`` subtracts again; the training images for
+        leave-one-out)."""
         with torch.inference_mode():
             for batch in iterate_batches(records, self.model_input_size, self.batch_size, desc="padim fit" if progress else None):
                 emb = self.embed(batch["image"])  # (B, P, d)
                 if keep is not None:
                     keep.add(emb)
                 if sums is None:
-                    shift = emb.mean(0)
-                    sums = {"count": 0, "shift": shift,
-                            "total": torch.zeros(shift.shape, dtype=torch.float64, device=shift.device),
-                            "outer": torch.zeros(shift.shape + shift.shape[-1:], dtype=torch.float32, device=shift.device)}
-                # contiguous: the embedding's layout leaves neither matrix dimension unit-strided, and baddbmm on it
-                # was measured 6-50x slower (1.6-13 s instead of 0.27 s per batch of 16 at 4096 positions, d = 100)
-                centred = (emb - sums["shift"]).transpose(0, 1).contiguous()  # (P, B, d)
-                sums["total"] += centred.sum(1)
-                # In chunks of positions, so the product is never a second full-size (P, d, d) tensor.
-                for start in range(0, len(centred), 512):
-                    part = centred[start : start + 512]
-                    sums["outer"][start : start + 512].baddbmm_(part.transpose(1, 2), part)
-                sums["count"] += emb.shape[0]
+                    sums = GaussianSums.about(emb)
+                sums.add(emb)
         return sums
 
     def _whitener(self, outer: torch.Tensor, total: torch.Tensor, count: int,
-                   denominator: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean about s, whitener W with WᵀW = Σ⁻¹) of a chunk of positions, in float64 (eq. 1).
+                  denominator: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean about s, whitener) of a chunk of positions, with this detector's ε (``mean_and_whitener``)."""
+        return mean_and_whitener(outer, total, count, self.epsilon, denominator)
 
-        Σ = scatter / (count − 1) + εI; ``denominator`` replaces count − 1 (leave-one-out: count − 2)."""
-        if count < 2:
-            raise ValueError("padim: needs at least 2 training images to estimate covariances")
-        mean = total / count
-        cov = (outer.double() - count * mean.unsqueeze(2) * mean.unsqueeze(1)) / (denominator or count - 1)
-        cov.diagonal(dim1=-2, dim2=-1).add_(self.epsilon)
-        return mean, inverse_sqrt(cov)
-
-    @torch.inference_mode()
-    def _finish(self, sums: dict, holdout: torch.Tensor | None = None) -> torch.Tensor | None:
-        """Turn the sums into the fitted state, in place of the accumulator (no second (P, d, d) buffer).
-
-        ``holdout``: (n, P, d) embeddings of held-out images that are *included* in the sums. Their
-        Mahalanobis distances are returned, computed with the Gaussians of the other images only
-        (sums minus their own terms): the final model uses every image, the threshold still comes from
-        images its estimate did not see.
-        """
-        outer, total, count, shift = sums["outer"], sums["total"], sums["count"], sums["shift"]
-        self.mean_ = (total / count + shift.double()).float()
-        held = None if holdout is None else (holdout - shift).transpose(0, 1)  # (P, n, d)
-        distances = None if held is None else torch.empty(held.shape[:2], device=outer.device)  # (P, n)
-        for start in range(0, len(outer), 256):
-            chunk = slice(start, start + 256)
-            if held is not None:
-                h = held[chunk]
-                leave_out_outer = outer[chunk].double() - torch.bmm(h.transpose(1, 2), h).double()
-                mean, whitener = self._whitener(leave_out_outer, total[chunk] - h.double().sum(1), count - h.shape[1])
-                diff = (h.double() - mean.unsqueeze(1)).transpose(1, 2)  # (p, d, n)
-                distances[chunk] = torch.bmm(whitener, diff).pow(2).sum(1).sqrt().float()
-            outer[chunk] = self._whitener(outer[chunk], total[chunk], count)[1]
-        self.whitener_ = outer
-        return None if distances is None else distances.transpose(0, 1)  # (n, P)
+    def _finish(self, sums: GaussianSums, holdout: torch.Tensor | None = None) -> torch.Tensor | None:
+        """The fitted state from ``sums``, in place of their accumulator (``GaussianSums.finish``); returns the
+        distances of the held-out images ``holdout`` included in the sums, from the Gaussians without them."""
+        self.mean_, self.whitener_, distances = sums.finish(self.epsilon, holdout)
+        return distances
 
     def _prepare(self) -> None:
         self.extractor_ = self._build_extractor()
@@ -339,8 +228,6 @@ class PaDiM(Detector):
     def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
                                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """Final Gaussians from every image; each image scored without its fold (module docstring)."""
-        if self.shard_runner is not None:  # the same, with the sums taken on shards (fitting on shards, below)
-            return self.shard_runner.fit_out_of_fold(self, parts, folds, progress)
         self._prepare()
         records = [r for part in parts for r in part]
         leave_one_out = len(folds) == len(records)
@@ -355,36 +242,36 @@ class PaDiM(Detector):
         return scores, maps
 
     @torch.inference_mode()
-    def _leave_one_out(self, records: list, sums: dict, progress: bool,
+    def _leave_one_out(self, records: list, sums: GaussianSums, progress: bool,
                        kept: KeptEmbeddings | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The final model from ``sums``; every image's distances from the Gaussians of the others, in
         closed form (Sherman–Morrison, module docstring): from the embeddings ``kept`` of the accumulating
         pass when it kept them all, else in a second feature pass."""
-        n = sums["count"]
+        n = sums.count
         if n < 3:
             raise ValueError("padim: leave-one-out needs at least 3 training images")
-        mean = sums["total"] / n  # (P, d) about the shift, float64
+        mean = sums.total / n  # (P, d) about the shift, float64
         if kept is not None and kept.complete(len(records)):
             # Position chunk by chunk over all n images at once: each whitener of A is made and used once,
             # in float64, and the products are few large matrix products.
             q = torch.empty((len(mean), n), dtype=torch.float64, device=mean.device)  # (P, n)
             for start in range(0, len(mean), 256):
                 chunk = slice(start, start + 256)
-                whitener = self._whitener(sums["outer"][chunk], sums["total"][chunk], n, denominator=n - 2)[1]
-                r = self._residuals(kept.positions(chunk).transpose(0, 1), sums["shift"][chunk], mean[chunk])
+                whitener = self._whitener(sums.outer[chunk], sums.total[chunk], n, denominator=n - 2)[1]
+                r = self._residuals(kept.positions(chunk).transpose(0, 1), sums.shift[chunk], mean[chunk])
                 q[chunk] = torch.bmm(r, whitener.transpose(1, 2)).pow(2).sum(2)
             self._finish(sums)
             parts = [self._leave_one_out_scores(q[:, i : i + self.batch_size], n) for i in range(0, n, self.batch_size)]
         else:
-            loo = torch.empty_like(sums["outer"])  # whiteners of A = S/(n − 2) + εI
+            loo = torch.empty_like(sums.outer)  # whiteners of A = S/(n − 2) + εI
             for start in range(0, len(loo), 256):
                 chunk = slice(start, start + 256)
-                loo[chunk] = self._whitener(sums["outer"][chunk], sums["total"][chunk], n, denominator=n - 2)[1]
-            self._finish(sums)  # sums["outer"] becomes the final whitener; total, count and shift stay
+                loo[chunk] = self._whitener(sums.outer[chunk], sums.total[chunk], n, denominator=n - 2)[1]
+            self._finish(sums)  # sums.outer becomes the final whitener; total, count and shift stay
             parts = []
             for batch in iterate_batches(records, self.model_input_size, self.batch_size,
                                          desc="padim threshold" if progress else None):
-                r = self._residuals(self.embed(batch["image"]).transpose(0, 1), sums["shift"], mean)  # (P, B, d)
+                r = self._residuals(self.embed(batch["image"]).transpose(0, 1), sums.shift, mean)  # (P, B, d)
                 q = torch.empty(r.shape[:2], dtype=torch.float64, device=r.device)
                 for start in range(0, len(r), 256):
                     chunk = slice(start, start + 256)
@@ -447,30 +334,27 @@ class PaDiM(Detector):
         self.mean_ = checked_float(tensors["mean"], "mean", (positions, d)).to(self.device)
         self.whitener_ = checked_float(tensors["whitener"], "whitener", (positions, d, d)).to(self.device)
 
-    def score_folds(self, records: list, sums: dict, folds: list[np.ndarray],
+    def score_folds(self, records: list, sums: GaussianSums, folds: list[np.ndarray],
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N,) and maps (N, H, W) of ``records``: each fold (index arrays into ``records``, together
         covering them) scored through the inference graph by the Gaussians of ``sums`` minus the fold's own
         sums, accumulated here about the same shift. ``sums`` is left as it was; ``mean_`` / ``whitener_`` hold
         the last fold's model afterwards (``_finish`` sets the final one)."""
         scores, maps = np.empty(len(records), np.float32), None
-        fold_sums = {"count": 0, "shift": sums["shift"], "total": torch.zeros_like(sums["total"]),
-                     "outer": torch.empty_like(sums["outer"])}  # the one extra P·d² buffer, reused by every fold
-        mean = torch.empty_like(sums["total"])
+        fold_sums = sums.empty_part()  # the one extra P·d² buffer, reused by every fold
+        mean = torch.empty_like(sums.total)
         for fold in folds:
             members = [records[i] for i in fold]
-            fold_sums["count"] = 0
-            fold_sums["total"].zero_()
-            fold_sums["outer"].zero_()
+            fold_sums.clear()
             self._accumulate(members, progress, fold_sums)
             with torch.inference_mode():
                 for start in range(0, len(mean), 256):
                     chunk = slice(start, start + 256)
                     mean[chunk], whitener = self._whitener(
-                        sums["outer"][chunk].double() - fold_sums["outer"][chunk].double(),
-                        sums["total"][chunk] - fold_sums["total"][chunk], sums["count"] - len(fold))
-                    fold_sums["outer"][chunk] = whitener
-            self.mean_, self.whitener_ = (mean + sums["shift"].double()).float(), fold_sums["outer"]
+                        sums.outer[chunk].double() - fold_sums.outer[chunk].double(),
+                        sums.total[chunk] - fold_sums.total[chunk], sums.count - len(fold))
+                    fold_sums.outer[chunk] = whitener
+            self.mean_, self.whitener_ = (mean + sums.shift.double()).float(), fold_sums.outer
             fold_scores, fold_maps = self._score(members, progress)  # the inference graph, as predict runs it
             if maps is None:
                 maps = np.empty((len(records), *fold_maps.shape[1:]), np.float32)
@@ -479,61 +363,36 @@ class PaDiM(Detector):
 
     # -- fitting on shards (anomalens.distributed.sharded_fit) -------------------------------------------
     # The fit is a sum over images, so shards can share it: each shard worker accumulates the sums of its
-    # images (``shard_part``), the driver merges them into the sums of one fit (``merge_shard_parts``: the
-    # same numbers up to float rounding) and turns them into the Gaussians (``adopt_merged``), and each shard
-    # scores its images out of fold from the merged sums (``score_shard_folds``) with the code ``fit`` runs:
-    # leave-one-out in closed form, or the folds through the inference graph. ``fit`` calls the runner.
-
-    #: Set by ``anomalens.distributed.sharded_fit`` while ``fit`` runs on shards; None: in this process.
-    shard_runner: Any = None
+    # images (``shard_part``), the driver merges them into the sums of one fit (``merge_shard_parts``:
+    # ``GaussianSums.merge``, the same numbers up to float rounding) and turns them into the Gaussians
+    # (``adopt_merged``), and each shard scores its images out of fold from the merged sums
+    # (``score_shard_folds``) with the code ``fit`` runs: leave-one-out in closed form, or the folds through
+    # the inference graph. Whatever engine runs them, these are plain methods of the fit's arithmetic.
 
     def shard_params(self) -> dict[str, Any]:
         """The hyper-parameters of a shard worker's detector: this one's."""
         return dict(self.params)
 
-    def shard_part(self, records: Sequence, global_index: np.ndarray, progress: bool = False) -> dict[str, Any]:
+    def shard_part(self, records: Sequence, global_index: np.ndarray, progress: bool = False) -> GaussianSums:
         """One shard's share of the fit: the running sums of its ``records`` about its own shift, on the CPU."""
         torch.manual_seed(self.seed)  # as fit seeds it: a backbone with weights='random' is the driver's
         self._prepare()
         sums = self._accumulate(records, progress)
-        return {"count": sums["count"], "shift": sums["shift"].cpu(), "total": sums["total"].cpu(),
-                "outer": sums["outer"].cpu(), "grid_size": tuple(self.grid_size_)}
+        sums.grid = tuple(self.grid_size_)
+        return sums.to("cpu")
 
     @staticmethod
-    def merge_shard_parts(parts: Iterable[dict[str, Any]]) -> dict[str, Any]:
-        """The sums of every shard's images, about the first part's shift s, computed in float64: a part's
-        sums about its own s_k become Σ(x − s) = t_k + n_k·δ and Σ(x − s)(x − s)ᵀ = O_k + t_k·δᵀ + δ·t_kᵀ +
-        n_k·δδᵀ, with δ = s_k − s. Parts are read one at a time (each holds P·d² floats) and not changed."""
-        merged: dict[str, Any] | None = None
-        for part in parts:
-            if merged is None:
-                merged = {key: value.clone() if torch.is_tensor(value) else value for key, value in part.items()}
-                continue
-            if tuple(part["grid_size"]) != tuple(merged["grid_size"]):
-                raise ValueError(f"padim: shards disagree on the feature grid ({part['grid_size']} vs {merged['grid_size']})")
-            delta = part["shift"].double() - merged["shift"].double()  # (P, d)
-            total, count = part["total"].double(), part["count"]
-            for start in range(0, len(delta), 256):
-                chunk = slice(start, start + 256)
-                cross = total[chunk].unsqueeze(2) * delta[chunk].unsqueeze(1)  # t·δᵀ, (p, d, d)
-                outer = (part["outer"][chunk].double() + cross + cross.transpose(1, 2)
-                         + count * delta[chunk].unsqueeze(2) * delta[chunk].unsqueeze(1))
-                merged["outer"][chunk] = (merged["outer"][chunk].double() + outer).float()
-            merged["total"] += total + count * delta
-            merged["count"] += count
-        if merged is None:
-            raise ValueError("padim: no shard sums to merge")
-        return merged
+    def merge_shard_parts(parts: Iterable[GaussianSums]) -> GaussianSums:
+        """The sums of every shard's images (``GaussianSums.merge``); the parts are not changed."""
+        return GaussianSums.merge(parts)
 
-    def adopt_merged(self, state: dict[str, Any]) -> None:
+    def adopt_merged(self, state: GaussianSums) -> None:
         """The final Gaussians from merged sums (``state`` is consumed: its ``outer`` becomes the whitener)."""
         self._prepare()
-        self.grid_size_ = tuple(state["grid_size"])
-        device = self.device
-        self._finish({"count": state["count"], "shift": state["shift"].to(device), "total": state["total"].to(device),
-                      "outer": state["outer"].to(device)})
+        self.grid_size_ = tuple(state.grid)
+        self._finish(state.to(self.device))
 
-    def score_shard_folds(self, records: list, state: dict[str, Any], folds: list[np.ndarray], global_index: np.ndarray,
+    def score_shard_folds(self, records: list, state: GaussianSums, folds: list[np.ndarray], global_index: np.ndarray,
                           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Scores and maps of one shard's ``records``, each by the merged ``state`` without its fold (``folds``:
         index arrays into ``records`` covering them; one image per fold is leave-one-out, in closed form) —
@@ -541,10 +400,8 @@ class PaDiM(Detector):
         if not hasattr(self, "extractor_"):  # a worker that has not built it (a restarted one)
             torch.manual_seed(self.seed)
             self._prepare()
-        self.grid_size_ = tuple(state["grid_size"])
-        device = self.device
-        sums = {"count": state["count"], "shift": state["shift"].to(device, copy=True),
-                "total": state["total"].to(device, copy=True), "outer": state["outer"].to(device, copy=True)}
+        self.grid_size_ = tuple(state.grid)
+        sums = state.to(self.device, copy=True)
         if len(folds) == len(records):
             return self._leave_one_out(records, sums, progress)
         return self.score_folds(records, sums, folds, progress)

@@ -67,9 +67,10 @@ from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.ann import HNSWIndex  # faiss itself is imported only when used
 from anomalens.models.components.coreset import greedy_coreset
+from anomalens.models.components.coreset_parts import CoresetPart, MergedCoreset
 from anomalens.models.components.knn import ExactNearest
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
-from anomalens.models.padim import check_tensor_names, checked_grid
+from anomalens.models.components.saved_state import check_tensor_names, checked_grid
 from anomalens.params import Choice, Float, Int, Ints, Text
 
 
@@ -237,14 +238,7 @@ class PatchCore(Detector):
             self.memory_bank_ = features
             self.bank_origin_ = torch.arange(total) // patches_per_image
         else:
-            index = greedy_coreset(
-                features,
-                n_select,
-                seed=self.seed,
-                projection_dim=self.projection_dim,
-                partition_size=self.coreset_partition_size,
-                progress=progress,
-            )
+            index = self._coreset(features, n_select, progress)
             self.memory_bank_ = features[index.to(features.device)].contiguous()
             self.bank_origin_ = index.cpu() // patches_per_image  # training image of each bank entry (not saved)
         self.ann_index_ = HNSWIndex.build(self.memory_bank_) if self.search == "hnsw" else None
@@ -264,8 +258,6 @@ class PatchCore(Detector):
     def _fit_and_score_out_of_fold(self, parts: list[list], folds: list[np.ndarray],
                                    progress: bool) -> tuple[np.ndarray, np.ndarray]:
         """The bank from every image; each fold scored against the bank of the other folds' images."""
-        if self.shard_runner is not None:  # the same, with the coresets taken on shards (fitting on shards, below)
-            return self.shard_runner.fit_out_of_fold(self, parts, folds, progress)
         records = [r for part in parts for r in part]
         features = self._training_patches(records, progress)
         self._choose_bank(features, progress)
@@ -356,9 +348,13 @@ class PatchCore(Detector):
         pool = candidates[others.to(candidates.device)]
         if n_select >= len(pool):
             return pool
-        chosen = greedy_coreset(pool, n_select, seed=self.seed, projection_dim=self.projection_dim,
-                                partition_size=self.coreset_partition_size)
-        return pool[chosen.to(pool.device)].contiguous()
+        return pool[self._coreset(pool, n_select).to(pool.device)].contiguous()
+
+    def _coreset(self, pool: torch.Tensor, n_select: int, progress: bool = False) -> torch.Tensor:
+        """Indices of the greedy coreset of ``n_select`` rows of ``pool`` (this detector's seed, projection and
+        partitions): the one selection the fit, the threshold folds and the merged shards all make."""
+        return greedy_coreset(pool, n_select, seed=self.seed, projection_dim=self.projection_dim,
+                              partition_size=self.coreset_partition_size, progress=progress)
 
     def coreset_size(self, n_patches: int) -> int:
         """⌈f·n⌉ bank entries for n patches (f = ``coreset_fraction``), robust to f·n landing a hair above an
@@ -366,20 +362,13 @@ class PatchCore(Detector):
         return min(n_patches, max(1, math.ceil(round(self.coreset_fraction * n_patches, 6))))
 
     # -- fitting on shards (anomalens.distributed.sharded_fit) -------------------------------------------
-    # A composable coreset (Indyk et al. 2014; Malkomes et al. 2015 for k-center): every shard worker selects
-    # a greedy coreset of its own patches, ``SHARD_OVERSAMPLING`` times the final fraction (``shard_part``); the
-    # driver selects the final coreset, ⌈f·N·P⌉ entries as a single fit keeps, from their union
-    # (``merge_shard_parts``). An approximation: a patch is within r_shard + r_final of the bank instead of the
-    # single greedy's r (both 2-approximations of the optimal radius, so at most a 4-approximation together);
-    # benchmarks/distributed.py measures the radius and the AUROC against a single fit. The threshold is then
-    # set as ``fit`` sets it: each shard scores its folds, each against the coreset (the final bank's size) of
-    # the union's entries from other folds' images (``score_shard_folds``), which ``fit`` turns into the
-    # decision rule.
+    # Each shard selects a coreset of its patches, ``SHARD_OVERSAMPLING`` times the final fraction
+    # (``shard_part``); the final bank is the coreset of their union (``merge_shard_parts``; the approximation
+    # is described in ``components/coreset_parts.py``); each shard then scores its folds, each against the
+    # coreset (the final bank's size) of the union's entries from other folds' images (``score_shard_folds``).
 
     #: Per-shard coreset fraction = min(1, SHARD_OVERSAMPLING × coreset_fraction).
     SHARD_OVERSAMPLING = 2
-    #: Set by ``anomalens.distributed.sharded_fit`` while ``fit`` runs on shards; None: in this process.
-    shard_runner = None
 
     def shard_params(self) -> dict:
         """The hyper-parameters of a shard worker's detector: this one's, with the oversampled fraction and the
@@ -387,42 +376,29 @@ class PatchCore(Detector):
         return {**self.params, "coreset_fraction": min(1.0, self.SHARD_OVERSAMPLING * self.coreset_fraction),
                 "search": "exact"}
 
-    def shard_part(self, records: Sequence, global_index: np.ndarray, progress: bool = False) -> dict:
+    def shard_part(self, records: Sequence, global_index: np.ndarray, progress: bool = False) -> CoresetPart:
         """One shard's share of the fit: its coreset (on the CPU), each entry's training image (``global_index``
         numbering) and its number of patches."""
         torch.manual_seed(self.seed)  # as fit seeds it: a backbone with weights='random' is the driver's
         self._fit(records, progress)
         patches = len(records) * self.grid_size_[0] * self.grid_size_[1]
         origin = torch.tensor(np.asarray(global_index), dtype=torch.long)[self.bank_origin_]
-        return {"bank": self.memory_bank_.cpu(), "origin": origin, "n_patches": patches, "grid_size": tuple(self.grid_size_)}
+        return CoresetPart(self.memory_bank_.cpu(), origin, patches, tuple(self.grid_size_))
 
-    def merge_shard_parts(self, parts: Sequence[dict]) -> dict:
+    def merge_shard_parts(self, parts: Sequence[CoresetPart]) -> MergedCoreset:
         """The final bank: the greedy coreset of ⌈f·N·P⌉ entries (this detector's parameters and seed) of the
-        union of the shards' coresets, with each entry's training image; the union itself (``candidates``) is
-        kept for the threshold folds' banks (``score_shard_folds``)."""
-        parts = list(parts)
-        if not parts:
-            raise ValueError("patchcore: no shard coresets to merge")
-        union = torch.cat([part["bank"] for part in parts]).to(self.device)
-        union_origin = torch.cat([part["origin"] for part in parts])
-        bank, origin = union, union_origin
-        n_select = self.coreset_size(sum(part["n_patches"] for part in parts))
-        if n_select < len(union):
-            index = greedy_coreset(union, n_select, seed=self.seed, projection_dim=self.projection_dim,
-                                   partition_size=self.coreset_partition_size)
-            bank, origin = union[index.to(union.device)].contiguous(), union_origin[index]
-        return {"bank": bank, "origin": origin, "candidates": union, "candidate_origin": union_origin,
-                "grid_size": tuple(parts[0]["grid_size"])}
+        union of the shards' coresets, the union kept for the threshold folds' banks."""
+        return MergedCoreset.of(parts, self.coreset_size, self._coreset, self.device)
 
-    def adopt_merged(self, state: dict) -> None:
+    def adopt_merged(self, state: MergedCoreset) -> None:
         """Make the merged bank this detector's memory bank (the HNSW graph built over it when asked for)."""
         self.extractor_ = self._build_extractor()
-        self.memory_bank_ = state["bank"].to(self.device).contiguous()
-        self.bank_origin_ = state["origin"].cpu()
-        self.grid_size_ = tuple(state["grid_size"])
+        self.memory_bank_ = state.bank.to(self.device).contiguous()
+        self.bank_origin_ = state.origin.cpu()
+        self.grid_size_ = tuple(state.grid)
         self.ann_index_ = HNSWIndex.build(self.memory_bank_) if self.search == "hnsw" else None
 
-    def score_shard_folds(self, records: list, state: dict, folds: list[np.ndarray], global_index: np.ndarray,
+    def score_shard_folds(self, records: list, state: MergedCoreset, folds: list[np.ndarray], global_index: np.ndarray,
                           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Scores and maps of one shard's ``records``, each fold against its own bank: the greedy coreset, the
         merged bank's size, of the shards' coreset entries that did not come from the fold's images — what
@@ -431,9 +407,9 @@ class PatchCore(Detector):
         if not hasattr(self, "extractor_"):  # a worker that has not built it (a restarted one)
             torch.manual_seed(self.seed)
             self.extractor_ = self._build_extractor()
-        self.memory_bank_ = state["bank"].to(self.device, copy=True)
-        self.bank_origin_ = state["origin"].clone()
-        self.grid_size_ = tuple(state["grid_size"])
+        self.memory_bank_ = state.bank.to(self.device, copy=True)
+        self.bank_origin_ = state.origin.clone()
+        self.grid_size_ = tuple(state.grid)
         self.ann_index_ = None
-        return self.score_folds(records, folds, state["candidates"].to(self.device), state["candidate_origin"],
+        return self.score_folds(records, folds, state.candidates.to(self.device), state.candidate_origin,
                                 progress, image_ids=global_index)

@@ -15,9 +15,6 @@ so that a model file keeps only its networks, its optimisation step (the losses)
   and the epoch alone, so that a resumed run replays it — cut into batches of ``batch_size``; a trailing
   batch of one image joins the previous one (``batch_slices``): every image is used and BatchNorm never
   sees a batch of one. Validation images go through the same slices, in order.
-  (Before this base the GANs dropped that one image and STPM / MLP-AE trained on it as a batch of its
-  own; their training differs from earlier versions only when the number of training images is one more
-  than a multiple of ``batch_size``. The CAEs already merged it.)
 - input scaling: images come in [0, 1]; ``network_range = "[-1, 1]"`` gives the networks 2x − 1 (the
   GANs' Normalize(0.5, 0.5), the range of a Tanh output) and maps their output back for ``reconstruct``;
   ``_augment`` changes training images before that (CAE).
@@ -43,7 +40,7 @@ where ``x`` is a batch as the networks see it (scaled, on the device).
 from __future__ import annotations
 
 import contextlib
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Iterator, Protocol, Sequence
 
 import numpy as np
 import torch
@@ -51,6 +48,7 @@ from torch import nn
 
 from anomalens.data import TensorImageDataset, iterate_batches, split_records
 from anomalens.detector import Detector
+from anomalens.detector.normal_scores import CrossFit
 from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
 from anomalens.params import Int, Text
 
@@ -69,6 +67,47 @@ def batch_slices(n: int, batch_size: int) -> list[tuple[int, int]]:
 def epoch_order(n: int, seed: int, epoch: int) -> np.ndarray:
     """The shuffled order of ``n`` training images in ``epoch``: fixed by (seed, epoch) alone."""
     return np.random.default_rng((seed, 0, epoch)).permutation(n)
+
+
+class TrainingPlan(Protocol):
+    """How the processes of one fit share its training (``OneProcess``; ``anomalens.distributed.ddp``'s
+    ``DataParallelPlan`` for one process of a torchrun job)."""
+
+    checkpoint: str | None  # the job's own checkpoint file, used when no ``checkpoint`` parameter is given
+    writes_checkpoints: bool
+    replicates: bool  # networks run wrapped (``wrap``) while they train
+
+    def shard_size(self, n: int) -> int: ...
+    def epoch_indices(self, order: np.ndarray, epoch: int, seed: int) -> np.ndarray: ...
+    def agree(self, value: Any) -> Any: ...
+    def broadcast_module(self, module: nn.Module) -> None: ...
+    def wrap(self, module: nn.Module) -> nn.Module: ...
+
+
+class OneProcess:
+    """The training plan of a fit in one process: every image in every epoch, nothing to share."""
+
+    checkpoint = None
+    writes_checkpoints = True
+    replicates = False
+
+    def shard_size(self, n: int) -> int:
+        return n
+
+    def epoch_indices(self, order: np.ndarray, epoch: int, seed: int) -> np.ndarray:
+        return order
+
+    def agree(self, value: Any) -> Any:
+        return value
+
+    def broadcast_module(self, module: nn.Module) -> None:
+        """Nothing to broadcast to."""
+
+    def wrap(self, module: nn.Module) -> nn.Module:
+        return module
+
+
+ONE_PROCESS = OneProcess()
 
 
 class TrainingImages:
@@ -183,6 +222,16 @@ class TrainedDetector(Detector):
         return (values + 1) / 2 if self.network_range == "[-1, 1]" else values
 
     # -- fit --------------------------------------------------------------------------------------
+    def fit(self, records: Any, progress: bool = True, *, cross_fit: CrossFit | None = None,
+            data_parallel: TrainingPlan | None = None) -> "TrainedDetector":
+        """``Detector.fit``; ``data_parallel``: the plan of one process of a data-parallel job, which an engine
+        passes (``anomalens.distributed.DataParallel``); None: the whole fit in this process."""
+        self._plan = data_parallel or ONE_PROCESS
+        try:
+            return super().fit(records, progress, cross_fit=cross_fit)
+        finally:
+            self._plan = ONE_PROCESS
+
     def validation_split(self, records: Sequence) -> tuple[list, list]:
         """(trained on, validation): the seeded ``validation_fraction`` of ``records`` (stream 1)."""
         return split_records(list(records), self.params.get("validation_fraction", 0.0), self.params["seed"], stream=1)
@@ -212,18 +261,18 @@ class TrainedDetector(Detector):
             batches=lambda epoch: self._epoch_batches(images, epoch),
             validate=None if val_images is None else lambda: self.agreed(self._mean_validation_loss(val_images)),
             schedulers=self._schedulers(optimizers),
-            save_checkpoints=self.data_parallel is None or self.data_parallel.writes_checkpoints,
+            save_checkpoints=self._plan.writes_checkpoints,
         )
-        with self._replicated_networks():  # DistributedDataParallel wrappers under data_parallel (below)
+        with self._replicated_networks():  # DistributedDataParallel wrappers under a data-parallel plan (below)
             result = train(
-                setup, self.setting("epochs"), self.params["seed"], self.params.get("patience"), self.training_checkpoint(),
+                setup, self.setting("epochs"), self.params["seed"], self.params.get("patience"), self._training_checkpoint(),
                 progress, desc=self.name, restore_best=self.params.get("restore_best", True),
             )
         self.history_, self.kept_epoch_ = result.history, result.kept_epoch
-        self._training_finished(len(batch_slices(self.images_per_epoch(len(images)), self.setting("batch_size"))))
+        self._training_finished(len(batch_slices(self._plan.shard_size(len(images)), self.setting("batch_size"))))
 
     def _epoch_batches(self, images: TrainingImages, epoch: int) -> Iterator[dict]:
-        order = self.epoch_indices(len(images), epoch)
+        order = self._epoch_indices(len(images), epoch)
         for start, stop in batch_slices(len(order), self.setting("batch_size")):
             yield {"x": images.take(order[start:stop])}
 
@@ -247,7 +296,7 @@ class TrainedDetector(Detector):
     def _image_batches(self, records: Sequence, progress: bool, what: str) -> Iterator[torch.Tensor]:
         """Batches of ``records`` in order, as (B, C, H, W) images in [0, 1] on the device."""
         desc = f"{self.name} {what}" if progress else None
-        size, per_batch = self.batch_plan(records, self.setting("batch_size"))  # tiles, or working images
+        size, per_batch = self.sizing.batch_plan(records, self.setting("batch_size"))  # tiles, or working images
         for batch in iterate_batches(records, size, per_batch, channels=self.image_channels, desc=desc):
             yield batch["image"].to(self.device)
 
@@ -288,48 +337,41 @@ class TrainedDetector(Detector):
         self.kept_epoch_ = None if epoch is None else int(epoch)
         self._load_extra_tensors(tensors)
 
-    # -- data-parallel training (anomalens.distributed.ddp) -------------------------------------------
-    #: The plan while the processes of a torchrun job train one detector together (set by
-    #: ``anomalens.distributed.ddp``; None: one process). Under it each process steps through its own shard
-    #: of every epoch's images (``epoch_indices``), its networks run the steps wrapped in
-    #: DistributedDataParallel (gradients averaged across processes before every optimiser step), the
-    #: validation loss — and so early stopping and the kept epoch — is rank 0's on every rank (``agreed``),
-    #: and rank 0 alone writes the checkpoint (``training_checkpoint``), which every rank resumes from.
-    data_parallel: Any = None
+    # -- data-parallel training ---------------------------------------------------------------------------
+    # The training plan (``TrainingPlan``) of the fit in progress: ``OneProcess``, or the plan an engine passes
+    # to ``fit`` (``anomalens.distributed.DataParallel``: one process of a torchrun job). Under a data-parallel
+    # plan each process steps through its own shard of every epoch's images, its networks run the steps
+    # wrapped in DistributedDataParallel (gradients averaged across processes before every optimiser step),
+    # the validation loss — and so early stopping and the kept epoch — is rank 0's on every rank (``agreed``),
+    # and rank 0 alone writes the checkpoint, which every rank resumes from.
+    _plan: TrainingPlan = ONE_PROCESS
 
-    def epoch_indices(self, n: int, epoch: int) -> np.ndarray:
-        """The training images this process steps through in ``epoch``, in order: the seeded epoch order,
-        or under ``data_parallel`` this rank's shard of it."""
-        order = epoch_order(n, self.params["seed"], epoch)
-        plan = self.data_parallel
-        return order if plan is None else plan.epoch_indices(order, epoch, self.params["seed"])
-
-    def images_per_epoch(self, n: int) -> int:
-        """How many of ``n`` training images this process steps through per epoch."""
-        return n if self.data_parallel is None else self.data_parallel.shard_size(n)
+    def _epoch_indices(self, n: int, epoch: int) -> np.ndarray:
+        """The training images this process steps through in ``epoch``, in order: the plan's share of the
+        seeded epoch order."""
+        return self._plan.epoch_indices(epoch_order(n, self.params["seed"], epoch), epoch, self.params["seed"])
 
     def resynchronised(self, network: nn.Module) -> None:
-        """Under ``data_parallel``, ``network``'s weights become rank 0's on every rank (after a step that
+        """Under a data-parallel plan, ``network``'s weights become rank 0's on every rank (after a step that
         changed them outside the averaged gradients, e.g. GANomaly's re-initialisation of D); else nothing."""
-        if self.data_parallel is not None:
-            self.data_parallel.broadcast_module(network)
+        self._plan.broadcast_module(network)
 
     def agreed(self, value: float) -> float:
-        """``value`` as rank 0 computed it (under ``data_parallel``), so every rank takes the same decisions."""
-        return value if self.data_parallel is None else self.data_parallel.agree(value)
+        """``value`` as rank 0 computed it (under a data-parallel plan), so every rank takes the same decisions."""
+        return self._plan.agree(value)
 
-    def training_checkpoint(self) -> str | None:
+    def _training_checkpoint(self) -> str | None:
         """The checkpoint file training saves to and resumes from: the ``checkpoint`` parameter, else the
         data-parallel job's own (None: none)."""
-        plan = self.data_parallel
-        return self.params["checkpoint"] or (None if plan is None else plan.checkpoint)
+        return self.params["checkpoint"] or self._plan.checkpoint
 
     @contextlib.contextmanager
     def _replicated_networks(self) -> Iterator[None]:
-        """Under ``data_parallel``, each network's attribute (``<name>_`` for the names of ``_networks()``)
-        holds its DistributedDataParallel wrapper while the block runs, so the steps go through it."""
-        plan = self.data_parallel
-        if plan is None:
+        """Under a plan that ``replicates``, each network's attribute (``<name>_`` for the names of
+        ``_networks()``) holds its DistributedDataParallel wrapper while the block runs, so the steps go
+        through it."""
+        plan = self._plan
+        if not plan.replicates:
             yield
             return
         networks = self._networks()
