@@ -121,7 +121,7 @@ def run_one(name: str, params: dict, dataset, masks: np.ndarray, labels: np.ndar
         "detector": name,
         "params": params,
         "working_size": list(detector.input_size),
-        "tiles_per_image": len(detector.tile_layout()) if detector.tiling else 1,
+        "tiles_per_image": len(detector.sizing.tile_layout()) if detector.sizing.tiling else 1,
         "image_auroc": round(image_auroc(labels, result.scores), 4),
         "pixel_auroc": round(pixel_auroc(masks, maps), 4),
         "aupro": round(aupro(masks, maps), 4),

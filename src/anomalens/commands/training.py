@@ -43,23 +43,16 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_fit(args: argparse.Namespace) -> None:
     data = data_source(args)
-    engine = fit_engine(args)
-    if engine == "ray":
-        from anomalens.distributed.sharded_fit import fit_run_on_ray
+    from anomalens import engines
+    from anomalens.workflow import fit_run
 
-        detector = fit_run_on_ray(args.model, data, args.output, fit_params(args), shards=args.shards,
-                                  address=args.address, overwrite=args.overwrite, progress=not args.quiet)
-    elif engine == "ddp":
-        from anomalens.distributed.ddp import fit_run_data_parallel
-
-        detector = fit_run_data_parallel(args.model, data, args.output, fit_params(args), overwrite=args.overwrite,
-                                         resume=args.resume, progress=not args.quiet)
-        if detector is None:  # a rank other than 0: rank 0 writes the run and says so
-            return
-    else:
-        from anomalens.workflow import fit_run
-
-        detector = fit_run(args.model, data, args.output, fit_params(args), overwrite=args.overwrite, progress=not args.quiet)
+    engine = {"ray": lambda: engines.RayShards(shards=args.shards, address=args.address),
+              "ddp": lambda: engines.DataParallel(resume=args.resume),
+              "local": lambda: None}[fit_engine(args)]()
+    detector = fit_run(args.model, data, args.output, fit_params(args), overwrite=args.overwrite,
+                       progress=not args.quiet, engine=engine)
+    if detector is None:  # a torchrun rank other than 0: rank 0 writes the run and says so
+        return
     print(f"fitted {detector.name} on {data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.decision_.description})")
 
 

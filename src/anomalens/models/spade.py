@@ -33,7 +33,7 @@ from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.models.components.knn import nearest_neighbors
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
-from anomalens.models.padim import check_tensor_names, checked_grid
+from anomalens.models.components.saved_state import check_tensor_names, checked_grid
 from anomalens.params import Float, Int, Ints, Text
 
 

@@ -140,7 +140,7 @@ def test_run(
             metrics["undefined"] = undefined
         metrics["per_defect_type"] = per_defect_type_metrics(labels, result.scores, [r.defect_type for r in records],
                                                              result.labels, masks, pixel_maps)
-        warnings = report_warnings(metrics, detector.decision_, detector.min_threshold_scores)
+        warnings = report_warnings(metrics, detector.decision_)
         if warnings:
             metrics["warnings"] = warnings
         if report:
