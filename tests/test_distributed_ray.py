@@ -264,7 +264,9 @@ def test_a_scoring_actor_leaves_no_model_copy_in_the_temporary_folder(kind, run,
 
     from anomalens.distributed import ImageScorer
     from anomalens.distributed.ray_predict import model_files
-    from anomalens.exported import load_model
+    from anomalens.inference import load_predictor
+    from anomalens.inference.preprocess import load_input
+    from anomalens.inference.rows import predict_inputs
 
     model = run if kind == "run" else _export(run, tmp_path)
     temporary = tmp_path / "tmp"
@@ -272,13 +274,11 @@ def test_a_scoring_actor_leaves_no_model_copy_in_the_temporary_folder(kind, run,
     monkeypatch.setattr(tempfile, "tempdir", str(temporary))
     scorer = ImageScorer(model_files(model), None, "cpu")
     assert os.listdir(temporary) == []
-    local = load_model(model, device="cpu")
+    local = load_predictor(model, device="cpu")
     paths = sorted((category / "test").rglob("*.png"))[:3]
-    from anomalens.exported import load_input
-
     batch = np.stack([load_input(p, local.input_size, local.image_channels) for p in paths])
     scores, _ = scorer.score(batch)
-    np.testing.assert_allclose(scores, local.predict([str(p) for p in paths]).scores, rtol=1e-4)
+    np.testing.assert_allclose(scores, predict_inputs(local, [str(p) for p in paths]).scores, rtol=1e-4)
 
 
 @pytest.mark.parametrize("name", ["../escaped.bin", "/tmp/escaped.bin", "sub/x.bin", "..", ""])

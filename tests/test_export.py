@@ -136,7 +136,7 @@ def image_record(array: np.ndarray):
 def test_detectors_without_a_static_graph_are_refused_in_one_line(name, runs, tmp_path, capsys):
     run = runs(name)
     capsys.readouterr()  # the fit's own warnings
-    assert main(["export", str(run), "-o", str(tmp_path / "out")]) == 2
+    assert main(["export", str(run), "-o", str(tmp_path / "out"), "-q"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("anomalens: error:") and "\n" not in err and REFUSED[name] in err, err
     assert list(tmp_path.iterdir()) == []

@@ -23,14 +23,9 @@ from anomalens.catalog import create_detector
 from anomalens.cli import main
 from anomalens.errors import ModelFileError
 from anomalens.export import export_run
-from anomalens.exported import (
-    export_summary,
-    is_plain_file_name,
-    load_export,
-    onnx_model_facts,
-    openvino_ir_summary,
-    read_manifest,
-)
+from anomalens.inference.export_predictor import load_export
+from anomalens.inference.manifest import export_summary, is_plain_file_name, read_manifest
+from anomalens.inference.model_files import onnx_model_facts, openvino_ir_summary
 from tests.conftest import TINY_PARAMS, make_records
 
 onnx = pytest.importorskip("onnx")
@@ -335,9 +330,9 @@ def test_swapped_outputs_are_one_line(copy, saved, tmp_path, capsys):
 def test_outputs_of_the_wrong_shape_at_run_time_are_one_line(copy, saved, monkeypatch):
     """The last line of defence: each batch's outputs are checked for (N,) and (N, H, W)."""
     model = load_export(copy("onnx"))
-    real = model._run.__call__
+    real = model.session.__call__
 
-    monkeypatch.setattr(type(model._run), "__call__", lambda self, images: list(reversed(real(images))))
+    monkeypatch.setattr(type(model.session), "__call__", lambda self, images: list(reversed(real(images))))
     with pytest.raises(ModelFileError, match=r"the graph gave outputs of shapes \(6, 64, 64\), \(6,\) for 6 image\(s\), "
                                              r"expected \(6,\), \(6, 64, 64\)"):
         model.predict(_images(saved))

@@ -92,7 +92,6 @@ def test_a_held_lock_makes_a_second_command_fail_at_once(run, images, tmp_path, 
 
 def test_a_user_file_created_in_output_during_a_fit_survives(category, tmp_path, monkeypatch, capsys):
     import anomalens.workflow as workflow
-    import anomalens.workflow.fit
 
     out = tmp_path / "run"
     real = workflow.fit.as_dataset

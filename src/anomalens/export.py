@@ -216,7 +216,7 @@ def _check_against_torch(folder: Path, module: Any, tolerance: float) -> None:
     images = torch.rand(TRACE_BATCH + 1, channels, height, width, generator=generator)
     with torch.inference_mode():
         reference = [t.float().numpy() for t in module(images)]
-    got = exported.run(images.numpy())
+    got = exported.run_graph(images.numpy())
     report = compare_outputs(reference[0], got[0], reference[1] if len(reference) > 1 else None, got[1])
     if max(report["scores_rel"], report["maps_rel"]) > tolerance:
         raise ExportMismatchError(

@@ -6,9 +6,9 @@ The pipeline, for N image paths:
 2. ``map_batches(decode_images)`` as Ray tasks, in parallel on every CPU: each image is read and resized by
    ``anomalens.data.torch_dataset.decode_for_model``, the decode of the local ``predict`` (same pixels, bit
    for bit); an unreadable file becomes its one-line reason instead of an exception;
-3. ``map_batches(ImageScorer)`` on a fixed pool of ``workers`` actors, each loading the model once (a run
-   with torch, an export with ONNX Runtime / OpenVINO via ``anomalens.exported.load_model``) and scoring
-   whole batches through ``predict`` — the inference graph the local command runs; with GPUs in the cluster
+3. ``map_batches(ImageScorer)`` on a fixed pool of ``workers`` actors, each loading the model once as its
+   ``Predictor`` (a run with torch, an export with ONNX Runtime / OpenVINO: ``anomalens.inference``) and
+   scoring whole batches through ``anomalens.inference.predict`` — what the local command runs; with GPUs in the cluster
    every actor holds ``gpus_per_worker`` of one (default 1) and runs on it. (When decoding and scoring ask
    for the same resources — CPU actors — Ray Data may fuse steps 2 and 3: each actor then decodes its own
    batches, and no decoded image crosses the object store.)
@@ -18,7 +18,7 @@ The pipeline, for N image paths:
    accounted for (``anomalens.workflow.staged_directory``): a result folder is complete, or absent.
 
 The model travels with the job: the driver reads the run's (or export's) files once — an export verified as a
-whole first (``anomalens.exported.read_manifest``: every file hashed, plain file names only) — and puts them in
+whole first (``anomalens.inference.manifest.read_manifest``: every file hashed, plain file names only) — and puts them in
 Ray's object store; each actor writes them to a private temporary folder, loads them (verified again) and
 removes the folder at once, so no model copy is left in the temporary folder whatever way the actor ends. A
 file name that is not a plain name (a folder part, ``..``, an absolute path) is refused before anything is
@@ -60,17 +60,17 @@ from anomalens.distributed.cluster import (
     resolve_address,
 )
 from anomalens.errors import AnomalensError, ConfigError, DataError
+from anomalens.inference.rows import RESULT_FIELDS, result_rows
 from anomalens.jsonvalues import plain_json
 from anomalens.names import printable
 
 OUTPUT_FORMATS = ("csv", "parquet")
-ROW_FIELDS = ("image", "score", "normalized_score", "anomalous", "threshold")
 
 
 def model_files(path: str | Path) -> dict[str, bytes]:
     """The files that make a run (``detector.json``, ``weights.safetensors``) or an export (``export.json``
     and the files it lists), by name: what an actor needs to load the model anywhere in the cluster."""
-    from anomalens.exported import MANIFEST_FILE, is_export, read_manifest
+    from anomalens.inference.manifest import MANIFEST_FILE, is_export, read_manifest
     from anomalens.persistence import CONFIG_FILE, WEIGHTS_FILE
 
     path = Path(path)
@@ -83,7 +83,7 @@ def write_model_files(folder: str | Path, files: dict[str, bytes]) -> None:
     """Write the ``model_files`` dict into ``folder``: ModelFileError, before anything is written, for a name
     that is not a plain file name (it could point outside ``folder``)."""
     from anomalens.errors import ModelFileError
-    from anomalens.exported import is_plain_file_name
+    from anomalens.inference.manifest import is_plain_file_name
 
     bad = [name for name in files if not is_plain_file_name(name)]
     if bad:
@@ -112,18 +112,19 @@ def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], cha
 
 
 class ImageScorer:
-    """The Ray Data actor that scores decoded batches: loads the model once, in its own process.
+    """The Ray Data actor that scores decoded batches: loads the model once, in its own process, as its
+    ``Predictor`` (``predictor``).
 
     ``model`` is the ``model_files`` dict, or a one-item list holding an object reference to it (fetched by
     the actor itself, again after a restart, while the driver holds the reference); ``runtime`` / ``device``
-    as for ``anomalens.exported.load_model``. A subclass may add work around each batch (``predict_with_ray``'s
-    ``scorer``).
+    as for ``anomalens.inference.load_predictor``. A subclass may add work around each batch
+    (``predict_with_ray``'s ``scorer``).
     """
 
     def __init__(self, model: Any, runtime: str | None, device: str | None) -> None:
         import ray
 
-        from anomalens.exported import load_model
+        from anomalens.inference.loading import load_predictor
 
         files = ray.get(model[0]) if isinstance(model, list) else model
         # The copy lives only while the model loads: a run and an export are read whole into memory by then
@@ -131,19 +132,13 @@ class ImageScorer:
         # without running finalisers leaves nothing behind.
         with tempfile.TemporaryDirectory(prefix="anomalens-model-") as folder:
             write_model_files(folder, files)
-            self.model = load_model(folder, runtime=runtime, device=device)
+            self.predictor = load_predictor(folder, runtime=runtime, device=device)
 
     def score(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(scores (B,) float32, labels (B,) int64) of images already at the model's input size."""
-        from anomalens.data import ImageBatch, ImageRecord
-        from anomalens.detector import Detector
+        from anomalens.inference.rows import predict
 
-        if isinstance(self.model, Detector):
-            import torch
-
-            result = self.model.predict(ImageBatch(torch.from_numpy(np.ascontiguousarray(images))), progress=False)
-        else:  # an export: arrays at its input size go to the graph without resizing
-            result = self.model.predict([ImageRecord(source=np.moveaxis(x, 0, -1), label=-1) for x in images])
+        result = predict(self.predictor, images)
         return np.asarray(result.scores, np.float32), np.asarray(result.labels, np.int64)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -237,10 +232,10 @@ def score_on_ray(
 def prediction_rows(paths: Sequence[str], scores: np.ndarray, labels: np.ndarray, decision: Any,
                     errors: dict[int, str]) -> list[dict[str, Any]]:
     """The local ``predict``'s rows (with ``--heatmaps none``) of every readable image, in input order."""
+    readable = [i for i in range(len(paths)) if i not in errors]
     normalized = decision.normalized(scores)
-    return [{"image": printable(paths[i]), "score": float(scores[i]), "normalized_score": float(normalized[i]),
-             "anomalous": bool(labels[i]), "threshold": decision.image_threshold}
-            for i in range(len(paths)) if i not in errors]
+    return result_rows([printable(paths[i]) for i in readable], scores[readable], normalized[readable],
+                       labels[readable], decision.image_threshold)
 
 
 def write_predictions(folder: Path, rows: list[dict[str, Any]], errors: list[dict[str, str]], output_format: str) -> None:
@@ -251,7 +246,7 @@ def write_predictions(folder: Path, rows: list[dict[str, Any]], errors: list[dic
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        columns = {name: [row[name] for row in rows] for name in ROW_FIELDS}
+        columns = {name: [row[name] for row in rows] for name in RESULT_FIELDS}
         types = {"image": pa.string(), "score": pa.float64(), "normalized_score": pa.float64(),
                  "anomalous": pa.bool_(), "threshold": pa.float64()}
         pq.write_table(pa.table({k: pa.array(v, type=types[k]) for k, v in columns.items()}),
@@ -297,7 +292,7 @@ def predict_with_ray(
     ``batch_size``: images per scored batch (default: the model's). ``skip_bad``: list unreadable images in
     ``errors.csv`` and go on (default: stop at the first, writing nothing).
     """
-    from anomalens.exported import load_model
+    from anomalens.inference.loading import load_predictor
     from anomalens.workflow import prediction_records, staged_directory
 
     if output_format not in OUTPUT_FORMATS:
@@ -309,10 +304,10 @@ def predict_with_ray(
     inputs = [run_dir, *([images] if isinstance(images, (str, Path)) else images)]
     with staged_directory(Path(out_dir), overwrite=overwrite, kind="predictions", inputs=inputs) as stage:
         records = prediction_records(images)
-        model = load_model(run_dir, runtime=runtime, device="cpu")  # checks the run; its rule and input size
+        model = load_predictor(run_dir, runtime=runtime, device="cpu")  # checks the run; its rule and input size
         paths = [str(r.source) for r in records]
         files = model_files(run_dir)
-        size = batch_size or int(model.params.get("batch_size") or 16)
+        size = batch_size or model.batch_size
         local_cpus = None if workers is None else workers + 1  # a local cluster: one CPU for decoding besides
         with ray_cluster(address, num_cpus=local_cpus, quiet=not progress) as ray:
             quiet_ray_data(ray, progress)

@@ -33,8 +33,11 @@ def json_line(row: dict[str, Any]) -> str:
 
 
 HEATMAP_MODES = ("anomalous", "all", "none")
-PREDICTION_FIELDS = ["image", "score", "normalized_score", "anomalous", "threshold", "defect_area_fraction", "heatmap",
-                     "mask"]
+#: The columns of one image's result, in order, that every writer of results shares (the local predict, Ray,
+#: the service's answer: ``anomalens.inference.rows.result_row``).
+RESULT_FIELDS = ("image", "score", "normalized_score", "anomalous", "threshold")
+#: The columns of predictions.csv: the result's, then the pictures'.
+PREDICTION_FIELDS = [*RESULT_FIELDS, "defect_area_fraction", "heatmap", "mask"]
 ERROR_FIELDS = ["image", "error"]
 
 

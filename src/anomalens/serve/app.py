@@ -56,7 +56,6 @@ from anomalens.serve.uploads import (
 _DEFAULTS = ServeSettings()
 DEFAULT_MAX_UPLOAD_BYTES = _DEFAULTS.max_upload_bytes
 DEFAULT_MAX_PIXELS = _DEFAULTS.max_pixels
-DEFAULT_MAX_BATCH = 16
 DEFAULT_MAX_WAIT_MS = _DEFAULTS.max_wait_ms
 DEFAULT_MAX_FILES = _DEFAULTS.max_files
 log = logging.getLogger("anomalens.serve")
@@ -314,7 +313,7 @@ def create_app(
     served.warm_up()
     batch = settings.max_batch
     if batch is None:
-        batch = int(getattr(served.model, "params", {}).get("batch_size") or DEFAULT_MAX_BATCH)
+        batch = served.model.batch_size
         settings = dataclasses.replace(settings, max_batch=batch).validate()
     threads = settings.decode_threads or max(2, min(8, os.cpu_count() or 2))
     service = _Service(served, settings, settings.max_batch, threads)

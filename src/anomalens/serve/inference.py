@@ -1,14 +1,10 @@
 """The model behind the service: uploaded pixels → model input → batched inference → one JSON result.
 
-``ServedModel`` wraps either a torch ``Detector`` (``anomalens.catalog.load_detector``) or an
-``ExportedDetector`` (``anomalens.exported.load_export``; then torch is never imported). Both decode and
-resize an image exactly as ``Detector.predict`` / ``anomalens predict`` do for the same file, so the
-service's scores equal theirs:
-
-- torch: ``anomalens.data.torch_dataset.decode_for_model`` (the dataset's own decode + antialiased resize),
-  and a batch goes through ``Detector.predict`` as an ``ImageBatch``;
-- export: ``anomalens.exported.load_input`` (its numpy twin of that resize), the graph, then the export's
-  ``DecisionRule.apply``.
+``ServedModel`` wraps a ``Predictor`` (``anomalens.inference``): a run folder's ``Detector`` (torch) or an
+export (ONNX Runtime / OpenVINO; then torch is never imported). The predictor decodes and resizes an upload
+exactly as ``anomalens predict`` does for the same file (its ``load``), and a micro-batch goes through
+``anomalens.inference.predict`` — the NaN / inf check and the decision rule every runtime shares — so the
+service's scores equal ``predict``'s.
 
 Per image the result carries the raw score, the **normalised score** (``DecisionRule.normalized``: monotone in
 the score, 0.5 at the image threshold, the typical normal image at 0.05 — the same value as the
@@ -37,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from anomalens.errors import ConfigError, NumericalError
-from anomalens.exported import ExportedDetector, load_input
+from anomalens.errors import ConfigError
+from anomalens.inference.loading import as_predictor, load_predictor
+from anomalens.inference.rows import predict, result_row
 from anomalens.jsonvalues import plain_json
 from anomalens.version import __version__
 
@@ -114,31 +111,29 @@ def _png_base64(image: np.ndarray) -> str:
 
 
 class ServedModel:
-    """A fitted detector or an export, with what the service needs of it."""
+    """A ``Predictor`` (a fitted detector or an export), with what the service needs of it."""
 
     def __init__(self, model: Any, source: str | Path | None = None) -> None:
         if getattr(model, "decision_", None) is None:
             raise ValueError("the model has no decision rule: serve a fitted detector or an export")
-        if getattr(model, "params", {}).get("decode", "exact") != "exact":
+        predictor = as_predictor(model)
+        if predictor.params.get("decode", "exact") != "exact":
             # Uploads are decoded from their bytes to full pixels (uploads.decode_image) before the model sees
             # them; the fast decode shrinks while decoding, so serving such a run would score other pixels.
             raise ConfigError(f"{Path(source).name if source is not None else 'the model'}: fitted with "
-                              f"decode={model.params['decode']}, which the service cannot reproduce (it decodes "
+                              f"decode={predictor.params['decode']}, which the service cannot reproduce (it decodes "
                               "uploads exactly); refit with decode=exact to serve it")
-        self.model = model
-        self.is_export = isinstance(model, ExportedDetector)
-        self.runtime = model.runtime if self.is_export else "torch"
+        self.model = predictor
+        self.runtime = predictor.runtime
         self.source = Path(source).name if source is not None else None
-        self.input_size: tuple[int, int] = tuple(model.input_size)  # type: ignore[assignment]
-        self.channels = int(model.image_channels)
+        self.input_size: tuple[int, int] = tuple(predictor.input_size)  # type: ignore[assignment]
+        self.channels = int(predictor.image_channels)
 
     def warm_up(self) -> None:
         """Import what the first answer needs (the heatmap code, matplotlib's colour map) before it is asked."""
         from anomalens.report import overlay_heatmap
 
         overlay_heatmap(np.zeros((2, 2, 3), np.uint8), np.zeros((2, 2), np.float32), 0.0, 1.0)
-        if not self.is_export:
-            import anomalens.data.torch_dataset  # noqa: F401
 
     # -- the decision --------------------------------------------------------------------------------
     @property
@@ -161,30 +156,11 @@ class ServedModel:
     def prepare(self, pixels: np.ndarray) -> Prepared:
         """Decoded pixels (``uploads.decode_image``) → the model input, resized as ``predict`` resizes."""
         height, width = int(pixels.shape[0]), int(pixels.shape[1])
-        if self.is_export:
-            model_input = load_input(pixels, self.input_size, self.channels)
-        else:
-            from anomalens.data.torch_dataset import decode_for_model
-
-            model_input = decode_for_model(pixels, self.input_size, self.channels)[0]
-        return Prepared(model_input, _display_picture(pixels), height, width)
+        return Prepared(self.model.load(pixels), _display_picture(pixels), height, width)
 
     def run_batch(self, inputs: list[Any]) -> list[ItemResult]:
         """Model inputs of several requests → one result each (runs in the batcher's thread)."""
-        if self.is_export:
-            scores, maps = self.model.run(np.stack(inputs))
-            broken = ~np.isfinite(scores)
-            if maps is not None:
-                broken |= ~np.isfinite(maps.reshape(len(maps), -1)).all(axis=1)
-            if broken.any():
-                raise NumericalError(f"{self.name} export: NaN or infinite scores or maps; the model is broken")
-            result = self.decision.apply(scores, maps)
-        else:
-            import torch
-
-            from anomalens.data import ImageBatch
-
-            result = self.model.predict(ImageBatch(torch.stack(inputs)), progress=False)
+        result = predict(self.model, np.stack(inputs))
         maps = result.maps
         return [ItemResult(float(result.scores[i]), int(result.labels[i]), None if maps is None else maps[i])
                 for i in range(len(result.scores))]
@@ -195,12 +171,10 @@ class ServedModel:
         from anomalens.report import render_heatmap, to_original_size
 
         rule = self.decision
-        threshold = float(rule.image_threshold)
-        out: dict[str, Any] = {
-            "image": name,
-            "score": item.score,
-            "normalized_score": float(rule.normalized([item.score])[0]),
-            "anomalous": bool(item.label),
+        out: dict[str, Any] = result_row(name, item.score, rule.normalized([item.score])[0], item.label,
+                                         float(rule.image_threshold))
+        threshold = out.pop("threshold")  # the service's order: the verdict in words before the thresholds
+        out.update({
             "label": "defect" if item.label else "ok",
             "threshold": threshold,
             "pixel_threshold": rule.pixel_threshold,
@@ -212,7 +186,7 @@ class ServedModel:
             "defect_area_fraction": None,
             "regions": None,
             "regions_total": None,
-        }
+        })
         if item.amap is not None and rule.pixel_threshold is not None:
             full = to_original_size(item.amap, (prepared.height, prepared.width))
             mask = full > rule.pixel_threshold
@@ -237,14 +211,12 @@ class ServedModel:
         """What GET /model answers: the detector, its parameters, the decision rule, sizes, versions."""
         low, high = self.heatmap_range()
         versions = {"anomalens": __version__, "python": platform.python_version(), "numpy": np.__version__}
-        packages = ["pillow", "fastapi", "uvicorn"]
-        packages += [self.runtime] if self.is_export else ["torch", "timm"]
-        for package in packages:
+        for package in ("pillow", "fastapi", "uvicorn", *self.model.packages):
             versions[package] = _version(package)
         info: dict[str, Any] = {
             "detector": self.name,
             "runtime": self.runtime,
-            "device": "cpu" if self.is_export else str(self.model.device),
+            "device": self.model.device,
             "source": self.source,
             "params": plain_json(dict(self.model.params)),
             "decision": plain_json(self.decision.to_dict()),
@@ -255,8 +227,7 @@ class ServedModel:
             "heatmap_scale": {"low": low, "high": high},
             "versions": versions,
         }
-        if self.is_export:
-            info["export"] = {"format": self.model.manifest.get("format")}
+        info.update(self.model.details)  # an export: its format
         return info
 
 
@@ -266,11 +237,8 @@ def load_served_model(path: str | Path, runtime: str | None = None, device: str 
     ``runtime``: None picks by the folder (a run: torch; an export: its format's runtime). A run served with
     an export runtime, or an export with torch, is refused with one line saying what to do.
     """
-    from anomalens.exported import load_model
-
     path = Path(path)
-    model = load_model(path, runtime=runtime, device=device)
-    return ServedModel(model, source=path)
+    return ServedModel(load_predictor(path, runtime=runtime, device=device), source=path)
 
 
 def elapsed_ms(start: float) -> float:

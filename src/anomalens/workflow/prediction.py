@@ -6,11 +6,10 @@ import logging
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-
 from anomalens.data import ImageRecord, collect_images, input_roots
-from anomalens.detector import Detector
 from anomalens.errors import DataError
+from anomalens.inference.loading import load_predictor
+from anomalens.inference.rows import predict, result_row
 from anomalens.names import printable
 from anomalens.outputs.names import HEATMAPS_DIR, MASKS_DIR
 from anomalens.outputs.predictions import heatmap_mode, job_identity, prediction_stage, still_to_do, write_heatmap
@@ -23,15 +22,6 @@ def prediction_records(images: str | Path | Sequence[str | Path]) -> list[ImageR
     searched into their sub-folders, glob patterns; DataError naming a missing path or a folder without
     images). Shared with ``anomalens.distributed``."""
     return collect_images(images)
-
-
-def load_predictor(run_dir: str | Path, device: str | None, runtime: str | None = None) -> Any:
-    """The one place ``predict_images`` gets its model. It uses only ``predict(inputs)``, ``decision_``,
-    ``threshold_``, ``pixel_threshold_``, ``localizes``, ``input_size`` and ``image_channels`` of it, so an
-    exported model (``runtime`` onnxruntime / openvino on an export folder) stands in for the torch detector."""
-    from anomalens.exported import load_model
-
-    return load_model(run_dir, runtime=runtime, device=device)
 
 
 def default_writers() -> int:
@@ -75,18 +65,20 @@ def predict_images(
     its images again (see the module docstring). Returns every row (those of a resumed run included).
 
     ``run_dir`` is a run folder (torch) or an export folder (``anomalens export``); ``runtime`` (torch,
-    onnxruntime, openvino; None: by the folder) chooses what runs it.
+    onnxruntime, openvino; None: by the folder) chooses what runs it: its ``Predictor``
+    (``anomalens.inference.load_predictor``), which scores each decoded chunk through
+    ``anomalens.inference.predict`` whatever the runtime.
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from anomalens.data import ImageBatch, iterate_decoded
+    from anomalens.data import iterate_decoded
 
     mode = heatmap_mode(heatmaps)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     inputs = [run_dir, *input_roots(images)]
     with prediction_stage(Path(out_dir), overwrite, inputs, resume) as stage:
-        model = load_predictor(run_dir, device, runtime)
+        model = load_predictor(run_dir, runtime=runtime, device=device)
         records = prediction_records(images)
         done = stage.begin(job_identity(run_dir, [r.source for r in records], mode))
         todo = still_to_do([printable(r.source) for r in records], done)
@@ -96,9 +88,8 @@ def predict_images(
         if drawing:
             for name in (HEATMAPS_DIR, MASKS_DIR):
                 (stage.path / name).mkdir(exist_ok=True)
-        low, high = model.decision_.heatmap_colour_range()
-        torch_model = isinstance(model, Detector)
-        device_type = model.device.type if torch_model else "cpu"
+        rule = model.decision_
+        low, high = rule.heatmap_colour_range()
         pending: list[tuple[list[dict[str, Any]], list[Any], list[dict[str, Any]]]] = []
 
         def settle(keep: int) -> None:
@@ -114,7 +105,7 @@ def predict_images(
             try:
                 batches = iterate_decoded(
                     [records[i] for i in todo], model.input_size, chunk_size, channels=model.image_channels,
-                    pictures=drawing, num_workers=workers, pin_memory=device_type == "cuda",
+                    pictures=drawing, num_workers=workers, pin_memory=model.device.startswith("cuda"),
                     desc="predict" if progress else None, decode=model.params.get("decode"))
                 for batch in batches:
                     bad = [k for k, error in enumerate(batch.errors) if error is not None]
@@ -126,25 +117,20 @@ def predict_images(
                     futures: list[Any] = []
                     if good:
                         images_in = batch.images[good] if len(good) < len(batch.indices) else batch.images
-                        if torch_model:
-                            result = model.predict(ImageBatch(images_in), progress=False)
-                        else:  # any object with predict(records): arrays already at its input size
-                            result = model.predict([ImageRecord(source=np.moveaxis(x.numpy(), 0, -1), label=-1)
-                                                    for x in images_in], progress=False)
-                        # 0.5 at the image threshold, the typical normal image at 0.05 (DecisionRule.normalized)
-                        normalized = model.decision_.normalized(result.scores)
+                        names = [printable(records[todo[batch.indices[k]]].source) for k in good]
+                        result = predict(model, images_in, names)
                         for j, k in enumerate(good):
                             index = todo[batch.indices[k]]
                             record = records[index]
-                            row: dict[str, Any] = {"image": printable(record.source), "score": float(result.scores[j]),
-                                                   "normalized_score": float(normalized[j]),
-                                                   "anomalous": bool(result.labels[j]), "threshold": model.threshold_}
+                            # normalised: 0.5 at the image threshold, the typical normal image at 0.05
+                            row = result_row(names[j], result.scores[j], result.normalized_scores[j],
+                                             result.labels[j], rule.image_threshold)
                             if drawing and result.maps is not None and (mode == "all" or row["anomalous"]):
                                 row["_pending"] = True
                                 futures.append(pool.submit(
                                     write_heatmap, stage.path, f"{index:05d}_{Path(record.name).stem}",
                                     batch.pictures[k], record.source, result.maps[j], low, high,
-                                    model.pixel_threshold_ if result.masks is not None else None,
+                                    rule.pixel_threshold if result.masks is not None else None,
                                     {key: row[key] for key in ("score", "normalized_score", "threshold", "anomalous")}))
                             rows.append(row)
                     pending.append((rows, futures, errors))
