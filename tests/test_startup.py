@@ -129,11 +129,6 @@ def onnx_export(run, tmp_path_factory):
     return export
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the local predict imports torch on its way: anomalens.workflow's package imports every stage (fit, "
-    "evaluation → anomalens.detector), workflow/prediction.py imports anomalens.detector to tell torch models "
-    "apart, and the decoding pipeline (anomalens.data.torch_dataset: iterate_decoded, display_picture) is built on "
-    "torch"))
 def test_predict_with_an_onnx_export_imports_no_torch(onnx_export, category, tmp_path):
     out = tmp_path / "predictions"
     result = _imports_of(["predict", str(onnx_export), *_test_images(category), "-o", str(out), "-q"])

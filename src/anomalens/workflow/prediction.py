@@ -8,6 +8,7 @@ from typing import Any, Sequence
 
 from anomalens.data import ImageRecord, collect_images, input_roots
 from anomalens.errors import DataError
+from anomalens.inference.decoded import decoded_chunks
 from anomalens.inference.loading import load_predictor
 from anomalens.inference.rows import predict, result_row
 from anomalens.names import printable
@@ -71,8 +72,6 @@ def predict_images(
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from anomalens.data import iterate_decoded
-
     mode = heatmap_mode(heatmaps)
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
@@ -103,10 +102,8 @@ def predict_images(
 
         with ThreadPoolExecutor(max_workers=writers or default_writers(), thread_name_prefix="heatmaps") as pool:
             try:
-                batches = iterate_decoded(
-                    [records[i] for i in todo], model.input_size, chunk_size, channels=model.image_channels,
-                    pictures=drawing, num_workers=workers, pin_memory=model.device.startswith("cuda"),
-                    desc="predict" if progress else None, decode=model.params.get("decode"))
+                batches = decoded_chunks(model, [records[i] for i in todo], chunk_size, pictures=drawing,
+                                         workers=workers, desc="predict" if progress else None)
                 for batch in batches:
                     bad = [k for k, error in enumerate(batch.errors) if error is not None]
                     stop = None if skip_bad or not bad else batch.errors[bad[0]]
@@ -140,6 +137,8 @@ def predict_images(
                         raise DataError(stop)
                 settle(keep=0)
             except RuntimeError as exc:  # a dead decoding worker, noticed while the model ran
+                if model.runtime != "torch":  # exports decode in threads: no worker process to die
+                    raise
                 from anomalens.data.torch_dataset import worker_death
 
                 death = worker_death(exc)
