@@ -321,3 +321,20 @@ def test_ray_predict_refuses_a_tampered_export_before_starting(run, category, tm
     err = capsys.readouterr().err.strip()
     assert err.startswith("anomalens: error:") and "differs from the copy inside model.onnx" in err and "\n" not in err
     assert not (tmp_path / "out").exists()
+
+
+@needs_ray
+def test_the_command_under_q_prints_one_line_for_an_unreadable_image(run, images, tmp_path):
+    """`predict --engine ray -q` in its own process (its own local cluster): an unreadable image in the middle
+    is the one error line of the local engine — no Ray warnings, no log wall."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
+    proc = subprocess.run([sys.executable, "-m", "anomalens.cli", "predict", str(run), str(images), "-o",
+                           str(tmp_path / "out"), "--engine", "ray", "--workers", "1", "-q"],
+                          env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("anomalens: error:") and "broken.png" in lines[0], proc.stderr[-3000:]
+    assert not (tmp_path / "out").exists()

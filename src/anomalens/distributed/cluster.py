@@ -96,7 +96,8 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, quiet: 
         return
     address = resolve_address(address)
     check_reachable(address)
-    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+    # -q: not even Ray's own notices (its token set-up warning)
+    options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR if quiet else logging.WARNING,
                                "log_to_driver": not quiet}
     if address == "local":
         options["num_cpus"] = num_cpus
