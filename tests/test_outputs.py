@@ -175,7 +175,6 @@ def test_a_crash_between_the_renames_leaves_the_old_folder_and_the_next_run_rest
 
 
 def test_a_failed_rename_in_restores_the_old_folder(run, images, tmp_path, monkeypatch, capsys):
-    import anomalens.workflow as workflow
 
     out = tmp_path / "pred"
     assert main(["predict", str(run), str(images), "-o", str(out), "-q", "--no-heatmaps"]) == 0
@@ -238,7 +237,6 @@ def test_a_broken_symbolic_link_as_output(kind, run, images, tmp_path, capsys):
 
 
 def test_a_full_disk_while_writing_gives_one_line_and_leaves_nothing(run, images, tmp_path, monkeypatch, capsys):
-    import anomalens.workflow as workflow
 
     def disk_full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "out" / "predictions.csv"))

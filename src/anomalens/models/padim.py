@@ -62,10 +62,10 @@ from anomalens.errors import ConfigError
 from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings, mean_and_whitener
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.saved_state import (
+    check_backbone_grid,
     check_tensor_names,
     checked_channel_index,
     checked_float,
-    checked_grid,
 )
 from anomalens.params import Float, Int, Ints, Text
 
@@ -324,12 +324,7 @@ class PaDiM(Detector):
         total = sum(self.extractor_.channels)
         d = self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))
         self.channel_index_ = checked_channel_index(tensors["channel_index"], d, total)
-        stored_grid = checked_grid(tensors["grid_size"], "grid_size")
-        with torch.inference_mode():
-            self.embed(torch.zeros(1, 3, *self.model_input_size))  # sets grid_size_ to the backbone's grid
-        if stored_grid != self.grid_size_:
-            raise ValueError(f"tensor 'grid_size' is {stored_grid}, but the backbone gives a {self.grid_size_} grid at "
-                             f"{self.model_input_size[0]}×{self.model_input_size[1]}")
+        check_backbone_grid(self, tensors["grid_size"])
         positions = self.grid_size_[0] * self.grid_size_[1]
         self.mean_ = checked_float(tensors["mean"], "mean", (positions, d)).to(self.device)
         self.whitener_ = checked_float(tensors["whitener"], "whitener", (positions, d, d)).to(self.device)

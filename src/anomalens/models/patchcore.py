@@ -70,7 +70,7 @@ from anomalens.models.components.coreset import greedy_coreset
 from anomalens.models.components.coreset_parts import CoresetPart, MergedCoreset
 from anomalens.models.components.knn import ExactNearest
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
-from anomalens.models.components.saved_state import check_tensor_names, checked_grid
+from anomalens.models.components.saved_state import check_backbone_grid, check_tensor_names
 from anomalens.params import Choice, Float, Int, Ints, Text
 
 
@@ -299,12 +299,7 @@ class PatchCore(Detector):
             raise ValueError(f"memory bank of {bank.dtype} and shape {tuple(bank.shape)}, expected floats of shape "
                              f"(M, {expected}) for this backbone")
         self.memory_bank_ = bank = bank.float().to(self.device)
-        stored_grid = checked_grid(tensors["grid_size"], "grid_size")
-        with torch.inference_mode():
-            self.embed(torch.zeros(1, 3, *self.model_input_size))  # sets grid_size_ to the backbone's grid
-        if stored_grid != self.grid_size_:
-            raise ValueError(f"tensor 'grid_size' is {stored_grid}, but the backbone gives a {self.grid_size_} grid at "
-                             f"{self.model_input_size[0]}×{self.model_input_size[1]}")
+        check_backbone_grid(self, tensors["grid_size"])
         self.ann_index_ = None
         if self.search == "hnsw":
             self.ann_index_ = HNSWIndex.from_tensor(tensors["hnsw_index"], bank)

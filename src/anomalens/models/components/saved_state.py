@@ -7,6 +7,8 @@ not index out of range, reshape wrongly or score silently differently.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 
@@ -48,3 +50,14 @@ def checked_channel_index(tensor: torch.Tensor, d: int, total: int) -> torch.Ten
     if d > 1 and not bool((index[1:] > index[:-1]).all()):
         raise ValueError("tensor 'channel_index' must hold distinct channels in ascending order")
     return index
+
+
+def check_backbone_grid(detector: Any, stored: torch.Tensor) -> None:
+    """The saved ``grid_size`` must be the grid the detector's backbone gives at its input size (one blank
+    image through ``detector.embed``, which sets ``grid_size_``): an edited grid would misplace every map."""
+    stored_grid = checked_grid(stored, "grid_size")
+    with torch.inference_mode():
+        detector.embed(torch.zeros(1, 3, *detector.model_input_size))
+    if stored_grid != detector.grid_size_:
+        raise ValueError(f"tensor 'grid_size' is {stored_grid}, but the backbone gives a {detector.grid_size_} grid at "
+                         f"{detector.model_input_size[0]}×{detector.model_input_size[1]}")
