@@ -101,11 +101,10 @@ def main() -> int:
     parser.add_argument("--models", nargs="*", default=None, help="default: every registered detector")
     parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT)
     args = parser.parse_args()
-    sys.path.insert(0, str(ROOT))  # tests.conftest: the tiny settings
     from harness import checkout, machine, run_job, short_commit, write_report  # this module's job loads without it
     from anomalens.catalog import list_detectors
     from anomalens.data import make_synthetic_category
-    from tests.conftest import TINY_PARAMS
+    from tests.conftest import TINY_PARAMS  # run from the repository root (python -m tools.bitwise_check)
 
     models = args.models or list(list_detectors())
     work = ROOT / "benchmarks" / "_work" / "bitwise_check"
