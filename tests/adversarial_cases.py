@@ -640,6 +640,174 @@ def _test(*extra: str, data: str = "{cat}") -> list[str]:
     return ["test", "{run}", data, "-o", "{ws}/out", "-q", *extra]
 
 
+def _fit_second_run(ws: Path) -> None:
+    from anomalens.cli import main
+
+    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["fit", "padim", str(ws / "cat"), "-o", str(ws / "run2"), *FIT, "-p", "seed=1"]) == 0
+
+
+def _edit_export_threshold(ws: Path) -> None:
+    path = ws / "exp" / "export.json"
+    manifest = json.loads(path.read_text())
+    manifest["decision"]["image_threshold"] = manifest["decision"]["image_threshold"] * 100
+    path.write_text(json.dumps(manifest, indent=2))
+
+
+def _api(action: Callable[[Path], object], expect: str) -> Callable[[Path], tuple[str, str]]:
+    """A Python API call: ``expect`` "ok" (it must return without error, and a truthy result means a problem
+    it found), or words the one-line AnomalensError must contain; any other exception is a traceback."""
+    from anomalens.errors import AnomalensError
+
+    def custom(ws: Path) -> tuple[str, str]:
+        try:
+            with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+                problem = action(ws)
+        except AnomalensError as exc:
+            text = str(exc)
+            if expect == "ok":
+                return "refused valid", text
+            if "\n" in text or expect.lower() not in text.lower():
+                return "multi-line", text[:300]
+            return "clean error", text
+        except Exception as exc:  # noqa: BLE001 — what the classification is for
+            return "traceback", f"{type(exc).__name__}: {exc}"[:300]
+        if expect != "ok":
+            return "silently wrong", "returned without the error expected"
+        return ("silently wrong", str(problem)) if problem else ("correct", "")
+
+    return custom
+
+
+def _api_fit(ws: Path, folder: Path) -> str | None:
+    from anomalens.catalog import create_detector
+
+    detector = create_detector("padim", image_size=64, batch_size=8, device="cpu").fit(str(folder), progress=False)
+    return None if detector.threshold_ > 0 else "no threshold after fit"
+
+
+def _api_predict_test_split(ws: Path) -> str | None:
+    from anomalens.catalog import load_detector
+
+    result = load_detector(ws / "run").predict(str(ws / "cat" / "test"), progress=False)
+    expected = len(list((ws / "cat" / "test").rglob("*.png")))
+    return None if len(result.scores) == expected else f"{len(result.scores)} scores for {expected} images"
+
+
+def _api_predict_empty(ws: Path) -> None:
+    from anomalens.catalog import load_detector
+
+    (ws / "empty").mkdir()
+    load_detector(ws / "run").predict(str(ws / "empty"), progress=False)
+
+
+def _api_calibrate_area_logged(ws: Path) -> str | None:
+    import logging
+
+    from anomalens.catalog import load_detector
+    from anomalens.data import load_dataset
+
+    logger = logging.getLogger("anomalens")
+    handler = logging.StreamHandler(io.StringIO())  # progress to a log, not a terminal
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        dataset = load_dataset(ws / "cat")
+        info = load_detector(ws / "run").calibrate(dataset.test, method="area", progress=True)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    return None if info else "no calibration record"
+
+
+def _api_export_over_user_folder(ws: Path) -> None:
+    from anomalens.export import export_run
+
+    _user_folder(ws)
+    try:
+        export_run(ws / "run", ws / "mine", overwrite=True, progress=False)
+    finally:
+        if (ws / "mine" / "notes.txt").read_text() != "mine\n":
+            raise RuntimeError("the user's file was changed")
+
+
+def _serve_bad_requests(ws: Path) -> tuple[str, str]:
+    """A real ``anomalens serve`` on 127.0.0.1: a non-image, an empty body, a foreign Host, a cross-origin
+    POST each get a 4xx with a one-line JSON error, and the server still answers a good image."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    proc = subprocess.Popen(_cli("serve", str(ws / "run"), "--port", str(port), "-q"), env=CHILD_ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+
+    def post(body: bytes, headers: dict[str, str]) -> tuple[int, str]:
+        request = urllib.request.Request(url + "/predict", data=body, method="POST",
+                                         headers={"Content-Type": "application/octet-stream", **headers})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(url + "/health", timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    return "traceback", f"the server did not start: {proc.communicate()[1][-300:]}"
+                time.sleep(0.2)
+        image = sorted((ws / "imgs").iterdir())[0].read_bytes()
+        bad = {"not an image": (b"hello", {}), "empty body": (b"", {}),
+               "foreign Host": (image, {"Host": "evil.example"}),
+               "cross-origin POST": (image, {"Origin": "http://evil.example"})}
+        for what, (body, headers) in bad.items():
+            status, text = post(body, headers)
+            if not 400 <= status < 500:
+                return "silently wrong" if status < 400 else "traceback", f"{what}: HTTP {status} {text[:200]}"
+            if "\n" in json.loads(text).get("detail", "\n"):
+                return "multi-line", f"{what}: {text[:200]}"
+        status, text = post(image, {})
+        if status != 200 or "score" not in json.loads(text):
+            return "refused valid", f"a good image after the bad ones: HTTP {status} {text[:200]}"
+    finally:
+        proc.terminate()
+        try:
+            _, stderr = proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            _, stderr = proc.communicate()
+    if "Traceback" in stderr:
+        return "traceback", stderr.strip().splitlines()[-1]
+    return "correct", "4 bad requests: 4xx with one-line errors; the good image after them scored"
+
+
+def _ray_unreadable_image_under_q(ws: Path) -> tuple[str, str]:
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        return "correct", "Ray is not installed (the case needs the ray extra)"
+    (ws / "imgs" / "m_broken.png").write_bytes(b"not a png")
+    proc = subprocess.run(_cli("predict", str(ws / "run"), str(ws / "imgs"), "-o", str(ws / "out"), "--engine", "ray",
+                               "--workers", "1", "-q"), env=CHILD_ENV, capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    if proc.returncode != 2 or "Traceback" in proc.stderr:
+        return "traceback", f"exit {proc.returncode}: {proc.stderr.strip()[-300:]}"
+    if len(lines) != 1 or "m_broken.png" not in lines[0]:
+        return "multi-line", " | ".join(lines)[:300]
+    if (ws / "out").exists():
+        return "half-written", "out exists"
+    return "clean error", lines[0]
+
+
 def _export(out: str, *extra: str) -> list[str]:
     return ["export", "{run}", "--format", "onnx", "-o", out, "-q", *extra]
 
@@ -650,6 +818,9 @@ TAMPERED = "tampered runs"
 FILES = "file system"
 SIGNALS = "signals and races"
 EXPORTS = "export"
+API = "python api"
+SERVICE = "serve"
+RAY = "ray"
 
 CASES: list[Case] = [
     # ------------------------------------------------------------------ broken images and folders
@@ -816,6 +987,31 @@ CASES: list[Case] = [
          says=["norun"]),
     Case("export-of-a-data-folder", EXPORTS, ["export", "{cat}", "--format", "onnx", "-o", "{ws}/exp", "-q"],
          says=["cat"]),
+    Case("verify-export-of-a-folder-with-sub-folders", EXPORTS, ["verify-export", "{ws}/exp", "{cat}/test", "-q"],
+         lambda ws: _export_once(ws), expect="ok", may_change=["exp"], check=lambda ws, err: None),
+    Case("verify-export-of-a-missing-export", EXPORTS, ["verify-export", "{ws}/noexp", "{imgs}", "-q"],
+         says=["noexp"]),
+    Case("verify-export-against-another-run", EXPORTS, ["verify-export", "{ws}/exp", "{imgs}", "--run", "{ws}/run2", "-q"],
+         lambda ws: (_export_once(ws), _fit_second_run(ws)), says=["run2"]),
+    Case("verify-export-with-a-threshold-edited-in-export-json", EXPORTS, ["verify-export", "{ws}/exp", "{imgs}", "-q"],
+         lambda ws: (_export_once(ws), _edit_export_threshold(ws)), says=["export.json"]),
+    Case("predict-with-an-export-whose-model-file-is-truncated", EXPORTS,
+         ["predict", "{ws}/exp", "{imgs}", "-o", "{ws}/out", "-q"],
+         lambda ws: (_export_once(ws), _truncate(lambda w: w / "exp" / "model.onnx")(ws)), says=["model.onnx"]),
+    # ------------------------------------------------------------------ the Python API (in this process)
+    Case("api-fit-on-a-folder", API, custom=_api(lambda ws: _api_fit(ws, ws / "cat" / "train" / "good"), "ok")),
+    Case("api-fit-on-a-missing-folder", API, custom=_api(lambda ws: _api_fit(ws, ws / "nothing"), "nothing")),
+    Case("api-predict-on-a-folder-with-sub-folders", API, custom=_api(_api_predict_test_split, "ok")),
+    Case("api-predict-on-an-empty-folder", API, custom=_api(_api_predict_empty, "no image")),
+    Case("api-calibrate-area-with-progress-in-a-log", API, custom=_api(_api_calibrate_area_logged, "ok")),
+    Case("api-export-over-a-users-folder", API, custom=_api(_api_export_over_user_folder, "not a folder anomalens wrote")),
+    # ------------------------------------------------------------------ the service (a real uvicorn on 127.0.0.1)
+    Case("serve-with-an-impossible-port", SERVICE, ["serve", "{run}", "--port", "99999", "-q"], says=["port"]),
+    Case("serve-with-a-nan-upload-limit", SERVICE, ["serve", "{run}", "--max-upload-mb", "nan", "-q"],
+         says=["max-upload-mb"]),
+    Case("serve-answers-bad-requests-with-4xx-and-keeps-serving", SERVICE, custom=_serve_bad_requests),
+    # ------------------------------------------------------------------ Ray (a local cluster in a child process)
+    Case("ray-predict-with-an-unreadable-image-under-q", RAY, custom=_ray_unreadable_image_under_q),
     # ------------------------------------------------------------------ signals and races (child processes)
     Case("kill-9-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGKILL)),
     Case("sigterm-during-fit", SIGNALS, custom=_signal_during("fit", signal.SIGTERM)),
