@@ -366,16 +366,3 @@ def test_quiet_large_frames_is_thread_safe_and_leaves_the_filters_as_they_were()
         thread.join()
     assert len(on) == 1600 and all(on)
     assert warnings.filters == before
-
-
-def test_two_files_whose_names_would_print_alike_print_differently():
-    """A name with the byte 0xe9 prints as ``\\xe9``; a name with the text ``\\xe9`` must then print otherwise,
-    or two different images would share one row name (and --resume would take one for the other)."""
-    import os
-
-    from anomalens.names import printable
-
-    with_byte, with_text = os.fsdecode(b"a\xe9.png"), os.fsdecode(b"a\\xe9.png")
-    assert printable(with_byte) == "a\\xe9.png"
-    assert printable(with_text) == "a\\\\xe9.png"
-    assert printable("caf\u00e9 \\ x.png") == "caf\u00e9 \\ x.png"  # other names unchanged

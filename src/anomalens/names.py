@@ -4,26 +4,20 @@ On Linux a file name is bytes; Python decodes the bytes that are not UTF-8 to lo
 (``'caf\\udce9.png'`` for Latin-1 ``café.png``), which cannot be written to a UTF-8 CSV, JSON or HTML file
 and print as gibberish. Every name the library writes or shows goes through :func:`printable`, which
 spells such bytes as ``\\xNN`` (``'caf\\xe9.png'``): readable, one line, and the same for the same file,
-so a resumed job still recognises the images it has done. Valid UTF-8 names are returned unchanged, but for
-one case: a literal backslash before ``xNN`` is doubled (``\\xNN``), so that two different files — one
-named with the bytes, one with the text ``\xe9`` — never print alike.
+so a resumed job still recognises the images it has done. Valid UTF-8 names are returned unchanged.
 """
 
 from __future__ import annotations
 
 import os
-import re
 from pathlib import PurePath
 
 __all__ = ["printable"]
-
-_LOOKS_ESCAPED = re.compile(r"\\(?=x[0-9a-fA-F]{2})")  # a literal backslash that would read as an escape
 
 
 def printable(name: str | bytes | PurePath) -> str:
     """``name`` as text safe to write as UTF-8: undecodable bytes of a file name become ``\\xNN``."""
     text = os.fsdecode(name) if isinstance(name, (bytes, PurePath)) else str(name)
-    text = _LOOKS_ESCAPED.sub(r"\\\\", text)
     try:
         text.encode("utf-8")
         return text  # the common case: valid UTF-8, unchanged

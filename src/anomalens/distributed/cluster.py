@@ -23,6 +23,7 @@ import contextlib
 import logging
 import os
 import socket
+import sys
 from typing import Any, Iterator
 
 from anomalens.errors import AnomalensError, ConfigError
@@ -110,9 +111,30 @@ def ray_cluster(address: str | None = None, num_cpus: int | None = None, quiet: 
                     "the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
         raise ConfigError(f"--address {address}: cannot connect to Ray ({' '.join(str(exc).split())}){hint}") from None
     try:
-        yield ray
+        with _native_log_silenced(quiet):
+            yield ray
     finally:
         ray.shutdown()
+
+
+@contextlib.contextmanager
+def _native_log_silenced(quiet: bool) -> Iterator[None]:
+    """Under ``quiet``, this process's file descriptor 2 goes to /dev/null while Ray runs: Ray's C++ core
+    worker writes notices there (e.g. about restartable actors) that no Python logging setting reaches.
+    Errors are not lost: they are raised as exceptions, and the command prints them after the block."""
+    if not quiet:
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def cluster_resources(ray: Any) -> tuple[int, int]:

@@ -45,7 +45,6 @@ import json
 import math
 import os
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -201,14 +200,9 @@ def score_on_ray(
     ds = ds.map_batches(decode_images, fn_kwargs={"input_size": tuple(input_size), "channels": channels,
                                                   "decode": decode},
                         batch_size=batch_size, num_cpus=1)
-    with warnings.catch_warnings():
-        # no restarts: a scorer that dies fails the job with one line (a restartable actor built from
-        # constructor arguments in the object store makes Ray's core worker warn on every run, even under -q);
-        # Ray takes max_restarts only among its generic remote arguments, which it marks as deprecated
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        ds = ds.map_batches(scorer, fn_constructor_kwargs={"model": [model_ref], "runtime": runtime, "device": device},
-                            batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
-                            num_gpus=gpus_per_worker or None, max_restarts=0)
+    ds = ds.map_batches(scorer, fn_constructor_kwargs={"model": [model_ref], "runtime": runtime, "device": device},
+                        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=1,
+                        num_gpus=gpus_per_worker or None)
     scores = np.full(n, np.nan, np.float32)
     labels = np.zeros(n, np.int64)
     done = np.zeros(n, bool)
