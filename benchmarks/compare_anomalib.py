@@ -150,6 +150,23 @@ def _percentiles(seconds: list[float]) -> dict:
     return {"latency_ms_p50": round(float(np.percentile(ms, 50)), 1), "latency_ms_p95": round(float(np.percentile(ms, 95)), 1)}
 
 
+def _plugin(model: str):
+    """The comparison module of a detector outside the three built into this script, or None.
+
+    ``benchmarks/compare_models/<model>.py`` declares ``anomalens_params(option, size, device) -> dict``
+    (parameters of ``anomalens fit <model>``) and ``anomalib_model(option, common) -> (model, max_epochs)``
+    (anomalib's implementation of the same method with the same settings; ``common`` holds the pre-processor
+    and switches every job shares)."""
+    if model in LAYERS:
+        return None
+    import importlib
+
+    try:
+        return importlib.import_module(f"compare_models.{model}")
+    except ModuleNotFoundError as exc:
+        raise SystemExit(f"[compare] no comparison for '{model}': add benchmarks/compare_models/{model}.py") from exc
+
+
 def _parse_job(job: str) -> tuple[str, float | None, str]:
     """'patchcore@0.01:brick' -> ('patchcore', 0.01, 'brick'); 'stpm@10:x' -> epochs 10."""
     spec, dataset = job.split(":")
@@ -172,8 +189,10 @@ def worker_anomalens(job: str, threads: int, device: str = "cpu") -> dict:
     model, option, dataset = _parse_job(job)
     train, test, labels, masks = _records(WORK / "data" / dataset)
     size = _size(dataset)
-    params = {"image_size": size, "backbone": "efficientnet_lite0", "layers": tuple(LAYERS[model]), "batch_size": BATCH,
-              "device": device}
+    plugin = _plugin(model)
+    params = (plugin.anomalens_params(option, size, device) if plugin else
+              {"image_size": size, "backbone": "efficientnet_lite0", "layers": tuple(LAYERS[model]), "batch_size": BATCH,
+               "device": device})
     if model == "padim":
         params["n_features"] = 100
     if model == "patchcore":
@@ -282,7 +301,10 @@ def worker_anomalib(job: str, threads: int, device: str = "cpu") -> dict:
     size = _size(dataset)
     pre = PreProcessor(transform=Compose([Resize((size, size), antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
     common = {"pre_processor": pre, "post_processor": False, "evaluator": False, "visualizer": False}
-    if model_name == "padim":
+    plugin = _plugin(model_name)
+    if plugin is not None:
+        model, epochs = plugin.anomalib_model(option, common)
+    elif model_name == "padim":
         model = Padim(backbone=ARCH, layers=LAYERS["padim"], n_features=100, **common)
         # The same random channel subset as anomalens' (seed 0), so that only the implementations differ:
         # with d ≈ n, which 100 of the 176 channels are drawn moves AUROC by a few hundredths either way.
@@ -442,11 +464,12 @@ def _median_run(runs: list[dict]) -> dict:
     return out
 
 
-def compare(jobs: list[str], repeats: int, threads: int, device: str = "cpu", own_python: str | None = None) -> None:
+def compare(jobs: list[str], repeats: int, threads: int, device: str = "cpu", own_python: str | None = None,
+            results_dir: Path | None = None) -> None:
     python = Path(own_python) if own_python else ensure_anomalib_venv()
     export_weights()
     prepare_data({_parse_job(j)[2] for j in jobs})
-    results_dir = _results_dir(device)
+    results_dir = results_dir or _results_dir(device)
     path = results_dir / "results.json"
     results = Results.load(path, SUITE, legacy)
     backbone = results.sections.setdefault("backbone", {})
@@ -655,7 +678,7 @@ def main() -> None:
     parser.add_argument("--worker-backbone", help=argparse.SUPPRESS)
     parser.add_argument("--worker-scaling", help=argparse.SUPPRESS)
     parser.add_argument("--output", type=Path, default=None,
-                        help="with --report-only: the folder whose results.json is read and results.md written "
+                        help="the folder whose results.json the jobs merge into and whose results.md is written "
                              "(default: results/compare_anomalib, or _gpu with --device cuda)")
     args = parser.parse_args()
     for flag, fn in (("worker_anomalens", worker_anomalens), ("worker_anomalib", worker_anomalib),
@@ -664,12 +687,10 @@ def main() -> None:
             extra = {} if flag == "worker_scaling" else {"device": args.device}
             print(json.dumps(fn(getattr(args, flag), args.threads, **extra)))
             return
-    if args.output and not args.report_only:
-        parser.error("--output goes with --report-only (the comparison merges into the committed table)")
     if args.scaling:
         scaling(args.threads)
     elif not args.report_only:
-        compare(args.jobs, args.repeats, args.threads, args.device, args.python)
+        compare(args.jobs, args.repeats, args.threads, args.device, args.python, args.output)
     write_markdown(args.device, args.output, plot=not args.report_only)
     print(f"[compare] wrote {(args.output or _results_dir(args.device)) / 'results.md'}")
 
