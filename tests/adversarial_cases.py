@@ -292,6 +292,25 @@ def _non_utf8_copy(folder_of: Callable[[Path], Path]) -> Callable[[Path], None]:
     return setup
 
 
+def _names_that_print_alike(ws: Path) -> None:
+    """A Latin-1 ``café.png`` beside a file literally named ``caf\\xe9.png``: both print as ``caf\\xe9.png``."""
+    folder = ws / "imgs"
+    source = _first(folder)
+    shutil.copy(source, os.path.join(os.fsencode(folder), b"caf\xe9.png"))
+    shutil.copy(source, folder / "caf\\xe9.png")
+
+
+def _one_row_each(ws: Path, stderr: str) -> str | None:
+    import csv
+
+    with open(ws / "out" / "predictions.csv", encoding="utf-8", newline="") as fh:
+        names = [row["image"] for row in csv.DictReader(fh)]
+    images = len(os.listdir(ws / "imgs"))
+    if len(names) != images or len(set(names)) != images:
+        return f"{images} images gave {len(names)} rows with {len(set(names))} distinct names"
+    return None
+
+
 def _folder_named_like_an_image(ws: Path) -> None:
     (_train(ws) / "folder.png").mkdir()
 
@@ -861,6 +880,8 @@ CASES: list[Case] = [
     Case("predict-only-broken-images", BAD_DATA, _predict(), _all_broken_images, says=["cannot read"]),
     Case("predict-non-utf8-file-name", BAD_DATA, _predict(), _non_utf8_copy(lambda ws: ws / "imgs"), expect="ok",
          check=_names_escaped("predictions.csv")),
+    Case("predict-names-that-print-alike", BAD_DATA, _predict(), _names_that_print_alike, expect="ok",
+         check=_one_row_each),
     Case("calibrate-on-the-training-images", BAD_DATA, ["calibrate", "{run}", "{cat}/train/good", "-q"],
          says=["training"]),
     Case("calibrate-normals-it-never-saw", BAD_DATA, ["calibrate", "{run}", "{ws}/normals", "-q"], _normals_folder,

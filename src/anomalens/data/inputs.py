@@ -55,6 +55,7 @@ from anomalens.data.io import (
 )
 from anomalens.data.records import AnomalyDataset, ImageRecord
 from anomalens.errors import DataError
+from anomalens.names import file_label
 
 __all__ = ["as_image_inputs", "as_image_records", "collect_images", "find_images", "input_roots"]
 
@@ -140,10 +141,10 @@ def _path_records(item: str | Path, label: int) -> list[ImageRecord]:
             if _in_output_folder(found, root, marker):
                 continue
             if found.is_dir():
-                records += [ImageRecord(source=p, label=label, name=(found.relative_to(root) / name).as_posix())
+                records += [ImageRecord(source=p, label=label, name=file_label((found.relative_to(root) / name).as_posix()))
                             for p, name in find_images(found)]
             elif is_image_file(found):
-                records.append(ImageRecord(source=found, label=label, name=found.relative_to(root).as_posix()))
+                records.append(ImageRecord(source=found, label=label, name=file_label(found.relative_to(root).as_posix())))
         if not records:
             raise DataError(f"{item}: no images match this pattern ({_SUFFIX_LIST})")
         return records
@@ -151,9 +152,9 @@ def _path_records(item: str | Path, label: int) -> list[ImageRecord]:
         found_images = find_images(path)
         if not found_images:
             raise DataError(f"{path}: no images found ({_SUFFIX_LIST}) in this folder or its sub-folders")
-        return [ImageRecord(source=p, label=label, name=name) for p, name in found_images]
+        return [ImageRecord(source=p, label=label, name=file_label(name)) for p, name in found_images]
     if path.is_file():
-        return [ImageRecord(source=path, label=label, name=path.name)]
+        return [ImageRecord(source=path, label=label, name=file_label(path.name))]
     if path.is_symlink() and not path.exists():
         raise DataError(f"{path}: no such file or folder (a link to {os.readlink(path)}, which does not exist)")
     if os.path.lexists(path):  # a FIFO would block the decoder forever; a device is no image either

@@ -62,7 +62,7 @@ from anomalens.distributed.cluster import (
 from anomalens.errors import AnomalensError, ConfigError, DataError
 from anomalens.inference.rows import RESULT_FIELDS, result_rows
 from anomalens.jsonvalues import plain_json
-from anomalens.names import printable
+from anomalens.names import file_label
 
 OUTPUT_FORMATS = ("csv", "parquet")
 
@@ -234,7 +234,7 @@ def prediction_rows(paths: Sequence[str], scores: np.ndarray, labels: np.ndarray
     """The local ``predict``'s rows (with ``--heatmaps none``) of every readable image, in input order."""
     readable = [i for i in range(len(paths)) if i not in errors]
     normalized = decision.normalized(scores)
-    return result_rows([printable(paths[i]) for i in readable], scores[readable], normalized[readable],
+    return result_rows([file_label(paths[i]) for i in readable], scores[readable], normalized[readable],
                        labels[readable], decision.image_threshold)
 
 
@@ -319,6 +319,6 @@ def predict_with_ray(
                 gpus_per_worker=gpus, runtime=runtime, device=device or ("cuda" if gpus else "cpu"),
                 skip_bad=skip_bad, scorer=scorer, decode=model.params.get("decode", "exact"))
         rows = prediction_rows(paths, scores, labels, model.decision_, errors)
-        error_rows = [{"image": printable(paths[i]), "error": errors[i]} for i in sorted(errors)]
+        error_rows = [{"image": file_label(paths[i]), "error": errors[i]} for i in sorted(errors)]
         write_predictions(stage, rows, error_rows, output_format)
     return rows

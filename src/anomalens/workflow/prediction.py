@@ -11,7 +11,7 @@ from anomalens.errors import DataError
 from anomalens.inference.decoded import decoded_chunks
 from anomalens.inference.loading import load_predictor
 from anomalens.inference.rows import predict, result_row
-from anomalens.names import printable
+from anomalens.names import file_label
 from anomalens.outputs.names import HEATMAPS_DIR, MASKS_DIR
 from anomalens.outputs.predictions import heatmap_mode, job_identity, prediction_stage, still_to_do, write_heatmap
 
@@ -80,7 +80,7 @@ def predict_images(
         model = load_predictor(run_dir, runtime=runtime, device=device)
         records = prediction_records(images)
         done = stage.begin(job_identity(run_dir, [r.source for r in records], mode))
-        todo = still_to_do([printable(r.source) for r in records], done)
+        todo = still_to_do([file_label(r.source) for r in records], done)
         if progress:
             logger.info("predict: %d images%s", len(records), f", {len(records) - len(todo)} done before" if done else "")
         drawing = mode != "none" and model.localizes
@@ -108,13 +108,13 @@ def predict_images(
                     bad = [k for k, error in enumerate(batch.errors) if error is not None]
                     stop = None if skip_bad or not bad else batch.errors[bad[0]]
                     good = [k for k in range(len(batch.indices)) if batch.errors[k] is None and (stop is None or k < bad[0])]
-                    errors = [{"image": printable(records[todo[batch.indices[k]]].source), "error": batch.errors[k]}
+                    errors = [{"image": file_label(records[todo[batch.indices[k]]].source), "error": batch.errors[k]}
                               for k in bad] if skip_bad else []
                     rows: list[dict[str, Any]] = []
                     futures: list[Any] = []
                     if good:
                         images_in = batch.images[good] if len(good) < len(batch.indices) else batch.images
-                        names = [printable(records[todo[batch.indices[k]]].source) for k in good]
+                        names = [file_label(records[todo[batch.indices[k]]].source) for k in good]
                         result = predict(model, images_in, names)
                         for j, k in enumerate(good):
                             index = todo[batch.indices[k]]
