@@ -163,9 +163,12 @@ def _as_saved_before_crossfitting(run) -> None:
         params["threshold_quantile"] = 0.99
     config["decision"].pop("score_reference")
     config["decision"]["evidence"] = {"quantile": 0.99, "n_normal": 2}
+    config["format_version"] = 2  # before the decision rule was recorded twice (decision_sha256)
+    config.pop("decision_sha256")
     weights = run / "weights.safetensors"
     with safe_open(str(weights), framework="pt") as fh:
         metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    metadata.pop("format_version")
     old = json.loads(metadata["params"])
     old.pop("false_alarm_rate")
     old.pop("threshold_folds")

@@ -77,7 +77,7 @@ def test_the_rule_round_trips_through_save_and_load(train_records, test_records,
     det.save(tmp_path / "run")
     assert load_detector(tmp_path / "run").decision_ == det.decision_
     saved = json.loads((tmp_path / "run" / "detector.json").read_text())
-    assert saved["format_version"] == 2 and saved["decision"]["source"] == "area"
+    assert saved["format_version"] == 3 and saved["decision"]["source"] == "area"
 
 
 def test_save_decision_rewrites_only_the_rule(padim, train_records, test_records, tmp_path):
@@ -90,12 +90,29 @@ def test_save_decision_rewrites_only_the_rule(padim, train_records, test_records
     assert (tmp_path / "run" / "weights.safetensors").read_bytes() == weights
 
 
+def _weights_as_saved_before_format_3(run) -> str:
+    """Drop the format from the weights' metadata, as versions before 3 saved them; returns the new hash."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from anomalens.persistence import file_sha256
+
+    weights = run / "weights.safetensors"
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    metadata.pop("format_version")
+    save_file(tensors, str(weights), metadata=metadata)
+    return file_sha256(weights)
+
+
 def test_a_version_1_run_still_loads(padim, tmp_path):
     """Runs saved before the decision rule existed kept its fields as loose keys."""
     padim.save(tmp_path / "run")
     path = tmp_path / "run" / "detector.json"
     config = json.loads(path.read_text())
     rule = config.pop("decision")
+    config.pop("decision_sha256")
+    config["weights_sha256"] = _weights_as_saved_before_format_3(tmp_path / "run")
     config.update(format_version=1, threshold=rule["image_threshold"], pixel_threshold=rule["pixel_threshold"],
                   threshold_source=rule["description"], map_reference=rule["map_reference"], min_area=None,
                   area_clear_border=False)

@@ -302,3 +302,60 @@ def test_run_files_are_written_atomically_through_the_output_module(saved_run, t
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.name != WEIGHTS_FILE} == \
         {k: v for k, v in before.items() if k != WEIGHTS_FILE}
     assert not [p for p in run.iterdir() if atomic.is_temporary_name(p.name)]
+
+
+# ------------------------------------------------- issue 30: the run's decision rule is checked too
+def test_a_threshold_edited_by_hand_is_refused(run):
+    """Issue 30: the threshold in detector.json was unprotected (×100: every verdict flips to normal)."""
+    _edit_config(run, lambda c: c["decision"].update(image_threshold=c["decision"]["image_threshold"] * 100))
+    with pytest.raises(ModelFileError, match=r"detector.json: its decision rule \(threshold .*\) is not the one") as caught:
+        load_detector(run)
+    _single_line(str(caught.value))
+
+
+@pytest.mark.parametrize("edit", ["drop", "drop-and-format-2", "malformed"])
+def test_a_deleted_decision_digest_is_a_refusal_not_a_skipped_check(run, edit):
+    def change(config):
+        config["decision"]["image_threshold"] *= 100
+        if edit == "malformed":
+            config["decision_sha256"] = "not a digest"
+            return
+        config.pop("decision_sha256")
+        if edit == "drop-and-format-2":  # the weights' metadata still says format 3
+            config["format_version"] = 2
+
+    _edit_config(run, change)
+    with pytest.raises(ModelFileError, match="decision_sha256"):
+        load_detector(run)
+
+
+def test_calibrate_rebinds_the_rule_and_the_run_loads(run, test_records):
+    from anomalens.persistence import read_config
+
+    detector = load_detector(run)
+    before = read_config(run)["decision_sha256"]
+    detector.calibrate(test_records, progress=False)
+    detector.save_decision(run)
+    after = read_config(run)
+    assert after["decision_sha256"] != before
+    assert load_detector(run).decision_.image_threshold == pytest.approx(after["decision"]["image_threshold"])
+
+
+def test_a_run_saved_before_the_rule_was_bound_still_loads_and_is_bound_by_calibrate(run, test_records):
+    """Format 2 runs (no digest, no format in the weights' metadata) load as before; calibrate binds them."""
+    from safetensors import safe_open
+
+    from anomalens.persistence import file_sha256, read_config
+
+    path = run / WEIGHTS_FILE
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = {k: v for k, v in fh.metadata().items() if k != "format_version"}
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    _edit_config(run, lambda c: (c.pop("decision_sha256"), c.update(format_version=2, weights_sha256=file_sha256(path))))
+    detector = load_detector(run)
+    detector.calibrate(test_records, progress=False)
+    detector.save_decision(run)
+    assert read_config(run)["format_version"] == 3 and "decision_sha256" in read_config(run)
+    _edit_config(run, lambda c: c["decision"].update(image_threshold=c["decision"]["image_threshold"] * 100))
+    with pytest.raises(ModelFileError, match="decision_sha256 differs"):
+        load_detector(run)

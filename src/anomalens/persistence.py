@@ -10,11 +10,17 @@ weights file that is not the one saved with the JSON, parameters in the JSON tha
 weights were fitted with (except ``INFERENCE_PARAMS``, which only say how to run: device, batch size),
 and weights with a NaN or infinite value. A missing check is a refusal, not a pass: a JSON without
 ``weights_sha256`` or a weights file without its metadata (``detector``, ``params``) is refused — deleting
-the record must not switch the check off. What the tensors must look like (shapes, dtypes, ranges against
-the parameters) each detector checks when it restores them (``_load_state_tensors``). This module knows no
+the record must not switch the check off. The decision rule (the threshold every verdict rests on) is
+recorded twice: ``decision_sha256`` in the JSON is the SHA-256 of the rule, written by ``fit`` and rewritten
+by ``calibrate`` — one atomic write of one file, so no crash can leave the two out of step — and a rule
+edited by hand (a threshold ×100 flips verdicts silently) is refused. Runs written since format 3 must carry
+it (their weights' metadata says ``format_version`` 3, so turning the JSON back into format 2 does not switch
+the check off); older runs get it from their first ``calibrate``. What the tensors must look like (shapes,
+dtypes, ranges against the parameters) each detector checks when it restores them (``_load_state_tensors``). This module knows no
 detector class: turning the files into a detector is ``anomalens.catalog.load_detector``.
 
-Format versions: 2 stores the decision rule as one object (``"decision"``); version 1 (anomalens ≤ 0.1.0
+Format versions: 3 binds the decision rule to the weights (``decision_sha256``); 2 stores the decision rule
+as one object (``"decision"``); version 1 (anomalens ≤ 0.1.0
 before the decision rule existed) stored its fields as loose keys and is still read.
 
 Renamed parameters: runs saved before the cross-fitted threshold carry ``threshold_quantile`` (q) in their
@@ -41,8 +47,9 @@ from anomalens.outputs.atomic import atomic_path, write_json
 from anomalens.params import short_repr
 from anomalens.version import __version__
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
+DECISION_CHECKED_SINCE = 3
 CONFIG_FILE = "detector.json"
 WEIGHTS_FILE = "weights.safetensors"
 # Parameters that change how a fitted model runs, not what it is: may differ between the two files.
@@ -89,13 +96,27 @@ def write_run_files(directory: str | Path, config: dict[str, Any], tensors: dict
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    metadata = {"detector": str(config["detector"]), "params": _params_json(config["params"])}
+    metadata = {"detector": str(config["detector"]), "params": _params_json(config["params"]),
+                "format_version": str(FORMAT_VERSION)}
     with atomic_path(directory / WEIGHTS_FILE) as tmp_weights:
         save_file(tensors, str(tmp_weights), metadata=metadata)
         _readable_like_other_files(tmp_weights)
         digest = file_sha256(tmp_weights)
-    write_json(directory / CONFIG_FILE, {"format_version": FORMAT_VERSION, **config, "weights_sha256": digest})
+    config = {"format_version": FORMAT_VERSION, **config, "weights_sha256": digest}
+    write_json(directory / CONFIG_FILE, _with_decision_digest(config))
     return directory
+
+
+def decision_digest(decision: Any) -> str:
+    """SHA-256 of the decision rule as the JSON holds it (canonical JSON)."""
+    text = json.dumps(decision, sort_keys=True, default=_json_default)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _with_decision_digest(config: dict[str, Any]) -> dict[str, Any]:
+    # The digest is taken of the rule as it will read back from the JSON (numbers as JSON spells them).
+    decision = json.loads(json.dumps(config.get("decision"), default=_json_default))
+    return {**config, "decision": decision, "decision_sha256": decision_digest(decision)}
 
 
 def _readable_like_other_files(path: Path) -> None:
@@ -126,7 +147,7 @@ def write_decision(directory: str | Path, decision: dict[str, Any]) -> None:
     config.update(format_version=FORMAT_VERSION, decision=decision)
     for key in _V1_DECISION_KEYS:
         config.pop(key, None)
-    write_json(Path(directory) / CONFIG_FILE, config)
+    write_json(Path(directory) / CONFIG_FILE, _with_decision_digest(config))
 
 
 def read_config(directory: str | Path) -> dict[str, Any]:
@@ -190,7 +211,32 @@ def read_weights(directory: str | Path, config: dict[str, Any]) -> dict[str, tor
     for key, tensor in tensors.items():
         if tensor.is_floating_point() and not torch.isfinite(tensor).all():
             raise ModelFileError(f"{weights_path}: tensor '{key}' holds NaN or infinite values; the file is damaged — refit")
+    _check_decision(config_path, config, metadata)
     return tensors
+
+
+def _check_decision(config_path: Path, config: dict[str, Any], metadata: dict[str, str]) -> None:
+    """The rule in the JSON must be the one fit / calibrate wrote (see the module docstring)."""
+    recorded = config.get("decision_sha256")
+    written_since = max(_version(config.get("format_version")), _version(metadata.get("format_version")))
+    if recorded is None and written_since < DECISION_CHECKED_SINCE:
+        return  # a run saved before the rule was bound to the weights; its first calibrate binds it
+    if not isinstance(recorded, str) or not _SHA256.fullmatch(recorded):
+        found = "has no 'decision_sha256'" if recorded is None else f"has a malformed 'decision_sha256' ({recorded!r:.80})"
+        raise ModelFileError(f"{config_path}: {found}, so its decision rule cannot be checked; the file was edited — "
+                             "set the threshold with 'anomalens calibrate', or refit")
+    if decision_digest(config.get("decision")) != recorded:
+        threshold = (config.get("decision") or {}).get("image_threshold") if isinstance(config.get("decision"), dict) else None
+        raise ModelFileError(f"{config_path}: its decision rule (threshold {short_repr(threshold)}) is not the one "
+                             "anomalens wrote (decision_sha256 differs): the file was edited by hand — set the "
+                             "threshold with 'anomalens calibrate', or refit")
+
+
+def _version(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def _check_same_params(config_path: Path, config: dict[str, Any], metadata: dict[str, str]) -> None:
