@@ -9,11 +9,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 from anomalens import ConfigError, create_detector
-from anomalens.models import cae
+from anomalens.models import cae  # noqa: F401  (registers the five CAE detectors)
+from anomalens.models.components import cae_networks as networks
 from anomalens.models.components.ssim import reconstruction_loss, residual_map, ssim_map
 from tests.conftest import make_records
 
-NETWORKS = [cae.MvtecCAENet, cae.BaselineCAENet, cae.InceptionCAENet, cae.ResnetCAENet, cae.SkipCAENet]
+NETWORKS = [networks.MvtecCAENet, networks.BaselineCAENet, networks.InceptionCAENet, networks.ResnetCAENet, networks.SkipCAENet]
 NAMES = ["mvtec_cae", "baseline_cae", "inception_cae", "resnet_cae", "skip_cae"]
 
 # The seed's Keras summary of mvtecCAE (grayscale, 256 px): every Conv2D's output (H, W, C) and parameters.
@@ -28,7 +29,7 @@ MVTEC_KERAS_SUMMARY = [
 
 
 def test_mvtec_cae_matches_the_seeds_keras_summary():
-    net = cae.MvtecCAENet(1, 256, 256)
+    net = networks.MvtecCAENet(1, 256, 256)
     assert sum(p.numel() for p in net.parameters()) == 746_210
     convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
     shapes = []
@@ -56,35 +57,35 @@ def test_networks_reconstruct_at_the_input_size_in_0_1(network, channels):
 
 def test_non_square_inputs():
     with torch.no_grad():
-        assert cae.MvtecCAENet(1, 64, 96)(torch.rand(1, 1, 64, 96)).shape == (1, 1, 64, 96)
-        assert cae.SkipCAENet(1, 96, 128)(torch.rand(1, 1, 96, 128)).shape == (1, 1, 96, 128)
+        assert networks.MvtecCAENet(1, 64, 96)(torch.rand(1, 1, 64, 96)).shape == (1, 1, 64, 96)
+        assert networks.SkipCAENet(1, 96, 128)(torch.rand(1, 1, 96, 128)).shape == (1, 1, 96, 128)
 
 
 def test_resnet_cae_concatenating_blocks_double_the_channels():
-    block = cae._ConcatBasicBlock(64, 64, 1, first=True)
+    block = networks._ConcatBasicBlock(64, 64, 1, first=True)
     assert isinstance(block.shortcut, torch.nn.Identity)  # same size and channels: identity shortcut
     assert block(torch.rand(1, 64, 8, 8)).shape == (1, 128, 8, 8)
-    down = cae._ConcatBasicBlock(128, 128, 2, first=False)
+    down = networks._ConcatBasicBlock(128, 128, 2, first=False)
     assert down(torch.rand(1, 128, 8, 8)).shape == (1, 256, 4, 4)
 
 
 def test_skip_cae_halves_while_even():
-    assert cae._halving_strides(256, 8) == ([2] * 8, 1)
-    assert cae._halving_strides(64, 8) == ([2] * 6 + [1, 1], 1)
-    assert cae._halving_strides(96, 8) == ([2] * 5 + [1, 1, 1], 3)
+    assert networks._halving_strides(256, 8) == ([2] * 8, 1)
+    assert networks._halving_strides(64, 8) == ([2] * 6 + [1, 1], 1)
+    assert networks._halving_strides(96, 8) == ([2] * 5 + [1, 1, 1], 3)
 
 
 # -- Keras 'same' padding ------------------------------------------------------------------------
 @pytest.mark.parametrize("size", [7, 8, 16, 33])
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (4, 1), (8, 1), (3, 2), (4, 2), (7, 2)])
 def test_conv_same_output_size_follows_tensorflow(size, kernel, stride):
-    conv = cae.Conv2dSame(2, 3, kernel, stride)
+    conv = networks.Conv2dSame(2, 3, kernel, stride)
     assert conv(torch.rand(1, 2, size, size)).shape[-1] == -(-size // stride)
 
 
 @pytest.mark.parametrize("kernel", [3, 4, 8])
 def test_conv_same_stride_1_equals_torch_same_padding(kernel):
-    conv = cae.Conv2dSame(2, 3, kernel)
+    conv = networks.Conv2dSame(2, 3, kernel)
     x = torch.rand(1, 2, 10, 9)
     # PyTorch's padding="same" also puts the extra row/column of an even kernel bottom/right.
     expected = F.conv2d(x, conv.weight, conv.bias, padding="same")
@@ -94,8 +95,8 @@ def test_conv_same_stride_1_equals_torch_same_padding(kernel):
 @pytest.mark.parametrize("kernel,stride", [(3, 1), (3, 2), (4, 2)])
 def test_transposed_conv_same_is_the_adjoint_of_conv_same(kernel, stride):
     # TensorFlow defines conv2d_transpose('same') as the gradient of conv2d('same'): ⟨Cx, y⟩ = ⟨x, Cᵀy⟩.
-    conv = cae.Conv2dSame(2, 3, kernel, stride)
-    deconv = cae.ConvTranspose2dSame(3, 2, kernel, stride)
+    conv = networks.Conv2dSame(2, 3, kernel, stride)
+    deconv = networks.ConvTranspose2dSame(3, 2, kernel, stride)
     with torch.no_grad():
         deconv.weight.copy_(conv.weight)
         conv.bias.zero_()
@@ -243,13 +244,13 @@ def test_resuming_from_a_checkpoint_continues_training(small_data, tmp_path):
 
 
 def test_l2_regularisers_become_adam_weight_decay():
-    net = cae.BaselineCAENet(1, 64, 64)
+    net = networks.BaselineCAENet(1, 64, 64)
     kernels = {id(p) for p, _ in net.regularized}
     convs_and_dense = [m for m in net.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
     assert kernels == {id(m.weight) for m in convs_and_dense}
     assert {f for _, f in net.regularized} == {1e-6}
-    assert {f for _, f in cae.ResnetCAENet(1, 32, 32).regularized} == {1e-4}
-    assert cae.MvtecCAENet(1, 32, 32).regularized == []
+    assert {f for _, f in networks.ResnetCAENet(1, 32, 32).regularized} == {1e-4}
+    assert networks.MvtecCAENet(1, 32, 32).regularized == []
 
 
 def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
