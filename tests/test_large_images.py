@@ -10,7 +10,7 @@ from PIL import Image
 
 import anomalens
 from anomalens.data import ImageRecord, io as image_io
-from anomalens.data import torch_dataset
+from anomalens.data import model_input, torch_dataset
 from anomalens.data.io import load_image, read_pixels
 from anomalens.data.torch_dataset import decode_for_model, decoding_mode, iterate_batches
 from anomalens.errors import ConfigError
@@ -67,7 +67,7 @@ def test_pixels_copied_in_strips_equal_pillows(frames, monkeypatch):
 
 
 def test_channel_planes_in_strips_equal_load_image(frames, monkeypatch):
-    monkeypatch.setattr(torch_dataset, "_STRIP_PIXELS", 3 * 1200 * 3 + 1)  # a few rows a strip
+    monkeypatch.setattr(model_input, "_STRIP_PIXELS", 3 * 1200 * 3 + 1)  # a few rows a strip
     for kind, channels in (("png", 1), ("deep", 3), ("rgba", 1)):
         assert torch.equal(decode_for_model(frames[kind], SIZE, channels)[0], _whole_frame_reference(frames[kind], channels))
 
@@ -135,13 +135,13 @@ def test_fast_decode_is_recorded_in_the_run_and_used_after_reload(frames, tmp_pa
     assert loaded.params["decode"] == "fast" and loaded.preprocessing()["decode"] == "fast"
 
     asked: list = []
-    real = torch_dataset.read_pixels
+    real = model_input.read_pixels
 
     def spying(source, fast_for=None):
         asked.append(fast_for)
         return real(source, fast_for=fast_for)
 
-    monkeypatch.setattr(torch_dataset, "read_pixels", spying)
+    monkeypatch.setattr(model_input, "read_pixels", spying)
     scores, _ = loaded.score([frames["jpg"]], progress=False)
     assert asked == [tuple(loaded.input_size)]
     assert np.allclose(scores, fitted.score([frames["jpg"]], progress=False)[0])

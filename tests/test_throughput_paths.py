@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+import anomalens.data.model_input as model_input
 import anomalens.data.torch_dataset as torch_dataset
 from anomalens.catalog import load_detector
 from anomalens.cli import main
@@ -121,13 +122,13 @@ def test_automatic_workers_follow_the_cores(monkeypatch):
 def test_predict_scores_equal_the_api_and_each_image_is_decoded_once(workers, run, images, tmp_path, monkeypatch):
     expected = _reference(run, images, chunk_size=5)
     decoded: list[str] = []
-    real = torch_dataset.read_pixels
+    real = model_input.read_pixels
 
     def counting(source):
         decoded.append(str(source))
         return real(source)
 
-    monkeypatch.setattr(torch_dataset, "read_pixels", counting)
+    monkeypatch.setattr(model_input, "read_pixels", counting)
     out = tmp_path / "out"
     rows = predict_images(run, images, out, device="cpu", heatmaps="all", chunk_size=5, progress=False, workers=workers)
     assert {r["image"]: (r["score"], r["anomalous"]) for r in rows} == expected  # identical, not close
@@ -213,8 +214,8 @@ def test_an_interrupted_predict_resumes_without_redoing_images(run, images, tmp_
     with open(kept / "predictions.jsonl", "a") as fh:
         fh.write('{"image": "torn')  # a line cut short by the crash
     decoded: list[str] = []
-    real = torch_dataset.read_pixels
-    monkeypatch.setattr(torch_dataset, "read_pixels", lambda s: decoded.append(str(s)) or real(s))
+    real = model_input.read_pixels
+    monkeypatch.setattr(model_input, "read_pixels", lambda s: decoded.append(str(s)) or real(s))
     rows = predict_images(run, images, out, device="cpu", heatmaps="all", chunk_size=3, progress=False, workers=0,
                           resume=True)
     assert len(decoded) == len(expected) - 6, "the 6 images done before the crash are not read again"
@@ -238,14 +239,14 @@ def test_resume_refuses_another_job_and_overwrite_discards_the_kept_results(run,
 
 def test_a_dead_worker_is_reported_not_a_hang(run, images, tmp_path, monkeypatch, capsys):
     victim = str(sorted(images.iterdir())[9])
-    real = torch_dataset.read_pixels
+    real = model_input.read_pixels
 
     def die_on_victim(source):
         if str(source) == victim and torch.utils.data.get_worker_info() is not None:
             os._exit(9)  # as the kernel's out-of-memory killer would end it
         return real(source)
 
-    monkeypatch.setattr(torch_dataset, "read_pixels", die_on_victim)
+    monkeypatch.setattr(model_input, "read_pixels", die_on_victim)
     out = tmp_path / "out"
     with pytest.raises(WorkerError) as excinfo:  # an AnomalensError: the CLI prints it as one line, exit 2
         predict_images(run, images, out, device="cpu", chunk_size=3, progress=False, workers=2)

@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from anomalens.data.records import ImageRecord
-from anomalens.data.torch_dataset import ImageTile
+from anomalens.data.model_input import ImageTile
 from anomalens.params import Float, Param, Size
 
 #: The hyper-parameters every detector that ``tiles`` declares (``Detector.__init_subclass__`` adds them).

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from anomalens.data import as_image_inputs, as_image_records
-from anomalens.data.torch_dataset import decoding_mode
+from anomalens.data.model_input import decoding_mode
 from anomalens.decision import MIN_THRESHOLD_SCORES, DecisionRule, DetectionResult, weaknesses
 from anomalens.detector.calibration import Calibration
 from anomalens.detector.hyperparameters import COMMON, HyperParameterAttribute, checked_params, declared_by

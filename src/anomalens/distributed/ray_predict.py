@@ -4,7 +4,7 @@ The pipeline, for N image paths:
 
 1. ``ray.data.from_items`` of (index, path) rows, cut into blocks of about one batch;
 2. ``map_batches(decode_images)`` as Ray tasks, in parallel on every CPU: each image is read and resized by
-   ``anomalens.data.torch_dataset.decode_for_model``, the decode of the local ``predict`` (same pixels, bit
+   ``anomalens.data.model_input.decode_for_model``, the decode of the local ``predict`` (same pixels, bit
    for bit); an unreadable file becomes its one-line reason instead of an exception;
 3. ``map_batches(ImageScorer)`` on a fixed pool of ``workers`` actors, each loading the model once as its
    ``Predictor`` (a run with torch, an export with ONNX Runtime / OpenVINO: ``anomalens.inference``) and
@@ -98,7 +98,7 @@ def decode_images(batch: dict[str, np.ndarray], input_size: tuple[int, int], cha
     """A Ray Data batch of (index, path as file-system bytes) → (index, path, image (B, C, H, W) float32, error): each image decoded
     as the local ``predict`` decodes it (``decode``: the run's exact / fast decoding); an unreadable one gets
     zeros and its one-line reason in ``error``."""
-    from anomalens.data.torch_dataset import decode_for_model
+    from anomalens.data.model_input import decode_for_model
 
     images = np.zeros((len(batch["path"]), channels, *input_size), np.float32)
     errors = []

@@ -3,7 +3,7 @@
 It wraps the detector through its public contract only: ``score`` runs a batch (an ``ImageBatch`` goes to the
 detector's inference module without decoding or resizing, in the detector's own batches and tiles, on its
 device), ``decision_`` is read at each use (a ``calibrate`` that replaces the rule is seen at once), and images
-are decoded by ``anomalens.data.torch_dataset.decode_for_model`` — the decode and resize of the detector's own
+are decoded by ``anomalens.data.model_input.decode_for_model`` — the decode and resize of the detector's own
 dataset, bit for bit.
 """
 
@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from anomalens.data.torch_dataset import ImageBatch, decode_for_model
+from anomalens.data.model_input import decode_for_model
+from anomalens.data.torch_dataset import ImageBatch
 from anomalens.decision import DecisionRule
 from anomalens.errors import NotFittedError
 from anomalens.inference.protocol import batch_size_of
