@@ -14,9 +14,9 @@ from anomalens.data import (
     load_cifar10,
     load_fashion_mnist,
     load_mnist,
-    oneclass,
     read_idx,
 )
+from anomalens.data import dataset_files
 from anomalens.errors import DataError
 
 N_TRAIN, N_TEST, SIDE = 60, 40, 5  # labels cycle 0..9: 6 train and 4 test images per class
@@ -43,7 +43,7 @@ def _fake_mnist(folder: Path, compress: bool = True) -> Path:
 @pytest.fixture
 def no_data_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point every default search location (including the system one) at empty folders."""
-    monkeypatch.setattr(oneclass, "SYSTEM_DATA_DIR", tmp_path / "system")
+    monkeypatch.setattr(dataset_files, "SYSTEM_DATA_DIR", tmp_path / "system")
     monkeypatch.setenv("ANOMALENS_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
