@@ -9,12 +9,8 @@ the detectors differ only in their ``network`` attribute.
 
 Networks: ``components/cae_networks.py`` (Keras layer by layer; each one's architecture is described there).
 
-Input sizes (height and width separately): multiples of 32 for mvtec/resnet, of 64 for
-baseline/inception (baseline also needs (H/64)·(W/64) to divide 64, the Dense-64 bottleneck being
-reshaped onto that grid: 4×4×4 at 256 px, 1×1×64 at 64 px). ``skip_cae`` halves each side at each of
-its eight convolutions while it is even and keeps it otherwise (mirrored in the decoder), which is the
-reference network at 256 px and lets 64 px images end at 1×1; the bottleneck grid must stay ≤ 256
-positions. Other sizes raise ConfigError when the detector is created.
+Input sizes: each network states the sizes it takes (``size_problem``, described in ``cae_networks``);
+other sizes raise ConfigError when the detector is created.
 
 Training (reference: ``train.py`` / ``autoencoder.py`` / ``config.py``): inputs in [0, 1], grayscale
 (``channels=1``, the seed's run) or RGB; loss ``ssim`` (1 − SSIM), ``mssim`` (1 − MS-SSIM) or ``l2``
