@@ -427,11 +427,11 @@ def test_the_pixel_budget_counts_every_image_of_a_request(detector):
 
 
 def test_the_pixels_in_flight_gate_serves_in_turn_and_gives_up_with_503():
-    from anomalens.serve.app import _PixelGate
+    from anomalens.serve.service import PixelGate
     from anomalens.serve.uploads import UploadError
 
     async def scenario() -> list[str]:
-        gate = _PixelGate(10, wait_s=0.3)
+        gate = PixelGate(10, wait_s=0.3)
         order: list[str] = []
         release = asyncio.Event()
 
