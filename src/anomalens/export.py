@@ -10,16 +10,19 @@ distances, upsampling, blur and the image score are inside it. The batch size N 
 
 The output folder holds:
 - ``model.onnx`` (ONNX, opset ``ONNX_OPSET``; the manifest also sits in its ``metadata_props`` under
-  ``anomalens``), or ``model.xml`` + ``model.bin`` (OpenVINO IR, float32 weights: no FP16 compression);
+  ``anomalens``), or ``model.xml`` + ``model.bin`` (OpenVINO IR);
 - ``export.json``, the manifest: detector name and parameters, the decision rule
   (``DecisionRule.to_dict()``), input size and channels, the preprocessing the caller must do (decode,
   colour, resize method), the anomalens version, the SHA-256 of the run's weights and of every file
-  written, the ONNX opset.
+  written, the ONNX opset, the ``precision`` (fp32, fp16, int8: ``anomalens.quantization``) and, for int8,
+  the ``calibration`` images it was quantised with.
 
 Before anything is written in place, the graph is run by its runtime on a batch of a different size than
 the traced one and compared with the torch module (``check_tolerance``): a tracing problem (a batch size
 baked into the graph, an operation the runtime computes differently) fails the export instead of giving
-a silently different model. The folder is written by the output-folder protocol (``anomalens.outputs.folders``):
+a silently different model. An fp16 / int8 graph is checked against torch on the calibration images (random ones for
+fp16) under its precision's parity rule (``anomalens.inference.parity.PARITY``: labels, not raw score
+differences). The folder is written by the output-folder protocol (``anomalens.outputs.folders``):
 it appears whole or not at all; ``overwrite`` replaces only an earlier export (never a user's folder, the
 run being exported or anything inside it), and a folder created meanwhile is never replaced.
 
@@ -38,7 +41,8 @@ import importlib
 import json
 import os
 import warnings
-from pathlib import Path
+from dataclasses import replace
+from pathlib import Path, PurePosixPath
 from types import ModuleType
 from typing import Any
 
@@ -47,10 +51,13 @@ import numpy as np
 from anomalens.errors import AnomalensError, ConfigError
 from anomalens.exported import (EXPORT_FORMAT_VERSION, EXTRA, MANIFEST_FILE, SUMMARY_KEY, compare_outputs,
                                 export_summary, load_export)
+from anomalens.inference.parity import PARITY
 from anomalens.outputs import staged_directory, write_text
 from anomalens.outputs.folders import remove_stage
 from anomalens.outputs.names import MARKER_FILE
 from anomalens.progress import stage as logged_stage
+from anomalens.quantization import (CALIBRATION_BATCH, PRECISIONS, calibration_images, onnx_int8, openvino_int8,
+                                    precision_refusal)
 from anomalens.version import __version__
 
 EXPORT_FORMATS = ("onnx", "openvino")
@@ -95,21 +102,30 @@ def preprocessing_description(channels: int, input_size: tuple[int, int]) -> dic
 
 
 def export_run(run_dir: str | Path, output: str | Path, format: str = "onnx", overwrite: bool = False,
-               tolerance: float = DEFAULT_TOLERANCE, progress: bool = True) -> Path:
+               tolerance: float = DEFAULT_TOLERANCE, progress: bool = True, precision: str = "fp32",
+               calibration: Any = None) -> Path:
     """Export the fitted run in ``run_dir`` to the folder ``output`` (see the module docstring). Returns it.
-    ``progress``: log each step (load, trace, convert, check) as it starts and ends, as ``fit`` does."""
+    ``progress``: log each step (load, trace, convert, check) as it starts and ends, as ``fit`` does.
+    ``precision``: fp32, fp16 or int8 (``anomalens.quantization``); ``calibration``: normal images (files,
+    folders) to calibrate int8 on instead of the run's training images."""
     if format not in EXPORT_FORMATS:
         raise ConfigError(f"unknown export format '{format}'; use one of {', '.join(EXPORT_FORMATS)}")
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision '{precision}'; use one of {', '.join(PRECISIONS)}")
+    if calibration is not None and precision != "int8":
+        raise ConfigError("calibration images are used by --precision int8 only")
     onnx = require("onnx", f"exporting to {format}")
     runtime = require("onnxruntime", "checking the ONNX export") if format == "onnx" else require("openvino", "exporting to openvino")
+    if precision == "int8":
+        require("onnxruntime", "quantising to int8") if format == "onnx" else require("nncf", "quantising to int8")
     output = Path(output)
     with staged_directory(output, overwrite=overwrite, kind="export", inputs=[run_dir]) as stage:
-        _export_into(stage, run_dir, format, onnx, runtime, tolerance, progress)
+        _export_into(stage, run_dir, format, onnx, runtime, tolerance, progress, precision, calibration)
     return output
 
 
 def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType, runtime: ModuleType,
-                 tolerance: float, progress: bool) -> None:
+                 tolerance: float, progress: bool, precision: str = "fp32", calibration: Any = None) -> None:
     """Trace, convert, describe and check the export in the staging folder ``stage``."""
     import torch
 
@@ -118,7 +134,7 @@ def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType
 
     with logged_stage(f"export: load the run {run_dir}", enabled=progress):
         detector = load_detector(run_dir, device="cpu")  # ModelFileError for unfitted / tampered runs
-    refusal = detector.export_refusal()
+    refusal = detector.export_refusal() or precision_refusal(detector.name, format, precision)
     if refusal:
         raise ConfigError(refusal)
     config = read_config(run_dir)
@@ -145,7 +161,15 @@ def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType
         "weights_sha256": config.get("weights_sha256"),
         "source_run": str(Path(run_dir).resolve()),
         "exported_with": {"torch": torch.__version__, "onnx": onnx.__version__, runtime.__name__: runtime.__version__},
+        "precision": precision,
     }
+    images = None
+    if precision == "int8":
+        with logged_stage("export: read the int8 calibration images", enabled=progress):
+            images, manifest["calibration"] = calibration_images(
+                run_dir, calibration, (height, width), channels, str(detector.params.get("decode", "exact")))
+        quantizer = require("onnxruntime" if format == "onnx" else "nncf", "quantising to int8")
+        manifest["exported_with"][quantizer.__name__] = quantizer.__version__
 
     work = stage / ".trace"  # the tracer's own files (external weights of a large graph) stay out of the export
     work.mkdir()
@@ -154,20 +178,31 @@ def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType
         with logged_stage(f"export: trace {detector.name} to ONNX", enabled=progress):
             _trace_to_onnx(module, torch.rand(TRACE_BATCH, channels, height, width), traced, output_names)
         if format == "onnx":
+            if precision == "int8":
+                with logged_stage(f"export: quantise to int8 on {len(images)} calibration images", enabled=progress):
+                    onnx_int8(traced, work / "int8.onnx", images)
+                traced = work / "int8.onnx"
             _save_onnx_with_metadata(onnx, traced, stage / "model.onnx", manifest)
         else:
             ov = runtime
             with logged_stage("export: convert to OpenVINO IR", enabled=progress):
                 ov_model = ov.convert_model(str(traced))
-                ov_model.set_rt_info(export_summary(manifest), [SUMMARY_KEY])  # read back by exported.read_manifest
-                ov.save_model(ov_model, str(stage / "model.xml"), compress_to_fp16=False)
+            if precision == "int8":
+                with logged_stage(f"export: quantise to int8 on {len(images)} calibration images", enabled=progress):
+                    ov_model = openvino_int8(ov_model, images)
+            ov_model.set_rt_info(export_summary(manifest), [SUMMARY_KEY])  # read back by exported.read_manifest
+            # fp16: weights stored as float16; the CPU plugin decompresses them to float32 when it compiles.
+            ov.save_model(ov_model, str(stage / "model.xml"), compress_to_fp16=precision == "fp16")
     finally:
         remove_stage(work)
     files = sorted(name for name in os.listdir(stage) if name != MARKER_FILE)
     manifest["files"] = {name: file_sha256(stage / name) for name in files}
     write_text(stage / MANIFEST_FILE, json.dumps(manifest, indent=2, default=_json_default))
     with logged_stage(f"export: check the {format} graph against torch", enabled=progress):
-        _check_against_torch(stage, module, tolerance)
+        if precision == "fp32":
+            _check_against_torch(stage, module, tolerance)
+        else:
+            _check_reduced_precision(stage, detector, precision, images)
 
 
 def _json_default(value: Any) -> Any:
@@ -226,21 +261,50 @@ def _check_against_torch(folder: Path, module: Any, tolerance: float) -> None:
         )
 
 
-def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: str | Path | None = None,
-                  runtime: str | None = None, tolerance: float = DEFAULT_TOLERANCE,
-                  progress: bool = True) -> dict[str, Any]:
-    """Run the export and the torch model on real images; return the differences and the flipped labels.
+def _check_reduced_precision(folder: Path, detector: Any, precision: str, images: np.ndarray | None) -> None:
+    """An fp16 / int8 graph against torch on normal images (the calibration batch, else random ones): labels
+    under the run's rule may flip on at most the precision's share of them (``PARITY``)."""
+    import torch
 
-    ``images``: image files and/or folders. ``run_dir``: the run that was exported (default: the one the
-    manifest names); its weights must be those exported (same SHA-256). The result has ``scores_abs``,
-    ``scores_rel``, ``maps_abs``, ``maps_rel`` (see ``compare_outputs``), ``flips`` (one dict per image
-    whose label differs), ``n_images``, ``runtime``, ``tolerance`` and ``ok`` (within the tolerance and
-    no label flipped).
+    exported = load_export(folder)
+    if images is None:
+        generator = torch.Generator().manual_seed(0)
+        channels, (height, width) = exported.image_channels, exported.input_size
+        images = torch.rand(2 * CALIBRATION_BATCH, channels, height, width, generator=generator).numpy()
+    with torch.inference_mode():
+        reference = [t.float().numpy() for t in detector.inference_module()(torch.from_numpy(images))]
+    got = exported.run(images)
+    rule, decision = PARITY[precision], exported.decision_
+    flips = int(np.sum(decision.labels(reference[0], reference[1] if len(reference) > 1 else None)
+                       != decision.labels(*got)))
+    if flips > rule.max_flip_fraction * len(images):
+        raise ExportMismatchError(
+            f"the {precision} {exported.runtime} graph flips {flips} of {len(images)} normal images' labels against "
+            f"torch (at most {rule.max_flip_fraction:.0%} accepted); nothing was written — export it as fp32")
+
+
+def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: str | Path | None = None,
+                  runtime: str | None = None, tolerance: float | None = None,
+                  progress: bool = True) -> dict[str, Any]:
+    """Run the export and the torch model on real images; return the differences, the flipped labels and,
+    when the images have labels, the AUROC of each.
+
+    ``images``: image files and/or folders; when every image sits in a sub-folder of what was given, the
+    sub-folder names are labels (``good`` normal, any other anomalous: the MVTec test layout,
+    ``data/brick/test``). ``run_dir``: the run that was exported (default: the one the manifest names); its
+    weights must be those exported (same SHA-256). ``tolerance``: largest relative difference accepted
+    (default: the export's precision's, ``anomalens.inference.parity.PARITY``).
+
+    The result has ``scores_abs``, ``scores_rel``, ``maps_abs``, ``maps_rel`` (see ``compare_outputs``),
+    ``scores_mean_abs``, ``flips`` (one dict per image whose label differs), ``flip_fraction``, ``auroc_torch``,
+    ``auroc_export``, ``auroc_change`` (None without labels), ``n_images``, ``runtime``, ``precision``,
+    ``tolerance``, ``parity`` (the rule, in words) and ``ok`` (within the precision's rule).
     """
     from anomalens.catalog import load_detector
     from anomalens.data import collect_images
     from anomalens.errors import ModelFileError
     from anomalens.exported import read_manifest
+    from anomalens.metrics import image_auroc
     from anomalens.persistence import read_config
 
     manifest = read_manifest(export_dir)
@@ -250,6 +314,7 @@ def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: st
                              f"the one in {Path(export_dir) / MANIFEST_FILE}); pass the exported run")
     records = collect_images(images, label=0)
     paths = [record.source for record in records]
+    labels = folder_labels([record.name for record in records])
     exported = load_export(export_dir, runtime)
     detector = load_detector(run_dir)
     with logged_stage(f"verify-export: torch on {len(records)} images", enabled=progress):
@@ -257,11 +322,35 @@ def verify_export(export_dir: str | Path, images: str | Path | list, run_dir: st
     with logged_stage(f"verify-export: {exported.runtime} on {len(records)} images", enabled=progress):
         got = exported.predict(records, progress=progress)
     report: dict[str, Any] = compare_outputs(reference.scores, got.scores, reference.maps, got.maps)
+    report["scores_mean_abs"] = float(np.mean(np.abs(np.asarray(got.scores, np.float64) - reference.scores)))
     report["flips"] = [
         {"image": str(paths[i]), "torch_label": int(reference.labels[i]), "export_label": int(got.labels[i]),
          "torch_score": float(reference.scores[i]), "export_score": float(got.scores[i])}
         for i in np.flatnonzero(reference.labels != got.labels)
     ]
-    report.update(n_images=len(paths), runtime=exported.runtime, tolerance=tolerance, detector=exported.name)
-    report["ok"] = max(report["scores_rel"], report["maps_rel"]) <= tolerance and not report["flips"]
+    report["flip_fraction"] = len(report["flips"]) / max(len(paths), 1)
+    auroc = (image_auroc(labels, reference.scores), image_auroc(labels, got.scores)) if labels is not None else None
+    if auroc is not None and not all(np.isfinite(auroc)):
+        auroc = None  # one class only: no ranking to compare
+    report.update(auroc_torch=auroc and auroc[0], auroc_export=auroc and auroc[1],
+                  auroc_change=auroc and auroc[1] - auroc[0])
+    precision = manifest["precision"]
+    rule = PARITY[precision]
+    if tolerance is not None:
+        rule = replace(rule, max_relative=tolerance)
+    report.update(n_images=len(paths), runtime=exported.runtime, tolerance=rule.max_relative, detector=exported.name,
+                  precision=precision, parity=rule.describe())
+    within = rule.max_relative is None or max(report["scores_rel"], report["maps_rel"]) <= rule.max_relative
+    ranked = (rule.max_auroc_change is None or report["auroc_change"] is None
+              or abs(report["auroc_change"]) <= rule.max_auroc_change)
+    report["ok"] = within and ranked and report["flip_fraction"] <= rule.max_flip_fraction
     return report
+
+
+def folder_labels(names: list[str]) -> np.ndarray | None:
+    """Labels read from the sub-folder each image sits in (``good`` → 0, any other → 1), or None unless every
+    image sits in one (images named relative to the folder given, as ``collect_images`` names them)."""
+    folders = [PurePosixPath(name).parent.name for name in names]
+    if not folders or any(folder == "" for folder in folders):
+        return None
+    return np.array([0 if folder == "good" else 1 for folder in folders])

@@ -60,7 +60,8 @@ class ExportedDetector:
         self.batch_size: int = batch_size_of(self.params)
         self.runtime = runtime
         self.packages: tuple[str, ...] = (runtime,)
-        self.details: dict[str, Any] = {"export": {"format": fmt}}
+        self.precision: str = manifest["precision"]  # checked by read_manifest
+        self.details: dict[str, Any] = {"export": {"format": fmt, "precision": self.precision}}
         output_names = [o["name"] for o in manifest["outputs"]]
         self.session = open_session(runtime, self.model_file, output_names, threads)
         expected = {"scores": (-1,), "maps": (-1, *self.input_size)}

@@ -4,7 +4,8 @@
 never a pass:
 
 - ``export.json`` is well formed: known format, detector, parameters, input and outputs of the expected
-  types, a valid decision rule;
+  types, a valid decision rule, a ``precision`` the format offers (``FORMAT_PRECISIONS``) and, for int8, the
+  ``calibration`` it was quantised with;
 - ``files`` lists, by plain file name (no folder, no ``..``, not absolute), exactly the model files the format
   needs (``FORMAT_FILES``) — none left out, nothing else — each with its SHA-256, which must match;
 - the model file carries the manifest itself (``export_summary``: the manifest less ``files``), in the ONNX
@@ -46,6 +47,9 @@ FORMAT_FILES: dict[str, tuple[frozenset[str], frozenset[str]]] = {
     "onnx": (frozenset({"model.onnx"}), frozenset({"model.onnx.data"})),  # .data: weights over protobuf's 2 GiB
     "openvino": (frozenset({"model.xml", "model.bin"}), frozenset()),
 }
+PRECISIONS = ("fp32", "fp16", "int8")
+#: Per format: the precisions an export may be in (``anomalens.quantization``).
+FORMAT_PRECISIONS: dict[str, tuple[str, ...]] = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "fp16", "int8")}
 INPUT_NAME = "images"
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -127,6 +131,23 @@ def _check_fields(manifest: dict[str, Any], path: Path) -> None:
         DecisionRule.from_dict(manifest.get("decision"))
     except (TypeError, ValueError) as exc:
         raise _refuse(path, f"invalid decision rule ({exc})") from None
+    _check_precision(manifest, path)
+
+
+def _check_precision(manifest: dict[str, Any], path: Path) -> None:
+    """``precision``: one the format offers; int8 names how many images calibrated it, other precisions none."""
+    precision, offered = manifest.get("precision"), FORMAT_PRECISIONS[manifest["format"]]
+    if precision not in offered:
+        raise _refuse(path, f"'precision' must be one of {', '.join(offered)} for a {manifest['format']} export, got "
+                            f"{precision!r:.40}; re-export the run")
+    calibration = manifest.get("calibration")
+    if precision == "int8":
+        images = calibration.get("images") if isinstance(calibration, dict) else None
+        if isinstance(images, bool) or not isinstance(images, int) or images < 1:
+            raise _refuse(path, "an int8 export must say what it was calibrated on ('calibration' with its number of "
+                                "images); re-export the run")
+    elif calibration is not None:
+        raise _refuse(path, f"a {precision} export has no calibration, but 'calibration' is set; re-export the run")
 
 
 def _check_file_list(manifest: dict[str, Any], path: Path) -> dict[str, str]:
@@ -224,5 +245,5 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-__all__ = ["EXPORT_FORMAT_VERSION", "EXTRA", "FORMAT_FILES", "INPUT_NAME", "MANIFEST_FILE", "RUNTIMES", "SUMMARY_KEY",
+__all__ = ["EXPORT_FORMAT_VERSION", "EXTRA", "FORMAT_FILES", "FORMAT_PRECISIONS", "INPUT_NAME", "PRECISIONS", "MANIFEST_FILE", "RUNTIMES", "SUMMARY_KEY",
            "export_summary", "is_export", "is_plain_file_name", "read_manifest"]

@@ -3,7 +3,42 @@ export against the torch model with."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
+
+
+@dataclass(frozen=True)
+class ParityRule:
+    """When an export agrees with its run in torch, per precision.
+
+    ``max_relative``: largest relative difference of scores and maps (``compare_outputs``), None when raw
+    differences are reported but do not decide (fp16 / int8 move every score a little; what matters is the
+    decision); ``max_flip_fraction``: share of images whose label may differ; ``max_auroc_change``: largest
+    |AUROC change| when the images have labels (None: not checked)."""
+
+    max_relative: float | None
+    max_flip_fraction: float
+    max_auroc_change: float | None
+
+    def describe(self) -> str:
+        parts = [f"relative difference ≤ {self.max_relative:g}" if self.max_relative is not None
+                 else "score differences reported, not limited"]
+        parts.append("no label flipped" if self.max_flip_fraction == 0 else
+                     f"≤ {self.max_flip_fraction:.0%} of labels flipped")
+        if self.max_auroc_change is not None:
+            parts.append(f"|AUROC change| ≤ {self.max_auroc_change:g} when the images have labels")
+        return ", ".join(parts)
+
+
+#: The stated tolerance of each precision: fp32 is the traced graph (only rounding may differ); fp16 / int8
+#: are held to the targets of their use — the same decisions, the same ranking.
+PARITY: dict[str, ParityRule] = {
+    "fp32": ParityRule(max_relative=1e-4, max_flip_fraction=0.0, max_auroc_change=None),
+    "fp16": ParityRule(max_relative=None, max_flip_fraction=0.01, max_auroc_change=0.005),
+    "int8": ParityRule(max_relative=None, max_flip_fraction=0.01, max_auroc_change=0.005),
+}
+
 
 def compare_outputs(ref_scores: np.ndarray, scores: np.ndarray, ref_maps: np.ndarray | None,
                     maps: np.ndarray | None) -> dict[str, float]:
@@ -27,4 +62,4 @@ def compare_outputs(ref_scores: np.ndarray, scores: np.ndarray, ref_maps: np.nda
     return out
 
 
-__all__ = ["compare_outputs"]
+__all__ = ["PARITY", "ParityRule", "compare_outputs"]
