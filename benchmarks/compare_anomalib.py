@@ -3,6 +3,7 @@ and settings.
 
     .venv/bin/python benchmarks/compare_anomalib.py                 # the committed comparison
     .venv/bin/python benchmarks/compare_anomalib.py --jobs padim:brick patchcore@0.01:coffee
+    .venv/bin/python benchmarks/compare_anomalib.py --jobs padim@default:brick   # each library's own PaDiM default
     .venv/bin/python benchmarks/compare_anomalib.py --scaling       # fit/test scaling of PaDiM and PatchCore
     .venv/bin/python benchmarks/compare_anomalib.py --report-only
     python3 benchmarks/compare_anomalib.py --device cuda --python python3 --jobs ...   # on a GPU machine
@@ -27,7 +28,9 @@ Same work for both:
   ImageNet statistics, which these weights were not trained with;
 - layers: PaDiM and STFPM timm out_indices 1, 2, 3 (strides 4, 8, 16); PatchCore 2, 3; PaDiM
   d = 100 random channels, the *same* 100 in both (anomalens' draw for seed 0 is set into anomalib's
-  model); PatchCore the same coreset fraction and 9 neighbours; STFPM the same epochs;
+  model) — and, as ``padim@default`` jobs, each library's own default side by side: anomalens'
+  ``n_features`` default, anomalib's 100 channels of its own draw (anomalib requires ``n_features`` for
+  this backbone; 100 is its default for ResNet-18); PatchCore the same coreset fraction and 9 neighbours; STFPM the same epochs;
 - images resized to the same size (256 px synthetic, 64 px Fashion-MNIST), batch 32; anomalib with no
   data-loader worker processes (workers would hide its loading RSS), anomalens at its default — since
   2026-11-29 that decodes in worker processes (cores − 1: one on 2 cores), whose memory the peak RSS
@@ -75,6 +78,7 @@ FMNIST_CLASSES = [0, 7]
 FMNIST_SUBSAMPLE = {"train": 500, "test_per_class": 30, "seed": 0}  # test: 30 normal + 30 of each other class
 DEFAULT_JOBS = (
     [f"padim:{d}" for d in SYNTHETIC] + [f"patchcore@0.01:{d}" for d in SYNTHETIC] + ["patchcore@0.1:brick"]
+    + [f"padim@default:{d}" for d in SYNTHETIC]
     + ["stpm@10:brick", "stpm@10:coffee"]
     + [f"{m}:fmnist-{c}" for m in ("padim", "patchcore@0.01") for c in FMNIST_CLASSES]
 )
@@ -168,9 +172,12 @@ def _plugin(model: str):
 
 
 def _parse_job(job: str) -> tuple[str, float | None, str]:
-    """'patchcore@0.01:brick' -> ('patchcore', 0.01, 'brick'); 'stpm@10:x' -> epochs 10."""
+    """'patchcore@0.01:brick' -> ('patchcore', 0.01, 'brick'); 'stpm@10:x' -> epochs 10; 'padim@default:x' ->
+    ('padim', 'default', 'x'): each library's own defaults instead of the same channels."""
     spec, dataset = job.split(":")
     model, _, option = spec.partition("@")
+    if option == "default":
+        return model, option, dataset
     return model, (float(option) if option else None), dataset
 
 
@@ -193,7 +200,7 @@ def worker_anomalens(job: str, threads: int, device: str = "cpu") -> dict:
     params = (plugin.anomalens_params(option, size, device) if plugin else
               {"image_size": size, "backbone": "efficientnet_lite0", "layers": tuple(LAYERS[model]), "batch_size": BATCH,
                "device": device})
-    if model == "padim":
+    if model == "padim" and option != "default":
         params["n_features"] = 100
     if model == "patchcore":
         params["coreset_fraction"] = option
@@ -304,6 +311,9 @@ def worker_anomalib(job: str, threads: int, device: str = "cpu") -> dict:
     plugin = _plugin(model_name)
     if plugin is not None:
         model, epochs = plugin.anomalib_model(option, common)
+    elif model_name == "padim" and option == "default":  # anomalib's own draw of 100 channels
+        model = Padim(backbone=ARCH, layers=LAYERS["padim"], n_features=100, **common)
+        epochs = 1
     elif model_name == "padim":
         model = Padim(backbone=ARCH, layers=LAYERS["padim"], n_features=100, **common)
         # The same random channel subset as anomalens' (seed 0), so that only the implementations differ:

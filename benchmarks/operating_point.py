@@ -354,18 +354,23 @@ def reading(results: dict) -> str:
         ks = [(job, row["previous"]["normals_vs_test"]["ks"], row["after"]["normals_vs_test"]["ks"]) for job, row in changed]
         worst = sorted(ks, key=lambda item: -item[1])[:3]
         parts.append(
-            "PatchCore's fold banks (now the coreset a fit without the fold selects, previously the final bank less "
-            "the fold's entries): KS between the out-of-fold and the test normal scores " + ", ".join(
+            "PatchCore's fold banks (now the final bank less the fold's entries, its holes filled; previously, rows "
+            "of 2026-11-30, the coreset a fit without the fold selects): KS between the out-of-fold and the test "
+            "normal scores, the largest previous values " + ", ".join(
                 f"{job.split(':')[1]} {before:.2f} → {after:.2f}" for job, before, after in worst)
-            + f"; median over {len(ks)} rows: KS {np.median([k[1] for k in ks]):.2f} → {np.median([k[2] for k in ks]):.2f}, "
-            + "median shift (test-normal IQRs) " + " → ".join(
-                f"{np.median([row[side]['normals_vs_test']['median_shift_iqr'] for _, row in changed]):+.2f}"
+            + f"; over {len(ks)} rows: KS median {np.median([k[1] for k in ks]):.3f} → {np.median([k[2] for k in ks]):.3f}, "
+            + f"mean {np.mean([k[1] for k in ks]):.3f} → {np.mean([k[2] for k in ks]):.3f}, "
+            + f"max {np.max([k[1] for k in ks]):.3f} → {np.max([k[2] for k in ks]):.3f}; "
+            + "shift (test-normal IQRs) median " + " → ".join(
+                f"{np.median([row[side]['normals_vs_test']['median_shift_iqr'] for _, row in changed]):+.3f}"
+                for side in ("previous", "after"))
+            + ", median |shift| " + " → ".join(
+                f"{np.median([abs(row[side]['normals_vs_test']['median_shift_iqr']) for _, row in changed]):.3f}"
                 for side in ("previous", "after"))
             + "; default BA change " + ", ".join(
                 f"{stat} {fn([row['after']['default']['balanced_accuracy'] - row['previous']['default']['balanced_accuracy'] for _, row in changed]):+.3f}"
                 for stat, fn in (("min", np.min), ("mean", np.mean), ("max", np.max)))
-            + f"; fit time × {np.median([row['after']['fit_seconds'] / row['previous']['fit_seconds'] for _, row in changed]):.1f} "
-            "(median: k more coreset selections).")
+            + "; fit time: side by side in fit_time.md (the fit seconds below come from different days and loads).")
     return " ".join(parts)
 
 
@@ -498,10 +503,11 @@ def write_markdown(folder: Path = RESULTS) -> None:
                          f"{a['default']['balanced_accuracy']:.3f} / {c['pooled']['balanced_accuracy']:.3f} |")
     changed = [(job, row) for job, row in results["jobs"].items() if row.get("previous") and row.get("after")]
     if changed:
-        lines += ["", "## PatchCore: the previous fold bank (final bank less the fold's entries) against this one "
-                  "(the coreset a fit without the fold selects)", "",
-                  "Same final model (test scores bit-identical: last column); only the out-of-fold normal scores, and "
-                  "so the threshold, differ.", "",
+        lines += ["", "## PatchCore: the previous fold bank (the coreset a fit without the fold selects) against this "
+                  "one (the final bank less the fold's entries, its holes filled)", "",
+                  "Same final model (test scores: last column, the largest relative difference); only the out-of-fold "
+                  "normal scores, and so the threshold, differ. Previous rows: 2026-11-30, one thread, load about 1; "
+                  "the fit seconds are not comparable across the two runs (fit_time.md measures them side by side).", "",
                   "| job | threshold previous → now | TPR / TNR previous → now | BA previous → now | "
                   "KS previous → now | shift previous → now | fit s previous → now | test scores equal |",
                   "|---|---|---|---|---|---|---|---|"]
@@ -547,6 +553,92 @@ def write_markdown(folder: Path = RESULTS) -> None:
     print(f"wrote {write_report(folder / 'results.md', chr(10).join(lines))}")
 
 
+# ---------------------------------------------------------------------------- the cost of the cross-fitted threshold
+FIT_TIME_JOBS = ["patchcore@0.1:brick", "patchcore@0.01:brick"]
+
+
+def fit_time_worker(spec: str, mode: str, threads: int) -> dict:
+    """Seconds of one PatchCore fit in this process: ``mode`` 'plain' = the model alone (features and the coreset,
+    ``shard_part`` on all the images, no threshold work); 'crossfit' = ``fit`` with its default cross-fitted threshold (10 folds)."""
+    import torch
+
+    import anomalens
+    from anomalens import create_detector
+
+    torch.set_num_threads(threads)
+    model_fraction, dataset = spec.split(":")
+    model, _, fraction = model_fraction.partition("@")
+    data = benchmark_dataset(dataset)
+    detector = create_detector(model, **{**params_for(model, dataset), "coreset_fraction": float(fraction)})
+    torch.manual_seed(detector.seed)
+    start = time.perf_counter()
+    if mode == "plain":  # the model alone: what one shard of a sharded fit does (features, coreset), nothing more
+        detector.shard_part(data.train, np.arange(len(data.train)))
+    else:
+        detector.fit(data.train, progress=False)
+    seconds = time.perf_counter() - start
+    return {"seconds": round(seconds, 2), "bank": int(len(detector.memory_bank_)),
+            "anomalens_path": str(Path(anomalens.__file__).resolve().parent), "load_average_1min": round(os.getloadavg()[0], 2)}
+
+
+def fit_times(jobs: list[str], repeats: int, threads: int, previous: Path | None, folder: Path = RESULTS) -> None:
+    """Plain fit, cross-fitted fit, and (``previous``) the cross-fitted fit of another tree, interleaved job by job
+    and repeat by repeat, each in a fresh process: fit_time.{json,md}."""
+    path = folder / "fit_time.json"
+    results = Results.load(path, "operating_point_fit_time")
+    run = Run()
+    sides = [("plain", "plain", None), ("crossfit", "crossfit", None)] + ([("previous", "crossfit", previous)] if previous else [])
+    for job in jobs:
+        measured: dict[str, list[dict]] = {side: [] for side, _, _ in sides}
+        for _ in range(repeats):
+            for side, mode, tree in sides:
+                value = run_job(fit_time_worker, job, mode, threads, src=None if tree is None else tree / "src",
+                                label=f"{job} {side}").value
+                measured[side].append(value)
+                print(f"[fit time] {job} {side}: {value['seconds']} s (bank {value['bank']}, load {value['load_average_1min']})",
+                      flush=True)
+        row = {"job": job, "threads": threads, "repeats": repeats}
+        for side, values in measured.items():
+            row[side] = {"seconds": [v["seconds"] for v in values], "median_s": float(np.median([v["seconds"] for v in values])),
+                         "bank": values[0]["bank"], "load_average_1min": [v["load_average_1min"] for v in values]}
+        results.upsert(row, "job")
+        results.save(path)
+    results.machine = machine("cpu")
+    results.runs.append(run.record(machine=describe(results.machine, load=False), threads=threads, jobs=len(jobs),
+                                   repeats=repeats, previous=str(previous) if previous else None))
+    results.save(path)
+
+
+def write_fit_time_markdown(folder: Path = RESULTS) -> None:
+    path = folder / "fit_time.json"
+    if not path.exists():
+        return
+    results = Results.load(path, "operating_point_fit_time")
+    lines = ["# PatchCore: the cost of the cross-fitted threshold", "",
+             "Generated by `benchmarks/operating_point.py --fit-time` (do not edit by hand). Each fit in a fresh process, "
+             "the sides interleaved repeat by repeat on the same machine: plain = the model alone (features and the "
+             "coreset, no threshold work); cross-fitted = `fit` with its default threshold (10 folds, each scored against "
+             "the final bank less its entries, holes filled); previous = the cross-fitted fit of the tree named below "
+             "(each fold against a fresh coreset of the other folds' patches). Issue 25 target: cross-fitted ≤ 1.3 × plain.",
+             "", "## Machine", ""]
+    lines += [f"- {m if isinstance(m, str) else m['machine'] + '; ' + str(m['threads']) + ' thread(s) per job; ' + str(m['jobs']) + ' job(s) × ' + str(m['repeats']) + ' repeat(s); ' + describe_run(m) + ('; previous = ' + m['previous'] if m.get('previous') else '')}"
+              for m in results.runs]
+    lines += ["", "## Fit seconds (median over the repeats; each repeat's in brackets)", "",
+              "| job | bank entries | plain s | cross-fitted s | × plain | previous s | × plain | load (1 min) |",
+              "|---|---|---|---|---|---|---|---|"]
+    for row in results.rows:
+        plain, cross, prev = row["plain"], row["crossfit"], row.get("previous")
+
+        def cell(side):
+            return f"{side['median_s']:.1f} ({', '.join(f'{v:.1f}' for v in side['seconds'])})" if side else "–"
+        loads = [v for side in ("plain", "crossfit", "previous") if row.get(side) for v in row[side]["load_average_1min"]]
+        lines.append(f"| {row['job']} | {plain['bank']} | {cell(plain)} | {cell(cross)} | {cross['median_s'] / plain['median_s']:.2f} | "
+                     f"{cell(prev)} | {(prev['median_s'] / plain['median_s']) if prev else float('nan'):.2f} | "
+                     f"{min(loads):.1f}–{max(loads):.1f} |")
+    lines.append("")
+    print(f"wrote {write_report(folder / 'fit_time.md', chr(10).join(lines))}")
+
+
 def _fa(r: dict) -> str:
     return f"{r['false_alarms']} of {r['n_test_normal']} (≤ {r['allowed_false_alarms']})" if r else "–"
 
@@ -566,9 +658,19 @@ def main() -> None:
                         "estimator a change replaces: run side by side, stored as 'previous' (PatchCore: the bank "
                         "less the fold)")
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--fit-time", nargs="*", metavar="MODEL@FRACTION:DATASET",
+                        help=f"time plain vs cross-fitted PatchCore fits instead (default {' '.join(FIT_TIME_JOBS)}); "
+                        "with --previous, that tree's cross-fitted fit too")
+    parser.add_argument("--repeats", type=int, default=2, help="--fit-time repeats")
     parser.add_argument("--output", type=Path, default=RESULTS,
                         help="results folder (default: the committed one; rows merge into its results.json)")
     args = parser.parse_args()
+    if args.fit_time is not None:
+        if not args.report_only:
+            fit_times(args.fit_time or FIT_TIME_JOBS, args.repeats, args.threads,
+                      checkout(args.previous) if args.previous else None, args.output)
+        write_fit_time_markdown(args.output)
+        return
     if not args.report_only:
         before = checkout(args.before) if args.before else None
         previous = checkout(args.previous) if args.previous else None

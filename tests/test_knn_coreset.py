@@ -9,12 +9,13 @@ import torch
 
 from anomalens.models.components.coreset import (
     coverage_radius,
+    fill_coverage_holes,
     greedy_coreset,
     greedy_stream,
     random_projection,
     voronoi_cells,
 )
-from anomalens.models.components.knn import nearest_neighbors
+from anomalens.models.components.knn import nearest_in_two_groups, nearest_neighbors
 
 
 def _points(n: int, d: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -138,3 +139,31 @@ def test_selection_of_every_point_and_of_one_point():
     assert greedy_coreset(features, 1, seed=5).shape == (1,)
     with pytest.raises(ValueError):
         greedy_coreset(features, 51)
+
+
+@pytest.mark.parametrize("n_groups", [1, 3, 40])
+def test_nearest_in_two_groups_gives_every_groups_masked_nearest_neighbour(n_groups):
+    queries, bank = _points(300, 12, seed=1), _points(200, 12, seed=2)
+    group = torch.randint(n_groups, (200,), generator=torch.Generator().manual_seed(3)) * 7  # any labels
+    d1, i1, g1, d2 = nearest_in_two_groups(queries, bank, group, query_chunk=64, bank_chunk=16)
+    full = torch.cdist(queries.double(), bank.double())
+    torch.testing.assert_close(d1.double(), full.min(1).values, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(full[torch.arange(300), i1], full.min(1).values, rtol=1e-5, atol=1e-5)
+    assert torch.equal(g1, group[i1])
+    for label in group.unique():  # the distance to the bank less one group: d1 unless g1 is that group
+        expected = full[:, group != label].min(1).values if (group != label).any() else torch.full((300,), float("inf"))
+        got = torch.where(g1 == label, d2, d1)
+        torch.testing.assert_close(got.double(), expected.double(), rtol=1e-5, atol=1e-5)
+
+
+def test_fill_coverage_holes_continues_the_greedy_until_every_row_is_within_its_radius():
+    pool, centres = _points(400, 6, seed=4), _points(10, 6, seed=5)
+    distance = torch.cdist(pool, centres).min(1).values
+    radius = torch.full((400,), float(distance.median()))
+    added = fill_coverage_holes(pool, distance, radius)
+    assert len(added) and len(set(added.tolist())) == len(added)
+    covered = torch.cdist(pool, torch.cat([centres, pool[added]])).min(1).values
+    assert bool((covered <= radius + 1e-5).all())
+    # farthest first: the first addition is the row farthest from the given centres
+    assert int(added[0]) == int(distance.argmax())
+    assert len(fill_coverage_holes(pool, distance, distance + 1)) == 0  # nothing outside: nothing added

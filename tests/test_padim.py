@@ -126,3 +126,17 @@ def test_running_sums_merged_from_parts_are_the_sums_of_all_images():
     parts[1].grid = (5, 1)
     with pytest.raises(ValueError, match="disagree on the feature grid"):
         GaussianSums.merge(parts)
+
+
+def test_maps_are_the_upsampled_grid_blurred():
+    """upsample_and_blur as two small matrix products: the same maps as bilinear upsampling then the blur."""
+    import torch.nn.functional as F
+
+    from anomalens.models.components.maps import gaussian_blur, upsample_and_blur
+
+    grid = torch.rand(3, 7, 9, generator=torch.Generator().manual_seed(0)) * 10
+    for size, sigma in (((60, 50), 1.5), ((64, 64), 4.0)):
+        expected = gaussian_blur(F.interpolate(grid.unsqueeze(1), size=size, mode="bilinear", align_corners=False), sigma)
+        torch.testing.assert_close(upsample_and_blur(grid, size, sigma), expected.squeeze(1), rtol=1e-5, atol=1e-5)
+    plain = F.interpolate(grid.unsqueeze(1), size=(20, 30), mode="bilinear", align_corners=False).squeeze(1)
+    torch.testing.assert_close(upsample_and_blur(grid, (20, 30), 0.0), plain, rtol=0, atol=0)

@@ -248,3 +248,30 @@ def coverage_radius(features: torch.Tensor, indices: torch.Tensor) -> float:
     with torch.inference_mode():
         distances, _ = nearest_neighbors(features.float(), features.float()[indices.to(features.device)], 1)
     return float(distances.max())
+
+
+def fill_coverage_holes(pool: torch.Tensor, distance: torch.Tensor, radius: torch.Tensor) -> torch.Tensor:
+    """Indices of the rows of ``pool`` (N, D) that the greedy k-center rule adds, farthest first, to a set of
+    centres from which row i is ``distance[i]`` away, until every row i is within ``radius[i]`` of a centre.
+
+    The greedy continued from given centres (PatchCore's threshold-fold banks: the final bank less a fold's
+    entries, its holes filled until the other folds' patches are covered as the final bank covered them).
+    Rows already within their radius are never added (only the farthest row still outside is) and a centre
+    only brings distances down, so only the rows outside are searched: work ∝ (rows outside) × (centres
+    added) × D.
+    """
+    outside = (distance > radius).nonzero().squeeze(1)
+    if outside.numel() == 0:
+        return outside
+    points = pool[outside].float()
+    gap, limit = distance[outside].float().clone(), radius[outside].float()
+    added = []
+    while True:
+        open_gap = torch.where(gap > limit, gap, torch.zeros_like(gap))
+        j = int(open_gap.argmax())
+        if float(open_gap[j]) == 0.0:
+            break
+        added.append(j)
+        torch.minimum(gap, (points - points[j]).norm(dim=1), out=gap)
+        gap[j] = 0.0  # its own distance, exactly (the norm may round a hair above 0)
+    return outside[torch.tensor(added, dtype=torch.long, device=outside.device)]

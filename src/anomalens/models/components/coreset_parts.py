@@ -5,8 +5,8 @@ coreset of its own patches, a few times the final fraction (``CoresetPart``); th
 a single fit keeps, is selected from their union (``MergedCoreset.of``). An approximation: a patch is within
 r_shard + r_final of the bank instead of the single greedy's r (both 2-approximations of the optimal radius,
 so at most a 4-approximation together); ``benchmarks/distributed.py`` measures the radius and the AUROC
-against a single fit. The union itself is kept (``candidates``): the threshold folds' banks are selected
-from its entries that did not come from the fold's images.
+against a single fit. The union itself is kept (``candidates``): the threshold folds' banks (the merged bank
+less the fold's entries) fill their holes from its entries that did not come from the fold's images.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class CoresetPart:
 @dataclass
 class MergedCoreset:
     """The final ``bank`` and each entry's training image (``origin``), and the union of the shards' coresets
-    (``candidates``, ``candidate_origin``) the threshold folds select from."""
+    (``candidates``, ``candidate_origin``) the threshold folds fill their banks' holes from."""
 
     bank: torch.Tensor
     origin: torch.Tensor

@@ -151,3 +151,63 @@ class ExactNearest(nn.Module):
         x = queries.float() - self.shift
         block = torch.cat([b for _, b in self.squared_blocks(x)], dim=1)
         return block.topk(k, dim=1, largest=False, sorted=True).indices
+
+
+def nearest_in_two_groups(
+    queries: torch.Tensor,
+    bank: torch.Tensor,
+    group: torch.Tensor,
+    *,
+    query_chunk: int = DEFAULT_QUERY_CHUNK,
+    bank_chunk: int = DEFAULT_BANK_CHUNK,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For each query, its nearest gallery row and the nearest row of any *other* group, exactly.
+
+    ``group`` (M,) int64 labels the gallery rows (e.g. the threshold fold each bank entry came from).
+    Returns (d1 (Q,) the nearest distance, i1 (Q,) that row, g1 (Q,) its group, d2 (Q,) the nearest distance
+    among the rows not in group g1; inf when there is no other group). With them, the distance of a query to the
+    gallery less any one group h is ``d1 if g1 != h else d2`` — every fold's masked nearest neighbour from
+    one pass over the gallery (PatchCore's out-of-fold scores). Same arithmetic and memory bound as
+    ``nearest_neighbors`` (centred GEMM blocks), plus Q × (number of groups) floats per query chunk.
+    """
+    if queries.shape[-1] != bank.shape[-1]:
+        raise ValueError(f"nearest_in_two_groups: dimension mismatch {queries.shape[-1]} vs {bank.shape[-1]}")
+    if bank.shape[0] == 0:
+        raise ValueError("nearest_in_two_groups: empty gallery")
+    queries, bank = queries.float(), bank.float()
+    device = queries.device
+    labels, inverse = torch.unique(group.to(device), return_inverse=True)
+    order = torch.argsort(inverse, stable=True)  # each group's rows contiguous: one amin per block
+    counts = torch.bincount(inverse, minlength=len(labels)).tolist()
+    shift = bank.sum(0, dtype=torch.float64).float() / bank.shape[0]
+    sorted_bank = bank[order] - shift
+    bank_sq = sorted_bank.pow(2).sum(1)
+    # (group, first row, last row) blocks of at most bank_chunk rows, never spanning two groups
+    blocks, start = [], 0
+    for g, count in enumerate(counts):
+        blocks += [(g, b0, min(b0 + bank_chunk, start + count)) for b0 in range(start, start + count, bank_chunk)]
+        start += count
+    n = queries.shape[0]
+    d1, d2 = torch.empty(n, device=device), torch.empty(n, device=device)
+    g1 = torch.empty(n, dtype=torch.long, device=device)
+    i1 = torch.empty(n, dtype=torch.long, device=device)
+    for q0 in range(0, n, query_chunk):
+        x = queries[q0 : q0 + query_chunk] - shift
+        per_group = torch.full((x.shape[0], len(labels)), float("inf"), device=device)
+        best_i = torch.zeros(x.shape[0], dtype=torch.long, device=device)
+        for g, b0, b1 in blocks:
+            block = torch.addmm(bank_sq[b0:b1], x, sorted_bank[b0:b1].T, alpha=-2.0)
+            d = block.amin(1)
+            # the row only where this block holds the nearest so far (the minimum alone is cheaper)
+            better = (d < per_group.amin(1)).nonzero().squeeze(1)
+            if better.numel():
+                best_i[better] = block.index_select(0, better).argmin(1) + b0
+            torch.minimum(per_group[:, g], d, out=per_group[:, g])
+        best = per_group.topk(min(2, len(labels)), dim=1, largest=False, sorted=True)
+        x_sq = x.pow(2).sum(1)
+        d1[q0 : q0 + x.shape[0]] = (best.values[:, 0] + x_sq).clamp_min_(0).sqrt_()
+        g1[q0 : q0 + x.shape[0]] = labels[best.indices[:, 0]]
+        i1[q0 : q0 + x.shape[0]] = order[best_i]
+        second = best.values[:, 1] if len(labels) > 1 else torch.full_like(x_sq, float("inf"))
+        d2[q0 : q0 + x.shape[0]] = (second + x_sq).clamp_min_(0).sqrt_()
+    return d1, i1, g1, d2
