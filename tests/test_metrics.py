@@ -352,3 +352,32 @@ def test_evaluate_with_maps() -> None:
     assert "aupro" not in out and math.isnan(out["image_auroc"])
     with pytest.raises(ValueError):
         evaluate(LABELS, SCORES, 0.3, masks=masks[:3], maps=maps[:3])
+
+
+def test_image_curves_give_sklearns_metrics_exactly() -> None:
+    """The image metrics read from one computed pair of curves equal scikit-learn's own functions to the bit,
+    ties and float32 scores included: metrics.json does not change when the report shares the curves."""
+    from sklearn.metrics import average_precision_score
+
+    from anomalens.metrics import image_curves
+
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        n = int(rng.integers(2, 60))
+        y = np.r_[0, 1, rng.integers(0, 2, n)]
+        s = rng.integers(0, 4, y.size).astype(np.float64) if trial % 2 else rng.normal(size=y.size).astype(np.float32)
+        curves = image_curves(y, s)
+        assert curves.auroc == image_auroc(y, s) == float(roc_auc_score(y, s))
+        assert curves.average_precision == image_aupr(y, s) == float(average_precision_score(y, s))
+        assert evaluate(y, s, 0.5, curves=curves) == evaluate(y, s, 0.5)
+
+
+def test_image_curves_with_one_class() -> None:
+    from anomalens.metrics import image_curves
+
+    only_normal = image_curves([0, 0, 0], [0.1, 0.2, 0.3])
+    assert only_normal.roc is None and only_normal.precision_recall is None
+    assert math.isnan(only_normal.auroc) and math.isnan(only_normal.average_precision)
+    only_anomalous = image_curves([1, 1], [0.1, 0.2])
+    assert only_anomalous.roc is None and only_anomalous.precision_recall is not None
+    assert math.isnan(only_anomalous.auroc) and math.isnan(only_anomalous.average_precision)

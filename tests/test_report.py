@@ -315,14 +315,14 @@ def test_the_curves_are_drawn_here_when_their_process_dies(tmp_path: Path, data:
     import anomalens.report.html_report as html_report
 
     parent = os.getpid()
-    draw = html_report._draw_figures
+    draw = html_report.draw_figures
 
     def dies_when_forked(*args):
         if os.getpid() != parent:
             os._exit(1)
         return draw(*args)
 
-    monkeypatch.setattr(html_report, "_draw_figures", dies_when_forked)
+    monkeypatch.setattr(html_report, "draw_figures", dies_when_forked)
     report = write_test_report(
         tmp_path, names=data.names, defect_types=data.defect_types, labels=data.labels, scores=data.scores,
         threshold=data.threshold, metrics={}, load_image=lambda i: data.images[i], maps=data.maps, masks=data.masks,

@@ -19,6 +19,7 @@ NaN as the non-standard token ``NaN``.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal, NamedTuple, Sequence
 
 import numpy as np
@@ -29,6 +30,8 @@ from scipy import ndimage
 # serve, which import this module through the workflow, never call them.
 
 __all__ = [
+    "ImageCurves",
+    "image_curves",
     "image_auroc",
     "image_aupr",
     "f1_max",
@@ -104,31 +107,77 @@ def _trapezoid_up_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
 
 
 # --------------------------------------------------------------------------- image level
-def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC curve of image scores; NaN if only one class is present."""
+@dataclass(frozen=True)
+class ImageCurves:
+    """The ROC and precision-recall curves of image scores (anomalous = positive), as scikit-learn's
+    ``roc_curve`` and ``precision_recall_curve`` return them: computed once by :func:`image_curves`, then
+    read by the image metrics and drawn by the report, so every number and line comes from the same curve.
+
+    ``roc`` is None with a single class (no ROC curve); ``precision_recall`` is None without an anomalous image.
+    """
+
+    roc: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # (fpr, tpr, thresholds)
+    precision_recall: tuple[np.ndarray, np.ndarray, np.ndarray] | None  # (precision, recall, thresholds)
+
+    @property
+    def auroc(self) -> float:
+        """Area under the ROC curve (trapezoids): what ``roc_auc_score`` computes from this very curve."""
+        if self.roc is None:
+            return NAN
+        from sklearn.metrics import auc
+
+        return float(auc(self.roc[0], self.roc[1]))
+
+    @property
+    def average_precision(self) -> float:
+        """AP = sum over thresholds of (R_n - R_{n-1}) P_n, the step integral ``average_precision_score``
+        takes of this curve (-0.0 from round-off clipped to 0); NaN without both classes."""
+        if self.roc is None or self.precision_recall is None:
+            return NAN
+        precision, recall, _ = self.precision_recall
+        return float(max(0.0, -np.sum(np.diff(recall) * precision[:-1])))
+
+
+def image_curves(labels: ArrayLike, scores: ArrayLike) -> ImageCurves:
+    """The ROC curve (both classes present) and the precision-recall curve (an anomalous image present)."""
     y, s = _image_inputs(labels, scores)
+    return ImageCurves(roc=_roc_curve(y, s), precision_recall=_precision_recall_curve(y, s))
+
+
+def _roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if not _both_classes(y):
-        return NAN
-    from sklearn.metrics import roc_auc_score
+        return None
+    from sklearn.metrics import roc_curve
 
-    return float(roc_auc_score(y, s))
+    return tuple(roc_curve(y, s))
 
 
-def image_aupr(labels: ArrayLike, scores: ArrayLike) -> float:
+def _precision_recall_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    if not y.any():
+        return None
+    from sklearn.metrics import precision_recall_curve
+
+    return tuple(precision_recall_curve(y, s))
+
+
+def image_auroc(labels: ArrayLike, scores: ArrayLike, curves: ImageCurves | None = None) -> float:
+    """Area under the ROC curve of image scores; NaN if only one class is present. ``curves``: the
+    :func:`image_curves` of these labels and scores, when they are at hand."""
+    if curves is None:
+        curves = ImageCurves(roc=_roc_curve(*_image_inputs(labels, scores)), precision_recall=None)
+    return curves.auroc
+
+
+def image_aupr(labels: ArrayLike, scores: ArrayLike, curves: ImageCurves | None = None) -> float:
     """Average precision (area under the precision-recall curve), anomalous = positive.
 
     NaN if only one class is present (with no anomalies precision is
     undefined; with only anomalies AP is trivially 1 and meaningless).
     """
-    y, s = _image_inputs(labels, scores)
-    if not _both_classes(y):
-        return NAN
-    from sklearn.metrics import average_precision_score
-
-    return float(average_precision_score(y, s))
+    return (curves or image_curves(labels, scores)).average_precision
 
 
-def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
+def f1_max(labels: ArrayLike, scores: ArrayLike, curves: ImageCurves | None = None) -> tuple[float, float]:
     """Best F1 over all thresholds, and a threshold achieving it.
 
     The returned threshold follows the library rule ``score > threshold``:
@@ -139,11 +188,10 @@ def f1_max(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
     Returns ``(nan, nan)`` when there is no anomalous image.
     """
     y, s = _image_inputs(labels, scores)
-    if not y.any():
+    curve = (curves or image_curves(y, s)).precision_recall
+    if curve is None:
         return NAN, NAN
-    from sklearn.metrics import precision_recall_curve
-
-    precision, recall, thresholds = precision_recall_curve(y, s)
+    precision, recall, thresholds = curve
     # precision/recall have one extra trailing entry (recall 0) without a threshold.
     p, r = precision[:-1], recall[:-1]
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -406,22 +454,25 @@ def evaluate(
     masks: ArrayLike | None = None,
     maps: ArrayLike | None = None,
     predicted: ArrayLike | None = None,
+    curves: ImageCurves | None = None,
 ) -> dict[str, float | int]:
     """All metrics in one flat dict of plain Python floats / ints.
 
     ``predicted``: the detector's own labels when its decision is not ``score > threshold`` (the
-    minimum-area rule); the confusion counts and rates are then those of these labels.
+    minimum-area rule); the confusion counts and rates are then those of these labels. ``curves``: the
+    :func:`image_curves` of ``labels`` and ``scores`` when the caller has them (a report draws them too).
 
     Keys: ``image_auroc``, ``image_aupr``, ``image_f1_max``,
     ``image_f1_max_threshold``, the :func:`threshold_metrics` keys, and, when
     both ``masks`` and ``maps`` are given and the masks contain defect pixels,
     ``pixel_auroc`` and ``aupro`` (FPR limit 0.3).  Undefined values are NaN.
     """
+    curves = curves or image_curves(labels, scores)
     out: dict[str, float | int] = {
-        "image_auroc": image_auroc(labels, scores),
-        "image_aupr": image_aupr(labels, scores),
+        "image_auroc": curves.auroc,
+        "image_aupr": curves.average_precision,
     }
-    best_f1, best_thr = f1_max(labels, scores)
+    best_f1, best_thr = f1_max(labels, scores, curves)
     out["image_f1_max"] = best_f1
     out["image_f1_max_threshold"] = best_thr
     out.update(threshold_metrics(labels, scores, threshold))

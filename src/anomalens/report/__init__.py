@@ -11,11 +11,10 @@ import importlib
 from typing import Any
 
 # Every name loads on first use (PEP 562): predict draws heatmaps with ``overlay`` alone, and matplotlib's
-# figure machinery (``plots``, ~0.5 s) is imported only where a curve is drawn — `anomalens test` draws its
-# curves in a forked process, so the main process never needs it.
+# figure machinery (``plots``, ~0.5 s) is imported only where a curve is drawn.
 _WHERE = {
     **dict.fromkeys(["PixelCurves", "per_defect_type_metrics", "pixel_curves"], "breakdown"),
-    "write_test_report": "html_report",
+    **dict.fromkeys(["TestReport", "write_test_report"], "html_report"),
     "report_warnings": "operator_warnings",
     **dict.fromkeys(["annotate_heatmap", "case_figure", "case_thumbnail", "draw_mask_contours", "heatmap_range",
                      "overlay_heatmap", "render_heatmap", "to_original_size"], "overlay"),
@@ -45,6 +44,7 @@ __all__ = [
     "report_warnings",
     "render_page",
     "write_test_report",
+    "TestReport",
 ]
 
 

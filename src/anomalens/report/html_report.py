@@ -10,25 +10,24 @@ the metrics per defect type, the curves side by side, and the hardest cases as a
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
-import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike
 
-from anomalens.cores import available_cores
-from anomalens.outputs.atomic import atomic_path
+from anomalens.metrics import ImageCurves
 from anomalens.outputs.folders import remove_earlier_files
 from anomalens.report.breakdown import PRO_FPR_LIMIT, per_defect_type_metrics
-from anomalens.report.overlay import case_figure, case_thumbnail, heatmap_range
+from anomalens.report.cases import CaseChoice, case_entry, choose_cases, draw_cases, shown_pictures, write_scores_csv
+from anomalens.report.figures import FIGURE_FILES, draw_figures
+from anomalens.report.forked import ForkedCall
+from anomalens.report.overlay import heatmap_range
 from anomalens.report.templating import format_number, render_page, write_text_atomic
 
-__all__ = ["write_test_report", "METRIC_HELP", "FIGURE_FILES"]
+__all__ = ["write_test_report", "TestReport", "METRIC_HELP", "FIGURE_FILES", "ForkedCall"]
 
 # Plain-language meaning of the metrics `anomalens.metrics.evaluate` and `anomalens test` return; shown as
 # the tooltip of each row.
@@ -83,110 +82,6 @@ _SHOWN_ELSEWHERE = {"tp", "fp", "tn", "fn", "n_images", "n_anomalous", "undefine
 _NORMALISED_NOTE = ("Normalised score (scores.csv, predict): 0.5 at the threshold, 0.05 for the median normal "
                     "image of the fit; above 0.5 = flagged.")
 
-#: The figures a report writes next to report.html (removed first when a report is written again).
-FIGURE_FILES = ("score_histogram.png", "roc.png", "precision_recall.png", "pixel_roc.png", "pro_curve.png",
-                "loss_curves.png")
-THUMBNAIL_PX = 200
-PREVIEW_FILE = "cases/preview.png"
-
-
-# --------------------------------------------------------------------------- small helpers
-def _safe_stem(name: str) -> str:
-    """File-name-safe form of an image name, without its extension."""
-    name = re.sub(r"\.(png|jpe?g|bmp|tiff?|webp)$", "", name, flags=re.IGNORECASE)
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._")
-    return stem[:60] or "image"
-
-
-def _verdict(label: int, flagged: bool) -> tuple[str, bool]:
-    """(plain-language outcome, is it an error)."""
-    if label == 1:
-        return ("detected", False) if flagged else ("MISSED", True)
-    return ("FALSE ALARM", True) if flagged else ("correctly passed", False)
-
-
-def _png_size(path: Path) -> tuple[int, int]:
-    from PIL import Image
-
-    with Image.open(path) as image:
-        return image.size
-
-
-def _save_png(picture: np.ndarray, path: Path) -> None:
-    """Write a uint8 picture as PNG via a temporary file + rename (never a half-written file). zlib level 1:
-    a quarter of the default level's time (the encoding was most of a case's cost) for files ~15 % larger."""
-    from PIL import Image
-
-    with atomic_path(path) as tmp:
-        Image.fromarray(picture).save(tmp, format="PNG", compress_level=1)
-
-
-class ForkedCall:
-    """``fn(*args)`` run in a forked process while the caller goes on; ``result()`` waits for its return value
-    (or raises its exception). The process inherits ``args`` as they are in memory (nothing is pickled on the
-    way in, the maps may be hundreds of MB); only the return value comes back through a pipe. Runs it in
-    place, at ``result()``, where forking pays nothing (one core) or cannot be had (no fork on this
-    platform, no process left, the process died). Leaving the ``with`` block waits for the process, so
-    nothing it writes lands after the caller has moved on."""
-
-    def __init__(self, fn: Callable[..., object], *args: object) -> None:
-        self._fn, self._args = fn, args
-        self._process = self._receiver = None
-        if available_cores() < 2:
-            return
-        import multiprocessing
-
-        sender = None
-        try:
-            context = multiprocessing.get_context("fork")
-            self._receiver, sender = context.Pipe(duplex=False)
-            self._process = context.Process(target=_run_and_send, args=(sender, fn, args), daemon=True)
-            self._process.start()
-        except (ValueError, OSError, AssertionError):  # no fork here, no process to be had, or this process
-            self.close()  # is a daemon (which multiprocessing lets have no children): run it in place
-        finally:
-            if sender is not None:
-                sender.close()  # the child holds its own end: EOF here when it is gone
-
-    def result(self):
-        if self._process is None:
-            return self._fn(*self._args)
-        try:
-            ok, value = self._receiver.recv()
-        except (EOFError, OSError):  # the process died (memory, a signal) without an answer: do the work here
-            self.close()
-            return self._fn(*self._args)
-        self.close()
-        if not ok:
-            raise value
-        return value
-
-    def close(self) -> None:
-        if self._process is not None and self._process.pid is not None:
-            self._process.join()
-        if self._receiver is not None:
-            self._receiver.close()
-        self._process = self._receiver = None
-
-    def __enter__(self) -> "ForkedCall":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-def _run_and_send(sender, fn: Callable[..., object], args: tuple) -> None:
-    """The forked process of :class:`ForkedCall`: (True, return value) or (False, exception) into ``sender``."""
-    try:
-        answer = (True, fn(*args))
-    except Exception as exc:  # handed to the parent, which raises it
-        answer = (False, exc)
-    try:
-        sender.send(answer)
-    except Exception as exc:  # an exception that cannot be pickled: its text
-        sender.send((False, RuntimeError(f"{type(exc).__name__}: {exc}")))
-    finally:
-        sender.close()
 
 
 # --------------------------------------------------------------------------- main entry
@@ -209,6 +104,7 @@ def write_test_report(
     load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None = None,
     normalized_scores: ArrayLike | None = None,
     predicted: ArrayLike | None = None,
+    image_curves: ImageCurves | None = None,
 ) -> Path:
     """Write a self-contained test report into ``out_dir`` and return the path of report.html.
 
@@ -220,10 +116,12 @@ def write_test_report(
     highest-scoring image without anomalies — for index pages); and ``report.html``.
 
     ``predicted``: the detector's own decisions (1 = flagged) when they are not ``score > threshold``
-    (the minimum-area rule); default ``scores > threshold``. ``metrics`` is shown grouped in tables;
-    keys the report does not know go into an "Other" table. Two structured keys are read from it when
-    present: ``per_defect_type`` (as :func:`anomalens.report.breakdown.per_defect_type_metrics` returns;
-    computed here when absent) and ``warnings`` (sentences shown in a box at the top;
+    (the minimum-area rule); default ``scores > threshold``. ``image_curves``: the
+    :func:`anomalens.metrics.image_curves` the image metrics were read from (drawn as they are).
+    ``metrics`` is shown grouped in tables; keys the report does not know go into an "Other" table. Two
+    structured keys are read from it when present: ``per_defect_type`` (as
+    :func:`anomalens.report.breakdown.per_defect_type_metrics` returns; computed here when absent) and
+    ``warnings`` (sentences shown in a box at the top;
     :func:`anomalens.report.operator_warnings.report_warnings` makes them).
 
     Cases (at most ``n_cases`` per group): the anomalous images with the lowest scores (missed or
@@ -239,195 +137,163 @@ def write_test_report(
     first, then its figures and ``cases/*.png``; the new report.html is written last, so a crash never
     leaves a report pointing at missing files.
     """
-    out = Path(out_dir)
-    y = np.asarray(labels).reshape(-1).astype(np.int64)
-    s = np.asarray(scores, dtype=np.float64).reshape(-1)
-    n = len(names)
-    if not (len(defect_types) == n == y.size == s.size) or n == 0:
-        raise ValueError(
-            f"names ({n}), defect_types ({len(defect_types)}), labels ({y.size}) and "
-            f"scores ({s.size}) must have the same non-zero length"
-        )
-    if not np.isin(y, (0, 1)).all() or not np.isfinite(s).all():
-        raise ValueError("labels must be 0/1 and scores finite")
-    amaps = None if maps is None else np.asarray(maps)
-    gts = None if masks is None else np.asarray(masks).astype(bool, copy=False)
-    if amaps is not None and (amaps.ndim != 3 or amaps.shape[0] != n):
-        raise ValueError(f"maps must be (N={n}, H, W), got {amaps.shape}")
-    if gts is not None and (gts.ndim != 3 or gts.shape[0] != n):
-        raise ValueError(f"masks must be (N={n}, H, W), got {gts.shape}")
-    if amaps is not None and gts is not None and amaps.shape != gts.shape:
-        raise ValueError(f"maps {amaps.shape} and masks {gts.shape} differ in shape")
-    flagged = s > threshold if predicted is None else np.asarray(predicted).reshape(-1) > 0
-    if flagged.size != n:
-        raise ValueError(f"predicted has {flagged.size} values for {n} images")
+    with TestReport(out_dir, names=names, defect_types=defect_types, labels=labels, scores=scores,
+                    threshold=threshold, load_image=load_image, maps=maps, masks=masks,
+                    pixel_threshold=pixel_threshold, loss_curves=loss_curves, n_cases=n_cases,
+                    load_reconstructions=load_reconstructions, normalized_scores=normalized_scores,
+                    predicted=predicted) as report:
+        report.draw_cases()
+        report.draw_curves(metrics, image_curves)
+        return report.finish(metrics, title)
 
-    out.mkdir(parents=True, exist_ok=True)
-    report_path = out / "report.html"
-    cases_dir = out / "cases"
-    # The old report goes *before* the files it links to.
-    remove_earlier_files(out, ["report.html"])
-    remove_earlier_files(out, FIGURE_FILES, {"cases": "*.png"})
-    cases_dir.mkdir(exist_ok=True)
 
-    normalized = None if normalized_scores is None else np.asarray(normalized_scores, dtype=np.float64).ravel()
-    _write_scores_csv(out / "scores.csv", names, defect_types, y, s, flagged, normalized)
+class TestReport:
+    """:func:`write_test_report` in three steps, so a caller can compute the metrics while the pictures are
+    drawn: :meth:`draw_cases` (scores.csv, then the case figures in a forked process: they need no metric),
+    :meth:`draw_curves` (in another forked process: the legends need the pixel AUROC and AUPRO) and
+    :meth:`finish` (the per-type table when the metrics lack it, the page, written last). Used as a context
+    manager, which waits for the forked processes however the block ends."""
 
-    both_classes = bool((y == 1).any() and (y == 0).any())
-    with_pixels = amaps is not None and gts is not None and bool(gts.any())
-    vrange = heatmap_range(amaps, y) if amaps is not None else None
-    # The curves (matplotlib: its import and ~0.2 s a figure) are drawn in a forked process while this one
-    # draws the cases and the page.
-    with ForkedCall(_draw_figures, out, y, s, threshold, both_classes, amaps if with_pixels else None,
-                 gts if with_pixels else None, {k: _number(metrics.get(k)) for k in ("pixel_auroc", "aupro")},
-                 loss_curves) as curves:
-        case_groups, case_files = _draw_cases(out, names, defect_types, y, s, threshold, flagged, load_image,
-                                              amaps, gts, pixel_threshold, vrange, n_cases, load_reconstructions)
+    __test__ = False  # not a pytest test class
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike[str],
+        *,
+        names: Sequence[str],
+        defect_types: Sequence[str],
+        labels: ArrayLike,
+        scores: ArrayLike,
+        threshold: float,
+        load_image: Callable[[int], np.ndarray],
+        maps: ArrayLike | None = None,
+        masks: ArrayLike | None = None,
+        pixel_threshold: float | None = None,
+        loss_curves: Mapping[str, Sequence[float]] | None = None,
+        n_cases: int = 6,
+        load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None = None,
+        normalized_scores: ArrayLike | None = None,
+        predicted: ArrayLike | None = None,
+    ) -> None:
+        y = np.asarray(labels).reshape(-1).astype(np.int64)
+        s = np.asarray(scores, dtype=np.float64).reshape(-1)
+        n = len(names)
+        if not (len(defect_types) == n == y.size == s.size) or n == 0:
+            raise ValueError(
+                f"names ({n}), defect_types ({len(defect_types)}), labels ({y.size}) and "
+                f"scores ({s.size}) must have the same non-zero length"
+            )
+        if not np.isin(y, (0, 1)).all() or not np.isfinite(s).all():
+            raise ValueError("labels must be 0/1 and scores finite")
+        amaps = None if maps is None else np.asarray(maps)
+        gts = None if masks is None else np.asarray(masks).astype(bool, copy=False)
+        if amaps is not None and (amaps.ndim != 3 or amaps.shape[0] != n):
+            raise ValueError(f"maps must be (N={n}, H, W), got {amaps.shape}")
+        if gts is not None and (gts.ndim != 3 or gts.shape[0] != n):
+            raise ValueError(f"masks must be (N={n}, H, W), got {gts.shape}")
+        if amaps is not None and gts is not None and amaps.shape != gts.shape:
+            raise ValueError(f"maps {amaps.shape} and masks {gts.shape} differ in shape")
+        flagged = s > threshold if predicted is None else np.asarray(predicted).reshape(-1) > 0
+        if flagged.size != n:
+            raise ValueError(f"predicted has {flagged.size} values for {n} images")
+        self.out = Path(out_dir)
+        self.names, self.defect_types, self.y, self.s, self.flagged = names, defect_types, y, s, flagged
+        self.threshold, self.pixel_threshold, self.amaps, self.gts = threshold, pixel_threshold, amaps, gts
+        self.loss_curves, self.n_cases = loss_curves, n_cases
+        self.load_image, self.load_reconstructions = load_image, load_reconstructions
+        self.normalized = None if normalized_scores is None else np.asarray(normalized_scores, dtype=np.float64).ravel()
+        self.both_classes = bool((y == 1).any() and (y == 0).any())
+        self.with_pixels = amaps is not None and gts is not None and bool(gts.any())
+        self.vrange = heatmap_range(amaps, y) if amaps is not None else None
+        self._choice: CaseChoice | None = None
+        self._cases: ForkedCall | None = None
+        self._curves: ForkedCall | None = None
+
+    def draw_cases(self) -> None:
+        """Remove the earlier report's files, write scores.csv and start drawing the cases (forked)."""
+        out = self.out
+        out.mkdir(parents=True, exist_ok=True)
+        # The old report goes *before* the files it links to.
+        remove_earlier_files(out, ["report.html"])
+        remove_earlier_files(out, FIGURE_FILES, {"cases": "*.png"})
+        (out / "cases").mkdir(exist_ok=True)
+        write_scores_csv(out / "scores.csv", self.names, self.defect_types, self.y, self.s, self.flagged,
+                          self.normalized)
+        self._choice = choose_cases(self.y, self.s, self.n_cases)
+        # Only the shown images are read, here (a loader may decode with torch or run the model: not in a fork).
+        images, reconstructions = shown_pictures(self._choice, self.load_image, self.amaps, self.gts,
+                                                 self.load_reconstructions)
+        self._cases = ForkedCall(draw_cases, out, self._choice, images, reconstructions, self.names,
+                                 self.defect_types, self.y, self.s, self.threshold, self.flagged, self.amaps, self.gts,
+                                 self.pixel_threshold, self.vrange)
+
+    def draw_curves(self, metrics: Mapping[str, object], image_curves: ImageCurves | None = None) -> None:
+        """Start drawing the curves (forked): ``metrics`` gives the legends' exact ``pixel_auroc`` and ``aupro``,
+        ``image_curves`` the ROC and precision-recall curves the image metrics came from."""
+        pixels = self.with_pixels
+        self._curves = ForkedCall(draw_figures, self.out, self.y, self.s, self.threshold, self.both_classes,
+                                  self.amaps if pixels else None, self.gts if pixels else None,
+                                  {k: _number(metrics.get(k)) for k in ("pixel_auroc", "aupro")}, self.loss_curves,
+                                  image_curves)
+
+    def finish(self, metrics: Mapping[str, object], title: str = "anomalens test report") -> Path:
+        """Wait for the pictures and write report.html (last: everything it links to exists then)."""
+        if self._cases is None:
+            self.draw_cases()
+        if self._curves is None:
+            self.draw_curves(metrics)
+        y, s, flagged, defect_types = self.y, self.s, self.flagged, self.defect_types
         per_type = metrics.get("per_defect_type")
         if not isinstance(per_type, Mapping):
-            per_type = per_defect_type_metrics(y, s, defect_types, flagged, gts if with_pixels else None,
-                                               amaps if with_pixels else None)
-        figures = curves.result()
-    # The loss curves sit beside the per-type table (room to spare there), the other curves in one row.
-    loss_figure = next((f for f in figures if f["file"] == "loss_curves.png"), None)
-    figures = [f for f in figures if f is not loss_figure]
-    norm = np.flatnonzero(y == 0)
-    anom = np.flatnonzero(y == 1)
-    page = render_page(
-        "test_report.html",
-        title=title,
-        summary={
-            "n": n, "n_normal": int(norm.size), "n_anomalous": int(anom.size),
-            "rule": _rule_text(threshold, metrics),
-            "missed": int(((y == 1) & ~flagged).sum()), "false_alarms": int(((y == 0) & flagged).sum()),
-        },
-        warnings=[str(w) for w in (metrics.get("warnings") or [])],
-        metric_tables=_metric_tables(metrics, normalized is not None),
-        confusion=_confusion(y, flagged),
-        type_rows=_type_rows(y, s, flagged, defect_types, per_type),
-        pixel_columns=with_pixels,
-        figures=figures,
-        loss_figure=loss_figure,
-        figure_notes=_figure_notes(both_classes, amaps is not None, gts is not None, with_pixels),
-        heatmap_note=_heatmap_note(vrange, pixel_threshold),
-        mask_note=("Ground truth: green outline." if gts is not None else "No ground-truth masks were given."),
-        case_groups=[
-            {"heading": heading, "explanation": explanation, "empty": empty,
-             "cases": [_case_entry(i, names, defect_types, y, s, flagged, case_files[i]) for i in idxs]}
-            for heading, explanation, idxs, empty in case_groups
-        ],
-    )
-    write_text_atomic(report_path, page)  # last: everything it links to exists now
-    return report_path
+            pixels = self.with_pixels
+            per_type = per_defect_type_metrics(y, s, defect_types, flagged, self.gts if pixels else None,
+                                               self.amaps if pixels else None)
+        case_files = self._cases.result()
+        figures = self._curves.result()
+        # The loss curves sit beside the per-type table (room to spare there), the other curves in one row.
+        loss_figure = next((f for f in figures if f["file"] == "loss_curves.png"), None)
+        figures = [f for f in figures if f is not loss_figure]
+        n_anomalous = int((y == 1).sum())
+        page = render_page(
+            "test_report.html",
+            title=title,
+            summary={
+                "n": int(y.size), "n_normal": int(y.size) - n_anomalous, "n_anomalous": n_anomalous,
+                "rule": _rule_text(self.threshold, metrics),
+                "missed": int(((y == 1) & ~flagged).sum()), "false_alarms": int(((y == 0) & flagged).sum()),
+            },
+            warnings=[str(w) for w in (metrics.get("warnings") or [])],
+            metric_tables=_metric_tables(metrics, self.normalized is not None),
+            confusion=_confusion(y, flagged),
+            type_rows=_type_rows(y, s, flagged, defect_types, per_type),
+            pixel_columns=self.with_pixels,
+            figures=figures,
+            loss_figure=loss_figure,
+            figure_notes=_figure_notes(self.both_classes, self.amaps is not None, self.gts is not None,
+                                       self.with_pixels),
+            heatmap_note=_heatmap_note(self.vrange, self.pixel_threshold),
+            mask_note=("Ground truth: green outline." if self.gts is not None else "No ground-truth masks were given."),
+            case_groups=[
+                {"heading": heading, "explanation": explanation, "empty": empty,
+                 "cases": [case_entry(i, self.names, defect_types, y, s, flagged, case_files[i]) for i in idxs]}
+                for heading, explanation, idxs, empty in self._choice.groups
+            ],
+        )
+        report_path = self.out / "report.html"
+        write_text_atomic(report_path, page)
+        return report_path
 
+    def close(self) -> None:
+        """Wait for the forked processes still drawing."""
+        for call in (self._cases, self._curves):
+            if call is not None:
+                call.close()
 
-def _draw_cases(
-    out: Path, names: Sequence[str], defect_types: Sequence[str], y: np.ndarray, s: np.ndarray, threshold: float,
-    flagged: np.ndarray, load_image: Callable[[int], np.ndarray], amaps: np.ndarray | None, gts: np.ndarray | None,
-    pixel_threshold: float | None, vrange: tuple[float, float] | None, n_cases: int,
-    load_reconstructions: Callable[[list[int]], Sequence[np.ndarray]] | None,
-) -> tuple[list[tuple[str, str, list[int], str]], dict[int, tuple[str, str, tuple[int, int]]]]:
-    """Choose the cases and draw them: ([(heading, explanation, image indices, text when empty)] per group,
-    {image index: (figure, thumbnail, thumbnail size)})."""
-    cases_dir = out / "cases"
-    anom = np.flatnonzero(y == 1)
-    norm = np.flatnonzero(y == 0)
-    k = max(int(n_cases), 0)
-    low_anom = anom[np.argsort(s[anom], kind="stable")][:k]
-    high_norm = norm[np.argsort(-s[norm], kind="stable")][:k]
-    shown = set(low_anom.tolist())
-    high_anom = [i for i in anom[np.argsort(-s[anom], kind="stable")] if i not in shown][:k]
+    def __enter__(self) -> "TestReport":
+        return self
 
-    # Each image is rendered once, even if it would appear in two groups.
-    shown_cases = list(dict.fromkeys(int(i) for i in (*low_anom, *high_norm, *high_anom)))
-    # The picture for index pages: the clearest detection; it is always among the shown cases when k >= 1.
-    pool = anom if anom.size else np.arange(y.size)
-    preview = int(pool[np.argmax(s[pool])])
-    reconstructions: Sequence[np.ndarray | None] = [None] * len(shown_cases)
-    if load_reconstructions is not None and shown_cases:
-        reconstructions = list(load_reconstructions(shown_cases))
-        if len(reconstructions) != len(shown_cases):
-            raise ValueError(f"load_reconstructions returned {len(reconstructions)} images for {len(shown_cases)} indices")
-    # Only the shown pictures are read. A case costs ~50 ms with Pillow, reading the image and writing the PNGs
-    # included (a matplotlib figure cost ~0.3 s), so they are drawn here, no process pool needed.
-    case_files = {
-        i: _render_case(i, cases_dir, str(names[i]), str(defect_types[i]), int(y[i]), float(s[i]), threshold,
-                        bool(flagged[i]), _checked_image(load_image, i, amaps, gts),
-                        None if amaps is None else amaps[i], None if gts is None else gts[i], pixel_threshold,
-                        vrange, reconstruction, i == preview)
-        for i, reconstruction in zip(shown_cases, reconstructions)
-    }
-    groups = [
-        ("Lowest-scoring anomalous images",
-         "Defects the detector is least sure about; MISSED = not flagged.",
-         [int(i) for i in low_anom], "no anomalous images in this test set"),
-        ("Highest-scoring normal images",
-         "Normal images that look most anomalous; FALSE ALARM = flagged.",
-         [int(i) for i in high_norm], "no normal images in this test set"),
-        ("Clearest detections",
-         "The anomalous images with the highest scores (not shown already).",
-         [int(i) for i in high_anom],
-         "no further anomalous images (all are shown)" if anom.size else "no anomalous images in this test set"),
-    ]
-    return groups, case_files
-
-
-def _write_scores_csv(
-    path: Path, names: Sequence[str], defect_types: Sequence[str],
-    y: np.ndarray, s: np.ndarray, flagged: np.ndarray, normalized: np.ndarray | None = None,
-) -> None:
-    """One row per image; ``normalized_score`` (0.5 at the threshold) follows ``score`` when it is given."""
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    extra = ["normalized_score"] if normalized is not None else []
-    w.writerow(["name", "defect_type", "label", "score", *extra, "predicted", "correct"])
-    for i, (name, dtype_, label, score, pred) in enumerate(zip(names, defect_types, y, s, flagged)):
-        norm = [repr(float(normalized[i]))] if normalized is not None else []
-        w.writerow([name, dtype_, int(label), repr(float(score)), *norm, int(pred), int(int(pred) == label)])
-    write_text_atomic(path, buf.getvalue())
-
-
-def _draw_figures(out: Path, y: np.ndarray, s: np.ndarray, threshold: float, both_classes: bool,
-                  maps: np.ndarray | None, masks: np.ndarray | None, pixel_metrics: Mapping[str, float | None],
-                  loss_curves: Mapping[str, Sequence[float]] | None) -> list[dict[str, object]]:
-    """Draw the report's curves at the size they are shown side by side; returns [{file, alt, width, height}]
-    in page order. ``pixel_metrics``: the exact ``pixel_auroc`` and ``aupro`` for the legends (or None)."""
-    # matplotlib and the curve math are imported here, in the process that draws: `anomalens test` never
-    # loads them in its main process.
-    from anomalens.report.breakdown import pixel_curves
-    from anomalens.report.plots import (
-        SMALL_FIGURE,
-        plot_loss_curves,
-        plot_pixel_roc,
-        plot_precision_recall,
-        plot_pro_curve,
-        plot_roc,
-        plot_score_histogram,
-    )
-
-    drawn: list[tuple[str, str]] = []
-    histogram_size = (4.6, SMALL_FIGURE[1])
-    plot_score_histogram(y, s, threshold, out / "score_histogram.png", figsize=histogram_size,
-                         title="Image scores" + (": normal vs anomalous" if both_classes else ""))
-    drawn.append(("score_histogram.png", "histogram of image scores, normal vs anomalous, with the threshold"))
-    if both_classes:
-        plot_roc(y, s, out / "roc.png", title="ROC (image level)", threshold=threshold, figsize=SMALL_FIGURE)
-        plot_precision_recall(y, s, out / "precision_recall.png", threshold=threshold)
-        drawn += [("roc.png", "ROC curve of image scores"), ("precision_recall.png", "precision-recall curve of image scores")]
-    if maps is not None and masks is not None:
-        curves = pixel_curves(masks, maps)
-        if curves is not None:
-            plot_pixel_roc(curves, out / "pixel_roc.png", auroc=pixel_metrics.get("pixel_auroc"))
-            plot_pro_curve(curves, out / "pro_curve.png", aupro=pixel_metrics.get("aupro"))
-            drawn += [("pixel_roc.png", "ROC curve of pixel scores"), ("pro_curve.png", "per-region-overlap curve")]
-    if loss_curves:
-        plot_loss_curves(loss_curves, out / "loss_curves.png", figsize=SMALL_FIGURE)
-        drawn.append(("loss_curves.png", "loss curves per epoch"))
-    figures = []
-    for file, alt in drawn:
-        width, height = _png_size(out / file)
-        figures.append({"file": file, "alt": alt, "width": width, "height": height})
-    return figures
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _number(value: object) -> float | None:
@@ -528,53 +394,3 @@ def _heatmap_note(vrange: tuple[float, float] | None, pixel_threshold: float | N
     if pixel_threshold is not None:
         note += f" White outline: predicted defect (map > {format_number(pixel_threshold)})."
     return note
-
-
-def _case_entry(i: int, names: Sequence[str], defect_types: Sequence[str], y: np.ndarray, s: np.ndarray,
-                flagged: np.ndarray, files: tuple[str, str, tuple[int, int]]) -> dict[str, object]:
-    verdict, wrong = _verdict(int(y[i]), bool(flagged[i]))
-    full, thumb, (width, height) = files
-    return {"full": full, "thumb": thumb, "width": width, "height": height, "name": str(names[i]),
-            "defect_type": str(defect_types[i]), "score": float(s[i]), "verdict": verdict, "wrong": wrong}
-
-
-def _checked_image(load_image: Callable[[int], np.ndarray], i: int, amaps: np.ndarray | None,
-                   gts: np.ndarray | None) -> np.ndarray:
-    image = np.asarray(load_image(i))
-    size = amaps.shape[1:] if amaps is not None else gts.shape[1:] if gts is not None else None
-    if size is not None and image.shape[:2] != size:
-        raise ValueError(
-            f"load_image({i}) returned an image of size {image.shape[:2]}, "
-            f"but the maps/masks are {size}: images must be at the maps' resolution"
-        )
-    return image
-
-
-def _render_case(
-    i: int, cases_dir: Path, name: str, defect_type: str, label: int, score: float, threshold: float,
-    flagged: bool, image: np.ndarray, amap: np.ndarray | None, gt: np.ndarray | None,
-    pixel_threshold: float | None, vrange: tuple[float, float] | None,
-    reconstruction: np.ndarray | None = None, preview: bool = False,
-) -> tuple[str, str, tuple[int, int]]:
-    """Render the case figure and the thumbnail of image ``i`` (and the preview when ``preview``);
-    returns (figure path, thumbnail path, thumbnail (width, height)), paths relative to the report."""
-    verdict, wrong = _verdict(label, flagged)
-    image = np.ascontiguousarray(image)  # a loader may hand a transposed view: read twice below, copied once
-    short = name if len(name) <= 50 else "..." + name[-47:]
-    rel = "> " if score > threshold else "≤ "
-    fig_title = (
-        f"{short}  ·  {defect_type}  ·  label: {'anomalous' if label else 'normal'}\n"
-        f"score {score:.4g} {rel}threshold {threshold:.4g}  →  {verdict}"
-    )
-    pred = amap > pixel_threshold if (amap is not None and pixel_threshold is not None) else None
-    stem = f"{i:05d}_{_safe_stem(name)}"
-    rel_path = f"cases/{stem}.png"
-    vmin, vmax = vrange if vrange else (None, None)
-    figure = case_figure(image, title=fig_title, amap=amap, vmin=vmin, vmax=vmax, predicted_mask=pred, true_mask=gt,
-                         wrong=wrong, pixel_threshold=pixel_threshold, reconstruction=reconstruction)
-    _save_png(figure, cases_dir.parent / rel_path)
-    thumb = case_thumbnail(image, amap, vmin, vmax, predicted_mask=pred, true_mask=gt, size=THUMBNAIL_PX)
-    thumb_path = f"cases/{stem}_thumb.png"
-    for target in [thumb_path] + ([PREVIEW_FILE] if preview else []):
-        _save_png(thumb, cases_dir.parent / target)
-    return rel_path, thumb_path, (thumb.shape[1], thumb.shape[0])

@@ -16,8 +16,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from numpy.typing import ArrayLike
-from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from anomalens.metrics import ImageCurves, image_curves
 from anomalens.outputs.atomic import atomic_path
 from anomalens.report.breakdown import PRO_FPR_LIMIT, PixelCurves
 
@@ -72,17 +72,21 @@ def plot_roc(
     title: str = "ROC curve (image level)",
     threshold: float | None = None,
     figsize: tuple[float, float] = (5.5, 5.0),
+    curves: ImageCurves | None = None,
 ) -> Path:
     """ROC curve of image scores with the AUROC in the legend and the chance diagonal.
 
     If ``threshold`` is given, the operating point ``score > threshold`` is
-    marked.  Raises ``ValueError`` unless both classes are present.
+    marked.  ``curves``: :func:`anomalens.metrics.image_curves` of these labels and scores, when the
+    caller has them (the metrics were read from the same curve).  Raises ``ValueError`` unless both
+    classes are present.
     """
     y, s = _labels_scores(labels, scores)
     if y.min() == y.max():
         raise ValueError("a ROC curve needs both normal (0) and anomalous (1) images")
-    fpr, tpr, _ = roc_curve(y, s)
-    auc = roc_auc_score(y, s)
+    curves = curves or image_curves(y, s)
+    fpr, tpr, _ = curves.roc
+    auc = curves.auroc
 
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
@@ -123,19 +127,21 @@ def plot_precision_recall(
     threshold: float | None = None,
     title: str = "Precision-recall (image level)",
     figsize: tuple[float, float] = SMALL_FIGURE,
+    curves: ImageCurves | None = None,
 ) -> Path:
     """Precision vs recall of image scores (anomalous = positive), average precision in the legend.
 
     The dashed line is a detector that flags at random (precision = the share of anomalous images). It
     says more than ROC when defects are rare: a false-alarm rate that looks small on the ROC curve can
-    still mean most alarms are false. ``threshold`` marks the operating point. Raises ``ValueError``
-    unless both classes are present.
+    still mean most alarms are false. ``threshold`` marks the operating point; ``curves`` as for
+    :func:`plot_roc`. Raises ``ValueError`` unless both classes are present.
     """
     y, s = _labels_scores(labels, scores)
     if y.min() == y.max():
         raise ValueError("a precision-recall curve needs both normal (0) and anomalous (1) images")
-    precision, recall, _ = precision_recall_curve(y, s)
-    ap = average_precision_score(y, s)
+    curves = curves or image_curves(y, s)
+    precision, recall, _ = curves.precision_recall
+    ap = curves.average_precision
     fig = Figure(figsize=figsize, layout="constrained")
     ax = fig.add_subplot()
     ax.step(recall, precision, where="post", color=ANOMALOUS_COLOR, lw=2, label=f"detector (AP = {ap:.3f})")

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import logging
 import math
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,7 +18,7 @@ from anomalens.catalog import load_detector
 from anomalens.data import AnomalyDataset, ImageRecord, TensorImageDataset
 from anomalens.detector import Detector
 from anomalens.errors import DataError
-from anomalens.metrics import evaluate
+from anomalens.metrics import evaluate, image_curves
 from anomalens.outputs import write_json
 from anomalens.outputs.folders import staged_update
 from anomalens.outputs.targets import check_not_input, check_target
@@ -25,6 +28,14 @@ from anomalens.workflow.calibration import calibration_images_in
 from anomalens.workflow.common import as_dataset
 
 logger = logging.getLogger("anomalens")
+
+# What the metrics and the report import (scikit-learn, scipy.stats, matplotlib's figures, Jinja2: ~2 s of a
+# 2-core machine's CPU together). `test` imports them in a thread while the model loads and scores: most of
+# that time is spent waiting on the weights file or inside torch, which leaves the interpreter free.
+_METRICS_AND_REPORT_MODULES = (
+    "sklearn.metrics", "anomalens.report.operator_warnings", "anomalens.report.breakdown",
+    "anomalens.report.html_report", "anomalens.report.plots", "matplotlib.backends.backend_agg",
+)
 
 
 def ground_truth_masks(records: Sequence[ImageRecord], size: tuple[int, int]) -> np.ndarray:
@@ -95,8 +106,7 @@ def test_run(
     Returns the metrics. Outputs go into ``out_dir`` (default: the run folder); ``metrics.json`` is
     written last, so its presence means the whole report is there.
     """
-    from anomalens.report import per_defect_type_metrics, report_warnings, write_test_report
-
+    importing = _import_in_background(_METRICS_AND_REPORT_MODULES if report else _METRICS_AND_REPORT_MODULES[:3])
     run_dir = Path(run_dir)
     out_dir = Path(out_dir) if out_dir is not None else run_dir
     check_target(out_dir)
@@ -113,60 +123,83 @@ def test_run(
         with logged_stage(f"test {detector.name} on {len(records)} images", enabled=progress):
             result, masks = predict_with_masks(detector, records, dataset.has_masks, progress)
         seconds = time.perf_counter() - start
+        importing.join()
+        from anomalens.report import TestReport, per_defect_type_metrics, report_warnings
+
         pixel_maps = result.maps if masks is not None else None
-        metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=pixel_maps, predicted=result.labels)
-        metrics.update(benchmark_metrics(dataset, result, masks))  # the benchmark's own metrics (LOCO sPRO, ...)
-        metrics.update({
-            "detector": detector.name,
-            "n_images": len(records),
-            "n_anomalous": int(labels.sum()),
-            "threshold_source": detector.decision_.description,
-            "pixel_threshold": detector.pixel_threshold_,
-            "min_area": detector.decision_.min_area,
-            "test_seconds": round(seconds, 3),
-            "images_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
-            "backbone": detector.params.get("backbone"),
-            "image_size": list(detector.input_size),
-            "device": str(detector.device),
-        })
-        shared = calibration_images_in(run_dir, records)
-        if shared:
-            metrics["calibration_images_in_test"] = shared
-            logger.warning("%d of the %d test images were used to calibrate this run's threshold (calibration.json): "
-                           "TPR, TNR and balanced accuracy at the threshold are optimistic — test on images the "
-                           "calibration did not see", shared, len(records))
-        undefined = undefined_metrics(metrics)
-        if undefined:
-            metrics["undefined"] = undefined
-        metrics["per_defect_type"] = per_defect_type_metrics(labels, result.scores, [r.defect_type for r in records],
-                                                             result.labels, masks, pixel_maps)
-        warnings = report_warnings(metrics, detector.decision_)
-        if warnings:
-            metrics["warnings"] = warnings
-        if report:
-            write_test_report(
-                stage,
-                names=[r.name for r in records],
-                defect_types=[r.defect_type for r in records],
-                labels=labels,
-                scores=result.scores,
-                normalized_scores=detector.decision_.normalized(result.scores),
-                threshold=detector.threshold_,
-                predicted=result.labels,
-                metrics=metrics,
-                load_image=image_loader(records, size),
-                maps=result.maps,
-                masks=masks,
-                pixel_threshold=detector.pixel_threshold_,
-                title=f"anomalens · {detector.name} · {dataset.name}",
-                loss_curves=detector.history_ or None,
-                load_reconstructions=reconstruction_loader(detector, records),
-            )
+        what = "metrics and report" if report else "metrics"
+        with logged_stage(what, enabled=progress), contextlib.ExitStack() as drawing:
+            if report:  # the case figures need no metric: drawn (forked) while this process computes them
+                report_writer = drawing.enter_context(TestReport(
+                    stage, names=[r.name for r in records], defect_types=[r.defect_type for r in records],
+                    labels=labels, scores=result.scores, normalized_scores=detector.decision_.normalized(result.scores),
+                    threshold=detector.threshold_, predicted=result.labels, load_image=image_loader(records, size),
+                    maps=result.maps, masks=masks, pixel_threshold=detector.pixel_threshold_,
+                    loss_curves=detector.history_ or None,
+                    load_reconstructions=reconstruction_loader(detector, records)))
+                report_writer.draw_cases()
+            curves = image_curves(labels, result.scores)  # once, for the metrics and the report's curves
+            metrics = evaluate(labels, result.scores, detector.threshold_, masks=masks, maps=pixel_maps,
+                               predicted=result.labels, curves=curves)
+            if report:
+                report_writer.draw_curves(metrics, curves)
+            metrics.update(benchmark_metrics(dataset, result, masks))  # the benchmark's own metrics (LOCO sPRO, ...)
+            metrics.update(run_description(detector, records, labels, seconds))
+            shared = calibration_images_in(run_dir, records)
+            if shared:
+                metrics["calibration_images_in_test"] = shared
+                logger.warning("%d of the %d test images were used to calibrate this run's threshold "
+                               "(calibration.json): TPR, TNR and balanced accuracy at the threshold are optimistic — "
+                               "test on images the calibration did not see", shared, len(records))
+            undefined = undefined_metrics(metrics)
+            if undefined:
+                metrics["undefined"] = undefined
+            metrics["per_defect_type"] = per_defect_type_metrics(
+                labels, result.scores, [r.defect_type for r in records], result.labels, masks, pixel_maps)
+            warnings = report_warnings(metrics, detector.decision_)
+            if warnings:
+                metrics["warnings"] = warnings
+            if report:
+                report_writer.finish(metrics, title=f"anomalens · {detector.name} · {dataset.name}")
         write_json(stage / METRICS_FILE, metrics)  # undefined values (NaN) are written as null
     return metrics
 
 
 test_run.__test__ = False  # a user's `from anomalens import test_run` is not a pytest test
+
+
+def run_description(detector: Detector, records: Sequence[ImageRecord], labels: np.ndarray,
+                    seconds: float) -> dict[str, Any]:
+    """What metrics.json says of the run beside the metrics: the detector, its rule, the data, the speed."""
+    return {
+        "detector": detector.name,
+        "n_images": len(records),
+        "n_anomalous": int(labels.sum()),
+        "threshold_source": detector.decision_.description,
+        "pixel_threshold": detector.pixel_threshold_,
+        "min_area": detector.decision_.min_area,
+        "test_seconds": round(seconds, 3),
+        "images_per_second": round(len(records) / seconds, 2) if seconds > 0 else None,
+        "backbone": detector.params.get("backbone"),
+        "image_size": list(detector.input_size),
+        "device": str(detector.device),
+    }
+
+
+def _import_in_background(modules: Sequence[str]) -> threading.Thread:
+    """Import ``modules`` in a daemon thread; ``join()`` it before using them. An import that fails is left to
+    the code that needs the module, which then reports it."""
+
+    def run() -> None:
+        for name in modules:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001 - the real import reports it, in its place
+                return
+
+    thread = threading.Thread(target=run, name="anomalens-imports", daemon=True)
+    thread.start()
+    return thread
 
 
 def undefined_metrics(metrics: dict[str, Any]) -> dict[str, str]:
