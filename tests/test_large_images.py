@@ -10,7 +10,7 @@ from PIL import Image
 
 import anomalens
 from anomalens.data import ImageRecord, io as image_io
-from anomalens.data import model_input, torch_dataset
+from anomalens.data import model_input
 from anomalens.data.io import load_image, read_pixels
 from anomalens.data.torch_dataset import decode_for_model, decoding_mode, iterate_batches
 from anomalens.errors import ConfigError

@@ -18,6 +18,7 @@ from typing import Callable, NoReturn, Sequence
 
 from anomalens.allocator import keep_freed_memory
 from anomalens.commands.detectors import add_list_arguments, add_params_arguments
+from anomalens.commands.distill import add_distill_teacher_arguments
 from anomalens.commands.evaluation import add_test_arguments
 from anomalens.commands.exports import add_export_arguments, add_verify_export_arguments
 from anomalens.commands.prediction import add_predict_arguments
@@ -38,6 +39,8 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("verify-export", "compare an export with the torch model on real images", add_verify_export_arguments),
     ("params", "a detector's hyper-parameters: defaults, accepted values, meanings", add_params_arguments),
     ("serve", "serve a run or an export over HTTP: REST API, operator page at /, docs at /docs", add_serve_arguments),
+    ("distill-teacher", "distil an EfficientAD teacher (a PDN) from a pretrained backbone on an image pool",
+     add_distill_teacher_arguments),
 ]
 
 

@@ -10,3 +10,6 @@ from anomalens.models import efficientgan  # noqa: F401
 from anomalens.models import ganomaly  # noqa: F401
 from anomalens.models import mlp_ae  # noqa: F401
 from anomalens.models import cae  # noqa: F401
+from anomalens.models import efficientad  # noqa: F401
+from anomalens.models import reverse_distillation  # noqa: F401
+from anomalens.models import draem  # noqa: F401
