@@ -105,7 +105,7 @@ def test_every_runtime_is_a_predictor_stating_what_it_takes(saved, exports):
     assert len(rules) == 1  # the export carries the run's decision rule
     assert predictors["torch"].packages == ("torch", "timm") and predictors["torch"].details == {}
     assert predictors["openvino"].packages == ("openvino",)
-    assert predictors["openvino (onnx)"].details == {"export": {"format": "onnx"}}
+    assert predictors["openvino (onnx)"].details == {"export": {"format": "onnx", "precision": "fp32"}}
     assert isinstance(NumpyPredictor(), Predictor)
 
 
