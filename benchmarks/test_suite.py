@@ -5,8 +5,9 @@
     .venv/bin/python benchmarks/test_suite.py --tier fast --tier full  # both tiers, one after the other
     .venv/bin/python benchmarks/test_suite.py --report-only
 
-Each tier runs in a fresh ``python -m pytest`` process with the arguments the Makefile gives it (the fast tier
-deselects the browser, Ray, export and torchrun tests) plus ``--durations=20``; the wall time is that of the
+Each tier runs in a fresh ``python -m pytest`` process with the arguments the Makefile gives it (two pytest-xdist
+workers, each file on one; the fast tier deselects the browser, Ray, export and torchrun tests; ``full-serial`` is
+the full suite in one process) plus ``--durations=20``; the wall time is that of the
 whole process (collection and start-up included). Rows merge by tier, so a rerun of one tier replaces its row.
 The machine line says how loaded the machine was before and after: the targets are for a quiet machine.
 """
@@ -24,11 +25,14 @@ from harness.cli import output_options, rebuild_report
 
 SUITE = "test_suite"
 DEFAULT_OUTPUT = RESULTS / SUITE
+PARALLEL = ["-n", "2", "--dist", "loadfile"]  # the Makefile's PYTEST_PARALLEL
 TIERS = {
-    "full": [],
-    "fast": ["-m", "not (browser or ray or export or ddp)"],
+    "full": PARALLEL,
+    "fast": [*PARALLEL, "-m", "not (browser or ray or export or ddp)"],
+    "full-serial": [],  # the same suite in one process, for comparison
 }
-TARGET_MINUTES = {"full": 10, "fast": 3}
+
+TARGET_MINUTES = {"full": 10, "fast": 3, "full-serial": 10}
 _SUMMARY = re.compile(r"(\d+) (passed|failed|skipped|errors?|deselected|xfailed|xpassed)")
 _DURATION = re.compile(r"^\s*([\d.]+)s (call|setup|teardown)\s+(\S+)")
 
