@@ -38,6 +38,19 @@ def pytest_collection_modifyitems(config, items):
         if tier:
             item.add_marker(getattr(pytest.mark, tier))
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For a test module of a trained detector (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP's waiting threads slowed
+    such tests ~50x (3 s → 3 min); the setting is restored for the other test files."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # The smallest settings under which each detector still does its real work. A new detector must add
 # an entry here: test_contract checks that every registered name has one.
 TINY_PARAMS: dict[str, dict] = {

@@ -20,12 +20,7 @@ from tests.conftest import TINY_PARAMS, make_records
 SMALL = {"image_size": 32, "batch_size": 4, "reconstruction_width": 4, "discriminative_width": 4, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

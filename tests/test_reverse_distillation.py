@@ -21,13 +21,7 @@ NAME = "reverse_distillation"
 SMALL = {"image_size": 32, "batch_size": 4, "blur_sigma": 1.0, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from intra-op threads; restore the setting for the other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

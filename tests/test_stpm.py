@@ -16,14 +16,7 @@ from tests.conftest import TINY_PARAMS, make_records
 SMALL = {"image_size": 32, "batch_size": 4, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny tensors gain nothing from intra-op threads, and on a loaded machine OpenMP's waiting threads
-    # slowed these tests ~50x (3 s → 3 min); restore the setting for the other test files.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
