@@ -11,7 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev,mnist,export,serve,ray]'
+	$(BIN)/pip install --quiet -e '.[dev,mnist,export,serve,ray,line,research,docs]'
 	touch $@
 
 demo: setup
@@ -25,6 +25,8 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile
 test: setup
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \
 		|| echo "Chromium could not be installed: the browser test will be skipped"
+	@(command -v mosquitto && command -v ffmpeg) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mosquitto ffmpeg) >/dev/null 2>&1 \
+		|| echo "mosquitto / ffmpeg could not be installed: the broker and RTSP tests will be skipped"
 	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # The fast tier: no browser, Ray, export or torchrun tests (see TIERS in tests/conftest.py).
