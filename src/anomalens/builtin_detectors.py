@@ -268,7 +268,7 @@ DETECTORS: dict[str, dict[str, Any]] = {
             ('weight_decay', '1e-05', 'a number >= 0', 'optimiser weight decay'),
             ('validation_fraction', '0.1', 'a number in [0, 0.9]', 'share of the fit images held out for the validation-loss curve'),
             ('restore_best', 'False', 'true or false', 'keep the best validation epoch instead of the last (the seed: last)'),
-            ('patience', 'null', 'an integer >= 1 or null', 'early stopping on the validation loss; null = train all epochs'),
+            ('patience', 'null', 'an integer >= 1 or null', 'epochs without validation improvement before stopping; null = never'),
             ('image_score', 'null', "one of 'sum', 'mean', 'max' or null", "reduction of the map to the image score; null = the seed's (A sum, B mean)"),
         ],
     },

@@ -69,6 +69,9 @@ from anomalens.models.components.ssim import LOSSES, RESIDUALS, check_loss, reco
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Bool, Choice, Float, Floats, Int, Size
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING, with_default
+
+
 # --------------------------------------------------------------------------------------- detector
 def _interior(maps: torch.Tensor, margin: int) -> torch.Tensor:
     """(B, H, W) maps without a ``margin``-pixel band along the border."""
@@ -104,7 +107,7 @@ class ConvAutoencoder(TrainedDetector):
                            optional=True),
         "epochs": Int(1024, "upper bound on the epochs; early stopping ends training", low=1),
         "lr": Float(1e-3, "Adam learning rate (Keras' default)", low=0.0, low_open=True),
-        "patience": Int(12, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **with_default(EARLY_STOPPING, patience=12),
         "lr_patience": Int(6, "reduce-on-plateau patience, in epochs", low=0),
         "lr_factor": Float(0.5, "reduce-on-plateau factor (ktrain's reduce_factor 2)", low=0.0, high=1.0, low_open=True),
         "validation_fraction": Float(0.1, "share of the fit images held out for the validation loss", low=0.0, high=0.9),

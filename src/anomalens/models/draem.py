@@ -50,6 +50,7 @@ from anomalens.models.components.ssim import reconstruction_loss
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Float, Floats, Int, Ints, Text
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 #: The discriminator halves the size five times: the networks see sizes that are multiples of this.
 SIZE_MULTIPLE = 32
@@ -204,7 +205,7 @@ class DRAEM(TrainedDetector):
         "validation_fraction": Float(
             0.0, "> 0: the loss on held-out normals given fixed simulated anomalies selects the best epoch (on "
             "the threshold hold-out when there is one); 0: keep the last epoch, as the paper", low=0.0, high=0.9),
-        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **EARLY_STOPPING,
     }
 
     def _check_params(self) -> None:

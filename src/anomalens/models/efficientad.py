@@ -69,6 +69,7 @@ from anomalens.models.components.pdn import (
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Choice, Float, Int, Ints, Text
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 QUANTILE_LOW, QUANTILE_HIGH = 0.9, 0.995  # Algorithm 2: q_a and q_b, mapped to 0 and 0.1
 MIN_SIDE = 64  # the autoencoder's five stride-2 convolutions and the PDN's 33-px patches need this much
@@ -161,7 +162,7 @@ class EfficientAD(TrainedDetector):
         "validation_fraction": Float(
             0.0, "> 0: the validation loss selects the best epoch, on the threshold hold-out when there is one; "
             "0: train every epoch and keep the last (the paper)", low=0.0, high=0.9),
-        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **EARLY_STOPPING,
     }
 
     _training_records: Sequence | None = None  # set while training: the teacher statistics come from them

@@ -52,6 +52,7 @@ from anomalens.errors import ConfigError
 from anomalens.models.components.dcgan import GANDetector, gan_init, residual_map, square_side
 from anomalens.params import Float, Int, Size
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 LEAK = 0.1
 
@@ -170,7 +171,7 @@ class EfficientGAN(GANDetector):
         "feature_weight": Float(0.1, "λ of the score", low=0.0, high=1.0),
         "validation_fraction": Float(0.0, "> 0: hold out this share of the fit images and keep the best "
                                      "validation epoch; 0: keep the last epoch (the seed)", low=0.0, high=0.9),
-        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **EARLY_STOPPING,
     }
 
     def _check_params(self) -> None:

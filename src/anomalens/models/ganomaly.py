@@ -50,6 +50,7 @@ from anomalens.models.components.dcgan import (
 )
 from anomalens.params import Choice, Float, Int, Size
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 SCORES = ("latent", "reconstruction")
 
@@ -103,7 +104,7 @@ class GANomaly(GANDetector):
         "score_type": Choice("latent", SCORES, "latent: mean (z − ẑ)² (the paper); reconstruction: mean |x − x̂|"),
         "validation_fraction": Float(0.0, "> 0: hold out this share of the fit images and keep the best "
                                      "validation epoch; 0: keep the last epoch", low=0.0, high=0.9),
-        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **EARLY_STOPPING,
     }
 
     def _check_params(self) -> None:

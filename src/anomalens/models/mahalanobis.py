@@ -34,13 +34,14 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from anomalens.backbones import DEFAULT_BACKBONE, PooledFeatureExtractor
+from anomalens.backbones import PooledFeatureExtractor
 from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
 from anomalens.models.components.gaussian import inverse_sqrt, ledoit_wolf, mahalanobis
-from anomalens.params import Ints, Text
+from anomalens.params import Ints
+from anomalens.models.components.shared_params import PRETRAINED_BACKBONE
 
 
 class MahalanobisGraph(nn.Module):
@@ -75,8 +76,7 @@ class MahalanobisAD(Detector):
     min_fit_images = 2  # a covariance needs two samples
     localizes = False
     hyperparameters = {
-        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
-        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        **PRETRAINED_BACKBONE,
         "levels": Ints(None, "pooled levels used, as indices into the backbone's levels (negative from the end); "
                        "null = all of them (paper)", optional=True),
     }

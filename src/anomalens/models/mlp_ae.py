@@ -37,6 +37,7 @@ from torch import nn
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Bool, Choice, Float, Int, Size
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 # Per-architecture defaults that the seed's two programs differ in; ``None`` parameters take these.
 ARCHITECTURES = {
@@ -107,7 +108,7 @@ class MLPAutoencoder(TrainedDetector):
         "validation_fraction": Float(0.1, "share of the fit images held out for the validation-loss curve",
                                      low=0.0, high=0.9),
         "restore_best": Bool(False, "keep the best validation epoch instead of the last (the seed: last)"),
-        "patience": Int(None, "early stopping on the validation loss; null = train all epochs", low=1, optional=True),
+        **EARLY_STOPPING,
         "image_score": Choice(None, ("sum", "mean", "max"), "reduction of the map to the image score; "
                               "null = the seed's (A sum, B mean)", optional=True),
     }

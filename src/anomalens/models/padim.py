@@ -61,7 +61,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from anomalens.backbones import FeatureExtractor
 from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
@@ -74,7 +74,8 @@ from anomalens.models.components.saved_state import (
     checked_channel_index,
     checked_float,
 )
-from anomalens.params import Float, Int, Ints, Text
+from anomalens.params import Float, Int, Ints
+from anomalens.models.components.shared_params import MAP_BLUR, PRETRAINED_BACKBONE
 
 # The paper's channel counts for its backbones (d of the concatenated layers 1-3).
 PAPER_N_FEATURES = {"resnet18": 100, "wide_resnet50_2": 550}
@@ -154,13 +155,12 @@ class PaDiM(Detector):
                                "without its fold; 0 = leave-one-out (exact, closed form: the default; with tiling one "
                                "image out at a time, fold by fold), 1 = hold-out only",
                                low=0),
-        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
-        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        **PRETRAINED_BACKBONE,
         "layers": Ints((1, 2, 3), "backbone levels whose features are concatenated", low=0),
         "n_features": Int(None, "d, random channels kept: null = the paper's d for its backbones, else min(100, all)",
                           low=1, optional=True),
         "epsilon": Float(0.01, "ε of the Σ + εI regulariser (eq. 1)", low=0.0, low_open=True),
-        "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
+        **MAP_BLUR,
     }
 
     def _check_params(self) -> None:

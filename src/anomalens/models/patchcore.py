@@ -71,7 +71,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from anomalens.backbones import FeatureExtractor
 from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
@@ -82,7 +82,8 @@ from anomalens.models.components.coreset_parts import CoresetPart, MergedCoreset
 from anomalens.models.components.knn import ExactNearest, nearest_in_two_groups, nearest_neighbors
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.saved_state import check_backbone_grid, check_tensor_names
-from anomalens.params import Choice, Float, Int, Ints, Text
+from anomalens.params import Choice, Float, Int, Ints
+from anomalens.models.components.shared_params import MAP_BLUR, PRETRAINED_BACKBONE
 
 
 def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: torch.Tensor, num_neighbors: int,
@@ -186,8 +187,7 @@ class PatchCore(Detector):
     crossfits = True  # the threshold from every training image, out of fold (module docstring)
     ann_index_ = None  # HNSW graph over the bank when search == "hnsw"
     hyperparameters = {
-        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
-        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        **PRETRAINED_BACKBONE,
         "layers": Ints((2, 3), "backbone levels (timm out_indices) of the patch features; the first sets the grid", low=0),
         "patch_size": Int(3, "p: odd side of the neighbourhood each feature is averaged over (eq. 2)", low=1),
         "pretrain_embed_dimension": Int(1024, "channels kept per layer at most (reference code)", low=1),
@@ -199,7 +199,7 @@ class PatchCore(Detector):
                                       "(null or 0: always exact)", low=0, optional=True),
         "num_neighbors": Int(9, "b of eq. 7, bank neighbours of m* in the re-weighting (1: none, score = s*)", low=1),
         "search": Choice("exact", ("exact", "hnsw"), "patch nearest neighbours: exact, or hnsw (approximate, needs faiss)"),
-        "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
+        **MAP_BLUR,
     }
 
     def _check_params(self) -> None:

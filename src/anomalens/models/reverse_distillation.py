@@ -48,6 +48,7 @@ from anomalens.models.components.reverse_resnet import BLOCKS, OneClassBottlenec
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Choice, Float, Floats, Int, Ints, Text
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 EPOCHS = 20  # the CPU default; the paper trains 200
 # The reference's decoder per block kind: (OCE blocks, decoder depths from the deepest level up).
@@ -121,7 +122,7 @@ class ReverseDistillation(TrainedDetector):
         "validation_fraction": Float(
             0.1, "> 0: the validation loss selects the kept epoch, on the threshold hold-out when there is one, "
             "else on this share of the fit images; 0: keep the last epoch (the paper)", low=0.0, high=0.9),
-        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **EARLY_STOPPING,
         "blur_sigma": Float(4.0, "Gaussian blur of the map in pixels (the paper: 4)", low=0.0),
     }
 

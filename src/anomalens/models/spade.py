@@ -27,14 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor
+from anomalens.backbones import FeatureExtractor
 from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.models.components.knn import nearest_neighbors
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.saved_state import check_tensor_names, checked_grid
-from anomalens.params import Float, Int, Ints, Text
+from anomalens.params import Int, Ints
+from anomalens.models.components.shared_params import MAP_BLUR, PRETRAINED_BACKBONE
 
 
 @register_detector
@@ -45,12 +46,11 @@ class SPADE(Detector):
     score_is_map_max = False
     tiles = True  # tile_size / tile_overlap: tiles are the gallery; image score = largest tile score
     hyperparameters = {
-        "backbone": Text(DEFAULT_BACKBONE, "feature extractor: a bundled or timm backbone name"),
-        "weights": Text(None, "backbone weights: null = bundled/timm pretrained, a file path, or 'random'", optional=True),
+        **PRETRAINED_BACKBONE,
         "layers": Ints((1, 2, 3), "backbone levels (timm out_indices) of the pixel-level pyramid", low=0),
         "global_layer": Int(4, "backbone level average-pooled for the image-level kNN", low=0),
         "top_k": Int(50, "K nearest training images (paper: 50; at most the number of training images is used)", low=1),
-        "blur_sigma": Float(4.0, "Gaussian blur of the anomaly map, in pixels (0: none)", low=0.0),
+        **MAP_BLUR,
     }
 
     def _check_params(self) -> None:

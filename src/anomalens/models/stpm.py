@@ -48,6 +48,7 @@ from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.trained import TrainedDetector
 from anomalens.params import Float, Int, Ints, Text
 from anomalens.registry import register_detector
+from anomalens.models.components.shared_params import EARLY_STOPPING
 
 
 def _position_errors(teacher: list[torch.Tensor], student: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -115,7 +116,7 @@ class STPM(TrainedDetector):
         "validation_fraction": Float(
             0.1, "> 0: the validation loss selects the best epoch, on the threshold hold-out when there is one, "
             "else on this share of the fit images; 0: keep the last epoch", low=0.0, high=0.9),
-        "patience": Int(None, "epochs without validation improvement before stopping; null = never", low=1, optional=True),
+        **EARLY_STOPPING,
         "blur_sigma": Float(0.0, "Gaussian blur of the map in pixels; the paper uses none", low=0.0),
     }
 
