@@ -273,7 +273,7 @@ def test_test_run_report_reconstructs_the_cases_it_shows(small_data, tmp_path):
     cases = [p for p in (tmp_path / "run" / "cases").glob("*.png")  # the full figures, not the thumbnails
              if not p.stem.endswith("_thumb") and p.name != "preview.png"]
     assert cases
-    from anomalens.report.overlay import CASE_PANEL_PX
+    from anomalens.report.annotated import CASE_PANEL_PX
 
     with Image.open(cases[0]) as im:  # input | reconstruction | residual + colour bar | ground truth
         assert im.size[0] >= 4 * CASE_PANEL_PX[0]  # 4 panels of at least 192 px (3 without the reconstruction)

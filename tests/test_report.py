@@ -38,7 +38,7 @@ from anomalens.report import (
     report_warnings,
     write_test_report,
 )
-from anomalens.report.overlay import CASE_PANEL_PX
+from anomalens.report.annotated import CASE_PANEL_PX
 from anomalens.workflow import predict_images
 
 N, H, W = 10, 32, 32

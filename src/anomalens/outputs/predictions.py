@@ -246,7 +246,8 @@ def write_heatmap(stage: Path, stem: str, picture: np.ndarray | None, source: An
     """One image's overlay (and mask) at its own resolution, with its colour scale and ``caption`` (score,
     normalized_score, threshold, anomalous) burnt in; runs in a writer thread. Returns its row fields."""
     from anomalens.data.pictures import bounded_picture, heatmap_picture
-    from anomalens.report.overlay import annotate_heatmap, render_heatmap
+    from anomalens.report.annotated import annotate_heatmap
+    from anomalens.report.overlay import render_heatmap
 
     # A frame too large to send back from the decoding worker is read here; frames above
     # HEATMAP_MAX_PIXELS are drawn scaled down to it (the mask and its area fraction too).

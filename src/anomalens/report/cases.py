@@ -1,6 +1,6 @@
 """The report's cases: which test images it shows (the anomalous ones scoring lowest, the normal ones scoring
 highest, the clearest detections) and their pictures — a full case figure and a thumbnail each, drawn with
-Pillow (:mod:`anomalens.report.overlay`). The pictures need the images, maps and scores, never the metrics,
+Pillow (:mod:`anomalens.report.annotated`). The pictures need the images, maps and scores, never the metrics,
 so ``anomalens test`` draws them in a forked process while it computes the metrics. And scores.csv, the
 report's one row per image."""
 
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from anomalens.outputs.atomic import atomic_path
-from anomalens.report.overlay import case_figure, case_thumbnail
+from anomalens.report.annotated import case_figure, case_thumbnail
 from anomalens.report.templating import write_text_atomic
 
 __all__ = ["CaseChoice", "choose_cases", "shown_pictures", "draw_cases", "case_entry", "case_verdict",

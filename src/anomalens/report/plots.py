@@ -1,5 +1,5 @@
 """Report plots: image ROC and precision-recall curves, pixel ROC and PRO curves, score histogram and loss
-curves. (The per-image case figures are drawn with Pillow: :func:`anomalens.report.overlay.case_figure`.)
+curves. (The per-image case figures are drawn with Pillow: :func:`anomalens.report.annotated.case_figure`.)
 
 Figures are built as :class:`matplotlib.figure.Figure` objects, never through
 ``pyplot``: nothing is registered in pyplot's global figure list (so nothing
