@@ -98,6 +98,9 @@ def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--test-normal", dest="test_normal", metavar="DIR", help="a folder of normal test images")
     p.add_argument("--masks", metavar="DIR",
                    help="masks of the --abnormal images: <stem>.png or <stem>_mask.png in DIR/<defect>/ or DIR/")
+    p.add_argument("--unified", action="store_true",
+                   help="DATA is a dataset root: every category under it as one dataset (one model for many products; "
+                        "test reports each category and the whole)")
 
 
 def data_source(args: argparse.Namespace) -> Any:
@@ -105,7 +108,7 @@ def data_source(args: argparse.Namespace) -> Any:
     from anomalens.data.layouts import data_source as source
 
     return source(args.data, layout=args.layout, normal=args.normal, abnormal=args.abnormal,
-                  test_normal=args.test_normal, masks=args.masks)
+                  test_normal=args.test_normal, masks=args.masks, unified=args.unified)
 
 
 # -- fit's hyper-parameters ----------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from anomalens.data.layouts import (
     find_categories,
     load_dataset,
 )
+from anomalens.data.unified import load_unified
 from anomalens.data.loco import is_loco_category, load_loco_category, read_defects_config
 from anomalens.data.mvtec import is_mvtec_category, load_mvtec_category
 from anomalens.data.mvtec_ad2 import is_mvtec_ad2_category, load_mvtec_ad2_category
@@ -107,6 +108,7 @@ __all__ = [
     "is_mvtec_category",
     "is_visa_object",
     "iterate_batches",
+    "load_unified",
     "iterate_decoded",
     "list_images",
     "load_btad_product",

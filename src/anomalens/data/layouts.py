@@ -185,10 +185,15 @@ class DatasetSource:
     abnormal_dirs: tuple[str | Path, ...] = ()
     test_normal_dir: str | Path | None = None
     mask_dir: str | Path | None = None
+    unified: bool = False  # every category under the root as one dataset (anomalens.data.unified)
 
     def __post_init__(self) -> None:
         if self.layout is not None:
             _layout(self.layout)
+        if self.unified and (self.abnormal_dirs or self.test_normal_dir is not None or self.mask_dir is not None
+                             or self.layout == "folder"):
+            raise ConfigError("--unified reads the categories of a dataset root; it does not combine with --normal, "
+                              "--abnormal, --test-normal or --masks")
         folder_options = bool(self.abnormal_dirs) or self.test_normal_dir is not None or self.mask_dir is not None
         if folder_options and self.layout not in (None, "folder"):
             raise ConfigError(f"--abnormal, --test-normal and --masks read plain folders; they do not combine "
@@ -206,6 +211,8 @@ class DatasetSource:
             parts.append(f"--test-normal {self.test_normal_dir}")
         if self.mask_dir is not None:
             parts.append(f"--masks {self.mask_dir}")
+        if self.unified:
+            parts.append("--unified")
         return " ".join(parts)
 
     @property
@@ -215,7 +222,11 @@ class DatasetSource:
         return tuple(Path(p) for p in (self.path, *self.abnormal_dirs, *extra) if p is not None)
 
     def load(self, name: str | None = None) -> AnomalyDataset:
-        """Read the dataset (see :func:`load_dataset`)."""
+        """Read the dataset (see :func:`load_dataset`; with ``unified``, :func:`anomalens.data.unified.load_unified`)."""
+        if self.unified:
+            from anomalens.data.unified import load_unified
+
+            return load_unified(self.path, layout=self.layout, name=name)
         kw: dict[str, object] = {}
         if self.abnormal_dirs:
             kw["abnormal_dirs"] = tuple(self.abnormal_dirs)
@@ -233,6 +244,7 @@ def data_source(
     abnormal: Iterable[str] = (),
     test_normal: str | None = None,
     masks: str | None = None,
+    unified: bool = False,
 ) -> str | DatasetSource:
     """The command line's data options as one DATA value: ``data`` itself when no option is given (so a
     plain DATA argument reads as it always did), else a :class:`DatasetSource`.
@@ -248,10 +260,10 @@ def data_source(
                           "--normal DIR with the normal training images")
     if normal is not None and layout not in (None, "folder"):
         raise ConfigError(f"--normal reads a plain folder of normal images; it does not combine with --layout {layout}")
-    if normal is None and layout is None and not abnormal and test_normal is None and masks is None:
+    if normal is None and layout is None and not abnormal and test_normal is None and masks is None and not unified:
         assert data is not None
         return data
     path = normal if normal is not None else data
     assert path is not None
     return DatasetSource(path=path, layout="folder" if normal is not None else layout, abnormal_dirs=abnormal,
-                         test_normal_dir=test_normal, mask_dir=masks)
+                         test_normal_dir=test_normal, mask_dir=masks, unified=unified)

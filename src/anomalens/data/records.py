@@ -19,6 +19,9 @@ class ImageRecord:
     thousands of images costs nothing until iterated) or in-memory arrays (used by
     the one-class protocols of MNIST-like datasets).
 
+    ``category``: in a unified dataset (one model for many products, :mod:`anomalens.data.unified`) the
+    category the image belongs to; empty otherwise.
+
     ``defect_masks``: the image's defects one file each, for layouts that annotate them separately
     (MVTec LOCO: ``ground_truth/<split>/<stem>/000.png, 001.png, ...``, the pixel value naming the
     defect type). ``mask`` is then their union, what pixel AUROC / AUPRO use; sPRO needs each defect
@@ -31,6 +34,7 @@ class ImageRecord:
     name: str = ""
     defect_type: str = "good"
     defect_masks: tuple[Path, ...] = ()
+    category: str = ""  # the dataset category of an image in a unified (many-category) dataset, else ""
 
     def __post_init__(self) -> None:
         # Names go into CSV, JSON and HTML files: a file name that is not UTF-8 is spelt with \xNN escapes.

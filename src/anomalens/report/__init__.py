@@ -13,7 +13,7 @@ from typing import Any
 # Every name loads on first use (PEP 562): predict draws heatmaps with ``overlay`` alone, and matplotlib's
 # figure machinery (``plots``, ~0.5 s) is imported only where a curve is drawn.
 _WHERE = {
-    **dict.fromkeys(["PixelCurves", "per_defect_type_metrics", "pixel_curves"], "breakdown"),
+    **dict.fromkeys(["PixelCurves", "per_category_metrics", "per_defect_type_metrics", "pixel_curves"], "breakdown"),
     **dict.fromkeys(["TestReport", "write_test_report"], "html_report"),
     "report_warnings": "operator_warnings",
     **dict.fromkeys(["annotate_heatmap", "case_figure", "case_thumbnail"], "annotated"),
@@ -40,6 +40,7 @@ __all__ = [
     "plot_score_histogram",
     "plot_loss_curves",
     "per_defect_type_metrics",
+    "per_category_metrics",
     "pixel_curves",
     "PixelCurves",
     "report_warnings",

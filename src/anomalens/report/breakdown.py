@@ -23,14 +23,46 @@ from numpy.typing import ArrayLike
 from scipy import ndimage
 
 from anomalens.cores import available_cores
-from anomalens.metrics import aupro, image_auroc, pixel_inputs
+from anomalens.metrics import aupro, evaluate, image_auroc, pixel_inputs
 
-__all__ = ["per_defect_type_metrics", "PixelCurves", "pixel_curves", "PRO_FPR_LIMIT"]
+__all__ = ["per_defect_type_metrics", "per_category_metrics", "PixelCurves", "pixel_curves", "PRO_FPR_LIMIT"]
 
 #: The FPR up to which the PRO curve is drawn and AUPRO integrated (as in ``anomalens.metrics.aupro``).
 PRO_FPR_LIMIT = 0.3
 # Pixels read to place the curve thresholds: quantiles of a strided sample are plenty for where to sample.
 _QUANTILE_SAMPLE = 1_000_000
+
+
+def per_category_metrics(
+    labels: ArrayLike,
+    scores: ArrayLike,
+    categories: Sequence[str],
+    threshold: float,
+    predicted: ArrayLike,
+    masks: ArrayLike | None = None,
+    maps: ArrayLike | None = None,
+) -> dict[str, dict[str, float | int]]:
+    """{category: metrics} for the test images of a unified dataset (one model for many products), in sorted
+    order: :func:`anomalens.metrics.evaluate` on each category's own images (its normals and its defects),
+    with the model's one threshold and its own decisions ``predicted``, plus ``n_images`` and
+    ``n_anomalous``. A category's AUROC says how well the shared model ranks that product's images; its TPR /
+    TNR at the shared threshold show what one threshold for every product costs."""
+    y = np.asarray(labels).reshape(-1).astype(np.int64)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    flagged = np.asarray(predicted).reshape(-1)
+    names = np.asarray([str(c) for c in categories])
+    if not (y.size == s.size == flagged.size == names.size):
+        raise ValueError(f"labels ({y.size}), scores ({s.size}), predicted ({flagged.size}) and categories "
+                         f"({names.size}) must have the same length")
+    with_pixels = masks is not None and maps is not None
+    out: dict[str, dict[str, float | int]] = {}
+    for category in sorted(set(names.tolist())):
+        rows = names == category
+        metrics = evaluate(y[rows], s[rows], threshold,
+                           masks=np.asarray(masks)[rows] if with_pixels else None,
+                           maps=np.asarray(maps)[rows] if with_pixels else None, predicted=flagged[rows])
+        out[category] = {**metrics, "n_images": int(rows.sum()), "n_anomalous": int(y[rows].sum())}
+    return out
 
 
 def per_defect_type_metrics(

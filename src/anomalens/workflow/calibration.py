@@ -15,7 +15,7 @@ from anomalens.outputs.marker import owned_names, read_marker, write_marker
 from anomalens.outputs.targets import check_target, folder_lock
 from anomalens.outputs.names import CALIBRATION_FILE, RUN_INFO_FILE
 from anomalens.progress import stage as logged_stage
-from anomalens.workflow.common import as_dataset, image_key
+from anomalens.workflow.common import as_test_dataset, image_key, run_categories
 
 
 def calibrate_run(
@@ -38,7 +38,7 @@ def calibrate_run(
     with folder_lock(check_target(run_dir)):  # no fit --overwrite or test of this run meanwhile
         clean_inside(run_dir)
         detector = load_detector(run_dir, device=device)
-        dataset = as_dataset(data)
+        dataset = as_test_dataset(data, run_categories(run_dir))
         records = dataset.test or unseen_by_run(run_dir, dataset.train)
         # Only normals the saved model never saw (for PaDiM / PatchCore none: the test split's normals serve).
         normals = detector.unseen_normals(dataset.train) if dataset.train and dataset.test else ()

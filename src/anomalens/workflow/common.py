@@ -15,6 +15,19 @@ def as_dataset(data: str | Path | AnomalyDataset) -> AnomalyDataset:
     return data if isinstance(data, AnomalyDataset) else load_dataset(data)
 
 
+def as_test_dataset(data: str | Path | AnomalyDataset, run_categories: list[str] | None) -> AnomalyDataset:
+    """DATA for a run's test or calibration: as :func:`as_dataset`, except that a plain dataset root given to a
+    unified run (one model for many products: ``run_categories``) is read as that run was fitted, every category
+    under it as one dataset (``anomalens.data.unified``). One category folder stays one category."""
+    if run_categories and isinstance(data, (str, Path)) and Path(data).is_dir():
+        from anomalens.data.layouts import detect_layout
+        from anomalens.data.unified import load_unified
+
+        if detect_layout(data) is None:
+            return load_unified(data)
+    return as_dataset(data)
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process so far, in MB (Linux/macOS)."""
     import resource
@@ -37,3 +50,17 @@ def image_key(record: ImageRecord) -> str:
 def read_dataset(data: str | Path | AnomalyDataset) -> AnomalyDataset:
     """DATA as ``fit_run`` reads it (a folder, a one-class protocol, a data source or a dataset)."""
     return as_dataset(data)
+
+
+def run_categories(run_dir: str | Path) -> list[str] | None:
+    """The categories a unified run was fitted on (run.json ``categories``), or None for any other run."""
+    import json
+
+    from anomalens.outputs.names import RUN_INFO_FILE
+
+    try:
+        info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # loading the run reports a missing or broken run folder in its own words
+    categories = info.get("categories") if isinstance(info, dict) else None
+    return [str(c) for c in categories] if isinstance(categories, list) and categories else None
