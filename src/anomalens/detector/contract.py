@@ -138,7 +138,13 @@ class Detector(ModelHooks):
 
     def _scoring_batch_size(self) -> int:
         """Images (tiles, when tiling) per call of the model's module."""
-        return int(self.params["batch_size"] or 16)
+        return int(self.setting("batch_size"))
+
+    def setting(self, key: str) -> Any:
+        """A hyper-parameter as fitting and scoring use it: its value, or where a detector declares a default
+        of None that depends on other parameters (MLP autoencoders: the architecture's), the value it stands
+        for. Every reader of an effective value asks here, so the dependent default is resolved once."""
+        return self.params[key]
 
     @property
     def is_fitted(self) -> bool:

@@ -62,7 +62,7 @@ class ModelHooks(ABC):
         desc = f"{self.name} {what}" if progress else None
         device = self.device
         cuda = device.type == "cuda"  # pinned batches, copied while the previous one runs
-        size, per_batch = self.sizing.batch_plan(records, self.params["batch_size"])
+        size, per_batch = self.sizing.batch_plan(records, self.setting("batch_size"))
         batches = iterate_batches(records, size, per_batch, channels=self.image_channels, desc=desc, pin_memory=cuda)
         for batch in batches:
             yield batch["image"].to(device, non_blocking=cuda)

@@ -204,10 +204,6 @@ class TrainedDetector(Detector):
         """Restore what ``_extra_tensors`` saved."""
 
     # -- settings ---------------------------------------------------------------------------------
-    def setting(self, key: str) -> Any:
-        """A hyper-parameter as training and scoring use it (a subclass may resolve defaults of None)."""
-        return self.params[key]
-
     @property
     def image_channels(self) -> int:
         """Channels the images are decoded to: the ``channels`` parameter where declared, else RGB."""
