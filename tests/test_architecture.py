@@ -123,7 +123,10 @@ def _private_uses(path: Path) -> list[str]:
     tree = ast.parse(path.read_text(), str(path))
     # Names this file defines itself (functions, methods, classes, attributes it assigns) are its own.
     own = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))}
-    own |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)}
+    # Attributes it stores on self / cls are its own too; one stored on another object is a use of that
+    # object's private state like any read (no loophole for `other._name = value`).
+    own |= {n.attr for n in ast.walk(tree) if isinstance(n, ast.Attribute) and isinstance(n.ctx, ast.Store)
+            and isinstance(n.value, ast.Name) and n.value.id in ("self", "cls")}
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("anomalens"):
@@ -241,3 +244,12 @@ def test_engines_set_no_attribute_on_the_detector_they_run():
 
     for name in ("padim", "patchcore", "stpm"):  # nor does a model keep a slot for one
         assert not hasattr(detector_class(name), "shard_runner") and not hasattr(detector_class(name), "data_parallel")
+
+
+def test_the_private_name_check_sees_state_stored_on_another_object(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("def wire(model, runner):\n    model._runner = runner\n\n"
+                      "class Own:\n    def __init__(self):\n        self._mine = 1\n\n    def read(self, other):\n"
+                      "        return self._mine\n")
+    uses = _private_uses(module)
+    assert uses == ["m.py:2 uses model._runner"]

@@ -113,3 +113,14 @@ def test_the_python_api_fits_and_tests_a_unified_dataset(root, tmp_path, one_tor
     anomalens.fit_run("padim", dataset, run, {"image_size": 48, "n_features": 20, "device": "cpu"}, progress=False)
     metrics = anomalens.test_run(run, dataset, progress=False, report=False)
     assert set(metrics["per_category"]) == {"brick", "coffee"}
+
+
+def test_fit_run_takes_a_configured_detector(root, tmp_path, one_torch_thread):
+    import anomalens
+
+    detector = anomalens.create_detector("padim", image_size=48, n_features=20, device="cpu")
+    fitted = anomalens.fit_run(detector, root / "brick", tmp_path / "run", progress=False)
+    assert fitted is detector and detector.is_fitted
+    assert anomalens.load_detector(tmp_path / "run").params == detector.params
+    with pytest.raises(ConfigError, match="already configured"):
+        anomalens.fit_run(detector, root / "brick", tmp_path / "other", {"n_features": 10}, progress=False)
