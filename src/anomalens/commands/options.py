@@ -105,7 +105,7 @@ def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
 
 def data_source(args: argparse.Namespace) -> Any:
     """DATA as the workflow takes it: the argument itself, or a DatasetSource carrying the data options."""
-    from anomalens.data.layouts import data_source as source
+    from anomalens.data.sources import data_source as source
 
     return source(args.data, layout=args.layout, normal=args.normal, abnormal=args.abnormal,
                   test_normal=args.test_normal, masks=args.masks, unified=args.unified)

@@ -24,12 +24,11 @@ from anomalens.data.layouts import (
     LAYOUT_HELP,
     LAYOUT_NAMES,
     LAYOUTS,
-    DatasetSource,
-    data_source,
     detect_layout,
     find_categories,
     load_dataset,
 )
+from anomalens.data.sources import DatasetSource, data_source
 from anomalens.data.unified import load_unified
 from anomalens.data.loco import is_loco_category, load_loco_category, read_defects_config
 from anomalens.data.mvtec import is_mvtec_category, load_mvtec_category
