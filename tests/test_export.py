@@ -26,7 +26,7 @@ pytest.importorskip("openvino")
 # Every detector whose inference is a fixed graph, with settings smaller still than TINY_PARAMS where a
 # model trains (parity does not need a good model; one epoch keeps the suite short).
 EXPORTABLE = ["padim", "patchcore", "mahalanobis", "stpm", "mlp_ae", "mvtec_cae", "baseline_cae", "inception_cae",
-              "resnet_cae", "skip_cae", "ganomaly", "efficientgan"]
+              "resnet_cae", "skip_cae", "ganomaly", "efficientgan", "ensemble"]
 REFUSED = {"anogan": "latent search", "spade": "retrieves its K nearest training images"}
 SHORT = {"epochs": 1}
 

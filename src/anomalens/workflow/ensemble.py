@@ -1,0 +1,54 @@
+"""``anomalens ensemble``: an ensemble detector fitted from the settings of fitted runs (``models.ensemble``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from anomalens.errors import ConfigError
+from anomalens.models.ensemble import SHARED_PARAMS
+from anomalens.outputs.names import RUN_INFO_FILE
+from anomalens.persistence import read_config
+from anomalens.tiling import TILING_PARAMS
+
+
+def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tuple[dict[str, Any], str | None]:
+    """(the ensemble's parameters, the runs' common training data or None) from fitted runs: every member
+    with its run's hyper-parameters; the shared ones (image size, resize, decoding, device, seed) taken from
+    the first run and required to agree. The members are fitted again by the ensemble (its threshold needs
+    every member fitted without each fold), on the data the runs were fitted on unless another is given."""
+    if len(run_dirs) < 2:
+        raise ConfigError("ensemble: give two or more runs")
+    members: list[str] = []
+    member_params: dict[str, dict[str, Any]] = {}
+    shared: dict[str, Any] = {}
+    data: set[str] = set()
+    for run_dir in run_dirs:
+        config = read_config(run_dir)
+        name, params = config.get("detector"), dict(config.get("params") or {})
+        if name in members:
+            raise ConfigError(f"{run_dir}: a second {name} run; an ensemble takes each detector once")
+        if name == "ensemble":
+            raise ConfigError(f"{run_dir}: is an ensemble itself; give its members' runs")
+        if params.get("tile_size"):
+            raise ConfigError(f"{run_dir}: tiles its images; the members of an ensemble score one untiled input")
+        for key in SHARED_PARAMS:
+            if key in shared and params.get(key) != shared[key]:
+                raise ConfigError(f"{run_dir}: {key} is {params.get(key)!r}, the first run's is {shared[key]!r}; the "
+                                  "members of an ensemble share it")
+            shared[key] = params.pop(key, None)
+        for key in TILING_PARAMS:
+            params.pop(key, None)
+        members.append(str(name))
+        member_params[str(name)] = params
+        try:
+            info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text(encoding="utf-8"))
+            data.add(str(info["data"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            data.add("")
+    if shared.get("resize") == "keep_aspect":
+        raise ConfigError("ensemble: the runs keep the images' aspect; an ensemble's members score one squashed input")
+    params = {"members": ",".join(members), "member_params": json.dumps(member_params, sort_keys=True),
+              "combine": combine, **{k: v for k, v in shared.items() if v is not None}}
+    return params, (data.pop() if len(data) == 1 and "" not in data else None)
