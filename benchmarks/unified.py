@@ -1,6 +1,6 @@
 """One model for many products against one model per product (issue 27, item 4).
 
-    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/unified.py                  # patchcore + stpm, 5 categories
+    OMP_NUM_THREADS=2 .venv/bin/python benchmarks/unified.py --size stpm=128  # patchcore + stpm, 5 categories
     OMP_NUM_THREADS=2 .venv/bin/python benchmarks/unified.py --detectors patchcore --categories brick coffee
     .venv/bin/python benchmarks/unified.py --smoke --output /tmp/unified      # padim, 2 categories, 64 px
 
@@ -39,8 +39,9 @@ HERE_WORK = WORK / "unified"
 CATEGORIES = ["brick", "grass", "gravel", "coffee", "chelsea"]
 DETECTORS = ["patchcore", "stpm"]
 FIT_PARAMS = {"patchcore": ["-p", "threshold_folds=1"], "padim": [],
-              "stpm": ["-p", "threshold_folds=1", "-p", "epochs=10"]}
+              "stpm": ["-p", "threshold_folds=1", "-p", "epochs=5"]}
 MODEL_FILES = ("detector.json", "weights.safetensors")  # what a deployment copies of a run
+FRESH = False  # --fresh: measure again what an earlier, stopped invocation measured
 CLI = [sys.executable, "-c", "import sys; from anomalens.cli import main; sys.exit(main())"]
 FIGURES = ("image_auroc", "pixel_auroc", "aupro", "tpr", "tnr")
 
@@ -77,7 +78,21 @@ def model_megabytes(run: Path) -> float:
 
 
 def fit_and_test(detector: str, data: Path, run: Path, extra: list[str]) -> dict:
-    """Fit then test in fresh processes; the fit's time and peak RSS, the test's metrics."""
+    """Fit then test in fresh processes; the fit's time and peak RSS, the test's metrics. A measurement is kept
+    beside its run (``measured.json``, with the settings it was made with), so a stopped suite continues where it
+    stopped instead of fitting again; --fresh measures everything again."""
+    settings = {"detector": detector, "data": str(data), "params": FIT_PARAMS[detector], "extra": extra}
+    kept = run / "measured.json"
+    if kept.is_file() and not FRESH:
+        measured = json.loads(kept.read_text())
+        if measured.get("settings") == settings:
+            return measured["figures"]
+    figures = _fit_and_test(detector, data, run, extra)
+    kept.write_text(json.dumps({"settings": settings, "figures": figures}))
+    return figures
+
+
+def _fit_and_test(detector: str, data: Path, run: Path, extra: list[str]) -> dict:
     fit = run_job([*CLI, "fit", detector, str(data), "-o", str(run), "-q", "--device", "cpu", "--overwrite",
                    *FIT_PARAMS[detector], *extra], threads=_threads(), src=ROOT / "src")
     test = run_job([*CLI, "test", str(run), str(data), "-q", "--device", "cpu", "--no-report"],
@@ -87,8 +102,8 @@ def fit_and_test(detector: str, data: Path, run: Path, extra: list[str]) -> dict
             "test_peak_rss_mb": test.peak_rss_mb, "model_mb": model_megabytes(run), "metrics": metrics}
 
 
-def measure(detector: str, categories: list[str], smoke: bool) -> list[dict]:
-    extra = ["--image-size", "64"] if smoke else []
+def measure(detector: str, categories: list[str], smoke: bool, image_size: int | None) -> list[dict]:
+    extra = ["--image-size", "64"] if smoke else (["--image-size", str(image_size)] if image_size else [])
     runs = HERE_WORK / "runs"
     per_product = {c: fit_and_test(detector, _category(c, smoke), runs / f"{detector}-{c}", extra) for c in categories}
     unified = fit_and_test(detector, unified_root(categories, smoke), runs / f"{detector}-unified", [*extra, "--unified"])
@@ -151,6 +166,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--categories", nargs="+", default=CATEGORIES)
     parser.add_argument("--detectors", nargs="+", default=DETECTORS, choices=sorted(FIT_PARAMS))
+    parser.add_argument("--size", action="append", default=[], metavar="DETECTOR=N",
+                        help="the image size of one detector (default: its own, 256 px)")
+    parser.add_argument("--fresh", action="store_true", help="measure again what a stopped invocation measured")
     output_options(parser, OUTPUT, smoke="padim on brick and coffee at 64 px")
     args = parser.parse_args()
     refuse_smoke_into(parser, args, OUTPUT)
@@ -159,16 +177,20 @@ def main() -> None:
         return
     if args.smoke:
         args.categories, args.detectors = ["brick", "coffee"], ["padim"]
+    global FRESH
+    FRESH = args.fresh
+    sizes = {d: int(n) for d, n in (item.split("=", 1) for item in args.size)}
     run = Run()
     rows: list[dict] = []
     for detector in args.detectors:
-        rows += measure(detector, args.categories, args.smoke)
+        rows += measure(detector, args.categories, args.smoke, sizes.get(detector))
         print(f"{detector}: done", flush=True)
     entry = run.record()
     data = (("synthetic categories " + ", ".join(args.categories))
             + (" (smoke: 20 training images, 64 px)" if args.smoke else
                " (120 training normals, 30 normal + 40 defective test images each, 256 px)"))
-    settings = "; ".join(f"{d}: defaults " + " ".join(FIT_PARAMS[d]) for d in args.detectors)
+    settings = "; ".join(f"{d}: defaults " + " ".join(FIT_PARAMS[d])
+                         + (f" at {sizes[d]} px" if d in sizes else "") for d in args.detectors)
     results = Results(SUITE, rows=rows, machine=machine("cpu"), settings={"categories": args.categories,
                       "detectors": args.detectors, "threads": _threads()}, runs=[entry],
                       sections={"data": data, "fit_settings": settings})
