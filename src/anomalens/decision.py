@@ -127,7 +127,9 @@ class DecisionRule:
             description=f"false-alarm rate {false_alarm_rate:g}: quantile {quantile:g} of {len(scores)} {what}",
             pixel_threshold=pixel_threshold,
             map_reference=map_reference,
-            evidence={"false_alarm_rate": false_alarm_rate, "n_normal": int(len(scores)), "folds": int(folds)},
+            # the scores themselves: the reference of the service's drift test (anomalens.monitoring)
+            evidence={"false_alarm_rate": false_alarm_rate, "n_normal": int(len(scores)), "folds": int(folds),
+                      "normal_scores": [float(v) for v in scores.reshape(-1)]},
             score_reference=float(np.median(scores)),
         )
 

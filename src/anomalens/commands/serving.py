@@ -24,6 +24,11 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
                    help="require 'Authorization: Bearer TOKEN' (default: $ANOMALENS_TOKEN; prefer the variable, "
                         "a command line is visible to other users)")
     add_limit_arguments(p)
+    p.add_argument("--watch", default=None, metavar="SOURCE",
+                   help="also score what SOURCE delivers, as 'anomalens watch' does, while serving: a hot folder, a "
+                        "video file, a stream URL or camera:N (its verdicts join the history and /metrics)")
+    p.add_argument("--sink", action="append", default=None, metavar="SPEC",
+                   help="--watch: where its verdicts go (repeatable; default jsonl = stdout; see 'anomalens watch --help')")
     p.add_argument("-q", "--quiet", action="store_true", help="no access log")
     add_log_level_argument(p)
     p.set_defaults(func=run_serve)
@@ -42,8 +47,11 @@ def run_serve(args: argparse.Namespace) -> None:
     from anomalens.serve.inference import load_served_model
     from anomalens.serve.server import bind_socket, make_server
 
+    if args.sink and not args.watch:
+        raise AnomalensError("--sink sends the verdicts of --watch SOURCE; give --watch too")
     model = load_served_model(args.model, runtime=args.runtime, device=args.device)
-    app = create_app(model, settings=settings)
+    watch = {"source": args.watch, "sinks": args.sink or ["jsonl"]} if args.watch else None
+    app = create_app(model, settings=settings, watch=watch)
     sock = bind_socket(settings.host, settings.port)  # a port in use: one line, before the banner
     if not settings.loopback and settings.token is None:
         print(f"anomalens: warning: serving on {settings.host} without a token: anyone who reaches this port can use "

@@ -14,6 +14,8 @@
 - ``batching.py``: the dynamic micro-batcher (one model thread; concurrent requests share batches);
 - ``inference.py``: decode → model → the JSON of one image (score, verdict, regions, heatmap);
 - ``uploads.py``: bounded body reading, in-memory multipart parsing, safe image decoding;
+- ``request_metrics.py``: every request's route, status and time into ``/metrics`` (``anomalens.monitoring``);
+  the history and the operator's feedback live in ``anomalens.feedback.store`` (``state_dir``);
 - ``static/``: the operator page and the offline API reference (no CDN: the line has no internet).
 
 Needs the optional extra: ``pip install 'anomalens[serve]'`` (FastAPI, uvicorn, python-multipart). Names are

@@ -8,6 +8,11 @@ Endpoints (``/docs`` lists them with their schemas, rendered offline from ``/ope
   in order; an image that cannot be decoded gets ``{"image", "error"}`` in its place and the others are scored;
 - ``GET /health`` — liveness, uptime and the micro-batcher's statistics (no token needed);
 - ``GET /model`` — the detector, its parameters, the decision rule, the input size, versions, the limits;
+- ``GET /history`` — the stored verdicts, newest first, paged (``?limit=&before=``); ``GET /history/{id}/image``
+  — a kept image; ``POST /feedback/{id}`` with ``{"judgement": "false_alarm" | "confirmed_defect" |
+  "missed_defect" | null}`` — the operator's judgement (400 when it does not fit the verdict, 404 for an unknown
+  id). Only with a state folder (``state_dir``; ``anomalens serve`` has one by default): ``anomalens.feedback``;
+- ``GET /metrics`` — Prometheus text format (requests, latency, verdicts, queue, drift: ``anomalens.monitoring``);
 - ``GET /`` — the operator page (``static/``), ``GET /docs`` — the API reference. Both are files of this
   package held in memory and served by exact name: no request path is ever looked up on the file system.
 
@@ -27,6 +32,7 @@ traceback). FastAPI's own Swagger UI and ReDoc pages load their scripts from a C
 import asyncio
 import dataclasses
 import hmac
+import json
 import logging
 import os
 import time
@@ -35,8 +41,10 @@ from importlib import resources
 from typing import Any
 
 from anomalens.errors import AnomalensError, ConfigError
+from anomalens.feedback.store import MEDIA_TYPES, JudgementError
 from anomalens.serve.guard import Guard
 from anomalens.serve.inference import ServedModel, elapsed_ms
+from anomalens.serve.request_metrics import RequestMetrics
 from anomalens.serve.service import Service
 from anomalens.serve.settings import ServeSettings
 from anomalens.serve.uploads import (
@@ -118,6 +126,8 @@ def create_app(
     decode_threads: int | None = None,
     *,
     settings: ServeSettings | None = None,
+    drift_reference: Any = None,
+    watch: dict[str, Any] | None = None,
     **options: Any,
 ) -> Any:
     """The service for ``model``: a fitted ``Detector``, an ``ExportedDetector`` or a ``ServedModel``.
@@ -131,7 +141,12 @@ def create_app(
     width × height decoded (400 beyond: decompression bombs). ``max_files``: images per batch request.
     ``decode_threads``: uploads decoded at once (default: the CPU cores, 2 to 8): decoding is where a burst
     of large images costs CPU and memory, so it is bounded. ``host`` (default 127.0.0.1) is the address the
-    server binds: the Host header must name it (or localhost, or ``allowed_hosts``).
+    server binds: the Host header must name it (or localhost, or ``allowed_hosts``). ``state_dir``: the folder
+    of the history and the operator's feedback (None, the default here: no history). ``drift_reference``: the
+    normal scores the drift test compares with (default: those the run's decision rule records), or a
+    ready ``anomalens.monitoring.DriftMonitor`` (its own window and level). ``watch``:
+    ``{"source": SOURCE, **Watcher options}`` — also watch a hot folder / video / stream / camera in the
+    background while the service runs (``anomalens.line.in_service``).
     """
     _require_fastapi()
     from fastapi import Depends, FastAPI, Query, Request
@@ -162,19 +177,29 @@ def create_app(
         batch = served.model.batch_size
         settings = dataclasses.replace(settings, max_batch=batch).validate()
     threads = settings.decode_threads or max(2, min(8, os.cpu_count() or 2))
-    service = Service(served, settings, settings.max_batch, threads)
+    service = Service(served, settings, settings.max_batch, threads, drift_reference=drift_reference)
     static = _static_files()
+    watcher = None
+    if watch is not None:
+        from anomalens.line.in_service import service_watcher
+
+        watcher = service_watcher(service, **watch)  # a bad source or sink: one line, before serving
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        if watcher is not None:
+            watcher.start()
         yield
-        await asyncio.to_thread(service.batcher.close)
+        if watcher is not None:  # the image in hand is finished and the sinks flushed while the batcher still runs
+            watcher.stop()
+            await asyncio.to_thread(watcher.join)
+        await asyncio.to_thread(service.close)
 
     class GuardedFastAPI(FastAPI):
         """FastAPI with guard.py's checks outermost: before its own middleware and error handling."""
 
         def build_middleware_stack(self) -> Any:
-            return Guard(super().build_middleware_stack(), service)
+            return RequestMetrics(Guard(super().build_middleware_stack(), service), service.metrics, self.router.routes)
 
     app = GuardedFastAPI(
         title="anomalens inspection service",
@@ -184,6 +209,8 @@ def create_app(
         docs_url=None, redoc_url=None, openapi_url="/openapi.json", lifespan=lifespan,
     )
     app.state.service = service
+    app.state.watcher = watcher
+    app.state.metrics = service.metrics
     bearer = HTTPBearer(auto_error=False, description="only when the service was started with a token")
 
     async def authorize(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:
@@ -294,14 +321,84 @@ def create_app(
 
     @app.get("/health", tags=["service"], summary="Liveness, uptime and batching statistics")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "detector": served.name, "runtime": served.runtime,
+        return {"status": "ok", "detector": served.name, "runtime": served.runtime, "model_id": service.model_id,
                 "auth_required": service.token is not None, "uptime_s": round(time.time() - service.started, 1),
-                "counts": dict(service.counts), "load": service.load(), "batching": service.batcher.stats()}
+                "counts": dict(service.counts), "load": service.load(), "batching": service.batcher.stats(),
+                "history": service.history is not None, "drift": service.drift.status()}
 
     @app.get("/model", dependencies=[Depends(authorize)], tags=["service"], responses={401: _ERRORS[401]},
              summary="The detector, its parameters, the decision rule, input size, versions and limits")
     async def model_info() -> dict[str, Any]:
         return {**served.describe(), "limits": service.limits()}
+
+    # ------------------------------------------------------------------- history, feedback and metrics
+    def history_store() -> Any:
+        if service.history is None:
+            raise HTTPException(404, "this service keeps no history (start it with a state folder: anomalens serve "
+                                     "RUN --state DIR, or create_app(..., state_dir=DIR))")
+        return service.history
+
+    @app.get("/history", dependencies=[Depends(authorize)], tags=["feedback"],
+             summary="The stored verdicts and their judgements, newest first (paged)")
+    async def history(limit: int = Query(50, ge=1, le=500, description="results per page"),
+                      before: int | None = Query(None, ge=1, description="only results older than this id (the "
+                                                                         "previous page's next_before)")
+                      ) -> dict[str, Any]:
+        store = history_store()
+        page = await asyncio.to_thread(store.page, limit, before)
+        for item in page["items"]:
+            item["image_url"] = f"/history/{item['id']}/image" if item.pop("image_file") else None
+        return {**page, "stats": await asyncio.to_thread(store.stats)}
+
+    @app.get("/history/{result_id}/image", dependencies=[Depends(authorize)], tags=["feedback"],
+             summary="A kept image of the history (404 once the retention removed it)")
+    async def history_image(result_id: int) -> Response:
+        store = history_store()
+        item = await asyncio.to_thread(store.get, result_id)
+        path = store.image_path(item) if item else None
+        if path is None:
+            raise HTTPException(404, f"no kept image for result {result_id}")
+        try:
+            content = await asyncio.to_thread(path.read_bytes)
+        except OSError:  # removed by the retention meanwhile
+            raise HTTPException(404, f"no kept image for result {result_id}") from None
+        return Response(content, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
+                        headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
+
+    @app.post("/feedback/{result_id}", dependencies=[Depends(authorize)], tags=["feedback"],
+              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
+                  "type": "object", "required": ["judgement"], "properties": {"judgement": {
+                      "type": "string", "nullable": True,
+                      "enum": ["false_alarm", "confirmed_defect", "missed_defect"]}}}}}}},
+              responses={400: {"description": "a judgement that does not fit the verdict, or a malformed body"},
+                         404: {"description": "no such result, or no history kept"}},
+              summary="The operator's judgement of a result: false_alarm / confirmed_defect (flagged), "
+                      "missed_defect (passed), null to clear")
+    async def feedback(result_id: int, request: Request) -> dict[str, Any]:
+        store = history_store()
+        body = await read_body(dict(request.headers), request.stream(), 4096)
+        try:
+            payload = json.loads(body or b"null")
+        except ValueError:
+            raise HTTPException(400, 'the body must be JSON: {"judgement": "false_alarm"}') from None
+        if not isinstance(payload, dict) or "judgement" not in payload:
+            raise HTTPException(400, 'the body must be a JSON object with "judgement" (false_alarm, '
+                                     'confirmed_defect, missed_defect or null)')
+        judgement = payload["judgement"]
+        if judgement is not None and not isinstance(judgement, str):
+            raise HTTPException(400, f"judgement must be a string or null, got {type(judgement).__name__}")
+        try:
+            item = await asyncio.to_thread(store.judge, result_id, judgement)
+        except JudgementError as exc:
+            raise HTTPException(404 if exc.missing else 400, str(exc)) from None
+        item["image_url"] = f"/history/{item['id']}/image" if item.pop("image_file") else None
+        return item
+
+    @app.get("/metrics", dependencies=[Depends(authorize)], tags=["service"],
+             summary="Prometheus metrics: requests, latency, verdicts, queue, dropped frames, sinks, drift")
+    async def metrics() -> Response:
+        body, content_type = service.render_metrics()
+        return Response(body, media_type=content_type)
 
     # ------------------------------------------------------------------------------- pages (in memory)
     def page(name: str) -> Response:

@@ -1,5 +1,7 @@
 """The service's state, apart from its routes (``app.py``): the model and its micro-batcher, the limits, the
-counters, the decoded-pixel budget shared by all requests (:class:`PixelGate`), and the graceful drain."""
+counters, the decoded-pixel budget shared by all requests (:class:`PixelGate`), the graceful drain, and what
+the line keeps of its verdicts: the Prometheus metrics and the drift test (``anomalens.monitoring``), the
+history and the operator's feedback (``anomalens.feedback.store``, when ``state_dir`` is set)."""
 
 import asyncio
 import collections
@@ -9,6 +11,8 @@ import time
 from contextlib import asynccontextmanager
 from typing import Any
 
+from anomalens.feedback.store import FeedbackStore, Retention
+from anomalens.monitoring import DriftMonitor, LineMetrics, reference_scores
 from anomalens.serve.batching import MicroBatcher
 from anomalens.serve.inference import ServedModel, elapsed_ms
 from anomalens.serve.settings import HostPolicy, ServeSettings
@@ -76,7 +80,8 @@ class PixelGate:
 class Service:
     """The app's state: the model, the batcher, the settings (limits), the counters."""
 
-    def __init__(self, model: ServedModel, settings: ServeSettings, max_batch: int, decode_threads: int) -> None:
+    def __init__(self, model: ServedModel, settings: ServeSettings, max_batch: int, decode_threads: int,
+                 drift_reference: Any = None) -> None:
         self.model = model
         self.settings = settings
         self.token = settings.token
@@ -96,6 +101,41 @@ class Service:
         self.draining = False  # set when a graceful shutdown starts (server.py)
         self.drain_by: float | None = None  # event-loop time by which bodies still arriving are refused
         self.body_waits: set = set()  # the asyncio.timeout of each body read in progress (guard.py)
+        self.model_id = model.model_id
+        self.metrics = LineMetrics(self.model_id)
+        rule = model.decision
+        if isinstance(drift_reference, DriftMonitor):  # a monitor set up by the caller (its window, its level)
+            self.drift = drift_reference
+        else:
+            reference = reference_scores(rule.to_dict()) if drift_reference is None else list(drift_reference)
+            # Under the minimum-area rule the verdict does not follow the score: no cut at the image threshold.
+            self.drift = DriftMonitor(reference, threshold=None if rule.uses_area else float(rule.image_threshold))
+        self.metrics.watch_drift(self.drift)
+        self.history: FeedbackStore | None = None
+        if settings.state_dir is not None:
+            self.history = FeedbackStore(settings.state_dir, Retention(
+                settings.history_max_images, settings.history_max_age_days, settings.history_max_mb))
+
+    def observe(self, result: dict[str, Any], data: bytes | None, source: str = "upload") -> int | None:
+        """One verdict into the metrics, the drift window and the history (with its image); its history id."""
+        self.metrics.observe_verdict(bool(result["anomalous"]), float(result["normalized_score"]))
+        self.drift.observe(float(result["score"]), bool(result["anomalous"]))
+        if self.history is None:
+            return None
+        return self.history.add(image=result["image"], score=result["score"],
+                                normalized_score=result["normalized_score"], anomalous=result["anomalous"],
+                                model_id=self.model_id, threshold=result.get("threshold"),
+                                regions=result.get("regions") or [], data=data, source=source)
+
+    def render_metrics(self) -> tuple[bytes, str]:
+        """The Prometheus exposition, the queue depth read now."""
+        self.metrics.set_queue_depth(self.batcher.pending)
+        return self.metrics.render()
+
+    def close(self) -> None:
+        self.batcher.close()
+        if self.history is not None:
+            self.history.close()
 
     def limits(self) -> dict[str, Any]:
         return {**self.settings.limits(), "max_batch": self.batcher.max_batch,
@@ -163,4 +203,5 @@ class Service:
             "total": elapsed_ms(received),
         }
         self.counts["images"] += 1
+        result["history_id"] = await run_in_threadpool(self.observe, result, upload.data)
         return result

@@ -28,6 +28,10 @@ HTTP header, ...). The defaults are the limits the README states:
 - ``keep_alive_s`` 5 s: an idle keep-alive connection is closed;
 - ``shutdown_timeout_s`` 5 s: on SIGTERM / Ctrl+C new requests get 503, requests in flight get 5 s to
   finish; a body still arriving at 80 % of it, or a request still running at its end → 503.
+- ``state_dir`` (``--state``): the folder of the history of verdicts and operator feedback
+  (``anomalens.feedback.store``; the command line's default: ``$XDG_STATE_HOME/anomalens/serve/<model>-<hash>``,
+  the Python API's: None, no history); ``history_max_images`` 10000, ``history_max_age_days`` 30,
+  ``history_max_mb`` 1000: the images it keeps (the oldest unjudged go first).
 
 Connection-level limits (header timeout, connections, keep-alive, graceful shutdown) need the server
 ``anomalens serve`` runs (:func:`anomalens.serve.server.run_server`); the others are enforced by the
@@ -42,6 +46,7 @@ import math
 import numbers
 import socket
 from dataclasses import dataclass, field
+from os import PathLike
 from typing import Any
 
 from anomalens.errors import ConfigError
@@ -57,7 +62,8 @@ _OPTIONS = {
     "max_batch": "--max-batch", "max_wait_ms": "--max-wait-ms", "max_connections": "--max-connections",
     "max_in_flight": "--max-in-flight", "max_per_client": "--max-per-client",
     "header_timeout_s": "--header-timeout", "body_timeout_s": "--body-timeout",
-    "shutdown_timeout_s": "--shutdown-timeout",
+    "shutdown_timeout_s": "--shutdown-timeout", "state_dir": "--state", "history_max_images": "--history-max-images",
+    "history_max_age_days": "--history-max-age-days", "history_max_mb": "--history-max-mb",
 }
 
 
@@ -85,6 +91,12 @@ class ServeSettings:
     body_timeout_s: float = 60.0
     keep_alive_s: float = 5.0
     shutdown_timeout_s: float = 5.0
+    # The history of verdicts and operator feedback (anomalens.feedback.store): its folder (None: no history)
+    # and how many of the images it keeps.
+    state_dir: str | None = None
+    history_max_images: int = 10_000
+    history_max_age_days: float = 30.0
+    history_max_mb: float = 1_000.0
     cli: bool = field(default=False, compare=False, repr=False)  # messages name the command-line options
 
     @property
@@ -184,6 +196,13 @@ class ServeSettings:
         for key in ("header_timeout_s", "body_timeout_s", "keep_alive_s"):
             v[key] = self._number(key, 0, 3600, "a number of seconds > 0 (at most 3600)", low_open=True)
         v["shutdown_timeout_s"] = self._number("shutdown_timeout_s", 0, 3600, "a number of seconds from 0 to 3600")
+        state = self.state_dir
+        if state is not None and (not isinstance(state, (str, PathLike)) or not str(state).strip()):
+            raise self._fail("state_dir", "a folder for the history", state)
+        v["state_dir"] = None if state is None else str(state)
+        v["history_max_images"] = self._number("history_max_images", 0, 10**9, "a whole number ≥ 0", integer=True)
+        v["history_max_age_days"] = self._number("history_max_age_days", 0, 36_500, "a number of days from 0 to 36500")
+        v["history_max_mb"] = self._number("history_max_mb", 0, 10**7, "a number of MB ≥ 0")
         return dataclasses.replace(self, **v)
 
     def limits(self) -> dict[str, Any]:
@@ -313,15 +332,37 @@ def add_serve_arguments(parser: Any) -> None:
     parser.add_argument("--shutdown-timeout", type=float, metavar="S", default=d.shutdown_timeout_s,
                         help=f"on SIGTERM / Ctrl+C, seconds requests in flight get to finish (default "
                              f"{d.shutdown_timeout_s:g}; 503 after)")
+    parser.add_argument("--state", metavar="DIR", default=None,
+                        help="folder of the history of verdicts, the operator's feedback and the kept images (default "
+                             "$XDG_STATE_HOME/anomalens/serve/<model folder>-<hash>, ~/.local/state without the "
+                             "variable; created if missing)")
+    parser.add_argument("--no-history", action="store_true",
+                        help="keep no history (no /history, no feedback buttons; /metrics still works)")
+    parser.add_argument("--history-max-images", type=int, metavar="N", default=d.history_max_images,
+                        help=f"images the history keeps (default {d.history_max_images}; the oldest unjudged go first)")
+    parser.add_argument("--history-max-age-days", type=float, metavar="DAYS", default=d.history_max_age_days,
+                        help=f"images older than this are removed (default {d.history_max_age_days:g})")
+    parser.add_argument("--history-max-mb", type=float, metavar="MB", default=d.history_max_mb,
+                        help=f"megabytes of images the history keeps (default {d.history_max_mb:g})")
 
 
 def settings_from_args(args: Any, env_token: str | None = None) -> ServeSettings:
     """The validated settings of ``anomalens serve``'s parsed arguments (ConfigError naming the option)."""
+    state = None
+    if not getattr(args, "no_history", False):
+        from anomalens.feedback.store import default_state_dir
+
+        state = args.state or str(default_state_dir(args.model))
+    elif getattr(args, "state", None):
+        raise ConfigError("--state and --no-history contradict each other; give one")
     return ServeSettings(
         host=args.host, port=args.port, token=args.token or env_token or None,
         allowed_hosts=tuple(args.allowed_host or ()), max_upload_mb=args.max_upload_mb,
         max_request_pixels=args.max_request_megapixels * 1e6, max_batch=args.max_batch,
         max_wait_ms=args.max_wait_ms, max_per_client=args.max_per_client, max_in_flight=args.max_in_flight,
         max_connections=args.max_connections, header_timeout_s=args.header_timeout,
-        body_timeout_s=args.body_timeout, shutdown_timeout_s=args.shutdown_timeout, cli=True,
+        body_timeout_s=args.body_timeout, shutdown_timeout_s=args.shutdown_timeout, state_dir=state,
+        history_max_images=getattr(args, "history_max_images", ServeSettings.history_max_images),
+        history_max_age_days=getattr(args, "history_max_age_days", ServeSettings.history_max_age_days),
+        history_max_mb=getattr(args, "history_max_mb", ServeSettings.history_max_mb), cli=True,
     ).validate()
