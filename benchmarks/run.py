@@ -19,8 +19,8 @@ Datasets (``harness.datasets``):
   on test_public) and the mean over the categories; written to benchmarks/results/<layout>-<root
   folder name>/ unless --output says otherwise.
 
-Each (detector, dataset) pair runs in its own process (``harness.run_job``) so that the peak RSS is that
-of one job. Writes benchmarks/results/results.json and results.md (with the machine it ran on); a rerun
+Each (detector, dataset) pair runs in its own process so that the peak RSS is that of one job: the datasets
+on disk as ``anomalens benchmark`` jobs (``anomalens.benchmarking``), Fashion-MNIST through ``harness.run_job``. Writes benchmarks/results/results.json and results.md (with the machine it ran on); a rerun
 replaces only its own rows.
 """
 
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 from harness import RESULTS, Results, describe, fmt, machine, markdown, run_job, table, write_report
-from harness.datasets import FMNIST, SYNTHETIC, benchmark_dataset
+from harness.datasets import FMNIST, SYNTHETIC, benchmark_dataset, synthetic_category
 
 SUITE = "accuracy"
 FMNIST_IMAGE_SIZE = 64
@@ -132,12 +132,35 @@ def job(model: str, dataset_name: str, param_items: list[str], layout: str | Non
 
 
 def measure(model: str, name: str, param_items: list[str], layout: str | None = None) -> dict:
-    """The row of (model, dataset) from a fresh process, or an error row saying why it failed."""
-    done = run_job(job, model, name, param_items, layout, check=False)
-    if done.ok:
-        return done.value
-    return {"model": model, "dataset": Path(name).name if layout else name, **({"layout": layout} if layout else {}),
-            "error": done.error_line()}
+    """The row of (model, dataset) from a fresh process, or an error row saying why it failed.
+
+    A dataset on disk (a synthetic category, a category of --dataset-root) runs as an ``anomalens benchmark``
+    job (:func:`anomalens.benchmarking.runner.execute_job`: the same fit, scoring, metrics and peak-RSS
+    measurement); a Fashion-MNIST subsample, which only this suite's loader builds, runs :func:`job` here.
+    """
+    dataset = Path(name).name if layout else name
+    if name.startswith("fmnist-"):
+        done = run_job(job, model, name, param_items, layout, check=False)
+        if done.ok:
+            return done.value
+        return {"model": model, "dataset": dataset, "error": done.error_line()}
+    from anomalens.benchmarking.runner import execute_job
+
+    params = params_for(model, name, parse_overrides(param_items))
+    spec = {"detector": model, "params": {"seed": 0, **params}, "data": str(name if layout else synthetic_category(name)),
+            "layout": layout, "category": dataset}
+    row, _ = execute_job(spec, timeout=None, threads=None)
+    where = {"layout": layout} if layout else {}
+    if row["status"] != "ok":
+        return {"model": model, "dataset": dataset, **where, "error": row["error"]}
+    return {
+        "model": model, "dataset": dataset, **where, **({"benchmark_metrics": row["benchmark_metrics"]} if layout else {}),
+        "n_train": row["n_train"], "n_test": row["n_test"], "image_size": row["image_size"][0], "params": params,
+        **{k: row[k] for k in ("image_auroc", "pixel_auroc", "aupro", "tpr")}, "tnr": 1 - row["fpr"],
+        "fit_seconds": round(row["fit_seconds"], 2), "test_images_per_second": row["test_images_per_second"],
+        "peak_rss_mb": row["peak_rss_mb"], "torch_threads": row["torch_threads"], "date": row["date"][:10],
+        "load_average_1min": row["load_average_at_end"][0] if row["load_average_at_end"] else None,
+    }
 
 
 # ---------------------------------------------------------------------------------------------- results
