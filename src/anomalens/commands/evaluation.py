@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from anomalens.commands.options import add_common_arguments, add_data_arguments
+from anomalens.commands.tune import add_track_argument
 
 
 def add_test_arguments(p: argparse.ArgumentParser) -> None:
@@ -14,16 +15,19 @@ def add_test_arguments(p: argparse.ArgumentParser) -> None:
     add_data_arguments(p, "as for fit (its test split is used)")
     p.add_argument("-o", "--output", help="where to write the report (default: the run folder)")
     p.add_argument("--no-report", action="store_true", help="metrics.json only, no plots")
+    add_track_argument(p)
     add_common_arguments(p)
     p.set_defaults(func=run_test)
 
 
 def run_test(args: argparse.Namespace) -> None:
     from anomalens.commands.options import data_source
+    from anomalens.tracking import open_tracker
     from anomalens.workflow import test_run
 
-    metrics = test_run(args.run, data_source(args), out_dir=args.output, device=args.device, progress=not args.quiet,
-                       report=not args.no_report)
+    with open_tracker(args.track) as tracker:
+        metrics = test_run(args.run, data_source(args), out_dir=args.output, device=args.device,
+                           progress=not args.quiet, report=not args.no_report, tracker=tracker)
     print_metrics(metrics)
     out = Path(args.output or args.run)
     print(f"wrote {out / 'metrics.json'}" + ("" if args.no_report else f" and {out / 'report.html'}"))
@@ -43,3 +47,7 @@ def print_metrics(metrics: dict[str, Any]) -> None:
         else:
             parts.append(f"{k}={value:.4g}" if isinstance(value, float) else f"{k}={value}")
     print("  ".join(parts))
+    for category, figures in (metrics.get("per_category") or {}).items():  # a unified run: each product
+        shown = [f"{k}={figures[k]:.4g}" for k in ("image_auroc", "pixel_auroc", "aupro", "tpr", "tnr")
+                 if isinstance(figures.get(k), float) and figures[k] == figures[k]]
+        print(f"  {category}: " + "  ".join(shown))

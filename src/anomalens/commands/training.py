@@ -6,6 +6,7 @@ import argparse
 
 from anomalens.commands.options import (RAY_ADDRESS_HELP, add_common_arguments, add_data_arguments, data_source,
                                         fit_params, image_size, param_assignment)
+from anomalens.commands.tune import add_track_argument
 from anomalens.errors import ConfigError
 
 DATA_HELP = ("a dataset folder as it ships (MVTec AD, MVTec AD 2, MVTec LOCO, VisA, BTAD; see --layout), a folder of "
@@ -37,6 +38,7 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
                    help="--engine ray: shard workers (default: one per CPU of the cluster, or per GPU when it has GPUs)")
     p.add_argument("--resume", action="store_true",
                    help="--engine ddp: continue a stopped data-parallel fit from its last checkpoint")
+    add_track_argument(p)
     add_common_arguments(p)
     p.set_defaults(func=run_fit)
 
@@ -44,13 +46,15 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
 def run_fit(args: argparse.Namespace) -> None:
     data = data_source(args)
     from anomalens import engines
+    from anomalens.tracking import open_tracker
     from anomalens.workflow import fit_run
 
     engine = {"ray": lambda: engines.RayShards(shards=args.shards, address=args.address),
               "ddp": lambda: engines.DataParallel(resume=args.resume),
               "local": lambda: None}[fit_engine(args)]()
-    detector = fit_run(args.model, data, args.output, fit_params(args), overwrite=args.overwrite,
-                       progress=not args.quiet, engine=engine)
+    with open_tracker(args.track) as tracker:
+        detector = fit_run(args.model, data, args.output, fit_params(args), overwrite=args.overwrite,
+                           progress=not args.quiet, engine=engine, tracker=tracker)
     if detector is None:  # a torchrun rank other than 0: rank 0 writes the run and says so
         return
     print(f"fitted {detector.name} on {data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.decision_.description})")

@@ -24,8 +24,9 @@ from anomalens.outputs.folders import staged_update
 from anomalens.outputs.targets import check_not_input, check_target
 from anomalens.outputs.names import METRICS_FILE, TEST_OUTPUTS
 from anomalens.progress import stage as logged_stage
+from anomalens.tracking import Tracker, provenance_tags
 from anomalens.workflow.calibration import calibration_images_in
-from anomalens.workflow.common import as_dataset
+from anomalens.workflow.common import as_test_dataset, run_categories
 
 logger = logging.getLogger("anomalens")
 
@@ -50,8 +51,7 @@ def predict_with_masks(detector: Detector, records: Sequence[ImageRecord], with_
     multiples of the detector's batch size, so the model sees exactly the batches ``predict`` would give it."""
     from anomalens.data import ImageBatch, iterate_batches
 
-    setting = getattr(detector, "setting", None)  # trained detectors resolve a batch size of None
-    batch_size = int((setting("batch_size") if setting else None) or detector.params["batch_size"] or 16)
+    batch_size = int(detector.setting("batch_size"))
     chunk = batch_size * max(1, 64 // batch_size)
     height, width = detector.input_size
     # Decoded working images are held a chunk at a time: at most about 64 images' worth of 256² pixels (a
@@ -100,11 +100,13 @@ def test_run(
     device: str | None = None,
     progress: bool = True,
     report: bool = True,
+    tracker: Tracker | None = None,
 ) -> dict[str, Any]:
     """Score the test split of ``data``; write metrics.json, scores.csv, plots and report.html.
 
     Returns the metrics. Outputs go into ``out_dir`` (default: the run folder); ``metrics.json`` is
-    written last, so its presence means the whole report is there.
+    written last, so its presence means the whole report is there. ``tracker`` (``anomalens.tracking``):
+    logs the written report (parameters, every figure of metrics.json, report.html, the plots).
     """
     importing = _import_in_background(_METRICS_AND_REPORT_MODULES if report else _METRICS_AND_REPORT_MODULES[:3])
     run_dir = Path(run_dir)
@@ -112,7 +114,7 @@ def test_run(
     check_target(out_dir)
     check_not_input(out_dir, [data])  # a report never goes into the data it scores
     detector = load_detector(run_dir, device=device)
-    dataset = as_dataset(data)
+    dataset = as_test_dataset(data, run_categories(run_dir))
     records = dataset.test
     if not records:
         raise DataError(f"{data}: has no test images (expected test/good and test/<defect> folders)")
@@ -124,7 +126,7 @@ def test_run(
             result, masks = predict_with_masks(detector, records, dataset.has_masks, progress)
         seconds = time.perf_counter() - start
         importing.join()
-        from anomalens.report import TestReport, per_defect_type_metrics, report_warnings
+        from anomalens.report import TestReport, per_category_metrics, per_defect_type_metrics, report_warnings
 
         pixel_maps = result.maps if masks is not None else None
         what = "metrics and report" if report else "metrics"
@@ -156,13 +158,38 @@ def test_run(
                 metrics["undefined"] = undefined
             metrics["per_defect_type"] = per_defect_type_metrics(
                 labels, result.scores, [r.defect_type for r in records], result.labels, masks, pixel_maps)
+            categories = [r.category for r in records]
+            if any(categories):  # a unified run: each product on its own, beside the whole
+                metrics["per_category"] = per_category_metrics(labels, result.scores, categories, detector.threshold_,
+                                                               result.labels, masks, pixel_maps)
             warnings = report_warnings(metrics, detector.decision_)
             if warnings:
                 metrics["warnings"] = warnings
             if report:
                 report_writer.finish(metrics, title=f"anomalens · {detector.name} · {dataset.name}")
         write_json(stage / METRICS_FILE, metrics)  # undefined values (NaN) are written as null
+    if tracker is not None:
+        track_test(tracker, detector, data, metrics, run_dir, out_dir)
     return metrics
+
+
+def track_test(tracker: Tracker, detector: Detector, data: Any, metrics: dict[str, Any], run_dir: Path,
+               out_dir: Path) -> None:
+    """Log a written test report: the run's parameters, metrics.json's figures (per defect type as
+    ``per_defect_type.<type>.<metric>``), and metrics.json, scores.csv, report.html and the plots as artefacts."""
+    from anomalens.workflow.fit import tracked_params
+
+    name = str(data) if not isinstance(data, AnomalyDataset) else data.name
+    tags = provenance_tags(data, detector=detector.name, run_folder=run_dir.resolve(), stage="test")
+    fitted = None if tracker.active else tracker.find_run({"anomalens.run_folder": tags["anomalens.run_folder"],
+                                                           "anomalens.stage": "fit"})
+    if fitted:  # MLflow shows the test under the tracked fit of the same run folder
+        tags["mlflow.parentRunId"] = fitted
+    with tracker.run(f"test {detector.name} {name}", tags):
+        tracker.log_params(tracked_params(detector, name))
+        tracker.log_metrics(metrics)
+        for output in sorted(TEST_OUTPUTS):
+            tracker.log_artifact(out_dir / output)
 
 
 test_run.__test__ = False  # a user's `from anomalens import test_run` is not a pytest test
