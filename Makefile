@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN = $(VENV)/bin
 
-.PHONY: setup demo test test-fast benchmark
+.PHONY: setup demo test test-docs test-fast benchmark
 setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
@@ -27,11 +27,17 @@ test: setup
 		|| echo "Chromium could not be installed: the browser test will be skipped"
 	@(command -v mosquitto && command -v ffmpeg) >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mosquitto ffmpeg) >/dev/null 2>&1 \
 		|| echo "mosquitto / ffmpeg could not be installed: the broker and RTSP tests will be skipped"
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL); rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not docs"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+
+# The documentation as written: every bash / Python block of README.md and docs/ run in order in a fresh folder,
+# one page per test, pages spread over both workers (tests/test_docs_run.py; the site's --strict build is in make test).
+# A tier of its own (minutes of CPU: each documented command starts a process); .ci/run runs it after make test.
+test-docs: setup
+	$(BIN)/python -m pytest -q -n 2 --dist load -m docs tests/test_docs_run.py; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # The fast tier: no browser, Ray, export or torchrun tests (see TIERS in tests/conftest.py).
 test-fast: setup
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not (browser or ray or export or ddp)"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not (browser or ray or export or ddp or docs)"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline-friendly).
 benchmark: setup
