@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from anomalens.inference.protocol import model_id as identify_model
+
 from anomalens.errors import ConfigError
 from anomalens.line.hotfolder import STATE_NAME, HotFolder
 from anomalens.line.watcher import Watcher
@@ -93,7 +95,8 @@ def test_files_written_slowly_or_renamed_into_place_are_scored_once_each_when_co
         assert set(record) == {"source", "image", "frame_time", "time", "score", "normalized_score", "anomalous",
                                "regions", "model_id", "latency_ms", "sequence"}
         assert record["source"] == str(hot) and record["frame_time"] is None and record["latency_ms"] >= 0
-        assert record["time"].endswith("Z") and record["model_id"] == "padim"
+        # the name the service gives the same model (anomalens.inference.protocol.model_id)
+        assert record["time"].endswith("Z") and record["model_id"] == identify_model(predictor)
         assert (record["normalized_score"] > 0.5) == record["anomalous"]
         for region in record["regions"]:
             assert region["area"] <= region["width"] * region["height"] <= 64 * 64

@@ -73,4 +73,18 @@ class Predictor(Protocol):
         ...
 
 
-__all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "batch_size_of"]
+def model_id(predictor: Any) -> str:
+    """``<detector>-<12 hex>``: a hash of a fitted model's name, hyper-parameters and decision rule — the same
+    for a run and its exports, different after a refit or a recalibration — so the service's history and
+    metrics and the line's records (``anomalens watch``) name the model alike."""
+    import hashlib
+    import json
+
+    from anomalens.jsonvalues import plain_json
+
+    identity = json.dumps(plain_json({"detector": predictor.name, "params": dict(predictor.params),
+                                      "decision": predictor.decision_.to_dict()}), sort_keys=True)
+    return f"{predictor.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+
+
+__all__ = ["DEFAULT_BATCH_SIZE", "Predictor", "batch_size_of", "model_id"]

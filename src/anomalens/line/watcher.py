@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 
 from anomalens.errors import AnomalensError, ConfigError
+from anomalens.inference.protocol import model_id as identify_model
 from anomalens.line.frames import Frame, FrameQueue, Source
 from anomalens.line.regions import record_regions
 
@@ -49,12 +50,6 @@ def make_record(*, source: str, image: str, frame_time: float | None, score: flo
             "score": float(score), "normalized_score": float(normalized_score), "anomalous": bool(anomalous),
             "regions": regions, "model_id": model_id, "latency_ms": round(float(latency_ms), 3),
             "sequence": int(sequence)}
-
-
-def _model_id(model: Any, predictor: Any) -> str:
-    if isinstance(model, (str, Path)):
-        return f"{predictor.name}:{Path(model).resolve().name}"
-    return str(predictor.name)
 
 
 class Watcher:
@@ -197,7 +192,7 @@ class Watcher:
         An error of the source (a video that cannot be opened) is raised after the sinks are flushed."""
         started = time.perf_counter()
         predictor = self._predictor()
-        model_id = self.model_id or _model_id(self.model, predictor)
+        model_id = self.model_id or identify_model(predictor)
         rule = predictor.decision_
         score = self.scorer or self._default_scorer(predictor)
         # one pass on a blank image first: the first call of a model is slow (allocations, lazy set-up, the

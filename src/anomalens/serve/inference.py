@@ -150,14 +150,10 @@ class ServedModel:
 
     @property
     def model_id(self) -> str:
-        """``<detector>-<12 hex>``: a hash of the parameters and the decision rule, so the history, the metrics
-        and the line's records tell a refitted or recalibrated model from the one before."""
-        import hashlib
-        import json
+        """``anomalens.inference.protocol.model_id``: the same name ``anomalens watch`` gives the model."""
+        from anomalens.inference.protocol import model_id
 
-        identity = json.dumps(plain_json({"detector": self.name, "params": dict(self.model.params),
-                                          "decision": self.decision.to_dict()}), sort_keys=True)
-        return f"{self.name}-{hashlib.sha256(identity.encode()).hexdigest()[:12]}"
+        return model_id(self.model)
 
     def heatmap_range(self) -> tuple[float, float]:
         """The colour scale of ``anomalens predict`` (``DecisionRule.heatmap_colour_range``)."""
