@@ -17,9 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from anomalens.inference.protocol import model_id as identify_model
-
 from anomalens.errors import ConfigError
+from anomalens.inference.protocol import model_id as identify_model
 from anomalens.line.hotfolder import STATE_NAME, HotFolder
 from anomalens.line.watcher import Watcher
 from anomalens.outputs.moves import move_into_folder

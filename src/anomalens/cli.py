@@ -17,13 +17,18 @@ import sys
 from typing import Callable, NoReturn, Sequence
 
 from anomalens.allocator import keep_freed_memory
+from anomalens.commands.benchmark import add_benchmark_arguments
 from anomalens.commands.detectors import add_list_arguments, add_params_arguments
 from anomalens.commands.distill import add_distill_teacher_arguments
+from anomalens.commands.ensemble import add_ensemble_arguments
 from anomalens.commands.evaluation import add_test_arguments
 from anomalens.commands.exports import add_export_arguments, add_verify_export_arguments
+from anomalens.commands.feedback import add_feedback_arguments, add_refit_arguments
 from anomalens.commands.prediction import add_predict_arguments
 from anomalens.commands.serving import add_serve_arguments
 from anomalens.commands.training import add_calibrate_arguments, add_demo_arguments, add_fit_arguments
+from anomalens.commands.tune import add_tune_arguments
+from anomalens.commands.watch import add_watch_arguments
 from anomalens.errors import AnomalensError
 from anomalens.version import __version__
 
@@ -39,8 +44,20 @@ COMMANDS: list[tuple[str, str, Callable[[argparse.ArgumentParser], None]]] = [
     ("verify-export", "compare an export with the torch model on real images", add_verify_export_arguments),
     ("params", "a detector's hyper-parameters: defaults, accepted values, meanings", add_params_arguments),
     ("serve", "serve a run or an export over HTTP: REST API, operator page at /, docs at /docs", add_serve_arguments),
+    ("feedback", "export the operator's judged images from the service's history as a labelled dataset folder",
+     add_feedback_arguments),
+    ("refit", "refit a run with the operator's feedback (confirmed normals added); before / after on held-out "
+     "feedback", add_refit_arguments),
+    ("watch", "score a hot folder, video, stream or camera as images arrive; verdicts to JSON lines, MQTT, "
+     "OPC UA, webhooks", add_watch_arguments),
+    ("ensemble", "fit one detector over the normalised scores of fitted runs, with its own cross-fitted threshold",
+     add_ensemble_arguments),
     ("distill-teacher", "distil an EfficientAD teacher (a PDN) from a pretrained backbone on an image pool",
      add_distill_teacher_arguments),
+    ("benchmark", "detectors × datasets × seeds → a leaderboard with confidence intervals and paired tests (resumable)",
+     add_benchmark_arguments),
+    ("tune", "search a detector's hyper-parameters (Optuna) on validation images, never the test split; "
+     "writes best.yaml for fit --config", add_tune_arguments),
 ]
 
 

@@ -27,7 +27,7 @@ from anomalens.detector.model_hooks import ModelHooks
 from anomalens.detector.normal_scores import CrossFit, NormalScores
 from anomalens.detector.sizing import WORKING_SIZE_TENSOR, Sizing, aspect_kept_size
 from anomalens.devices import resolve_device
-from anomalens.errors import ConfigError, NotFittedError, NumericalError
+from anomalens.errors import ConfigError, DataError, NotFittedError, NumericalError
 from anomalens.params import Param
 from anomalens.persistence import write_decision, write_run_files
 from anomalens.version import __version__
@@ -62,6 +62,8 @@ class Detector(ModelHooks):
         final_fit_includes_holdout: whether the final model is fitted on the held-out normals too (their
             threshold scores come from a model without them: PaDiM, PatchCore).
         min_fit_images: the fewest images ``_fit`` can work with (after the threshold hold-out).
+        accepts_abnormal: whether ``fit`` also learns from labelled defective images (``abnormal=``, the
+            supervised setting of SuperSimpleNet); the others refuse them with one ConfigError line.
         hyperparameters: this class's own declarations (name → ``Param``); they add to, or override, those of
             its base classes and the common ones (``anomalens.detector.hyperparameters``).
     """
@@ -74,6 +76,7 @@ class Detector(ModelHooks):
     crossfits: ClassVar[bool] = False
     final_fit_includes_holdout: ClassVar[bool] = False
     min_fit_images: ClassVar[int] = 1
+    accepts_abnormal: ClassVar[bool] = False
     #: Below this many normal scores ``fit`` calls its threshold weak (``anomalens.decision.weaknesses``).
     min_threshold_scores: ClassVar[int] = MIN_THRESHOLD_SCORES
     hyperparameters: ClassVar[dict[str, Param]] = COMMON
@@ -95,6 +98,7 @@ class Detector(ModelHooks):
         self._check_params()
         self.decision_: DecisionRule | None = None
         self.history_: dict[str, list[float]] = {}
+        self.abnormal_records: list = []  # fit's labelled defects while it runs (``accepts_abnormal``)
 
     def __repr__(self) -> str:
         changed = {k: v for k, v in self.params.items() if v != self._all_params[k].default}
@@ -162,7 +166,8 @@ class Detector(ModelHooks):
 
     # -- the public contract ------------------------------------------------------------------
     @_decoding_as_declared
-    def fit(self, records: Any, progress: bool = True, *, cross_fit: CrossFit | None = None) -> "Detector":
+    def fit(self, records: Any, progress: bool = True, *, cross_fit: CrossFit | None = None,
+            abnormal: Any = None) -> "Detector":
         """Fit on normal images and set the decision rule from normal scores of models that did not see
         them (out of fold, or the hold-out: ``normal_scores``). Returns self.
 
@@ -171,6 +176,10 @@ class Detector(ModelHooks):
         torch tensors, alone or in a list (``anomalens.data.inputs``); all taken as normal.
         ``cross_fit``: who fits and scores the folds when the threshold is cross-fitted (an engine's, e.g.
         ``anomalens.distributed.RayShards``'s); None: this detector, in this process.
+        ``abnormal``: labelled defective images (what ``records`` takes; records keep their masks, images without
+        a mask are labelled by the image alone) that detectors which ``accepts_abnormal`` learn from beside the
+        normal ones (``_fit`` reads them as ``self.abnormal_records``); the others refuse them (ConfigError).
+        The threshold still comes from normal scores only: the defects never enter the hold-out or the folds.
 
         Every fit starts from nothing: the previous decision rule (a calibration included) is gone. With
         ``resize="keep_aspect"`` it first sets the working size from the images' shapes; with tiling the
@@ -179,6 +188,29 @@ class Detector(ModelHooks):
         records = as_image_records(records, label=0)
         if not records:
             raise ValueError(f"{self.name}: no training images")
+        self.abnormal_records = self._labelled_defects(abnormal)
+        try:
+            return self._fit_and_decide(records, progress, cross_fit)
+        finally:
+            self.abnormal_records = []
+
+    def _labelled_defects(self, abnormal: Any) -> list:
+        """``fit``'s ``abnormal=`` as records of defective images (label 1); ConfigError for a detector that does not
+        learn from them, DataError for an image labelled normal."""
+        if abnormal is None:
+            return []
+        if not self.accepts_abnormal:
+            raise ConfigError(f"{self.name} learns from normal images only; labelled defects (abnormal=, --abnormal "
+                              "with fit) are for detectors with a supervised setting (supersimplenet)")
+        defects = as_image_records(abnormal, label=1)
+        normal = [r for r in defects if r.label != 1]
+        if normal:
+            raise DataError(f"{self.name}: abnormal= takes defective images (label 1); {len(normal)} of them are "
+                            f"labelled {normal[0].label} (first: {normal[0].name or 'image'})")
+        return defects
+
+    def _fit_and_decide(self, records: list, progress: bool, cross_fit: CrossFit | None) -> "Detector":
+        """The rest of ``fit``: the model from ``records`` (and ``abnormal_records``), the rule from normal scores."""
         self.decision_ = None
         self.history_ = {}
         self.working_size_ = None

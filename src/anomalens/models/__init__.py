@@ -13,3 +13,7 @@ from anomalens.models import cae  # noqa: F401
 from anomalens.models import efficientad  # noqa: F401
 from anomalens.models import reverse_distillation  # noqa: F401
 from anomalens.models import draem  # noqa: F401
+from anomalens.models import simplenet, glass  # noqa: F401
+from anomalens.models import supersimplenet  # noqa: F401
+from anomalens.models import fastflow, cflow  # noqa: F401
+from anomalens.models import ensemble  # noqa: F401

@@ -219,12 +219,12 @@ class TrainedDetector(Detector):
 
     # -- fit --------------------------------------------------------------------------------------
     def fit(self, records: Any, progress: bool = True, *, cross_fit: CrossFit | None = None,
-            data_parallel: TrainingPlan | None = None) -> "TrainedDetector":
+            data_parallel: TrainingPlan | None = None, abnormal: Any = None) -> "TrainedDetector":
         """``Detector.fit``; ``data_parallel``: the plan of one process of a data-parallel job, which an engine
         passes (``anomalens.distributed.DataParallel``); None: the whole fit in this process."""
         self._plan = data_parallel or ONE_PROCESS
         try:
-            return super().fit(records, progress, cross_fit=cross_fit)
+            return super().fit(records, progress, cross_fit=cross_fit, abnormal=abnormal)
         finally:
             self._plan = ONE_PROCESS
 
