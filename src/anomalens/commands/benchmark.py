@@ -6,22 +6,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from anomalens.commands.options import RAY_ADDRESS_HELP, add_log_arguments
+from anomalens.commands.options import RAY_ADDRESS_HELP, add_log_arguments, positive_count, positive_number
 from anomalens.commands.tune import add_track_argument
 
 SYNTHETIC_NAMES = ("brick", "grass", "gravel", "coffee", "chelsea")  # anomalens.data.synthetic, without numpy
-
-
-def _positive(kind: type) -> callable:
-    def parse(text: str):
-        try:
-            value = kind(text)
-        except ValueError:
-            value = 0
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'")
-        return value
-    return parse
 
 
 def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
@@ -46,14 +34,14 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
                    help="with --synthetic: training, normal test and defective test images per category "
                         "(default 120 30 40, the README's table)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0], metavar="N", help="detector seeds (default 0)")
-    p.add_argument("--image-size", type=_positive(int), dest="image_size", metavar="N",
+    p.add_argument("--image-size", type=positive_count, dest="image_size", metavar="N",
                    help="the detectors' input size (default: each detector's own); with --synthetic also the size "
                         "the images are built at (default 256)")
-    p.add_argument("--timeout", type=_positive(float), default=3600.0, metavar="S",
+    p.add_argument("--timeout", type=positive_number, default=3600.0, metavar="S",
                    help="seconds one job may take before it is stopped and marked failed (default 3600)")
-    p.add_argument("--threads", type=_positive(int), default=None, metavar="N",
+    p.add_argument("--threads", type=positive_count, default=None, metavar="N",
                    help="compute threads per job (default: the cores this process may use)")
-    p.add_argument("--bootstrap", type=_positive(int), default=1000, metavar="B",
+    p.add_argument("--bootstrap", type=positive_count, default=1000, metavar="B",
                    help="bootstrap replicates for the intervals and paired tests (default 1000)")
     p.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: jobs one after the other here; ray: jobs as Ray tasks (a local cluster, or --address)")

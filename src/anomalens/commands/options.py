@@ -59,6 +59,39 @@ def worker_count(text: str) -> int:
     return value
 
 
+def positive_count(text: str) -> int:
+    """A count option (``--trials``, ``--queue``, ``--max-images``, ...): a whole number >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
+    return value
+
+
+def positive_number(text: str) -> float:
+    """A limit or rate option (``--timeout``, ``--fps``): a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got '{text}'")
+    return value
+
+
+def seconds(text: str) -> float:
+    """A duration option (``--settle``, ``--duration``): a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got '{text}'")
+    return value
+
+
 # -- options -------------------------------------------------------------------------------------------
 def add_log_arguments(p: argparse.ArgumentParser) -> None:
     """``-q`` and ``--log-level``: every command has both."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from anomalens.commands.options import add_log_arguments, image_size, param_assignment
+from anomalens.commands.options import add_log_arguments, image_size, param_assignment, positive_count, positive_number
 
 
 def track_spec(text: str) -> str:
@@ -25,26 +25,6 @@ def add_track_argument(p: argparse.ArgumentParser) -> None:
     p.add_argument("--track", type=track_spec, default=None, metavar="SPEC", help=TRACK_HELP)
 
 
-def positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got '{text}'")
-    return value
-
-
-def positive_count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
-
-
 def add_tune_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="detector name (see 'anomalens list')")
     p.add_argument("data", nargs="?", help="the data as for fit; only its training images are read (and its "
@@ -55,7 +35,7 @@ def add_tune_arguments(p: argparse.ArgumentParser) -> None:
                    help="folder for best.yaml, trials.csv and the study (run again to continue a stopped tune)")
     p.add_argument("--trials", type=positive_count, required=True, metavar="N",
                    help="trials in all (a rerun into the same folder continues up to N)")
-    p.add_argument("--timeout", type=positive_seconds, default=None, metavar="S",
+    p.add_argument("--timeout", type=positive_number, default=None, metavar="S",
                    help="start no new trial after S seconds (a running trial finishes)")
     p.add_argument("--seed", type=int, default=0, help="seeds the sampler (TPE) and every trial's fit (default 0)")
     p.add_argument("-p", "--param", action="append", type=param_assignment, metavar="KEY=VALUE",

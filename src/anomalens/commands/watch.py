@@ -9,31 +9,11 @@ import contextlib
 import signal
 import sys
 
-from anomalens.commands.options import add_device_argument, add_log_arguments
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got '{text}'")
-    return value
-
-
-def _seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a number of seconds >= 0, got '{text}'")
-    return value
+from anomalens.commands.options import add_device_argument, add_log_arguments, positive_count, seconds
 
 
 def _rate(text: str) -> float:
-    value = _seconds(text)
+    value = seconds(text)
     if value == 0:
         raise argparse.ArgumentTypeError(f"expected a rate > 0 frames per second, got '{text}'")
     return value
@@ -51,10 +31,10 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
                    help="default: torch for a run, the export's own runtime for an export")
     add_device_argument(p, "torch runtime: where to run")
     rate = p.add_mutually_exclusive_group()
-    rate.add_argument("--every", type=_positive_int, default=None, metavar="N", help="video: score every N-th frame")
+    rate.add_argument("--every", type=positive_count, default=None, metavar="N", help="video: score every N-th frame")
     rate.add_argument("--fps", type=_rate, default=None, metavar="R",
                       help="video: score R frames per second of stream time")
-    p.add_argument("--queue", type=_positive_int, default=None, metavar="N",
+    p.add_argument("--queue", type=positive_count, default=None, metavar="N",
                    help="frames held between decoding and scoring (default 4); a live source drops the oldest "
                         "when it is full (counted), a hot folder or a video file waits")
     p.add_argument("--realtime", action="store_true",
@@ -68,11 +48,11 @@ def add_watch_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state", default=None, metavar="FILE",
                    help="hot folder: where what was scored is kept, so a restart neither repeats nor misses a "
                         "file (default FOLDER/.anomalens-watch.json)")
-    p.add_argument("--settle", type=_seconds, default=None, metavar="S",
+    p.add_argument("--settle", type=seconds, default=None, metavar="S",
                    help="hot folder: seconds a file's size must stay unchanged before it is read (default 0.5)")
     p.add_argument("--spool", default=None, metavar="DIR",
                    help="where the MQTT / webhook sinks keep verdicts while their peer is down")
-    p.add_argument("--max-images", type=_positive_int, default=None, metavar="N", help="stop after N images")
+    p.add_argument("--max-images", type=positive_count, default=None, metavar="N", help="stop after N images")
     p.add_argument("--duration", type=_rate, default=None, metavar="S", help="stop after S seconds")
     add_log_arguments(p)
     p.set_defaults(func=run_watch)
