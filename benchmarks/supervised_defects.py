@@ -13,11 +13,9 @@ Accuracy only (image and pixel AUROC on the test split); each fit runs in this p
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # ``harness``
 from harness import (
     RESULTS,
     WORK,

@@ -11,7 +11,7 @@ from anomalens.errors import ConfigError
 
 def add_feedback_arguments(p: argparse.ArgumentParser) -> None:
     add_log_arguments(p)  # -q / --log-level before ACTION too (every command has them)
-    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION", help="export: the judged images")
     export = actions.add_parser("export", help="the judged images as a labelled dataset folder (MVTec AD layout: "
                                                "train/good, test/good, test/confirmed_defect, test/missed_defect)")
     export.add_argument("source", metavar="RUN_OR_STATE",
