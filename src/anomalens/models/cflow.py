@@ -89,19 +89,30 @@ class CFlowDecoders(nn.Module):
             self.register_buffer(f"encoding_{k}", encoding, persistent=False)
         self.register_buffer("reference", torch.zeros(len(channels)))
 
-    def forward(self, features: list[torch.Tensor], positions: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
-        """Per-dimension log-likelihoods: (B, h_k, w_k) maps of every position, or with ``positions`` (one index
-        tensor per scale into its B·h_k·w_k fibers, image-major) the (n_k,) values of those fibers only."""
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per-dimension log-likelihoods of every position: (B, h_k, w_k) maps."""
         out = []
         for k, (flow, f) in enumerate(zip(self.flows, features, strict=True)):
             batch, channels, h, w = f.shape
-            fibers = f.permute(0, 2, 3, 1).reshape(-1, channels)
             conditions = getattr(self, f"encoding_{k}").repeat(batch, 1)
-            if positions is not None:
-                fibers, conditions = fibers[positions[k]], conditions[positions[k]]
-            logp = gaussian_log_likelihood(*flow(fibers, conditions)) / channels
-            out.append(logp if positions is not None else logp.reshape(batch, h, w))
+            logp = gaussian_log_likelihood(*flow(fibers_of(f), conditions)) / channels
+            out.append(logp.reshape(batch, h, w))
         return out
+
+    def fiber_log_likelihoods(self, fibers: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
+        """(n_k,) per-dimension log-likelihoods of the fibers ``positions[k]`` of each scale's (B·h_k·w_k, C_k)
+        ``fibers`` (image-major, as ``fibers_of``): a fiber's condition is its position within its image."""
+        out = []
+        for k, (flow, f, chosen) in enumerate(zip(self.flows, fibers, positions, strict=True)):
+            encoding = getattr(self, f"encoding_{k}")
+            conditions = encoding[chosen % encoding.shape[0]]
+            out.append(gaussian_log_likelihood(*flow(f[chosen], conditions)) / f.shape[1])
+        return out
+
+
+def fibers_of(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, h, w) → (B·h·w, C): one row per position, image-major then row-major (the encodings' order)."""
+    return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
 
 
 class CFlowGraph(nn.Module):
@@ -179,8 +190,9 @@ class CFlow(FlowDetector):
 
     def _train_step(self, features: list[torch.Tensor], optimizers: dict) -> dict[str, float]:
         total, batches = 0.0, self._fiber_batches(features)
+        fibers = [fibers_of(f) for f in features]  # once per image batch, not per step: the steps only index
         for positions in batches:
-            loss = cflow_loss(self.decoders_(features, positions))
+            loss = cflow_loss(self.decoders_.fiber_log_likelihoods(fibers, positions))
             optimizers["adam"].zero_grad(set_to_none=True)
             loss.backward()
             optimizers["adam"].step()
