@@ -70,7 +70,7 @@ def test_masks_match_changed_pixels(tmp_path: Path) -> None:
         for defect in DEFECT_TYPES:
             for k in range(2):
                 rng = synthetic._rng(7, source, f"test/{defect}", k)
-                clean = synthetic._quantise(synthetic.make_normal_image(source, size, rng))
+                clean = synthetic.quantise(synthetic.make_normal_image(source, size, rng))
                 img = np.asarray(Image.open(root / "test" / defect / f"{k:03d}.png"), dtype=np.float32) / 255
                 mask_px = np.asarray(Image.open(root / "ground_truth" / defect / f"{k:03d}_mask.png"))
                 assert mask_px.dtype == np.uint8 and set(np.unique(mask_px)) == {0, 255}
@@ -85,7 +85,7 @@ def test_masks_match_changed_pixels(tmp_path: Path) -> None:
 
 def test_add_defect_directly() -> None:
     rng = np.random.default_rng(0)
-    clean = synthetic._quantise(synthetic.make_normal_image("brick", 64, rng))
+    clean = synthetic.quantise(synthetic.make_normal_image("brick", 64, rng))
     for defect in DEFECT_TYPES:
         out, mask = add_defect(clean, defect, rng, "brick")
         assert out.shape == clean.shape and mask.shape == (64, 64) and mask.any()

@@ -44,6 +44,7 @@ from anomalens.models.components.dcgan import (
     DCGANEncoder,
     GANDetector,
     check_dcgan_size,
+    discriminator_loss,
     gan_init,
     residual_map,
 )
@@ -102,9 +103,7 @@ class AnoGAN(GANDetector):
         opt_g, opt_d = optimizers["generator"], optimizers["discriminator"]
         z = torch.randn(len(x), self.latent_dim, device=x.device)
         fake = G(z)
-        logit_real, logit_fake = D(x), D(fake.detach())
-        d_loss = F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real)) + \
-            F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
+        d_loss = discriminator_loss(D(x), D(fake.detach()))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()

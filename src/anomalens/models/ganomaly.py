@@ -37,7 +37,6 @@ BCE is computed on logits (BCEWithLogits), the same value as the reference's Sig
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from anomalens.models.components.dcgan import (
@@ -45,6 +44,7 @@ from anomalens.models.components.dcgan import (
     DCGANEncoder,
     GANDetector,
     check_dcgan_size,
+    discriminator_loss,
     gan_init,
     residual_map,
 )
@@ -145,12 +145,7 @@ class GANomaly(GANDetector):
         g_loss.backward()
         opt_g.step()
         # Discriminator on the same batch: x real, x̂ (of this step's forward pass) fake.
-        logit_real = D(x)
-        logit_fake = D(x_hat.detach())
-        d_loss = 0.5 * (
-            F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
-            + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake))
-        )
+        d_loss = 0.5 * discriminator_loss(D(x), D(x_hat.detach()))
         opt_d.zero_grad(set_to_none=True)
         d_loss.backward()
         opt_d.step()

@@ -3,7 +3,8 @@
 1. Locally aware patch features (Sec. 3.1, eq. 1-3): feature maps of backbone layers 2 and 3 (timm
    out_indices (2, 3): strides 8 and 16 for ResNets and EfficientNet-Lite), each averaged over a p × p
    neighbourhood (p = 3, stride 1, zero padding as in the reference code), the deeper map bilinearly
-   resized onto the layer-2 grid and concatenated: one vector per layer-2 position.
+   resized onto the layer-2 grid and concatenated: one vector per layer-2 position
+   (``components/patch_features.py``, which SimpleNet and GLASS share).
    Dimension: the reference code pools every layer to ``pretrain_embed_dimension`` (1024) along the
    channels and the concatenation to ``target_embed_dimension`` (1024), which for WRN50 (512 + 1024
    channels) gives 512 channels of layer 2 and pairwise means of layer 3 (512). We compute exactly that,
@@ -34,31 +35,11 @@ during the coreset selection. Scoring is bounded independently of the number of 
 of B images the B·P·D embedding, one distance block of B·P × 1024 floats per bank chunk (4 MiB per
 image at 256 px, P = 1024; ``components/knn.py: ExactNearest``) and the B maps; only the returned (N, H, W) float32 maps grow with N (``predict_in_chunks`` avoids that).
 
-Threshold (cross-fitted, ``Detector.fit``): the bank is built from every training image (more data,
-better coverage); the images are cut into ``threshold_folds`` seeded folds (default 10) and each fold is
-scored, exactly, against the bank of a model fitted without it (``fold_banks``): the final bank less the
-fold's entries, its holes filled. Where one of the fold's patches became a centre, the other images'
-patches nearby were skipped as covered; without that centre they are farther from the bank than the
-final bank left them, and the fold's images would meet holes that new images do not (scores too high:
-benchmarks/results/operating_point, coffee and chelsea, KS 0.68 and 0.80 between the out-of-fold and the
-test normal scores when the holes were left). So the greedy k-center rule is continued over those
-orphaned patches, farthest first, until each is within the radius its centre covered (the distance of
-the centre's farthest patch): the coverage a fresh selection on the other folds' patches gives, with no
-new selection. Measured against that fresh selection (the previous definition: k more coreset
-selections), on the 15 PatchCore rows of benchmarks/results/operating_point: KS between out-of-fold and
-test normal scores median 0.119 → 0.115, mean 0.133 → 0.127, max 0.29 → 0.23; shift of the medians (test
-normals' IQRs) median |shift| 0.116 → 0.133, largest 0.50 → 0.27; the final model and every test score
-bit-identical. Fit time against a plain fit (model alone, fit_time.md, side by side): 1 % coreset
-1.27× (was 4.2×), 10 % 2.2× (was 6.8×; medians of 2, the same loaded machine): at 10 % the exact distance pass below
-(N·P × ⌈0.1·N·P⌉ × D, 4.6·10¹¹ flops for 120 images of 256 px) costs about as much as the coreset
-selection itself — the floor of scoring every training patch exactly.
-Cost beyond the plain fit: one exact distance pass of the N·P training patches against the bank
-(``nearest_in_two_groups``: every fold's masked nearest neighbour at once, from the features kept in
-memory, no second backbone pass), the fills (∝ orphans × fills × D), and per fold the eq. 7 neighbours of
-each image's worst patch and the N maps. Memory: the N·P patch vectors and four numbers per patch until
-the folds are scored, one fold's bank at a time, and the N maps returned to ``fit``.
-``threshold_folds=1``: the seeded ``holdout_fraction`` scored the same way (one fold), as before
-cross-fitting.
+Threshold (cross-fitted, ``Detector.fit``): the bank is built from every training image; each of the
+``threshold_folds`` seeded folds (default 10) is scored, exactly, against the bank of a model fitted without
+it — the final bank less the fold's entries, its holes filled by continuing the greedy k-center rule
+(``components/coreset_folds.py``, which measures the choice); ``threshold_folds=1``: the seeded
+``holdout_fraction`` scored the same way (one fold).
 """
 
 from __future__ import annotations
@@ -68,7 +49,6 @@ from typing import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from anomalens.backbones import FeatureExtractor
@@ -76,11 +56,13 @@ from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
-from anomalens.models.components.ann import HNSWIndex  # faiss itself is imported only when used
-from anomalens.models.components.coreset import fill_coverage_holes, greedy_coreset
+from anomalens.models.components.ann import HNSWIndex, HNSWSearch  # faiss itself is imported only when used
+from anomalens.models.components.coreset import greedy_coreset
+from anomalens.models.components.coreset_folds import score_out_of_fold
 from anomalens.models.components.coreset_parts import CoresetPart, MergedCoreset
-from anomalens.models.components.knn import ExactNearest, nearest_in_two_groups, nearest_neighbors
+from anomalens.models.components.knn import ExactNearest
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
+from anomalens.models.components.patch_features import embedding_dims, patch_embedding
 from anomalens.models.components.saved_state import check_backbone_grid, check_tensor_names
 from anomalens.params import Choice, Float, Int, Ints
 from anomalens.models.components.shared_params import MAP_BLUR, PRETRAINED_BACKBONE
@@ -105,36 +87,6 @@ def reweighted_score(test_patches: torch.Tensor, nearest: torch.Tensor, bank: to
     shifted = d - d.amax(dim=1, keepdim=True)
     weight = 1.0 - torch.exp(shifted[:, 0]) / torch.exp(shifted).sum(dim=1)
     return weight * s_star
-
-
-def patch_embedding(features: list[torch.Tensor], dims: Sequence[int], patch_size: int) -> torch.Tensor:
-    """Layer features → (B, D, h, w) locally aware patch features on the first layer's grid (eq. 1-3)."""
-    grid = features[0].shape[-2:]
-    p = patch_size
-    parts = []
-    for fmap, dim in zip(features, dims, strict=True):
-        fmap = F.avg_pool2d(fmap, p, stride=1, padding=p // 2) if p > 1 else fmap
-        if dim < fmap.shape[1]:
-            # Average groups of adjacent channels (adaptive pooling along C), before resizing: cheaper.
-            b, c, h, w = fmap.shape
-            flat = fmap.permute(0, 2, 3, 1).reshape(-1, 1, c)
-            fmap = F.adaptive_avg_pool1d(flat, dim).reshape(-1, h, w, dim).permute(0, 3, 1, 2)
-        if fmap.shape[-2:] != grid:
-            fmap = F.interpolate(fmap, size=grid, mode="bilinear", align_corners=False)
-        parts.append(fmap)
-    return torch.cat(parts, dim=1)
-
-
-class HNSWSearch(nn.Module):
-    """The approximate HNSW search (faiss) in the place of ``ExactNearest``: runs in Python, not exportable."""
-
-    def __init__(self, index: HNSWIndex) -> None:
-        super().__init__()
-        self.index = index
-
-    def forward(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist, nearest = self.index.search(queries)
-        return dist.reshape(-1), nearest.reshape(-1)
 
 
 # Bank rows per distance block of the graph: B·P × 1024 floats per block (64 MiB for 16 images of 256 px).
@@ -218,11 +170,7 @@ class PatchCore(Detector):
 
     def layer_dims(self, channels: Sequence[int]) -> list[int]:
         """Channels kept per layer: only reductions, matching the reference pooling (module docstring)."""
-        dims = [min(int(c), self.pretrain_embed_dimension) for c in channels]
-        if sum(dims) > self.target_embed_dimension:
-            share = self.target_embed_dimension // len(dims)
-            dims = [min(d, share) for d in dims]
-        return dims
+        return embedding_dims(channels, self.pretrain_embed_dimension, self.target_embed_dimension)
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) → (B, P, D) locally aware patch features on the first layer's grid."""
@@ -327,76 +275,18 @@ class PatchCore(Detector):
 
     def score_folds(self, patches: torch.Tensor, image_ids: np.ndarray, folds: list[np.ndarray], pool: torch.Tensor,
                     pool_image: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
-        """Scores (n,) and maps (n, H, W) of n images whose patch vectors ``patches`` (n·P, D, in order) are given
-        (``image_ids``: their numbers among the training images): each fold (index arrays into the n images,
-        together covering them) scored, exactly, against its own bank (``fold_banks``). ``pool``: the patches
-        the folds' banks may fill their holes from, ``pool_image`` their training images (``patches`` itself
-        when the images scored are the pool's: one distance pass serves both)."""
-        grid, n_patches = self.grid_size_, self.grid_size_[0] * self.grid_size_[1]
-        image_ids = np.asarray(image_ids)
-        n_images = int(max(image_ids.max(), int(pool_image.max()), int(self.bank_origin_.max()))) + 1
-        fold_of = np.full(n_images, len(folds))  # the fold of each training image; len(folds): in none
-        for f, fold in enumerate(folds):
-            fold_of[image_ids[fold]] = f
-        fold_of = torch.as_tensor(fold_of)
-        bank, bank_fold = self.memory_bank_, fold_of[self.bank_origin_].to(self.memory_bank_.device)
-        pool_fold = fold_of[pool_image].to(pool.device)
-        with torch.inference_mode():
-            nearest = nearest_in_two_groups(pool, bank, bank_fold)
-            scored = nearest if patches is pool else nearest_in_two_groups(patches, bank, bank_fold)
-            # the radius each bank entry covers: its farthest pool patch (those nearer to it than to any other)
-            radius = torch.zeros(len(bank), device=pool.device).scatter_reduce_(0, nearest[1], nearest[0], "amax")
-            scores, maps = np.empty(len(image_ids), np.float32), None
-            banks = self.fold_banks(len(folds), bank, bank_fold, pool, pool_fold, nearest, radius)
-            for f, (fold, fold_bank) in enumerate(zip(folds, banks)):
-                fold = np.asarray(fold)
-                rows = torch.as_tensor((fold[:, None] * n_patches + np.arange(n_patches)).reshape(-1))
-                d1, _, g1, d2 = (t[rows.to(t.device)] for t in scored)
-                dist = torch.where(g1 == f, d2, d1)  # to the bank less the fold's entries ...
-                added = fold_bank[int((bank_fold != f).sum()):]
-                fold_patches = patches[rows.to(patches.device)]
-                if len(added):  # ... and to the entries that filled its holes
-                    dist = torch.minimum(dist, nearest_neighbors(fold_patches, added, 1)[0].squeeze(1))
-                search = ExactNearest(fold_bank, bank_chunk=PATCH_BANK_CHUNK)
-                for b0 in range(0, len(fold), self.batch_size):
-                    chunk = slice(b0 * n_patches, min(len(fold), b0 + self.batch_size) * n_patches)
-                    emb = fold_patches[chunk].reshape(-1, n_patches, bank.shape[1])
-                    fold_scores, fold_maps = image_outputs(
-                        dist[chunk].reshape(-1, n_patches), emb, lambda worst, test: search(test)[1], search,
-                        self.num_neighbors, grid, self.model_input_size, self.blur_sigma)
-                    if maps is None:
-                        maps = np.empty((len(image_ids), *fold_maps.shape[1:]), np.float32)
-                    where = fold[b0 : b0 + self.batch_size]
-                    scores[where], maps[where] = fold_scores.cpu().numpy(), fold_maps.cpu().numpy()
-        return scores, maps
+        """Scores (n,) and maps (n, H, W) of n training images (``image_ids``) whose patch vectors ``patches``
+        (n·P, D, in order) are given, each fold against the bank of a model fitted without it, its holes filled
+        from ``pool`` (patches of the training images ``pool_image``): ``coreset_folds.score_out_of_fold``, with
+        this model's image score (eq. 7) and map."""
 
-    def fold_banks(self, n_folds: int, bank: torch.Tensor, bank_fold: torch.Tensor, pool: torch.Tensor,
-                   pool_fold: torch.Tensor, nearest: tuple[torch.Tensor, ...], radius: torch.Tensor):
-        """Yield, for each fold f < ``n_folds``, the bank of a model fitted without the fold's images: the final bank
-        less the fold's entries (``bank_fold == f``), then its holes filled — the greedy k-center rule continued
-        (``fill_coverage_holes``) over the other folds' ``pool`` patches whose nearest entry was one of the
-        fold's, until each is as near the bank as that entry's farthest patch was to it (``radius[owner]``).
-        ``nearest``: (d1, i1, g1, d2) of the pool against the bank (``nearest_in_two_groups``). The kept entries
-        come first, then the added ones.
+        def score_batch(dist: torch.Tensor, emb: torch.Tensor, search: ExactNearest) -> tuple[torch.Tensor, torch.Tensor]:
+            return image_outputs(dist, emb, lambda worst, test: search(test)[1], search, self.num_neighbors,
+                                 self.grid_size_, self.model_input_size, self.blur_sigma)
 
-        Why not the final bank less the fold's entries alone: where a fold's patch became a centre, the other
-        images' patches nearby were skipped as covered, and without it the fold's images meet holes that new
-        images do not (out-of-fold scores too high). Why not a fresh coreset of the other folds' patches (the
-        previous definition): k more selections made the fit 3× longer; the holes are where the two differ,
-        and filling them to the final bank's radius keeps the threshold as honest on the committed table
-        (module docstring).
-        """
-        _, owner, g1, d2 = nearest
-        for f in range(n_folds):
-            kept = bank[bank_fold != f]
-            # The other folds' patches whose nearest bank entry was the fold's, now d2 away (inf: nothing kept)
-            orphan = (g1 == f) & (pool_fold != f)
-            gap = torch.where(orphan, d2, torch.zeros_like(d2))
-            added = pool[fill_coverage_holes(pool, gap, radius[owner])]
-            if not len(kept) and not len(added):
-                raise ValueError("patchcore: every memory-bank candidate came from one threshold fold: raise "
-                                 "threshold_folds")
-            yield torch.cat([kept, added]) if len(added) else kept
+        return score_out_of_fold(patches, image_ids, folds, pool, pool_image, self.memory_bank_, self.bank_origin_,
+                                 self.grid_size_[0] * self.grid_size_[1], self.batch_size, score_batch,
+                                 bank_chunk=PATCH_BANK_CHUNK)
 
     def _coreset(self, pool: torch.Tensor, n_select: int, progress: bool = False) -> torch.Tensor:
         """Indices of the greedy coreset of ``n_select`` rows of ``pool`` (this detector's seed, projection and
@@ -414,7 +304,7 @@ class PatchCore(Detector):
     # (``shard_part``); the final bank is the coreset of their union (``merge_shard_parts``; the approximation
     # is described in ``components/coreset_parts.py``); each shard then scores its folds, each against the
     # merged bank less the fold's entries, its holes filled from the union's entries of other images
-    # (``score_shard_folds``, ``fold_banks``).
+    # (``score_shard_folds``, ``coreset_folds.fold_banks``).
 
     #: Per-shard coreset fraction = min(1, SHARD_OVERSAMPLING × coreset_fraction).
     SHARD_OVERSAMPLING = 2
@@ -449,7 +339,7 @@ class PatchCore(Detector):
 
     def score_shard_folds(self, records: list, state: MergedCoreset, folds: list[np.ndarray], global_index: np.ndarray,
                           progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """Scores and maps of one shard's ``records``, each fold against its own bank (``fold_banks``): the merged
+        """Scores and maps of one shard's ``records``, each fold against its own bank (``score_folds``): the merged
         bank less the fold's entries, its holes filled from the shards' coreset entries of other images — what
         ``fit`` computes for these images, with the union of the shards' coresets in the place of every
         patch. ``state`` is not changed."""

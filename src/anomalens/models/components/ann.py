@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from torch import nn
 
 from anomalens.errors import ConfigError
 
@@ -80,3 +81,16 @@ class HNSWIndex:
             raise ValueError(f"the saved HNSW index holds {index.ntotal} × {index.d}, the bank is {tuple(bank.shape)}")
         index.hnsw.efSearch = HNSW_EF_SEARCH
         return cls(index, index.d, index.ntotal)
+
+
+class HNSWSearch(nn.Module):
+    """The approximate HNSW search in the place of ``knn.ExactNearest`` (queries → distances, indices, flat):
+    runs in Python (faiss), so a graph holding it is not exportable."""
+
+    def __init__(self, index: HNSWIndex) -> None:
+        super().__init__()
+        self.index = index
+
+    def forward(self, queries: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        dist, nearest = self.index.search(queries)
+        return dist.reshape(-1), nearest.reshape(-1)

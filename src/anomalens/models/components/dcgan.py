@@ -8,6 +8,8 @@
   generator / discriminator.
 - ``gan_init``: weights N(0, 0.02) for (transposed) convolutions, BatchNorm weights N(1, 0.02) (DCGAN,
   GANomaly) or N(0, 0.02) (the seed's EfficientGAN code), all biases 0.
+- ``discriminator_loss``: the discriminator's binary cross-entropy, real images against 1, generated ones
+  against 0 (AnoGAN's and GANomaly's D step).
 - ``residual_map``: |x − x̂| of images in the networks' [-1, 1] scale (the references' Normalize(0.5, 0.5),
   the range of the Tanh outputs), given back in the [0, 1] scale of the input images, channel mean.
 - ``square_side`` / ``check_dcgan_size``: the input sizes the networks accept.
@@ -21,6 +23,7 @@ Loading, scaling to [-1, 1], batching and saving are the trained-detector base's
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from anomalens.errors import ConfigError
@@ -131,6 +134,13 @@ class GANDetector(TrainedDetector):
         "batch_size": Int(64, "images per training (and scoring) batch (DCGAN's 64)", low=1),
         "betas": Floats((0.5, 0.999), "Adam betas (DCGAN's)", low=0.0, high=1.0, length=2),
     }
+
+
+def discriminator_loss(logit_real: torch.Tensor, logit_fake: torch.Tensor) -> torch.Tensor:
+    """D's side of the GAN game: binary cross-entropy of its logits on real images against 1 plus on generated
+    images against 0 (DCGAN, as AnoGAN trains it; GANomaly takes half of it)."""
+    return (F.binary_cross_entropy_with_logits(logit_real, torch.ones_like(logit_real))
+            + F.binary_cross_entropy_with_logits(logit_fake, torch.zeros_like(logit_fake)))
 
 
 # ------------------------------------------------------------------------------------------ images

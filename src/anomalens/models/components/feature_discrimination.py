@@ -5,7 +5,7 @@ from synthetic anomalous features, and the score it gives at every position.
 1. Local features (SimpleNet Sec. 3.1, taken from PatchCore eq. 1-3): backbone levels 2 and 3 (timm
    ``out_indices`` (2, 3): strides 8 and 16), each averaged over a 3 × 3 neighbourhood, the deeper one
    resized onto the level-2 grid, concatenated: one vector o_ij per level-2 position
-   (``patchcore.patch_embedding``, the same function PatchCore uses). The papers pool each level to 1536
+   (``patch_features.patch_embedding``, the same function PatchCore uses). The papers pool each level to 1536
    channels and the concatenation to 1536 (their ``pretrain_embed_dimension`` / ``target_embed_dimension``);
    here a level is only ever reduced, as in PatchCore (``embedding_dims``): EfficientNet-Lite0's 40 + 112
    channels stay 152, where the reference code would repeat channels to reach 1536.
@@ -48,21 +48,12 @@ from torch import nn
 from anomalens.backbones import FeatureExtractor
 from anomalens.errors import ConfigError
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
+from anomalens.models.components.patch_features import embedding_dims, patch_embedding
 from anomalens.models.components.shared_params import EARLY_STOPPING, MAP_BLUR, PRETRAINED_BACKBONE
 from anomalens.models.components.trained import TrainedDetector, TrainingImages, batch_slices
-from anomalens.models.patchcore import patch_embedding
 from anomalens.params import Bool, Float, Int, Ints
 
 PAPER_EMBED_DIMENSION = 1536  # both papers' pretrain_embed_dimension and target_embed_dimension
-
-
-def embedding_dims(channels: Sequence[int], pretrain_dim: int, target_dim: int) -> list[int]:
-    """Channels kept per level: at most ``pretrain_dim`` each, and ``target_dim // levels`` each when their sum
-    exceeds ``target_dim`` — the reference pooling, never an increase (module docstring, step 1)."""
-    dims = [min(int(c), pretrain_dim) for c in channels]
-    if sum(dims) > target_dim:
-        dims = [min(d, target_dim // len(dims)) for d in dims]
-    return dims
 
 
 def positions(features: torch.Tensor) -> torch.Tensor:
