@@ -6,7 +6,9 @@
     from anomalens.serve import ServeSettings, run_server
     run_server(app, ServeSettings(port=8000))
 
-- ``app.py``: the FastAPI application (endpoints, the pixel budget, the pages held in memory);
+- ``app.py``: the FastAPI application factory; ``inspection_routes.py`` (predict, health, model; the pixel
+  budget), ``history_routes.py`` (history, feedback, metrics) and ``pages.py`` (the pages held in memory): its
+  endpoints;
 - ``guard.py``: what every request passes first (Host, CSRF, token, requests in flight, body deadline);
 - ``settings.py``: every limit, its default and its validation;
 - ``server.py``: uvicorn with a request-head deadline, a connection table that cannot be filled by

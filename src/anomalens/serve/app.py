@@ -26,35 +26,30 @@ anything that is not a decodable image of at most ``max_pixels`` pixels → 400 
 query parameter → 400 (never FastAPI's 422 list); a failure inside the model → 500 with one line (never a
 traceback). FastAPI's own Swagger UI and ReDoc pages load their scripts from a CDN, so they are switched off;
 ``/docs`` is this package's own page.
-"""
 
+This module builds the application (settings, the service, the guard, the token check, the one-line
+errors); the endpoints are registered by ``inspection_routes`` (``/predict``, ``/predict/batch``, ``/health``,
+``/model``), ``history_routes`` (``/history``, ``/feedback``, ``/metrics``) and ``pages`` (``/``, ``/docs``).
+"""
 
 import asyncio
 import dataclasses
 import hmac
-import json
 import logging
 import os
-import time
 from contextlib import asynccontextmanager
-from importlib import resources
 from typing import Any
 
-from anomalens.errors import AnomalensError, ConfigError
-from anomalens.feedback.store import MEDIA_TYPES, JudgementError
+from anomalens.errors import ConfigError
 from anomalens.serve.guard import Guard
-from anomalens.serve.inference import ServedModel, elapsed_ms
+from anomalens.serve.history_routes import add_history_routes
+from anomalens.serve.inference import ServedModel
+from anomalens.serve.inspection_routes import add_inspection_routes
+from anomalens.serve.pages import add_page_routes, static_files
 from anomalens.serve.request_metrics import RequestMetrics
 from anomalens.serve.service import Service
 from anomalens.serve.settings import ServeSettings
-from anomalens.serve.uploads import (
-    ClientGone,
-    Upload,
-    UploadError,
-    clean_name,
-    parse_multipart,
-    read_body,
-)
+from anomalens.serve.uploads import ClientGone, UploadError
 
 _DEFAULTS = ServeSettings()
 DEFAULT_MAX_UPLOAD_BYTES = _DEFAULTS.max_upload_bytes
@@ -64,55 +59,12 @@ DEFAULT_MAX_FILES = _DEFAULTS.max_files
 log = logging.getLogger("anomalens.serve")
 EXTRA = "pip install 'anomalens[serve]'"
 
-_STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                 ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}
-
-_IMAGE_BODY = {
-    "content": {
-        "image/png": {"schema": {"type": "string", "format": "binary"}},
-        "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-        "multipart/form-data": {"schema": {"type": "object", "properties": {
-            "file": {"type": "string", "format": "binary", "description": "the image"}}}},
-    },
-    "required": True,
-    "description": "One image (PNG, JPEG, BMP, TIFF or WebP): the raw body, or one multipart file field.",
-}
-_BATCH_BODY = {
-    "content": {"multipart/form-data": {"schema": {"type": "object", "properties": {
-        "files": {"type": "array", "items": {"type": "string", "format": "binary"},
-                  "description": "the images (any field name; every file field counts)"}}}}},
-    "required": True,
-}
-_ERRORS = {
-    400: {"description": "not an image, corrupt, too many pixels, an empty / malformed body, an invalid query "
-                         "parameter or a Host that is not this service's (one-line detail)"},
-    401: {"description": "bearer token missing or wrong (only when the service has a token)"},
-    403: {"description": "a cross-origin request from another site's page (CSRF)"},
-    408: {"description": "the body did not arrive within the body timeout"},
-    413: {"description": "the body is larger than the upload limit, or the request's images hold more pixels "
-                         "than the per-request budget"},
-    429: {"description": "too many requests in flight from this client (Retry-After)"},
-    503: {"description": "too many requests in flight, no pixel budget free in time, or shutting down"},
-}
-
 
 def _require_fastapi() -> None:
     try:
         import fastapi  # noqa: F401
     except ImportError:
         raise ConfigError(f"the service needs FastAPI and uvicorn: {EXTRA}") from None
-
-
-def _static_files() -> dict[str, tuple[bytes, str]]:
-    """The operator page and the docs page, read once from this package: name → (bytes, media type)."""
-    files = {}
-    folder = resources.files("anomalens.serve") / "static"
-    for entry in folder.iterdir():
-        suffix = os.path.splitext(entry.name)[1]
-        if entry.is_file() and suffix in _STATIC_TYPES:
-            files[entry.name] = (entry.read_bytes(), _STATIC_TYPES[suffix])
-    return files
 
 
 def create_app(
@@ -149,7 +101,7 @@ def create_app(
     background while the service runs (``anomalens.line.in_service``).
     """
     _require_fastapi()
-    from fastapi import Depends, FastAPI, Query, Request
+    from fastapi import Depends, FastAPI, Request
     from fastapi.exceptions import HTTPException, RequestValidationError
     from fastapi.responses import JSONResponse, Response
     from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -178,7 +130,7 @@ def create_app(
         settings = dataclasses.replace(settings, max_batch=batch).validate()
     threads = settings.decode_threads or max(2, min(8, os.cpu_count() or 2))
     service = Service(served, settings, settings.max_batch, threads, drift_reference=drift_reference)
-    static = _static_files()
+    static = static_files()
     watcher = None
     if watch is not None:
         from anomalens.line.in_service import service_watcher
@@ -250,173 +202,8 @@ def create_app(
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
         return JSONResponse({"detail": f"invalid {where}: {message}{more}"[:500]}, status_code=400)
 
-    async def scored(uploads: list[Upload], run: Any) -> Any:
-        """``run()`` with the request's decoded pixels held in the budget (413 over it; waits for a share of
-        ``max_pixels_in_flight``, 503 when none frees up in time)."""
-        pixels = await asyncio.to_thread(service.budget, uploads)
-        async with service.pixels.hold(pixels):
-            return await model_call(run())
-
-    async def read_uploads(request: Request, max_files: int, name: str | None) -> list[Upload]:
-        body = await read_body(dict(request.headers), request.stream(), service.max_upload_bytes)
-        content_type = request.headers.get("content-type", "")
-        if content_type.lower().startswith("multipart/"):
-            uploads = await asyncio.to_thread(parse_multipart, content_type, body, max_files)
-            if not uploads:
-                raise UploadError(400, "the multipart body has no file field; send the image as a file")
-            return uploads
-        if not body:
-            raise UploadError(400, "empty request body; send an image (raw body or multipart file field)")
-        return [Upload(clean_name(name, "image"), body)]
-
-    async def model_call(coro: Any) -> Any:
-        """Model / internal failures → 500 with one line (the server log keeps the traceback)."""
-        try:
-            return await coro
-        except (UploadError, HTTPException):
-            raise
-        except Exception as exc:  # noqa: BLE001 - the client gets one line, the log the traceback
-            service.counts["failed"] += 1
-            logging.getLogger("anomalens.serve").exception("prediction failed")
-            what = "model error" if isinstance(exc, AnomalensError) else f"internal error ({type(exc).__name__})"
-            raise HTTPException(500, f"{what}: {' '.join(str(exc).split())[:300]}") from None
-
-    # ------------------------------------------------------------------------------------ endpoints
-    @app.post("/predict", dependencies=[Depends(authorize)], tags=["inspection"],
-              openapi_extra={"requestBody": _IMAGE_BODY}, responses=_ERRORS,
-              summary="Score one image: verdict, score vs threshold, defect regions, optional heatmap")
-    async def predict(request: Request,
-                      heatmap: bool = Query(False, description="add the overlay heatmap (base64 PNG, `heatmap_png`)"),
-                      name: str | None = Query(None, description="a name for a raw-body image, echoed back",
-                                               max_length=200)) -> dict[str, Any]:
-        received = time.perf_counter()
-        service.counts["requests"] += 1
-        uploads = await read_uploads(request, 2, name)  # a second file only to say where several go
-        if len(uploads) > 1:
-            raise UploadError(400, f"{len(uploads)} files sent to /predict; send several to /predict/batch")
-        return await scored(uploads, lambda: service.predict_one(uploads[0], heatmap, received))
-
-    @app.post("/predict/batch", dependencies=[Depends(authorize)], tags=["inspection"],
-              openapi_extra={"requestBody": _BATCH_BODY}, responses=_ERRORS,
-              summary="Score several images (multipart); one result or one error per image, in order")
-    async def predict_batch(request: Request,
-                            heatmap: bool = Query(False, description="add each image's heatmap (base64 PNG)")
-                            ) -> dict[str, Any]:
-        received = time.perf_counter()
-        service.counts["requests"] += 1
-        if not request.headers.get("content-type", "").lower().startswith("multipart/"):
-            raise UploadError(400, "send the images as multipart/form-data file fields")
-        uploads = await read_uploads(request, service.max_files, None)
-
-        async def one(upload: Upload) -> dict[str, Any]:
-            try:
-                return await service.predict_one(upload, heatmap, received)
-            except UploadError as exc:
-                service.counts["rejected"] += 1
-                return {"image": upload.name, "error": exc.message}
-
-        results = await scored(uploads, lambda: asyncio.gather(*(one(u) for u in uploads)))
-        return {"results": list(results), "count": len(results),
-                "errors": sum(1 for r in results if "error" in r), "total_ms": elapsed_ms(received)}
-
-    @app.get("/health", tags=["service"], summary="Liveness, uptime and batching statistics")
-    async def health() -> dict[str, Any]:
-        return {"status": "ok", "detector": served.name, "runtime": served.runtime, "model_id": service.model_id,
-                "auth_required": service.token is not None, "uptime_s": round(time.time() - service.started, 1),
-                "counts": dict(service.counts), "load": service.load(), "batching": service.batcher.stats(),
-                "history": service.history is not None, "drift": service.drift.status()}
-
-    @app.get("/model", dependencies=[Depends(authorize)], tags=["service"], responses={401: _ERRORS[401]},
-             summary="The detector, its parameters, the decision rule, input size, versions and limits")
-    async def model_info() -> dict[str, Any]:
-        return {**served.describe(), "limits": service.limits()}
-
-    # ------------------------------------------------------------------- history, feedback and metrics
-    def history_store() -> Any:
-        if service.history is None:
-            raise HTTPException(404, "this service keeps no history (start it with a state folder: anomalens serve "
-                                     "RUN --state DIR, or create_app(..., state_dir=DIR))")
-        return service.history
-
-    @app.get("/history", dependencies=[Depends(authorize)], tags=["feedback"],
-             summary="The stored verdicts and their judgements, newest first (paged)")
-    async def history(limit: int = Query(50, ge=1, le=500, description="results per page"),
-                      before: int | None = Query(None, ge=1, description="only results older than this id (the "
-                                                                         "previous page's next_before)")
-                      ) -> dict[str, Any]:
-        store = history_store()
-        page = await asyncio.to_thread(store.page, limit, before)
-        for item in page["items"]:
-            item["image_url"] = f"/history/{item['id']}/image" if item.pop("image_file") else None
-        return {**page, "stats": await asyncio.to_thread(store.stats)}
-
-    @app.get("/history/{result_id}/image", dependencies=[Depends(authorize)], tags=["feedback"],
-             summary="A kept image of the history (404 once the retention removed it)")
-    async def history_image(result_id: int) -> Response:
-        store = history_store()
-        item = await asyncio.to_thread(store.get, result_id)
-        path = store.image_path(item) if item else None
-        if path is None:
-            raise HTTPException(404, f"no kept image for result {result_id}")
-        try:
-            content = await asyncio.to_thread(path.read_bytes)
-        except OSError:  # removed by the retention meanwhile
-            raise HTTPException(404, f"no kept image for result {result_id}") from None
-        return Response(content, media_type=MEDIA_TYPES.get(path.suffix, "application/octet-stream"),
-                        headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"})
-
-    @app.post("/feedback/{result_id}", dependencies=[Depends(authorize)], tags=["feedback"],
-              openapi_extra={"requestBody": {"required": True, "content": {"application/json": {"schema": {
-                  "type": "object", "required": ["judgement"], "properties": {"judgement": {
-                      "type": "string", "nullable": True,
-                      "enum": ["false_alarm", "confirmed_defect", "missed_defect"]}}}}}}},
-              responses={400: {"description": "a judgement that does not fit the verdict, or a malformed body"},
-                         404: {"description": "no such result, or no history kept"}},
-              summary="The operator's judgement of a result: false_alarm / confirmed_defect (flagged), "
-                      "missed_defect (passed), null to clear")
-    async def feedback(result_id: int, request: Request) -> dict[str, Any]:
-        store = history_store()
-        body = await read_body(dict(request.headers), request.stream(), 4096)
-        try:
-            payload = json.loads(body or b"null")
-        except ValueError:
-            raise HTTPException(400, 'the body must be JSON: {"judgement": "false_alarm"}') from None
-        if not isinstance(payload, dict) or "judgement" not in payload:
-            raise HTTPException(400, 'the body must be a JSON object with "judgement" (false_alarm, '
-                                     'confirmed_defect, missed_defect or null)')
-        judgement = payload["judgement"]
-        if judgement is not None and not isinstance(judgement, str):
-            raise HTTPException(400, f"judgement must be a string or null, got {type(judgement).__name__}")
-        try:
-            item = await asyncio.to_thread(store.judge, result_id, judgement)
-        except JudgementError as exc:
-            raise HTTPException(404 if exc.missing else 400, str(exc)) from None
-        item["image_url"] = f"/history/{item['id']}/image" if item.pop("image_file") else None
-        return item
-
-    @app.get("/metrics", dependencies=[Depends(authorize)], tags=["service"],
-             summary="Prometheus metrics: requests, latency, verdicts, queue, dropped frames, sinks, drift")
-    async def metrics() -> Response:
-        body, content_type = service.render_metrics()
-        return Response(body, media_type=content_type)
-
-    # ------------------------------------------------------------------------------- pages (in memory)
-    def page(name: str) -> Response:
-        content, media_type = static[name]
-        return Response(content, media_type=media_type, headers={"Cache-Control": "no-cache"})
-
-    @app.get("/", include_in_schema=False)
-    async def index() -> Response:
-        return page("index.html")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> Response:
-        return page("docs.html")
-
-    @app.get("/static/{name}", include_in_schema=False)
-    async def static_file(name: str) -> Response:
-        if name not in static:  # exact names of this package's files: never a path lookup
-            raise HTTPException(404, "not found")
-        return page(name)
-
+    # the endpoints, in the order /docs lists them
+    add_inspection_routes(app, service, authorize)
+    add_history_routes(app, service, authorize)
+    add_page_routes(app, static)
     return app

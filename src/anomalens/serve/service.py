@@ -1,7 +1,8 @@
-"""The service's state, apart from its routes (``app.py``): the model and its micro-batcher, the limits, the
-counters, the decoded-pixel budget shared by all requests (:class:`PixelGate`), the graceful drain, and what
-the line keeps of its verdicts: the Prometheus metrics and the drift test (``anomalens.monitoring``), the
-history and the operator's feedback (``anomalens.feedback.store``, when ``state_dir`` is set)."""
+"""The service's state, apart from its routes (``app.py`` and the ``*_routes`` modules): the model and its
+micro-batcher, the limits, the counters, the decoded-pixel budget shared by all requests (:class:`PixelGate`),
+the graceful drain, and what the line keeps of its verdicts: the Prometheus metrics and the drift test
+(``anomalens.monitoring``), the history and the operator's feedback (``anomalens.feedback.store``, when
+``state_dir`` is set)."""
 
 import asyncio
 import collections
