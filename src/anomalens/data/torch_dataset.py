@@ -1,4 +1,4 @@
-"""PyTorch view of image records: fixed-size float tensors, masks and labels, batched with progress.
+"""Loops over image records as batches of tensors, decoded in worker processes, in order, with progress.
 
 Decoding runs in worker processes (a torch ``DataLoader``) so that it overlaps the model and uses the
 machine's cores: :func:`default_workers` picks how many from the cores this process may use
@@ -10,7 +10,9 @@ on the number of workers: each image is decoded by the same code, batches keep r
 A worker that dies (killed, out of memory) ends the loop with :class:`WorkerError` (one line), never a
 hang: the ``DataLoader`` watches its workers.
 
-Decoding one image (tiles, large frames, the decode mode): ``anomalens.data.model_input``.
+What one item is (the datasets, ``ImageBatch``, ``DecodedBatch``): ``anomalens.data.image_datasets``, whose
+names this module also exports; decoding one image (tiles, large frames, the decode mode):
+``anomalens.data.model_input``.
 """
 
 from __future__ import annotations
@@ -18,21 +20,16 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from anomalens.cores import available_cores
-from anomalens.data.io import (
-    describe_source,
-    load_mask,
-)
+from anomalens.data.image_datasets import DecodedBatch, DecodedImages, ImageBatch, TensorImageDataset
 from anomalens.data.model_input import (ImageTile, as_hw, current_decode_mode, decode_for_model, decoding_mode,
-                                         forget_working_image, resize_image)
+                                         forget_working_image)
 from anomalens.data.pictures import display_picture
 from anomalens.data.records import ImageRecord
 from anomalens.errors import AnomalensError, DataError
@@ -54,10 +51,6 @@ __all__ = [
     "resolve_workers",
     "worker_death",
 ]
-
-#: Pictures larger than this (pixels) are not sent back from a decoding worker for heatmaps: they would
-#: fill the prefetch queue with hundreds of MB; their heatmap writer reads the file again instead.
-DISPLAY_PIXEL_LIMIT = 4_500_000
 
 _workers_override: int | None = None
 
@@ -116,91 +109,6 @@ def resolve_workers(requested: int | None, records: Sequence, batch_size: int) -
 def _in_memory(source: Any) -> bool:
     """True for an array, or a tile of one: nothing to decode, so no worker process is worth starting."""
     return isinstance(source.image if isinstance(source, ImageTile) else source, np.ndarray)
-
-
-class TensorImageDataset(Dataset):
-    """Records as dicts of tensors, resized to ``image_size``.
-
-    Item ``i`` is ``{"image": float32 (C, H, W) in [0, 1] (bilinear, antialiased),
-    "mask": float32 (1, H, W) of 0/1 (nearest; zeros without a mask), "label": int,
-    "index": i}``. A mask whose size differs from its image raises DataError naming both.
-    """
-
-    def __init__(self, records: Sequence[ImageRecord], image_size: int | tuple[int, int], channels: int = 3,
-                 decode: str | None = None) -> None:
-        if channels not in (1, 3):
-            raise DataError(f"channels must be 1 or 3, got {channels!r}")
-        self.records = list(records)
-        self.image_size = as_hw(image_size)
-        self.channels = channels
-        # Fixed now (not read from the enclosing decoding_mode when an item is decoded): worker processes
-        # get the dataset, not this process's context.
-        self.decode = current_decode_mode(decode)
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor | int]:
-        rec = self.records[i]
-        image, _, original = decode_for_model(rec.source, self.image_size, self.channels, decode=self.decode)
-        h, w = self.image_size
-        if rec.mask is None:
-            mask = torch.zeros((1, h, w), dtype=torch.float32)
-        else:
-            m = load_mask(rec.mask)
-            if m.shape != original:
-                raise DataError(
-                    f"{describe_source(rec.mask)}: mask size {m.shape[1]}x{m.shape[0]} (WxH) does not match "
-                    f"image {describe_source(rec.source)} size {original[1]}x{original[0]}"
-                )
-            mask = torch.from_numpy(m.astype(np.float32))[None]
-            if mask.shape[1:] != (h, w):
-                # "nearest-exact" samples pixel centres (like PIL/skimage); plain "nearest"
-                # shifts masks by up to a pixel when downscaling.
-                mask = F.interpolate(mask[None], size=(h, w), mode="nearest-exact")[0]
-        return {"image": image, "mask": mask, "label": int(rec.label), "index": i}
-
-
-class ImageBatch:
-    """Images already decoded and sized: float32 (N, C, H, W) in [0, 1]. ``Detector.score`` / ``predict``
-    take one (``anomalens.data.as_image_inputs`` makes it from a tensor or array batch) and run it without
-    any decoding or resizing; it slices like a list, so ``predict_in_chunks`` works on it too."""
-
-    def __init__(self, images: torch.Tensor) -> None:
-        if images.ndim != 4:
-            raise DataError(f"an image batch must be (N, C, H, W), got shape {tuple(images.shape)}")
-        self.images = images
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def __getitem__(self, index: slice | int) -> "ImageBatch":
-        if isinstance(index, slice):
-            return ImageBatch(self.images[index])
-        return ImageBatch(self.images[index : index + 1])
-
-    def __iter__(self) -> Iterator["ImageBatch"]:
-        return (self[i] for i in range(len(self)))
-
-    def __repr__(self) -> str:
-        return f"ImageBatch({'x'.join(map(str, self.images.shape))} {self.images.dtype})"
-
-
-def _batch_from_images(batch: ImageBatch, size: tuple[int, int], channels: int, batch_size: int
-                       ) -> Iterator[dict[str, torch.Tensor]]:
-    images = batch.images
-    if images.shape[1] != channels:
-        if channels == 3 and images.shape[1] == 1:
-            images = images.expand(-1, 3, -1, -1)
-        else:
-            raise DataError(f"images have {images.shape[1]} channels; this detector takes {channels}")
-    for start in range(0, len(batch), batch_size):
-        chunk = images[start : start + batch_size]
-        if tuple(chunk.shape[2:]) != size:
-            chunk = torch.stack([resize_image(image.float(), size) for image in chunk])
-        n = len(chunk)
-        yield {"image": chunk.float().contiguous(), "mask": torch.zeros((n, 1, *size)), "label": torch.full((n,), -1),
-               "index": torch.arange(start, start + n)}
 
 
 def _unwrap_worker_error(exc: DataError) -> DataError:
@@ -293,7 +201,7 @@ def iterate_batches(
     if isinstance(records, ImageBatch):
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels!r}")
-        yield from _batch_from_images(records, as_hw(image_size), channels, batch_size)
+        yield from records.batch_dicts(as_hw(image_size), channels, batch_size)
         return
     dataset = TensorImageDataset(records, image_size, channels, decode)
     workers = resolve_workers(num_workers, dataset.records, batch_size)
@@ -314,59 +222,6 @@ def iterate_batches(
             forget_working_image()
 
 
-# ----------------------------------------------------------------------- decode once, keep going
-@dataclass
-class DecodedBatch:
-    """One batch of :func:`iterate_decoded`: for each of its records (``indices`` into the list), the model
-    input (a row of ``images``), the uint8 picture for its heatmap (``pictures[k]``, None when not asked for,
-    when unreadable or — larger than ``DISPLAY_PIXEL_LIMIT`` — left for the writer to read), its original
-    (height, width) and, for a file that could not be read, the one-line reason in ``errors[k]`` (its row of
-    ``images`` is then zeros)."""
-
-    indices: list[int]
-    images: torch.Tensor
-    pictures: list[np.ndarray | None]
-    sizes: list[tuple[int, int]]
-    errors: list[str | None]
-
-    def pin_memory(self) -> "DecodedBatch":  # called by the DataLoader's pinning thread on CUDA
-        self.images = self.images.pin_memory()
-        return self
-
-
-class _DecodedImages(Dataset):
-    def __init__(self, records: Sequence[ImageRecord], image_size: tuple[int, int], channels: int, pictures: bool,
-                 decode: str) -> None:
-        self.records, self.image_size, self.channels, self.pictures = records, image_size, channels, pictures
-        self.decode = decode
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def __getitem__(self, i: int) -> tuple:
-        try:
-            image, picture, size = decode_for_model(self.records[i].source, self.image_size, self.channels,
-                                                    self.pictures, self.decode)
-        except DataError as exc:
-            return i, torch.zeros((self.channels, *self.image_size)), None, (0, 0), str(exc)
-        if picture is not None and picture.shape[0] * picture.shape[1] > DISPLAY_PIXEL_LIMIT:
-            picture = None
-        # A tensor travels through shared memory; a numpy array would be pickled through a pipe.
-        if picture is not None and not picture.flags.writeable:
-            picture = picture.copy()  # Pillow's pixels are read-only; torch wants its own
-        return i, image, None if picture is None else torch.from_numpy(np.ascontiguousarray(picture)), size, None
-
-
-def _collate_decoded(items: list[tuple]) -> DecodedBatch:
-    return DecodedBatch(
-        indices=[item[0] for item in items],
-        images=torch.stack([item[1] for item in items]),
-        pictures=[item[2] for item in items],
-        sizes=[item[3] for item in items],
-        errors=[item[4] for item in items],
-    )
-
-
 def iterate_decoded(
     records: Sequence[ImageRecord],
     image_size: int | tuple[int, int],
@@ -378,7 +233,7 @@ def iterate_decoded(
     desc: str | None = None,
     decode: str | None = None,
 ) -> Iterator[DecodedBatch]:
-    """Decode each record once, in worker processes, in order: :class:`DecodedBatch` es of ``batch_size``.
+    """Decode each record once, in worker processes, in order: ``DecodedBatch`` es of ``batch_size``.
 
     Unlike :func:`iterate_batches`, an unreadable file does not stop the loop: its reason is in the batch
     (``errors``), so the caller decides — stop after the images before it, or record it and go on.
@@ -390,9 +245,9 @@ def iterate_decoded(
     if channels not in (1, 3):
         raise DataError(f"channels must be 1 or 3, got {channels!r}")
     records = list(records)
-    dataset = _DecodedImages(records, as_hw(image_size), channels, pictures, current_decode_mode(decode))
+    dataset = DecodedImages(records, as_hw(image_size), channels, pictures, current_decode_mode(decode))
     workers = resolve_workers(num_workers, records, batch_size)
-    loader = _loader(dataset, batch_size, workers, pin_memory, collate=_collate_decoded)
+    loader = _loader(dataset, batch_size, workers, pin_memory, collate=DecodedImages.collate)
     with _progress(len(records), desc) as bar:
         try:
             for batch in loader:

@@ -42,6 +42,7 @@ The package, one job per module:
 - ``contract``: the ``Detector`` base class — fit / score / predict / calibrate / save and what a detector
   declares (its abilities and hyper-parameters);
 - ``hyperparameters``: the common hyper-parameters and how a class's declarations add up;
+- ``saved_run``: what ``save`` writes and ``load_fitted_state`` restores (``Detector`` inherits them);
 - ``sizing``: the working size, the tiles and the batch plan (``Detector.sizing``);
 - ``normal_scores``: the hold-out / cross-fit protocol of the normal scores (``Detector.normal_scores``),
   and ``CrossFit``, the strategy an engine passes to ``fit`` to do the cross-fitting work itself;

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import functools
 import logging
-from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
@@ -25,12 +24,11 @@ from anomalens.detector.calibration import Calibration
 from anomalens.detector.hyperparameters import COMMON, HyperParameterAttribute, checked_params, declared_by
 from anomalens.detector.model_hooks import ModelHooks
 from anomalens.detector.normal_scores import CrossFit, NormalScores
-from anomalens.detector.sizing import WORKING_SIZE_TENSOR, Sizing, aspect_kept_size
+from anomalens.detector.saved_run import SavedRun
+from anomalens.detector.sizing import Sizing, aspect_kept_size
 from anomalens.devices import resolve_device
 from anomalens.errors import ConfigError, DataError, NotFittedError, NumericalError
 from anomalens.params import Param
-from anomalens.persistence import write_decision, write_run_files
-from anomalens.version import __version__
 
 logger = logging.getLogger("anomalens")
 
@@ -46,9 +44,10 @@ def _decoding_as_declared(method: Any) -> Any:
     return wrapper
 
 
-class Detector(ModelHooks):
+class Detector(ModelHooks, SavedRun):
     """Base class of every anomaly detector. Subclasses implement the model hooks (``ModelHooks``: ``_fit``,
-    ``inference_module``, the two persistence hooks) and declare their own ``hyperparameters``.
+    ``inference_module``, the two persistence hooks) and declare their own ``hyperparameters``; ``save`` /
+    ``load_fitted_state`` come from ``SavedRun`` (``anomalens.detector.saved_run``).
 
     Class attributes (what a detector declares):
         name: registry name.
@@ -352,52 +351,6 @@ class Detector(ModelHooks):
 
     def _check_fitted(self) -> None:
         self._fitted_decision()
-
-    # -- persistence --------------------------------------------------------------------------
-    def preprocessing(self) -> dict[str, Any]:
-        """How images are turned into tensors (saved for users re-implementing the pipeline): the working
-        size every image is resized to (``input_size``) and, when tiling, how it is cut."""
-        return self.sizing.preprocessing(self.params["resize"], self.params["decode"], self.score_is_map_max)
-
-    def save(self, directory: str | Path) -> Path:
-        """Write ``detector.json`` (everything but the tensors) + ``weights.safetensors`` into ``directory``
-        (no pickle, atomic)."""
-        config = {
-            "library": "anomalens",
-            "library_version": __version__,
-            "detector": self.name,
-            "params": self.params,
-            "decision": self._fitted_decision().to_dict(),
-            "history": self.history_,
-            "preprocessing": self.preprocessing(),
-        }
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self._state_tensors().items()}
-        if self.working_size_ is not None:
-            tensors[WORKING_SIZE_TENSOR] = torch.tensor(self.working_size_)
-        return write_run_files(directory, config, tensors)
-
-    def save_decision(self, directory: str | Path) -> None:
-        """Rewrite only the decision rule in ``directory``'s ``detector.json`` (after calibrate), atomically."""
-        write_decision(directory, self._fitted_decision().to_dict())
-
-    def load_fitted_state(self, tensors: dict[str, torch.Tensor], decision: DecisionRule, history: dict) -> "Detector":
-        """Restore what ``save`` wrote (used by ``anomalens.catalog.load_detector``). Returns self.
-
-        Torch is seeded as ``fit`` seeds it, so that anything rebuilt rather than saved (a backbone with
-        ``weights="random"``) is drawn exactly as it was when the detector was fitted.
-        """
-        torch.manual_seed(self.params["seed"])
-        tensors = dict(tensors)
-        working = tensors.pop(WORKING_SIZE_TENSOR, None)
-        if (working is None) != (self.params["resize"] != "keep_aspect"):
-            raise ValueError(f"resize={self.params['resize']} but the file {'lacks' if working is None else 'holds'} "
-                             "a working size")
-        self.working_size_ = None if working is None else (int(working[0]), int(working[1]))
-        self.sizing.check()
-        self._load_state_tensors(tensors)
-        self.decision_ = decision
-        self.history_ = history
-        return self
 
 
 # The common hyper-parameters read as attributes too; ``device`` is the property above (a torch.device).

@@ -29,27 +29,11 @@ knows where in the image a tile was cut: textures get many samples per Gaussian,
 than a tile is modelled as the mixture of its parts (wider Gaussians). Leave-one-out then leaves one
 *image* (all its tiles) out, fold by fold (no closed form for several samples at once).
 
-Threshold (cross-fitted, ``Detector.fit``): with n training images per position and d ≈ n, every image
-counts for the covariances, so the final Gaussians use all images, and each training image is scored by
-Gaussians from the sums *minus its own terms* — exactly the model refitted without it, without refitting:
-
-- ``threshold_folds=0`` (PaDiM's default), leave-one-out in closed form. With r = x − μ (μ, S: mean and
-  scatter Σ(x − μ)(x − μ)ᵀ of all n images at one position), the model without x has mean μ − r/(n − 1)
-  and covariance A − c·r rᵀ, A = S/(n − 2) + εI, c = n/((n − 1)(n − 2)); by Sherman–Morrison its squared
-  Mahalanobis distance of x is (n/(n − 1))²·q/(1 − c·q), q = rᵀA⁻¹r. Cost: one more batch of P inversions
-  (A's whitener) and the products q; the training embeddings of the accumulating pass are kept for them
-  (P·d floats per image, up to ``LEAVE_ONE_OUT_KEEP_BYTES``), beyond that a second feature pass and a
-  second P·d² buffer.
-  Why leave-one-out: with n ≈ d the distances of new images grow steeply as n shrinks (the covariance
-  estimate is barely determined), so a model fitted on 90 % of the images scores normal images higher
-  than the final model does, and a threshold from it misses defects (the benchmark's operating points).
-- ``threshold_folds=k``: k seeded folds; per fold, a pass over its images accumulates its sums (same
-  reference mean), the Gaussians of the sums minus them are inverted into that buffer, and a second pass
-  scores the fold's images with them through the inference graph. Cost: k batches of P inversions and two
-  more feature passes; memory: the same second P·d² buffer, whatever n and k.
-- ``threshold_folds=1``: the seeded ``holdout_fraction`` of the images, scored with the sums minus their
-  terms (held embeddings kept: 1.6 MB per image at 256 px, d = 100), as before cross-fitting.
-The N out-of-fold maps are returned to ``fit`` (N·H·W float32, as ``predict`` on the training images).
+Threshold (cross-fitted, ``Detector.fit``): the final Gaussians use every image, and each training image is
+scored by the Gaussians of the running sums *minus its own terms* — exactly the model refitted without it,
+without refitting: leave-one-out in closed form (``threshold_folds=0``, Sherman–Morrison), k seeded folds, or
+the hold-out (``components/gaussian_folds.py`` derives each and states its cost). The N out-of-fold maps are returned
+to ``fit`` (N·H·W float32, as ``predict`` on the training images).
 """
 
 from __future__ import annotations
@@ -66,7 +50,14 @@ from anomalens.data import iterate_batches
 from anomalens.detector import Detector
 from anomalens.registry import register_detector
 from anomalens.errors import ConfigError
-from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings, mean_and_whitener
+from anomalens.models.components.gaussian_folds import (
+    batch_products,
+    fold_gaussians,
+    leave_one_out_distances,
+    leave_one_out_products,
+    leave_one_out_whiteners,
+)
+from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.saved_state import (
     check_backbone_grid,
@@ -169,9 +160,13 @@ class PaDiM(Detector):
     def _build_extractor(self) -> FeatureExtractor:
         return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
 
+    def _n_features_for(self, total: int) -> int:
+        """d of a backbone with ``total`` channels in its ``layers``: ``n_features``, else the paper's d."""
+        return self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))
+
     def _choose_channels(self, total: int) -> torch.Tensor:
         # The backbone's channel count is known once it is built: checked when fit starts, before any image.
-        d = self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))
+        d = self._n_features_for(total)
         if d > total:
             raise ConfigError(
                 f"padim: parameter n_features must be in 1..{total} for backbone '{self.backbone}' "
@@ -202,11 +197,6 @@ class PaDiM(Detector):
                     sums = GaussianSums.about(emb)
                 sums.add(emb)
         return sums
-
-    def _whitener(self, outer: torch.Tensor, total: torch.Tensor, count: int,
-                  denominator: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(mean about s, whitener) of a chunk of positions, with this detector's ε (``mean_and_whitener``)."""
-        return mean_and_whitener(outer, total, count, self.epsilon, denominator)
 
     def _finish(self, sums: GaussianSums, holdout: torch.Tensor | None = None) -> torch.Tensor | None:
         """The fitted state from ``sums``, in place of their accumulator (``GaussianSums.finish``); returns the
@@ -252,52 +242,23 @@ class PaDiM(Detector):
     def _leave_one_out(self, records: list, sums: GaussianSums, progress: bool,
                        kept: KeptEmbeddings | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The final model from ``sums``; every image's distances from the Gaussians of the others, in
-        closed form (Sherman–Morrison, module docstring): from the embeddings ``kept`` of the accumulating
+        closed form (``components/gaussian_folds.py``): from the embeddings ``kept`` of the accumulating
         pass when it kept them all, else in a second feature pass."""
         n = sums.count
-        if n < 3:
-            raise ValueError("padim: leave-one-out needs at least 3 training images")
-        mean = sums.total / n  # (P, d) about the shift, float64
         if kept is not None and kept.complete(len(records)):
-            # Position chunk by chunk over all n images at once: each whitener of A is made and used once,
-            # in float64, and the products are few large matrix products.
-            q = torch.empty((len(mean), n), dtype=torch.float64, device=mean.device)  # (P, n)
-            for start in range(0, len(mean), 256):
-                chunk = slice(start, start + 256)
-                whitener = self._whitener(sums.outer[chunk], sums.total[chunk], n, denominator=n - 2)[1]
-                r = self._residuals(kept.positions(chunk).transpose(0, 1), sums.shift[chunk], mean[chunk])
-                q[chunk] = torch.bmm(r, whitener.transpose(1, 2)).pow(2).sum(2)
+            q = leave_one_out_products(sums, kept, self.epsilon)  # (P, n)
             self._finish(sums)
-            parts = [self._leave_one_out_scores(q[:, i : i + self.batch_size], n) for i in range(0, n, self.batch_size)]
+            parts = [self._scores_and_maps(leave_one_out_distances(q[:, i : i + self.batch_size], n))
+                     for i in range(0, n, self.batch_size)]
         else:
-            loo = torch.empty_like(sums.outer)  # whiteners of A = S/(n − 2) + εI
-            for start in range(0, len(loo), 256):
-                chunk = slice(start, start + 256)
-                loo[chunk] = self._whitener(sums.outer[chunk], sums.total[chunk], n, denominator=n - 2)[1]
+            whiteners = leave_one_out_whiteners(sums, self.epsilon)
             self._finish(sums)  # sums.outer becomes the final whitener; total, count and shift stay
             parts = []
             for batch in iterate_batches(records, self.model_input_size, self.batch_size,
                                          desc="padim threshold" if progress else None):
-                r = self._residuals(self.embed(batch["image"]).transpose(0, 1), sums.shift, mean)  # (P, B, d)
-                q = torch.empty(r.shape[:2], dtype=torch.float64, device=r.device)
-                for start in range(0, len(r), 256):
-                    chunk = slice(start, start + 256)
-                    q[chunk] = torch.bmm(r[chunk], loo[chunk].double().transpose(1, 2)).pow(2).sum(2)
-                parts.append(self._leave_one_out_scores(q, n))
+                q = batch_products(self.embed(batch["image"]), sums, whiteners)  # (P, B)
+                parts.append(self._scores_and_maps(leave_one_out_distances(q, n)))
         return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-    @staticmethod
-    def _residuals(embeddings: torch.Tensor, shift: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
-        """(p, m, d) embeddings → x − μ in float64, contiguous: ``bmm`` on the transposed layout was measured
-        3x slower, and the leave-one-out products are most of the fit's arithmetic."""
-        return ((embeddings - shift.unsqueeze(1)).double() - mean.unsqueeze(1)).contiguous()
-
-    def _leave_one_out_scores(self, q: torch.Tensor, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """(P, m) q = rᵀA⁻¹r → the m images' scores and maps under the Gaussians without each of them."""
-        c = n / ((n - 1) * (n - 2))
-        # c·q < 1 in exact arithmetic (the covariance without the image is positive definite).
-        squared = (n / (n - 1)) ** 2 * q / (1.0 - c * q).clamp_min(torch.finfo(torch.float64).eps)
-        return self._scores_and_maps(squared.sqrt().float().transpose(0, 1))
 
     def _scores_and_maps(self, dist: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         """(B, P) distances → (B,) image scores (the maxima of the maps) and (B, H, W) maps (eq. 2 + blur)."""
@@ -329,7 +290,7 @@ class PaDiM(Detector):
         check_tensor_names(tensors, {"mean", "whitener", "channel_index", "grid_size"})
         self.extractor_ = self._build_extractor()
         total = sum(self.extractor_.channels)
-        d = self.n_features or PAPER_N_FEATURES.get(self.backbone, min(100, total))
+        d = self._n_features_for(total)
         self.channel_index_ = checked_channel_index(tensors["channel_index"], d, total)
         check_backbone_grid(self, tensors["grid_size"])
         positions = self.grid_size_[0] * self.grid_size_[1]
@@ -340,23 +301,15 @@ class PaDiM(Detector):
                     progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """Scores (N,) and maps (N, H, W) of ``records``: each fold (index arrays into ``records``, together
         covering them) scored through the inference graph by the Gaussians of ``sums`` minus the fold's own
-        sums, accumulated here about the same shift. ``sums`` is left as it was; ``mean_`` / ``whitener_`` hold
-        the last fold's model afterwards (``_finish`` sets the final one)."""
+        sums, accumulated here about the same shift (``fold_gaussians``). ``sums`` is left as it was;
+        ``mean_`` / ``whitener_`` hold the last fold's model afterwards (``_finish`` sets the final one)."""
         scores, maps = np.empty(len(records), np.float32), None
         fold_sums = sums.empty_part()  # the one extra P·d² buffer, reused by every fold
-        mean = torch.empty_like(sums.total)
         for fold in folds:
             members = [records[i] for i in fold]
             fold_sums.clear()
             self._accumulate(members, progress, fold_sums)
-            with torch.inference_mode():
-                for start in range(0, len(mean), 256):
-                    chunk = slice(start, start + 256)
-                    mean[chunk], whitener = self._whitener(
-                        sums.outer[chunk].double() - fold_sums.outer[chunk].double(),
-                        sums.total[chunk] - fold_sums.total[chunk], sums.count - len(fold))
-                    fold_sums.outer[chunk] = whitener
-            self.mean_, self.whitener_ = (mean + sums.shift.double()).float(), fold_sums.outer
+            self.mean_, self.whitener_ = fold_gaussians(sums, fold_sums, len(fold), self.epsilon)
             fold_scores, fold_maps = self._score(members, progress)  # the inference graph, as predict runs it
             if maps is None:
                 maps = np.empty((len(records), *fold_maps.shape[1:]), np.float32)

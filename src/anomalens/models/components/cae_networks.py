@@ -30,95 +30,26 @@ its eight convolutions while it is even and keeps it otherwise (mirrored in the 
 reference network at 256 px and lets 64 px images end at 1×1; the bottleneck grid must stay ≤ 256
 positions. Other sizes raise ConfigError when the detector is created.
 
-BatchNorm: Keras' ε = 1e-3, PyTorch's momentum (0.1) — why is in ``anomalens.models.cae``.
+Layers, initialisers and BatchNorm (Keras' ε = 1e-3, PyTorch's momentum (0.1) — why is in
+``anomalens.models.cae``) as Keras computes them: ``keras_layers`` (its 'same'-padded layers are importable
+from here too).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-KERAS_BN_EPS = 1e-3
-BN_MOMENTUM = 0.1  # PyTorch's default; see the module docstring
-
-
-# --------------------------------------------------------------------------- Keras-equivalent layers
-def _same_padding(size: int, kernel: int, stride: int) -> tuple[int, int]:
-    """(before, after) padding of TensorFlow's 'same' rule: output = ceil(size / stride)."""
-    out = -(-size // stride)
-    total = max((out - 1) * stride + kernel - size, 0)
-    return total // 2, total - total // 2
-
-
-class Conv2dSame(nn.Conv2d):
-    """Conv2d with Keras 'same' padding (uneven padding puts the extra row/column bottom/right)."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int | tuple[int, int] = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = _same_padding(x.shape[-2], self.kernel_size[0], self.stride[0])
-        left, right = _same_padding(x.shape[-1], self.kernel_size[1], self.stride[1])
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom))
-        return super().forward(x)
-
-
-class ConvTranspose2dSame(nn.ConvTranspose2d):
-    """ConvTranspose2d with Keras 'same' padding: output = input × stride, cropped as TensorFlow does."""
-
-    def __init__(self, cin: int, cout: int, kernel: int, stride: int | tuple[int, int] = 1) -> None:
-        super().__init__(cin, cout, kernel, stride, padding=0)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = super().forward(x)
-        (kh, kw), (sh, sw) = self.kernel_size, self.stride
-        top, left = (kh - sh) // 2, (kw - sw) // 2
-        return y[..., top : top + x.shape[-2] * sh, left : left + x.shape[-1] * sw]
-
-
-class MaxPool2dSame(nn.Module):
-    """Keras MaxPooling2D(padding='same'): pads with −∞ by TensorFlow's rule, then pools."""
-
-    def __init__(self, kernel: int, stride: int) -> None:
-        super().__init__()
-        self.kernel, self.stride = kernel, stride
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        top, bottom = _same_padding(x.shape[-2], self.kernel, self.stride)
-        left, right = _same_padding(x.shape[-1], self.kernel, self.stride)
-        if top or bottom or left or right:
-            x = F.pad(x, (left, right, top, bottom), value=-math.inf)
-        return F.max_pool2d(x, self.kernel, self.stride)
-
-
-def _bn(channels: int) -> nn.BatchNorm2d:
-    return nn.BatchNorm2d(channels, eps=KERAS_BN_EPS, momentum=BN_MOMENTUM)
-
-
-def _up(factor: int = 2) -> nn.Upsample:
-    return nn.Upsample(scale_factor=factor, mode="nearest")
-
-
-def _keras_init(module: nn.Module) -> None:
-    """Keras defaults: Glorot-uniform kernels, zero biases (BatchNorm keeps γ = 1, β = 0)."""
-    for m in module.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            nn.init.xavier_uniform_(m.weight)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-
-
-def _he_normal(conv: nn.Conv2d) -> nn.Conv2d:
-    """Keras 'he_normal': truncated normal (±2σ), σ = √(2 / fan_in) / 0.8796 (the truncation correction)."""
-    fan_in = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    std = math.sqrt(2.0 / fan_in) / 0.87962566103423978
-    nn.init.trunc_normal_(conv.weight, 0.0, std, -2 * std, 2 * std)
-    nn.init.zeros_(conv.bias)
-    return conv
+from anomalens.models.components.keras_layers import (
+    Conv2dSame,
+    ConvTranspose2dSame,
+    MaxPool2dSame,
+    he_normal,
+    keras_batch_norm,
+    keras_init,
+    upsample,
+)
 
 
 class CAENetwork(nn.Module):
@@ -162,17 +93,17 @@ class MvtecCAENet(CAENetwork):
             Conv2dSame(32, 1, 8),  # the 8×8×1 bottleneck (at 256 px), linear
         )
         self.decoder = nn.Sequential(
-            *conv(1, 32, 3), *conv(32, 64, 3), _up(),
-            *conv(64, 128, 4, 2), _up(),
-            *conv(128, 64, 3), _up(),
-            *conv(64, 64, 4, 2), _up(),
-            *conv(64, 32, 3), _up(),
-            *conv(32, 32, 4, 2), _up(4),
-            *conv(32, 32, 4, 2), _up(),
-            *conv(32, 32, 8), _up(),
+            *conv(1, 32, 3), *conv(32, 64, 3), upsample(),
+            *conv(64, 128, 4, 2), upsample(),
+            *conv(128, 64, 3), upsample(),
+            *conv(64, 64, 4, 2), upsample(),
+            *conv(64, 32, 3), upsample(),
+            *conv(32, 32, 4, 2), upsample(4),
+            *conv(32, 32, 4, 2), upsample(),
+            *conv(32, 32, 8), upsample(),
             Conv2dSame(32, channels, 8), nn.Sigmoid(),
         )
-        _keras_init(self)
+        keras_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.encoder(x))
@@ -183,7 +114,7 @@ BASELINE_LATENT = 64
 
 
 def _conv_bn_lrelu(cin: int, cout: int, kernel: int = 3) -> nn.Sequential:
-    return nn.Sequential(Conv2dSame(cin, cout, kernel), _bn(cout), nn.LeakyReLU(0.1))
+    return nn.Sequential(Conv2dSame(cin, cout, kernel), keras_batch_norm(cout), nn.LeakyReLU(0.1))
 
 
 class BaselineCAENet(CAENetwork):
@@ -210,10 +141,10 @@ class BaselineCAENet(CAENetwork):
         self.to_latent = nn.Linear(128 * self.grid[0] * self.grid[1], BASELINE_LATENT)
         blocks, cin = [], self.grid_channels
         for cout in reversed(widths):
-            blocks += [_conv_bn_lrelu(cin, cout), _up()]
+            blocks += [_conv_bn_lrelu(cin, cout), upsample()]
             cin = cout
-        self.decoder = nn.Sequential(*blocks, Conv2dSame(32, channels, 3), _bn(channels), nn.Sigmoid())
-        _keras_init(self)
+        self.decoder = nn.Sequential(*blocks, Conv2dSame(32, channels, 3), keras_batch_norm(channels), nn.Sigmoid())
+        keras_init(self)
         convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
         self.regularize(1e-6, *convs, self.to_latent)
 
@@ -255,10 +186,10 @@ class InceptionCAENet(CAENetwork):
         self.encoder = nn.Sequential(*layers)
         layers = []
         for f in (f2, f2, f1, f1, f0, f0):
-            layers += [_Inception(cin, f), _up()]
+            layers += [_Inception(cin, f), upsample()]
             cin = 4 * f
-        self.decoder = nn.Sequential(*layers, Conv2dSame(cin, channels, 3), _bn(channels), nn.Sigmoid())
-        _keras_init(self)
+        self.decoder = nn.Sequential(*layers, Conv2dSame(cin, channels, 3), keras_batch_norm(channels), nn.Sigmoid())
+        keras_init(self)
         self.regularize(1e-6, *[m for m in self.modules() if isinstance(m, nn.Conv2d)])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -275,9 +206,9 @@ class _ConcatBasicBlock(nn.Module):
 
     def __init__(self, cin: int, filters: int, stride: int, first: bool) -> None:
         super().__init__()
-        self.pre = nn.Identity() if first else nn.Sequential(_bn(cin), nn.ReLU())
+        self.pre = nn.Identity() if first else nn.Sequential(keras_batch_norm(cin), nn.ReLU())
         self.conv1 = Conv2dSame(cin, filters, 3, stride)
-        self.post = nn.Sequential(_bn(filters), nn.ReLU())
+        self.post = nn.Sequential(keras_batch_norm(filters), nn.ReLU())
         self.conv2 = Conv2dSame(filters, filters, 3)
         self.shortcut = nn.Conv2d(cin, filters, 1, stride) if stride > 1 or cin != filters else nn.Identity()
 
@@ -292,7 +223,7 @@ class _UpBlock(nn.Module):
     def __init__(self, cin: int, cout: int) -> None:
         super().__init__()
         self.up = ConvTranspose2dSame(cin, cout, 4, 2)
-        self.body = nn.Sequential(_bn(cout), nn.ReLU(), ConvTranspose2dSame(cout, cout, 3, 1), _bn(cout), nn.ReLU())
+        self.body = nn.Sequential(keras_batch_norm(cout), nn.ReLU(), ConvTranspose2dSame(cout, cout, 3, 1), keras_batch_norm(cout), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.up(x)
@@ -314,16 +245,16 @@ class ResnetCAENet(CAENetwork):
                 cin = 2 * filters
         # Stage 4 (512 filters) keeps only its first block's strided 1×1 shortcut (see the module docstring).
         last = nn.Conv2d(cin, 512, 1, 2)
-        self.encoder = nn.Sequential(stem, _bn(64), nn.ReLU(), MaxPool2dSame(3, 2), *blocks, last)
+        self.encoder = nn.Sequential(stem, keras_batch_norm(64), nn.ReLU(), MaxPool2dSame(3, 2), *blocks, last)
         self.bottleneck = nn.Sequential(nn.Conv2d(512, 512, 1), nn.ReLU(), nn.Conv2d(512, 512, 1), nn.ReLU())
         self.decoder = nn.Sequential(
             _UpBlock(512, 512), _UpBlock(512, 256), _UpBlock(256, 128), _UpBlock(128, 64),
             ConvTranspose2dSame(64, channels, 4, 2), nn.Sigmoid(),
         )
-        _keras_init(self)
+        keras_init(self)
         resnet_convs = [m for m in self.encoder.modules() if isinstance(m, nn.Conv2d)]
         for conv in resnet_convs:
-            _he_normal(conv)
+            he_normal(conv)
         self.regularize(1e-4, *resnet_convs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -379,8 +310,8 @@ class SkipCAENet(CAENetwork):
             deconvs.append(ConvTranspose2dSame(cin, cout, 3, stride))
             cin = cout
         self.deconvs = nn.ModuleList(deconvs)
-        self.bn_skip2, self.bn_skip1 = _bn(128), _bn(64)
-        _keras_init(self)
+        self.bn_skip2, self.bn_skip1 = keras_batch_norm(128), keras_batch_norm(64)
+        keras_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         lrelu = nn.functional.leaky_relu
