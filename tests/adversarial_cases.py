@@ -1,9 +1,9 @@
 """The adversarial suite of issue 15: what a careful QA engineer throws at the command line, as data.
 
 Each :class:`Case` runs ``anomalens ...`` (in this process through ``cli.main``, or in a child process for
-signals and races) inside a private workspace holding a small MVTec-layout category, a fitted PaDiM run,
-a folder of images and a file of the user's. :func:`run_case` then classifies what happened, by what the
-command *did*, not by what it printed alone:
+signals and races) inside a private workspace holding a small MVTec-layout category, a fitted PaDiM run
+(with a PatchCore run and the ensemble of the two), a folder of images and a file of the user's.
+:func:`run_case` then classifies what happened, by what the command *did*, not by what it printed alone:
 
 - ``clean error``     bad input refused: exit 2, one line naming the problem, nothing new left behind;
 - ``correct``         valid (if unusual) input handled: exit 0 and the case's own check of the result holds;
@@ -83,7 +83,8 @@ class Outcome:
 # ---------------------------------------------------------------------------------------- workspace
 def make_template(root: Path) -> Path:
     """The pristine workspace every case copies: ``cat`` (a tiny category), ``run`` (PaDiM fitted on it),
-    ``imgs`` (six images to predict on) and ``user.txt`` (a file of the user's)."""
+    ``run_b`` (PatchCore fitted on it) and ``ens`` (the ensemble of the two, ``anomalens ensemble``), ``imgs``
+    (six images to predict on) and ``user.txt`` (a file of the user's)."""
     from anomalens.cli import main
     from anomalens.data import make_synthetic_category
 
@@ -95,6 +96,10 @@ def make_template(root: Path) -> Path:
     shutil.rmtree(ws / "data")
     with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
         assert main(["fit", "padim", str(ws / "cat"), "-o", str(ws / "run"), *FIT]) == 0
+        # The ensemble's members: PaDiM and PatchCore (its threshold from the hold-out: no cross-fit in every fold).
+        assert main(["fit", "patchcore", str(ws / "cat"), "-o", str(ws / "run_b"), *FIT, "-p", "threshold_folds=1"]) == 0
+        assert main(["ensemble", str(ws / "run"), str(ws / "run_b"), "-o", str(ws / "ens"), "--data", str(ws / "cat"),
+                     "-p", "threshold_folds=2", "-q"]) == 0
     (ws / "imgs").mkdir()
     defect = first_defect(ws)
     for path in sorted((ws / "cat" / "test" / "good").iterdir())[:3] + sorted((ws / "cat" / "test" / defect).iterdir())[:3]:
@@ -827,6 +832,127 @@ def _ray_unreadable_image_under_q(ws: Path) -> tuple[str, str]:
     return "clean error", lines[0]
 
 
+# ---------------------------------------------------------------------------------------- issue 27's detectors
+def _fit_as(model: str, *extra: str, data: str = "{cat}") -> list[str]:
+    """``fit MODEL`` with the tiny settings (no epochs given: a case that trains adds ``-p epochs=1``)."""
+    return ["fit", model, data, "-o", "{ws}/out", *FIT, *extra]
+
+
+def _supervised(*extra: str, model: str = "supersimplenet", abnormal: Sequence[str] = ("{cat}/test/scratch",),
+                masks: str | None = "{cat}/ground_truth", epochs: Sequence[str] = ("-p", "epochs=1")) -> list[str]:
+    """``fit MODEL --normal train/good --abnormal ... [--masks ...]``: labelled defects (the supervised setting)."""
+    return ["fit", model, "--normal", "{cat}/train/good", "--abnormal", *abnormal,
+            *(["--masks", masks] if masks else []), "-o", "{ws}/out", *FIT, *epochs, *extra]
+
+
+def _defects_folder(damage: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """``defects/scratch``: a copy of the category's scratch images (then ``damage(folder)``)."""
+
+    def setup(ws: Path) -> None:
+        folder = ws / "defects" / "scratch"
+        shutil.copytree(ws / "cat" / "test" / "scratch", folder)
+        if damage is not None:
+            damage(folder)
+
+    return setup
+
+
+def _masks_folder(write: Callable[[Path, Path], None]) -> Callable[[Path], None]:
+    """``masks/scratch``: ``write(image, mask folder)`` for every scratch image."""
+
+    def setup(ws: Path) -> None:
+        folder = ws / "masks" / "scratch"
+        folder.mkdir(parents=True)
+        for image in sorted((ws / "cat" / "test" / "scratch").iterdir()):
+            write(image, folder)
+
+    return setup
+
+
+def _mask_named_otherwise(image: Path, folder: Path) -> None:
+    Image.new("L", Image.open(image).size).save(folder / f"other-{image.stem}_mask.png")
+
+
+def _mask_too_small(image: Path, folder: Path) -> None:
+    Image.new("L", (10, 10)).save(folder / f"{image.stem}_mask.png")
+
+
+def _labelled_run(ws: Path, stderr: str) -> str | None:
+    info = json.loads((ws / "out" / "run.json").read_text())
+    defects = len(list((ws / "cat" / "test" / "scratch").iterdir()))
+    if info.get("n_labelled_defects") != defects or info.get("n_labelled_defect_masks") != defects:
+        return f"run.json: {info.get('n_labelled_defects')} labelled defects, {info.get('n_labelled_defect_masks')} masks"
+    return _fitted(ws, stderr)
+
+
+def _quiet_main(*argv: str) -> None:
+    from anomalens.cli import main
+
+    with contextlib.redirect_stderr(io.StringIO()) as err, contextlib.redirect_stdout(io.StringIO()):
+        rc = main([str(a) for a in argv])
+    assert rc == 0, err.getvalue()
+
+
+def _member_run(model: str, *extra: str, name: str = "run_c") -> Callable[[Path], None]:
+    """A second member run ``name``, fitted in the case's setup (a cheap detector, 64 px unless ``extra`` says)."""
+    return lambda ws: _quiet_main("fit", model, ws / "cat", "-o", ws / name, *FIT, *extra)
+
+
+def _products(*categories: str) -> Callable[[Path], None]:
+    """``products/``: a dataset root holding the category once per name (the same images under each)."""
+
+    def setup(ws: Path) -> None:
+        for category in categories:
+            shutil.copytree(ws / "cat", ws / "products" / category)
+
+    return setup
+
+
+def _unified_run(*categories: str, then: Callable[[Path], None] | None = None) -> Callable[[Path], None]:
+    """A PaDiM run ``urun`` fitted with ``--unified`` on ``products`` of ``categories``; then ``then(ws)``."""
+
+    def setup(ws: Path) -> None:
+        _products(*categories)(ws)
+        _quiet_main("fit", "padim", ws / "products", "--unified", "-o", ws / "urun", *FIT)
+        if then is not None:
+            then(ws)
+
+    return setup
+
+
+def _per_category(expected: Sequence[str]) -> Callable[[Path, str], str | None]:
+    def check(ws: Path, stderr: str) -> str | None:
+        metrics = json.loads((ws / "out" / "metrics.json").read_text())
+        found = sorted(metrics.get("per_category") or {})
+        return None if found == sorted(expected) else f"per_category {found}, expected {sorted(expected)}"
+
+    return check
+
+
+def _unified_categories(expected: Sequence[str]) -> Callable[[Path, str], str | None]:
+    def check(ws: Path, stderr: str) -> str | None:
+        found = json.loads((ws / "out" / "run.json").read_text()).get("categories")
+        return None if found == sorted(expected) else f"run.json categories {found}, expected {sorted(expected)}"
+
+    return check
+
+
+def _api_padim_with_defects(ws: Path) -> None:
+    from anomalens.catalog import create_detector
+
+    create_detector("padim", image_size=64, batch_size=8, device="cpu").fit(
+        str(ws / "cat" / "train" / "good"), progress=False, abnormal=str(ws / "cat" / "test" / "scratch"))
+
+
+def _ensemble(*runs: str, out: str = "{ws}/out", extra: Sequence[str] = ()) -> list[str]:
+    return ["ensemble", *runs, "-o", out, "--data", "{cat}", "-q", *extra]
+
+
+def _edit_member_threshold(ws: Path) -> None:
+    _edit_config(lambda c: c["decision"].update(image_threshold=c["decision"]["image_threshold"] * 100))(ws)
+
+
+
 def _export(out: str, *extra: str) -> list[str]:
     return ["export", "{run}", "--format", "onnx", "-o", out, "-q", *extra]
 
@@ -840,6 +966,8 @@ EXPORTS = "export"
 API = "python api"
 SERVICE = "serve"
 RAY = "ray"
+ENSEMBLE = "ensemble"
+UNIFIED = "unified"
 
 CASES: list[Case] = [
     # ------------------------------------------------------------------ broken images and folders
@@ -1057,6 +1185,125 @@ CASES: list[Case] = [
     Case("kill-9-during-predict-then-resume-at-once", SIGNALS, custom=_resume_right_after_kill_9),
     Case("two-fits-into-one-folder", SIGNALS, custom=_race("fit")),
     Case("two-predicts-into-one-folder", SIGNALS, custom=_race("predict")),
+    # ------------------------------------------------------------------ issue 27's detectors: their parameters
+    *[Case(f"{model}-param-{key}-{value}".replace("[", "").replace("]", "").replace(",", "_").replace("{ws}/", ""),
+           BAD_PARAMS, _fit_as(model, "-p", f"{key}={value}"), says=[key])
+      for model, key, value in [
+          ("simplenet", "epochs", "0"), ("simplenet", "noise_std", "-0.015"), ("simplenet", "noise_std", "0"),
+          ("simplenet", "discriminator_hidden", "0"), ("simplenet", "patch_size", "0"),
+          ("simplenet", "layers", "[9]"), ("simplenet", "margin_normal", "-1"),
+          ("glass", "epochs", "0"), ("glass", "ascent_steps", "-1"), ("glass", "radius_quantile", "0"),
+          ("glass", "perlin_scales", "[6,0]"), ("glass", "blend", "[0.8,1.5]"), ("glass", "constraint", "ball"),
+          ("glass", "anomaly_source", "{ws}/missing"),
+          ("supersimplenet", "epochs", "0"), ("supersimplenet", "noise_std", "-1"),
+          ("supersimplenet", "perlin_threshold", "2"), ("supersimplenet", "classifier_kernel", "4"),
+          ("supersimplenet", "anomaly_probability", "1.5"), ("supersimplenet", "image_score", "mean"),
+          ("fastflow", "epochs", "0"), ("fastflow", "flow_steps", "0"), ("fastflow", "clamp", "0"),
+          ("fastflow", "hidden_ratio", "-1"), ("fastflow", "layers", "[7]"),
+          ("cflow", "epochs", "0"), ("cflow", "coupling_blocks", "0"), ("cflow", "condition_channels", "6"),
+          ("cflow", "fiber_batch_size", "0"), ("cflow", "clamp", "-1"), ("cflow", "layers", "[]")]],
+    *[Case(f"{model}-image-too-small-for-the-blur", BAD_PARAMS,
+           ["fit", model, "{cat}", "-o", "{ws}/out", "--image-size", "8", *FIT[2:], "-p", "epochs=1"],
+           says=[model, "blur_sigma"]) for model in ("simplenet", "glass", "supersimplenet")],
+    # The flows' encoder pads: a 2-pixel side still gives every level one cell, a (useless but) working model.
+    *[Case(f"{model}-image-of-2x300-pixels", BAD_PARAMS,
+           ["fit", model, "{cat}", "-o", "{ws}/out", "--image-size", "2x300", *FIT[2:], "-p", "epochs=1"],
+           expect="ok", check=_fitted) for model in ("fastflow", "cflow")],
+    # ------------------------------------------------------------------ labelled defects (fit --abnormal)
+    Case("supersimplenet-abnormal-folder-missing", BAD_DATA, _supervised(abnormal=["{ws}/nodefects"], masks=None),
+         says=["nodefects"]),
+    Case("supersimplenet-abnormal-folder-empty", BAD_DATA, _supervised(abnormal=["{ws}/defects/scratch"], masks=None),
+         lambda ws: (ws / "defects" / "scratch").mkdir(parents=True), says=["scratch", "no images"]),
+    Case("supersimplenet-abnormal-truncated-png", BAD_DATA, _supervised(abnormal=["{ws}/defects/scratch"], masks=None),
+         _defects_folder(lambda folder: _truncate(lambda ws: _first(folder))(folder)), says=["000.png"]),
+    Case("supersimplenet-abnormal-is-the-normal-folder", BAD_DATA,
+         _supervised(abnormal=["{cat}/train/good"], masks=None), says=["good"]),
+    Case("supersimplenet-two-abnormal-folders-of-one-name", BAD_DATA,
+         _supervised(abnormal=["{cat}/test/scratch", "{ws}/defects/scratch"], masks=None), _defects_folder(),
+         says=["scratch", "twice"]),
+    Case("supersimplenet-masks-named-after-no-abnormal-image", BAD_DATA,
+         _supervised(masks="{ws}/masks"), _masks_folder(_mask_named_otherwise), says=["mask missing"]),
+    Case("supersimplenet-mask-of-the-wrong-size", BAD_DATA, _supervised(masks="{ws}/masks"),
+         _masks_folder(_mask_too_small), says=["mask", "size"]),
+    Case("supersimplenet-masks-without-abnormal", BAD_DATA,
+         ["fit", "supersimplenet", "--normal", "{cat}/train/good", "--masks", "{cat}/ground_truth", "-o", "{ws}/out",
+          *FIT], says=["--masks", "--abnormal"]),
+    Case("supersimplenet-labelled-defects-with-tiling", BAD_PARAMS, _supervised("-p", "tile_size=32"),
+         says=["tile_size"]),
+    Case("supersimplenet-labelled-defects-and-masks", BAD_DATA,
+         _supervised(abnormal=["{cat}/test/scratch"]), expect="ok", check=_labelled_run),
+    Case("padim-given-labelled-defects", BAD_PARAMS, _supervised(model="padim", masks=None, epochs=()),
+         says=["padim", "--abnormal"]),
+    Case("simplenet-given-labelled-defects", BAD_PARAMS, _supervised(model="simplenet", masks=None),
+         says=["simplenet", "--abnormal"]),
+    Case("api-padim-fit-with-abnormal", API, custom=_api(_api_padim_with_defects, "normal images only")),
+    # ------------------------------------------------------------------ ensemble RUN RUN ... -o OUT
+    Case("ensemble-a-member-run-missing", ENSEMBLE, _ensemble("{run}", "{ws}/norun"), says=["norun"]),
+    Case("ensemble-a-member-is-a-data-folder", ENSEMBLE, _ensemble("{run}", "{cat}"), says=["cat"]),
+    Case("ensemble-a-member-weights-one-byte-flipped", ENSEMBLE, _ensemble("{run}", "{ws}/run_b"), _flip_a_byte,
+         says=["weights.safetensors"]),
+    Case("ensemble-a-member-threshold-edited", ENSEMBLE, _ensemble("{run}", "{ws}/run_b"), _edit_member_threshold,
+         says=["detector.json"]),
+    Case("ensemble-a-single-member", ENSEMBLE, _ensemble("{run}"), says=["two or more"]),
+    Case("ensemble-the-same-run-twice", ENSEMBLE, _ensemble("{run}", "{run}"), says=["padim"]),
+    Case("ensemble-of-an-ensemble", ENSEMBLE, _ensemble("{ws}/ens", "{run}"), says=["ens", "ensemble"]),
+    Case("ensemble-members-of-different-image-sizes", ENSEMBLE, _ensemble("{run}", "{ws}/run_c"),
+         _member_run("spade", "--image-size", "48"), says=["image_size"]),
+    Case("ensemble-members-of-different-channels", ENSEMBLE, _ensemble("{run}", "{ws}/run_c"),
+         _member_run("mvtec_cae", "-p", "epochs=1", "-p", "channels=1"), says=["channels"]),
+    Case("ensemble-a-member-without-anomaly-maps", ENSEMBLE, _ensemble("{run}", "{ws}/run_c"),
+         _member_run("mahalanobis"), says=["mahalanobis"]),
+    Case("ensemble-unknown-combine-rule", ENSEMBLE, _ensemble("{run}", "{ws}/run_b", extra=["--combine", "median"]),
+         says=["median"]),
+    Case("ensemble-members-given-as-a-parameter", ENSEMBLE,
+         _ensemble("{run}", "{ws}/run_b", extra=["-p", "members=padim,spade"]), says=["members"]),
+    Case("ensemble-threshold-folds-1", ENSEMBLE, _ensemble("{run}", "{ws}/run_b", extra=["-p", "threshold_folds=1"]),
+         says=["threshold_folds"]),
+    Case("ensemble-data-missing", ENSEMBLE, ["ensemble", "{run}", "{ws}/run_b", "-o", "{ws}/out", "--data",
+                                             "{ws}/nowhere", "-q"], says=["nowhere"]),
+    Case("ensemble-output-is-a-member-run", ENSEMBLE, _ensemble("{run}", "{ws}/run_b", out="{run}"), says=["run"]),
+    Case("ensemble-output-is-a-member-run-with-overwrite", ENSEMBLE,
+         _ensemble("{run}", "{ws}/run_b", out="{run}", extra=["--overwrite"]), says=["run", "input"]),
+    Case("ensemble-output-inside-a-member-run", ENSEMBLE, _ensemble("{run}", "{ws}/run_b", out="{run}/ensemble"),
+         says=["run", "input"]),
+    Case("ensemble-output-is-a-user-folder-with-overwrite", ENSEMBLE,
+         _ensemble("{run}", "{ws}/run_b", out="{ws}/mine", extra=["--overwrite"]), _user_folder,
+         says=["not a folder anomalens wrote"]),
+    Case("ensemble-output-is-a-file", ENSEMBLE, _ensemble("{run}", "{ws}/run_b", out="{ws}/user.txt"),
+         says=["user.txt"]),
+    Case("ensemble-run-predicts", ENSEMBLE, _predict(run="{ws}/ens"), expect="ok", check=_predictions_complete()),
+    Case("export-an-ensemble-into-its-member-run", EXPORTS,
+         ["export", "{ws}/ens", "--format", "onnx", "-o", "{run}", "--overwrite", "-q"], says=["not an export folder"]),
+    # ------------------------------------------------------------------ fit / test --unified (a root of categories)
+    Case("unified-on-a-folder-of-plain-images", UNIFIED, _fit("--unified", data="{imgs}"), says=["imgs", "categor"]),
+    Case("unified-on-a-category-itself", UNIFIED, _fit("--unified"), says=["cat", "one dataset category"]),
+    Case("unified-on-a-root-of-one-category", UNIFIED, _fit("--unified", data="{ws}/products"), _products("brick"),
+         says=["one category", "brick"]),
+    Case("unified-with-an-unreadable-image-in-one-category", UNIFIED, _fit("--unified", data="{ws}/products"),
+         lambda ws: (_products("brick", "coffee")(ws),
+                     _truncate(lambda w: _first(w / "products" / "coffee" / "train" / "good"))(ws)),
+         says=["coffee", "000.png"]),
+    Case("unified-with-labelled-folders", UNIFIED,
+         _fit("--unified", "--abnormal", "{cat}/test/scratch", data="{ws}/products"), _products("brick", "coffee"),
+         says=["--unified", "--abnormal"]),
+    Case("unified-fit-on-two-categories", UNIFIED, _fit("--unified", data="{ws}/products"), _products("brick", "coffee"),
+         expect="ok", check=_unified_categories(["brick", "coffee"])),
+    # A unified run tested on another set of categories scores what is there, each category reported on its own.
+    Case("unified-test-on-a-root-missing-a-category", UNIFIED,
+         ["test", "{ws}/urun", "{ws}/products", "-o", "{ws}/out", "--no-report", "-q"],
+         _unified_run("brick", "coffee", "grass", then=lambda ws: shutil.rmtree(ws / "products" / "grass")),
+         expect="ok", check=_per_category(["brick", "coffee"])),
+    Case("unified-test-on-a-root-with-a-category-it-never-saw", UNIFIED,
+         ["test", "{ws}/urun", "{ws}/products", "-o", "{ws}/out", "--no-report", "-q"],
+         _unified_run("brick", "coffee", then=_products("grass")), expect="ok",
+         check=_per_category(["brick", "coffee", "grass"])),
+    Case("unified-test-on-a-root-left-with-one-category", UNIFIED,
+         ["test", "{ws}/urun", "{ws}/products", "-o", "{ws}/out", "--no-report", "-q"],
+         _unified_run("brick", "coffee", then=lambda ws: shutil.rmtree(ws / "products" / "coffee")),
+         says=["one category (brick)", "own folder"]),
+    Case("unified-test-on-one-category-folder", UNIFIED,
+         ["test", "{ws}/urun", "{ws}/products/brick", "-o", "{ws}/out", "--no-report", "-q"],
+         _unified_run("brick", "coffee"), expect="ok", check=_metrics(lambda m: None if m["n_anomalous"] else str(m))),
 ]
 
 

@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial_cases import CASES, GOOD_OUTCOMES, make_template, run_case
+from tests.adversarial_cases import CASES, EXPORTS, GOOD_OUTCOMES, RAY, make_template, run_case
+
+
+def tier(case) -> tuple:
+    """The slow tier a case belongs to (conftest.TIERS: ``make test-fast`` leaves them out; ``make test`` runs all):
+    Ray's local cluster, or an export and its runtime (ONNX Runtime / OpenVINO)."""
+    if case.family == RAY:
+        return (pytest.mark.ray,)
+    if case.family == EXPORTS or "export" in case.id:
+        return (pytest.mark.export,)
+    return ()
 
 
 @pytest.fixture(scope="module")
@@ -14,7 +24,7 @@ def template(tmp_path_factory):
     return make_template(tmp_path_factory.mktemp("adversarial"))
 
 
-@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+@pytest.mark.parametrize("case", [pytest.param(c, marks=tier(c), id=c.id) for c in CASES])
 def test_adversarial_case(case, template, tmp_path):
     outcome = run_case(case, template, tmp_path)
     expected = "clean error" if case.expect == "error" and case.custom is None else GOOD_OUTCOMES

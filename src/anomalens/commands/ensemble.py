@@ -22,9 +22,13 @@ def add_ensemble_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_ensemble(args: argparse.Namespace) -> None:
+    from pathlib import Path
+
+    from anomalens.outputs.targets import check_not_input
     from anomalens.workflow import fit_run
     from anomalens.workflow.ensemble import ensemble_params
 
+    check_not_input(Path(args.output), args.runs)  # the member runs are inputs: --overwrite never replaces one
     params, data = ensemble_params(args.runs, args.combine)
     for key, value in args.param or []:
         if key in ("members", "member_params", "combine"):

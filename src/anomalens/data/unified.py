@@ -31,16 +31,21 @@ def load_unified(root: str | Path, layout: str | None = None, name: str | None =
     """Every category under ``root`` as one dataset: the union of their training normals and of their test
     splits, each record carrying its category. A root with fewer than two categories is refused: a unified
     model of one category is the category's own model."""
-    from anomalens.data.layouts import find_categories, load_dataset
+    from anomalens.data.layouts import detect_layout, find_categories, load_dataset
 
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (--unified reads a dataset root that holds several categories)")
     found = find_categories(root, layout)
     if len(found) < 2:
+        own_layout = detect_layout(root) if not found else None
+        if own_layout not in (None, "folder"):
+            raise DataError(f"{root}: is one dataset category ({own_layout} layout), not a root of categories; "
+                            "without --unified it is read as it is")
         what = f"one category ({found[0][0]})" if found else "no dataset category"
-        raise DataError(f"{root}: holds {what}; --unified fits one model on the categories of a dataset root "
-                        "(two or more category folders, e.g. the output of 'anomalens demo' or an MVTec AD root)")
+        raise DataError(f"{root}: holds {what}; a unified model reads the categories of a dataset root (two or "
+                        "more category folders, e.g. the output of 'anomalens demo' or an MVTec AD root); give one "
+                        "category's own folder to fit or test it alone")
     train: list[ImageRecord] = []
     test: list[ImageRecord] = []
     for category, folder, category_layout in found:

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 from anomalens.errors import ConfigError
 from anomalens.models.ensemble import SHARED_PARAMS
 from anomalens.outputs.names import RUN_INFO_FILE
-from anomalens.persistence import read_config
+from anomalens.persistence import read_config, read_weights
 from anomalens.tiling import TILING_PARAMS
 
 
@@ -17,7 +17,9 @@ def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tu
     """(the ensemble's parameters, the runs' common training data or None) from fitted runs: every member
     with its run's hyper-parameters; the shared ones (image size, resize, decoding, device, seed) taken from
     the first run and required to agree. The members are fitted again by the ensemble (its threshold needs
-    every member fitted without each fold), on the data the runs were fitted on unless another is given."""
+    every member fitted without each fold), on the data the runs were fitted on unless another is given. Each
+    run is checked whole first: one whose weights, parameters or decision rule were changed is refused, as
+    loading it would be."""
     if len(run_dirs) < 2:
         raise ConfigError("ensemble: give two or more runs")
     members: list[str] = []
@@ -26,6 +28,7 @@ def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tu
     data: set[str] = set()
     for run_dir in run_dirs:
         config = read_config(run_dir)
+        read_weights(run_dir, config)  # a tampered member (weights, parameters or rule edited) is refused, not rebuilt
         name, params = config.get("detector"), dict(config.get("params") or {})
         if name in members:
             raise ConfigError(f"{run_dir}: a second {name} run; an ensemble takes each detector once")
