@@ -6,11 +6,14 @@ Torch-free, for the service and the export loader too.
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from anomalens.errors import ModelFileError
 from anomalens.names import printable
 
 
@@ -29,3 +32,18 @@ def plain_json(value: Any) -> Any:
     if value is None or isinstance(value, (bool, int, float)):
         return value
     return printable(value)  # a path or name that is not UTF-8 is spelt with \xNN escapes
+
+
+def read_folder_record(directory: str | Path, name: str, written_by: str) -> Any:
+    """The JSON file ``name`` of a folder that the command ``written_by`` writes (a run's detector.json, an
+    export's export.json), parsed; a missing, unreadable or non-JSON file is one ModelFileError line that
+    names it and what should have written it."""
+    path = Path(directory) / name
+    if not path.is_file():
+        raise ModelFileError(f"{path}: not found; is '{directory}' a folder written by '{written_by}'?")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelFileError(f"{path}: not valid JSON ({exc})") from None
+    except OSError as exc:
+        raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from anomalens.errors import ConfigError, ModelFileError
+from anomalens.jsonvalues import read_folder_record
 from anomalens.outputs.atomic import atomic_path, write_json
 from anomalens.params import short_repr
 from anomalens.version import __version__
@@ -154,12 +155,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
     """The JSON of a run folder, checked to be an anomalens detector file of a readable version."""
     directory = Path(directory)
     config_path = directory / CONFIG_FILE
-    if not config_path.is_file():
-        raise ModelFileError(f"{config_path}: not found; is '{directory}' a run folder written by 'anomalens fit'?")
-    try:
-        config = json.loads(config_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{config_path}: not valid JSON ({exc})") from None
+    config = read_folder_record(directory, CONFIG_FILE, "anomalens fit")
     if not isinstance(config, dict) or config.get("library") != "anomalens":
         raise ModelFileError(f"{config_path}: not an anomalens detector file")
     if config.get("format_version") not in READABLE_VERSIONS:

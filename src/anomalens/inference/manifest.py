@@ -34,8 +34,12 @@ import numpy as np
 from anomalens.data.io import check_decode_mode
 from anomalens.decision import DecisionRule
 from anomalens.errors import AnomalensError, ModelFileError
-from anomalens.inference.model_files import SUMMARY_KEY, onnx_model_facts, openvino_ir_summary
-from anomalens.jsonvalues import plain_json
+from anomalens.inference.model_files import (
+    SUMMARY_KEY,
+    onnx_model_facts,
+    openvino_ir_summary,
+)
+from anomalens.jsonvalues import plain_json, read_folder_record
 from anomalens.version import __version__
 
 MANIFEST_FILE = "export.json"
@@ -176,14 +180,7 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
     ModelFileError naming the problem otherwise."""
     directory = Path(directory)
     path = directory / MANIFEST_FILE
-    if not path.is_file():
-        raise ModelFileError(f"{path}: not found; is '{directory}' a folder written by 'anomalens export'?")
-    try:
-        manifest = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ModelFileError(f"{path}: not valid JSON ({exc})") from None
-    except OSError as exc:
-        raise ModelFileError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+    manifest = read_folder_record(directory, MANIFEST_FILE, "anomalens export")
     if not isinstance(manifest, dict) or manifest.get("library") != "anomalens" or manifest.get("kind") != "export":
         raise ModelFileError(f"{path}: not an anomalens export manifest")
     if manifest.get("export_format_version") != EXPORT_FORMAT_VERSION:
@@ -245,5 +242,18 @@ def is_export(path: str | Path) -> bool:
     return (Path(path) / MANIFEST_FILE).is_file()
 
 
-__all__ = ["EXPORT_FORMAT_VERSION", "EXTRA", "FORMAT_FILES", "FORMAT_PRECISIONS", "INPUT_NAME", "PRECISIONS", "MANIFEST_FILE", "RUNTIMES", "SUMMARY_KEY",
-           "export_summary", "is_export", "is_plain_file_name", "read_manifest"]
+__all__ = [
+    "EXPORT_FORMAT_VERSION",
+    "EXTRA",
+    "FORMAT_FILES",
+    "FORMAT_PRECISIONS",
+    "INPUT_NAME",
+    "MANIFEST_FILE",
+    "PRECISIONS",
+    "RUNTIMES",
+    "SUMMARY_KEY",
+    "export_summary",
+    "is_export",
+    "is_plain_file_name",
+    "read_manifest",
+]

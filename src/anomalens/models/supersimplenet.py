@@ -39,12 +39,9 @@ Deviations, and why:
   instead of WideResNet-50 (no weights offline; ``backbone="wide_resnet50_2"`` with ``weights=FILE`` builds the
   paper's). Channels are standardised with the training images' statistics (``standardise``, as SimpleNet
   here; the paper does not), so σ = 0.015 has the same meaning for every backbone.
-- Budget: ``epochs`` defaults to ``EPOCHS``, a CPU budget estimated, not yet measured: at 256 px an epoch of 120
-  images is about 4 TFLOP of head training (the 5 × 5 classification convolution on the 64 × 64 upscaled grid
-  dominates), about a minute on two quiet cores; ``epochs=300`` is the paper's. Measured so far (64 px brick,
-  10 epochs of 4 steps): the maps localise (pixel AUROC 0.75) but the classification head's image score does
-  not yet rank the defects (0.27, benchmarks/results/supervised_defects) — a few dozen steps are far from the
-  paper's thousands.
+- Budget: ``epochs`` defaults to ``EPOCHS``, a CPU budget; ``epochs=300`` is the paper's. At 256 px an epoch of
+  120 images is about 4 TFLOP of head training (the 5 × 5 classification convolution on the 64 × 64 upscaled
+  grid dominates); what a CPU budget reaches: benchmarks/results/supervised_defects.
 - Scores: the logits s and m themselves, not their sigmoid (anomalib applies it): the order is the same, and a
   float32 sigmoid saturates at 1.0, tying the most anomalous images.
 - Labelled defects per batch: the paper does not say how they are mixed in; here each batch of normal images
