@@ -145,6 +145,15 @@ def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, c
     return DataLoader(dataset, **kwargs)
 
 
+def stop_workers(batches: Iterator) -> None:
+    """Stop a loader's decoding workers now. An error raised inside the loader keeps its iterator alive
+    through the traceback's frames, and its workers were then only shut down at some later garbage
+    collection, with a 5 s join timeout per worker (measured: 10.4 s for 2 workers, in the next call)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator only
+    if shutdown is not None:
+        shutdown()
+
+
 def die_with_parent(_worker_id: int = 0) -> None:
     """In a decoding worker: end when the command that started it ends, even by ``kill -9``.
 
@@ -205,10 +214,10 @@ def iterate_batches(
         return
     dataset = TensorImageDataset(records, image_size, channels, decode)
     workers = resolve_workers(num_workers, dataset.records, batch_size)
-    loader = _loader(dataset, batch_size, workers, pin_memory)
+    batches = iter(_loader(dataset, batch_size, workers, pin_memory))
     with _progress(len(dataset), desc) as bar:
         try:
-            for batch in loader:
+            for batch in batches:
                 yield batch
                 bar.update(len(batch["label"]))
         except DataError as exc:
@@ -219,6 +228,7 @@ def iterate_batches(
                 raise
             raise death from None
         finally:
+            stop_workers(batches)
             forget_working_image()
 
 
@@ -247,10 +257,10 @@ def iterate_decoded(
     records = list(records)
     dataset = DecodedImages(records, as_hw(image_size), channels, pictures, current_decode_mode(decode))
     workers = resolve_workers(num_workers, records, batch_size)
-    loader = _loader(dataset, batch_size, workers, pin_memory, collate=DecodedImages.collate)
+    batches = iter(_loader(dataset, batch_size, workers, pin_memory, collate=DecodedImages.collate))
     with _progress(len(records), desc) as bar:
         try:
-            for batch in loader:
+            for batch in batches:
                 batch.pictures = [None if p is None else p.numpy() for p in batch.pictures]
                 yield batch
                 bar.update(len(batch.indices))
@@ -259,3 +269,5 @@ def iterate_decoded(
             if death is None:
                 raise
             raise death from None
+        finally:
+            stop_workers(batches)
