@@ -124,3 +124,15 @@ def test_fit_run_takes_a_configured_detector(root, tmp_path, one_torch_thread):
     assert anomalens.load_detector(tmp_path / "run").params == detector.params
     with pytest.raises(ConfigError, match="already configured"):
         anomalens.fit_run(detector, root / "brick", tmp_path / "other", {"n_features": 10}, progress=False)
+
+
+def test_testing_on_other_categories_than_the_fit_says_which(unified_run, tmp_path, capsys):
+    from anomalens.data import make_synthetic_dataset
+
+    other = tmp_path / "other"
+    make_synthetic_dataset(other, ["brick", "grass"], image_size=48, n_train=2, n_test_good=2, n_test_defect=2)
+    out = tmp_path / "scored"
+    assert main(["test", str(unified_run), str(other), "-o", str(out), "--no-report", "-q"]) == 0
+    err = capsys.readouterr().err
+    assert "no test images of coffee" in err and "grass: not among the run's categories" in err
+    assert set(json.loads((out / "metrics.json").read_text())["per_category"]) == {"brick", "grass"}

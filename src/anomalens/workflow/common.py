@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from anomalens.data import AnomalyDataset, ImageRecord, load_dataset
+
+logger = logging.getLogger("anomalens")
 
 
 def as_dataset(data: str | Path | AnomalyDataset) -> AnomalyDataset:
@@ -24,7 +27,16 @@ def as_test_dataset(data: str | Path | AnomalyDataset, run_categories: list[str]
         from anomalens.data.unified import load_unified
 
         if detect_layout(data) is None:
-            return load_unified(data)
+            dataset = load_unified(data)
+            tested = {r.category for r in dataset.test}
+            notes = []
+            if missing := sorted(set(run_categories) - tested):
+                notes.append(f"no test images of {', '.join(missing)}, which the run was fitted on")
+            if unseen := sorted(tested - set(run_categories)):
+                notes.append(f"{', '.join(unseen)}: not among the run's categories (scored by the one model all the same)")
+            if notes:
+                logger.warning("%s: %s", data, "; ".join(notes))
+            return dataset
     return as_dataset(data)
 
 
