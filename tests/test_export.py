@@ -78,6 +78,16 @@ def test_onnx_export_agrees_with_torch_on_both_runtimes(name, runs, image_files,
         assert report["scores_rel"] <= DEFAULT_TOLERANCE and report["maps_rel"] <= DEFAULT_TOLERANCE
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_autoencoders_ssim_residual_exports_and_agrees(channels, runs, image_files, tmp_path):
+    """The CAEs' default residual map (1 − SSIM; the contract's tiny settings use L2): its Gaussian window
+    and mirrored borders must keep static shapes in the graph (the export once failed with a traceback)."""
+    out = export_run(runs("mvtec_cae", channels=channels, residual="ssim", epochs=1), tmp_path / "export")
+    for runtime in ("onnxruntime", "openvino"):
+        report = verify_export(out, image_files, runtime=runtime)
+        assert report["ok"], report
+
+
 @pytest.mark.parametrize("name", ["padim", "mahalanobis"])
 def test_openvino_ir_export(name, runs, image_files, tmp_path, capsys):
     out = tmp_path / "ir"

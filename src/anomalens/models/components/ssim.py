@@ -65,10 +65,18 @@ def _mirror_pad(images: torch.Tensor, radius: int) -> torch.Tensor:
     """Pad the last two dims by ``radius`` with edge-including mirroring (d c b a | a b c d | d c b a).
 
     This is scipy.ndimage's 'reflect' (skimage's choice for SSIM maps); torch's own 'reflect' mode
-    leaves the edge pixel out, and it cannot pad more than the image size, which this handles.
+    leaves the edge pixel out, and it cannot pad more than the image size, which the second branch handles.
+    The first branch (the usual case) is written with slices and a constant index so that an ONNX export
+    knows the padded size: an index computed from the traced size left it unknown, and the export failed.
     """
     for dim in (-2, -1):
         size = images.shape[dim]
+        if radius <= size:
+            backwards = torch.arange(radius - 1, -1, -1, device=images.device)
+            before = images.narrow(dim, 0, radius).index_select(dim, backwards)
+            after = images.narrow(dim, size - radius, radius).index_select(dim, backwards)
+            images = torch.cat([before, images, after], dim)
+            continue
         # Index of each padded position in the original: mirror, period 2·size.
         idx = torch.arange(-radius, size + radius, device=images.device) % (2 * size)
         idx = torch.where(idx >= size, 2 * size - 1 - idx, idx)
@@ -79,8 +87,12 @@ def _mirror_pad(images: torch.Tensor, radius: int) -> torch.Tensor:
 def ssim_map(inputs: torch.Tensor, outputs: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """(B, C, H, W) → (B, C, H, W) SSIM with the Gaussian window centred on every pixel."""
     radius = WIN_SIZE // 2
-    win = _fspecial_gauss_1d(WIN_SIZE, WIN_SIGMA).repeat([inputs.shape[1], 1, 1, 1]).to(inputs)
-    x, y = _mirror_pad(inputs, radius), _mirror_pad(outputs, radius)
+    # Each channel filtered as an image of its own: one (1, 1, 1, 11) window, a constant shape in an ONNX
+    # export (a window repeated per channel took its shape from the traced input, and the export failed).
+    batch, channels, height, width = inputs.shape
+    win = _fspecial_gauss_1d(WIN_SIZE, WIN_SIGMA).reshape(1, 1, 1, WIN_SIZE).to(inputs)
+    x = _mirror_pad(inputs.reshape(batch * channels, 1, height, width), radius)
+    y = _mirror_pad(outputs.reshape(batch * channels, 1, height, width), radius)
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
     mu_x, mu_y = gaussian_filter(x, win), gaussian_filter(y, win)
     var_x = gaussian_filter(x * x, win) - mu_x.pow(2)
@@ -88,7 +100,7 @@ def ssim_map(inputs: torch.Tensor, outputs: torch.Tensor, data_range: float = 1.
     cov = gaussian_filter(x * y, win) - mu_x * mu_y
     luminance = (2 * mu_x * mu_y + c1) / (mu_x.pow(2) + mu_y.pow(2) + c1)
     structure = (2 * cov + c2) / (var_x + var_y + c2)
-    return luminance * structure
+    return (luminance * structure).reshape(batch, channels, height, width)
 
 
 def residual_map(inputs: torch.Tensor, outputs: torch.Tensor, method: str) -> torch.Tensor:
