@@ -30,8 +30,10 @@ torch.set_num_threads(1)
 
 IMAGE_SIZE = 64
 
-# The slow tiers, by test file: `make test-fast` leaves them out (`-m "not (browser or ray or export or ddp)"`),
-# `make test` runs everything.
+# The slow tiers, by test file: `make test-fast` leaves them out
+# (`-m "not (browser or ray or export or ddp or docs or line or serve)"`), `make test` runs everything. A single
+# test of another file joins a tier with its own mark: a detector's export parity test `@pytest.mark.export`,
+# a test against a real broker / stream server `line`, one of `anomalens serve` run as a process `serve`.
 TIERS = {
     "test_serve_browser.py": "browser", "test_report_browser.py": "browser",
     "test_distributed_ray.py": "ray",
@@ -39,6 +41,7 @@ TIERS = {
     "test_export_precision.py": "export",
     "test_ddp.py": "ddp",
     "test_docs_run.py": "docs",
+    "test_sinks_opcua.py": "line",  # an OPC UA server (asyncua) on a local port
 }
 
 
@@ -157,6 +160,25 @@ def train_records() -> list[ImageRecord]:
 @pytest.fixture(scope="session")
 def test_records() -> list[ImageRecord]:
     return make_records(6, 6, seed=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_fit(train_records):
+    """``tiny_fit(name)``: the detector fitted with ``TINY_PARAMS[name]`` on ``train_records``, fitted once per
+    test process (the contract and the detector's own test file need the same fit) and handed out as a deep copy,
+    so that what one test file does to it never reaches another."""
+    import copy
+
+    from anomalens import create_detector
+
+    fits: dict = {}
+
+    def fitted(name: str):
+        if name not in fits:
+            fits[name] = create_detector(name, **TINY_PARAMS[name]).fit(train_records, progress=False)
+        return copy.deepcopy(fits[name])
+
+    return fitted
 
 
 # A tiny synthetic MVTec-layout category and a PaDiM run fitted on it through the CLI, for the tests of the

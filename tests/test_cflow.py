@@ -27,8 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector(NAME, **TINY_PARAMS[NAME]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit(NAME)
 
 
 def test_the_positional_encoding_is_sinusoidal_in_columns_then_rows():
@@ -113,6 +113,7 @@ def test_resuming_from_a_checkpoint_gives_the_same_networks(tmp_path):
     torch.testing.assert_close(again.decoders_.reference, straight.decoders_.reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_export_gives_the_torch_scores_and_maps(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

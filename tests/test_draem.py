@@ -24,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector("draem", **TINY_PARAMS["draem"]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit("draem")
 
 
 def test_perlin_noise_is_smooth_bounded_and_seeded():
@@ -155,6 +155,7 @@ def test_inconsistent_ranges_fail_at_construction():
         create_detector("draem", score_pool=20)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_export_agrees_with_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

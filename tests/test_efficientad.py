@@ -25,8 +25,8 @@ PARAMS = TINY_PARAMS["efficientad"]
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector("efficientad", **PARAMS).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit("efficientad")
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +73,16 @@ def test_both_maps_are_quantile_normalised_on_held_out_normals(fitted):
     assert fitted.history_["hard"][-1] < fitted.history_["hard"][0]
 
 
-def test_a_resumed_fit_equals_an_uninterrupted_one(train_records, test_records, tmp_path):
+def test_a_resumed_fit_equals_an_uninterrupted_one(tiny_fit, train_records, test_records, tmp_path):
     checkpoint = str(tmp_path / "ckpt.pt")
     create_detector("efficientad", **{**PARAMS, "epochs": 1, "checkpoint": checkpoint}).fit(train_records, progress=False)
     resumed = create_detector("efficientad", **{**PARAMS, "checkpoint": checkpoint}).fit(train_records, progress=False)
-    straight = create_detector("efficientad", **PARAMS).fit(train_records, progress=False)
+    straight = tiny_fit("efficientad")  # PARAMS, fitted in one go
     np.testing.assert_allclose(resumed.score(test_records, progress=False)[0],
                                straight.score(test_records, progress=False)[0], rtol=1e-4)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 @pytest.mark.parametrize("fmt", ["onnx", "openvino"])
 def test_the_export_gives_the_torch_scores_and_maps(fitted, fmt, tmp_path):
     pytest.importorskip("onnxruntime")

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector(NAME, **TINY_PARAMS[NAME]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit(NAME)
 
 
 def _randomised(module: nn.Module, seed: int) -> nn.Module:
@@ -143,6 +143,7 @@ def test_features_are_encoded_once_per_fit(monkeypatch):
     assert calls[0] == 1 and sum(calls[1:]) == 10
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_export_gives_the_torch_scores_and_maps(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

@@ -24,8 +24,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector("glass", **TINY_PARAMS["glass"]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit("glass")
 
 
 def test_local_anomaly_masks_are_one_mask_a_union_or_an_intersection():
@@ -137,6 +137,7 @@ def test_inconsistent_ranges_fail_at_construction():
         create_detector("glass", blend=[0.9, 0.2])
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_export_agrees_with_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

@@ -93,6 +93,7 @@ class NumpyPredictor:
 
 
 # -------------------------------------------------------------------------------------- the protocol
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_every_runtime_is_a_predictor_stating_what_it_takes(saved, exports):
     predictors = _predictors(saved, exports)
     rules = set()
@@ -109,6 +110,7 @@ def test_every_runtime_is_a_predictor_stating_what_it_takes(saved, exports):
     assert isinstance(NumpyPredictor(), Predictor)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_runtimes_agree_on_real_images_through_the_one_predict(saved, exports):
     """Parity: the export's graph equals the torch model on real files, each decoded by its own runtime."""
     files = _files(saved)
@@ -147,6 +149,7 @@ def test_what_is_not_a_fitted_model_is_refused():
         as_predictor(create_detector("padim", **TINY_PARAMS["padim"]))
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_an_export_runs_in_graph_calls_of_its_batch_size(saved, exports):
     """``run`` cuts any batch at ``batch_size`` (as the torch detector does); ``run_graph`` is one call."""
     predictor = load_predictor(exports["onnxruntime"])
@@ -179,6 +182,7 @@ def test_nan_or_inf_is_refused_in_one_line_naming_the_first_image():
         refuse_non_finite("x", np.zeros(2, np.float32), maps)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_an_export_giving_nan_is_refused_by_its_predict_the_cli_and_the_service(saved, exports, tmp_path, capsys,
                                                                                  monkeypatch):
     from anomalens.cli import main
@@ -261,6 +265,7 @@ def test_the_service_takes_any_predictor(saved):
     assert predictor.calls == [1]
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_export_side_imports_no_torch_and_the_old_names_stay(exports, saved):
     import anomalens.exported as exported
     from anomalens.inference import export_predictor, loading, manifest, parity, preprocess
@@ -284,6 +289,7 @@ def test_the_export_side_imports_no_torch_and_the_old_names_stay(exports, saved)
     assert answer == {"torch": [], "n": [10, 10]}
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_openvino_exports_opened_and_dropped_leave_signals_working(exports):
     """Each OpenVINO ``Core`` installs an alternate signal stack and puts the previous one back when destroyed:
     two of them dropped in the order they were created left a freed stack installed, and the next signal handled in Python (here a

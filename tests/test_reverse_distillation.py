@@ -25,8 +25,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector(NAME, **TINY_PARAMS[NAME]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit(NAME)
 
 
 def _levels(g: torch.Generator, batch: int = 2) -> list[torch.Tensor]:
@@ -121,6 +121,7 @@ def test_levels_whose_strides_do_not_double_fail_in_one_line():
         create_detector(NAME, **SMALL, layers=[1, 2, 4], epochs=1).fit(make_records(6, 0, size=32), progress=False)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_export_gives_the_torch_scores_and_maps(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

@@ -350,6 +350,7 @@ def test_graceful_shutdown_finishes_requests_in_flight_and_answers_the_rest_503(
     assert server.service.counts["failed"] == 0
 
 
+@pytest.mark.serve  # `anomalens serve` as a process: the serve tier, in make test, not make test-fast
 def test_sigterm_to_anomalens_serve_mid_request(detector, good, tmp_path):
     """The command itself: SIGTERM while a request is half-sent → it is answered once complete, the server
     stops, stderr has no traceback."""

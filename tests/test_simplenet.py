@@ -21,8 +21,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector("simplenet", **TINY_PARAMS["simplenet"]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit("simplenet")
 
 
 def test_embedding_dims_only_ever_reduce():
@@ -115,6 +115,7 @@ def test_bad_settings_fail_at_construction():
         create_detector("simplenet", image_size=16)
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_export_agrees_with_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

@@ -497,6 +497,7 @@ class Subscriber:
         self.client.loop_stop()
 
 
+@pytest.mark.line  # a real broker: the line tier, in make test, not make test-fast
 @needs_mosquitto
 def test_mqtt_publishes_qos1_per_verdict_and_retains_the_last(broker, tmp_path):
     broker.start()
@@ -516,6 +517,7 @@ def test_mqtt_publishes_qos1_per_verdict_and_retains_the_last(broker, tmp_path):
     assert late.messages[0] == ("last", 5, True)
 
 
+@pytest.mark.line  # a real broker: the line tier, in make test, not make test-fast
 @needs_mosquitto
 def test_mqtt_broker_down_at_start_spools_then_replays_in_order(broker, tmp_path, caplog):
     broker.start()
@@ -539,6 +541,7 @@ def test_mqtt_broker_down_at_start_spools_then_replays_in_order(broker, tmp_path
     assert sinks.stats()[name]["dropped"] == 0 and sinks.stats()[name]["pending"] == 0
 
 
+@pytest.mark.line  # a real broker: the line tier, in make test, not make test-fast
 @needs_mosquitto
 def test_mqtt_broker_killed_mid_run_and_restarted_loses_nothing(broker, tmp_path, caplog):
     broker.start()

@@ -13,8 +13,8 @@ from tests.conftest import IMAGE_SIZE, TINY_PARAMS
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector("spade", **TINY_PARAMS["spade"]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit("spade")
 
 
 @pytest.fixture(scope="module")

@@ -20,8 +20,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def fitted(train_records):
-    return create_detector("stpm", **TINY_PARAMS["stpm"]).fit(train_records, progress=False)
+def fitted(tiny_fit):
+    return tiny_fit("stpm")
 
 
 def test_loss_and_map_are_zero_when_the_student_is_the_teacher():

@@ -172,6 +172,7 @@ def test_bad_settings_fail_at_construction():
         create_detector("supersimplenet", perlin_scales=[3, 3])
 
 
+@pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_export_agrees_with_torch(tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("openvino")

@@ -166,6 +166,7 @@ def all_handled(summary: dict, pushed: int) -> bool:
             and summary["scored"] + summary["dropped"] + summary["corrupt_frames"] >= summary["frames_decoded"])
 
 
+@pytest.mark.line  # ffmpeg serving a stream: the line tier, in make test, not make test-fast
 @needs_ffmpeg
 def test_an_rtsp_stream_pushed_to_the_watcher_is_scored_and_a_dropped_stream_is_taken_again(predictor, video, tmp_path):
     url = f"rtsp://127.0.0.1:{free_port()}/line"
@@ -193,6 +194,7 @@ def test_an_rtsp_stream_pushed_to_the_watcher_is_scored_and_a_dropped_stream_is_
     assert len(restarts) == 1, times  # two sessions, each from the start of its stream
 
 
+@pytest.mark.line  # ffmpeg serving a stream: the line tier, in make test, not make test-fast
 @needs_ffmpeg
 def test_an_http_stream_down_at_start_is_retried_with_back_off_then_scored(predictor, video, tmp_path, caplog):
     url = f"http://127.0.0.1:{free_port()}/line.ts"
