@@ -22,14 +22,15 @@ import time
 
 from harness import RESULTS, ROOT, Results, Run, describe, describe_run, fmt, machine, markdown, table
 from harness.cli import output_options, rebuild_report
+from harness.paths import makefile_marks
 
 SUITE = "test_suite"
 DEFAULT_OUTPUT = RESULTS / SUITE
 PARALLEL = ["-n", "2", "--dist", "loadfile"]  # the Makefile's PYTEST_PARALLEL
-TIERS = {
-    "full": PARALLEL,
-    "fast": [*PARALLEL, "-m", "not (browser or ray or export or ddp)"],
-    "full-serial": [],  # the same suite in one process, for comparison
+TIERS = {  # what `make test` and `make test-fast` run (their marker expressions read from the Makefile)
+    "full": [*PARALLEL, "-m", makefile_marks("test")],
+    "fast": [*PARALLEL, "-m", makefile_marks("test-fast")],
+    "full-serial": ["-m", makefile_marks("test")],  # the same suite in one process, for comparison
 }
 
 TARGET_MINUTES = {"full": 10, "fast": 3, "full-serial": 10}

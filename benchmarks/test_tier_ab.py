@@ -15,7 +15,6 @@ sides alike; the load average before and after each file is recorded. Rows: per 
 from __future__ import annotations
 
 import argparse
-import re
 import subprocess
 import sys
 import time
@@ -37,15 +36,11 @@ from harness import (
     table,
 )
 from harness.cli import output_options, rebuild_report
+from harness.paths import makefile_marks
 from harness.machine import load_average
 
 SUITE = "test_tier_ab"
 DEFAULT_OUTPUT = RESULTS / SUITE
-
-
-def _fast_expression(makefile: str) -> str:
-    target = makefile.split("\ntest-fast:", 1)[1]
-    return re.search(r'-m "([^"]+)"', target).group(1)
 
 
 def run_file(tree: Path, test_file: str, expression: str, side: str) -> dict:
@@ -107,8 +102,8 @@ def main() -> None:
         rebuild_report(json_path, md_path, SUITE, report)
         return
     before_tree = checkout(args.baseline)
-    before_expression = _fast_expression((before_tree / "Makefile").read_text())
-    after_expression = _fast_expression((ROOT / "Makefile").read_text())
+    before_expression = makefile_marks("test-fast", before_tree / "Makefile")
+    after_expression = makefile_marks("test-fast")
     results = Results(SUITE, settings={"baseline": args.baseline, "before_expression": before_expression,
                                        "after_expression": after_expression})
     run = Run()

@@ -26,3 +26,12 @@ def load_library_file(name: str) -> ModuleType:
     sys.modules[key] = module  # dataclasses look their module up while the file runs
     spec.loader.exec_module(module)
     return module
+
+
+def makefile_marks(target: str, makefile: Path = ROOT / "Makefile") -> str:
+    """The ``-m "..."`` marker expression of a Makefile target's pytest command (``test``, ``test-fast``): the
+    suites that time a test tier run what ``make`` runs."""
+    import re
+
+    recipe = makefile.read_text().split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
+    return re.search(r'-m "([^"]+)"', recipe).group(1)
