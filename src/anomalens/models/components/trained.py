@@ -49,7 +49,8 @@ from torch import nn
 from anomalens.data import TensorImageDataset, iterate_batches, split_records
 from anomalens.detector import Detector
 from anomalens.detector.normal_scores import CrossFit
-from anomalens.models.components.training import TrainingSetup, load_module_tensors, module_tensors, train
+from anomalens.models.components.training import (TrainingSetup, load_module_tensors, module_tensors,
+                                                  multi_tensor_updates, train)
 from anomalens.params import Int, Text
 
 PRELOAD_BYTES = 2 * 1024**3
@@ -249,7 +250,7 @@ class TrainedDetector(Detector):
         if len(images) < self.min_training_images:
             raise ValueError(f"{self.name}: needs at least {self.min_training_images} training images, got {len(images)}")
         val_images = TrainingImages(val_records, self.model_input_size, channels, progress, f"{self.name} load val") if val_records else None
-        optimizers = self._optimizers()
+        optimizers = multi_tensor_updates(self._optimizers())
         setup = TrainingSetup(
             modules=self._networks(),
             optimizers=optimizers,
