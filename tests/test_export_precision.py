@@ -159,3 +159,29 @@ def test_int8_refusals_are_one_line_naming_the_measured_reason():
         assert refusal and "\n" not in refusal and reason in refusal
     assert precision_refusal("not-listed", "openvino", "int8") is None
     assert "refused" in precision_refusal("padim", "onnx", "fp16")
+
+
+def test_fp16_is_checked_on_the_runs_training_normals_and_on_random_images_once_they_moved(
+        run, category, tmp_path, monkeypatch):
+    import anomalens.export as export_module
+    from anomalens.quantization import calibration_images
+
+    shapes = []
+
+    def recording(*args, **kwargs):
+        batch, described = calibration_images(*args, **kwargs)
+        shapes.append(batch.shape)
+        return batch, described
+
+    monkeypatch.setattr(export_module, "calibration_images", recording)
+    export_run(run, tmp_path / "fp16", format="openvino", precision="fp16", progress=False)
+    assert shapes == [(12, 3, 64, 64)]  # the 12 training images, as predict preprocesses them
+
+    moved = tmp_path / "moved"
+    shutil.copytree(category, moved)
+    shutil.rmtree(category / "train")  # the run's training images are gone: random images check the graph
+    try:
+        export_run(run, tmp_path / "fp16-again", format="openvino", precision="fp16", progress=False)
+    finally:
+        shutil.copytree(moved / "train", category / "train")
+    assert read_manifest(tmp_path / "fp16-again")["precision"] == "fp16"

@@ -170,6 +170,9 @@ def _export_into(stage: Path, run_dir: str | Path, format: str, onnx: ModuleType
                 run_dir, calibration, (height, width), channels, str(detector.params.get("decode", "exact")))
         quantizer = require("onnxruntime" if format == "onnx" else "nncf", "quantising to int8")
         manifest["exported_with"][quantizer.__name__] = quantizer.__version__
+    elif precision == "fp16":  # checked on real normals where they still are: random pixels flip no label
+        with logged_stage("export: read training images to check fp16 on", enabled=progress):
+            images = _training_images_if_found(run_dir, (height, width), channels, detector)
 
     work = stage / ".trace"  # the tracer's own files (external weights of a large graph) stay out of the export
     work.mkdir()
@@ -261,9 +264,20 @@ def _check_against_torch(folder: Path, module: Any, tolerance: float) -> None:
         )
 
 
+def _training_images_if_found(run_dir: str | Path, size: tuple[int, int], channels: int,
+                              detector: Any) -> np.ndarray | None:
+    """The run's training normals as int8 calibrates on, or None where they moved or changed (an fp16 export
+    does not need them: it is then checked on random images, as before)."""
+    try:
+        return calibration_images(run_dir, None, size, channels, str(detector.params.get("decode", "exact")))[0]
+    except AnomalensError:
+        return None
+
+
 def _check_reduced_precision(folder: Path, detector: Any, precision: str, images: np.ndarray | None) -> None:
-    """An fp16 / int8 graph against torch on normal images (the calibration batch, else random ones): labels
-    under the run's rule may flip on at most the precision's share of them (``PARITY``)."""
+    """An fp16 / int8 graph against torch on normal images (the run's training normals or the int8 calibration
+    batch, else random ones): labels under the run's rule may flip on at most the precision's share of them
+    (``PARITY``)."""
     import torch
 
     exported = load_export(folder)
