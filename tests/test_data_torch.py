@@ -78,3 +78,16 @@ def test_bad_sizes() -> None:
         TensorImageDataset([], 0)
     with pytest.raises(DataError):
         TensorImageDataset([], (1, 2, 3))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_one_loop_with_breaks_yields_the_batches_of_one_loop_per_part(tmp_path, workers):
+    records = []
+    for i in range(7):  # files, so that the workers have something to decode
+        Image.fromarray(np.full((8, 8, 3), 20 * i, np.uint8)).save(tmp_path / f"{i}.png")
+        records.append(ImageRecord(tmp_path / f"{i}.png", 0, None, f"{i}"))
+    parts = [records[:3], records[3:]]
+    per_part = [b["image"] for part in parts for b in iterate_batches(part, 8, 2, num_workers=workers)]
+    one_loop = [b["image"] for b in iterate_batches(records, 8, 2, num_workers=workers, breaks=[3])]
+    assert [len(b) for b in one_loop] == [2, 1, 2, 2]
+    assert all(torch.equal(a, b) for a, b in zip(per_part, one_loop, strict=True))

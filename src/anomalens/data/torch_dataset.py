@@ -134,9 +134,15 @@ def worker_death(exc: BaseException) -> WorkerError | None:
                        "memory — rerun with fewer workers (--workers N, 0 decodes in the main process)")
 
 
-def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, collate: Any = None) -> DataLoader:
-    kwargs: dict[str, Any] = {"batch_size": batch_size, "shuffle": False, "num_workers": workers,
-                              "pin_memory": pin_memory and torch.cuda.is_available()}
+def _loader(dataset: Dataset, batch_size: int, workers: int, pin_memory: bool, collate: Any = None,
+            breaks: Sequence[int] = ()) -> DataLoader:
+    kwargs: dict[str, Any] = {"num_workers": workers, "pin_memory": pin_memory and torch.cuda.is_available()}
+    if breaks:  # batches of batch_size within each segment: a part's batches as a loop of its own makes them
+        edges = sorted({0, *(b for b in breaks if 0 < b < len(dataset)), len(dataset)})
+        kwargs["batch_sampler"] = [list(range(i, min(i + batch_size, stop)))
+                                   for start, stop in zip(edges, edges[1:]) for i in range(start, stop, batch_size)]
+    else:
+        kwargs.update(batch_size=batch_size, shuffle=False)
     if collate is not None:
         kwargs["collate_fn"] = collate
     if workers:
@@ -192,6 +198,7 @@ def iterate_batches(
     num_workers: int | None = None,
     pin_memory: bool = False,
     decode: str | None = None,
+    breaks: Sequence[int] = (),
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield batched dicts (``image`` (B, C, H, W), ``mask`` (B, 1, H, W), ``label`` (B,),
     ``index`` (B,)) in record order, with progress labelled ``desc``.
@@ -199,7 +206,9 @@ def iterate_batches(
     Images are decoded by ``num_workers`` processes (None: :func:`resolve_workers` decides; 0: in this
     process); ``pin_memory`` (when CUDA is available) lets the caller copy batches with ``non_blocking=True``.
     ``records`` may be an :class:`ImageBatch` (already decoded: sliced, resized only if needed). ``decode``:
-    how files are decoded, "exact" or "fast" (None: :func:`current_decode_mode`).
+    how files are decoded, "exact" or "fast" (None: :func:`current_decode_mode`). ``breaks``: indices where
+    a batch must start, so that one loop (one set of decoding workers) over several parts of ``records``
+    yields the batches that one loop per part would.
 
     ``desc=None`` means no progress (callers pass ``desc if progress else None``). Otherwise it is a bar
     on a terminal and INFO log lines elsewhere (``anomalens.progress``), never when the environment
@@ -208,13 +217,15 @@ def iterate_batches(
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(records, ImageBatch):
+        if breaks:
+            raise DataError("breaks are for records to decode, not an ImageBatch")
         if channels not in (1, 3):
             raise DataError(f"channels must be 1 or 3, got {channels!r}")
         yield from records.batch_dicts(as_hw(image_size), channels, batch_size)
         return
     dataset = TensorImageDataset(records, image_size, channels, decode)
     workers = resolve_workers(num_workers, dataset.records, batch_size)
-    batches = iter(_loader(dataset, batch_size, workers, pin_memory))
+    batches = iter(_loader(dataset, batch_size, workers, pin_memory, breaks=breaks))
     with _progress(len(dataset), desc) as bar:
         try:
             for batch in batches:

@@ -183,13 +183,14 @@ class PaDiM(Detector):
         return embedding.flatten(2).transpose(1, 2)  # (B, P, d)
 
     def _accumulate(self, records: Sequence, progress: bool, sums: GaussianSums | None = None,
-                    keep: KeptEmbeddings | None = None) -> GaussianSums:
+                    keep: KeptEmbeddings | None = None, breaks: Sequence[int] = ()) -> GaussianSums:
         """Add ``records`` to the running sums (``GaussianSums``; started about the first batch's mean when
         ``sums`` is None). ``keep``: where the records' embeddings are kept for a second use (the held-out
         images, whose own terms ``GaussianSums.finish`` subtracts again; the training images for
         leave-one-out)."""
         with torch.inference_mode():
-            for batch in iterate_batches(records, self.model_input_size, self.batch_size, desc="padim fit" if progress else None):
+            for batch in iterate_batches(records, self.model_input_size, self.batch_size,
+                                         desc="padim fit" if progress else None, breaks=breaks):
                 emb = self.embed(batch["image"])  # (B, P, d)
                 if keep is not None:
                     keep.add(emb)
@@ -229,9 +230,14 @@ class PaDiM(Detector):
         records = [r for part in parts for r in part]
         leave_one_out = len(folds) == len(records)
         kept = KeptEmbeddings(LEAVE_ONE_OUT_KEEP_BYTES) if leave_one_out else None
-        sums = None
-        for part in parts:  # in parts: the same float32 sums, batch for batch, as the hold-out fit made
-            sums = self._accumulate(part, progress, sums, keep=kept)
+        # Batches within each part: the same float32 sums, batch for batch, as the hold-out fit made; one loop
+        # over the parts, as records to decode, starts the decoding workers once.
+        if all(isinstance(part, list) for part in parts):
+            sums = self._accumulate(records, progress, keep=kept, breaks=np.cumsum([len(p) for p in parts])[:-1].tolist())
+        else:
+            sums = None
+            for part in parts:
+                sums = self._accumulate(part, progress, sums, keep=kept)
         if leave_one_out:
             return self._leave_one_out(records, sums, progress, kept)
         scores, maps = self.score_folds(records, sums, folds, progress)
