@@ -188,3 +188,19 @@ def test_export_agrees_with_torch(tmp_path):
     for runtime in ("onnxruntime", "openvino"):
         report = verify_export(out, files, runtime=runtime, progress=False)
         assert report["scores_rel"] <= DEFAULT_TOLERANCE and report["maps_rel"] <= DEFAULT_TOLERANCE, report
+
+
+def test_fit_run_refuses_labelled_defect_folders_for_a_detector_without_a_supervised_setting(tmp_path):
+    from PIL import Image
+
+    from anomalens.data.sources import DatasetSource
+    from anomalens.workflow.fit import fit_run
+
+    for name, records in (("good", make_records(6, 0, seed=1)), ("scratch", make_records(0, 2, seed=2))):
+        (tmp_path / name).mkdir()
+        for i, record in enumerate(records):
+            Image.fromarray(record.source).save(tmp_path / name / f"{i}.png")
+    source = DatasetSource(tmp_path / "good", abnormal_dirs=(tmp_path / "scratch",))
+    with pytest.raises(ConfigError, match="padim learns from normal images only"):
+        fit_run("padim", source, tmp_path / "run", params=TINY_PARAMS["padim"], progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written

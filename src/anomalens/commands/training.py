@@ -45,7 +45,6 @@ def add_fit_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_fit(args: argparse.Namespace) -> None:
     data = data_source(args)
-    check_labelled_defects(args)
     from anomalens import engines
     from anomalens.tracking import open_tracker
     from anomalens.workflow import fit_run
@@ -59,19 +58,6 @@ def run_fit(args: argparse.Namespace) -> None:
     if detector is None:  # a torchrun rank other than 0: rank 0 writes the run and says so
         return
     print(f"fitted {detector.name} on {data} → {args.output} (threshold {detector.threshold_:.4g}, {detector.decision_.description})")
-
-
-def check_labelled_defects(args: argparse.Namespace) -> None:
-    """``fit --abnormal``: labelled defects the detector learns from; refused for a detector that learns from
-    normal images only (it would ignore them, and the user would believe it had learnt the defects)."""
-    if not args.abnormal:
-        return
-    from anomalens.catalog import detector_class
-
-    if not detector_class(args.model).accepts_abnormal:
-        raise ConfigError(f"{args.model} learns from normal images only, so fit does not take --abnormal (labelled "
-                          "defects are learnt by detectors with a supervised setting, e.g. supersimplenet); give those "
-                          "folders to test or calibrate")
 
 
 def fit_engine(args: argparse.Namespace) -> str:

@@ -102,9 +102,15 @@ def fit_run(
 def labelled_defects(detector: Detector, data: Any, dataset: AnomalyDataset, engine: FitEngine) -> list[ImageRecord]:
     """The defective images ``fit`` learns from: those of ``--abnormal`` (with their ``--masks``), for a detector
     that ``accepts_abnormal`` (the others learn from normal images only, and the labelled-folder layout's defects
-    stay the test split's); [] otherwise. A benchmark layout's own test defects are never trained on."""
-    if not detector.accepts_abnormal or not getattr(data, "abnormal_dirs", ()):
+    stay the test split's); [] otherwise. A benchmark layout's own test defects are never trained on. Refused for a
+    detector that learns from normal images only: it would ignore them, and the user would believe it had learnt
+    the defects."""
+    if not getattr(data, "abnormal_dirs", ()):
         return []
+    if not detector.accepts_abnormal:
+        raise ConfigError(f"{detector.name} learns from normal images only, so fit does not take --abnormal (labelled "
+                          "defects are learnt by detectors with a supervised setting, e.g. supersimplenet); give those "
+                          "folders to test or calibrate")
     if not isinstance(engine, LocalFit):
         raise ConfigError(f"{detector.name}: labelled defects (--abnormal) are learnt in one process; use --engine local")
     return [r for r in dataset.test if r.label == 1]
