@@ -24,8 +24,8 @@ Importing the package is light (no torch, numpy or matplotlib until a function n
 from __future__ import annotations
 
 from anomalens.benchmarking.plan import (SYNTHETIC_COUNTS, BenchmarkPlan, Category, Job, data_categories,
-                                         parse_overrides, synthetic_categories)
+                                         parse_detectors, parse_overrides, synthetic_categories)
 from anomalens.benchmarking.runner import run_benchmark
 
-__all__ = ["SYNTHETIC_COUNTS", "BenchmarkPlan", "Category", "Job", "data_categories", "parse_overrides",
-           "run_benchmark", "synthetic_categories"]
+__all__ = ["SYNTHETIC_COUNTS", "BenchmarkPlan", "Category", "Job", "data_categories", "parse_detectors",
+           "parse_overrides", "run_benchmark", "synthetic_categories"]

@@ -9,6 +9,7 @@ MVTec-layout categories of :mod:`anomalens.data.synthetic`, built once where the
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,6 +23,7 @@ __all__ = ["BenchmarkPlan", "Category", "Job", "SYNTHETIC_COUNTS", "data_categor
 #: test images, 256 px, seed 0 (``benchmarks/harness/datasets.py`` builds the same).
 SYNTHETIC_COUNTS = {"n_train": 120, "n_test_good": 30, "n_test_defect": 40}
 SYNTHETIC_IMAGE_SIZE = 256
+_LABEL = re.compile(r"[A-Za-z0-9_-]+")  # no '.': -p LABEL.KEY=VALUE splits at the first one
 
 
 @dataclass(frozen=True)
@@ -37,10 +39,12 @@ class Category:
 class Job:
     """One (detector, category, seed): fitted and scored in its own process."""
 
-    detector: str
+    detector: str  # its label in the tables: the registry name, or a LABEL of -m LABEL=NAME
     category: Category
     seed: int
     params: dict = field(hash=False)
+    model: str | None = None  # the registry name when the label is not one
+
 
     @property
     def key(self) -> str:
@@ -48,7 +52,8 @@ class Job:
         return f"{self.detector}--{self.category.name}--seed{self.seed}"
 
     def worker_spec(self) -> dict[str, Any]:
-        return {"detector": self.detector, "params": {**self.params, "seed": self.seed}, "data": self.category.data,
+        return {"detector": self.detector, "model": self.model or self.detector,
+                "params": {**self.params, "seed": self.seed}, "data": self.category.data,
                 "layout": self.category.layout, "category": self.category.name}
 
 
@@ -62,6 +67,12 @@ class BenchmarkPlan:
     overrides: dict[str, dict] = field(default_factory=dict)
     image_size: int | None = None
     synthetic: dict | None = None
+    #: label -> registry name, for the detectors given as ``-m LABEL=NAME`` (one detector under several settings)
+    models: dict[str, str] = field(default_factory=dict)
+
+    def model(self, detector: str) -> str:
+        """The registry name behind a detector's label."""
+        return self.models.get(detector, detector)
 
     def params(self, detector: str) -> dict[str, Any]:
         """The detector's settings (without the seed): ``image_size`` from the plan, then its overrides."""
@@ -69,14 +80,17 @@ class BenchmarkPlan:
 
     def jobs(self) -> list[Job]:
         """Every job: categories outermost, so that the first results to appear compare detectors."""
-        return [Job(d, c, s, self.params(d)) for c in self.categories for s in self.seeds for d in self.detectors]
+        return [Job(d, c, s, self.params(d), self.models.get(d)) for c in self.categories for s in self.seeds
+                for d in self.detectors]
 
     def config(self) -> dict[str, Any]:
         """What decides the jobs' results (``benchmark.json``): a rerun with another one is refused."""
         return {"detectors": list(self.detectors), "params": {d: self.params(d) for d in self.detectors},
                 "seeds": list(self.seeds),
                 "categories": [{"name": c.name, "data": c.data, "layout": c.layout} for c in self.categories],
-                "synthetic": self.synthetic}
+                "synthetic": self.synthetic,
+                # only with labels, so that a folder written before labels existed still resumes
+                **({"models": {d: self.model(d) for d in self.detectors}} if self.models else {})}
 
     def check(self) -> None:
         """Refuse, in one line each, what would fail in every job: an unknown detector, a bad setting."""
@@ -93,11 +107,29 @@ class BenchmarkPlan:
         for detector in self.detectors:
             if "seed" in self.overrides.get(detector, {}):
                 raise ConfigError(f"-p {detector}.seed: give the seeds with --seeds")
-            create_detector(detector, **self.params(detector), seed=self.seeds[0])  # checks every setting
+            create_detector(self.model(detector), **self.params(detector), seed=self.seeds[0])  # checks every setting
         names = [c.name for c in self.categories]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise ConfigError(f"benchmark: two categories are named {twice[0]}; give each dataset once")
+
+
+def parse_detectors(items: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """``-m`` values: ``NAME`` or ``LABEL=NAME`` (the same detector benchmarked under several settings, each
+    under its own label, its settings given as ``-p LABEL.KEY=VALUE``) → (labels, {label: name} for the
+    labelled ones)."""
+    labels: list[str] = []
+    models: dict[str, str] = {}
+    for item in items:
+        label, sep, name = item.partition("=")
+        label, name = label.strip(), name.strip()
+        if sep and (not name or not _LABEL.fullmatch(label)):
+            raise ConfigError(f"-m {item}: expected NAME or LABEL=NAME, the label made of letters, digits, '-' "
+                              "and '_' (e.g. -m patchcore-384=patchcore)")
+        labels.append(label)
+        if sep:
+            models[label] = name
+    return labels, models
 
 
 def parse_overrides(items: Sequence[str]) -> dict[str, dict]:

@@ -22,7 +22,7 @@ SCORE_FIELDS = ("name", "defect_type", "label", "score", "flagged")
 
 
 def run_detector_job(job: dict[str, Any], folder: str) -> dict[str, Any]:
-    """Fit ``job["detector"]`` with ``job["params"]`` on ``job["data"]`` (read as ``job["layout"]``), score
+    """Fit ``job["model"]`` (the registry name behind the label ``job["detector"]``) with ``job["params"]`` on ``job["data"]`` (read as ``job["layout"]``), score
     its test split, write the files of the module docstring into ``folder``; return the measurements."""
     import numpy as np
     import torch
@@ -42,7 +42,7 @@ def run_detector_job(job: dict[str, Any], folder: str) -> dict[str, Any]:
     labels = np.array([r.label for r in records], dtype=np.int64)
     if not records or labels.all() or not labels.any():
         raise DataError(f"{job['data']}: the test split needs normal and anomalous images to benchmark on")
-    detector = create_detector(job["detector"], **job["params"])
+    detector = create_detector(job.get("model", job["detector"]), **job["params"])
     start = time.perf_counter()
     detector.fit(dataset.train, progress=False)
     fit_seconds = time.perf_counter() - start

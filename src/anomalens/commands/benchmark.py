@@ -17,8 +17,10 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
                      "process with a time limit; write a leaderboard with bootstrap 95 % intervals and paired tests "
                      "(results.json, leaderboard.md/.csv, plots/, report.html). Rerunning the same command on the "
                      "same folder resumes it.")
-    p.add_argument("-m", "--detector", dest="detectors", action="append", required=True, metavar="NAME",
-                   help="a detector to benchmark (repeat: -m padim -m patchcore)")
+    p.add_argument("-m", "--detector", dest="detectors", action="append", required=True, metavar="[LABEL=]NAME",
+                   help="a detector to benchmark (repeat: -m padim -m patchcore); LABEL=NAME benchmarks NAME under "
+                        "its own label, to compare settings of one detector: -m patchcore -m pc384=patchcore "
+                        "-p pc384.image_size=384")
     p.add_argument("-p", "--param", action="append", default=[], metavar="DETECTOR.KEY=VALUE",
                    help="a detector setting, e.g. -p patchcore.coreset_ratio=0.01 (repeatable)")
     data = p.add_mutually_exclusive_group(required=True)
@@ -57,7 +59,8 @@ def add_benchmark_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_benchmark_command(args: argparse.Namespace) -> None:
-    from anomalens.benchmarking import (SYNTHETIC_COUNTS, BenchmarkPlan, data_categories, parse_overrides,
+    from anomalens.benchmarking import (SYNTHETIC_COUNTS, BenchmarkPlan, data_categories, parse_detectors,
+                                        parse_overrides,
                                         run_benchmark, synthetic_categories)
     from anomalens.benchmarking.plan import SYNTHETIC_IMAGE_SIZE
     from anomalens.errors import ConfigError
@@ -72,6 +75,7 @@ def run_benchmark_command(args: argparse.Namespace) -> None:
     if len(set(args.seeds)) != len(args.seeds):
         raise ConfigError(f"--seeds: a seed is given twice ({' '.join(map(str, args.seeds))})")
     overrides = parse_overrides(args.param)
+    detectors, models = parse_detectors(args.detectors)
     synthetic = None
     if args.data is not None:
         categories = data_categories(args.data, args.layout)
@@ -83,7 +87,7 @@ def run_benchmark_command(args: argparse.Namespace) -> None:
             raise ConfigError("--synthetic-images: every count must be at least 1")
         size = args.image_size or SYNTHETIC_IMAGE_SIZE
         synthetic = {"categories": names, "image_size": size, **counts}
-        plan = BenchmarkPlan(list(args.detectors), [], list(args.seeds), overrides, args.image_size, synthetic)
+        plan = BenchmarkPlan(detectors, [], list(args.seeds), overrides, args.image_size, synthetic, models)
         plan.check()  # before building any image
         root = Path(args.synthetic_data) if args.synthetic_data else out / "data"
         if not args.synthetic_data:
@@ -95,7 +99,7 @@ def run_benchmark_command(args: argparse.Namespace) -> None:
             args.overwrite = False  # the folder is now this configuration's
         categories = synthetic_categories(names, root, size, counts)
         inputs = [] if not args.synthetic_data else [str(root)]
-    plan = BenchmarkPlan(list(args.detectors), categories, list(args.seeds), overrides, args.image_size, synthetic)
+    plan = BenchmarkPlan(detectors, categories, list(args.seeds), overrides, args.image_size, synthetic, models)
     plan.check()
     from anomalens.tracking import open_tracker
 
