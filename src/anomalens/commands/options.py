@@ -128,7 +128,7 @@ def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
     p.add_argument("--normal", metavar="DIR", help="instead of DATA: a folder of normal training images")
     p.add_argument("--abnormal", nargs="+", default=[], metavar="DIR",
                    help="folders of anomalous test images, the defect type being the folder name")
-    p.add_argument("--test-normal", dest="test_normal", metavar="DIR", help="a folder of normal test images")
+    p.add_argument("--test-normal", dest="test_normal", metavar="DIR", help="a folder of normal test images (read by test and calibrate; fit says it does not read it)")
     p.add_argument("--masks", metavar="DIR",
                    help="masks of the --abnormal images: <stem>.png or <stem>_mask.png in DIR/<defect>/ or DIR/")
     p.add_argument("--unified", action="store_true",

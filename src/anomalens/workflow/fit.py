@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,6 +21,8 @@ from anomalens.progress import stage as logged_stage
 from anomalens.provenance import environment, file_list_sha256
 from anomalens.tracking import Tracker, provenance_tags
 from anomalens.workflow.common import as_dataset, image_key, peak_rss_mb
+
+logger = logging.getLogger("anomalens")
 
 
 def fit_run(
@@ -104,7 +107,10 @@ def labelled_defects(detector: Detector, data: Any, dataset: AnomalyDataset, eng
     that ``accepts_abnormal`` (the others learn from normal images only, and the labelled-folder layout's defects
     stay the test split's); [] otherwise. A benchmark layout's own test defects are never trained on. Refused for a
     detector that learns from normal images only: it would ignore them, and the user would believe it had learnt
-    the defects."""
+    the defects. ``--test-normal`` is test's and calibrate's: fit says in one line that it does not read it."""
+    if getattr(data, "test_normal_dir", None) is not None:
+        logger.warning("fit learns from the normal training images only: --test-normal %s is read by test and "
+                       "calibrate, not by fit", data.test_normal_dir)
     if not getattr(data, "abnormal_dirs", ()):
         return []
     if not detector.accepts_abnormal:
