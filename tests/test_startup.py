@@ -81,6 +81,20 @@ def test_the_table_of_builtin_detectors_matches_the_model_files():
                                           "run 'python -m anomalens.catalog' to rewrite it")
 
 
+def test_creating_a_detector_imports_its_own_model_file_only():
+    code = textwrap.dedent("""
+        import json, sys
+        from anomalens import create_detector
+        create_detector("padim")
+        print(json.dumps(sorted(m for m in sys.modules if m.startswith(("anomalens.models.", "torchvision", "torch._dynamo"))
+                                and not m.startswith("anomalens.models.components"))))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    # not the other models, nor what Reverse Distillation's ResNet blocks pull in (torchvision.ops, torch._dynamo)
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == ["anomalens.models.padim"]
+
+
 def test_a_builtin_name_is_refused_to_another_class_even_before_its_module_is_loaded():
     code = textwrap.dedent("""
         from anomalens.registry import register_detector

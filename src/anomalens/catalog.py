@@ -69,7 +69,13 @@ def builtin_table() -> dict[str, dict[str, Any]]:
 
     ``anomalens.builtin_detectors`` holds a copy; tests/test_startup.py checks that they agree.
     """
-    import anomalens.models  # noqa: F401  (registers every built-in detector)
+    import pkgutil
+
+    import anomalens.models
+
+    for module in pkgutil.iter_modules(anomalens.models.__path__):  # each model file registers its detectors
+        if not module.ispkg:
+            importlib.import_module(f"anomalens.models.{module.name}")
 
     table = {}
     for name in registered_names():
