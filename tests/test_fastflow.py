@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -18,6 +17,7 @@ from anomalens import create_detector
 from anomalens.models.components.normalizing_flows import AffineCouplingBlock, Flow, gaussian_log_likelihood
 from anomalens.models.fastflow import conv_subnet, fastflow_loss, fastflow_map
 from tests.conftest import TINY_PARAMS, make_records
+from tests.export_parity import assert_export_parity
 
 NAME = "fastflow"
 SMALL = {"image_size": 32, "batch_size": 4, "device": "cpu"}
@@ -145,23 +145,11 @@ def test_features_are_encoded_once_per_fit(monkeypatch):
 
 @pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_export_gives_the_torch_scores_and_maps(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
-    from anomalens.export import DEFAULT_TOLERANCE, export_run, verify_export
-
     # Parity does not need the full depth: 2 blocks per flow keep the export (and OpenVINO's conversion) short.
-    params = {**TINY_PARAMS[NAME], "epochs": 1, "flow_steps": 2}
-    run = create_detector(NAME, **params).fit(make_records(10, 0, seed=1), progress=False)
-    run_dir = run.save(tmp_path / "run")
-    images = []
-    for i, record in enumerate(make_records(2, 2, seed=5, size=96)):
-        images.append(tmp_path / f"{i}.png")
-        Image.fromarray(record.source[:, :80]).save(images[-1])  # not square: the resize is part of the check
-    out = export_run(run_dir, tmp_path / "export")
-    for runtime in ("onnxruntime", "openvino"):
-        report = verify_export(out, images, runtime=runtime)
-        assert report["ok"], report
-        assert report["scores_rel"] <= DEFAULT_TOLERANCE and report["maps_rel"] <= DEFAULT_TOLERANCE
+    detector = create_detector(NAME, **{**TINY_PARAMS[NAME], "epochs": 1, "flow_steps": 2})
+    # not square: the resize is part of the check
+    assert_export_parity(detector, make_records(10, 0, seed=1), make_records(2, 2, seed=5, size=96), tmp_path,
+                         crop_width=80)
 
 
 def test_trains_and_scores_on_tiles():

@@ -7,7 +7,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
@@ -17,6 +16,7 @@ from anomalens.models.components.feature_discrimination import Discriminator
 from anomalens.models.components.perlin_anomalies import load_anomaly_sources
 from anomalens.models.glass import LocalAnomalySynthesizer, global_anomalies, hard_focal_loss
 from tests.conftest import TINY_PARAMS, make_records
+from tests.export_parity import assert_export_parity
 
 SMALL = {"image_size": 32, "batch_size": 4, "discriminator_hidden": 32, "ascent_steps": 5, "device": "cpu"}
 
@@ -139,17 +139,5 @@ def test_inconsistent_ranges_fail_at_construction():
 
 @pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_export_agrees_with_torch(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
-    from anomalens.export import DEFAULT_TOLERANCE, export_run, verify_export
-
-    files = []
-    for i, record in enumerate(make_records(2, 2, seed=6, size=48)):
-        files.append(tmp_path / f"{i}.png")
-        Image.fromarray(record.source).save(files[-1])
     detector = create_detector("glass", **{**SMALL, "image_size": 48, "epochs": 1})
-    run = detector.fit(make_records(6, 0, seed=1, size=48), progress=False).save(tmp_path / "run")
-    out = export_run(run, tmp_path / "export", progress=False)
-    for runtime in ("onnxruntime", "openvino"):
-        report = verify_export(out, files, runtime=runtime, progress=False)
-        assert report["scores_rel"] <= DEFAULT_TOLERANCE and report["maps_rel"] <= DEFAULT_TOLERANCE, report
+    assert_export_parity(detector, make_records(6, 0, seed=1, size=48), make_records(2, 2, seed=6, size=48), tmp_path)

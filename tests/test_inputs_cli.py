@@ -62,18 +62,23 @@ def _predict(run: Path, images: Path, out: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, cwd=ROOT, timeout=300, check=False)
 
 
-def test_a_large_frame_under_q_prints_nothing_and_one_beyond_the_limit_is_one_line(run, tmp_path):
+def test_a_large_frame_under_q_prints_nothing_and_one_beyond_the_limit_is_one_line(run, tmp_path, capsys,
+                                                                                   monkeypatch):
     large = tmp_path / "large"
     large.mkdir()
     Image.new("RGB", (40, 40), (90, 80, 70)).save(large / "40x40.png")  # above the warning, below the refusal
-    done = _predict(run, large, tmp_path / "out")
+    done = _predict(run, large, tmp_path / "out")  # a real process: its stderr is all a user would see
     assert done.returncode == 0 and done.stderr == "", done.stderr
     huge = tmp_path / "huge"
     huge.mkdir()
     Image.new("RGB", (50, 50)).save(huge / "50x50.png")  # beyond the refusal
-    refused = _predict(run, huge, tmp_path / "out2")
-    lines = refused.stderr.strip().splitlines()
-    assert refused.returncode != 0 and len(lines) == 1 and "image too large" in lines[0], refused.stderr
+    # The refusal is an error line, not a warning: the command in this process says it as a process would.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    returncode = main(["predict", str(run), str(huge), "-o", str(tmp_path / "out2"), "-q", "--workers", "0",
+                       "--heatmaps", "all"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert returncode != 0 and len(lines) == 1 and "image too large" in lines[0], err
 
 
 @pytest.mark.parametrize("content", [

@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from sklearn.metrics import roc_auc_score
 
 from anomalens import create_detector
@@ -16,6 +15,7 @@ from anomalens.models.components.maps import gaussian_blur
 from anomalens.models.components.reverse_resnet import OneClassBottleneck, ReverseDecoder
 from anomalens.models.reverse_distillation import rd_loss, rd_map
 from tests.conftest import TINY_PARAMS, make_records
+from tests.export_parity import assert_export_parity
 
 NAME = "reverse_distillation"
 SMALL = {"image_size": 32, "batch_size": 4, "blur_sigma": 1.0, "device": "cpu"}
@@ -123,21 +123,10 @@ def test_levels_whose_strides_do_not_double_fail_in_one_line():
 
 @pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_the_export_gives_the_torch_scores_and_maps(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
-    from anomalens.export import DEFAULT_TOLERANCE, export_run, verify_export
-
-    run = create_detector(NAME, **{**TINY_PARAMS[NAME], "epochs": 1}).fit(make_records(10, 0, seed=1), progress=False)
-    run_dir = run.save(tmp_path / "run")
-    images = []
-    for i, record in enumerate(make_records(2, 2, seed=5, size=96)):
-        images.append(tmp_path / f"{i}.png")
-        Image.fromarray(record.source[:, :80]).save(images[-1])  # not square: the resize is part of the check
-    out = export_run(run_dir, tmp_path / "export")
-    for runtime in ("onnxruntime", "openvino"):
-        report = verify_export(out, images, runtime=runtime)
-        assert report["ok"], report
-        assert report["scores_rel"] <= DEFAULT_TOLERANCE and report["maps_rel"] <= DEFAULT_TOLERANCE
+    detector = create_detector(NAME, **{**TINY_PARAMS[NAME], "epochs": 1})
+    # not square: the resize is part of the check
+    assert_export_parity(detector, make_records(10, 0, seed=1), make_records(2, 2, seed=5, size=96), tmp_path,
+                         crop_width=80)
 
 
 def test_trains_and_scores_on_tiles():

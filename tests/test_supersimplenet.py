@@ -21,6 +21,7 @@ from anomalens.models.supersimplenet import (
     truncated_l1,
 )
 from tests.conftest import TINY_PARAMS, make_records
+from tests.export_parity import assert_export_parity
 
 TINY = TINY_PARAMS["supersimplenet"]
 SMALL = {**TINY, "image_size": 32, "epochs": 2}
@@ -174,20 +175,8 @@ def test_bad_settings_fail_at_construction():
 
 @pytest.mark.export  # the export tier: in make test, not make test-fast
 def test_export_agrees_with_torch(tmp_path):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("openvino")
-    from anomalens.export import DEFAULT_TOLERANCE, export_run, verify_export
-
-    files = []
-    for i, record in enumerate(make_records(2, 2, seed=6, size=48)):
-        files.append(tmp_path / f"{i}.png")
-        Image.fromarray(record.source).save(files[-1])
     detector = create_detector("supersimplenet", **{**SMALL, "image_size": 48, "epochs": 1})
-    run = detector.fit(make_records(6, 0, seed=1, size=48), progress=False).save(tmp_path / "run")
-    out = export_run(run, tmp_path / "export", progress=False)
-    for runtime in ("onnxruntime", "openvino"):
-        report = verify_export(out, files, runtime=runtime, progress=False)
-        assert report["scores_rel"] <= DEFAULT_TOLERANCE and report["maps_rel"] <= DEFAULT_TOLERANCE, report
+    assert_export_parity(detector, make_records(6, 0, seed=1, size=48), make_records(2, 2, seed=6, size=48), tmp_path)
 
 
 def test_fit_run_refuses_labelled_defect_folders_for_a_detector_without_a_supervised_setting(tmp_path):
