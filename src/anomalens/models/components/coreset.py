@@ -37,13 +37,14 @@ total (plus the unsplit projection once more while the cells are built).
 
 from __future__ import annotations
 
-import contextlib
 import heapq
 import itertools
 import math
 from typing import Iterator
 
 import torch
+
+from anomalens.threads import single_thread
 
 DEFAULT_PROJECTION_DIM = 128
 DEFAULT_ACTIVE = 4096
@@ -59,19 +60,6 @@ def random_projection(features: torch.Tensor, dim: int, generator: torch.Generat
         return features
     matrix = torch.randn(features.shape[1], dim, generator=generator) / math.sqrt(dim)
     return features @ matrix.to(features.device, features.dtype)
-
-
-@contextlib.contextmanager
-def _single_thread(device: torch.device):
-    if device.type != "cpu":
-        yield
-        return
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def greedy_stream(
@@ -218,7 +206,7 @@ def greedy_coreset(
     if not 1 <= n_select <= n:
         raise ValueError(f"greedy_coreset: n_select must be in 1..{n}, got {n_select}")
     generator = torch.Generator().manual_seed(int(seed))
-    with torch.inference_mode(), _single_thread(features.device):
+    with torch.inference_mode(), single_thread(features.device):
         # Centring changes no distance but keeps the float32 ‖a‖² − 2a·b + ‖b‖² form accurate.
         projected = random_projection(features.float(), projection_dim, generator)
         projected = (projected - projected.mean(0)).contiguous()
