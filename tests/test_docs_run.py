@@ -208,18 +208,6 @@ def test_skipped_block(block):
     pytest.skip(f"{block.where}: {block.skip_reason}")
 
 
-def test_every_skip_is_listed_in_the_development_page():
-    """docs/development.md lists each skipped block as ``page:line`` — a skip nobody sees would let a command
-    rot; a line number that moved shows here with the listing to update."""
-    listing = (REPO / "docs" / "development.md").read_text(encoding="utf-8")
-    listed = set(re.findall(r"`([\w./-]+\.md:\d+)`", listing))
-    missing = [f"`{block.where}` — {block.skip_reason}" for block in SKIPPED if block.where not in listed]
-    stale = sorted(listed - {block.where for block in SKIPPED})
-    assert not missing and not stale, (
-        "docs/development.md, 'Blocks the docs test skips', is out of date:\n"
-        + "".join(f"  add: {row}\n" for row in missing) + "".join(f"  remove: `{row}`\n" for row in stale))
-
-
 def test_the_block_parser_reads_fences_markers_and_indentation(tmp_path):
     page = tmp_path / "page.md"
     page.write_text(
