@@ -235,8 +235,11 @@ def test_unreadable_parameter_metadata_is_refused(run):
     (lambda t: t.__setitem__("channel_index", t["channel_index"].float()), "'channel_index' must be 100 integers"),
     (lambda t: t.__setitem__("channel_index", t["channel_index"][:50]), "'channel_index' must be 100 integers"),
     (lambda t: t.__setitem__("mean", t["mean"][:100]), r"'mean' must be floating point of shape \(256, 100\)"),
-    (lambda t: t.__setitem__("whitener", t["whitener"].double().to(torch.int32)), "'whitener' must be floating point"),
-    (lambda t: t.pop("whitener"), "missing tensor"),
+    (lambda t: t.__setitem__("whitener_lower", t["whitener_lower"].double().to(torch.int32)),
+     "'whitener_lower' must be floating point"),
+    (lambda t: t.__setitem__("whitener_lower", t["whitener_lower"][:, :-1]), r"'whitener_lower' must be floating point of shape \(256, 5050\)"),
+    (lambda t: t.pop("whitener_lower"), "missing tensor"),
+    (lambda t: t.__setitem__("whitener", torch.zeros(256, 100, 100)), r"unexpected tensor\(s\) whitener"),
     (lambda t: t.__setitem__("extra", torch.zeros(3)), r"unexpected tensor\(s\) extra"),
 ])
 def test_edited_padim_tensors_are_refused_in_one_line(run, change, message):
@@ -244,6 +247,27 @@ def test_edited_padim_tensors_are_refused_in_one_line(run, change, message):
     with pytest.raises(ModelFileError, match=rf"weights.safetensors: weights do not match the 'padim' detector \(.*{message}") as caught:
         load_detector(run)
     _single_line(str(caught.value))
+
+
+def test_padim_runs_keep_the_whiteners_packed_and_runs_with_full_whiteners_still_load(run, test_records):
+    """The Cholesky whiteners are lower triangular: saved as packed triangles (half the file); a run saved
+    before the packing (full ``whitener``) loads to the same model and the same scores."""
+    from anomalens.models.components.saved_state import packed_lower, unpacked_lower
+
+    tensors = load_file(str(run / WEIGHTS_FILE))
+    assert "whitener" not in tensors and tensors["whitener_lower"].shape == (256, 100 * 101 // 2)
+    packed_run = load_detector(run)
+    assert not packed_run.whitener_.triu(1).any()
+    expected = packed_run.score(test_records, progress=False)[0]
+    _rewrite_weights(run, lambda t: t.__setitem__("whitener", unpacked_lower(t.pop("whitener_lower"), "w", (256, 100, 100))))
+    assert "whitener_lower" not in load_file(str(run / WEIGHTS_FILE))
+    full_run = load_detector(run)
+    assert torch.equal(full_run.whitener_, packed_run.whitener_)
+    np.testing.assert_array_equal(full_run.score(test_records, progress=False)[0], expected)
+    # a whitener that is not triangular (the eigendecomposition's fallback) is kept whole, never packed
+    assert packed_lower(torch.ones(2, 3, 3)) is None
+    square = torch.arange(9.0).reshape(3, 3).tril()
+    assert torch.equal(unpacked_lower(packed_lower(square), "w", (3, 3)), square)
 
 
 def test_an_edited_tensor_is_one_line_from_the_cli(run, tmp_path, capsys):

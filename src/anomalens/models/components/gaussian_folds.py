@@ -29,7 +29,8 @@ from __future__ import annotations
 
 import torch
 
-from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings, mean_and_whitener
+from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings, mean_and_whitener, position_chunks
+from anomalens.threads import map_on_threads
 
 # Positions per chunk of the (P, d, d) products: never a second full-size float64 (P, d, d) tensor.
 CHUNK = 256
@@ -62,11 +63,13 @@ def leave_one_out_products(sums: GaussianSums, kept: KeptEmbeddings, epsilon: fl
     _check_leave_one_out(sums)
     n, mean = sums.count, sums.total / sums.count  # (P, d) about the shift, float64
     q = torch.empty((len(mean), n), dtype=torch.float64, device=mean.device)
-    for start in range(0, len(mean), CHUNK):
-        chunk = slice(start, start + CHUNK)
+
+    def products(chunk: slice) -> None:
         whitener = _whitener_of_a(sums, chunk, epsilon)
         r = residuals(kept.positions(chunk).transpose(0, 1), sums.shift[chunk], mean[chunk])
         q[chunk] = torch.bmm(r, whitener.transpose(1, 2)).pow(2).sum(2)
+
+    map_on_threads(products, position_chunks(len(mean), CHUNK), mean.device)
     return q
 
 
@@ -76,9 +79,11 @@ def leave_one_out_whiteners(sums: GaussianSums, epsilon: float) -> torch.Tensor:
     second P·d² buffer of a leave-one-out whose embeddings were not kept."""
     _check_leave_one_out(sums)
     whiteners = torch.empty_like(sums.outer)
-    for start in range(0, len(whiteners), CHUNK):
-        chunk = slice(start, start + CHUNK)
+
+    def whiten(chunk: slice) -> None:
         whiteners[chunk] = _whitener_of_a(sums, chunk, epsilon)
+
+    map_on_threads(whiten, position_chunks(len(whiteners), CHUNK), whiteners.device)
     return whiteners
 
 
@@ -107,11 +112,13 @@ def fold_gaussians(sums: GaussianSums, fold_sums: GaussianSums, fold_size: int,
     the fold's ``fold_size`` images, about the same shift) — the model fitted without the fold. The whiteners
     are written in place of ``fold_sums.outer``; ``sums`` is not changed."""
     mean = torch.empty_like(sums.total)
-    with torch.inference_mode():
-        for start in range(0, len(mean), CHUNK):
-            chunk = slice(start, start + CHUNK)
+
+    def fold_chunk(chunk: slice) -> None:
+        with torch.inference_mode():
             mean[chunk], whitener = mean_and_whitener(
                 sums.outer[chunk].double() - fold_sums.outer[chunk].double(),
                 sums.total[chunk] - fold_sums.total[chunk], sums.count - fold_size, epsilon)
             fold_sums.outer[chunk] = whitener
+
+    map_on_threads(fold_chunk, position_chunks(len(mean), CHUNK), mean.device)
     return (mean + sums.shift.double()).float(), fold_sums.outer

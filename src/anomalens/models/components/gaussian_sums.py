@@ -25,10 +25,17 @@ from typing import Iterable
 import torch
 
 from anomalens.models.components.gaussian import inverse_sqrt
+from anomalens.threads import map_on_threads
 
 # Positions per chunk of the (P, d, d) products: never a second full-size (P, d, d) tensor.
 ADD_CHUNK = 512
 FINISH_CHUNK = 256
+
+
+def position_chunks(positions: int, size: int) -> list[slice]:
+    """Slices of ``size`` positions covering ``positions``: the units the per-position work is done in (and
+    spread over threads by ``map_on_threads``: disjoint outputs, one thread each, the same bits)."""
+    return [slice(start, start + size) for start in range(0, positions, size)]
 
 
 def mean_and_whitener(outer: torch.Tensor, total: torch.Tensor, count: int, epsilon: float,
@@ -135,8 +142,7 @@ class GaussianSums:
         mean = (total / count + shift.double()).float()
         held = None if holdout is None else (holdout - shift).transpose(0, 1)  # (P, n, d)
         distances = None if held is None else torch.empty(held.shape[:2], device=outer.device)  # (P, n)
-        for start in range(0, len(outer), FINISH_CHUNK):
-            chunk = slice(start, start + FINISH_CHUNK)
+        def finish_chunk(chunk: slice) -> None:
             if held is not None:
                 h = held[chunk]
                 leave_out_outer = outer[chunk].double() - torch.bmm(h.transpose(1, 2), h).double()
@@ -145,6 +151,8 @@ class GaussianSums:
                 diff = (h.double() - held_mean.unsqueeze(1)).transpose(1, 2)  # (p, d, n)
                 distances[chunk] = torch.bmm(whitener, diff).pow(2).sum(1).sqrt().float()
             outer[chunk] = mean_and_whitener(outer[chunk], total[chunk], count, epsilon)[1]
+
+        map_on_threads(finish_chunk, position_chunks(len(outer), FINISH_CHUNK), outer.device)
         return mean, outer, None if distances is None else distances.transpose(0, 1)
 
 

@@ -61,3 +61,26 @@ def check_backbone_grid(detector: Any, stored: torch.Tensor) -> None:
     if stored_grid != detector.grid_size_:
         raise ValueError(f"tensor 'grid_size' is {stored_grid}, but the backbone gives a {detector.grid_size_} grid at "
                          f"{detector.model_input_size[0]}×{detector.model_input_size[1]}")
+
+
+def packed_lower(matrices: torch.Tensor) -> torch.Tensor | None:
+    """(..., d, d) matrices → (..., d(d+1)/2) their lower triangles, row by row — or None when some entry above
+    a diagonal is not zero (nothing to gain, and packing would lose it). A Cholesky whitener L⁻¹ is lower
+    triangular: packed, PaDiM's run is half the size (83 MB instead of 165 at 256 px, d = 100) and half the write."""
+    d = matrices.shape[-1]
+    above = torch.triu_indices(d, d, 1, device=matrices.device)
+    if bool(matrices[..., above[0], above[1]].any()):
+        return None
+    rows, cols = torch.tril_indices(d, d, device=matrices.device)
+    return matrices[..., rows, cols].contiguous()
+
+
+def unpacked_lower(packed: torch.Tensor, name: str, shape: tuple[int, ...]) -> torch.Tensor:
+    """``packed_lower``'s (..., d(d+1)/2) triangles → (..., d, d) float matrices of ``shape`` (zeros above the
+    diagonal); ValueError naming the tensor when its shape or type does not fit."""
+    d = shape[-1]
+    packed = checked_float(packed, name, (*shape[:-2], d * (d + 1) // 2))
+    matrices = torch.zeros(shape, dtype=packed.dtype, device=packed.device)
+    rows, cols = torch.tril_indices(d, d, device=packed.device)
+    matrices[..., rows, cols] = packed
+    return matrices
