@@ -7,8 +7,8 @@ use all images, and each training image is scored by Gaussians from the running 
 - ``threshold_folds=0`` (PaDiM's default), leave-one-out in closed form. With r = x − μ (μ, S: mean and
   scatter Σ(x − μ)(x − μ)ᵀ of all n images at one position), the model without x has mean μ − r/(n − 1)
   and covariance A − c·r rᵀ, A = S/(n − 2) + εI, c = n/((n − 1)(n − 2)); by Sherman–Morrison its squared
-  Mahalanobis distance of x is (n/(n − 1))²·q/(1 − c·q), q = rᵀA⁻¹r. Cost: one more batch of P inversions
-  (A's whitener) and the products q; the training embeddings of the accumulating pass are kept for them
+  Mahalanobis distance of x is (n/(n − 1))²·q/(1 − c·q), q = rᵀA⁻¹r. Cost: one more batch of P Cholesky
+  factorisations of A and the triangular solves for q; the training embeddings of the accumulating pass are kept for them
   (P·d floats per image, up to PaDiM's ``LEAVE_ONE_OUT_KEEP_BYTES``: ``leave_one_out_products``), beyond
   that a second feature pass and a second P·d² buffer (``leave_one_out_whiteners``, ``batch_products``).
   Why leave-one-out: with n ≈ d the distances of new images grow steeply as n shrinks (the covariance
@@ -21,7 +21,7 @@ use all images, and each training image is scored by Gaussians from the running 
 - ``threshold_folds=1``: the seeded ``holdout_fraction`` of the images, scored with the sums minus their
   terms (``GaussianSums.finish`` with the held embeddings kept: 1.6 MB per image at 256 px, d = 100).
 
-The whiteners of A are taken before ``GaussianSums.finish`` turns the sums' ``outer`` into the final
+A (its factors or whiteners) is taken before ``GaussianSums.finish`` turns the sums' ``outer`` into the final
 whiteners; ``count``, ``total`` and ``shift``, which the residuals need, stay.
 """
 
@@ -29,7 +29,14 @@ from __future__ import annotations
 
 import torch
 
-from anomalens.models.components.gaussian_sums import GaussianSums, KeptEmbeddings, mean_and_whitener, position_chunks
+from anomalens.models.components.gaussian import squared_norms_whitened
+from anomalens.models.components.gaussian_sums import (
+    GaussianSums,
+    KeptEmbeddings,
+    mean_and_covariance,
+    mean_and_whitener,
+    position_chunks,
+)
 from anomalens.threads import map_on_threads
 
 # Positions per chunk of the (P, d, d) products: never a second full-size float64 (P, d, d) tensor.
@@ -67,9 +74,9 @@ def leave_one_out_products(sums: GaussianSums, kept: KeptEmbeddings, epsilon: fl
     q = torch.empty((len(mean), n), dtype=torch.float64, device=mean.device)
 
     def products(chunk: slice) -> None:
-        whitener = _whitener_of_a(sums, chunk, epsilon)
+        a = mean_and_covariance(sums.outer[chunk], sums.total[chunk], n, epsilon, denominator=n - 2)[1]
         r = residuals(kept.positions(chunk).transpose(0, 1), sums.shift[chunk], mean[chunk])
-        q[chunk] = torch.bmm(r, whitener.transpose(1, 2)).pow(2).sum(2)
+        q[chunk] = squared_norms_whitened(a, r)  # A is used once: solved, never inverted
 
     map_on_threads(products, position_chunks(len(mean), CHUNK), mean.device)
     return q

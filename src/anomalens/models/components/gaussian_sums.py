@@ -45,12 +45,19 @@ def mean_and_whitener(outer: torch.Tensor, total: torch.Tensor, count: int, epsi
     """(mean about s, whitener W with WᵀW = Σ⁻¹) of a chunk of positions, in float64 (PaDiM eq. 1).
 
     Σ = scatter / (count − 1) + εI; ``denominator`` replaces count − 1 (leave-one-out: count − 2)."""
+    mean, cov = mean_and_covariance(outer, total, count, epsilon, denominator)
+    return mean, inverse_sqrt(cov)
+
+
+def mean_and_covariance(outer: torch.Tensor, total: torch.Tensor, count: int, epsilon: float,
+                        denominator: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean about s, Σ) of a chunk of positions in float64, as ``mean_and_whitener`` takes them."""
     if count < 2:
         raise ValueError("padim: needs at least 2 training images to estimate covariances")
     mean = total / count
     cov = (outer.double() - count * mean.unsqueeze(2) * mean.unsqueeze(1)) / (denominator or count - 1)
     cov.diagonal(dim1=-2, dim2=-1).add_(epsilon)
-    return mean, inverse_sqrt(cov)
+    return mean, cov
 
 
 @dataclass
