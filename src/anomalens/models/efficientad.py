@@ -39,13 +39,15 @@ else on the validation split, else on the training images.
 Deviations: ``epochs`` replaces the step count (a step = one batch: at batch 1 the paper's 70,000 steps are
 70,000 / N epochs, 583 for N = 120). The paper's PDN is heavy on a CPU (measured here: one 256-px student
 forward ≈ 2-5 s on 2 shared cores, docs/detectors/efficientad.md), so the default budget is a CPU one,
-``epochs`` = 2, far from the paper's; the lr drop happens after 95 % of the epochs. The autoencoder's
-sizes are the paper's fractions of the image size (identical at 256 px). The elements at or above d_hard
-are found with ``kthvalue`` (the same elements as ``torch.quantile``, which stops at 16 M elements).
+``epochs`` = 2, far from the paper's; the lr drops at the first epoch boundary at or after 95 % of the
+epochs (so not within a budget under 20 epochs). The autoencoder's sizes are the paper's fractions of the
+image size (identical at 256 px). The elements at or above d_hard are found with ``kthvalue`` (the same
+elements as ``torch.quantile``, which stops at 16 M elements).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -239,7 +241,9 @@ class EfficientAD(TrainedDetector):
         return {"adam": torch.optim.Adam(parameters, lr=self.lr, weight_decay=self.weight_decay)}
 
     def _schedulers(self, optimizers: dict) -> dict:
-        drop = max(1, int(0.95 * self.epochs))  # after 95 % of the budget (epoch granularity)
+        # The first epoch boundary at or after 95 % of the budget: never earlier than the paper's drop (rounding
+        # down would run the last epoch of any budget under 20 epochs at lr / 10: half of the default 2).
+        drop = math.ceil(95 * self.epochs / 100)
         return {"lr_drop": torch.optim.lr_scheduler.MultiStepLR(optimizers["adam"], milestones=[drop], gamma=0.1)}
 
     def _losses(self, images: torch.Tensor, augmented: torch.Tensor, penalty: torch.Tensor | None) -> dict[str, torch.Tensor]:
