@@ -86,3 +86,38 @@ def test_unknown_backbone_and_offline_download_fail_clearly(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(ConfigError, match="--weights"):
         FeatureExtractor("resnet18")  # would need a download; this machine is offline
+
+
+@pytest.mark.parametrize("size", [(64, 64), (65, 64), (64, 63), (33, 35)])
+@pytest.mark.parametrize("kernel, stride, groups", [(3, 2, 1), (3, 2, 8), (5, 2, 8), (3, 1, 8), (4, 2, 1)])
+def test_same_padding_without_the_copy_gives_timms_features_bit_for_bit(size, kernel, stride, groups):
+    """SamePaddingConv2d (a zero tap in front of the kernel instead of padding the input) against timm's
+    Conv2dSame on even and odd sizes (one extra pixel after, or none), depthwise and dense, even kernels."""
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from anomalens.backbones import SamePaddingConv2d
+
+    torch.manual_seed(0)
+    conv = Conv2dSame(8, 8, kernel, stride, groups=groups).eval()
+    x = torch.randn(2, 8, *size)
+    with torch.no_grad():
+        assert torch.equal(SamePaddingConv2d(conv)(x), conv(x))
+        # channels last, as optimize() runs them on CPU: against timm's in the same layout (oneDNN's order)
+        conv, x = conv.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
+        assert torch.equal(SamePaddingConv2d(conv).to(memory_format=torch.channels_last)(x), conv(x))
+
+
+def test_optimized_tf_backbone_has_no_padding_copies_and_the_same_features():
+    from timm.layers.conv2d_same import Conv2dSame
+
+    from anomalens.backbones import SamePaddingConv2d
+
+    plain = FeatureExtractor("efficientnet_lite0", (1, 2, 3))
+    optimized = FeatureExtractor("efficientnet_lite0", (1, 2, 3)).optimize()
+    assert any(isinstance(m, Conv2dSame) for m in plain.modules())
+    assert not any(isinstance(m, Conv2dSame) for m in optimized.modules())
+    assert any(isinstance(m, SamePaddingConv2d) for m in optimized.modules())
+    images = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        for a, b in zip(plain(images), optimized(images)):
+            torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)  # the BatchNorm fold's rounding only
