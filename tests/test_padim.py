@@ -140,3 +140,22 @@ def test_maps_are_the_upsampled_grid_blurred():
         torch.testing.assert_close(upsample_and_blur(grid, size, sigma), expected.squeeze(1), rtol=1e-5, atol=1e-5)
     plain = F.interpolate(grid.unsqueeze(1), size=(20, 30), mode="bilinear", align_corners=False).squeeze(1)
     torch.testing.assert_close(upsample_and_blur(grid, (20, 30), 0.0), plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("shapes", [[(8, 8), (4, 4), (2, 2)], [(8, 12), (4, 6), (3, 5)], [(7, 9), (4, 5), (2, 3)]])
+def test_embedding_is_the_channel_subset_nearest_upsampled_and_laid_out_channels_last(shapes):
+    """padim_embedding against the direct computation (select, F.interpolate nearest, concatenate): the same
+    values for integer factors (a broadcast copy) and others (interpolate), laid out so that the (B, P, d)
+    embeddings are contiguous."""
+    import torch.nn.functional as F
+
+    from anomalens.models.padim import padim_embedding
+
+    generator = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, c, *shape, generator=generator) for c, shape in zip((5, 6, 7), shapes)]
+    local = [torch.tensor([0, 3]), torch.tensor([1, 2, 5]), torch.tensor([6])]
+    grid = shapes[0]
+    expected = torch.cat([F.interpolate(f[:, i], size=grid, mode="nearest") for f, i in zip(features, local)], 1)
+    got = padim_embedding(features, local)
+    assert torch.equal(got, expected)
+    assert got.flatten(2).transpose(1, 2).is_contiguous()
