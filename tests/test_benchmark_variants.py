@@ -56,3 +56,24 @@ def test_two_settings_of_one_detector_are_two_rows_and_one_paired_comparison(tmp
     assert {frozenset((c["a"], c["b"])) for c in results["comparisons"]} == {frozenset(("padim", "padim50"))}
     board = (out / "leaderboard.md").read_text()
     assert "| padim50 |" in board and "| padim |" in board
+
+
+def test_a_tracked_variant_logs_its_label_and_the_registry_name_it_runs(tmp_path):
+    from anomalens.benchmarking.plan import Category, Job
+    from anomalens.benchmarking.tracking import track_job
+
+    class Recorder:
+        def __init__(self):
+            self.calls = []
+
+        def __getattr__(self, name):
+            return lambda *args, **kwargs: self.calls.append((name, args, kwargs))
+
+    recorder = Recorder()
+    job = Job("padim-big", Category("brick", str(tmp_path)), 0, {"n_features": 50}, model="padim")
+    track_job(recorder, job, {"status": "ok", "image_auroc": 0.9, "params": {"n_features": 50}}, tmp_path)
+    params = next(args[0] for name, args, _ in recorder.calls if name == "log_params")
+    assert params["detector"] == "padim-big" and params["model"] == "padim" and params["param.n_features"] == 50
+    plain = Job("padim", Category("brick", str(tmp_path)), 0, {})
+    track_job(recorder, plain, {"status": "ok"}, tmp_path)
+    assert [args[0] for name, args, _ in recorder.calls if name == "log_params"][-1]["model"] == "padim"

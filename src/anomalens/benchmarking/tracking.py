@@ -16,15 +16,17 @@ _METRICS = ("image_auroc", "pixel_auroc", "aupro", "balanced_accuracy", "tpr", "
 
 
 def track_job(tracker: Any, job: Job, row: dict, folder: Path) -> None:
-    """One tracker run for ``job``: tags (detector, category, seed, status, provenance), its parameters, its
-    numbers and, when it ran, its ``scores.csv``."""
+    """One tracker run for ``job``: tags (detector, category, seed, status, provenance), its parameters (the
+    label and the registry name it runs among them), its numbers and, when it ran, its ``scores.csv``."""
     from anomalens.tracking import provenance_tags
 
     tracker.start_run(job.key, provenance_tags(job.category.data, stage="benchmark-job", detector=job.detector,
                                                category=job.category.name, seed=job.seed, status=row["status"],
                                                error=row.get("error")))
     try:
-        tracker.log_params({"detector": job.detector, "category": job.category.name, "data": job.category.data,
+        # "detector" is the job's label (a -m LABEL=NAME variant's LABEL); "model" the registry name it runs
+        tracker.log_params({"detector": job.detector, "model": job.model or job.detector,
+                            "category": job.category.name, "data": job.category.data,
                             **{f"param.{k}": v for k, v in row.get("params", {}).items()}})
         tracker.log_metrics({k: float(row[k]) for k in _METRICS if isinstance(row.get(k), (int, float))})
         if (folder / "scores.csv").is_file():
