@@ -54,6 +54,20 @@ def test_hard_feature_loss_averages_only_the_hardest_distances():
     assert hard_feature_loss(distance, 0.0).item() == pytest.approx(distance.mean().item())
 
 
+@pytest.mark.parametrize("epochs", [1, 2, 10, 20, 583])
+def test_the_lr_drops_only_after_95_percent_of_the_epochs(epochs):
+    detector = create_detector("efficientad", **{**PARAMS, "epochs": epochs})
+    adam = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=detector.lr)
+    scheduler = detector._schedulers({"adam": adam})["lr_drop"]
+    rates = []
+    for _ in range(epochs):  # the training loop steps it once per epoch
+        rates.append(adam.param_groups[0]["lr"])
+        scheduler.step()
+    dropped = [epoch for epoch, lr in enumerate(rates) if lr < detector.lr]
+    assert all(epoch >= 0.95 * epochs for epoch in dropped)  # never earlier than the paper's drop
+    assert bool(dropped) == (epochs >= 20)  # the first epoch boundary at or after 95 % (none before the end if < 20)
+
+
 def test_it_separates_the_defects_and_its_maps_localise_them(fitted, test_records):
     result = fitted.predict(test_records, progress=False)
     labels = np.array([r.label for r in test_records])
@@ -73,9 +87,25 @@ def test_both_maps_are_quantile_normalised_on_held_out_normals(fitted):
     assert fitted.history_["hard"][-1] < fitted.history_["hard"][0]
 
 
-def test_a_resumed_fit_equals_an_uninterrupted_one(tiny_fit, train_records, test_records, tmp_path):
+def test_a_resumed_fit_equals_an_uninterrupted_one(tiny_fit, train_records, test_records, tmp_path, monkeypatch):
+    """Stopped right after the first epoch's checkpoint (as a killed process is), then resumed: the model of an
+    uninterrupted fit. (A shorter budget would not stand in for the stop: the lr drop depends on the budget.)"""
+    from anomalens.models.components import training
+
+    class Killed(BaseException):
+        pass
+
+    save = training._save_checkpoint
+
+    def save_then_die(path, payload):
+        save(path, payload)
+        raise Killed
+
     checkpoint = str(tmp_path / "ckpt.pt")
-    create_detector("efficientad", **{**PARAMS, "epochs": 1, "checkpoint": checkpoint}).fit(train_records, progress=False)
+    monkeypatch.setattr(training, "_save_checkpoint", save_then_die)
+    with pytest.raises(Killed):
+        create_detector("efficientad", **{**PARAMS, "checkpoint": checkpoint}).fit(train_records, progress=False)
+    monkeypatch.setattr(training, "_save_checkpoint", save)
     resumed = create_detector("efficientad", **{**PARAMS, "checkpoint": checkpoint}).fit(train_records, progress=False)
     straight = tiny_fit("efficientad")  # PARAMS, fitted in one go
     np.testing.assert_allclose(resumed.score(test_records, progress=False)[0],
