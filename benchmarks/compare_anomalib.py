@@ -31,7 +31,8 @@ Same work for both:
   model) — and, as ``padim@default`` jobs, each library's own default side by side: anomalens'
   ``n_features`` default, anomalib's 100 channels of its own draw (anomalib requires ``n_features`` for
   this backbone; 100 is its default for ResNet-18); PatchCore the same coreset fraction and 9 neighbours; STFPM the same epochs;
-- images resized to the same size (256 px synthetic, 64 px Fashion-MNIST), batch 32; anomalib with no
+- images resized to the same size (256 px synthetic, 64 px Fashion-MNIST, or the plugin's ``IMAGE_SIZE``
+  when it sets one; the rows record it as ``image_size``), batch 32; anomalib with no
   data-loader worker processes (workers would hide its loading RSS), anomalens at its default — since
   2026-11-29 that decodes in worker processes (cores − 1: one on 2 cores), whose memory the peak RSS
   column (this process's) does not count;
@@ -85,8 +86,10 @@ DEFAULT_JOBS = (
 
 
 # ---------------------------------------------------------------------------- shared by both workers
-def _size(dataset: str) -> int:
-    return 64 if dataset.startswith("fmnist-") else 256
+def _size(dataset: str, model: str | None = None) -> int:
+    """Input side in pixels: 64 for Fashion-MNIST, else 256, or the model's plugin's IMAGE_SIZE (both libraries)."""
+    plugin = _plugin(model) if model else None
+    return getattr(plugin, "IMAGE_SIZE", None) or (64 if dataset.startswith("fmnist-") else 256)
 
 
 def _records(folder: Path) -> tuple[list[Path], list[Path], list[int], list[Path | None]]:
@@ -195,7 +198,7 @@ def worker_anomalens(job: str, threads: int, device: str = "cpu") -> dict:
 
     model, option, dataset = _parse_job(job)
     train, test, labels, masks = _records(WORK / "data" / dataset)
-    size = _size(dataset)
+    size = _size(dataset, model)
     plugin = _plugin(model)
     params = (plugin.anomalens_params(option, size, device) if plugin else
               {"image_size": size, "backbone": "efficientnet_lite0", "layers": tuple(LAYERS[model]), "batch_size": BATCH,
@@ -229,7 +232,7 @@ def worker_anomalens(job: str, threads: int, device: str = "cpu") -> dict:
     return {**out, "fit_seconds": round(fit_s, 2), "test_images_per_second": round(len(test) / test_s, 2),
             "peak_rss_mb_fit": round(fit_rss, 1), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_after_imports_mb": round(floor, 1),
             "peak_gpu_mb": _gpu_peak_mb(device), **_percentiles(latencies),
-            "n_train": len(train), "n_test": len(test)}
+            "n_train": len(train), "n_test": len(test), "image_size": size}
 
 
 def worker_backbone(dataset: str, threads: int, device: str = "cpu") -> dict:
@@ -305,7 +308,7 @@ def worker_anomalib(job: str, threads: int, device: str = "cpu") -> dict:
 
     model_name, option, dataset = _parse_job(job)
     train, test, labels, masks = _records(WORK / "data" / dataset)
-    size = _size(dataset)
+    size = _size(dataset, model_name)
     pre = PreProcessor(transform=Compose([Resize((size, size), antialias=True), Normalize([0.5] * 3, [0.5] * 3)]))
     common = {"pre_processor": pre, "post_processor": False, "evaluator": False, "visualizer": False}
     plugin = _plugin(model_name)
@@ -368,7 +371,7 @@ def worker_anomalib(job: str, threads: int, device: str = "cpu") -> dict:
     return {**out, "fit_seconds": round(fit_s, 2), "test_images_per_second": round(len(test) / test_s, 2),
             "peak_rss_mb_fit": round(fit_rss, 1), "peak_rss_mb": round(_peak_rss_mb(), 1), "rss_after_imports_mb": round(floor, 1),
             "peak_gpu_mb": _gpu_peak_mb(device), **_percentiles(latencies),
-            "n_train": len(train), "n_test": len(test)}
+            "n_train": len(train), "n_test": len(test), "image_size": size}
 
 
 # ---------------------------------------------------------------------------- orchestration
@@ -597,7 +600,7 @@ def write_markdown(device: str = "cpu", results_dir: Path | None = None, plot: b
             pairs.setdefault(row["job"], {})[row["library"]] = row
         for job, pair in pairs.items():
             model, _, dataset = _parse_job(job)
-            bb = results.sections["backbone"].get(f"{_size(dataset)}px", {}).get(
+            bb = results.sections["backbone"].get(f"{_size(dataset, model)}px", {}).get(
                 "patchcore_layers" if model == "patchcore" else "padim_layers", {}).get("timm")
             ours, theirs = pair["anomalens"], pair["anomalib"]
 
