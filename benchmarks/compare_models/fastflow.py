@@ -10,11 +10,19 @@ patched ``timm.create_model``: both libraries then run the same encoder, weights
 Same settings: 8 flow steps, hidden ratio 1.0, alternating 3x3 / 1x1 subnets, clamp 2, Adam lr 1e-3 with
 weight decay 1e-5 (anomalib's are fixed at these, the paper's), batch 32 (the harness'), the same epochs.
 anomalens keeps its defaults otherwise (the kept epoch chosen by the validation loss on its threshold hold-out).
+
+Seeds: anomalib's draws (flow weights, permutations, batch order) come from torch's global generator, which the
+harness seeds with 0; ``COMPARE_FASTFLOW_SEED=N`` in the environment reseeds it with N before the model is built
+(another seed of the same row, as ``benchmarks/fastflow_gap.py`` runs them). anomalens' seed is its ``seed``
+parameter.
 """
 
 from __future__ import annotations
 
+import os
+
 LAYERS = (1, 2, 3)
+SEED_VARIABLE = "COMPARE_FASTFLOW_SEED"
 
 
 def anomalens_params(option: float | None, size: int, device: str) -> dict:
@@ -34,6 +42,10 @@ def anomalib_model(option: float | None, common: dict):
         return create(name, pretrained=pretrained, **kwargs)
 
     timm.create_model = create_model
+    if os.environ.get(SEED_VARIABLE):
+        import torch
+
+        torch.manual_seed(int(os.environ[SEED_VARIABLE]))
     model = Fastflow(backbone="resnet18", pre_trained=True, flow_steps=8, conv3x3_only=False, hidden_ratio=1.0,
                      **common)
     return model, int(option or 1)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from anomalens.errors import ConfigError, ModelFileError
+from anomalens.same_padding import SamePaddingConv2d, without_same_padding_copies  # noqa: F401  (public here too)
 from anomalens.threads import single_thread
 
 # name -> (package, class holding the file path, timm architecture)
@@ -230,62 +231,6 @@ def fold_batchnorm(model: nn.Module, example: torch.Tensor, tolerance: float = 1
     return folded.requires_grad_(False), len(pairs)
 
 
-def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TensorFlow's 'SAME' padding of one dimension as (before, after): the extra pixel, if any, after."""
-    total = max((-(-size // stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
-    return total // 2, total - total // 2
-
-
-class SamePaddingConv2d(nn.Module):
-    """A frozen convolution with TensorFlow's 'SAME' padding (timm's ``Conv2dSame``, in the ``tf_`` EfficientNets)
-    without the padded copy of its input.
-
-    'SAME' pads one pixel more after than before when the total is odd (a stride-2 layer on an even size).
-    timm pads the input (``F.pad``) and convolves; here the kernel gets one zero row / column in front and the
-    convolution pads symmetrically by the larger side: the zero tap lands on the one pad pixel too many, every
-    other product is the same, so the features are identical (checked bit for bit), and the input is never
-    copied. On CPU, EfficientNet-Lite0's four such layers took 36 ms per 8 images of 256 px with the copy and
-    12 without (channels last, 2 threads).
-    """
-
-    def __init__(self, conv: nn.Conv2d):
-        super().__init__()
-        self.stride, self.dilation, self.groups = tuple(conv.stride), tuple(conv.dilation), conv.groups
-        self.kernel = tuple(conv.weight.shape[-2:])
-        weight = conv.weight.detach()
-        self.register_buffer("bias", None if conv.bias is None else conv.bias.detach(), persistent=False)
-        # one weight per (a row in front, a column in front): which is needed depends on the input's size
-        for rows in (0, 1):
-            for cols in (0, 1):
-                padded = torch.zeros(*weight.shape[:2], self.kernel[0] + rows, self.kernel[1] + cols,
-                                     dtype=weight.dtype, device=weight.device)
-                padded[:, :, rows:, cols:] = weight
-                self.register_buffer(f"weight_{rows}{cols}", padded, persistent=False)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        (top, bottom), (left, right) = (_same_padding(size, k, s, d) for size, k, s, d in
-                                        zip(x.shape[-2:], self.kernel, self.stride, self.dilation))
-        if bottom - top > 1 or right - left > 1 or self.dilation != (1, 1):  # not one extra pixel: pad as timm
-            x = nn.functional.pad(x, (left, right, top, bottom))
-            return nn.functional.conv2d(x, self.weight_00, self.bias, self.stride, 0, self.dilation, self.groups)
-        weight = getattr(self, f"weight_{bottom - top}{right - left}")
-        return nn.functional.conv2d(x, weight, self.bias, self.stride, (bottom, right), self.dilation, self.groups)
-
-
-def without_same_padding_copies(model: nn.Module) -> tuple[nn.Module, int]:
-    """``model`` with every timm ``Conv2dSame`` replaced by a ``SamePaddingConv2d`` (frozen inference only);
-    returns it and how many were replaced."""
-    try:
-        from timm.layers.conv2d_same import Conv2dSame
-    except ImportError:  # a timm without it has none to replace
-        return model, 0
-    targets = [module for module in model.modules() if isinstance(module, Conv2dSame)]
-    for module in targets:
-        parent, name = _parent_and_name(model, module)
-        setattr(parent, name, SamePaddingConv2d(module))
-    return model, len(targets)
-
-
 class _FrozenBackbone(nn.Module):
     """A pretrained timm model, always in eval mode, with its own input normalisation.
 
@@ -351,16 +296,24 @@ class FeatureExtractor(_FrozenBackbone):
         self.channels: list[int] = list(model.feature_info.channels())
         self.strides: list[int] = list(model.feature_info.reduction())
 
-    # Images per backbone call on CPU. The activations of the early high-resolution blocks dominate
-    # memory (an EfficientNet-Lite0 at 256 px needs ~13 MB per image in its widest block); CPU
-    # convolutions are no faster on bigger batches, so large batches are cut into chunks of this size.
-    # A GPU needs big batches to be busy: there the whole batch goes in one call.
-    micro_batch = 8
+    # Pixels per backbone call on CPU. The activations of the early high-resolution blocks dominate memory
+    # (an EfficientNet-Lite0 at 256 px needs ~13 MB per image in its widest block) and stay in cache only in
+    # small calls, while tiny calls pay the per-operation overhead: EfficientNet-Lite0, 2 threads, ms per image
+    # by images per call — 256 px: 8.0 (1), 6.5 (4), 9.0 (8); 128 px: 1.7 (8), 1.5-1.9 (16), 2.1-2.5 (32);
+    # 64 px: 0.68 (8), 0.41-0.53 (32), 0.58-0.67 (128) — the same features whatever the split. So a call takes
+    # about 4 images of 256² pixels, at most 32 images. A GPU needs big batches to be busy: there the whole
+    # batch goes in one call.
+    pixels_per_call = 4 * 256 * 256
+
+    def micro_batch(self, images: torch.Tensor) -> int:
+        """Images per backbone call for ``images`` on CPU (above)."""
+        return max(1, min(32, self.pixels_per_call // (images.shape[-2] * images.shape[-1])))
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if images.shape[0] <= self.micro_batch or images.device.type != "cpu":
+        # traced for export: one call, so that the graph does not record a split of the traced batch size
+        if images.device.type != "cpu" or images.shape[0] <= self.micro_batch(images) or torch.jit.is_tracing():
             return self.model(self.normalise(images))
-        chunks = [self.model(self.normalise(part)) for part in images.split(self.micro_batch)]
+        chunks = [self.model(self.normalise(part)) for part in images.split(self.micro_batch(images))]
         return [torch.cat(level) for level in zip(*chunks)]
 
 
