@@ -13,6 +13,13 @@ a detector are measured in this process in interleaved rounds (fp32, fp16, int8,
 ``--repeats``), on the same preprocessed float32 test images: throughput in batches of 8, single-image latency
 p50 / p95. Accuracy is against the same runtime's fp32: image AUROC change, max / mean |score difference|,
 labels flipped under the run's decision rule. The load average is recorded with the machine.
+
+Where the time goes (``--profile``, also run after a full measurement): OpenVINO's per-operation counters on
+the fp32 and int8 graphs of every detector, the operations split into the networks' convolutions (what INT8
+quantises: ``anomalens.quantization.is_layer``) and the rest. With a share c of the fp32 time in those
+convolutions, no INT8 graph can run faster than 1 / (1 − c) times fp32 (Amdahl's bound, convolutions at zero
+cost); the INT8 graph's own counters show how much faster its convolutions became and what the quantisation
+added (FakeQuantize, re-layouts). This is the measured explanation behind ``anomalens.quantization.INT8_REFUSALS``.
 """
 
 from __future__ import annotations
@@ -44,8 +51,57 @@ COLUMNS = [
 ]
 
 
+PROFILE_COLUMNS = [
+    ("model", "model"), ("precision", "precision"), ("ms per batch of 8", "total_ms", 1),
+    ("network convolutions ms", "conv_ms", 1), ("rest ms", "rest_ms", 1), ("convolution share", "conv_share", 2),
+    ("largest three of the rest", "top_rest"),
+    ("INT8 bound × fp32", lambda r: f"{1 / (1 - r['conv_share']):.2f}" if r["precision"] == "fp32" else ""),
+]
+
+
+def where_the_time_goes(folder, images: np.ndarray, threads: int, runs: int = 5) -> dict:
+    """OpenVINO's per-operation counters over ``runs`` inferences of one batch: the networks' convolutions
+    (``is_layer``) against the rest, in ms per batch, and the rest's three largest operation types."""
+    import collections
+
+    import openvino as ov
+
+    from anomalens.quantization import is_layer
+
+    core = ov.Core()
+    model = core.read_model(str(folder / "model.xml"))
+    compiled = core.compile_model(model, "CPU", {"PERF_COUNT": "YES", "INFERENCE_NUM_THREADS": threads})
+    request = compiled.create_infer_request()
+    request.infer({0: images})  # warm-up: the first call compiles kernels
+    times: collections.Counter = collections.Counter()
+    for _ in range(runs):
+        request.infer({0: images})
+        for op in request.profiling_info:
+            conv = op.node_type in ("Convolution", "GroupConvolution") and is_layer(op.node_name)
+            times["network convolutions" if conv else op.node_type] += op.real_time.total_seconds() * 1000 / runs
+    conv_ms = times.pop("network convolutions", 0.0)
+    rest_ms = sum(times.values())
+    return {"total_ms": conv_ms + rest_ms, "conv_ms": conv_ms, "rest_ms": rest_ms,
+            "conv_share": conv_ms / (conv_ms + rest_ms),
+            "top_rest": ", ".join(f"{kind} {ms:.1f}" for kind, ms in times.most_common(3))}
+
+
+def profile(args, work, images_of: dict) -> list[dict]:
+    """``where_the_time_goes`` of every detector's OpenVINO fp32 and int8 exports in ``work``."""
+    rows = []
+    for name in args.models:
+        for precision in ("fp32", "int8"):
+            folder = work / "exports" / f"{name}-openvino-{precision}"
+            if (folder / "model.xml").is_file() and name in images_of:
+                rows.append({"model": name, "precision": precision,
+                             **where_the_time_goes(folder, images_of[name][:8], args.threads)})
+                print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
 def report(results: Results) -> str:
     s = results.settings
+    profiled = results.sections.get("profile")
     return markdown(
         "Export precisions: fp32 vs fp16 vs INT8 (CPU)",
         [f"Machine: {describe(results.machine)}; {s['threads']} threads per runtime; shared machine: other jobs ran "
@@ -56,6 +112,15 @@ def report(results: Results) -> str:
          f"are to the largest fp32 score. Target: {TARGET}. Detectors measured: {', '.join(s['models'])}; a refused "
          "row is an export that `anomalens export` itself refused, with its one line."],
         table(results.rows, COLUMNS),
+        profiled and ["## Where the time goes (OpenVINO's per-operation counters)", "",
+                      "One batch of 8 test images, the mean of 5 inferences; ‘network convolutions’ are what INT8 "
+                      "quantises, the rest stays float32 (distances, nearest-neighbour search, upsampling, blur). "
+                      "‘INT8 bound’ = 1 / (1 − convolution share): the speed-up an INT8 graph could not exceed even "
+                      "with free convolutions. Counters add their own overhead, so the totals are above the "
+                      "throughput table's."
+                      + (f" Profiled on: {results.sections['profile_machine']}." if "profile_machine" in results.sections
+                         else "")],
+        profiled and table(profiled, PROFILE_COLUMNS),
     )
 
 
@@ -67,6 +132,8 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=20)
     parser.add_argument("--epochs", type=int, default=3, help="epochs of the detectors that train")
     parser.add_argument("--reuse", action="store_true", help="reuse the runs and exports of an earlier invocation")
+    parser.add_argument("--profile", action="store_true",
+                        help="only add 'where the time goes' to the results, from an earlier invocation's exports")
     output_options(parser, OUTPUT, smoke="PaDiM at 64 px on a small category")
     args = parser.parse_args()
     refuse_smoke_into(parser, args, OUTPUT)
@@ -95,7 +162,20 @@ def main() -> None:
         category = synthetic_category("brick")
     data = load_mvtec_category(category)
     labels = np.array([r.label for r in data.test])
+    if args.profile:
+        results = Results.load(args.output / "results.json", SUITE)
+        images_of = {}
+        for name in args.models:
+            folder = work / "exports" / f"{name}-openvino-fp32"
+            if (folder / "export.json").is_file():
+                first = load_export(folder, "openvino", threads=args.threads)
+                images_of[name] = np.stack([first.load(r) for r in data.test[:8]])
+        results.sections["profile"] = profile(args, work, images_of)
+        results.sections["profile_machine"] = describe(machine("cpu"))
+        results.write(args.output / "results", report(results))
+        return
     rows = []
+    images_of: dict = {}
     for name in args.models:
         params = {"device": "cpu", **({"image_size": 64} if args.smoke else {})}
         if name in ("stpm", "mvtec_cae"):
@@ -116,6 +196,7 @@ def main() -> None:
             models[runtime, precision] = (folder, load_export(folder, runtime, threads=args.threads))
         first = next(iter(models.values()))[1]
         images = np.stack([first.load(r) for r in data.test])
+        images_of[name] = images
         batches = [images[i : i + 8] for i in range(0, len(images), 8)]
         best = {key: float("inf") for key in models}
         latencies: dict = {key: [] for key in models}
@@ -156,7 +237,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
 
     settings = {k: v for k, v in vars(args).items() if k not in ("output", "report_only", "smoke")}
-    sections = {"category": f"synthetic brick ({category})", "n_test_images": len(data.test)}
+    sections = {"category": f"synthetic brick ({category})", "n_test_images": len(data.test),
+                "profile": profile(args, work, images_of)}
     results = Results(SUITE, rows=rows, machine=machine("cpu"), settings=settings, sections=sections)
     results.write(args.output / "results", report(results))
     print(report(results))
