@@ -88,6 +88,9 @@ def test_test_and_predict_run_on_an_ensemble_run(ensemble_run, category, tmp_pat
 @pytest.mark.parametrize("params, problem", [
     ({"members": "padim"}, "two or more"),
     ({"members": "padim,padim"}, "two or more different"),
+    ({"members": "padim,fine=padim,fine=patchcore"}, "'fine' is given twice"),
+    ({"members": "padim,=patchcore"}, "not NAME or LABEL=NAME"),
+    ({"members": "padim,fine=patchcore", "member_params": '{"patchcore": {}}'}, "not members"),
     ({"members": "padim,mahalanobis"}, "mahalanobis gives no anomaly map"),
     ({"members": "padim,nosuch"}, "unknown detector 'nosuch'"),
     ({"member_params": "{not json"}, "not JSON"),
@@ -110,3 +113,31 @@ def test_runs_that_disagree_on_the_input_are_refused(member_runs, category, tmp_
     err = capsys.readouterr().err
     assert "image_size" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
+
+
+def test_two_settings_of_one_detector_are_two_labelled_members(category, one_torch_thread):
+    import anomalens
+    from anomalens.data import load_dataset
+
+    dataset = load_dataset(category)
+    ensemble = anomalens.create_detector(
+        "ensemble", members="patchcore,l12=patchcore", image_size=48, device="cpu", threshold_folds=2,
+        member_params='{"patchcore": {"threshold_folds": 1}, "l12": {"threshold_folds": 1, "layers": [1, 2]}}')
+    ensemble.fit(dataset.train, progress=False)
+    first, second = ensemble.members_
+    assert first.name == second.name == "patchcore"
+    assert list(first.params["layers"]) == [2, 3] and list(second.params["layers"]) == [1, 2]
+    result = ensemble.predict(dataset.test, progress=False)
+    normalised = [m.decision_.normalized(m.predict(dataset.test, progress=False).scores) for m in ensemble.members_]
+    np.testing.assert_allclose(result.scores, np.mean(normalised, axis=0), rtol=1e-5, atol=1e-6)
+
+
+def test_a_second_run_of_one_detector_is_labelled_by_its_folder(member_runs, category, tmp_path):
+    from anomalens.workflow.ensemble import ensemble_params
+
+    other = tmp_path / "padim-wide"
+    assert main(["fit", "padim", str(category), "-o", str(other), *FIT, "-p", "n_features=40"]) == 0
+    params, data = ensemble_params([member_runs / "padim", other, member_runs / "patchcore"])
+    assert params["members"] == "padim,padim-wide=padim,patchcore" and data == str(category)
+    settings = json.loads(params["member_params"])
+    assert settings["padim"]["n_features"] == 20 and settings["padim-wide"]["n_features"] == 40

@@ -20,8 +20,9 @@ on every image. A fit therefore costs (k + 1) fits of every member.
 
 The members share the ensemble's input (image size, decoding, device, seed): the whole ensemble is one
 inference module — every member's own module, then the normalisation and the combination — exported as one
-graph. Members are given by registry name (``members``) and configured by ``member_params``; ``anomalens
-ensemble RUN RUN ...`` builds one from fitted runs' settings and their training data.
+graph. Members are given by registry name (``members``), or as ``LABEL=NAME`` — two settings of one detector
+are two members, ``patchcore,fine=patchcore`` — and configured by ``member_params`` keyed by those labels;
+``anomalens ensemble RUN RUN ...`` builds one from fitted runs' settings and their training data.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ class Ensemble(Detector):
     name = "ensemble"
     crossfits = True  # its threshold always comes from out-of-fold combined scores (module docstring)
     hyperparameters = {
-        "members": Text("padim,patchcore", "comma-separated registry names of the member detectors (two or more; "
-                        "each localizes and takes the same image channels)"),
-        "member_params": Text(None, 'the members\' hyper-parameters as a JSON object, e.g. {"patchcore": '
+        "members": Text("padim,patchcore", "comma-separated member detectors, each a registry name or LABEL=NAME "
+                        "(two or more, distinct labels: patchcore,fine=patchcore; each localizes and takes the same "
+                        "image channels)"),
+        "member_params": Text(None, 'the members\' hyper-parameters as a JSON object keyed by label, e.g. {"patchcore": '
                               '{"coreset_fraction": 0.01}}; image_size, resize, decode, device and seed are the ensemble\'s',
                               optional=True),
         "combine": Choice("mean", ("mean", "max"), "how the members' normalised scores and maps are combined"),
@@ -107,8 +109,26 @@ class Ensemble(Detector):
 
     # -- members ----------------------------------------------------------------------------------
     @property
+    def member_labels(self) -> dict[str, str]:
+        """{label: registry name} in the members' order; a plain NAME is its own label."""
+        labels: dict[str, str] = {}
+        for entry in (e.strip() for e in str(self.params["members"]).split(",")):
+            if not entry:
+                continue
+            label, _, name = entry.partition("=") if "=" in entry else (entry, "", entry)
+            label, name = label.strip(), name.strip()
+            if not label or not name:
+                raise ConfigError(f"ensemble: member {entry!r} is not NAME or LABEL=NAME")
+            if label in labels:
+                raise ConfigError(f"ensemble: members must be two or more different members; {label!r} is given twice "
+                                  f"(label a second setting of one detector: {label},{label}-2={name})")
+            labels[label] = name
+        return labels
+
+    @property
     def member_names(self) -> list[str]:
-        return [name.strip() for name in str(self.params["members"]).split(",") if name.strip()]
+        """The members' registry names, in order (a detector may appear under several labels)."""
+        return list(self.member_labels.values())
 
     def member_settings(self) -> dict[str, dict[str, Any]]:
         """{member: its parameters}: ``member_params`` with the ensemble's shared ones on top."""
@@ -119,24 +139,26 @@ class Ensemble(Detector):
             raise ConfigError(f"ensemble: member_params is not JSON ({exc})") from None
         if not isinstance(settings, dict) or not all(isinstance(v, dict) for v in settings.values()):
             raise ConfigError("ensemble: member_params must be a JSON object of objects, {member: {param: value}}")
-        unknown = sorted(set(settings) - set(self.member_names))
+        labels = self.member_labels
+        unknown = sorted(set(settings) - set(labels))
         if unknown:
             raise ConfigError(f"ensemble: member_params names {', '.join(unknown)}, which are not members "
-                              f"({', '.join(self.member_names)})")
+                              f"({', '.join(labels)})")
         shared = {key: self.params[key] for key in SHARED_PARAMS}
         for name, params in settings.items():
             clash = sorted(set(params) & set(SHARED_PARAMS))
             if clash:
                 raise ConfigError(f"ensemble: {name}'s {', '.join(clash)} is the ensemble's (give it to the ensemble)")
-        return {name: {**settings.get(name, {}), **shared} for name in self.member_names}
+        return {label: {**settings.get(label, {}), **shared} for label in labels}
 
     def _new_members(self) -> list[Detector]:
-        return [member_class(name)(**params) for name, params in self.member_settings().items()]
+        labels = self.member_labels
+        return [member_class(labels[label])(**params) for label, params in self.member_settings().items()]
 
     def _check_params(self) -> None:
         names = self.member_names
-        if len(names) < 2 or len(set(names)) != len(names):
-            raise ConfigError(f"ensemble: members must name two or more different detectors, got {self.params['members']!r}")
+        if len(names) < 2:
+            raise ConfigError(f"ensemble: members must be two or more different members, got {self.params['members']!r}")
         if "ensemble" in names:
             raise ConfigError("ensemble: an ensemble cannot be its own member")
         if self.params["resize"] != "squash" or self.sizing.tiling:

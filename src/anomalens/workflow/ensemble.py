@@ -16,7 +16,9 @@ from anomalens.tiling import TILING_PARAMS
 def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tuple[dict[str, Any], str | None]:
     """(the ensemble's parameters, the runs' common training data or None) from fitted runs: every member
     with its run's hyper-parameters; the shared ones (image size, resize, decoding, device, seed) taken from
-    the first run and required to agree. The members are fitted again by the ensemble (its threshold needs
+    the first run and required to agree. A detector's first run is the member of its name; another run of it
+    is labelled by its folder's name (``patchcore,patchcore-l12=patchcore``), or NAME-2, NAME-3, ... when that
+    name is taken or cannot be a label. The members are fitted again by the ensemble (its threshold needs
     every member fitted without each fold), on the data the runs were fitted on unless another is given. Each
     run is checked whole first: one whose weights, parameters or decision rule were changed is refused, as
     loading it would be."""
@@ -30,8 +32,6 @@ def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tu
         config = read_config(run_dir)
         read_weights(run_dir, config)  # a tampered member (weights, parameters or rule edited) is refused, not rebuilt
         name, params = config.get("detector"), dict(config.get("params") or {})
-        if name in members:
-            raise ConfigError(f"{run_dir}: a second {name} run; an ensemble takes each detector once")
         if name == "ensemble":
             raise ConfigError(f"{run_dir}: is an ensemble itself; give its members' runs")
         if params.get("tile_size"):
@@ -43,8 +43,9 @@ def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tu
             shared[key] = params.pop(key, None)
         for key in TILING_PARAMS:
             params.pop(key, None)
-        members.append(str(name))
-        member_params[str(name)] = params
+        label = _member_label(str(name), Path(run_dir).name, member_params)
+        members.append(str(name) if label == name else f"{label}={name}")
+        member_params[label] = params
         try:
             info = json.loads((Path(run_dir) / RUN_INFO_FILE).read_text(encoding="utf-8"))
             data.add(str(info["data"]))
@@ -55,3 +56,16 @@ def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tu
     params = {"members": ",".join(members), "member_params": json.dumps(member_params, sort_keys=True),
               "combine": combine, **{k: v for k, v in shared.items() if v is not None}}
     return params, (data.pop() if len(data) == 1 and "" not in data else None)
+
+
+def _member_label(name: str, folder: str, taken: dict) -> str:
+    """The label of a run's member: its detector's name the first time, then the run folder's name when free and
+    usable as a label (no ',' or '='), else NAME-2, NAME-3, ..."""
+    if name not in taken:
+        return name
+    if folder and folder not in taken and not set(folder) & {",", "=", " "}:
+        return folder
+    k = 2
+    while f"{name}-{k}" in taken:
+        k += 1
+    return f"{name}-{k}"
