@@ -18,10 +18,11 @@ demo: setup
 	$(BIN)/anomalens demo --output anomalens-demo --overwrite
 
 # pytest exits 5 when no test was collected; that is not a failure of the suite.
-# Two pytest-xdist workers, each test file on one of them (its module fixtures fitted once): on 2 cores the
-# suite (1,662 tests) takes 7.1 min, the fast tier 4.2 (benchmarks/results/test_suite/); in one process it was
-# 10.4 min for 1,316 tests.
-PYTEST_PARALLEL ?= -n 2 --dist loadfile
+# Two pytest-xdist workers, each test file on one of them (its module fixtures fitted once), except that the
+# contract's tests of a detector go with that detector's own test file, sharing its one fit (tests/conftest.py,
+# worker_group). With one file per worker (--dist loadfile) on 2 cores the suite (1,662 tests) took 7.1 min, the
+# fast tier 4.2 (benchmarks/results/test_suite/); in one process it was 10.4 min for 1,316 tests.
+PYTEST_PARALLEL ?= -n 2 --dist loadgroup
 # The browser test (tests/test_serve_browser.py) drives Debian's chromium; it skips, saying why, where it cannot be installed.
 test: setup
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 \

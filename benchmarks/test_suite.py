@@ -6,7 +6,7 @@
     .venv/bin/python benchmarks/test_suite.py --report-only
 
 Each tier runs in a fresh ``python -m pytest`` process with the arguments the Makefile gives it (two pytest-xdist
-workers, each file on one; the fast tier deselects the browser, Ray, export and torchrun tests; ``full-serial`` is
+workers, each file on one, a detector's contract tests with its own file: ``PYTEST_PARALLEL``; the fast tier deselects the browser, Ray, export and torchrun tests; ``full-serial`` is
 the full suite in one process) plus ``--durations=20``; the wall time is that of the
 whole process (collection and start-up included). Rows merge by tier, so a rerun of one tier replaces its row.
 The machine line says how loaded the machine was before and after: the targets are for a quiet machine.
@@ -22,11 +22,11 @@ import time
 
 from harness import RESULTS, ROOT, Results, Run, describe, describe_run, fmt, machine, markdown, table
 from harness.cli import output_options, rebuild_report
-from harness.paths import makefile_marks
+from harness.paths import makefile_marks, makefile_parallel
 
 SUITE = "test_suite"
 DEFAULT_OUTPUT = RESULTS / SUITE
-PARALLEL = ["-n", "2", "--dist", "loadfile"]  # the Makefile's PYTEST_PARALLEL
+PARALLEL = makefile_parallel()  # the Makefile's PYTEST_PARALLEL
 TIERS = {  # what `make test` and `make test-fast` run (their marker expressions read from the Makefile)
     "full": [*PARALLEL, "-m", makefile_marks("test")],
     "fast": [*PARALLEL, "-m", makefile_marks("test-fast")],

@@ -6,16 +6,19 @@ from __future__ import annotations
 
 import pytest
 
-from tests.adversarial_cases import CASES, EXPORTS, GOOD_OUTCOMES, RAY, make_template, run_case
+from tests.adversarial_cases import CASES, EXPORTS, GOOD_OUTCOMES, RAY, SERVICE, make_template, run_case
 
 
 def tier(case) -> tuple:
     """The slow tier a case belongs to (conftest.TIERS: ``make test-fast`` leaves them out; ``make test`` runs all):
-    Ray's local cluster, or an export and its runtime (ONNX Runtime / OpenVINO)."""
+    Ray's local cluster, an export and its runtime (ONNX Runtime / OpenVINO), or ``anomalens serve`` started as a
+    process (the service's cases run in this process otherwise)."""
     if case.family == RAY:
         return (pytest.mark.ray,)
     if case.family == EXPORTS or "export" in case.id:
         return (pytest.mark.export,)
+    if case.family == SERVICE and case.custom is not None:
+        return (pytest.mark.serve,)
     return ()
 
 

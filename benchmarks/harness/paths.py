@@ -35,3 +35,11 @@ def makefile_marks(target: str, makefile: Path = ROOT / "Makefile") -> str:
 
     recipe = makefile.read_text().split(f"\n{target}:", 1)[1].split("\n\n", 1)[0]
     return re.search(r'-m "([^"]+)"', recipe).group(1)
+
+
+def makefile_parallel(makefile: Path = ROOT / "Makefile") -> list[str]:
+    """The Makefile's ``PYTEST_PARALLEL ?= ...`` as arguments (``-n 2 --dist loadgroup``): the suites that time a
+    test tier spread it over the workers as ``make`` does."""
+    import re
+
+    return re.search(r"^PYTEST_PARALLEL \?= (.+)$", makefile.read_text(), re.M).group(1).split()

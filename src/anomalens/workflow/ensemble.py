@@ -28,8 +28,13 @@ def ensemble_params(run_dirs: Sequence[str | Path], combine: str = "mean") -> tu
     member_params: dict[str, dict[str, Any]] = {}
     shared: dict[str, Any] = {}
     data: set[str] = set()
+    seen: set[Path] = set()
     for run_dir in run_dirs:
         config = read_config(run_dir)
+        if Path(run_dir).resolve() in seen:
+            raise ConfigError(f"{run_dir}: the same {config.get('detector')} run given twice; an ensemble's members "
+                              "are different runs")
+        seen.add(Path(run_dir).resolve())
         read_weights(run_dir, config)  # a tampered member (weights, parameters or rule edited) is refused, not rebuilt
         name, params = config.get("detector"), dict(config.get("params") or {})
         if name == "ensemble":
