@@ -119,6 +119,31 @@ def test_a_defect_without_mask_only_enters_the_classification_loss(fitted, train
     assert masked_out["map_focal"].item() != pytest.approx(everything["map_focal"].item())
 
 
+def test_the_image_loss_reaches_the_map_only_when_learning_from_labelled_defects(fitted):
+    from anomalens.models.supersimplenet import LabelledBatch
+
+    features = fitted.local_features(torch.rand(4, 3, 64, 64))
+    batch = LabelledBatch(features, torch.zeros(4, 1, *features.shape[-2:]), torch.zeros(4),
+                          torch.ones(4, dtype=torch.bool))
+
+    def segmentation_gradient(abnormal: list) -> float:
+        fitted.abnormal_records = abnormal  # non-empty: the supervised setting
+        for network in fitted._networks().values():
+            network.zero_grad(set_to_none=True)
+        fitted._losses(batch, torch.Generator().manual_seed(0))["score_focal"].backward()
+        return sum(p.grad.abs().sum().item() for p in fitted.segmentation_.parameters() if p.grad is not None)
+
+    fitted.synthesizer_ = AnomalySynthesizer([], (0, 6), threshold=0.2)
+    try:
+        assert segmentation_gradient([]) == 0  # unsupervised: the classifier's loss stops at the map (Sec. 3.4)
+        assert segmentation_gradient(["defect"]) > 0
+    finally:
+        fitted.abnormal_records = []
+        del fitted.synthesizer_
+        for network in fitted._networks().values():
+            network.zero_grad(set_to_none=True)
+
+
 def test_abnormal_images_are_refused_where_they_cannot_be_used(train_records):
     defects = make_records(0, 2, seed=11)
     with pytest.raises(ConfigError, match="normal images only"):

@@ -9,12 +9,20 @@
 - What differs is each library's own: anomalens standardises the features per channel (src/anomalens/models/
   supersimplenet.py says why: σ = 0.015 is set for WideResNet-50's scale) and computes them once per fit; anomalib
   runs the backbone on every step; anomalens scores with the logits, anomalib with their sigmoid (same order).
+
+Seeds: anomalib's draws (head weights, Perlin masks, noise, batch order) come from torch's global generator, which
+the harness seeds with 0; ``COMPARE_SUPERSIMPLENET_SEED=N`` in the environment reseeds it with N before the model
+is built (another seed of the same row, as ``benchmarks/supersimplenet_gap.py`` runs them). anomalens' seed is its
+``seed`` parameter.
 """
 
 from __future__ import annotations
 
+import os
+
 BATCH = 32  # the paper's and the harness's anomalib loaders'
 LAYERS = (2, 3)
+SEED_VARIABLE = "COMPARE_SUPERSIMPLENET_SEED"
 
 
 def anomalens_params(option: float | None, size: int, device: str) -> dict:
@@ -25,6 +33,10 @@ def anomalens_params(option: float | None, size: int, device: str) -> dict:
 def anomalib_model(option: float | None, common: dict):
     from anomalib.models import Supersimplenet
 
+    if os.environ.get(SEED_VARIABLE):
+        import torch
+
+        torch.manual_seed(int(os.environ[SEED_VARIABLE]))
     model = Supersimplenet(backbone="tf_efficientnet_lite0", layers=list(LAYERS), supervised=False,
                            adapt_cls_features=True, **common)
     return model, int(option or 6)

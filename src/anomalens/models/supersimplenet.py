@@ -41,20 +41,22 @@ Deviations, and why:
   here; the paper does not), so σ = 0.015 has the same meaning for every backbone.
 - Budget: ``epochs`` defaults to ``EPOCHS``, a CPU budget; ``epochs=300`` is the paper's. At 256 px an epoch of
   120 images is about 4 TFLOP of head training (the 5 × 5 classification convolution on the 64 × 64 upscaled
-  grid dominates); what a CPU budget reaches: benchmarks/results/supervised_defects.
-- Scores: the logits s and m themselves, not their sigmoid (anomalib applies it): the order is the same, and a
-  float32 sigmoid saturates at 1.0, tying the most anomalous images.
+  grid dominates); what a CPU budget reaches: benchmarks/results/supervised_defects. AdamW moves a weight by about
+  its lr per step: after a few dozen, s still ranks much as its seeded initial draw (results/supersimplenet_gap).
+- Scores: the logits s and m, not their sigmoid (anomalib's): the same order, no float32 saturation at 1.0.
 - Labelled defects per batch: the paper does not say how they are mixed in; here each batch of normal images
   gets up to half as many labelled defects (at least one), drawn in a seeded order that cycles through them, so
   that even a single labelled defect is seen every step. Masks are resized to the feature grid bilinearly and
   binarised at 0.5 (the authors' code).
-- ``image_score="map_max"`` (not in the paper) scores an image by the largest logit of its map instead of s: with
-  budgets of a few dozen steps the classification head can rank defects far from anything it saw at random
-  (measured on the test suite's stripe images, whose maps it localises well); the default is the paper's s.
-- Speed: the backbone is frozen and nothing is augmented in pixel space, so every training image's features
-  (the labelled defects' too) are computed once per fit and reused every epoch (``FeatureDiscriminator``).
+- ``image_score="map_max"`` scores an image by the largest logit of its map instead of s (the authors' evaluation
+  reports both, "I-AUROC" and "seg-I-AUROC"); the default is the paper's s.
+- Speed: the backbone is frozen, nothing is augmented in pixels: features are computed once per fit (the base's).
 - Kept epoch: the last one, or with ``validation_fraction`` > 0 the one with the lowest loss on held-out normal
   images (fixed draws); the threshold comes from normal images only, never from the labelled defects.
+- What changes the draws, not the method (the authors' code): the adaptor and segmentation head are initialised as
+  SimpleNet's (zero biases, BatchNorm γ ~ N(1, 0.02); theirs: torch's biases, γ = 1), Perlin masks rotated at the
+  grid (theirs unrotated, resized), map blur ±4σ (theirs 25 taps), lr milestones rounded (theirs floats). Given
+  anomalib's trained weights, outputs and gradients agree within float32 rounding (supersimplenet_gap).
 Training state, resumable checkpoints (``checkpoint``) and batching: ``components.trained``.
 """
 
@@ -291,8 +293,8 @@ class SuperSimpleNet(FeatureDiscriminator):
         ])}
 
     def _schedulers(self, optimizers: dict) -> dict:
-        # Rounded and deduplicated (the authors' int() gives the same epochs at their 300): a short run is then the
-        # start of a longer one, so a checkpoint resumes into more epochs exactly.
+        # Rounded and deduplicated (anomalib's int() and the authors' floats give the same epochs at 300): a short
+        # run is then the start of a longer one, so a checkpoint resumes into more epochs exactly.
         milestones = sorted({max(1, round(share * self.epochs)) for share in LR_MILESTONES})
         return {"steps": torch.optim.lr_scheduler.MultiStepLR(optimizers["adamw"], milestones, gamma=LR_FACTOR)}
 
