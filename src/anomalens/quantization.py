@@ -36,7 +36,7 @@ CALIBRATION_BATCH = 8
 #: Detectors whose INT8 export cannot meet the target (AUROC within 0.005 of fp32, ≤ 1 % label flips, ≥ 1.5× fp32
 #: CPU throughput) on any CPU, with the reason measured by benchmarks/export_precision.py (results/export_precision/,
 #: 'where the time goes'): Amdahl's bound 1 / (1 − the networks' convolution share) is below 1.5×. PaDiM (bound
-#: 1.65×) and STPM (3.9×) are not listed: a CPU with fast INT8 convolutions can reach the target there.
+#: 1.79×) and STPM (4.2×) are not listed: a CPU with fast INT8 convolutions can reach the target there.
 INT8_REFUSALS: dict[str, str] = {
     "patchcore": ("94 % of its fp32 graph's time is the float32 nearest-neighbour search over the memory bank "
                   "(OpenVINO's counters, 256 px), so INT8 convolutions cannot make it more than 1.06× faster "
