@@ -45,8 +45,6 @@ Results: ``results/supersimplenet_gap/results.{json,md}``.
 
 from __future__ import annotations
 
-import argparse
-import os
 import statistics
 import time
 from pathlib import Path
@@ -55,21 +53,14 @@ from harness import RESULTS as ALL_RESULTS
 from harness import (
     WORK,
     Results,
-    Run,
-    describe,
     describe_run,
     fmt,
-    machine,
     run_job,
-    write_report,
 )
-from harness.cli import output_options
-from harness.paths import BENCHMARKS
+from harness.seed_gap import ANOMALIB_PYTHON, SeedGap, spread
 
 SUITE = "supersimplenet_gap"
 RESULTS = ALL_RESULTS / SUITE
-COMPARISON = ALL_RESULTS / "compare_supersimplenet" / "results.json"
-ANOMALIB_PYTHON = WORK / "anomalib-venv" / "bin" / "python"
 SIZE = 256
 SETTINGS = {"default": {}, "untrained": {"adaptor_lr": 1e-12, "discriminator_lr": 1e-12},
             "raw": {"standardise": False}}
@@ -82,7 +73,6 @@ PLAN = (  # in priority order: the initial draw of the three categories below 0.
     + [f"anomalens:untrained:{c}:{seed}" for seed in (0, 1) for c in CATEGORIES]
     + ["anomalens:default:brick:0"]
 )
-COMMITTED = {"anomalens": "anomalens:default", "anomalib": "anomalib:anomalib"}  # seed 0 of the comparison
 TIMEOUT_S = 3600
 PARITY_CATEGORY = "brick"
 PARITY_STEPS = 4  # optimiser steps of the short anomalib fit
@@ -280,11 +270,6 @@ def parity(work: Path) -> dict:
     return run_job(anomalens_parity, reference, threads=2, timeout=900, label="parity: anomalens").value
 
 
-def parse(job: str) -> tuple[str, str, str, int]:
-    library, setting, category, seed = job.split(":")
-    if library == "anomalens" and setting not in SETTINGS:
-        raise SystemExit(f"unknown setting '{setting}' (one of {', '.join(SETTINGS)})")
-    return library, setting, category, int(seed)
 
 
 def anomalens_worker(setting: str, category: str, seed: int, epochs: int, threads: int) -> dict:
@@ -316,46 +301,16 @@ def anomalens_worker(setting: str, category: str, seed: int, epochs: int, thread
             "fit_seconds": round(fit_seconds, 1)}
 
 
-def run(job: str, epochs: int, threads: int) -> dict:
-    library, setting, category, seed = parse(job)
-    if library == "anomalens":
-        return run_job(anomalens_worker, setting, category, seed, epochs, threads, threads=threads,
-                       timeout=TIMEOUT_S, label=job).value
-    from compare_models.supersimplenet import SEED_VARIABLE
-
-    done = run_job([ANOMALIB_PYTHON, BENCHMARKS / "compare_anomalib.py", "--worker-anomalib",
-                    f"supersimplenet@{epochs}:{category}", "--threads", str(threads)],
-                   threads=threads, timeout=TIMEOUT_S, env={SEED_VARIABLE: str(seed)}, label=job)
-    row = done.json()
-    return {key: row[key] for key in ("image_auroc", "pixel_auroc", "fit_seconds", "n_train")}
 
 
-def with_committed_rows(results: Results, epochs: int) -> list[dict]:
-    """The suite's rows, plus the committed comparison's rows (seed 0 of both libraries) where it has none."""
-    rows = [r for r in results.rows if r["epochs"] == epochs]
-    if COMPARISON.is_file():
-        compared = Results.load(COMPARISON, "compare_anomalib")
-        for library, prefix in COMMITTED.items():
-            for category in CATEGORIES:
-                row = compared.find(job=f"supersimplenet@{epochs}:{category}", library=library)
-                if row and not any(r["job"] == f"{prefix}:{category}:0" for r in rows):
-                    rows.append({"job": f"{prefix}:{category}:0", "epochs": epochs, "source": "compare_supersimplenet",
-                                 **{k: row[k] for k in ("image_auroc", "pixel_auroc", "fit_seconds")}})
-    return rows
 
 
-def summary(values: list[float]) -> str:
-    if not values:
-        return "–"
-    if len(values) == 1:
-        return f"{values[0]:.3f} (1 seed)"
-    return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f} ({min(values):.3f}-{max(values):.3f}, n={len(values)})"
 
 
 def _group(rows: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
     groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
     for row in sorted(rows, key=lambda r: (r["job"].split(":")[2], int(r["job"].split(":")[3]))):
-        library, setting, category, _ = parse(row["job"])
+        library, setting, category, _ = GAP.parse(row["job"])
         groups.setdefault((library, setting), {}).setdefault(category, []).append(row)
     return groups
 
@@ -369,13 +324,13 @@ def _means_table(groups: dict, metric: str, title: str) -> tuple[list[str], dict
         means[library, setting] = {c: statistics.mean(v) for c, v in values.items() if v}
         complete = len(means[library, setting]) == len(CATEGORIES)
         overall = f"{statistics.mean(means[library, setting].values()):.3f}" if complete else "–"
-        lines.append(f"| {library}: {setting} | " + " | ".join(summary(values[c]) for c in CATEGORIES)
+        lines.append(f"| {library}: {setting} | " + " | ".join(spread(values[c]) for c in CATEGORIES)
                      + f" | {overall} |")
     return lines, means
 
 
 def report(results: Results, epochs: int) -> str:
-    groups = _group(with_committed_rows(results, epochs))
+    groups = _group(GAP.with_committed_rows(results, epochs))
     lines = ["# SuperSimpleNet: where the accuracy gap against anomalib comes from (issue 27)", "",
              ("Generated by `benchmarks/supersimplenet_gap.py` (do not edit by hand); what each job is, is in that "
               "script's docstring; how to read it, in NOTES.md."), "", "## Machine", "",
@@ -403,7 +358,7 @@ def report(results: Results, epochs: int) -> str:
               ("| job | epochs | image AUROC | pixel AUROC | image AUROC (map max) | trained on | loss first → last "
                "| fit s | threads | load |"), "|---|---|---|---|---|---|---|---|---|---|"]
     all_rows = sorted(results.rows, key=lambda r: (r["epochs"], r["job"]))
-    for r in all_rows + [r for r in with_committed_rows(results, epochs) if r.get("source")]:
+    for r in all_rows + [r for r in GAP.with_committed_rows(results, epochs) if r.get("source")]:
         source = " (compare_supersimplenet)" if r.get("source") else ""
         losses = f"{r['loss_first']:.3f} → {r['loss_last']:.3f}" if "loss_first" in r else "–"
         lines.append(f"| {r['job']}{source} | {r['epochs']} | {fmt(r['image_auroc'])} | {fmt(r['pixel_auroc'])} | "
@@ -441,42 +396,9 @@ def report(results: Results, epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--jobs", nargs="+", default=PLAN, help="LIBRARY:SETTING:CATEGORY:SEED (default: the plan)")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--parity", action="store_true", help="only the same-weights check (module docstring)")
-    output_options(parser, RESULTS)
-    args = parser.parse_args()
-    path = Path(args.output) / "results.json"
-    results = Results.load(path, SUITE)
-    if args.parity:
-        check = parity(WORK / SUITE)
-        results = Results.load(path, SUITE)  # rows saved meanwhile by a running invocation stay
-        results.sections["parity"] = check
-        results.save(path)
-    elif not args.report_only:
-        started, count = Run(), 0
-        for job in args.jobs:
-            if results.find(job=job, epochs=args.epochs):
-                continue  # resumable: a row once measured stays (everything is seeded)
-            row = {"job": job, "epochs": args.epochs, **run(job, args.epochs, args.threads), "threads": args.threads,
-                   "load_average_1min": round(os.getloadavg()[0], 2)}
-            results = Results.load(path, SUITE)  # rows another invocation (other jobs, in parallel) saved meanwhile
-            results.upsert(row, "job", "epochs")
-            count += 1
-            print(f"[{SUITE}] {job}@{args.epochs}: image {row['image_auroc']:.3f} pixel {row['pixel_auroc']:.3f} "
-                  f"fit {row['fit_seconds']} s", flush=True)
-            results.machine = machine()
-            entry = started.record(machine=describe(results.machine, load=False), threads=args.threads, jobs=count,
-                                   started=started.started)  # this invocation's entry, rewritten after every job
-            results.runs = [r for r in results.runs if not (isinstance(r, dict) and r.get("started") == started.started)]
-            results.runs.append(entry)
-            results.save(path)  # after every job: a stopped run keeps its rows
-    write_report(Path(args.output) / "results.md", report(results, args.epochs))
-    print(f"[{SUITE}] wrote {Path(args.output) / 'results.md'}")
 
+
+GAP = SeedGap(SUITE, "supersimplenet", SETTINGS, CATEGORIES, anomalens_worker, TIMEOUT_S)
 
 if __name__ == "__main__":
-    main()
+    GAP.main(__doc__, PLAN, 3, parity, report)
