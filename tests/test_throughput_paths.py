@@ -104,10 +104,21 @@ def test_workers_do_not_change_batches(category):
 
 def test_automatic_workers_follow_the_cores(monkeypatch):
     monkeypatch.delenv("ANOMALENS_WORKERS", raising=False)
+    # CUDA: the model runs on the GPU, every core but one decodes (at most 8)
+    assert torch_dataset.automatic_workers(16, cuda=True, torch_threads=16) == 8
+    assert torch_dataset.automatic_workers(2, cuda=True, torch_threads=2) == 1
+    # CPU: the cores torch's own threads leave free, none when they use every core
+    assert torch_dataset.automatic_workers(2, cuda=False, torch_threads=2) == 0
+    assert torch_dataset.automatic_workers(16, cuda=False, torch_threads=16) == 0
+    assert torch_dataset.automatic_workers(16, cuda=False, torch_threads=4) == 8
+    assert torch_dataset.automatic_workers(8, cuda=False, torch_threads=5) == 3
+    assert torch_dataset.automatic_workers(1, cuda=True, torch_threads=1) == 0
     monkeypatch.setattr(torch_dataset, "available_cores", lambda: 16)
+    monkeypatch.setattr(torch_dataset.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch_dataset.torch, "get_num_threads", lambda: 12)
+    assert torch_dataset.default_workers() == 4
+    monkeypatch.setattr(torch_dataset.torch.cuda, "is_available", lambda: True)
     assert torch_dataset.default_workers() == 8
-    monkeypatch.setattr(torch_dataset, "available_cores", lambda: 2)
-    assert torch_dataset.default_workers() == 1
     with torch_dataset.decoding_workers(0):
         assert torch_dataset.default_workers() == 0
     monkeypatch.setenv("ANOMALENS_WORKERS", "3")

@@ -115,8 +115,8 @@ def add_common_arguments(p: argparse.ArgumentParser) -> None:
     add_device_argument(p)
     add_log_arguments(p)
     p.add_argument("--workers", type=worker_count, default=None, metavar="N",
-                   help="image-decoding worker processes (default: from the CPU cores, min(8, cores - 1); "
-                        "0 decodes in the main process)")
+                   help="image-decoding worker processes (default: on CUDA min(8, cores - 1); on the CPU the cores "
+                        "torch's threads leave free, usually 0; 0 decodes in the main process)")
 
 
 def add_data_arguments(p: argparse.ArgumentParser, data_help: str) -> None:
