@@ -155,11 +155,15 @@ def test_parts(spec: dict) -> dict:
     import anomalens.report.html_report as html_report
 
     evaluation.load_detector = timed("load the run", evaluation.load_detector)
-    evaluation.as_dataset = timed("list the data", evaluation.as_dataset)
+    evaluation.as_test_dataset = timed("list the data", evaluation.as_test_dataset)
     evaluation.predict_with_masks = timed("decode + score (one pass, masks too)", evaluation.predict_with_masks)
     evaluation.evaluate = timed("metrics (AUROC, AUPRO)", evaluation.evaluate)
     anomalens.report.per_defect_type_metrics = timed("metrics per defect type", anomalens.report.per_defect_type_metrics)
-    anomalens.report.write_test_report = timed("report, all of it", anomalens.report.write_test_report)
+    # The report is written in three steps around the metrics (cases drawn while they are computed)
+    report = html_report.TestReport
+    report.draw_cases = timed("report: case figures started (forked)", report.draw_cases)
+    report.draw_curves = timed("report: curves started", report.draw_curves)
+    report.finish = timed("report: waiting for the figures + the HTML page", report.finish)
     if hasattr(html_report, "ForkedCall"):  # the curves are drawn in a forked process meanwhile: the wait for them
         html_report.ForkedCall.result = timed("report: waiting for the curves (forked process, matplotlib)",
                                            html_report.ForkedCall.result)
