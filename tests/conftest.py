@@ -10,6 +10,10 @@ import pytest
 # Tests never reach a model hub: timm/huggingface fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
+# Decode in the test process, as a user's process on this CPU does by default (torch's threads use every core;
+# the suite's one thread per xdist worker would otherwise start a decoding process for every loop). The worker
+# path keeps its own tests, which ask for workers explicitly.
+os.environ.setdefault("ANOMALENS_WORKERS", "0")
 # `anomalens serve` keeps its history under $XDG_STATE_HOME by default: the tests' servers write into a
 # throwaway folder of this run, never the user's ~/.local/state.
 if "ANOMALENS_TESTS_KEEP_STATE_HOME" not in os.environ:
