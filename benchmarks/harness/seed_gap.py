@@ -79,7 +79,43 @@ class SeedGap:
                                      **{k: row[k] for k in ("image_auroc", "pixel_auroc", "fit_seconds")}})
         return rows
 
-    def main(self, doc: str, plan: list[str], epochs: int, parity: Callable[[Path], dict],
+    def group(self, rows: list[dict]) -> dict[tuple[str, str], dict[str, list[dict]]]:
+        """Rows by (library, setting), then by category, in seed order."""
+        groups: dict[tuple[str, str], dict[str, list[dict]]] = {}
+        for row in sorted(rows, key=lambda r: (r["job"].split(":")[2], int(r["job"].split(":")[3]))):
+            library, setting, category, _ = self.parse(row["job"])
+            groups.setdefault((library, setting), {}).setdefault(category, []).append(row)
+        return groups
+
+    def means_table(self, groups: dict, metric: str, title: str) -> tuple[list[str], dict]:
+        """A markdown table of ``metric`` over seeds (mean ± sd, range, count) per (library, setting) and category,
+        and the means it shows: {(library, setting): {category: mean}}."""
+        lines = [title, "", "| library: setting | " + " | ".join(self.categories) + " | mean of the categories' means |",
+                 "|---|" + "---|" * (len(self.categories) + 1)]
+        means: dict[tuple[str, str], dict[str, float]] = {}
+        for (library, setting), by_category in groups.items():
+            values = {c: [r[metric] for r in by_category.get(c, []) if r.get(metric) is not None] for c in self.categories}
+            means[library, setting] = {c: statistics.mean(v) for c, v in values.items() if v}
+            complete = len(means[library, setting]) == len(self.categories)
+            overall = f"{statistics.mean(means[library, setting].values()):.3f}" if complete else "–"
+            lines.append(f"| {library}: {setting} | " + " | ".join(spread(values[c]) for c in self.categories)
+                         + f" | {overall} |")
+        return lines, means
+
+    def gap_table(self, means: dict, title: str) -> list[str]:
+        """anomalens − anomalib per category and on the mean, for each anomalens setting, from ``means_table``'s."""
+        theirs = means.get(("anomalib", "anomalib"), {})
+        lines = [title, "", "| anomalens setting | " + " | ".join(self.categories) + " | mean |",
+                 "|---|" + "---|" * (len(self.categories) + 1)]
+        for (library, setting), ours in means.items():
+            if library == "anomalens":
+                gaps = [ours[c] - theirs[c] for c in self.categories if c in ours and c in theirs]
+                cells = [f"{ours[c] - theirs[c]:+.3f}" if c in ours and c in theirs else "–" for c in self.categories]
+                overall = f"{statistics.mean(gaps):+.3f}" if len(gaps) == len(self.categories) else "–"
+                lines.append(f"| {setting} | " + " | ".join(cells) + f" | {overall} |")
+        return lines
+
+    def main(self, doc: str, plan: list[str], epochs: int, parity: Callable[[Path], dict] | None,
              report: Callable[[Results, int], str]) -> None:
         """The suite's command line: ``--jobs`` (default ``plan``), ``--epochs``, ``--threads``, ``--parity``,
         ``--output``, ``--report-only``."""
@@ -92,6 +128,8 @@ class SeedGap:
         args = parser.parse_args()
         path = Path(args.output) / "results.json"
         results = Results.load(path, self.suite)
+        if args.parity and parity is None:
+            raise SystemExit(f"{self.suite} has no same-weights check")
         if args.parity:
             check = parity(WORK / self.suite)
             results = Results.load(path, self.suite)  # rows saved meanwhile by a running invocation stay
