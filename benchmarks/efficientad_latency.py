@@ -44,11 +44,15 @@ COLUMNS = [
 def report(results: Results) -> str:
     s = results.settings
     load = results.sections.get("load_average", {})
+    busiest = max([*(load.get("before") or [0])[:1], *(load.get("after") or [0])[:1]])
+    shared = (" — a shared machine: other jobs ran at the same time" if busiest > 1.5 * s["threads"] else
+              " — nothing else running (the jobs' own threads)")
     return markdown(
         f"EfficientAD vs PatchCore latency on this CPU ({s['image_size']} px)",
         [f"Machine: {describe(results.machine, load=False)}; {s['threads']} threads per runtime; load average "
-         f"(1, 5, 15 min) before {load.get('before')}, after {load.get('after')} — a shared machine: other jobs ran "
-         "at the same time; the pairs ran interleaved so they shared its busy phases.",
+         f"(1, 5, 15 min) before {[round(v, 2) for v in load.get('before') or []]}, after "
+         f"{[round(v, 2) for v in load.get('after') or []]}{shared}; the pairs ran interleaved, so that a busy phase "
+         "hits all of them.",
          f"Data: synthetic brick, {s['image_size']} px, {s['n_train']} training images, {s['n_test']} test images. "
          f"EfficientAD: {s['efficientad']}; PatchCore: its defaults (efficientnet_lite0, layers 2-3). "
          f"Throughput in batches of 8 (median of {s['rounds']} rounds), latency of one image (p50 / p95 of "
