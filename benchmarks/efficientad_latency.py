@@ -41,18 +41,23 @@ COLUMNS = [
 ]
 
 
+def _load_line(load: dict, threads: int) -> str:
+    """The load average before and after, and whether other jobs shared the machine (1-min load > 1.5 × threads)."""
+    before, after = load.get("before") or [], load.get("after") or []
+    busiest = max([*before[:1], *after[:1], 0])
+    shared = "a shared machine: other jobs ran at the same time" if busiest > 1.5 * threads else \
+        "nothing else running (the jobs' own threads)"
+    return (f"load average (1, 5, 15 min) before {[round(v, 2) for v in before]}, after {[round(v, 2) for v in after]}"
+            f" — {shared}")
+
+
 def report(results: Results) -> str:
     s = results.settings
     load = results.sections.get("load_average", {})
-    busiest = max([*(load.get("before") or [0])[:1], *(load.get("after") or [0])[:1]])
-    shared = (" — a shared machine: other jobs ran at the same time" if busiest > 1.5 * s["threads"] else
-              " — nothing else running (the jobs' own threads)")
     return markdown(
         f"EfficientAD vs PatchCore latency on this CPU ({s['image_size']} px)",
-        [f"Machine: {describe(results.machine, load=False)}; {s['threads']} threads per runtime; load average "
-         f"(1, 5, 15 min) before {[round(v, 2) for v in load.get('before') or []]}, after "
-         f"{[round(v, 2) for v in load.get('after') or []]}{shared}; the pairs ran interleaved, so that a busy phase "
-         "hits all of them.",
+        [f"Machine: {describe(results.machine, load=False)}; {s['threads']} threads per runtime; "
+         f"{_load_line(load, s['threads'])}; the pairs ran interleaved, so that a busy phase hits all of them.",
          f"Data: synthetic brick, {s['image_size']} px, {s['n_train']} training images, {s['n_test']} test images. "
          f"EfficientAD: {s['efficientad']}; PatchCore: its defaults (efficientnet_lite0, layers 2-3). "
          f"Throughput in batches of 8 (median of {s['rounds']} rounds), latency of one image (p50 / p95 of "
@@ -72,8 +77,8 @@ def parts_report(results: Results) -> str:
     s, load = results.settings, results.sections.get("load_average", {})
     return markdown(
         f"EfficientAD's networks, one forward each on this CPU ({s['image_size']} px, batch 1, torch)",
-        [f"Machine: {describe(results.machine, load=False)}; {s['threads']} threads; load average before {load.get('before')}, "
-         f"after {load.get('after')} (shared machine). Interleaved: {s['rounds']} rounds × {s['latency_runs']} calls per "
+        [f"Machine: {describe(results.machine, load=False)}; {s['threads']} threads; {_load_line(load, s['threads'])}. "
+         f"Interleaved: {s['rounds']} rounds × {s['latency_runs']} calls per "
          "network. The two offline teachers: the default (EfficientNet-Lite0 levels 1-2 on the PDN grid, BatchNorm "
          "folded) and a PDN-S of the same 64 channels (what `anomalens distill-teacher` makes, the paper's kind)."],
         table(results.rows, PART_COLUMNS),
