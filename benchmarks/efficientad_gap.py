@@ -16,7 +16,10 @@ process (``harness.run_job``):
   ``results/compare_efficientad/results.json``;
 - ``anomalib:anomalib`` — ``compare_anomalib.py``'s anomalib worker with torch seeded with SEED
   (``COMPARE_EFFICIENTAD_SEED``: the student's and autoencoder's initial weights, the loaders' shuffles); seed 0
-  is the committed comparison's row.
+  is the committed comparison's row;
+- ``anomalens:all-images`` — the default with ``holdout_fraction=0``: trained on all 120 images as anomalib is, the
+  map quantiles and the threshold then from the training images themselves (anomalib takes its quantiles from the
+  test set's normal images, which neither anomalens setting sees).
 
 Both are scored as the comparison scores them: scikit-learn AUROC on the raw image scores, and on all pixels of
 the maps against the masks. Everything is seeded, so the accuracy does not depend on the machine's load; the fit
@@ -33,11 +36,12 @@ from harness.seed_gap import SeedGap
 
 SUITE = "efficientad_gap"
 RESULTS = ALL_RESULTS / SUITE
-SETTINGS = {"default": {}}
+SETTINGS = {"default": {}, "all-images": {"holdout_fraction": 0.0}}
 CATEGORIES = ("brick", "grass", "gravel", "coffee", "chelsea")
 EPOCHS = 1  # the committed comparison's budget
-PLAN = [f"{library}:{category}:{seed}" for seed in (1, 2) for category in ("gravel", "coffee", "chelsea", "grass", "brick")
-        for library in ("anomalens:default", "anomalib:anomalib")]
+PLAN = ([f"{library}:{category}:{seed}" for seed in (1, 2) for category in ("gravel", "coffee", "chelsea", "grass", "brick")
+         for library in ("anomalens:default", "anomalib:anomalib")]
+        + [f"anomalens:all-images:{category}:{seed}" for seed in (0, 1, 2) for category in CATEGORIES])
 TIMEOUT_S = 1800
 
 
