@@ -552,7 +552,7 @@ def _signal_during(command: str, sig: int) -> Callable[[Path], tuple[str, str]]:
 
         target = ws / "out"
         if command == "fit":
-            args = ["fit", "padim", str(ws / "cat"), "-o", str(target), "--image-size", "128", "-q"]
+            args = ["fit", "padim", str(ws / "cat"), "-o", str(target), "--image-size", "256", "-q"]  # long enough
         else:
             many = ws / "many"
             many.mkdir()

@@ -299,11 +299,34 @@ def _wait_for_stage(proc: subprocess.Popen, parent: Path, timeout: float = 120) 
         time.sleep(0.05)
 
 
+def test_after_a_stop_request_nothing_staged_is_committed(tmp_path, monkeypatch):
+    """SIGTERM's handler raises where the main thread is, but an exception raised inside a finaliser is dropped:
+    the stop request it also leaves makes the last step before a commit refuse, in both staging paths."""
+    from anomalens.errors import Terminated
+    from anomalens.outputs import folders
+
+    monkeypatch.setattr(folders, "_stop_requested", False)  # restored after the test: the flag is per process
+    new, existing = tmp_path / "new", tmp_path / "existing"
+    with folders.staged_update(existing, kind="report") as stage:
+        (stage / "metrics.json").write_text("{}")
+    before = sorted(os.listdir(existing))
+    folders.request_stop()
+    with pytest.raises(Terminated):
+        with folders.staged_directory(new, kind="run") as stage:
+            (stage / "detector.json").write_text("{}")
+    with pytest.raises(Terminated):
+        with folders.staged_update(existing, kind="report") as stage:
+            (stage / "scores.csv").write_text("image,score\n")
+    assert not new.exists() and sorted(os.listdir(existing)) == before
+    assert sorted(os.listdir(tmp_path)) == ["existing"]  # no staging folder left either
+
+
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
 def test_a_killed_fit_leaves_nothing_that_the_next_run_does_not_clean(sig, category, tmp_path):
     parent = tmp_path / "runs"
     parent.mkdir()
-    proc = subprocess.Popen(_cli("fit", "padim", str(category), "-o", str(parent / "run"), "--image-size", "128", "-q"),
+    # 256 px: a fit long enough that a loaded machine cannot let it finish between seeing the stage and the signal
+    proc = subprocess.Popen(_cli("fit", "padim", str(category), "-o", str(parent / "run"), "--image-size", "256", "-q"),
                             env=CHILD_ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_for_stage(proc, parent)

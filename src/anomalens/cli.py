@@ -29,7 +29,7 @@ from anomalens.commands.serving import add_serve_arguments
 from anomalens.commands.training import add_calibrate_arguments, add_demo_arguments, add_fit_arguments
 from anomalens.commands.tune import add_tune_arguments
 from anomalens.commands.watch import add_watch_arguments
-from anomalens.errors import AnomalensError
+from anomalens.errors import AnomalensError, Terminated
 from anomalens.version import __version__
 
 # name, one-line help, the function adding its arguments (which also sets the function that runs it)
@@ -79,12 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread so that staging folders are removed on the way out."""
-
-
 def _on_sigterm(signum, frame) -> None:
-    raise _Terminated()
+    """SIGTERM: nothing staged is committed any more, and :class:`Terminated` is raised where the main thread is."""
+    folders = sys.modules.get("anomalens.outputs.folders")  # not imported yet: nothing is staged (and no import here)
+    if folders is not None:
+        folders.request_stop()
+    raise Terminated()
 
 
 def _one_line(text: str) -> str:
@@ -195,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("anomalens: interrupted", file=sys.stderr)
         return 130
-    except _Terminated:
+    except Terminated:
         print("anomalens: terminated", file=sys.stderr)
         return 143
     finally:

@@ -23,3 +23,8 @@ class NotFittedError(AnomalensError, RuntimeError):
 
 class NumericalError(AnomalensError, ArithmeticError):
     """A model that gives NaN or infinite scores: its weights or parameters are broken."""
+
+
+class Terminated(BaseException):
+    """The command was asked to stop (SIGTERM): raised in the main thread so that staging folders are removed on
+    the way out. A BaseException, like KeyboardInterrupt: ``except Exception`` must not swallow it."""

@@ -61,7 +61,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
-from anomalens.errors import AnomalensError
+from anomalens.errors import AnomalensError, Terminated
 from anomalens.outputs.marker import (INNER_STAGE_PREFIX, KNOWN_NAMES, MARKER_FILE, entries, is_leftover_file,
                                       is_resumable, is_stage_leftover, output_kind, owned_names, read_marker,
                                       write_marker)
@@ -169,6 +169,25 @@ def refuse_existing(final: Path, kind: str, overwrite: bool) -> bool:
     return True
 
 
+_stop_requested = False
+
+
+def request_stop() -> None:
+    """From now on no staged output of this process is committed (``anomalens`` calls it on SIGTERM).
+
+    The SIGTERM handler also raises :class:`Terminated` where the main thread is, but an exception raised while
+    Python runs a finaliser (``__del__``, a weakref callback) is printed and dropped, and the command would go
+    on to commit its result after all: a stop request is honoured here too, at the last step before a commit."""
+    global _stop_requested
+    _stop_requested = True
+
+
+def refuse_after_stop() -> None:
+    """Raise :class:`Terminated` when a stop was requested: the last step of every staged output before its commit."""
+    if _stop_requested:
+        raise Terminated()
+
+
 @contextlib.contextmanager
 def staged_directory(final: Path, overwrite: bool = False, kind: str | None = None,
                      inputs: Sequence[Any] = ()) -> Iterator[Path]:
@@ -187,6 +206,7 @@ def staged_directory(final: Path, overwrite: bool = False, kind: str | None = No
         stage = new_stage(final, kind)
         try:
             yield stage
+            refuse_after_stop()
             write_marker(stage, kind, entries(stage))
             commit(stage, final, kind, overwrite)
         except BaseException:
@@ -272,6 +292,7 @@ def staged_update(target: Path, kind: str, inputs: Sequence[Any] = (), last: str
         try:
             write_marker(stage, kind, [])
             yield stage
+            refuse_after_stop()
             (stage / MARKER_FILE).unlink()
             move_into(stage, target, kind=kind, last=last, replaces=replaces)
         finally:

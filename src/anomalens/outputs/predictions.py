@@ -23,7 +23,8 @@ import numpy as np
 
 from anomalens.errors import AnomalensError
 from anomalens.outputs.atomic import atomic_path, json_text
-from anomalens.outputs.folders import commit, locked_target, new_stage, refuse_existing, remove_stage
+from anomalens.outputs.folders import (commit, locked_target, new_stage, refuse_after_stop, refuse_existing,
+                                      remove_stage)
 from anomalens.outputs.marker import entries, read_marker, resumable_stages, rows_in, write_marker
 from anomalens.outputs.names import ERRORS_CSV, MASKS_DIR, HEATMAPS_DIR, PREDICTIONS_CSV, PREDICTIONS_JSONL
 
@@ -207,6 +208,7 @@ def prediction_stage(final: Path, overwrite: bool, inputs: Sequence[Any], resume
             stage = PredictionStage(new_stage(final, kind), resumed=False)
         try:
             yield stage
+            refuse_after_stop()
             stage.close()
             stage.identity = None  # complete: a failure from here on is the protocol's, nothing to resume
             write_marker(stage.path, kind, entries(stage.path))  # the job record goes with it
