@@ -49,6 +49,15 @@ TIERS = {
 }
 
 
+def pytest_report_header(config):
+    """The free disk where the tests write: a full run needs about 5 GB at its peak (fitted runs, exports)."""
+    import shutil
+    import tempfile
+
+    free = shutil.disk_usage(tempfile.gettempdir()).free / 2**30
+    return f"free disk under {tempfile.gettempdir()}: {free:.1f} GB (a full run needs about 5 GB)"
+
+
 def pytest_ignore_collect(collection_path, config):
     """A whole-file tier that ``-m`` deselects is not imported at all (the fast tier would otherwise import Ray,
     ONNX, asyncua, ... in every xdist worker only to deselect the tests: ~2.4 CPU s a worker, measured)."""
