@@ -89,8 +89,13 @@ class CFlowDecoders(nn.Module):
             self.register_buffer(f"encoding_{k}", encoding, persistent=False)
         self.register_buffer("reference", torch.zeros(len(channels)))
 
-    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Per-dimension log-likelihoods of every position: (B, h_k, w_k) maps."""
+    def forward(self, features: list[torch.Tensor], positions: list[torch.Tensor] | None = None) -> list[torch.Tensor]:
+        """Per-dimension log-likelihoods of every position of the (B, C_k, h_k, w_k) ``features``, as (B, h_k, w_k)
+        maps; or, given ``positions``, of those positions only, as (n_k,) vectors: ``features`` are then each
+        scale's (B·h_k·w_k, C_k) fibers (image-major, as ``fibers_of``) and ``positions[k]`` index them. One
+        method for both, because a training step must go through ``forward`` under DistributedDataParallel."""
+        if positions is not None:
+            return self._fiber_log_likelihoods(features, positions)
         out = []
         for k, (flow, f) in enumerate(zip(self.flows, features, strict=True)):
             batch, channels, h, w = f.shape
@@ -99,13 +104,11 @@ class CFlowDecoders(nn.Module):
             out.append(logp.reshape(batch, h, w))
         return out
 
-    def fiber_log_likelihoods(self, fibers: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
-        """(n_k,) per-dimension log-likelihoods of the fibers ``positions[k]`` of each scale's (B·h_k·w_k, C_k)
-        ``fibers`` (image-major, as ``fibers_of``): a fiber's condition is its position within its image."""
+    def _fiber_log_likelihoods(self, fibers: list[torch.Tensor], positions: list[torch.Tensor]) -> list[torch.Tensor]:
         out = []
         for k, (flow, f, chosen) in enumerate(zip(self.flows, fibers, positions, strict=True)):
             encoding = getattr(self, f"encoding_{k}")
-            conditions = encoding[chosen % encoding.shape[0]]
+            conditions = encoding[chosen % encoding.shape[0]]  # a fiber's condition is its position in its image
             out.append(gaussian_log_likelihood(*flow(f[chosen], conditions)) / f.shape[1])
         return out
 
@@ -174,7 +177,9 @@ class CFlow(FlowDetector):
 
     # -- training (Sec. 3.4) ----------------------------------------------------------------------
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
-        return {"adam": torch.optim.Adam(self.decoders_.parameters(), lr=self.lr)}
+        # Fused: a step makes ~4 M parameter updates for 256 fibers, so the optimiser was a quarter of the fit
+        # (1.15 of 4.5 s per 32-image batch at 256 px); the fused kernel takes 0.46 s (same update, one pass).
+        return {"adam": torch.optim.Adam(self.decoders_.parameters(), lr=self.lr, fused=True)}
 
     def _negative_log_likelihood(self, features: list[torch.Tensor]) -> torch.Tensor:
         return cflow_loss(self.decoders_(features))
@@ -192,7 +197,7 @@ class CFlow(FlowDetector):
         total, batches = 0.0, self._fiber_batches(features)
         fibers = [fibers_of(f) for f in features]  # once per image batch, not per step: the steps only index
         for positions in batches:
-            loss = cflow_loss(self.decoders_.fiber_log_likelihoods(fibers, positions))
+            loss = cflow_loss(self.decoders_(fibers, positions))
             optimizers["adam"].zero_grad(set_to_none=True)
             loss.backward()
             optimizers["adam"].step()
