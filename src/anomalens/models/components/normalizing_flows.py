@@ -85,7 +85,7 @@ class AffineCouplingBlock(nn.Module):
         y = torch.cat([x1, x2], 1) * gamma + self.global_offset
         positions = x[0, 0].numel()  # H·W for maps, 1 for vectors: γ acts at every position
         log_det = log_scale.flatten(1).sum(1) + positions * torch.log(gamma).sum()
-        return y[:, self.permutation], log_det
+        return y.index_select(1, self.permutation), log_det  # backward: index_add_, cheaper than y[:, p]'s index_put_
 
 
 class Flow(nn.Module):
