@@ -19,7 +19,10 @@ process (``harness.run_job``):
   is the committed comparison's row;
 - ``anomalens:all-images`` — the default with ``holdout_fraction=0``: trained on all 120 images as anomalib is, the
   map quantiles and the threshold then from the training images themselves (anomalib takes its quantiles from the
-  test set's normal images, which neither anomalens setting sees).
+  test set's normal images, which neither anomalens setting sees);
+- ``anomalens:image-quantiles`` — the default with ``quantile_pixels="image"``: q_a and q_b over the padded map
+  resized to the image, the uncovered border's zero distance included, as anomalib takes them (the default, as the
+  authors' code, over the PDN's output cells only).
 
 Both are scored as the comparison scores them: scikit-learn AUROC on the raw image scores, and on all pixels of
 the maps against the masks. Everything is seeded, so the accuracy does not depend on the machine's load; the fit
@@ -36,12 +39,13 @@ from harness.seed_gap import SeedGap
 
 SUITE = "efficientad_gap"
 RESULTS = ALL_RESULTS / SUITE
-SETTINGS = {"default": {}, "all-images": {"holdout_fraction": 0.0}}
+SETTINGS = {"default": {}, "all-images": {"holdout_fraction": 0.0}, "image-quantiles": {"quantile_pixels": "image"}}
 CATEGORIES = ("brick", "grass", "gravel", "coffee", "chelsea")
 EPOCHS = 1  # the committed comparison's budget
 PLAN = ([f"{library}:{category}:{seed}" for seed in (1, 2) for category in ("gravel", "coffee", "chelsea", "grass", "brick")
          for library in ("anomalens:default", "anomalib:anomalib")]
-        + [f"anomalens:all-images:{category}:{seed}" for seed in (0, 1, 2) for category in CATEGORIES])
+        + [f"anomalens:{setting}:{category}:{seed}" for setting in ("all-images", "image-quantiles")
+           for seed in (0, 1, 2) for category in CATEGORIES])
 TIMEOUT_S = 1800
 
 

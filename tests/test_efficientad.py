@@ -87,6 +87,23 @@ def test_both_maps_are_quantile_normalised_on_held_out_normals(fitted):
     assert fitted.history_["hard"][-1] < fitted.history_["hard"][0]
 
 
+def test_image_quantile_pixels_count_the_padded_border_as_anomalib_does(fitted, train_records):
+    """quantile_pixels="image": q_a, q_b over the padded map at the image size, whose uncovered border is a zero
+    distance, so both quantiles fall below those of the PDN's cells alone (the default)."""
+    import copy
+
+    records = train_records[:6]
+    on_grid, on_image = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    on_grid._set_map_quantiles(records)
+    grid = on_grid.map_quantiles_.cpu().numpy()
+    on_image.params["quantile_pixels"] = "image"
+    on_image._set_map_quantiles(records)
+    image = on_image.map_quantiles_.cpu().numpy()
+    assert image[0] < grid[0] and image[2] < grid[2]
+    assert image[1] <= grid[1] and image[3] <= grid[3]
+    assert image[1] > image[0] and image[3] > image[2]
+
+
 def test_a_resumed_fit_equals_an_uninterrupted_one(tiny_fit, train_records, test_records, tmp_path, monkeypatch):
     """Stopped right after the first epoch's checkpoint (as a killed process is), then resumed: the model of an
     uninterrupted fit. (A shorter budget would not stand in for the stop: the lr drop depends on the budget.)"""

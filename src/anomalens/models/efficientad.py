@@ -135,6 +135,11 @@ class EfficientADGraph(nn.Module):
         map_ae = (self.autoencoder(images) - student[:, channels:]).pow(2).mean(1)
         return map_st, map_ae
 
+    def on_image(self, grid_map: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) map on the PDN grid → (B, H, W): padded by the uncovered border as a zero distance and
+        resized bilinearly to the input, as ``forward`` places the normalised map (anomalib's quantile pixels)."""
+        return F.interpolate(F.pad(grid_map.unsqueeze(1), self.margins), size=self.input_size, mode="bilinear").squeeze(1)
+
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # The uncovered border padded as a zero distance, before the normalisation (a deviation, module docstring)
         map_st, map_ae = (F.pad(m.unsqueeze(1), self.margins) for m in self.raw_maps(images))
@@ -169,6 +174,9 @@ class EfficientAD(TrainedDetector):
         "validation_fraction": Float(
             0.0, "> 0: the validation loss selects the best epoch, on the threshold hold-out when there is one; "
             "0: train every epoch and keep the last (the paper)", low=0.0, high=0.9),
+        "quantile_pixels": Choice("grid", ("grid", "image"), "pixels whose 0.9 / 0.995 quantiles normalise the maps: "
+                                  "grid = the PDN's output cells (the authors' code), image = the padded map resized "
+                                  "to the image, uncovered border included (anomalib)"),
         **EARLY_STOPPING,
     }
 
@@ -288,6 +296,8 @@ class EfficientAD(TrainedDetector):
         with torch.inference_mode():
             for images in self._image_batches(records, False, "map quantiles"):
                 map_st, map_ae = graph.raw_maps(images)
+                if self.quantile_pixels == "image":
+                    map_st, map_ae = graph.on_image(map_st), graph.on_image(map_ae)
                 st.append(map_st.flatten().cpu().numpy())
                 ae.append(map_ae.flatten().cpu().numpy())
         st, ae = np.concatenate(st), np.concatenate(ae)
