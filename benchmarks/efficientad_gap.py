@@ -11,20 +11,23 @@ a seed can move a category by that much: this suite fits both libraries over mor
 settings otherwise (``compare_models/efficientad.py``). A job is ``LIBRARY:SETTING:CATEGORY:SEED``, run in a fresh
 process (``harness.run_job``):
 
-- ``anomalens:default`` — the comparison's anomalens row with ``seed=SEED`` (108 of the 120 images trained on, 12
-  held out for the map quantiles and the threshold). Seed 0 is the committed comparison's row, read from
-  ``results/compare_efficientad/results.json``;
+- ``anomalens:default`` — the comparison's settings with ``seed=SEED`` and today's defaults: 108 of the 120 images
+  trained on, 12 held out for the map quantiles and the threshold; the quantiles over the padded map at the image
+  size (``quantile_pixels="image"``, the default since 2026-12-07);
+- ``anomalens:grid-quantiles`` — the same with ``quantile_pixels="grid"``: the quantiles over the PDN's output cells
+  (the authors' code; the default before). Same seed, same networks as ``default`` (identical losses): the pair
+  isolates the quantiles. Seed 0 is the committed comparison's row (``results/compare_efficientad``), fitted
+  while "grid" was the default;
 - ``anomalib:anomalib`` — ``compare_anomalib.py``'s anomalib worker with torch seeded with SEED
   (``COMPARE_EFFICIENTAD_SEED``: the student's and autoencoder's initial weights, the loaders' shuffles); seed 0
   is the committed comparison's row;
-- ``anomalens:all-images`` — the default with ``holdout_fraction=0``: trained on all 120 images as anomalib is, the
-  map quantiles and the threshold then from the training images themselves (anomalib takes its quantiles from the
-  test set's normal images, which neither anomalens setting sees);
-- ``anomalens:image-quantiles`` — the default with ``quantile_pixels="image"``: q_a and q_b over the padded map
-  resized to the image, the uncovered border's zero distance included, as anomalib takes them (the default, as the
-  authors' code, over the PDN's output cells only).
+- ``anomalens:all-images`` — ``grid-quantiles`` with ``holdout_fraction=0``: trained on all 120 images as anomalib
+  is, the map quantiles and the threshold then from the training images themselves (anomalib takes its quantiles
+  from the test set's normal images, which no anomalens setting sees).
 
-Both are scored as the comparison scores them: scikit-learn AUROC on the raw image scores, and on all pixels of
+Rows of results.json run before 2026-12-07's default change carry a ``note`` saying how they were relabelled.
+
+Both libraries are scored as the comparison scores them: scikit-learn AUROC on the raw image scores, and on all pixels of
 the maps against the masks. Everything is seeded, so the accuracy does not depend on the machine's load; the fit
 seconds do (the load average of each job is in its row). Results: ``results/efficientad_gap/results.{json,md}``.
 """
@@ -39,13 +42,15 @@ from harness.seed_gap import SeedGap
 
 SUITE = "efficientad_gap"
 RESULTS = ALL_RESULTS / SUITE
-SETTINGS = {"default": {}, "all-images": {"holdout_fraction": 0.0}, "image-quantiles": {"quantile_pixels": "image"}}
+SETTINGS = {"default": {}, "all-images": {"holdout_fraction": 0.0, "quantile_pixels": "grid"},
+            "grid-quantiles": {"quantile_pixels": "grid"}}
 CATEGORIES = ("brick", "grass", "gravel", "coffee", "chelsea")
 EPOCHS = 1  # the committed comparison's budget
 PLAN = ([f"{library}:{category}:{seed}" for seed in (1, 2) for category in ("gravel", "coffee", "chelsea", "grass", "brick")
          for library in ("anomalens:default", "anomalib:anomalib")]
-        + [f"anomalens:{setting}:{category}:{seed}" for setting in ("all-images", "image-quantiles")
-           for seed in (0, 1, 2) for category in CATEGORIES])
+        + [f"anomalens:{setting}:{category}:{seed}" for setting in ("all-images", "default")
+           for seed in (0, 1, 2) for category in CATEGORIES]
+        + [f"anomalens:grid-quantiles:{category}:{seed}" for seed in (1, 2) for category in CATEGORIES])
 TIMEOUT_S = 1800
 
 
@@ -102,7 +107,9 @@ def report(results: Results, epochs: int) -> str:
     return "\n".join(lines) + "\n"
 
 
-GAP = SeedGap(SUITE, "efficientad", SETTINGS, CATEGORIES, anomalens_worker, TIMEOUT_S)
+# The comparison's anomalens rows were fitted with the grid quantiles (the default then): they are that setting's seed 0.
+GAP = SeedGap(SUITE, "efficientad", SETTINGS, CATEGORIES, anomalens_worker, TIMEOUT_S,
+              committed={"anomalens": "anomalens:grid-quantiles", "anomalib": "anomalib:anomalib"})
 
 if __name__ == "__main__":
     GAP.main(__doc__, PLAN, EPOCHS, None, report)

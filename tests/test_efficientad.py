@@ -88,12 +88,14 @@ def test_both_maps_are_quantile_normalised_on_held_out_normals(fitted):
 
 
 def test_image_quantile_pixels_count_the_padded_border_as_anomalib_does(fitted, train_records):
-    """quantile_pixels="image": q_a, q_b over the padded map at the image size, whose uncovered border is a zero
-    distance, so both quantiles fall below those of the PDN's cells alone (the default)."""
+    """quantile_pixels="image" (the default): q_a, q_b over the padded map at the image size, whose uncovered
+    border is a zero distance, so both quantiles fall below those of the PDN's cells alone ("grid")."""
     import copy
 
     records = train_records[:6]
     on_grid, on_image = copy.deepcopy(fitted), copy.deepcopy(fitted)
+    assert fitted.params["quantile_pixels"] == "image"  # the default
+    on_grid.params["quantile_pixels"] = "grid"
     on_grid._set_map_quantiles(records)
     grid = on_grid.map_quantiles_.cpu().numpy()
     on_image.params["quantile_pixels"] = "image"
@@ -102,6 +104,34 @@ def test_image_quantile_pixels_count_the_padded_border_as_anomalib_does(fitted, 
     assert image[0] < grid[0] and image[2] < grid[2]
     assert image[1] <= grid[1] and image[3] <= grid[3]
     assert image[1] > image[0] and image[3] > image[2]
+
+
+def test_a_run_saved_before_quantile_pixels_loads_as_the_grid_it_was_fitted_with(fitted, test_records, tmp_path):
+    """Runs saved before the parameter existed took the quantiles on the PDN's cells: they load saying so (a refit
+    with their parameters is then the same fit), and score with their own saved quantiles."""
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from anomalens.persistence import file_sha256
+
+    run = tmp_path / "run"
+    fitted.save(run)
+    config = json.loads((run / "detector.json").read_text())
+    config["params"].pop("quantile_pixels")
+    weights = run / "weights.safetensors"
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    old = json.loads(metadata["params"])
+    old.pop("quantile_pixels")
+    metadata["params"] = json.dumps(old, sort_keys=True)
+    save_file(tensors, str(weights), metadata=metadata)
+    config["weights_sha256"] = file_sha256(weights)
+    (run / "detector.json").write_text(json.dumps(config))
+    loaded = load_detector(run)
+    assert loaded.params["quantile_pixels"] == "grid"
+    np.testing.assert_allclose(loaded.predict(test_records, progress=False).scores,
+                               fitted.predict(test_records, progress=False).scores, rtol=1e-5)
 
 
 def test_a_resumed_fit_equals_an_uninterrupted_one(tiny_fit, train_records, test_records, tmp_path, monkeypatch):

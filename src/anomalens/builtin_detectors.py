@@ -160,7 +160,7 @@ DETECTORS: dict[str, dict[str, Any]] = {
             ('hard_quantile', '0.999', 'a number in [0, 1]', 'hard-feature loss: only distances at or above this quantile count'),
             ('penalty_images', 'null', 'a text or null', "pretraining-penalty images: null = the photos bundled with scikit-image and scikit-learn, a folder of images, or 'none' (no penalty)"),
             ('validation_fraction', '0.0', 'a number in [0, 0.9]', '> 0: the validation loss selects the best epoch, on the threshold hold-out when there is one; 0: train every epoch and keep the last (the paper)'),
-            ('quantile_pixels', 'grid', "one of 'grid', 'image'", "pixels whose 0.9 / 0.995 quantiles normalise the maps: grid = the PDN's output cells (the authors' code), image = the padded map resized to the image, uncovered border included (anomalib)"),
+            ('quantile_pixels', 'image', "one of 'image', 'grid'", "pixels whose 0.9 / 0.995 quantiles normalise the maps: image = the padded map resized to the image, uncovered border included (anomalib; measured better, see the docs), grid = the PDN's output cells (the authors' code)"),
             ('patience', 'null', 'an integer >= 1 or null', 'epochs without validation improvement before stopping; null = never'),
         ],
     },

@@ -27,7 +27,9 @@ Renamed parameters: runs saved before the cross-fitted threshold carry ``thresho
 parameters, in the JSON and in the weights' metadata alike. ``upgrade_saved_params`` reads both in today's
 names: ``false_alarm_rate`` = 1 − q, and ``threshold_folds`` = 1 (their threshold came from the single
 hold-out), so the loaded detector's ``params`` say how it was fitted and a refit with them reproduces it.
-The comparison of the two files is made after that translation, on both sides.
+The comparison of the two files is made after that translation, on both sides. A parameter added later with a
+default other than what older runs did (``BEHAVIOUR_OF_OLDER_RUNS``: EfficientAD's ``quantile_pixels``) is read
+as the value those runs were fitted with.
 """
 
 from __future__ import annotations
@@ -76,10 +78,21 @@ def rename_deprecated_params(params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
-def upgrade_saved_params(params: dict[str, Any]) -> dict[str, Any]:
-    """A saved run's parameters in today's names (module docstring: runs fitted before cross-fitting)."""
+# Parameters added with a default that differs from what runs saved before them did: (detector, parameter) →
+# the value that says how those runs were fitted.
+BEHAVIOUR_OF_OLDER_RUNS: dict[tuple[str, str], Any] = {
+    ("efficientad", "quantile_pixels"): "grid",  # the default until 2026-12-07
+}
+
+
+def upgrade_saved_params(params: dict[str, Any], detector: str | None = None) -> dict[str, Any]:
+    """A saved run's parameters in today's names (module docstring: runs fitted before cross-fitting), with
+    the value of a newer parameter that says how the run was fitted (``BEHAVIOUR_OF_OLDER_RUNS``)."""
     if "threshold_quantile" in params and "threshold_folds" not in params:
         params = {**params, "threshold_folds": 1}
+    for (name, key), value in BEHAVIOUR_OF_OLDER_RUNS.items():
+        if name == detector and key not in params:
+            params = {**params, key: value}
     return rename_deprecated_params(params)
 
 
@@ -167,7 +180,7 @@ def read_config(directory: str | Path) -> dict[str, Any]:
         config = _upgrade_v1(config)
     if isinstance(config.get("params"), dict):
         try:
-            config["params"] = upgrade_saved_params(config["params"])
+            config["params"] = upgrade_saved_params(config["params"], config.get("detector"))
         except ConfigError as exc:
             raise ModelFileError(f"{config_path}: incompatible parameters ({exc})") from None
     return config
@@ -244,10 +257,10 @@ def _check_same_params(config_path: Path, config: dict[str, Any], metadata: dict
         fitted = json.loads(metadata["params"])
         if not isinstance(fitted, dict):
             raise TypeError(f"not a JSON object but {type(fitted).__name__}")
-        fitted = upgrade_saved_params(fitted)
+        fitted = upgrade_saved_params(fitted, metadata.get("detector"))
     except (ConfigError, ValueError, TypeError, AttributeError) as exc:
         raise ModelFileError(f"{config_path}: the weights' parameter metadata is unreadable ({exc})") from None
-    now = json.loads(_params_json(upgrade_saved_params(config.get("params") or {})))
+    now = json.loads(_params_json(upgrade_saved_params(config.get("params") or {}, config.get("detector"))))
     fitted = json.loads(_params_json(fitted))
     changed = sorted(k for k in set(fitted) | set(now) if fitted.get(k) != now.get(k))
     if changed:
