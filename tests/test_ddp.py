@@ -142,8 +142,9 @@ def test_engine_ddp_outside_torchrun_and_a_detector_that_does_not_train_are_one_
     assert not (tmp_path / "r").exists()
 
 
-def _torchrun(*args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+def _torchrun(*args: str, scratch: Path) -> subprocess.CompletedProcess:
+    # TMPDIR: torchrun's own torchelastic_* folders go with the test's folder instead of piling up in /tmp
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(scratch)}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                "-m", "anomalens.cli", "fit", *args, "--device", "cpu", "--workers", "0", "-q"]
     return subprocess.run(command, env=env, capture_output=True, text=True, timeout=240)
@@ -153,7 +154,7 @@ def test_torchrun_writes_an_ordinary_run_and_resume_continues_a_stopped_one(cate
     run = tmp_path / "ae"
     options = ["-p", "image_size=16", "-p", "architecture=B", "--batch-size", "4"]
     done = _torchrun("mlp_ae", str(category), "-o", str(run), *options, "-p", "epochs=2",
-                     "-p", f"checkpoint={tmp_path / 'two.pt'}")
+                     "-p", f"checkpoint={tmp_path / 'two.pt'}", scratch=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((run / "run.json").read_text())
     assert (info["engine"], info["world_size"], info["backend"]) == ("ddp", 2, "gloo")
@@ -162,7 +163,8 @@ def test_torchrun_writes_an_ordinary_run_and_resume_continues_a_stopped_one(cate
     # a job into "more" that stopped after its second epoch left its own checkpoint: --resume finishes it
     more = tmp_path / "more"
     own_checkpoint(more).write_bytes((tmp_path / "two.pt").read_bytes())
-    resumed = _torchrun("mlp_ae", str(category), "-o", str(more), *options, "-p", "epochs=4", "--resume")
+    resumed = _torchrun("mlp_ae", str(category), "-o", str(more), *options, "-p", "epochs=4", "--resume",
+                        scratch=tmp_path)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     history = load_detector(more).history_["loss"]
     assert len(history) == 4 and history[:2] == detector.history_["loss"]
@@ -175,7 +177,7 @@ def test_torchrun_trains_ganomaly_and_its_discriminator_resets_on_every_rank_tog
     run = tmp_path / "ganomaly"
     done = _torchrun("ganomaly", str(category), "-o", str(run), "-p", "image_size=32", "-p", "channels=3",
                      "-p", "latent_dim=16", "-p", "n_features=8", "-p", "epochs=1", "--batch-size", "4",
-                     "-p", "d_reinit_below=1e9")
+                     "-p", "d_reinit_below=1e9", scratch=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
     detector = load_detector(run)
     assert json.loads((run / "run.json").read_text())["world_size"] == 2
