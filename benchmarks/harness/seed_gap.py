@@ -15,7 +15,7 @@ import importlib
 import os
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import WORK, Results, Run, describe, machine, run_job, write_report
@@ -38,9 +38,6 @@ class SeedGap:
     categories: tuple[str, ...]
     worker: Callable[..., dict]
     timeout_s: int
-    #: the job prefix per library under which the committed comparison's rows count as seed 0 (the anomalens
-    #: setting its rows were fitted with)
-    committed: dict[str, str] = field(default_factory=lambda: dict(COMMITTED))
 
     @property
     def results_dir(self) -> Path:
@@ -73,7 +70,7 @@ class SeedGap:
         rows = [r for r in results.rows if r["epochs"] == epochs]
         if self.comparison.is_file():
             compared = Results.load(self.comparison, "compare_anomalib")
-            for library, prefix in self.committed.items():
+            for library, prefix in COMMITTED.items():
                 for category in self.categories:
                     row = compared.find(job=f"{self.model}@{epochs}:{category}", library=library)
                     if row and not any(r["job"] == f"{prefix}:{category}:0" for r in rows):
