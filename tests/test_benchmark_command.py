@@ -31,6 +31,20 @@ def _runs(out: Path) -> list[dict]:
     return json.loads((out / "results.json").read_text())["runs"]
 
 
+def _processes_naming(folder: Path, *words: str) -> list[int]:
+    """The live processes whose command line names ``folder`` and ``words`` (Linux /proc; zombies left out)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            command = (proc / "cmdline").read_bytes().decode(errors="replace") if proc.name.isdigit() else ""
+            if all(word in command for word in (str(folder), *words)) \
+                    and (proc / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
 def test_a_killed_benchmark_resumes_and_writes_the_leaderboard(tmp_path, capsys):
     out = tmp_path / "bench"
     command = [sys.executable, "-m", "anomalens.cli", "benchmark", *DETECTORS, *TINY, "-o", str(out), "-q"]
@@ -40,11 +54,18 @@ def test_a_killed_benchmark_resumes_and_writes_the_leaderboard(tmp_path, capsys)
         deadline = time.monotonic() + 240
         while not first.is_file() and proc.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
+        while not _processes_naming(out, "run_detector_job", "patchcore") and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)  # the kill lands while the second job runs
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the benchmark and its running job, mid-way
         proc.wait()
     assert first.is_file(), "the first job never finished"
     first_result = first.read_text()
+    # the job running at the kill (its own session, for timeouts) dies with the benchmark, not minutes later
+    deadline = time.monotonic() + 2
+    while _processes_naming(out) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _processes_naming(out), "a job outlived the killed benchmark"
     assert not (out / "results.json").exists()
 
     assert main(["benchmark", *DETECTORS, *TINY, "-o", str(out)]) == 0

@@ -32,14 +32,30 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 # Runs the job as its child and writes (seconds, peak RSS, CPU times) when it ends; its exit code is the job's.
+# The job runs in a session of its own (a timeout kills its whole group), so a `kill -9` of the benchmark would
+# not reach it: launcher and job each ask Linux to SIGKILL them when their parent ends (prctl PR_SET_PDEATHSIG),
+# else an orphaned job ran on to its end (minutes to hours of CPU) beside the benchmark's resumed run.
 _LAUNCHER = r"""
-import json, os, sys, time
-report, cpus, command = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3:]
+import json, os, signal, sys, time
+report, cpus, parent, command = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+
+def die_with(parent):
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError, ImportError):
+        return
+    if os.getppid() != parent:  # it ended before the request took effect
+        os.kill(os.getpid(), signal.SIGKILL)
+
+die_with(parent)
 if cpus:
     os.sched_setaffinity(0, cpus)
 start = time.perf_counter()
+launcher = os.getpid()
 pid = os.fork()
 if pid == 0:
+    die_with(launcher)
     try:
         os.execvp(command[0], command)
     except OSError as exc:
@@ -150,7 +166,8 @@ def run_job(target: Sequence[str] | Callable[..., Any], *args: Any, threads: int
             command = _function_command(target, args, value_file, python)
         else:
             command = [str(part) for part in (*target, *args)]
-        launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(report), json.dumps(list(cpus or [])), *command]
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(report), json.dumps(list(cpus or [])),
+                    str(os.getpid()), *command]
         stream = subprocess.PIPE if capture else None
         start = time.perf_counter()
         proc = subprocess.Popen(launcher, stdout=stream, stderr=stream, text=True, cwd=cwd,
