@@ -154,3 +154,40 @@ def test_another_job_in_the_same_folder_is_refused(category, tmp_path, capsys):
     (out / ".anomalens-output.json").write_text(json.dumps({"anomalens": "0", "kind": "output", "files": ["tune.json"]}))
     assert main(["tune", "padim", str(category), "--trials", "1", "-o", str(out), "-q"]) == 2
     assert "holds a tune of another job" in capsys.readouterr().err
+
+
+def test_a_tune_killed_by_kill_9_takes_its_running_trial_with_it(category, tmp_path):
+    """A trial runs in a process of its own: it must not run on, orphaned, after `kill -9` of the tune."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    def trials_of(pid: int) -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and b"trial_main" in (proc / "cmdline").read_bytes():
+                    state, ppid = (proc / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+                    if state != "Z" and (pid is None or int(ppid) == pid):
+                        found.append(int(proc.name))
+            except OSError:
+                continue
+        return found
+
+    tune_process = subprocess.Popen([sys.executable, "-m", "anomalens.cli", "tune", "padim", str(category),
+                                     "--trials", "3", "-o", str(tmp_path / "tuned"), *FIXED],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not trials_of(tune_process.pid) and tune_process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        trial = trials_of(tune_process.pid)
+        assert trial, "no trial process started"
+    finally:
+        tune_process.kill()
+        tune_process.wait()
+    deadline = time.monotonic() + 2
+    while any(Path(f"/proc/{pid}").exists() and pid in trials_of(None) for pid in trial) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in trial if pid in trials_of(None)], "the trial outlived the killed tune"

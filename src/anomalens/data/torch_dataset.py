@@ -34,6 +34,7 @@ from anomalens.data.model_input import (ImageTile, as_hw, current_decode_mode, d
 from anomalens.data.pictures import display_picture
 from anomalens.data.records import ImageRecord
 from anomalens.errors import AnomalensError, DataError
+from anomalens.processes import die_with_parent
 
 __all__ = [
     "DecodedBatch",
@@ -176,27 +177,6 @@ def stop_workers(batches: Iterator) -> None:
     shutdown = getattr(batches, "_shutdown_workers", None)  # torch's multi-process iterator only
     if shutdown is not None:
         shutdown()
-
-
-def die_with_parent(_worker_id: int = 0) -> None:
-    """In a decoding worker: end when the command that started it ends, even by ``kill -9``.
-
-    A forked worker shares the command's open files, its output-folder lock among them, so a worker that
-    outlived a killed command (PyTorch's own check notices the parent only every few seconds) kept
-    ``predict --resume`` out with "another command is writing". Linux only (prctl PR_SET_PDEATHSIG);
-    elsewhere PyTorch's check remains.
-    """
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _progress(total: int, desc: str | None):

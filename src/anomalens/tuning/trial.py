@@ -52,10 +52,13 @@ def trial_main() -> None:
     import pickle
     import warnings
 
+    from anomalens.processes import die_with_parent
+
     # The tune reports each trial on one line; what a fit says about its own threshold is beside the point here.
     logging.getLogger("anomalens").setLevel(logging.ERROR)
     warnings.simplefilter("ignore")
     job = pickle.load(sys.stdin.buffer)
+    die_with_parent(parent=job.pop("parent_pid"))  # a tune killed by `kill -9` takes its trial with it
     threads = job.pop("torch_threads", None)
     if threads:
         import torch
@@ -88,9 +91,11 @@ def run_trial(detector: str, params: dict, train: list, validation: list, isolat
             return score_setting(**job)
         except Exception as exc:  # noqa: BLE001 - as in the process
             raise TrialFailed(_one_line(exc)) from None
+    import os
     import pickle
     import subprocess
 
+    job["parent_pid"] = os.getpid()
     if "torch" in sys.modules:  # the caller's thread count (e.g. one, set for a machine shared with other jobs)
         job["torch_threads"] = sys.modules["torch"].get_num_threads()
     process = subprocess.Popen([sys.executable, "-c", _TRIAL_COMMAND], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
