@@ -572,6 +572,10 @@ def _signal_during(command: str, sig: int) -> Callable[[Path], tuple[str, str]]:
                 proc.kill()
         if sig == signal.SIGTERM and (rc != 143 or "Traceback" in stderr):
             return "traceback", f"exit {rc}: {stderr.strip()[-300:]}"
+        if sig == signal.SIGTERM and "anomalens: terminated" not in stderr:
+            return "multi-line", f"SIGTERM without its one line: {stderr.strip()[-300:]}"
+        if sig == signal.SIGTERM and [p.name for p in ws.iterdir() if p.name.startswith(".out.partial-")]:
+            return "half-written", "SIGTERM: the staging folder was left behind (it is removed on the way out)"
         if target.exists():
             return "half-written", f"{target} exists after the {signal.Signals(sig).name}"
         quiet = io.StringIO()
@@ -642,10 +646,15 @@ def _race(command: str) -> Callable[[Path], tuple[str, str]]:
             kind = "traceback" if any(rc not in (0, 2) for rc in codes) else "data lost"
             return kind, f"exit codes {codes}: {[e.strip()[-200:] for _, e in results]}"
         loser = next(e for rc, e in results if rc == 2)
-        if len(_error_lines(loser)) != 1:
+        if len(_error_lines(loser)) != 1 or not loser.strip().startswith("anomalens: error:"):
             return "multi-line", loser.strip()[-300:]
+        if "another anomalens command" not in loser and "already exists" not in loser:
+            return "multi-line", f"the line does not say why it lost: {loser.strip()}"
         if not (target / ("detector.json" if command == "fit" else "predictions.csv")).exists():
             return "data lost", "the winner's result is missing"
+        leftovers = sorted(p.name for p in ws.iterdir() if p.name.startswith(".out"))
+        if leftovers:
+            return "half-written", f"staging folder or lock file left behind: {leftovers}"
         return "correct", f"one wins, the other: {loser.strip()}"
 
     return custom
