@@ -32,6 +32,40 @@ Deviations, and why:
   on the threshold hold-out (``validation_fraction``) picks the kept epoch — normal images only, never test
   data; ``validation_fraction=0`` keeps the last epoch as the paper does.
 - anomalib's implementation uses β₂ = 0.99; the default here is the paper's 0.999.
+
+RD++ — Tien et al., "Revisiting Reverse Distillation for Anomaly Detection", CVPR 2023 (``variant="rd++"``):
+6. Multiple projection layers (MPL, Sec. 3.1): a trainable φ_k between E's level k and the OCBE, which sees
+   φ_k(f_E^k); D still rebuilds f_E^k (L_KD = eq. 3, now through φ). φ_k (``ProjectionLayers``): four 3×3
+   convolutions c → c/2 → c/4 → c/2 → c, each followed by instance normalisation and a leaky ReLU.
+7. Pseudo-anomalies (Sec. 3.3): each training image x also enters as x̃, x plus a patch of fractal simplex noise
+   (``components.simplex_noise``); f_k = E^k(x), f̃_k = E^k(x̃).
+8. Losses on the projections (``projection_losses``), each a mean over the images i and the levels k:
+       L_SSOT  = S_ε(σ(φ_k(f_i,k)), σ(φ_k(f_j,k)))    compact normal features: the debiased Sinkhorn divergence
+                 (``components.optimal_transport``) between two normal images' softmaxed projections;
+       L_recon = 1 − cos(φ_k(f̃_i,k), φ_k(f_i,k))      the projection removes the noise (per position);
+       L_con   = max(0, cos(vec φ_k(f_i,k), vec f̃_i,k) − m)   projected normal features turn away from the noisy
+                 image's raw ones;
+       L = L_KD + λ (α L_SSOT + β L_recon + γ L_con) / (α + β + γ),
+   with two Adam optimisers: OCBE and D at ``lr``, the projections at ``projection_lr``.
+9. Inference: E → φ → OCBE → D and the map of eq. 4, as RD's (no noise, no other loss); the graph holds φ.
+Defaults are the numbers of the authors' code (tientrandinh/Revisiting-Reverse-Distillation): λ = 0.2,
+(α, β, γ) = (1, 0.01, 0.1), m = −0.5, projection lr 0.001 (OCBE and D 0.005), Adam β = (0.5, 0.999), Sinkhorn blur
+0.05; noise of 6 octaves, persistence 0.6, strength 0.2 on [0, 1] images, patches 10-31 px at 256 px.
+
+RD++'s deviations, and why:
+- The SSOT measures: the paper does not say what σ(φ_k(f_i,k)) is a distribution over; here image i's level k
+  is the uniform cloud of its positions' channel vectors, each softmaxed over the channels (bounded costs, so the
+  blur has one meaning), paired with the next image of a random cyclic order of the batch. The authors' code hands
+  the batch's flattened softmaxed vectors to GeomLoss as *one* cloud, against the same cloud shuffled — one
+  measure against itself, whose debiased divergence is 0: its SSOT term is constant.
+- Cost on a CPU: at most ``SSOT_POINTS`` random positions per image and level, and ε-scaling by 0.5 (GeomLoss'
+  default; the authors' 0.95 runs 11× the iterations).
+- The three terms are means over the levels, as the paper writes them; the authors' code sums them (3×).
+- Every batch steps both optimisers; the authors' code zeroes the gradients before each backward but steps every
+  second batch ("accumulation"), so half of its batches train nothing.
+- Each image gets its own noise field (the authors' code seeds one per dataset: the same pattern, cropped
+  differently, every time); the patch sizes and the noise period are fractions of the image side.
+- Validation (the kept epoch): L_KD through φ on the normal hold-out images — what the map measures.
 Training state, resumable checkpoints (``checkpoint``), preloading and batching: ``components.trained``.
 """
 
@@ -44,8 +78,11 @@ from torch import nn
 from anomalens.backbones import DEFAULT_BACKBONE, FeatureExtractor, timm_architecture
 from anomalens.errors import ConfigError
 from anomalens.models.components.maps import check_blur_fits, gaussian_blur
+from anomalens.models.components.optimal_transport import sinkhorn_divergence
 from anomalens.models.components.reverse_resnet import BLOCKS, OneClassBottleneck, ReverseDecoder
+from anomalens.models.components.simplex_noise import add_simplex_patches
 from anomalens.models.components.trained import TrainedDetector
+from anomalens.models.components.training import descend
 from anomalens.params import Choice, Float, Floats, Int, Ints, Text
 from anomalens.registry import register_detector
 from anomalens.models.components.shared_params import EARLY_STOPPING
@@ -54,6 +91,9 @@ EPOCHS = 20  # the CPU default; the paper trains 200
 # The reference's decoder per block kind: (OCE blocks, decoder depths from the deepest level up).
 REFERENCE_DEPTHS = {"bottleneck": (3, (3, 4, 6)), "basic": (2, (2, 2, 2))}
 _RESNET_BOTTLENECK = ("resnet50", "resnet101", "resnet152", "wide_resnet", "resnext")
+VARIANTS = ("rd", "rd++")
+SSOT_POINTS = 256  # positions per image and level in L_SSOT (a random subset of larger levels: the CPU's budget)
+SINKHORN_BLUR, SINKHORN_SCALING = 0.05, 0.5  # ε = blur²: the authors' blur; GeomLoss' default ε-scaling
 
 
 def rd_loss(encoder: list[torch.Tensor], decoder: list[torch.Tensor]) -> torch.Tensor:
@@ -76,18 +116,65 @@ def rd_map(encoder: list[torch.Tensor], decoder: list[torch.Tensor], size: tuple
     return amap.squeeze(1)
 
 
+class ProjectionLayers(nn.Module):
+    """RD++'s MPL (Sec. 3.1): per encoder level of c channels, 3×3 convolutions c → c/2 → c/4 → c/2 → c, each
+    followed by instance normalisation and a leaky ReLU (the authors' code)."""
+
+    def __init__(self, channels: tuple[int, ...]):
+        super().__init__()
+
+        def projection(c: int) -> nn.Sequential:
+            widths = (c, max(1, c // 2), max(1, c // 4), max(1, c // 2), c)
+            layers: list[nn.Module] = []
+            for cin, cout in zip(widths, widths[1:]):
+                layers += [nn.Conv2d(cin, cout, 3, padding=1), nn.InstanceNorm2d(cout), nn.LeakyReLU()]
+            return nn.Sequential(*layers)
+
+        self.levels = nn.ModuleList(projection(c) for c in channels)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        return [project(f) for project, f in zip(self.levels, features, strict=True)]
+
+
+def ssot_loss(projected: list[torch.Tensor], points: int = SSOT_POINTS) -> torch.Tensor:
+    """L_SSOT: the mean over levels and images of S_ε between image i's and its partner's clouds of softmaxed
+    channel vectors (at most ``points`` random positions); partners: the next image of a random cyclic order."""
+    order = torch.randperm(projected[0].shape[0])
+    partner = torch.empty_like(order)
+    partner[order] = order.roll(-1)  # never the image itself
+    total = 0
+    for level in projected:
+        cloud = torch.softmax(level.flatten(2), dim=1).transpose(1, 2)  # (B, positions, channels)
+        if cloud.shape[1] > points:
+            cloud = cloud[:, torch.randperm(cloud.shape[1])[:points].to(cloud.device)]
+        total = total + sinkhorn_divergence(cloud, cloud[partner.to(cloud.device)], SINKHORN_BLUR, SINKHORN_SCALING).mean()
+    return total / len(projected)
+
+
+def projection_losses(projected: list[torch.Tensor], projected_noisy: list[torch.Tensor],
+                      encoded_noisy: list[torch.Tensor], margin: float) -> dict[str, torch.Tensor]:
+    """RD++'s L_SSOT, L_recon and L_con (module docstring, 8.), each a mean over images and levels."""
+    levels = len(projected)
+    reconstruction = sum((1 - F.cosine_similarity(noisy, normal, dim=1)).mean()
+                         for noisy, normal in zip(projected_noisy, projected, strict=True)) / levels
+    contrast = sum(F.relu(F.cosine_similarity(normal.flatten(1), noisy.flatten(1), dim=1) - margin).mean()
+                   for normal, noisy in zip(projected, encoded_noisy, strict=True)) / levels
+    return {"ssot": ssot_loss(projected), "reconstruction": reconstruction, "contrast": contrast}
+
+
 class ReverseDistillationGraph(nn.Module):
-    """Images in [0, 1] → (image scores, anomaly maps): E, OCBE, D, the map of eq. 4 and its maximum."""
+    """Images in [0, 1] → (image scores, anomaly maps): E, (RD++: φ,) OCBE, D, the map of eq. 4 and its maximum."""
 
     def __init__(self, encoder: FeatureExtractor, bottleneck: OneClassBottleneck, decoder: ReverseDecoder,
-                 input_size: tuple[int, int], blur_sigma: float):
+                 input_size: tuple[int, int], blur_sigma: float, projection: ProjectionLayers | None = None):
         super().__init__()
-        self.encoder, self.bottleneck, self.decoder = encoder, bottleneck, decoder
+        self.encoder, self.bottleneck, self.decoder, self.projection = encoder, bottleneck, decoder, projection
         self.input_size, self.blur_sigma = tuple(input_size), blur_sigma
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         encoded = self.encoder(images)
-        decoded = self.decoder(self.bottleneck(encoded), [f.shape[-2:] for f in encoded])
+        code = self.bottleneck(encoded if self.projection is None else self.projection(encoded))
+        decoded = self.decoder(code, [f.shape[-2:] for f in encoded])
         amap = rd_map(encoded, decoded, self.input_size, self.blur_sigma)
         return amap.flatten(1).amax(1), amap
 
@@ -124,10 +211,39 @@ class ReverseDistillation(TrainedDetector):
             "else on this share of the fit images; 0: keep the last epoch (the paper)", low=0.0, high=0.9),
         **EARLY_STOPPING,
         "blur_sigma": Float(4.0, "Gaussian blur of the map in pixels (the paper: 4)", low=0.0),
+        "variant": Choice("rd", VARIANTS, "rd: Deng & Li 2022; rd++: Tien et al. 2023, projection layers before the "
+                          "bottleneck trained on simplex-noise pseudo-anomalies (SSOT, reconstruction, contrast losses)"),
+        "projection_weight": Float(0.2, "rd++: λ, the weight of the projection losses beside L_KD (the authors' code: "
+                                   "0.2)", low=0.0),
+        "ssot_weight": Float(1.0, "rd++: α, the weight of the optimal-transport compactness loss L_SSOT (the authors' "
+                             "code: 1)", low=0.0),
+        "reconstruction_weight": Float(0.01, "rd++: β, the weight of L_recon, noisy vs normal projections (the "
+                                       "authors' code: 0.01)", low=0.0),
+        "contrast_weight": Float(0.1, "rd++: γ, the weight of L_con, normal projections vs noisy features (the "
+                                 "authors' code: 0.1)", low=0.0),
+        "contrast_margin": Float(-0.5, "rd++: m of L_con = max(0, cos - m) (the authors' code: -0.5)", low=-1.0,
+                                 high=1.0),
+        "projection_lr": Float(0.001, "rd++: Adam learning rate of the projection layers (the authors' code: 0.001)",
+                               low=0.0, low_open=True),
+        "noise_strength": Float(0.2, "rd++: the simplex noise's factor, added to images in [0, 1] (the authors' "
+                                "code: 0.2)", low=0.0),
+        "noise_extent": Floats((0.04, 0.125), "rd++: sides of the noise patch as shares of the image's, drawn in "
+                               "[low, high) (the authors' code: 10-31 px at 256 px)", low=0.0, high=1.0,
+                               low_open=True, length=2),
+        "noise_octaves": Int(6, "rd++: octaves of the fractal simplex noise, each half the period of the last (the "
+                             "authors' code: 6)", low=1),
+        "noise_persistence": Float(0.6, "rd++: amplitude ratio of successive octaves (the authors' code: 0.6)",
+                                   low=0.0, high=1.0),
     }
 
     def _check_params(self) -> None:
         check_blur_fits(self.name, self.model_input_size, self.blur_sigma)
+        if self.noise_extent[0] > self.noise_extent[1]:
+            raise ConfigError(f"{self.name}: noise_extent must be [low, high] with low <= high, "
+                              f"got {list(self.noise_extent)}")
+        if self.ssot_weight + self.reconstruction_weight + self.contrast_weight == 0:
+            raise ConfigError(f"{self.name}: ssot_weight, reconstruction_weight and contrast_weight are all 0; "
+                              "set projection_weight=0 to train the projections by L_KD alone")
 
     # -- architecture -----------------------------------------------------------------------------
     @property
@@ -155,27 +271,50 @@ class ReverseDistillation(TrainedDetector):
         rectified = timm_architecture(self.backbone).startswith(("resnet", "wide_resnet", "resnext"))
         self.bottleneck_ = OneClassBottleneck(channels, self.block_kind, oce_blocks).to(self.device)
         self.decoder_ = ReverseDecoder(channels, self.block_kind, decoder_depths, rectified).to(self.device)
+        if self.variant == "rd++":
+            self.projection_ = ProjectionLayers(channels).to(self.device)
 
     def _networks(self) -> dict[str, nn.Module]:
-        return {"bottleneck": self.bottleneck_, "decoder": self.decoder_}  # the encoder stays as pretrained
+        networks = {"bottleneck": self.bottleneck_, "decoder": self.decoder_}  # the encoder stays as pretrained
+        return {**networks, "projection": self.projection_} if self.variant == "rd++" else networks
 
     def _features(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         with torch.no_grad():
             encoded = self.encoder_(images.to(self.device))
-        decoded = self.decoder_(self.bottleneck_(encoded), [f.shape[-2:] for f in encoded])
-        return encoded, decoded
+        code = self.bottleneck_(self.projection_(encoded) if self.variant == "rd++" else encoded)
+        return encoded, self.decoder_(code, [f.shape[-2:] for f in encoded])
 
-    # -- training (Sec. 4.1, eq. 3) ---------------------------------------------------------------
+    # -- training (Sec. 4.1, eq. 3; RD++ 8.) ------------------------------------------------------
     def _optimizers(self) -> dict[str, torch.optim.Optimizer]:
         parameters = [*self.bottleneck_.parameters(), *self.decoder_.parameters()]
-        return {"adam": torch.optim.Adam(parameters, lr=self.lr, betas=tuple(self.betas))}
+        optimizers = {"adam": torch.optim.Adam(parameters, lr=self.lr, betas=tuple(self.betas))}
+        if self.variant == "rd++":
+            optimizers["projection"] = torch.optim.Adam(self.projection_.parameters(), lr=self.projection_lr,
+                                                        betas=tuple(self.betas))
+        return optimizers
+
+    def _rdpp_losses(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """RD++'s L and its terms on a batch x (in [0, 1], on the device). Each network's forward runs once, as a
+        DistributedDataParallel wrapper needs: the normal and the noisy images go through as one batch."""
+        # Torch's global generator: a resumed run (the checkpoint restores its state) replays the same noise.
+        noisy = add_simplex_patches(x.cpu(), tuple(self.noise_extent), self.noise_octaves, self.noise_persistence,
+                                    self.noise_strength).to(self.device)
+        with torch.no_grad():
+            features = self.encoder_(torch.cat([x, noisy]))
+        projections = self.projection_(features)
+        encoded, encoded_noisy = zip(*(f.chunk(2) for f in features))
+        projected, projected_noisy = zip(*(p.chunk(2) for p in projections))
+        decoded = self.decoder_(self.bottleneck_(list(projected)), [f.shape[-2:] for f in encoded])
+        distillation = rd_loss(encoded, decoded)
+        terms = projection_losses(list(projected), list(projected_noisy), list(encoded_noisy), self.contrast_margin)
+        weights = {"ssot": self.ssot_weight, "reconstruction": self.reconstruction_weight,
+                   "contrast": self.contrast_weight}
+        projection = sum(weights[name] * terms[name] for name in weights) / sum(weights.values())
+        return {"loss": distillation + self.projection_weight * projection, "distillation": distillation, **terms}
 
     def _train_step(self, x: torch.Tensor, optimizers: dict) -> dict[str, float]:
-        loss = rd_loss(*self._features(x))
-        optimizers["adam"].zero_grad(set_to_none=True)
-        loss.backward()
-        optimizers["adam"].step()
-        return {"loss": loss.item()}
+        return descend(self._rdpp_losses(x) if self.variant == "rd++" else {"loss": rd_loss(*self._features(x))},
+                       optimizers)
 
     def _validation_loss(self, x: torch.Tensor) -> float:
         return rd_loss(*self._features(x)).item() * len(x)  # summed over the batch's images
@@ -183,7 +322,7 @@ class ReverseDistillation(TrainedDetector):
     # -- score (eq. 4) ----------------------------------------------------------------------------
     def inference_module(self) -> ReverseDistillationGraph:
         graph = ReverseDistillationGraph(self.encoder_, self.bottleneck_, self.decoder_, self.model_input_size,
-                                         self.blur_sigma)
+                                         self.blur_sigma, self.projection_ if self.variant == "rd++" else None)
         return self.tiled(graph)
 
     def anomaly_maps(self, images: torch.Tensor) -> torch.Tensor:

@@ -51,6 +51,7 @@ from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
 from anomalens.models.components.patch_features import embedding_dims, patch_embedding
 from anomalens.models.components.shared_params import EARLY_STOPPING, MAP_BLUR, PRETRAINED_BACKBONE
 from anomalens.models.components.trained import TrainedDetector, TrainingImages, batch_slices
+from anomalens.models.components.training import descend
 from anomalens.params import Bool, Float, Int, Ints
 
 PAPER_EMBED_DIMENSION = 1536  # both papers' pretrain_embed_dimension and target_embed_dimension
@@ -292,13 +293,8 @@ class FeatureDiscriminator(TrainedDetector):
         raise NotImplementedError
 
     def _train_step(self, batch: NormalBatch, optimizers: dict) -> dict[str, float]:
-        losses = self._losses(batch, None)  # torch's global generator: a resumed run replays the same draws
-        for optimizer in optimizers.values():
-            optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        for optimizer in optimizers.values():
-            optimizer.step()
-        return {name: value.item() for name, value in losses.items()}
+        # torch's global generator: a resumed run replays the same draws
+        return descend(self._losses(batch, None), optimizers)
 
     def _extra_tensors(self) -> dict[str, torch.Tensor]:
         return {"feature_mean": self.local_.mean, "feature_std": self.local_.std}

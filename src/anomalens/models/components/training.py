@@ -37,6 +37,17 @@ def multi_tensor_updates(optimizers: dict[str, torch.optim.Optimizer]) -> dict[s
     return optimizers
 
 
+def descend(losses: Mapping[str, torch.Tensor], optimizers: Mapping[str, torch.optim.Optimizer]) -> dict[str, float]:
+    """One step of every optimiser on ``losses["loss"]`` (gradients cleared first, so that each optimiser steps on
+    this batch's alone); returns every loss as a float, for the history."""
+    for optimizer in optimizers.values():
+        optimizer.zero_grad(set_to_none=True)
+    losses["loss"].backward()
+    for optimizer in optimizers.values():
+        optimizer.step()
+    return {name: value.item() for name, value in losses.items()}
+
+
 @dataclass
 class TrainingSetup:
     """What a model hands to ``train``.
