@@ -92,7 +92,7 @@ EPOCHS = 20  # the CPU default; the paper trains 200
 REFERENCE_DEPTHS = {"bottleneck": (3, (3, 4, 6)), "basic": (2, (2, 2, 2))}
 _RESNET_BOTTLENECK = ("resnet50", "resnet101", "resnet152", "wide_resnet", "resnext")
 VARIANTS = ("rd", "rd++")
-SSOT_POINTS = 256  # positions per image and level in L_SSOT (a random subset of larger levels: the CPU's budget)
+SSOT_POINTS = 128  # positions per image and level in L_SSOT (a random subset of larger levels: the CPU's budget)
 SINKHORN_BLUR, SINKHORN_SCALING = 0.05, 0.5  # ε = blur²: the authors' blur; GeomLoss' default ε-scaling
 
 
