@@ -140,11 +140,12 @@ class Server:
 
 def read_answer(sock: socket.socket, timeout: float) -> tuple[int | None, dict | None]:
     """(status, JSON) of what the server wrote before closing the connection; (None, None) if it closed it
-    without a word. Fails when the connection is still open after ``timeout`` seconds."""
+    without a word. Fails when the connection is still open after ``timeout`` seconds. A whole answer that keeps
+    the connection alive is returned at once (not after the server's keep-alive timeout, 5 s)."""
     sock.settimeout(0.2)
     data = b""
     deadline = time.monotonic() + timeout
-    while True:
+    while not _a_whole_answer_kept_alive(data):
         assert time.monotonic() < deadline, f"the connection is still open after {timeout} s: {data[:200]!r}"
         try:
             chunk = sock.recv(65536)
@@ -161,6 +162,16 @@ def read_answer(sock: socket.socket, timeout: float) -> tuple[int | None, dict |
     head, _, body = data.partition(b"\r\n\r\n")
     status = int(head.split(b" ", 2)[1])
     return status, json.loads(body) if body else None
+
+
+def _a_whole_answer_kept_alive(data: bytes) -> bool:
+    head, separator, body = data.partition(b"\r\n\r\n")
+    if not separator:
+        return False
+    fields = {k.strip().lower(): v.strip().lower() for k, _, v in
+              (line.partition(b":") for line in head.split(b"\r\n")[1:])}
+    length = fields.get(b"content-length")
+    return length is not None and len(body) >= int(length) and fields.get(b"connection") != b"close"
 
 
 def wait_until(condition, timeout: float = 10.0) -> None:
