@@ -332,6 +332,49 @@ def test_the_curves_are_drawn_here_when_their_process_dies(tmp_path: Path, data:
     assert (tmp_path / "roc.png").is_file() and (tmp_path / "pro_curve.png").is_file()
 
 
+def test_a_drawing_process_ends_with_a_command_killed_by_kill_9(tmp_path: Path) -> None:
+    """kill -9 of `anomalens test` mid-report: its forked drawing process ends too (it went on drawing, holding the
+    output folder's lock, into a staging folder no one would commit)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from anomalens.cores import available_cores
+
+    if available_cores() < 2:
+        pytest.skip("one core: the figures are drawn in place, no process is forked")
+    pid_file = tmp_path / "child.pid"
+    code = ("import os, sys, time\nfrom anomalens.report.forked import ForkedCall\n"
+            "def draw(path):\n    open(path + '.tmp', 'w').write(str(os.getpid())); os.rename(path + '.tmp', path)\n"
+            "    time.sleep(120)\n"
+            f"call = ForkedCall(draw, {str(pid_file)!r})\ntime.sleep(120)\n")
+    command = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not pid_file.is_file():
+            assert command.poll() is None and time.monotonic() < deadline, "the drawing process never started"
+            time.sleep(0.05)
+        child = int(pid_file.read_text())
+    finally:
+        command.send_signal(signal.SIGKILL)
+        command.wait()
+
+    def alive(pid: int) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 2
+    while alive(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if alive(child):
+        os.kill(child, signal.SIGKILL)
+        pytest.fail("the drawing process outlived the killed command")
+
+
 def test_importing_the_report_leaves_matplotlib_unloaded() -> None:
     """`anomalens test` draws its curves in a forked process: the package itself does not load matplotlib."""
     import subprocess

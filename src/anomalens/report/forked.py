@@ -3,9 +3,11 @@ curves on the other cores while ``anomalens test`` computes the metrics."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 from anomalens.cores import available_cores
+from anomalens.processes import die_with_parent
 
 __all__ = ["ForkedCall"]
 
@@ -29,7 +31,7 @@ class ForkedCall:
         try:
             context = multiprocessing.get_context("fork")
             self._receiver, sender = context.Pipe(duplex=False)
-            self._process = context.Process(target=_run_and_send, args=(sender, fn, args), daemon=True)
+            self._process = context.Process(target=_run_and_send, args=(sender, os.getpid(), fn, args), daemon=True)
             self._process.start()
         except (ValueError, OSError, AssertionError):  # no fork here, no process to be had, or this process
             self.close()  # is a daemon (which multiprocessing lets have no children): run it in place
@@ -64,8 +66,11 @@ class ForkedCall:
         self.close()
 
 
-def _run_and_send(sender, fn: Callable[..., object], args: tuple) -> None:
-    """The forked process of :class:`ForkedCall`: (True, return value) or (False, exception) into ``sender``."""
+def _run_and_send(sender, parent: int, fn: Callable[..., object], args: tuple) -> None:
+    """The forked process of :class:`ForkedCall`: (True, return value) or (False, exception) into ``sender``.
+    It ends with ``parent`` (a daemon process is ended at a normal exit only): after a ``kill -9`` of the command it
+    held the output folder's lock and went on drawing into a staging folder no one would commit."""
+    die_with_parent(parent=parent)
     try:
         answer = (True, fn(*args))
     except Exception as exc:  # handed to the parent, which raises it
