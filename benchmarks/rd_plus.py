@@ -13,7 +13,7 @@ on and 12 held out for the threshold and the kept epoch (the validation loss: L_
 RD++). A job is ``VARIANT:CATEGORY:SEED``, run in a fresh process (``harness.run_job``) on one of the five synthetic
 categories of the other suites (``harness.datasets``: 120 training, 30 + 40 test images, 256 px); the seed draws
 the networks' initial weights, the batches, the hold-out and RD++'s noise. The plan: seed 0 of every pair, then
-seed 1: a difference one draw shows may be the seed's.
+seeds 1 and 2: a difference one draw shows may be the seed's.
 
 Scored as the comparison suites score: scikit-learn AUROC on the raw image scores and on all pixels of the maps
 against the masks, and AUPRO (FPR ≤ 0.3, ``anomalens.pixel_metrics.aupro``). Everything is seeded, so the
@@ -40,7 +40,7 @@ RESULTS = ALL_RESULTS / SUITE
 VARIANTS = ("rd", "rd++")
 SIZE = 256
 EPOCHS = 20  # reverse_distillation's CPU default (the papers: 200 for RD, 10-300 per category for RD++)
-PLAN = [f"{variant}:{category}:{seed}" for seed in (0, 1) for category in SYNTHETIC for variant in VARIANTS]
+PLAN = [f"{variant}:{category}:{seed}" for seed in (0, 1, 2) for category in SYNTHETIC for variant in VARIANTS]
 TIMEOUT_S = 3600
 METRICS = ("image_auroc", "pixel_auroc", "aupro", "fit_seconds")
 
@@ -83,9 +83,11 @@ def report(results: Results, epochs: int) -> str:
         fits = {v: [r for r in rows if r["variant"] == v and r["category"] == category] for v in VARIANTS}
         seeds = sorted({r["seed"] for r in fits["rd"]} & {r["seed"] for r in fits["rd++"]})
         row = {"category": category, "seeds": len(seeds)}
-        for key in METRICS:  # the means over the seeds both variants have
+        for key in METRICS:  # the means over the seeds both variants have; fit seconds: the least (upper bounds)
             for variant in VARIANTS:
-                row[f"{variant} {key}"] = _mean([r for r in fits[variant] if r["seed"] in seeds], key)
+                measured = [r for r in fits[variant] if r["seed"] in seeds]
+                row[f"{variant} {key}"] = (min((r[key] for r in measured), default=None) if key == "fit_seconds"
+                                           else _mean(measured, key))
             if seeds:
                 row[f"delta {key}"] = row[f"rd++ {key}"] - row[f"rd {key}"]
         side_by_side.append(row)
@@ -97,7 +99,7 @@ def report(results: Results, epochs: int) -> str:
     for key, header in (("image_auroc", "image AUROC"), ("pixel_auroc", "pixel AUROC"), ("aupro", "AUPRO")):
         columns += [(f"{header} RD", f"rd {key}"), (f"RD++", f"rd++ {key}"),
                     ("Δ", lambda r, k=key: f"{r[f'delta {k}']:+.3f}" if f"delta {k}" in r else "–")]
-    columns += [("fit s RD", "rd fit_seconds", 0), ("fit s RD++", "rd++ fit_seconds", 0)]
+    columns += [("least fit s RD", "rd fit_seconds", 0), ("RD++", "rd++ fit_seconds", 0)]
     every_job = table(sorted(rows, key=lambda r: (SYNTHETIC.index(r["category"]), r["variant"], r["seed"])), [
         ("job", "job"), ("image AUROC", "image_auroc"), ("pixel AUROC", "pixel_auroc"), ("AUPRO", "aupro"),
         ("kept epoch", "kept_epoch", None), ("loss first → last", lambda r: f"{r['loss_first']:.3f} → {r['loss_last']:.3f}"),
@@ -111,8 +113,8 @@ def report(results: Results, epochs: int) -> str:
          "docstring; the verdict, in NOTES.md."),
         "## Machine", machines,
         (f"## {epochs} epochs, 256 px, EfficientNet-Lite0: means over the seeds"),
-        ("Δ = RD++ − RD, of the means over the seeds both variants were fitted with. Fit seconds were measured on a shared 2-core machine under `nice -n 19`: upper bounds, "
-         "compare them only within a row."),
+        ("Δ = RD++ − RD, of the means over the seeds both variants were fitted with. Fit seconds were measured on "
+         "a shared 2-core machine under `nice -n 19`: upper bounds, so the table shows the least over the seeds."),
         table(side_by_side, columns),
         "## Every job", every_job)
 
