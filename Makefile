@@ -40,9 +40,10 @@ test-docs: setup
 
 # The fast tier leaves out the browser, Ray, export (ONNX / OpenVINO, the detectors' export parity tests
 # included), torchrun, docs, line (a real broker, stream or OPC UA server) and serve (`anomalens serve` as a
-# process) tests: see TIERS in tests/conftest.py. `make test` runs them all.
+# process) and jobs (`anomalens benchmark` and the benchmark harness: every job a fresh process, 4-5 s of
+# start-up each) tests: see TIERS in tests/conftest.py. `make test` runs them all.
 test-fast: setup
-	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not (browser or ray or export or ddp or docs or line or serve)"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) -m "not (browser or ray or export or ddp or docs or line or serve or jobs)"; rc=$$?; [ $$rc -eq 0 ] || [ $$rc -eq 5 ]
 
 # Fashion-MNIST comes from Debian's dataset-fashion-mnist package (offline-friendly).
 benchmark: setup

@@ -43,7 +43,7 @@ torch.set_num_threads(1)
 IMAGE_SIZE = 64
 
 # The slow tiers, by test file: `make test-fast` leaves them out
-# (`-m "not (browser or ray or export or ddp or docs or line or serve)"`), `make test` runs everything. A single
+# (`-m "not (browser or ray or export or ddp or docs or line or serve or jobs)"`), `make test` runs everything. A single
 # test of another file joins a tier with its own mark: a detector's export parity test `@pytest.mark.export`,
 # a test against a real broker / stream server `line`, one of `anomalens serve` run as a process `serve`.
 TIERS = {
@@ -54,6 +54,8 @@ TIERS = {
     "test_ddp.py": "ddp",
     "test_docs_run.py": "docs",
     "test_sinks_opcua.py": "line",  # an OPC UA server (asyncua) on a local port
+    # `anomalens benchmark` end to end: each job a fresh process (torch, timm: 4-5 s of start-up per job)
+    "test_benchmark_command.py": "jobs", "test_benchmark_variants.py": "jobs",
 }
 
 

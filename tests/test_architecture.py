@@ -4,6 +4,7 @@ outside its module, one registry that refuses duplicates."""
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ def _module_name(path: Path) -> str:
     return ".".join(parts)
 
 
+@functools.cache  # parsed once per test process: every test of the import graph reads the same files
 def _sources() -> dict[str, tuple[Path, ast.Module]]:
     return {_module_name(p): (p, ast.parse(p.read_text(), str(p))) for p in sorted(PACKAGE_DIR.rglob("*.py"))}
 

@@ -418,6 +418,7 @@ def test_labelled_folder_flags(loco_run, layouts, tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.jobs  # a benchmark job in a fresh process
 def test_benchmark_harness_runs_every_category_of_a_dataset_root(layouts, tmp_path):
     import subprocess
     import sys
