@@ -34,7 +34,8 @@ from typing import Any, Callable, Sequence
 # Runs the job as its child and writes (seconds, peak RSS, CPU times) when it ends; its exit code is the job's.
 # The job runs in a session of its own (a timeout kills its whole group), so a `kill -9` of the benchmark would
 # not reach it: launcher and job each ask Linux to SIGKILL them when their parent ends (prctl PR_SET_PDEATHSIG),
-# else an orphaned job ran on to its end (minutes to hours of CPU) beside the benchmark's resumed run.
+# else an orphaned job ran on to its end (minutes to hours of CPU) beside the benchmark's resumed run. (The
+# launcher repeats anomalens.processes.die_with_parent: it runs the jobs of older library trees too, see above.)
 _LAUNCHER = r"""
 import json, os, signal, sys, time
 report, cpus, parent, command = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
