@@ -192,3 +192,27 @@ def test_the_suites_describe_the_machine_check_out_baselines_and_run_jobs_only_t
         found += [f"{path.name}:{n.lineno} reads ru_maxrss of a child" for n in ast.walk(tree)
                   if isinstance(n, ast.Attribute) and ast.unparse(n) == "os.wait4"]
     assert not found, "\n".join(found)
+
+
+def _load_suite(name: str):
+    spec = importlib.util.spec_from_file_location(f"suite_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_accuracy_report_puts_every_detector_on_one_line_per_category():
+    suite = _load_suite("run")
+    rows = [{"model": m, "dataset": d, "params": {}, "image_auroc": auroc}
+            for m, base in (("padim", 0.9), ("draem", 0.8)) for d, auroc in zip(suite.SYNTHETIC, (base, base - 0.1, base, base, base))]
+    rows[6]["image_auroc"] = 0.95  # draem wins grass
+    rows.append({"model": "padim", "dataset": "brick", "params": {"image_size": 64}, "image_auroc": 1.0})  # other settings
+    rows.append({"model": "glass", "dataset": "brick", "params": {}, "image_auroc": 0.5})  # one category only
+    rows.append({"model": "cflow", "dataset": "grass", "error": "out of memory"})
+    lines = suite.by_category(rows)
+    table = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines if line.startswith("|")]
+    assert table[0] == ["detector", *suite.SYNTHETIC, "mean"]
+    assert table[2] == ["padim", "**0.900**", "0.800", "**0.900**", "**0.900**", "**0.900**", "**0.880**"]
+    assert table[3] == ["draem", "0.800", "**0.950**", "0.800", "0.800", "0.800", "0.830"]
+    assert table[4] == ["glass", "0.500", "–", "–", "–", "–", "–"]
+    assert len(table) == 5 and suite.by_category([]) == []
