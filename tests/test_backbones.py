@@ -121,3 +121,47 @@ def test_optimized_tf_backbone_has_no_padding_copies_and_the_same_features():
     with torch.no_grad():
         for a, b in zip(plain(images), optimized(images)):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)  # the BatchNorm fold's rounding only
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_a_prepared_backbone_is_a_fresh_build_and_leaves_the_random_state_a_build_leaves():
+    from anomalens import backbones
+
+    backbones._PREPARED.clear()
+    torch.manual_seed(3)
+    fresh = FeatureExtractor("efficientnet_lite0", (1, 2)).optimize()
+    after_fresh = torch.rand(4)
+    for _ in range(2):  # the first builds and remembers, the second comes from the memo
+        torch.manual_seed(3)
+        prepared = FeatureExtractor.prepared("efficientnet_lite0", (1, 2))
+        torch.testing.assert_close(torch.rand(4), after_fresh, rtol=0, atol=0)
+        assert prepared.channels_last and prepared.folded_batchnorms == fresh.folded_batchnorms
+        for (name, a), b in zip(_state(prepared).items(), _state(fresh).values()):
+            torch.testing.assert_close(a, b, rtol=0, atol=0, msg=name)
+        x = torch.rand(2, 3, 64, 64)
+        for a, b in zip(prepared(x), fresh(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
+        next(prepared.parameters()).data.zero_()  # a copy: what a detector does to it stays with it
+    assert len(backbones._PREPARED) == 1
+    torch.manual_seed(4)  # another random state: built again (the build draws differently)
+    FeatureExtractor.prepared("efficientnet_lite0", (1, 2))
+    assert len(backbones._PREPARED) == 2
+
+
+def test_a_prepared_backbone_follows_an_edited_weights_file(tmp_path):
+    import time
+
+    path = tmp_path / "w.pth"
+    model = create_backbone_model("efficientnet_lite0")
+    torch.save(model.state_dict(), path)
+    first = FeatureExtractor.prepared("efficientnet_lite0", (1,), str(path))
+    time.sleep(0.01)
+    state = model.state_dict()
+    state["conv_stem.weight"] = state["conv_stem.weight"] * 2
+    torch.save(state, path)
+    second = FeatureExtractor.prepared("efficientnet_lite0", (1,), str(path))
+    x = torch.rand(1, 3, 64, 64)
+    assert not torch.allclose(first(x)[0], second(x)[0])

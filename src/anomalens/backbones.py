@@ -11,15 +11,20 @@ Weights come from, in order of preference:
 
 from __future__ import annotations
 
+import copy
+import hashlib
 import importlib
 import pickle
 import re
+import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Sequence
 
 import torch
 from torch import nn
 
+from anomalens.batchnorm_folding import fold_batchnorm  # noqa: F401  (public here too)
 from anomalens.errors import ConfigError, ModelFileError
 from anomalens.same_padding import SamePaddingConv2d, without_same_padding_copies  # noqa: F401  (public here too)
 from anomalens.threads import single_thread
@@ -164,71 +169,21 @@ def drop_unused_blocks(model: nn.Module) -> nn.Module:
     return model
 
 
-def _parent_and_name(model: nn.Module, target: nn.Module) -> tuple[nn.Module, str] | None:
-    for parent in model.modules():
-        for name, child in parent.named_children():
-            if child is target:
-                return parent, name
-    return None
+def _file_identity(value):
+    """A weights argument as a memo key: a file by its resolved path, size and modification time (an edited file
+    is a new key); anything else (a backbone name, None, 'random') as it is."""
+    if isinstance(value, (str, Path)) and str(value) not in ("", "random"):
+        path = Path(value)
+        if path.is_file():
+            stat = path.stat()
+            return (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    return value
 
 
-class _ActivationAfterNorm(nn.Module):
-    """What is left of timm's BatchNormAct2d once its normalisation is folded into the conv before it."""
-
-    def __init__(self, norm_act: nn.Module):
-        super().__init__()
-        self.drop = getattr(norm_act, "drop", nn.Identity())
-        self.act = getattr(norm_act, "act", nn.Identity())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.drop(x))
-
-
-def fold_batchnorm(model: nn.Module, example: torch.Tensor, tolerance: float = 1e-4) -> tuple[nn.Module, int]:
-    """Fold every eval-mode BatchNorm that directly follows a Conv2d into that conv's weights and bias.
-
-    A frozen network computes the same function with one elementwise pass less per conv: on CPU that
-    is a measurable share of an EfficientNet's time (depthwise convs are cheap, their BNs are not).
-    Pairs are found by running ``example`` once and matching each BN's input tensor to the output of
-    the conv that produced it, so no per-architecture module names are needed. The folded model is
-    checked against the original on ``example``; if any output differs by more than ``tolerance``
-    (relative to its scale) the original is returned untouched. Returns (model, number of BNs folded).
-    """
-    import copy
-
-    folded = copy.deepcopy(model).eval()
-    produced: dict[int, nn.Conv2d] = {}
-    pairs: list[tuple[nn.Conv2d, nn.BatchNorm2d]] = []
-    handles = []
-    for module in folded.modules():
-        if isinstance(module, nn.Conv2d):
-            handles.append(module.register_forward_hook(lambda m, i, o: produced.__setitem__(id(o), m)))
-        elif isinstance(module, nn.BatchNorm2d):
-            handles.append(module.register_forward_pre_hook(
-                lambda m, i: pairs.append((produced[id(i[0])], m)) if id(i[0]) in produced else None))
-    with torch.inference_mode():
-        reference = model(example)
-        folded(example)
-    for handle in handles:
-        handle.remove()
-    convs = [conv for conv, _ in pairs]
-    pairs = [(conv, bn) for conv, bn in pairs if convs.count(conv) == 1 and bn.track_running_stats]
-    with torch.no_grad():
-        for conv, bn in pairs:
-            scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1.0 / torch.sqrt(bn.running_var + bn.eps)
-            shift = (bn.bias if bn.affine else 0.0) - bn.running_mean * scale
-            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-            conv.weight.mul_(scale.view(-1, 1, 1, 1))
-            conv.bias = nn.Parameter(bias * scale + shift, requires_grad=False)
-            place = _parent_and_name(folded, bn)
-            if place is not None:
-                setattr(place[0], place[1], _ActivationAfterNorm(bn) if type(bn) is not nn.BatchNorm2d else nn.Identity())
-        outputs = folded(example)
-    flat = lambda o: list(o) if isinstance(o, (list, tuple)) else [o]  # noqa: E731
-    for a, b in zip(flat(reference), flat(outputs)):
-        if (a - b).abs().max() > tolerance * max(1.0, a.abs().max().item()):
-            return model, 0
-    return folded.requires_grad_(False), len(pairs)
+# Prepared CPU backbones of this process (_FrozenBackbone.prepared): the last few, a few MB each.
+_PREPARED: OrderedDict = OrderedDict()
+_PREPARED_LIMIT = 4
+_PREPARED_LOCK = threading.Lock()
 
 
 class _FrozenBackbone(nn.Module):
@@ -257,6 +212,34 @@ class _FrozenBackbone(nn.Module):
             images = images.expand(-1, 3, -1, -1)
         images = (images - self.mean) / self.std
         return images.contiguous(memory_format=torch.channels_last) if self.channels_last else images
+
+    @classmethod
+    def prepared(cls, *args, device: str | torch.device = "cpu", image_size: tuple[int, int] = (64, 64)) -> "_FrozenBackbone":
+        """``cls(*args).to(device).optimize(image_size)``: on CPU from a small per-process memo, as a deep copy.
+
+        Building and folding a backbone costs ~0.1 s of CPU (timm's random initialisation, the weights file, the
+        fold's two checked passes), paid again by every fit and every load in one process: the tests, a service
+        loading runs, a tuning study. The copy is bit-for-bit what a fresh build gives, and so is torch's global
+        random state afterwards (the build draws from it: timm's initialisation, the fold's example): the memo is
+        keyed by that state and restores the state the build left, so a seeded fit draws what it drew before.
+        A weights file is keyed by its path, size and modification time. GPUs build afresh (their generator too).
+        """
+        if torch.device(device).type != "cpu":
+            return cls(*args).to(device).optimize(image_size)
+        key = (cls.__name__, tuple(tuple(a) if isinstance(a, (list, tuple)) else _file_identity(a) for a in args),
+               tuple(image_size), hashlib.sha1(torch.get_rng_state().numpy().tobytes()).digest())
+        with _PREPARED_LOCK:
+            hit = _PREPARED.get(key)
+            if hit is not None:
+                _PREPARED.move_to_end(key)
+                torch.set_rng_state(hit[1])
+                return copy.deepcopy(hit[0])
+        built = cls(*args).to(device).optimize(image_size)
+        with _PREPARED_LOCK:
+            _PREPARED[key] = (copy.deepcopy(built), torch.get_rng_state())
+            while len(_PREPARED) > _PREPARED_LIMIT:
+                _PREPARED.popitem(last=False)
+        return built
 
     def optimize(self, image_size: tuple[int, int] = (64, 64)) -> "_FrozenBackbone":
         """Fold BatchNorm into the convs; on CPU also switch to channels-last and drop the 'SAME' padding copies

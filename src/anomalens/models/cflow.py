@@ -168,7 +168,7 @@ class CFlow(FlowDetector):
 
     # -- networks -------------------------------------------------------------------------------
     def _build_networks(self) -> None:
-        self.encoder_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        self.encoder_ = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         self.decoders_ = CFlowDecoders(self.encoder_.channels, self.feature_sizes(), self.condition_channels,
                                        self.coupling_blocks, self.clamp).to(self.device)
 

@@ -200,7 +200,7 @@ class EfficientAD(TrainedDetector):
             return pdn_from_state(self._saved_teacher, "the run's teacher")
         if is_teacher_file(self.teacher):
             return load_teacher(self.teacher)
-        extractor = FeatureExtractor(self.teacher, self.teacher_layers).optimize(self.model_input_size)
+        extractor = FeatureExtractor.prepared(self.teacher, self.teacher_layers, image_size=self.model_input_size)
         return BackboneTeacher(extractor, self.model_input_size)
 
     def _build_networks(self) -> None:

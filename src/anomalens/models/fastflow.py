@@ -131,7 +131,7 @@ class FastFlow(FlowDetector):
 
     # -- networks -------------------------------------------------------------------------------
     def _build_networks(self) -> None:
-        self.encoder_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        self.encoder_ = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         self.head_ = FastFlowHead(self.encoder_.channels, self.feature_sizes(), self.flow_steps, self.hidden_ratio,
                                   self.conv3x3_only, self.clamp).to(self.device)
 

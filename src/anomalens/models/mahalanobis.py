@@ -82,7 +82,7 @@ class MahalanobisAD(Detector):
     }
 
     def _build_extractor(self) -> PooledFeatureExtractor:
-        return PooledFeatureExtractor(self.backbone, self.weights).to(self.device).optimize()
+        return PooledFeatureExtractor.prepared(self.backbone, self.weights, device=self.device)
 
     def _select(self, pooled: list[torch.Tensor]) -> list[torch.Tensor]:
         if self.levels is None:

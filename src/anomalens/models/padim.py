@@ -175,7 +175,7 @@ class PaDiM(Detector):
         check_blur_fits(self.name, self.model_input_size, self.blur_sigma)
 
     def _build_extractor(self) -> FeatureExtractor:
-        return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        return FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
 
     def _n_features_for(self, total: int) -> int:
         """d of a backbone with ``total`` channels in its ``layers``: ``n_features``, else the paper's d."""

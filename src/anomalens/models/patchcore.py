@@ -166,7 +166,7 @@ class PatchCore(Detector):
 
     # -- features -----------------------------------------------------------------------------
     def _build_extractor(self) -> FeatureExtractor:
-        return FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        return FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
 
     def layer_dims(self, channels: Sequence[int]) -> list[int]:
         """Channels kept per layer: only reductions, matching the reference pooling (module docstring)."""

@@ -260,7 +260,7 @@ class ReverseDistillation(TrainedDetector):
         return self.oce_blocks or oce, tuple(self.decoder_depths or decoder)
 
     def _build_networks(self) -> None:
-        self.encoder_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        self.encoder_ = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         strides = self.encoder_.strides
         if strides[1] != 2 * strides[0] or strides[2] != 2 * strides[1]:
             raise ConfigError(f"{self.name}: layers {list(self.layers)} of '{self.backbone}' have strides {strides}; "

@@ -62,7 +62,7 @@ class SPADE(Detector):
         return indices, [indices.index(i) for i in self.layers], indices.index(self.global_layer)
 
     def _build_extractor(self) -> FeatureExtractor:
-        return FeatureExtractor(self.backbone, self._indices()[0], self.weights).to(self.device).optimize()
+        return FeatureExtractor.prepared(self.backbone, self._indices()[0], self.weights, device=self.device)
 
     def _features(self, images: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """(B, 3, H, W) → global vectors (B, C_g) and per-layer (B, h·w, C_l) channels-last maps."""

@@ -125,7 +125,7 @@ class STPM(TrainedDetector):
 
     # -- networks -------------------------------------------------------------------------------
     def _build_networks(self) -> None:
-        self.teacher_ = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        self.teacher_ = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         # The student: same architecture and layers, random init (trained from scratch, Sec. 3.1).
         self.student_ = drop_unused_blocks(create_backbone_model(
             self.backbone, weights="random", features_only=True, out_indices=self.layers

@@ -268,7 +268,7 @@ class SuperSimpleNet(FeatureDiscriminator):
 
     # -- networks (steps 1, 2, 4, 5) ------------------------------------------------------------------
     def _build_networks(self) -> None:
-        extractor = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        extractor = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         dims = embedding_dims(extractor.channels, self.pretrain_embed_dimension, self.target_embed_dimension)
         self.local_ = UpscaledFeatures(extractor, dims, self.patch_size)
         dim = self.local_.dim

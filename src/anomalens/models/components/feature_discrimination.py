@@ -211,7 +211,7 @@ class FeatureDiscriminator(TrainedDetector):
 
     # -- networks ---------------------------------------------------------------------------------
     def _build_networks(self) -> None:
-        extractor = FeatureExtractor(self.backbone, self.layers, self.weights).to(self.device).optimize()
+        extractor = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         dims = embedding_dims(extractor.channels, self.pretrain_embed_dimension, self.target_embed_dimension)
         self.local_ = LocalFeatures(extractor, dims, self.patch_size)
         self.adaptor_ = FeatureAdaptor(self.local_.dim).to(self.device)
