@@ -20,7 +20,7 @@ demo: setup
 # pytest exits 5 when no test was collected; that is not a failure of the suite.
 # Two pytest-xdist workers, each test file on one of them (its module fixtures fitted once), except that the
 # contract's tests of a detector go with that detector's own test file, sharing its one fit (tests/conftest.py,
-# worker_group). On 2 cores, quiet, the suite (1,751 tests) takes 7.6 min and the fast tier (1,543) 3.1
+# worker_group). On 2 cores, quiet, the suite (1,755 tests) takes 6.2 min and the fast tier (1,547) 2.7
 # (benchmarks/results/test_suite/); in one process it was 10.4 min for 1,316 tests.
 PYTEST_PARALLEL ?= -n 2 --dist loadgroup
 # The browser test (tests/test_serve_browser.py) drives Debian's chromium; it skips, saying why, where it cannot be installed.
