@@ -87,8 +87,11 @@ DEFAULT_JOBS = (
 
 # ---------------------------------------------------------------------------- shared by both workers
 def _size(dataset: str, model: str | None = None) -> int:
-    """Input side in pixels: 64 for Fashion-MNIST, else 256, or the model's plugin's IMAGE_SIZE (both libraries)."""
+    """Input side in pixels: 64 for Fashion-MNIST, else 256, or the model's plugin's IMAGE_SIZE (both libraries);
+    a plugin's FMNIST_IMAGE_SIZE, where it sets one, for the Fashion-MNIST rows."""
     plugin = _plugin(model) if model else None
+    if dataset.startswith("fmnist-") and getattr(plugin, "FMNIST_IMAGE_SIZE", None):
+        return plugin.FMNIST_IMAGE_SIZE
     return getattr(plugin, "IMAGE_SIZE", None) or (64 if dataset.startswith("fmnist-") else 256)
 
 
