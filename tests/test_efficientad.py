@@ -204,6 +204,23 @@ def test_a_penalty_folder_is_read(train_records, tmp_path):
     assert "penalty" not in no_penalty.fit(train, progress=False).history_
 
 
+@pytest.mark.parametrize("penalty_batch", [None, 1])
+def test_a_step_draws_one_penalty_crop_per_image_or_penalty_batch(train_records, monkeypatch, penalty_batch):
+    import anomalens.models.efficientad as efficientad
+
+    drawn = []
+    original = efficientad.random_crops
+
+    def counting(pool, count, size):
+        drawn.append(count)
+        return original(pool, count, size)
+
+    monkeypatch.setattr(efficientad, "random_crops", counting)
+    params = {**PARAMS, "epochs": 1, "batch_size": 4, "holdout_fraction": 0.0}
+    create_detector("efficientad", **params, penalty_batch=penalty_batch).fit(train_records[:8], progress=False)
+    assert drawn == [penalty_batch or 4] * 2  # two steps of four images
+
+
 def test_bad_settings_are_one_clear_line(train_records, tmp_path, capsys):
     with pytest.raises(ConfigError, match="at least 64 px"):
         create_detector("efficientad", image_size=32)

@@ -8,9 +8,11 @@ So both libraries get the same local ingredients here, and only the implementati
   anomalib's ``conv1..conv4``), with anomalib's ``teacher_out_channels`` set to its channel count;
 - the penalty images: the photos ``anomalens.models.components.pdn.offline_photos`` returns, written once as
   PNGs into an ImageFolder (PENALTY) for anomalib, and passed as ``penalty_images`` to anomalens; anomalib's
-  penalty loader batch (its ``batch_size`` attribute, 1 by default) is set to BATCH like anomalens' penalty
-  crops per step — the folder holds 16 photos, so anomalib draws all 16 per step (centre crops, its transform),
-  anomalens 32 random crops;
+  penalty loader batch (its ``batch_size`` attribute, 1 by default) is set to BATCH — the folder holds 16
+  photos, so anomalib draws all 16 per step (centre crops, its transform) — and anomalens' ``penalty_batch`` to
+  the same count (``penalty_per_step``: 16 random crops per step). Until session 20 (2026-12-07, late) anomalens drew one crop per
+  training image (32 per step): the student then ran on 96 images per step against anomalib's 80, which is
+  what made anomalens' peak RSS 1.15-1.26× anomalib's in the rows measured until then;
 - the epochs (the job's option), image size (IMAGE_SIZE, below), Adam lr 1e-4 / weight decay 1e-5, PDN small.
 anomalib refuses a training batch other than 1 and a pre-processor with Normalize; the comparison script's
 loaders use batch 32 for every model, so anomalib's model here skips that check (``_Batch32EfficientAd``) and
@@ -64,8 +66,14 @@ def _penalty_folder() -> Path:
 def anomalens_params(option: float | None, size: int, device: str) -> dict:
     if not TEACHER.is_file():
         raise SystemExit(f"[efficientad] distil the shared teacher first: anomalens distill-teacher -o {TEACHER}")
+    photos = _penalty_folder() / "photos"
     return {"image_size": size, "epochs": int(option or 1), "batch_size": BATCH, "device": device,
-            "teacher": str(TEACHER), "penalty_images": str(_penalty_folder() / "photos")}
+            "teacher": str(TEACHER), "penalty_images": str(photos), "penalty_batch": penalty_per_step()}
+
+
+def penalty_per_step() -> int:
+    """The penalty images anomalib's loader hands a step: its batch (BATCH), or fewer when the folder holds fewer."""
+    return min(BATCH, len(list((_penalty_folder() / "photos").glob("*.png"))))
 
 
 def anomalib_model(option: float | None, common: dict):

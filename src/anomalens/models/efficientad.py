@@ -43,6 +43,9 @@ student cannot match it exactly on normal images (its receptive field differs), 
 Penalty images (``penalty_images``): the paper's are ImageNet images; by default here the 16 photos that
 ship with scikit-image and scikit-learn (without the five the synthetic benchmark categories are cut from),
 random crops at the input size, 30 % grey, as the authors' transform; or any folder; ``none`` disables it.
+A step draws one crop per training image of the batch (``penalty_batch`` = null: the paper's one image per step at
+batch 1, at any batch size), or ``penalty_batch`` crops: the student runs on them too, so they cost time and
+memory in proportion (anomalib draws one image per step, whatever the batch).
 
 Quantile normalisation: on the threshold hold-out (held-out normal images: the paper's validation set),
 else on the validation split, else on the training images.
@@ -177,6 +180,8 @@ class EfficientAD(TrainedDetector):
         "hard_quantile": Float(0.999, "hard-feature loss: only distances at or above this quantile count", low=0.0, high=1.0),
         "penalty_images": Text(None, "pretraining-penalty images: null = the photos bundled with scikit-image and "
                                "scikit-learn, a folder of images, or 'none' (no penalty)", optional=True),
+        "penalty_batch": Int(None, "penalty crops per training step: null = one per training image of the step (the "
+                             "paper: one image per step at batch 1)", low=1, optional=True),
         "validation_fraction": Float(
             0.0, "> 0: the validation loss selects the best epoch, on the threshold hold-out when there is one; "
             "0: train every epoch and keep the last (the paper)", low=0.0, high=0.9),
@@ -284,7 +289,8 @@ class EfficientAD(TrainedDetector):
     def _train_step(self, x: torch.Tensor, optimizers: dict) -> dict[str, float]:
         penalty = None
         if self._penalty_pool is not None:
-            penalty = random_crops(self._penalty_pool, len(x), self.model_input_size).to(self.device)
+            count = self.penalty_batch or len(x)
+            penalty = random_crops(self._penalty_pool, count, self.model_input_size).to(self.device)
         losses = self._losses(x, colour_jitter(x), penalty)
         loss = sum(losses.values())
         optimizers["adam"].zero_grad(set_to_none=True)
