@@ -141,3 +141,70 @@ def test_inconsistent_ranges_fail_at_construction():
 def test_export_agrees_with_torch(tmp_path):
     detector = create_detector("glass", **{**SMALL, "image_size": 48, "epochs": 1})
     assert_export_parity(detector, make_records(6, 0, seed=1, size=48), make_records(2, 2, seed=6, size=48), tmp_path)
+
+
+def _unfolded_reference(features, pretrain_dim, target_dim, patch_size):
+    """The reference codes' steps literally (PatchCore's patchify, MeanMapper, Aggregator): unfold, resize, pool."""
+    import torch.nn.functional as F
+
+    grid = features[0].shape[-2:]
+    levels = []
+    for fmap in features:
+        b, c, h, w = fmap.shape
+        unfolded = F.unfold(fmap, patch_size, padding=patch_size // 2).reshape(b, c * patch_size ** 2, h, w)
+        if (h, w) != tuple(grid):
+            unfolded = F.interpolate(unfolded, size=grid, mode="bilinear", align_corners=False)
+        rows = unfolded.permute(0, 2, 3, 1).reshape(-1, 1, c * patch_size ** 2)
+        levels.append(F.adaptive_avg_pool1d(rows, pretrain_dim))
+    pooled = F.adaptive_avg_pool1d(torch.cat(levels, 2), target_dim)
+    return pooled.reshape(b, *grid, target_dim).permute(0, 3, 1, 2)
+
+
+@pytest.mark.parametrize("pretrain_dim, target_dim", [(152, 152), (64, 48), (500, 100)])
+def test_the_reference_aggregation_equals_unfolding_and_pooling(pretrain_dim, target_dim):
+    from anomalens.models.components.patch_features import ReferenceEmbedding
+
+    generator = torch.Generator().manual_seed(0)
+    features = [torch.randn(2, 40, 8, 8, generator=generator), torch.randn(2, 112, 4, 4, generator=generator)]
+    ours = ReferenceEmbedding([40, 112], pretrain_dim, target_dim, 3)(features)
+    torch.testing.assert_close(ours, _unfolded_reference(features, pretrain_dim, target_dim, 3), rtol=1e-4, atol=1e-5)
+
+
+def test_glass_pools_as_the_reference_and_simplenet_as_the_mean():
+    simplenet_params = {k: v for k, v in SMALL.items() if k != "ascent_steps"}
+    glass, simplenet = create_detector("glass", **SMALL), create_detector("simplenet", **simplenet_params)
+    assert glass.params["aggregation"] == "reference" and simplenet.params["aggregation"] == "mean"
+    for detector in (glass, simplenet):
+        detector._build_networks()
+    assert glass.local_.reference is not None and glass.local_.dim == 152  # capped at the levels' 40 + 112
+    assert simplenet.local_.reference is None and simplenet.local_.dim == 152
+
+
+def test_a_run_saved_before_the_aggregation_parameter_loads_as_the_mean(tmp_path):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from anomalens import load_detector
+    from anomalens.persistence import file_sha256
+
+    records = make_records(6, 0, seed=2, size=32)
+    fitted = create_detector("glass", **SMALL, epochs=1, aggregation="mean").fit(records, progress=False)
+    run = tmp_path / "run"
+    fitted.save(run)
+    config = json.loads((run / "detector.json").read_text())
+    config["params"].pop("aggregation")
+    weights = run / "weights.safetensors"
+    with safe_open(str(weights), framework="pt") as fh:
+        metadata, tensors = fh.metadata(), {k: fh.get_tensor(k) for k in fh.keys()}
+    saved = json.loads(metadata["params"])
+    saved.pop("aggregation")
+    metadata["params"] = json.dumps(saved, sort_keys=True)
+    save_file(tensors, str(weights), metadata=metadata)
+    config["weights_sha256"] = file_sha256(weights)
+    (run / "detector.json").write_text(json.dumps(config))
+    loaded = load_detector(run)
+    assert loaded.params["aggregation"] == "mean"
+    test = make_records(3, 2, seed=5, size=48)
+    np.testing.assert_allclose(loaded.score(test, progress=False)[0], fitted.score(test, progress=False)[0], rtol=1e-5)

@@ -13,16 +13,20 @@
   (the same: Adam 1e-4 + weight decay 1e-5 for the adaptor, AdamW 2e-4 for the discriminator) and its own score
   (both: the maximum position score; map upsampled and blurred with σ = 4). anomalens standardises the
   features per channel (its default, see src/anomalens/models/components/feature_discrimination.py); anomalib
-  does not. Inputs: the harness' (x − 0.5) / 0.5 for anomalib (GLASS denormalises before its Perlin
+  does not. Both pool the neighbourhoods as the authors' code does (anomalens' ``aggregation="reference"``, its
+  GLASS default since session 20; rows measured before used the per-channel mean, ``"mean"``). Inputs: the harness' (x − 0.5) / 0.5 for anomalib (GLASS denormalises before its Perlin
   augmentation), the backbone's own normalisation for anomalens — the same for these weights.
 """
 
 from __future__ import annotations
 
+import os
+
 from compare_models.draem import SOURCES, _write_sources
 
 BATCH = 32  # the harness's anomalib loaders use compare_anomalib.BATCH (32); the paper's is 8
 DIM = 152  # EfficientNet-Lite0 levels 2 + 3: 40 + 112 channels
+SEED_VARIABLE = "COMPARE_GLASS_SEED"  # anomalib's torch seed (default 0): glass_gap.py's other seeds
 
 
 def anomalens_params(option: float | None, size: int, device: str) -> dict:
@@ -37,6 +41,9 @@ def anomalib_model(option: float | None, common: dict):
         raise SystemExit(f"[compare] {SOURCES} is missing: the anomalens job of the same dataset writes it")
     resize = next(t for t in common["pre_processor"].transform.transforms if type(t).__name__ == "Resize")
     size = tuple(resize.size) if len(resize.size) == 2 else (resize.size[0], resize.size[0])
+    import torch
+
+    torch.manual_seed(int(os.environ.get(SEED_VARIABLE) or 0))  # the harness seeds 0 already: the same draws
     model = Glass(input_shape=size, anomaly_source_path=str(SOURCES), backbone="tf_efficientnet_lite0", layers=[2, 3],
                   pretrain_embed_dim=DIM, target_embed_dim=DIM, **common)
     return model, int(option or 10)

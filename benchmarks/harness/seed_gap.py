@@ -145,8 +145,9 @@ class SeedGap:
                 results = Results.load(path, self.suite)  # rows another invocation saved meanwhile
                 results.upsert(row, "job", "epochs")
                 count += 1
+                pixel = "–" if row.get("pixel_auroc") is None else f"{row['pixel_auroc']:.3f}"
                 print(f"[{self.suite}] {job}@{args.epochs}: image {row['image_auroc']:.3f} "
-                      f"pixel {row['pixel_auroc']:.3f} fit {row['fit_seconds']} s", flush=True)
+                      f"pixel {pixel} fit {row['fit_seconds']} s", flush=True)
                 results.machine = machine()
                 entry = started.record(machine=describe(results.machine, load=False), threads=args.threads,
                                        jobs=count, started=started.started)  # rewritten after every job

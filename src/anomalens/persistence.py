@@ -28,7 +28,8 @@ parameters, in the JSON and in the weights' metadata alike. ``upgrade_saved_para
 names: ``false_alarm_rate`` = 1 − q, and ``threshold_folds`` = 1 (their threshold came from the single
 hold-out), so the loaded detector's ``params`` say how it was fitted and a refit with them reproduces it.
 The comparison of the two files is made after that translation, on both sides. A parameter added later with a
-default other than what older runs did (``BEHAVIOUR_OF_OLDER_RUNS``: EfficientAD's ``quantile_pixels``) is read
+default other than what older runs did (``BEHAVIOUR_OF_OLDER_RUNS``: EfficientAD's ``quantile_pixels``, GLASS's
+``aggregation``) is read
 as the value those runs were fitted with.
 """
 
@@ -82,6 +83,7 @@ def rename_deprecated_params(params: dict[str, Any]) -> dict[str, Any]:
 # the value that says how those runs were fitted.
 BEHAVIOUR_OF_OLDER_RUNS: dict[tuple[str, str], Any] = {
     ("efficientad", "quantile_pixels"): "grid",  # the default until 2026-12-07
+    ("glass", "aggregation"): "mean",  # the default until 2026-12-07 (session 20)
 }
 
 

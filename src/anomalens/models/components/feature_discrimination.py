@@ -9,6 +9,13 @@ from synthetic anomalous features, and the score it gives at every position.
    channels and the concatenation to 1536 (their ``pretrain_embed_dimension`` / ``target_embed_dimension``);
    here a level is only ever reduced, as in PatchCore (``embedding_dims``): EfficientNet-Lite0's 40 + 112
    channels stay 152, where the reference code would repeat channels to reach 1536.
+   ``aggregation="reference"`` instead pools exactly as the reference codes do (``ReferenceEmbedding``): each
+   level's 3 × 3 neighbourhood unfolded into a (C·9) vector and average-pooled along it to
+   ``pretrain_embed_dimension`` entries, the levels pooled together to ``target_embed_dimension`` — both capped at
+   the levels' channel count (152 here; WideResNet-50's 1536 gives the papers' sizes). A pooled entry averages a
+   few entries of one channel's neighbourhood, so the feature keeps part of the neighbourhood's layout. Measured
+   on Fashion-MNIST one-class with GLASS (benchmarks/results/glass_gap): image AUROC 0.662 against 0.585 for
+   the mean, over three seeds; GLASS's default.
    Standardisation (not in the papers; ``standardise``, on by default): each channel of o_ij is standardised
    with its mean and standard deviation over every position of the training images, fixed at fit, saved with
    the run and part of the exported graph. The papers' noise σ = 0.015 is absolute, set for WideResNet-50's
@@ -48,11 +55,11 @@ from torch import nn
 from anomalens.backbones import FeatureExtractor
 from anomalens.errors import ConfigError
 from anomalens.models.components.maps import check_blur_fits, upsample_and_blur
-from anomalens.models.components.patch_features import embedding_dims, patch_embedding
+from anomalens.models.components.patch_features import ReferenceEmbedding, embedding_dims, patch_embedding
 from anomalens.models.components.shared_params import EARLY_STOPPING, MAP_BLUR, PRETRAINED_BACKBONE
 from anomalens.models.components.trained import TrainedDetector, TrainingImages, batch_slices
 from anomalens.models.components.training import descend
-from anomalens.params import Bool, Float, Int, Ints
+from anomalens.params import Bool, Choice, Float, Int, Ints
 
 PAPER_EMBED_DIMENSION = 1536  # both papers' pretrain_embed_dimension and target_embed_dimension
 
@@ -62,22 +69,34 @@ def positions(features: torch.Tensor) -> torch.Tensor:
     return features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
 
 
-class LocalFeatures(nn.Module):
-    """Images in [0, 1] → (B, D, h, w) locally aware features of a frozen backbone (step 1), standardised per
-    channel with the training images' mean and standard deviation (``mean`` / ``std``: 0 and 1 until set)."""
+def aggregation_param(default: str) -> Choice:
+    """How a position's neighbourhood becomes its feature (step 1); each detector states its own default."""
+    return Choice(default, ("reference", "mean"), "reference = the papers' code: the p × p neighbourhood unfolded and "
+                  "average-pooled along the flattened vector (keeps part of its layout; at most as wide as the "
+                  "levels' channels), mean = PatchCore's mean over the neighbourhood per channel")
 
-    def __init__(self, extractor: FeatureExtractor, dims: Sequence[int], patch_size: int) -> None:
+
+class LocalFeatures(nn.Module):
+    """Images in [0, 1] → (B, D, h, w) locally aware features of a frozen backbone (step 1): the per-channel
+    neighbourhood mean (``patch_embedding`` with ``dims``) or the reference codes' pooling (``reference``),
+    standardised per channel with the training images' mean and standard deviation (``mean`` / ``std``: 0 and
+    1 until set)."""
+
+    def __init__(self, extractor: FeatureExtractor, dims: Sequence[int], patch_size: int,
+                 reference: ReferenceEmbedding | None = None) -> None:
         super().__init__()
-        self.extractor, self.dims, self.patch_size = extractor, list(dims), patch_size
+        self.extractor, self.dims, self.patch_size, self.reference = extractor, list(dims), patch_size, reference
         self.register_buffer("mean", torch.zeros(1, self.dim, 1, 1))
         self.register_buffer("std", torch.ones(1, self.dim, 1, 1))
 
     @property
     def dim(self) -> int:
-        return sum(self.dims)
+        return self.reference.dim if self.reference is not None else sum(self.dims)
 
     def raw(self, images: torch.Tensor) -> torch.Tensor:
         """The features before standardisation."""
+        if self.reference is not None:
+            return self.reference(self.extractor(images))
         return patch_embedding(self.extractor(images), self.dims, self.patch_size)
 
     def standardise(self, features: torch.Tensor) -> torch.Tensor:
@@ -181,7 +200,7 @@ class FeatureDiscriminator(TrainedDetector):
                        "(the papers: WideResNet-50 layer2 + layer3, strides 8 and 16)", low=0),
         "patch_size": Int(3, "odd side of the neighbourhood each feature is averaged over (the papers: 3)", low=1),
         "pretrain_embed_dimension": Int(PAPER_EMBED_DIMENSION, "channels kept per level at most (the papers: 1536; "
-                                        "never increased)", low=1),
+                                        "never increased; reference aggregation: each level's pooled width)", low=1),
         "target_embed_dimension": Int(PAPER_EMBED_DIMENSION, "channels of the concatenation at most (the papers: "
                                       "1536)", low=1),
         "discriminator_hidden": Int(1024, "width of the discriminator's hidden layer (the papers: 1024)", low=1),
@@ -213,7 +232,12 @@ class FeatureDiscriminator(TrainedDetector):
     def _build_networks(self) -> None:
         extractor = FeatureExtractor.prepared(self.backbone, self.layers, self.weights, device=self.device)
         dims = embedding_dims(extractor.channels, self.pretrain_embed_dimension, self.target_embed_dimension)
-        self.local_ = LocalFeatures(extractor, dims, self.patch_size)
+        reference = None
+        if self.params.get("aggregation", "mean") == "reference":  # never wider than the levels' channels
+            width = sum(extractor.channels)
+            reference = ReferenceEmbedding(extractor.channels, min(self.pretrain_embed_dimension, width),
+                                           min(self.target_embed_dimension, width), self.patch_size).to(self.device)
+        self.local_ = LocalFeatures(extractor, dims, self.patch_size, reference)
         self.adaptor_ = FeatureAdaptor(self.local_.dim).to(self.device)
         self.discriminator_ = Discriminator(self.local_.dim, self.discriminator_hidden).to(self.device)
 
