@@ -13,9 +13,9 @@ on fmnist-0. A job is ``LIBRARY:SETTING:CATEGORY:SEED``, run in a fresh process 
   aggregation, ``aggregation="mean"``: GLASS's default until session 20), standardised per channel;
 - ``anomalens:reference`` — pooled as the authors' code pools them (``aggregation="reference"``: each level's
   3 × 3 neighbourhood unfolded, average-pooled along the (C·9) vector to 152 entries, the levels pooled together
-  to 152 — what anomalib does), standardised per channel: today's default;
+  to 152 — what anomalib does), standardised per channel;
 - ``anomalens:reference-raw`` — the same without the standardisation (``standardise=False``): anomalib's
-  features exactly, up to float rounding;
+  features exactly, up to float rounding; GLASS's default since session 20;
 - ``anomalib:anomalib`` — ``compare_anomalib.py``'s anomalib worker with torch seeded with SEED
   (``COMPARE_GLASS_SEED``).
 
@@ -35,7 +35,8 @@ from harness.seed_gap import SeedGap
 
 SUITE = "glass_gap"
 RESULTS = ALL_RESULTS / SUITE
-SETTINGS = {"mean": {"aggregation": "mean"}, "reference": {"aggregation": "reference"},
+SETTINGS = {"mean": {"aggregation": "mean", "standardise": True},
+            "reference": {"aggregation": "reference", "standardise": True},
             "reference-raw": {"aggregation": "reference", "standardise": False}}
 CATEGORIES = ("fmnist-0",)
 EPOCHS = 10  # the committed comparison's longer budget

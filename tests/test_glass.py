@@ -108,7 +108,7 @@ def test_training_lowers_the_loss_and_the_map_localises(fitted, test_records):
 
 
 def test_the_hypersphere_constraint_trains(train_records, test_records):
-    detector = create_detector("glass", **{**TINY_PARAMS["glass"], "constraint": "hypersphere"})
+    detector = create_detector("glass", **{**TINY_PARAMS["glass"], "constraint": "hypersphere", "standardise": True})
     detector.fit(train_records, progress=False)
     assert not torch.allclose(detector.local_.std, torch.ones_like(detector.local_.std))  # standardised first
     scores = detector.score(test_records, progress=False)[0]
@@ -174,6 +174,7 @@ def test_glass_pools_as_the_reference_and_simplenet_as_the_mean():
     simplenet_params = {k: v for k, v in SMALL.items() if k != "ascent_steps"}
     glass, simplenet = create_detector("glass", **SMALL), create_detector("simplenet", **simplenet_params)
     assert glass.params["aggregation"] == "reference" and simplenet.params["aggregation"] == "mean"
+    assert not glass.params["standardise"] and simplenet.params["standardise"]  # GLASS: the authors' features
     for detector in (glass, simplenet):
         detector._build_networks()
     assert glass.local_.reference is not None and glass.local_.dim == 152  # capped at the levels' 40 + 112

@@ -11,10 +11,10 @@
   (``compare_models.draem.SOURCES``, written once as PNG).
 - Batch 32 (the harness' anomalib loaders; the paper's is 8), the same epochs; each library its own optimisers
   (the same: Adam 1e-4 + weight decay 1e-5 for the adaptor, AdamW 2e-4 for the discriminator) and its own score
-  (both: the maximum position score; map upsampled and blurred with σ = 4). anomalens standardises the
-  features per channel (its default, see src/anomalens/models/components/feature_discrimination.py); anomalib
-  does not. Both pool the neighbourhoods as the authors' code does (anomalens' ``aggregation="reference"``, its
-  GLASS default since session 20; rows measured before used the per-channel mean, ``"mean"``). Inputs: the harness' (x − 0.5) / 0.5 for anomalib (GLASS denormalises before its Perlin
+  (both: the maximum position score; map upsampled and blurred with σ = 4). The features: since session 20
+  anomalens' GLASS defaults take the authors' (and anomalib's) — the neighbourhoods pooled as their code pools
+  them (``aggregation="reference"``), not standardised; rows measured before (the synthetic glass@1 rows) had
+  the per-channel neighbourhood mean, standardised per channel (``aggregation="mean"``, ``standardise=True``). Inputs: the harness' (x − 0.5) / 0.5 for anomalib (GLASS denormalises before its Perlin
   augmentation), the backbone's own normalisation for anomalens — the same for these weights.
 """
 
