@@ -84,6 +84,22 @@ def test_int8_is_calibrated_on_the_training_normals(exports, run, category, form
     assert report["ok"] == (report["flip_fraction"] <= 0.01 and abs(report["auroc_change"]) <= 0.005)
 
 
+def test_openvino_int8_quantises_inside_the_networks_only(exports):
+    """NNCF's quantisers feed the backbone's convolutions and residual additions; the Mahalanobis distance, the
+    upsampling and the blur (the inference module's own operations) read float32."""
+    import openvino as ov
+
+    from anomalens.quantization import is_layer
+
+    model = ov.Core().read_model(str(exports("openvino", "int8") / "model.xml"))
+    fed = [(target.get_node().get_friendly_name(), target.get_node().get_type_name())
+           for op in model.get_ordered_ops() if op.get_type_name() == "FakeQuantize"
+           for target in op.output(0).get_target_inputs()]
+    kinds = {kind for _, kind in fed}
+    assert {"Convolution", "GroupConvolution"} <= kinds and "MatMul" not in kinds
+    assert [name for name, _ in fed if not is_layer(name)] == []
+
+
 def test_onnx_fp16_is_refused_in_one_line(run, tmp_path, capsys):
     with pytest.raises(ConfigError, match="--precision fp16 is refused"):
         export_run(run, tmp_path / "x", format="onnx", precision="fp16", progress=False)
