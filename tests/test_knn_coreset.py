@@ -15,7 +15,7 @@ from anomalens.models.components.coreset import (
     random_projection,
     voronoi_cells,
 )
-from anomalens.models.components.knn import nearest_in_two_groups, nearest_neighbors
+from anomalens.models.components.knn import ExactNearest, nearest_in_two_groups, nearest_neighbors
 
 
 def _points(n: int, d: int, seed: int = 0, dtype=torch.float32) -> torch.Tensor:
@@ -42,6 +42,20 @@ def test_chunked_knn_equals_brute_force(k, chunks):
     ref_dist, ref_index = torch.cdist(queries.double(), bank.double()).topk(k, dim=1, largest=False)
     torch.testing.assert_close(dist.double(), ref_dist, rtol=0, atol=1e-5)
     assert torch.equal(index, ref_index)
+
+
+@pytest.mark.parametrize("bank_chunk", [7, 100, 1024])
+def test_graph_search_distances_and_indices_equal_brute_force(bank_chunk):
+    """The exported graph's search: distances without indices (PatchCore's maps), then the index of a few rows
+    (eq. 7's m*) — both as the one search with indices gives them."""
+    queries, bank = _points(40, 12, 5) + 3.0, _points(333, 12, 6) + 3.0
+    search = ExactNearest(bank, bank_chunk=bank_chunk)
+    ref_dist, ref_index = torch.cdist(queries.double(), bank.double()).min(1)
+    torch.testing.assert_close(search.distances(queries).double(), ref_dist, rtol=0, atol=1e-5)
+    assert torch.equal(search.nearest_index(queries), ref_index)
+    dist, index = search(queries)
+    torch.testing.assert_close(search.distances(queries), dist, rtol=0, atol=0)
+    assert torch.equal(search.nearest_index(queries[:3]), index[:3])
 
 
 def test_knn_on_a_row_subset_equals_knn_on_the_gathered_gallery():

@@ -145,6 +145,23 @@ class ExactNearest(nn.Module):
                 best_i = torch.where(better, i + b0, best_i)
         return (best_d + x.pow(2).sum(1)).clamp_min(0).sqrt(), best_i
 
+    def distances(self, queries: torch.Tensor) -> torch.Tensor:
+        """(Q, D) → (Q,) distances to the nearest gallery row, without its index: a minimum alone, where the
+        minimum with its index became a TopK in OpenVINO that took over half of PatchCore's graph time
+        (benchmarks/export_precision.py, 'where the time goes'). ``nearest_index`` finds the rows needed."""
+        x = queries.float() - self.shift
+        best = None
+        for _, block in self.squared_blocks(x):
+            d = block.amin(1)
+            best = d if best is None else torch.minimum(best, d)
+        return (best + x.pow(2).sum(1)).clamp_min(0).sqrt()
+
+    def nearest_index(self, queries: torch.Tensor) -> torch.Tensor:
+        """(Q, D) → (Q,) int64 index of the nearest gallery row, the earliest on ties (for few queries: the
+        whole (Q, M) block is formed)."""
+        x = queries.float() - self.shift
+        return torch.cat([b for _, b in self.squared_blocks(x)], dim=1).argmin(1)
+
     def k_nearest(self, queries: torch.Tensor, k: int) -> torch.Tensor:
         """(Q, D) → (Q, k) indices of the k nearest gallery rows, nearest first (for few queries: the whole
         (Q, M) block is formed)."""
