@@ -38,7 +38,8 @@ CALIBRATION_BATCH = 8
 #: Detectors whose INT8 export cannot meet the target (AUROC within 0.005 of fp32, ≤ 1 % label flips, ≥ 1.5× fp32
 #: CPU throughput) on any CPU, with the reason measured by benchmarks/export_precision.py (results/export_precision/,
 #: 'where the time goes'): Amdahl's bound 1 / (1 − the networks' convolution share) is below 1.5×. PaDiM and STPM
-#: meet the target on the 2-core AVX-512 VNNI machine of that table (1.86×, 2.29×), so they are not listed.
+#: meet the target on the 2-core AVX-512 VNNI machine of that table (1.53× and 2.68× in its latest run), so they
+#: are not listed.
 INT8_REFUSALS: dict[str, str] = {
     "patchcore": ("77 % of its fp32 graph's time is the float32 nearest-neighbour search over the memory bank "
                   "(OpenVINO's counters, 256 px), so even free INT8 convolutions could not make it more than 1.3× "

@@ -117,12 +117,14 @@ def nearest_upsampled(fmap: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
 
 def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:
     """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
-    # (P, B, d), contiguous: the copy moves whole d-vectors, where the (P, d, B) layout used until session 21
-    # gathered single floats (the graph's tail for 8 images of 256 px: 32 against 45 ms in torch, 18 against 35
-    # in OpenVINO); and bmm on a permuted view was measured to stall (6-126 s per batch) on a loaded machine.
+    # (P, B, d), contiguous: the copy moves whole d-vectors, where copying into (P, d, B) (until session 21)
+    # gathered single floats; the product reads it transposed, as BLAS and OpenVINO's MatMul do for free. The
+    # whiteners stay the first operand: as the second, OpenVINO kept a repacked copy of them (+230 MB at 256 px).
+    # Measured: benchmarks/results/padim_graph_layout. (bmm on a permuted view stalled for 6-126 s per batch on a
+    # loaded machine: the contiguous copy is needed.)
     centred = (embedding - mean).transpose(0, 1).contiguous()
-    whitened = torch.bmm(centred, whitener.transpose(1, 2))  # (P, B, d): each row is (W x)ᵀ
-    return whitened.pow(2).sum(2).clamp_min(0).sqrt().transpose(0, 1)
+    whitened = torch.matmul(whitener, centred.transpose(1, 2))  # (P, d, B)
+    return whitened.pow(2).sum(1).clamp_min(0).sqrt().transpose(0, 1)
 
 
 class PaDiMGraph(nn.Module):
