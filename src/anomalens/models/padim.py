@@ -331,7 +331,9 @@ class PaDiM(Detector):
         positions = self.grid_size_[0] * self.grid_size_[1]
         self.mean_ = checked_float(tensors["mean"], "mean", (positions, d)).to(self.device)
         if whitener_name == "whitener":
-            self.whitener_ = checked_float(tensors["whitener"], "whitener", (positions, d, d)).to(self.device)
+            # a fresh copy, as the unpacked triangles are: the product's BLAS kernel rounds by the operand's memory
+            # alignment, and a tensor read from the file can sit anywhere (scores then differ in the last bits)
+            self.whitener_ = checked_float(tensors["whitener"], "whitener", (positions, d, d)).to(self.device).clone()
         else:
             self.whitener_ = unpacked_lower(tensors["whitener_lower"], "whitener_lower", (positions, d, d)).to(self.device)
 
