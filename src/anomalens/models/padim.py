@@ -117,11 +117,10 @@ def nearest_upsampled(fmap: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor
 
 def mahalanobis_map(embedding: torch.Tensor, mean: torch.Tensor, whitener: torch.Tensor) -> torch.Tensor:
     """(B, P, d) embeddings → (B, P) Mahalanobis distances to the per-position Gaussians (eq. 2)."""
-    # (P, B, d), contiguous: the copy moves whole d-vectors, where copying into (P, d, B) (until session 21)
-    # gathered single floats; the product reads it transposed, as BLAS and OpenVINO's MatMul do for free. The
-    # whiteners stay the first operand: as the second, OpenVINO kept a repacked copy of them (+230 MB at 256 px).
-    # Measured: benchmarks/results/padim_graph_layout. (bmm on a permuted view stalled for 6-126 s per batch on a
-    # loaded machine: the contiguous copy is needed.)
+    # (P, B, d), contiguous: the copy moves whole d-vectors (copying into (P, d, B) gathered single floats), and
+    # the product reads it transposed for free. The whiteners stay the first operand: as the second, OpenVINO kept
+    # a repacked copy (+230 MB at 256 px; benchmarks/results/padim_graph_layout). Contiguous: bmm on a permuted
+    # view stalled for 6-126 s per batch on a loaded machine.
     centred = (embedding - mean).transpose(0, 1).contiguous()
     whitened = torch.matmul(whitener, centred.transpose(1, 2))  # (P, d, B)
     return whitened.pow(2).sum(1).clamp_min(0).sqrt().transpose(0, 1)
@@ -331,8 +330,7 @@ class PaDiM(Detector):
         positions = self.grid_size_[0] * self.grid_size_[1]
         self.mean_ = checked_float(tensors["mean"], "mean", (positions, d)).to(self.device)
         if whitener_name == "whitener":
-            # a fresh copy, as the unpacked triangles are: the product's BLAS kernel rounds by the operand's memory
-            # alignment, and a tensor read from the file can sit anywhere (scores then differ in the last bits)
+            # a fresh copy, as unpacked triangles are: the product's kernel rounds by the operand's alignment
             self.whitener_ = checked_float(tensors["whitener"], "whitener", (positions, d, d)).to(self.device).clone()
         else:
             self.whitener_ = unpacked_lower(tensors["whitener_lower"], "whitener_lower", (positions, d, d)).to(self.device)
